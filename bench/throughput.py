@@ -1,0 +1,149 @@
+"""Throughput and latency of lps, printed as medians over repeats.
+
+    python bench/throughput.py                   # everything (update, acting, evaluation)
+    python bench/throughput.py --only update --agents lps --sizes paper small
+
+- update: gradient steps per second of the jitted, scanned update (batch 256, chunk 5,
+  OGBench cube-single dims) at paper size (4x512 base, 4x256 critic, 2x256 actor) and small
+  size (2x256 everywhere); data sampled on device as in training.
+- act: latency of one policy call producing one action chunk (batch 1), and per-step cost.
+- eval: environment steps per second of a 50-episode batched evaluation with the policy in the
+  loop, against the same environments stepped alone with random actions.
+Timings on a shared machine are noisy: compare figures from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lps.agents import REGISTRY, Spec, config_class, make_agent
+from lps.data.sampler import to_device
+from lps.train import create_state, make_multi_update, make_optimizer, make_update
+from lps.config import TrainConfig
+
+SIZES = {
+    "paper": {},
+    "small": dict(base_hidden=(256, 256), critic_hidden=(256, 256), actor_hidden=(256, 256)),
+}
+OBS_DIM, ACTION_DIM, CHUNK = 28, 5, 5
+
+
+def synthetic_dataset(episodes: int = 100, length: int = 1001, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    n = episodes * length
+    terminals = np.zeros(n, bool)
+    terminals[length - 1 :: length] = True
+    return {
+        "observations": rng.standard_normal((n, OBS_DIM)).astype(np.float32),
+        "actions": rng.uniform(-1, 1, (n, ACTION_DIM)).astype(np.float32),
+        "rewards": -rng.integers(0, 2, n).astype(np.float32),
+        "masks": np.ones(n, np.float32),
+        "terminals": terminals,
+    }
+
+
+def agent_for(name: str, size: str):
+    cfg_cls = config_class(name)
+    fields = {f for f in cfg_cls.__dataclass_fields__}
+    cfg = cfg_cls(**{k: v for k, v in SIZES[size].items() if k in fields})
+    return make_agent(name, cfg, Spec(OBS_DIM, ACTION_DIM, CHUNK, 0.99))
+
+
+def bench_update(name: str, size: str, steps_per_call: int, repeats: int) -> float:
+    agent = agent_for(name, size)
+    optimizer = make_optimizer(TrainConfig())
+    data = to_device(synthetic_dataset(), CHUNK)
+    multi = make_multi_update(make_update(agent, optimizer, 256), steps_per_call)
+    state = create_state(agent, optimizer, 0)
+    state, m = multi(state, data)  # compile
+    jax.block_until_ready(m)
+    rates = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        state, m = multi(state, data)
+        jax.block_until_ready(m)
+        rates.append(steps_per_call / (time.perf_counter() - t))
+    return statistics.median(rates)
+
+
+def bench_act(name: str, size: str, calls: int) -> float:
+    agent = agent_for(name, size)
+    params = agent.init(jax.random.PRNGKey(0))
+    act = jax.jit(agent.act)
+    obs, key = jnp.zeros((1, OBS_DIM)), jax.random.PRNGKey(0)
+    np.asarray(act(params, obs, key))
+    times = []
+    for i in range(calls):
+        t = time.perf_counter()
+        np.asarray(act(params, obs, jax.random.fold_in(key, i)))
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def bench_eval(name: str, size: str, episodes: int, repeats: int) -> tuple[float, float]:
+    import gymnasium
+
+    from lps.evaluate import Evaluator
+    from lps.train import make_policy_fn
+
+    env_id = "cube-single-singletask-task1-v0"
+    agent = agent_for(name, size)
+    params = agent.init(jax.random.PRNGKey(0))
+    evaluator = Evaluator(env_id, num_envs=episodes)
+    policy = make_policy_fn(agent, params, 0)
+    with_policy = [evaluator.run(policy, episodes, seed=r)["eval/env_steps_per_sec"] for r in range(repeats)]
+    evaluator.close()
+
+    env = gymnasium.make(env_id)
+    alone = []
+    for r in range(repeats):
+        env.reset(seed=r)
+        rng = np.random.default_rng(r)
+        steps, t = 0, time.perf_counter()
+        while steps < 2000:
+            _, _, term, trunc, _ = env.step(rng.uniform(-1, 1, ACTION_DIM))
+            steps += 1
+            if term or trunc:
+                env.reset()
+        alone.append(steps / (time.perf_counter() - t))
+    return statistics.median(with_policy), statistics.median(alone)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", choices=["update", "act", "eval"], nargs="*", default=["update", "act", "eval"])
+    p.add_argument("--agents", nargs="*", default=sorted(REGISTRY))
+    p.add_argument("--sizes", nargs="*", default=list(SIZES), choices=list(SIZES))
+    p.add_argument("--steps-per-call", type=int, default=200, help="updates per dispatch (lax.scan length)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--eval-episodes", type=int, default=50)
+    a = p.parse_args()
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({jax.default_backend()})")
+    for name in a.agents:
+        for size in a.sizes:
+            if "update" in a.only:
+                rate = bench_update(name, size, a.steps_per_call, a.repeats)
+                print(f"update  {name:8s} {size:6s} {rate:10.1f} updates/s  (median of {a.repeats})")
+            if "act" in a.only:
+                latency = bench_act(name, size, 200)
+                print(
+                    f"act     {name:8s} {size:6s} {latency * 1e3:10.3f} ms/chunk   "
+                    f"({latency * 1e3 / CHUNK:.3f} ms per env step, median of 200)"
+                )
+    if "eval" in a.only:
+        for name in a.agents:
+            with_policy, alone = bench_eval(name, "paper", a.eval_episodes, max(1, a.repeats // 2))
+            print(
+                f"eval    {name:8s} paper  {with_policy:10.1f} env steps/s with the policy "
+                f"({a.eval_episodes} episodes batched) vs {alone:.1f} env alone ({with_policy / alone:.2f}x)"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,10 @@
+"""lps: Latent Policy Steering and its comparison set for offline RL, in JAX."""
+
+__version__ = "0.1.0"
+
+
+def load_policy(run_dir, seed: int = 0):
+    """Load a trained policy from a run directory: `policy(obs) -> action chunk (H, A)`."""
+    from lps.policy import load_policy as _load
+
+    return _load(run_dir, seed)

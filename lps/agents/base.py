@@ -1,0 +1,56 @@
+"""What every agent shares: the problem spec it is built for and the interface the trainer uses.
+
+An agent is a frozen dataclass holding its config and the spec (hashable, so it can be a static
+argument of `jax.jit`). It provides:
+
+    init(key) -> params                       # dict of network parameter trees
+    loss(params, target_params, batch, key)   # -> (scalar, metrics), all losses summed
+    act(params, obs, key) -> chunk            # (B, H * A), inside [-1, 1]
+
+`target_keys` names the entries of `params` that get a Polyak-averaged copy (usually the
+critic). The optimiser, the target update and the training loop belong to the trainer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Protocol
+
+import jax
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """The chunked problem an agent is built for."""
+
+    obs_dim: int
+    action_dim: int
+    chunk_len: int = 5
+    gamma: float = 0.99
+
+    @property
+    def chunk_dim(self) -> int:
+        return self.action_dim * self.chunk_len
+
+
+Params = dict[str, Any]
+
+
+class Agent(Protocol):
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    target_keys: ClassVar[tuple[str, ...]]
+    key_fields: ClassVar[tuple[str, ...]]  # config fields `lps agents` shows
+    cfg: Any
+    spec: Spec
+
+    def init(self, key: jax.Array) -> Params: ...
+
+    def loss(self, params: Params, target_params: Params, batch: dict, key: jax.Array): ...
+
+    def act(self, params: Params, obs: jax.Array, key: jax.Array) -> jax.Array: ...
+
+
+def init_module(module, key: jax.Array, *example_inputs):
+    """Initialise a Flax module's parameters from example inputs (batch of one)."""
+    return module.init(key, *example_inputs)["params"]

@@ -1,0 +1,146 @@
+"""The `lps` command.
+
+    lps train [--agent lps] [--preset paper|quick|toy] [--resume RUN_DIR] [--any-config-field VALUE ...]
+    lps eval RUN_DIR [--episodes K] [--seed S]
+    lps data generate ENV [--episodes N] [--seed S] [--workers W] [--data-dir DIR]
+    lps data prepare TASK --out FILE.npz     (a relabelled npz that trains without OGBench installed)
+    lps agents
+
+Every field of the training config and of the chosen agent's config is a flag of `lps train`
+(see `lps train --agent NAME --help`); unknown flags and impossible values are refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from typing import Annotated
+
+USAGE = __doc__.split("\n\n")[1]
+
+
+def _train(argv: list[str]) -> int:
+    import tyro
+
+    from lps import agents, config
+    from lps import train as T
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--agent", default=None)
+    pre.add_argument("--preset", default=None)
+    pre.add_argument("--resume", default=None)
+    known, _ = pre.parse_known_args(argv)
+
+    if known.resume:
+        agent_name, train_cfg, agent_cfg, _ = T.load_config(known.resume)
+        if known.agent not in (None, agent_name):
+            raise ValueError(f"{known.resume} is a run of agent {agent_name!r}, not {known.agent!r}")
+        train_cfg = dataclasses.replace(train_cfg, run_dir=known.resume)
+    else:
+        agent_name = known.agent or "lps"
+        train_cfg, agent_cfg = config.preset(known.preset or "paper", agents.config_class(agent_name))
+
+    Args = dataclasses.make_dataclass(
+        "Args",
+        [
+            ("agent", str, dataclasses.field(default=agent_name)),
+            ("preset", str, dataclasses.field(default=known.preset or "paper")),
+            ("resume", "str | None", dataclasses.field(default=known.resume)),
+            ("train", Annotated[config.TrainConfig, tyro.conf.OmitArgPrefixes], dataclasses.field(default=train_cfg)),
+            ("agent_config", Annotated[type(agent_cfg), tyro.conf.OmitArgPrefixes], dataclasses.field(default=agent_cfg)),
+        ],
+    )
+    Args.__doc__ = f"Train agent {agent_name!r} (defaults shown are those of preset {known.preset or 'paper'!r})."
+    args = tyro.cli(Args, args=argv, prog="lps train")
+    T.train(agent_name, args.train, args.agent_config, resume=bool(known.resume))
+    return 0
+
+
+def _eval(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="lps eval", description="Evaluate a run's saved policy.")
+    p.add_argument("run_dir")
+    p.add_argument("--episodes", type=int, default=None, help="default: the run's eval episodes")
+    p.add_argument("--seed", type=int, default=None, help="evaluation seed (default: the run's seed)")
+    a = p.parse_args(argv)
+    from lps.policy import evaluate_run
+
+    result = evaluate_run(a.run_dir, episodes=a.episodes, seed=a.seed)
+    print(" ".join(f"{k}={v:.4g}" for k, v in result.items()))
+    return 0
+
+
+def _data(argv: list[str]) -> int:
+    from lps.data import tasks
+
+    p = argparse.ArgumentParser(prog="lps data", description="Generate or prepare OGBench play data.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("generate", help="generate <env>-play-v0.npz and -val.npz with OGBench's oracles")
+    g.add_argument("env", help=f"one of {', '.join(tasks.ENVS)}")
+    g.add_argument("--episodes", type=int, default=1000, help="training episodes (+10%% validation)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores, at most 8)")
+    g.add_argument("--data-dir", default=None, help="default: $OGBENCH_DATA_DIR or ~/.ogbench/data")
+    g.add_argument("--max-episode-steps", type=int, default=1001)
+    r = sub.add_parser("prepare", help="write a task's relabelled row-layout npz (trains without OGBench)")
+    r.add_argument("task", help="e.g. cube-single-play-singletask-task1-v0")
+    r.add_argument("--out", required=True)
+    r.add_argument("--reward", choices=["paper", "dense", "sparse"], default="paper")
+    r.add_argument("--data-dir", default=None)
+    r.add_argument("--episodes", type=int, default=1000, help="episodes to generate if the play data is missing")
+    a = p.parse_args(argv)
+    data_dir = os.path.expanduser(a.data_dir) if a.data_dir else tasks.default_data_dir()
+    if a.cmd == "generate":
+        from lps.data.generate import generate
+
+        train_path, val_path = generate(
+            a.env, data_dir, a.episodes, a.seed, a.workers, max_episode_steps=a.max_episode_steps
+        )
+        print(f"[lps] wrote {train_path} and {val_path}")
+    else:
+        import io
+
+        import numpy as np
+
+        from lps.checkpoint import atomic_write
+
+        task = tasks.parse_task(a.task, a.reward)
+        data = tasks.load_task(task, data_dir, chunk_len=1, episodes_if_missing=a.episodes)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **data)
+        atomic_write(a.out, buf.getvalue())
+        print(f"[lps] wrote {a.out}: {len(data['observations'])} rows of {task.name}; train with --dataset {a.out}")
+    return 0
+
+
+def _agents(argv: list[str]) -> int:
+    from lps.agents import REGISTRY
+
+    for name, (cls, cfg_cls) in sorted(REGISTRY.items()):
+        cfg = cfg_cls()
+        keys = ", ".join(f"{k}={getattr(cfg, k)}" for k in cls.key_fields)
+        print(f"{name:10s} {cls.summary}\n{'':10s} {keys}")
+    return 0
+
+
+COMMANDS = {"train": _train, "eval": _eval, "data": _data, "agents": _agents}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(USAGE)
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nlps: unknown command {argv[0]!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+            return 2
+        return 0
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError, RuntimeError) as e:
+        print(f"lps {argv[0]}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""The training config, presets, and (de)serialisation of configs in run directories.
+
+Defaults are the paper's protocol (REFERENCE.md §1, §4). Presets change a few fields of the
+training config and, where the agent has them, its network sizes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any
+
+from lps.data.tasks import RewardMode
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    env: str = "cube-single-play-singletask-task1-v0"
+    """Task: an OGBench `<env>-play[-sparse]-singletask-task<N>-v0` name, or `toy-bandit`."""
+    seed: int = 0
+    steps: int = 1_000_000
+    """Gradient steps."""
+    batch_size: int = 256
+    lr: float = 3e-4
+    """Adam learning rate (one optimiser for all networks)."""
+    chunk_len: int = 5
+    """Action chunk length H."""
+    gamma: float = 0.99
+    reward: RewardMode = "paper"
+    """paper: sparse on scene and puzzle-3x3 as in the LPS paper; or force dense / sparse."""
+    dataset: str | None = None
+    """Train on this npz (row layout, see README) instead of OGBench play data."""
+    data_dir: str | None = None
+    """Where OGBench play data lives or is generated (default $OGBENCH_DATA_DIR or ~/.ogbench/data)."""
+    episodes: int = 1000
+    """Episodes to generate when the play data is missing (the official size is 1000)."""
+    data_seed: int = 0
+    """Seed of the data generator when the play data is missing."""
+    eval_every: int = 100_000
+    """Evaluate every N steps (and at the end); 0 evaluates only at the end."""
+    eval_episodes: int = 50
+    """Episodes per evaluation; 0 disables evaluation."""
+    log_every: int = 1000
+    """Updates per device dispatch (one lax.scan) and per metrics row."""
+    save_every: int = 100_000
+    """Checkpoint every N steps (and at the end)."""
+    run_dir: str | None = None
+    """Output directory (default runs/<env>/<agent>/seed<seed>)."""
+    overwrite: bool = False
+    """Allow writing into a run directory that already holds a run."""
+    tensorboard: bool = False
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self):
+        positive = ("steps", "batch_size", "chunk_len", "log_every", "episodes")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{_flag(name)} must be positive, got {getattr(self, name)}")
+        for name in ("eval_every", "save_every", "eval_episodes"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
+        for name in ("eval_every", "save_every"):
+            if getattr(self, name) % self.log_every:
+                raise ValueError(
+                    f"--{_flag(name)} ({getattr(self, name)}) must be a multiple of --log-every ({self.log_every}): "
+                    "evaluation and checkpoints happen between device dispatches"
+                )
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be positive, got {self.lr}")
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"--gamma must be in (0, 1], got {self.gamma}")
+
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # The paper's protocol: 1M steps, 50 evaluation episodes every 100k, paper network sizes.
+    "paper": {"train": {}, "agent": {}},
+    # Shows learning on a 2-core CPU in about 15 minutes: 100 episodes of data, 2x256 networks.
+    "quick": {
+        "train": dict(steps=50_000, eval_every=10_000, save_every=10_000, episodes=100),
+        "agent": dict(base_hidden=(256, 256), critic_hidden=(256, 256), actor_hidden=(256, 256)),
+    },
+    # The one-step toy bandit of `lps.toy`: learning checks in seconds.
+    "toy": {
+        "train": dict(
+            env="toy-bandit", chunk_len=1, steps=2000, eval_every=1000, save_every=1000, log_every=250,
+            eval_episodes=1000,
+        ),
+        "agent": dict(base_hidden=(128, 128), critic_hidden=(128, 128), actor_hidden=(64, 64)),
+    },
+}
+PRESETS["cpu"] = PRESETS["quick"]
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def preset(name: str, agent_config_cls: type) -> tuple[TrainConfig, Any]:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
+    p = PRESETS[name]
+    agent_fields = {f.name for f in dataclasses.fields(agent_config_cls)}
+    agent_overrides = {k: v for k, v in p["agent"].items() if k in agent_fields}
+    return TrainConfig(**p["train"]), agent_config_cls(**agent_overrides)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type, data: dict):
+    """Rebuild a config dataclass from JSON (lists back to tuples; unknown keys are an error)."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"config for {cls.__name__} has unknown field(s) {sorted(unknown)}")
+    kwargs = {}
+    for k, v in data.items():
+        origin = typing.get_origin(hints[k])
+        kwargs[k] = tuple(v) if origin is tuple and isinstance(v, list) else v
+    return cls(**kwargs)
+
+
+def check_positive_widths(cfg) -> None:
+    """Network widths and counts of an agent config must be positive."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name.endswith("_hidden") and (not value or any(w <= 0 for w in value)):
+            raise ValueError(f"--{_flag(f.name)} needs at least one positive width, got {value}")
+        if f.name.startswith("num_") and value <= 0:
+            raise ValueError(f"--{_flag(f.name)} must be positive, got {value}")
+

@@ -1,0 +1,72 @@
+"""On-device chunk sampling for Q-chunking.
+
+The dataset lives on the device once, in OGBench's raw row layout: each episode's rows are its
+observations in order, the last row being the final observation (`terminals` marks it; its
+action is never used). There is no `next_observations` copy: the observation after a chunk
+starting at row t is simply row t + H of the same episode.
+
+A chunk may start at row t only if t + H stays inside t's episode, so a chunk never crosses an
+episode boundary; `starts` lists those rows once, and sampling is a gather inside the jitted
+update (no host<->device copy, no Python per step).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+
+class ChunkData(struct.PyTreeNode):
+    observations: jax.Array  # (N, obs_dim), every row including each episode's final one
+    actions: jax.Array  # (N, action_dim)
+    rewards: jax.Array  # (N,), reward of the transition leaving row t
+    masks: jax.Array  # (N,), 0 where the episode would stop bootstrapping (task solved)
+    starts: jax.Array  # (M,), int32 rows where a whole chunk fits in the episode
+
+    @property
+    def num_chunks(self) -> int:
+        return int(self.starts.shape[0])
+
+    @property
+    def obs_dim(self) -> int:
+        return int(self.observations.shape[-1])
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.actions.shape[-1])
+
+
+def chunk_starts(terminals: np.ndarray, chunk_len: int) -> np.ndarray:
+    """Rows t whose chunk t..t+H-1 and following observation t+H lie in t's episode."""
+    ends = np.flatnonzero(terminals)  # last row of every episode
+    rows = np.arange(len(terminals))
+    episode_end = ends[np.minimum(np.searchsorted(ends, rows), len(ends) - 1)]
+    return rows[rows + chunk_len <= episode_end].astype(np.int32)
+
+
+def to_device(dataset: dict[str, np.ndarray], chunk_len: int) -> ChunkData:
+    """Put a validated row-layout dataset on the device (see `lps.data.validate`)."""
+    return ChunkData(
+        observations=jnp.asarray(dataset["observations"], jnp.float32),
+        actions=jnp.asarray(dataset["actions"], jnp.float32),
+        rewards=jnp.asarray(dataset["rewards"], jnp.float32),
+        masks=jnp.asarray(dataset["masks"], jnp.float32),
+        starts=jnp.asarray(chunk_starts(dataset["terminals"], chunk_len)),
+    )
+
+
+def sample_chunks(data: ChunkData, key: jax.Array, batch_size: int, chunk_len: int, gamma: float) -> dict:
+    """A batch of chunks: first observation, the H actions (flattened), the discounted chunk
+    reward, the product of the chunk's masks, and the observation after the chunk."""
+    rows = data.starts[jax.random.randint(key, (batch_size,), 0, data.starts.shape[0])]
+    chunk_rows = rows[:, None] + jnp.arange(chunk_len)
+    discounts = gamma ** jnp.arange(chunk_len, dtype=jnp.float32)
+    return {
+        "observations": data.observations[rows],
+        "actions": data.actions[chunk_rows].reshape(batch_size, -1),
+        "chunk_return": jnp.sum(data.rewards[chunk_rows] * discounts, axis=-1),
+        "chunk_mask": jnp.prod(data.masks[chunk_rows], axis=-1),
+        "next_observations": data.observations[rows + chunk_len],
+    }

@@ -1,0 +1,128 @@
+"""OGBench single-task names, the paper's reward protocol, and loading a task's dataset.
+
+Task names follow OGBench: `<env>-play-singletask-task<N>-v0` (N = 1..5; without `-task<N>`,
+OGBench's default task of that env). Adding `-sparse` after `play`
+(`scene-play-sparse-singletask-task1-v0`) selects the sparse reward `-(r != 0)`. With
+`reward='paper'` (the default) scene and puzzle-3x3 are sparse, as in the LPS paper.
+
+Rewards are relabelled with OGBench's own code (`ogbench.relabel_utils`), computed once per row
+of the raw file, so they equal what `ogbench.make_env_and_datasets` would give.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from lps.data.validate import DatasetError, read_npz, validate
+
+ENVS: tuple[str, ...] = ("cube-single", "cube-double", "scene", "puzzle-3x3", "puzzle-4x4")
+SPARSE_IN_PAPER: tuple[str, ...] = ("scene", "puzzle-3x3")
+RewardMode = Literal["paper", "dense", "sparse"]
+
+_TASK = re.compile(
+    r"^(?P<env>" + "|".join(map(re.escape, ENVS)) + r")-play(?P<sparse>-sparse)?-singletask(?:-task(?P<id>[1-5]))?-v0$"
+)
+
+
+def default_data_dir() -> Path:
+    """OGBench's data directory, overridable with $OGBENCH_DATA_DIR (or --data-dir)."""
+    return Path(os.environ.get("OGBENCH_DATA_DIR", "~/.ogbench/data")).expanduser()
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    env: str
+    task_id: int | None  # None: OGBench's default task
+    sparse: bool
+
+    @property
+    def _suffix(self) -> str:
+        return "" if self.task_id is None else f"-task{self.task_id}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.env}-play{'-sparse' if self.sparse else ''}-singletask{self._suffix}-v0"
+
+    @property
+    def env_id(self) -> str:
+        """The gymnasium id of the evaluation environment."""
+        return f"{self.env}-singletask{self._suffix}-v0"
+
+
+def parse_task(name: str, reward: RewardMode = "paper") -> Task:
+    m = _TASK.match(name)
+    if m is None:
+        raise ValueError(
+            f"unknown task {name!r}; valid tasks are <env>-play[-sparse]-singletask-task<1..5>-v0 "
+            f"with <env> one of {', '.join(ENVS)} (e.g. cube-single-play-singletask-task1-v0)"
+        )
+    env, named_sparse = m["env"], m["sparse"] is not None
+    if named_sparse and reward == "dense":
+        raise ValueError(f"task {name!r} names sparse rewards but reward='dense' was asked for")
+    sparse = named_sparse or reward == "sparse" or (reward == "paper" and env in SPARSE_IN_PAPER)
+    return Task(env, int(m["id"]) if m["id"] else None, sparse)
+
+
+def _require_ogbench():
+    import warnings
+
+    # MuJoCo's viewer complains about the missing display and gymnasium about float64 bounds;
+    # neither matters for state-based environments.
+    warnings.filterwarnings("ignore", message=".*DISPLAY environment variable.*")
+    warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
+    try:
+        import ogbench  # noqa: F401
+        import ogbench.manipspace  # noqa: F401  (registers the environments)
+    except ImportError as e:
+        raise ImportError(
+            'OGBench is not installed: `pip install "lps[ogbench]"`, or train from a prepared npz '
+            "with --dataset (see `lps data prepare`)"
+        ) from e
+
+
+def relabel(task: Task, raw: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Single-task rewards and masks for every raw row, by OGBench's own relabelling."""
+    _require_ogbench()
+    import gymnasium
+    from ogbench.relabel_utils import relabel_dataset
+
+    env = gymnasium.make(task.env_id)
+    labels = {k: raw[k] for k in ("qpos", "button_states") if k in raw}
+    relabel_dataset(task.env_id, env, labels)
+    env.close()
+    rewards, masks = labels["rewards"], labels["masks"]
+    if task.sparse:
+        rewards = -(rewards != 0).astype(np.float32)
+    return rewards, masks
+
+
+def ensure_generated(env: str, data_dir: Path, episodes: int, seed: int = 0, workers: int | None = None) -> Path:
+    """The train file of `env`'s play data, generating it first if it is missing."""
+    from lps.data.generate import dataset_paths, generate
+
+    train_path, _ = dataset_paths(env, data_dir)
+    if not train_path.exists():
+        print(f"[lps] no {env} play data in {data_dir}: generating {episodes} episodes first")
+        _require_ogbench()
+        generate(env, data_dir, episodes=episodes, seed=seed, workers=workers)
+    return train_path
+
+
+def load_task(task: Task, data_dir: Path, chunk_len: int, episodes_if_missing: int = 1000, **generate_kwargs) -> dict:
+    """A validated training dataset for `task`, generating the play data if it is missing."""
+    path = ensure_generated(task.env, Path(data_dir), episodes_if_missing, **generate_kwargs)
+    required = ["observations", "actions", "terminals", "qpos"]
+    if task.env.startswith(("scene", "puzzle")):
+        required.append("button_states")
+    raw = read_npz(path, required)
+    for key in ("qpos", "button_states"):
+        if key in raw and len(raw[key]) != len(raw["observations"]):
+            raise DatasetError(f"{path}: '{key}' has {len(raw[key])} rows but observations has {len(raw['observations'])}")
+    raw["rewards"], raw["masks"] = relabel(task, raw)
+    return validate(raw, chunk_len, source=str(path))

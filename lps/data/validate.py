@@ -1,0 +1,89 @@
+"""Reading and checking datasets, with errors that say what is wrong and what to do.
+
+A training dataset is a dict of row-layout arrays (see `lps.data.sampler`):
+`observations` (N, obs_dim), `actions` (N, action_dim) in [-1, 1], `terminals` (N,) marking the
+last row of every episode, `rewards` (N,), `masks` (N,).
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from typing import Iterable
+
+import numpy as np
+
+ACTION_TOLERANCE = 1e-5
+
+
+class DatasetError(ValueError):
+    """A dataset file or array that cannot be trained on, with the reason and a fix."""
+
+
+def read_npz(path: str | os.PathLike, required: Iterable[str]) -> dict[str, np.ndarray]:
+    """Load every array of an npz file, checking that `required` keys are present."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise DatasetError(f"dataset file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        raise DatasetError(
+            f"dataset file {path} is corrupt or not an npz file ({type(e).__name__}: {e}); "
+            "delete it and generate it again (`lps data generate ENV`)"
+        ) from e
+    missing = [k for k in required if k not in arrays]
+    if missing:
+        raise DatasetError(f"dataset file {path} lacks key(s) {missing}; it has {sorted(arrays)}")
+    return arrays
+
+
+def validate(dataset: dict[str, np.ndarray], chunk_len: int, source: str = "dataset") -> dict[str, np.ndarray]:
+    """Check shapes, values and episode structure; return the dataset with canonical dtypes."""
+    obs, actions = dataset["observations"], dataset["actions"]
+    if obs.ndim != 2 or actions.ndim != 2:
+        raise DatasetError(
+            f"{source}: observations and actions must be 2-D (rows, dim), got {obs.shape} and {actions.shape}"
+        )
+    n = len(obs)
+    for key in ("actions", "terminals", "rewards", "masks"):
+        if len(dataset[key]) != n:
+            raise DatasetError(f"{source}: '{key}' has {len(dataset[key])} rows but observations has {n}")
+        if key != "actions" and dataset[key].ndim != 1:
+            raise DatasetError(f"{source}: '{key}' must be 1-D, got shape {dataset[key].shape}")
+    for key in ("observations", "actions", "rewards", "masks"):
+        bad = ~np.isfinite(dataset[key])
+        if bad.any():
+            row = int(np.argwhere(bad)[0][0])
+            raise DatasetError(
+                f"{source}: '{key}' holds {int(bad.sum())} NaN/inf value(s), first at row {row}; clean the data"
+            )
+    worst = float(np.max(np.abs(actions))) if actions.size else 0.0
+    if worst > 1.0 + ACTION_TOLERANCE:
+        raise DatasetError(
+            f"{source}: actions must lie in [-1, 1] (the policy's range) but reach {worst:.4g}; "
+            "rescale them to [-1, 1] before training"
+        )
+    terminals = np.asarray(dataset["terminals"]).astype(bool)
+    if n == 0 or not terminals[-1]:
+        raise DatasetError(f"{source}: the last row must end an episode (terminals[-1] = 1), or the dataset is empty")
+    out = {
+        "observations": obs.astype(np.float32, copy=False),
+        "actions": np.clip(actions, -1.0, 1.0).astype(np.float32, copy=False),
+        "terminals": terminals,
+        "rewards": dataset["rewards"].astype(np.float32, copy=False),
+        "masks": dataset["masks"].astype(np.float32, copy=False),
+    }
+    from lps.data.sampler import chunk_starts
+
+    if len(chunk_starts(terminals, chunk_len)) == 0:
+        raise DatasetError(f"{source}: no episode is longer than the chunk length {chunk_len}")
+    return out
+
+
+def load_own_dataset(path: str | os.PathLike, chunk_len: int) -> dict[str, np.ndarray]:
+    """A user's dataset in row layout; `masks` defaults to 1 (never stop bootstrapping)."""
+    arrays = read_npz(path, ("observations", "actions", "terminals", "rewards"))
+    arrays.setdefault("masks", np.ones(len(arrays["rewards"]), np.float32))
+    return validate(arrays, chunk_len, source=os.fspath(path))

@@ -1,0 +1,107 @@
+"""Flow matching and MeanFlow: the losses that train a generative policy and the samplers that
+draw from it.
+
+Convention (REFERENCE.md §1.2): t = 1 is noise, t = 0 is data; the path between a data chunk
+`x` and noise `e` is `z_t = (1 - t) x + t e`, whose velocity is `v = e - x`.
+
+Every function takes the network as a callable `net(z, t, h) -> output` with the observation
+(and parameters) already bound, so the same code serves any conditioning.
+
+- MeanFlow learns the *average* velocity `u(z, t, r)` over [r, t], so that one step
+  `z_r = z_t - (t - r) u` jumps from noise to data. Two parameterisations:
+  `action` (noise-to-action, LPS's default): the network predicts the clean chunk `x_hat` and
+  `u = z - x_hat`, so one-step sampling is a single network call returning `x_hat`;
+  `velocity` (original MeanFlow): the network predicts `u` itself.
+- Flow matching learns the instantaneous velocity and samples with Euler steps.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import jax
+import jax.numpy as jnp
+
+Net = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
+Parameterisation = Literal["action", "velocity"]
+PARAMETERISATIONS: tuple[str, ...] = ("action", "velocity")
+
+# MeanFlow time sampling and loss weighting (REFERENCE.md §1.2).
+LOGIT_MEAN, LOGIT_STD = -0.4, 1.0
+FRACTION_R_NEQ_T = 0.25
+ADAPTIVE_EPS, ADAPTIVE_POWER = 1e-3, 0.5
+
+
+def average_velocity(net: Net, parameterisation: Parameterisation) -> Callable:
+    """`u(z, t, r)`: the average velocity over [r, t] implied by the network's output."""
+
+    def u(z, t, r):
+        out = net(z, t, t - r)
+        return z - out if parameterisation == "action" else out
+
+    return u
+
+
+def sample_meanflow_times(key: jax.Array, batch: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(t, r), each (batch, 1), t >= r, logit-normal, with r = t on 75 % of the rows."""
+    k_times, k_equal = jax.random.split(key)
+    times = jax.nn.sigmoid(LOGIT_MEAN + LOGIT_STD * jax.random.normal(k_times, (2, batch, 1)))
+    t, r = jnp.maximum(times[0], times[1]), jnp.minimum(times[0], times[1])
+    # Most rows learn the instantaneous velocity (r = t); the rest learn to jump.
+    r = jnp.where(jax.random.uniform(k_equal, (batch, 1)) < FRACTION_R_NEQ_T, r, t)
+    return t, r
+
+
+def adaptive_l2(err: jnp.ndarray) -> jnp.ndarray:
+    """MeanFlow's adaptive loss: per-sample squared error, down-weighted where it is large."""
+    per_sample = jnp.mean(jnp.square(err), axis=-1)
+    weight = jax.lax.stop_gradient(1.0 / (per_sample + ADAPTIVE_EPS) ** ADAPTIVE_POWER)
+    return jnp.mean(weight * per_sample)
+
+
+def meanflow_loss(
+    net: Net, x: jnp.ndarray, noise: jnp.ndarray, key: jax.Array, parameterisation: Parameterisation = "action"
+) -> jnp.ndarray:
+    """MeanFlow loss on data chunks `x` (B, d) with training noise `noise` (B, d).
+
+    The MeanFlow identity u(z, t, r) = v - (t - r) du/dt gives the regression target; du/dt is
+    the total derivative along the path (dz/dt = v, dt/dt = 1, dr/dt = 0), one forward-mode
+    JVP through the network.
+    """
+    t, r = sample_meanflow_times(key, x.shape[0])
+    z = (1.0 - t) * x + t * noise
+    v = noise - x
+    u_fn = average_velocity(net, parameterisation)
+    u, du_dt = jax.jvp(u_fn, (z, t, r), (v, jnp.ones_like(t), jnp.zeros_like(r)))
+    target = jax.lax.stop_gradient(v - jnp.clip(t - r, 0.0, 1.0) * du_dt)
+    return adaptive_l2(u - target)
+
+
+def meanflow_sample(net: Net, noise: jnp.ndarray, parameterisation: Parameterisation = "action") -> jnp.ndarray:
+    """One-step MeanFlow sample from t = 1 to t = 0: a single network call."""
+    ones = jnp.ones(noise.shape[:-1] + (1,), noise.dtype)
+    out = net(noise, ones, ones)
+    return out if parameterisation == "action" else noise - out
+
+
+def flow_matching_loss(net: Net, x: jnp.ndarray, noise: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
+    """Conditional flow matching: regress the velocity `e - x` at a uniform time t."""
+    t = jax.random.uniform(key, (x.shape[0], 1))
+    z = (1.0 - t) * x + t * noise
+    v_hat = net(z, t, jnp.zeros_like(t))
+    return jnp.mean(jnp.square(v_hat - (noise - x)))
+
+
+def euler_sample(net: Net, noise: jnp.ndarray, steps: int = 10) -> jnp.ndarray:
+    """Integrate the flow from noise (t = 1) to data (t = 0) with `steps` Euler steps.
+
+    Differentiable end to end, so a latent actor can backpropagate through it (FM-LPS).
+    """
+    dt = 1.0 / steps
+
+    def step(z, i):
+        t = jnp.full(z.shape[:-1] + (1,), 1.0 - i * dt, z.dtype)
+        return z - dt * net(z, t, jnp.zeros_like(t)), None
+
+    z, _ = jax.lax.scan(step, noise, jnp.arange(steps))
+    return z

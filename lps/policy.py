@@ -1,0 +1,65 @@
+"""Loading a trained policy from a run directory, in one call.
+
+    policy = lps.load_policy("runs/cube-single-play-singletask-task1-v0/lps/seed0")
+    chunk = policy(obs)            # (H, action_dim) for one observation, (B, H, A) for a batch
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lps import checkpoint
+from lps.agents import make_agent
+
+
+class Policy:
+    """A trained agent's acting rule with its parameters bound."""
+
+    def __init__(self, agent, params, seed: int = 0):
+        self.agent, self.params = agent, params
+        self.spec = agent.spec
+        self._act = jax.jit(agent.act)
+        self._key = jax.random.PRNGKey(seed)
+        self._calls = 0
+
+    def __call__(self, obs, key: jax.Array | None = None) -> np.ndarray:
+        obs = np.asarray(obs, np.float32)
+        single = obs.ndim == 1
+        if key is None:
+            key, self._calls = jax.random.fold_in(self._key, self._calls), self._calls + 1
+        chunk = self._act(self.params, jnp.atleast_2d(obs), key)
+        chunk = np.asarray(chunk).reshape(-1, self.spec.chunk_len, self.spec.action_dim)
+        return chunk[0] if single else chunk
+
+
+def load_policy(run_dir: str | Path, seed: int = 0) -> Policy:
+    from lps.train import create_state, load_config, make_optimizer
+
+    agent_name, cfg, agent_cfg, spec = load_config(run_dir)
+    if spec is None:
+        raise ValueError(f"{run_dir}/config.json has no problem spec; was the run started?")
+    agent = make_agent(agent_name, agent_cfg, spec)
+    state = checkpoint.restore(run_dir, create_state(agent, make_optimizer(cfg), cfg.seed))
+    return Policy(agent, state.params, seed)
+
+
+def evaluate_run(run_dir: str | Path, episodes: int | None = None, seed: int | None = None) -> dict[str, float]:
+    """Evaluate a run's latest checkpoint with the paper's protocol (same seed -> same result)."""
+    from lps.train import load_config, make_evaluator, make_policy_fn
+    import dataclasses
+
+    _, cfg, _, _ = load_config(run_dir)
+    policy = load_policy(run_dir)
+    episodes = cfg.eval_episodes if episodes is None else episodes
+    seed = cfg.seed if seed is None else seed
+    evaluator = make_evaluator(dataclasses.replace(cfg, eval_episodes=max(episodes, 1)))
+    if evaluator is None:
+        raise RuntimeError("no environment to evaluate in (is OGBench installed?)")
+    try:
+        return evaluator.run(make_policy_fn(policy.agent, policy.params, seed), episodes, seed=seed)
+    finally:
+        evaluator.close()

@@ -1,0 +1,89 @@
+"""A run's records: metrics as CSV and JSONL, optional TensorBoard, and the learning curve.
+
+Rows are appended as training goes; on resume, rows past the checkpoint's step are dropped so
+that a killed-and-resumed run has exactly the rows of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+from lps.checkpoint import atomic_write
+
+METRICS_JSONL, METRICS_CSV, CURVE_PNG = "metrics.jsonl", "metrics.csv", "curves.png"
+
+
+class RunLog:
+    def __init__(self, run_dir: str | Path, tensorboard: bool = False, resume_step: int | None = None):
+        self.dir = Path(run_dir)
+        self.rows: list[dict] = []
+        if resume_step is not None and (self.dir / METRICS_JSONL).exists():
+            with open(self.dir / METRICS_JSONL) as f:
+                self.rows = [r for r in map(json.loads, f) if r["step"] <= resume_step]
+        self._rewrite()
+        self.tb = None
+        if tensorboard:
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError as e:
+                raise ImportError('--tensorboard needs tensorboardX: pip install "lps[tensorboard]"') from e
+            self.tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=resume_step)
+
+    def _rewrite(self) -> None:
+        atomic_write(self.dir / METRICS_JSONL, "".join(json.dumps(r) + "\n" for r in self.rows))
+        keys = sorted({k for r in self.rows for k in r} - {"step"})
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=["step", *keys], restval="")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write(self.dir / METRICS_CSV, buf.getvalue())
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+        self.rows.append(row)
+        with open(self.dir / METRICS_JSONL, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        # The CSV header is the union of all keys seen, so it is rewritten whole (it is small).
+        self._rewrite()
+        if self.tb is not None:
+            for k, v in metrics.items():
+                self.tb.add_scalar(k, float(v), step)
+            self.tb.flush()
+
+    def series(self, key: str) -> tuple[list[int], list[float]]:
+        pts = [(r["step"], r[key]) for r in self.rows if key in r and not math.isnan(r[key])]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    def plot(self, title: str) -> None:
+        """Success rate and the training losses against gradient steps."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        loss_keys = sorted(k for k in {k for r in self.rows for k in r} if k.startswith("loss/"))
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        steps, success = self.series("eval/success")
+        axes[0].plot(steps, success, marker="o")
+        axes[0].set(xlabel="gradient steps", ylabel="success rate", ylim=(-0.02, 1.02), title=title)
+        axes[0].grid(alpha=0.3)
+        for k in loss_keys:
+            axes[1].plot(*self.series(k), label=k.removeprefix("loss/"))
+        axes[1].set(xlabel="gradient steps", ylabel="loss", title="training losses")
+        axes[1].set_yscale("symlog", linthresh=1e-2)
+        axes[1].grid(alpha=0.3)
+        if loss_keys:
+            axes[1].legend()
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        plt.close(fig)
+        atomic_write(self.dir / CURVE_PNG, buf.getvalue())
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()

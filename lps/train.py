@@ -1,0 +1,296 @@
+"""The training loop: a pure, jitted update scanned over many steps per dispatch.
+
+    state, metrics = update(state, data)
+
+`state` is a pytree (parameters, Polyak target, optimiser state, step, RNG key); the step's
+randomness is `fold_in(state.rng, state.step)`, so a run's numbers depend only on its seed and
+step count, never on how the steps were grouped into dispatches (which makes resume exact).
+Batches are sampled inside the update from the on-device dataset: the hot path has no host
+transfer and no Python per step. Seeds can be added as a leading axis with `vmap`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from lps import checkpoint
+from lps.agents import Spec, config_class, make_agent
+from lps.config import TrainConfig, check_positive_widths, from_dict, to_dict
+from lps.critic import polyak
+from lps.data.sampler import ChunkData, sample_chunks, to_device
+from lps.runlog import RunLog
+
+CONFIG_JSON, SUMMARY_JSON = "config.json", "summary.json"
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainState(struct.PyTreeNode):
+    step: jax.Array
+    rng: jax.Array
+    params: Any
+    target_params: Any
+    opt_state: Any
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    return optax.adam(cfg.lr)
+
+
+def create_state(agent, optimizer, seed: int) -> TrainState:
+    init_key, train_key = jax.random.split(jax.random.PRNGKey(seed))
+    params = agent.init(init_key)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        rng=train_key,
+        params=params,
+        # A copy, not an alias: the state's buffers are donated to the update.
+        target_params=jax.tree_util.tree_map(jnp.copy, {k: params[k] for k in agent.target_keys}),
+        opt_state=optimizer.init(params),
+    )
+
+
+def make_update(agent, optimizer, batch_size: int):
+    """The pure update `(state, data) -> (state, metrics)`: sample, one gradient step, Polyak."""
+    spec, tau = agent.spec, getattr(agent.cfg, "tau", 0.0)
+
+    def update(state: TrainState, data: ChunkData):
+        batch_key, loss_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
+        batch = sample_chunks(data, batch_key, batch_size, spec.chunk_len, spec.gamma)
+        grads, metrics = jax.grad(agent.loss, has_aux=True)(state.params, state.target_params, batch, loss_key)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        target = polyak(state.target_params, {k: params[k] for k in agent.target_keys}, tau)
+        return state.replace(step=state.step + 1, params=params, target_params=target, opt_state=opt_state), metrics
+
+    return update
+
+
+def make_multi_update(update, num_steps: int):
+    """`num_steps` updates in one compiled program; returns per-step metrics stacked."""
+
+    @partial(jax.jit, donate_argnums=0)
+    def multi_update(state, data):
+        return jax.lax.scan(lambda s, _: update(s, data), state, None, length=num_steps)
+
+    return multi_update
+
+
+# --- data, agents and evaluation for a config -----------------------------------------------
+
+
+def load_data(cfg: TrainConfig) -> dict[str, np.ndarray]:
+    """The row-layout training dataset the config asks for, validated."""
+    from lps import toy
+    from lps.data import tasks
+    from lps.data.validate import load_own_dataset, validate
+
+    if cfg.dataset is not None:
+        return load_own_dataset(cfg.dataset, cfg.chunk_len)
+    if cfg.env == toy.TOY_ENV:
+        return validate(toy.make_dataset(seed=cfg.data_seed), cfg.chunk_len, source=toy.TOY_ENV)
+    task = tasks.parse_task(cfg.env, cfg.reward)
+    data_dir = Path(cfg.data_dir).expanduser() if cfg.data_dir else tasks.default_data_dir()
+    return tasks.load_task(task, data_dir, cfg.chunk_len, episodes_if_missing=cfg.episodes, seed=cfg.data_seed)
+
+
+def make_evaluator(cfg: TrainConfig):
+    """An evaluator for the config's task, or None (no evaluation asked, or no environment)."""
+    from lps import toy
+    from lps.data import tasks
+
+    if cfg.eval_episodes == 0:
+        return None
+    if cfg.env == toy.TOY_ENV:
+        return toy.ToyEvaluator()
+    from lps.evaluate import Evaluator
+
+    try:
+        return Evaluator(tasks.parse_task(cfg.env, cfg.reward).env_id, num_envs=cfg.eval_episodes)
+    except ImportError as e:
+        print(f"[lps] evaluation disabled: {e}")
+        return None
+
+
+def make_policy_fn(agent, params, seed: int):
+    """`(obs batch, call index) -> chunks (B, H, A)` for an evaluator: one jitted network call."""
+    act = jax.jit(agent.act)
+    key = jax.random.PRNGKey(seed)
+    spec = agent.spec
+
+    def policy(obs, call):
+        chunk = act(params, jnp.asarray(obs), jax.random.fold_in(key, call))
+        return np.asarray(chunk).reshape(len(obs), spec.chunk_len, spec.action_dim)
+
+    return policy
+
+
+def build(agent_name: str, cfg: TrainConfig, agent_cfg, data: dict[str, np.ndarray]):
+    check_positive_widths(agent_cfg)
+    spec = Spec(data["observations"].shape[1], data["actions"].shape[1], cfg.chunk_len, cfg.gamma)
+    return make_agent(agent_name, agent_cfg, spec)
+
+
+# --- run directories ------------------------------------------------------------------------
+
+
+def default_run_dir(cfg: TrainConfig, agent_name: str) -> Path:
+    return Path("runs") / cfg.env / agent_name / f"seed{cfg.seed}"
+
+
+def save_config(run_dir: Path, agent_name: str, cfg: TrainConfig, agent_cfg, spec: Spec | None = None) -> None:
+    record = {"agent": agent_name, "train": to_dict(cfg), "agent_config": to_dict(agent_cfg)}
+    if spec is not None:
+        record["spec"] = dataclasses.asdict(spec)
+    checkpoint.write_json(run_dir / CONFIG_JSON, record)
+
+
+def load_config(run_dir: str | Path) -> tuple[str, TrainConfig, Any, Spec | None]:
+    path = Path(run_dir) / CONFIG_JSON
+    if not path.exists():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no {CONFIG_JSON})")
+    record = json.loads(path.read_text())
+    agent_name = record["agent"]
+    spec = Spec(**record["spec"]) if "spec" in record else None
+    return agent_name, from_dict(TrainConfig, record["train"]), from_dict(config_class(agent_name), record["agent_config"]), spec
+
+
+# --- the loop -------------------------------------------------------------------------------
+
+
+def train(agent_name: str, cfg: TrainConfig, agent_cfg, resume: bool = False) -> dict:
+    """Train (or resume) one run and return its summary; see the module docstring."""
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg, agent_name)
+    if not resume and (run_dir / CONFIG_JSON).exists() and not cfg.overwrite:
+        raise FileExistsError(
+            f"{run_dir} already holds a run: resume it with `lps train --resume {run_dir}`, "
+            "or choose another --run-dir, or pass --overwrite"
+        )
+    data = load_data(cfg)
+    agent = build(agent_name, cfg, agent_cfg, data)
+    device_data = to_device(data, cfg.chunk_len)
+    if cfg.batch_size > device_data.num_chunks:
+        raise ValueError(
+            f"--batch-size {cfg.batch_size} is larger than the dataset's {device_data.num_chunks} chunks; "
+            "use a smaller batch or more data"
+        )
+    optimizer = make_optimizer(cfg)
+    state = create_state(agent, optimizer, cfg.seed)
+    if resume:
+        state = checkpoint.restore(run_dir, state)
+        print(f"[lps] resuming {run_dir} from step {int(state.step)}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(run_dir, agent_name, cfg, agent_cfg, agent.spec)
+    log = RunLog(run_dir, cfg.tensorboard, resume_step=int(state.step) if resume else 0)
+    evaluator = make_evaluator(cfg)
+    update = make_update(agent, optimizer, cfg.batch_size)
+    compiled: dict[int, Any] = {}
+    title = f"{agent_name} on {cfg.env} (seed {cfg.seed})"
+
+    def evaluate(step: int) -> dict:
+        if evaluator is None:
+            return {}
+        result = evaluator.run(make_policy_fn(agent, state.params, cfg.seed), cfg.eval_episodes, seed=cfg.seed)
+        log.log(step, result)
+        log.plot(title)
+        return result
+
+    from tqdm import tqdm
+
+    step = int(state.step)
+    bar = tqdm(total=cfg.steps, initial=step, disable=not cfg.progress, unit="step", dynamic_ncols=True)
+    last_eval: dict = {}
+    start, start_step = time.perf_counter(), step
+    try:
+        while step < cfg.steps:
+            n = min(cfg.log_every, cfg.steps - step)
+            if n not in compiled:
+                compiled[n] = make_multi_update(update, n)
+            tick = time.perf_counter()
+            new_state, metrics = compiled[n](state, device_data)
+            metrics = jax.device_get(metrics)
+            _check_finite(metrics, step, run_dir)
+            state, step = new_state, step + n
+            row = {k: float(np.mean(v)) for k, v in metrics.items()}
+            row["steps_per_sec"] = n / (time.perf_counter() - tick)
+            log.log(step, row)
+            bar.update(n)
+            if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
+                last_eval = evaluate(step)
+            if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
+                checkpoint.save(run_dir, state)
+            bar.set_postfix(
+                sps=f"{row['steps_per_sec']:.0f}",
+                success=f"{last_eval['eval/success']:.2f}" if last_eval else "-",
+                refresh=False,
+            )
+    finally:
+        bar.close()
+        log.close()
+        if evaluator is not None:
+            evaluator.close()
+
+    elapsed = time.perf_counter() - start
+    summary = _summary(agent_name, cfg, run_dir, log, step - start_step, elapsed)
+    checkpoint.write_json(run_dir / SUMMARY_JSON, summary)
+    print(_summary_line(summary))
+    return summary
+
+
+def _check_finite(metrics: dict, first_step: int, run_dir: Path) -> None:
+    for name, values in metrics.items():
+        bad = ~np.isfinite(np.asarray(values))
+        if bad.any():
+            at = first_step + int(np.argmax(bad)) + 1
+            kept = (
+                f"the last good checkpoint is kept in {run_dir / checkpoint.CHECKPOINT}"
+                if (run_dir / checkpoint.CHECKPOINT).exists()
+                else "no checkpoint had been written yet"
+            )
+            raise TrainingDiverged(
+                f"'{name}' became {values[np.argmax(bad)]} at step {at}; training stopped and {kept}. "
+                "Try a lower --lr, or check the data's rewards"
+            )
+
+
+def _summary(agent_name, cfg, run_dir, log: RunLog, steps_run: int, elapsed: float) -> dict:
+    steps, success = log.series("eval/success")
+    return {
+        "agent": agent_name,
+        "env": cfg.env,
+        "seed": cfg.seed,
+        "steps": cfg.steps,
+        "run_dir": str(run_dir),
+        "wall_time_s": elapsed,
+        "steps_per_sec": steps_run / elapsed if elapsed > 0 else math.nan,
+        "final_success": success[-1] if success else None,
+        "best_success": max(success) if success else None,
+        "eval_episodes": cfg.eval_episodes,
+    }
+
+
+def _summary_line(s: dict) -> str:
+    minutes, seconds = divmod(int(s["wall_time_s"]), 60)
+    result = (
+        f"final success {s['final_success']:.2f} (best {s['best_success']:.2f}, {s['eval_episodes']} episodes)"
+        if s["final_success"] is not None
+        else "no evaluation"
+    )
+    return (
+        f"[lps] done: {s['agent']} on {s['env']} seed {s['seed']}: {s['steps']} steps in {minutes}m{seconds:02d}s "
+        f"({s['steps_per_sec']:.0f} steps/s), {result}; outputs in {s['run_dir']}"
+    )
