@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 from flax import serialization
 
 CHECKPOINT = "checkpoint.msgpack"
@@ -24,7 +26,9 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide results from other users
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as open() would; mkstemp's 0600 hides results from others
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
@@ -52,6 +56,10 @@ def restore(run_dir: str | os.PathLike, template):
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint in {run_dir} (expected {path.name})")
     try:
-        return serialization.from_bytes(template, path.read_bytes())
+        restored = serialization.from_bytes(template, path.read_bytes())
     except Exception as e:  # msgpack raises several types for a damaged file
         raise ValueError(f"checkpoint {path} is damaged and cannot be read ({type(e).__name__}: {e})") from e
+    for want, got in zip(jax.tree_util.tree_leaves(template), jax.tree_util.tree_leaves(restored)):
+        if jnp.shape(want) != jnp.shape(got) or jnp.result_type(want) != jnp.result_type(got):
+            raise ValueError(f"checkpoint {path} does not match this run's config (network sizes or data dims differ)")
+    return restored

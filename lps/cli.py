@@ -64,6 +64,8 @@ def _eval(argv: list[str]) -> int:
     p.add_argument("--episodes", type=int, default=None, help="default: the run's eval episodes")
     p.add_argument("--seed", type=int, default=None, help="evaluation seed (default: the run's seed)")
     a = p.parse_args(argv)
+    if a.episodes is not None and a.episodes < 1:
+        p.error("--episodes must be at least 1")
     from lps.policy import evaluate_run
 
     result = evaluate_run(a.run_dir, episodes=a.episodes, seed=a.seed)
@@ -119,7 +121,7 @@ def _agents(argv: list[str]) -> int:
 
     for name, (cls, cfg_cls) in sorted(REGISTRY.items()):
         cfg = cfg_cls()
-        keys = ", ".join(f"{k}={getattr(cfg, k)}" for k in cls.key_fields)
+        keys = ", ".join(f"{k}={getattr(cfg, k) if getattr(cfg, k) is not None else 'per-env'}" for k in cls.key_fields)
         print(f"{name:10s} {cls.summary}\n{'':10s} {keys}")
     return 0
 

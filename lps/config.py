@@ -75,10 +75,11 @@ class TrainConfig:
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # The paper's protocol: 1M steps, 50 evaluation episodes every 100k, paper network sizes.
     "paper": {"train": {}, "agent": {}},
-    # Shows learning on a 2-core CPU in about 15 minutes: 100 episodes of data, 2x256 networks.
+    # Shows learning on a 2-core CPU in about 15 minutes: 100 episodes of data, 2x256 networks
+    # (every `*_hidden` field of the agent).
     "quick": {
         "train": dict(steps=50_000, eval_every=10_000, save_every=10_000, episodes=100),
-        "agent": dict(base_hidden=(256, 256), critic_hidden=(256, 256), actor_hidden=(256, 256)),
+        "agent": dict(hidden=(256, 256)),
     },
     # The one-step toy bandit of `lps.toy`: learning checks in seconds.
     "toy": {
@@ -86,7 +87,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             env="toy-bandit", chunk_len=1, steps=2000, eval_every=1000, save_every=1000, log_every=250,
             eval_episodes=1000,
         ),
-        "agent": dict(base_hidden=(128, 128), critic_hidden=(128, 128), actor_hidden=(64, 64)),
+        "agent": dict(hidden=(128, 128), actor_hidden=(64, 64)),
     },
 }
 PRESETS["cpu"] = PRESETS["quick"]
@@ -100,9 +101,18 @@ def preset(name: str, agent_config_cls: type) -> tuple[TrainConfig, Any]:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
     p = PRESETS[name]
-    agent_fields = {f.name for f in dataclasses.fields(agent_config_cls)}
-    agent_overrides = {k: v for k, v in p["agent"].items() if k in agent_fields}
-    return TrainConfig(**p["train"]), agent_config_cls(**agent_overrides)
+    return TrainConfig(**p["train"]), agent_config_cls(**_agent_overrides(p["agent"], agent_config_cls))
+
+
+def _agent_overrides(overrides: dict, agent_config_cls: type) -> dict:
+    """`hidden` sets every `*_hidden` field; other keys apply where the agent has that field."""
+    out = {}
+    for f in dataclasses.fields(agent_config_cls):
+        if f.name in overrides:
+            out[f.name] = overrides[f.name]
+        elif f.name.endswith("_hidden") and "hidden" in overrides:
+            out[f.name] = overrides["hidden"]
+    return out
 
 
 def to_dict(cfg) -> dict:

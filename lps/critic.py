@@ -9,6 +9,7 @@ with `m` the product of the chunk's masks. The discounted sum and `m` come from 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal, Sequence
 
 import jax
@@ -51,3 +52,28 @@ def normalised_q_loss(q: jnp.ndarray) -> jnp.ndarray:
 
 def polyak(target, online, tau: float):
     return jax.tree_util.tree_map(lambda t, o: (1.0 - tau) * t + tau * o, target, online)
+
+
+@dataclasses.dataclass(frozen=True)
+class CriticConfig:
+    """The chunked critic's settings, shared by every critic-based agent's config."""
+
+    critic_hidden: tuple[int, ...] = (256, 256, 256, 256)
+    """Critic MLP widths (GELU + LayerNorm)."""
+    num_critics: int = 2
+    critic_agg: Aggregate = "min"
+    """How the target critics are combined in the bootstrap."""
+    tau: float = 0.005
+    """Polyak rate of the target critic."""
+
+    @property
+    def critic(self) -> Ensemble:
+        return chunk_critic(self.critic_hidden, self.num_critics)
+
+
+def td_loss(cfg: CriticConfig, params, target_params, batch: dict, next_chunk: jnp.ndarray, spec):
+    """The critic's loss given the policy's chunk at the next observation (`spec`: gamma, H)."""
+    next_q = aggregate(q_values(cfg.critic, target_params, batch["next_observations"], next_chunk), cfg.critic_agg)
+    target = chunk_target(batch, next_q, spec.gamma, spec.chunk_len)
+    q = q_values(cfg.critic, params, batch["observations"], batch["actions"])
+    return critic_loss(q, target), {"q/data": jnp.mean(q), "q/target": jnp.mean(target)}

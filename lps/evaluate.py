@@ -1,26 +1,33 @@
 """Batched evaluation with the paper's protocol (REFERENCE.md §4).
 
-All episodes run side by side: one policy call produces a chunk for every running episode, the
-chunk is executed open loop, and a new chunk is asked for only when the last one is used up.
-Success is the final step's `info['success']`. Episode i is reset with a seed derived from the
-evaluation seed, so the same policy and seed give the same result.
+Episodes run side by side in a pool of environments: one policy call produces a chunk for
+every running episode, each chunk is executed open loop, and a new chunk is asked for only when
+the last one is used up. Success is the final step's `info['success']`. When an episode ends
+its environment starts the next pending episode at the next policy call, so the batch stays
+full. Episode i is reset with a seed derived from (evaluation seed, i), so the same policy and
+seed give the same result whatever the pool size.
+
+The pool is small by default because every OGBench environment holds its own copy of the MuJoCo
+model (about 150 MB for the manipulation scenes).
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Callable
 
 import numpy as np
 
-# (observations (n, obs_dim), chunk index) -> action chunks (n, H, action_dim)
+# (observations (n, obs_dim), call index) -> action chunks (n, H, action_dim)
 PolicyFn = Callable[[np.ndarray, int], np.ndarray]
+DEFAULT_POOL = 10
 
 
 class Evaluator:
-    """Holds `num_envs` environments of one task and runs batches of episodes on them."""
+    """A pool of environments of one task that runs batches of episodes."""
 
-    def __init__(self, env_id: str, num_envs: int = 50):
+    def __init__(self, env_id: str, num_envs: int = DEFAULT_POOL):
         from lps.data.tasks import _require_ogbench
 
         _require_ogbench()
@@ -30,43 +37,48 @@ class Evaluator:
         self.envs = [gymnasium.make(env_id) for _ in range(num_envs)]
 
     def run(self, policy: PolicyFn, episodes: int = 50, seed: int = 0) -> dict[str, float]:
-        """Mean success, return and length over `episodes`, plus env steps/s with the policy in the loop."""
-        results, start, env_steps = [], time.perf_counter(), 0
-        for first in range(0, episodes, len(self.envs)):
-            wave = self._wave(policy, range(first, min(first + len(self.envs), episodes)), seed)
-            results.append(wave)
-            env_steps += int(wave[2].sum())
-        success, ret, length = (np.concatenate(x) for x in zip(*results))
+        """Mean success, return and length over `episodes`, and env steps/s with the policy in the loop."""
+        start = time.perf_counter()
+        n = len(self.envs)
+        pending = deque(range(episodes))
+        episode = np.full(n, -1)  # which episode each env is running; -1: idle
+        obs = None
+        success, ret, length = np.zeros(episodes), np.zeros(episodes), np.zeros(episodes, np.int64)
+
+        def start_next(slot: int) -> None:
+            nonlocal obs
+            if not pending:
+                episode[slot] = -1
+                return
+            i = pending.popleft()
+            ob, _ = self.envs[slot].reset(seed=_episode_seed(seed, i))
+            if obs is None:
+                obs = np.zeros((n, ob.shape[0]), np.float32)
+            obs[slot], episode[slot] = ob, i
+
+        for slot in range(n):
+            start_next(slot)
+        calls = 0
+        while (episode >= 0).any():
+            # A fixed batch shape for every call (idle slots keep their last observation).
+            chunks = np.asarray(policy(obs, calls))
+            calls += 1
+            running = list(np.flatnonzero(episode >= 0))
+            for k in range(chunks.shape[1]):
+                for slot in list(running):
+                    i = episode[slot]
+                    ob, r, terminated, truncated, info = self.envs[slot].step(chunks[slot, k])
+                    obs[slot], ret[i], length[i] = ob, ret[i] + r, length[i] + 1
+                    if terminated or truncated:
+                        success[i] = float(info["success"])
+                        running.remove(slot)
+                        start_next(slot)  # runs from the next policy call: chunks are open loop
         return {
             "eval/success": float(success.mean()),
             "eval/return": float(ret.mean()),
             "eval/length": float(length.mean()),
-            "eval/env_steps_per_sec": env_steps / (time.perf_counter() - start),
+            "eval/env_steps_per_sec": float(length.sum()) / (time.perf_counter() - start),
         }
-
-    def _wave(self, policy: PolicyFn, episode_ids: range, seed: int):
-        n = len(episode_ids)
-        envs = self.envs[:n]
-        obs = np.stack([env.reset(seed=_episode_seed(seed, i))[0] for env, i in zip(envs, episode_ids)])
-        # A fixed batch shape for every policy call: finished episodes keep their last observation.
-        batch = np.zeros((len(self.envs), obs.shape[1]), np.float32)
-        running = np.ones(n, bool)
-        success, ret, length = np.zeros(n), np.zeros(n), np.zeros(n, np.int64)
-        calls = 0
-        while running.any():
-            batch[:n] = obs
-            chunks = np.asarray(policy(batch, calls))[:n]
-            calls += 1
-            for k in range(chunks.shape[1]):
-                for i in np.flatnonzero(running):
-                    ob, r, terminated, truncated, info = envs[i].step(chunks[i, k])
-                    obs[i], ret[i], length[i] = ob, ret[i] + r, length[i] + 1
-                    if terminated or truncated:
-                        running[i] = False
-                        success[i] = float(info["success"])
-                if not running.any():
-                    break
-        return success, ret, length
 
     def close(self) -> None:
         for env in self.envs:

@@ -26,7 +26,7 @@ import optax
 from flax import struct
 
 from lps import checkpoint
-from lps.agents import Spec, config_class, make_agent
+from lps.agents import Spec, check_agent, config_class, make_agent, resolve_config
 from lps.config import TrainConfig, check_positive_widths, from_dict, to_dict
 from lps.critic import polyak
 from lps.data.sampler import ChunkData, sample_chunks, to_device
@@ -117,10 +117,10 @@ def make_evaluator(cfg: TrainConfig):
         return None
     if cfg.env == toy.TOY_ENV:
         return toy.ToyEvaluator()
-    from lps.evaluate import Evaluator
+    from lps.evaluate import DEFAULT_POOL, Evaluator
 
     try:
-        return Evaluator(tasks.parse_task(cfg.env, cfg.reward).env_id, num_envs=cfg.eval_episodes)
+        return Evaluator(tasks.parse_task(cfg.env, cfg.reward).env_id, min(cfg.eval_episodes, DEFAULT_POOL))
     except ImportError as e:
         print(f"[lps] evaluation disabled: {e}")
         return None
@@ -140,9 +140,8 @@ def make_policy_fn(agent, params, seed: int):
 
 
 def build(agent_name: str, cfg: TrainConfig, agent_cfg, data: dict[str, np.ndarray]):
-    check_positive_widths(agent_cfg)
     spec = Spec(data["observations"].shape[1], data["actions"].shape[1], cfg.chunk_len, cfg.gamma)
-    return make_agent(agent_name, agent_cfg, spec)
+    return make_agent(agent_name, resolve_config(agent_name, agent_cfg, cfg.env), spec)
 
 
 # --- run directories ------------------------------------------------------------------------
@@ -174,6 +173,8 @@ def load_config(run_dir: str | Path) -> tuple[str, TrainConfig, Any, Spec | None
 
 def train(agent_name: str, cfg: TrainConfig, agent_cfg, resume: bool = False) -> dict:
     """Train (or resume) one run and return its summary; see the module docstring."""
+    check_agent(agent_name)
+    check_positive_widths(agent_cfg)
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg, agent_name)
     if not resume and (run_dir / CONFIG_JSON).exists() and not cfg.overwrite:
         raise FileExistsError(
@@ -193,8 +194,9 @@ def train(agent_name: str, cfg: TrainConfig, agent_cfg, resume: bool = False) ->
     if resume:
         state = checkpoint.restore(run_dir, state)
         print(f"[lps] resuming {run_dir} from step {int(state.step)}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(run_dir, agent_name, cfg, agent_cfg, agent.spec)
+    else:
+        _clear_run_dir(run_dir)
+        save_config(run_dir, agent_name, cfg, agent.cfg, agent.spec)
     log = RunLog(run_dir, cfg.tensorboard, resume_step=int(state.step) if resume else 0)
     evaluator = make_evaluator(cfg)
     update = make_update(agent, optimizer, cfg.batch_size)
@@ -208,6 +210,12 @@ def train(agent_name: str, cfg: TrainConfig, agent_cfg, resume: bool = False) ->
         log.log(step, result)
         log.plot(title)
         return result
+
+    def save() -> None:
+        checkpoint.save(run_dir, state)
+        # A resumed run's (possibly changed) config is recorded with its first checkpoint, so a
+        # resume that fails early leaves the run as it was.
+        save_config(run_dir, agent_name, cfg, agent.cfg, agent.spec)
 
     from tqdm import tqdm
 
@@ -232,7 +240,7 @@ def train(agent_name: str, cfg: TrainConfig, agent_cfg, resume: bool = False) ->
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
                 last_eval = evaluate(step)
             if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
-                checkpoint.save(run_dir, state)
+                save()
             bar.set_postfix(
                 sps=f"{row['steps_per_sec']:.0f}",
                 success=f"{last_eval['eval/success']:.2f}" if last_eval else "-",
@@ -252,19 +260,31 @@ def train(agent_name: str, cfg: TrainConfig, agent_cfg, resume: bool = False) ->
 
 
 def _check_finite(metrics: dict, first_step: int, run_dir: Path) -> None:
-    for name, values in metrics.items():
-        bad = ~np.isfinite(np.asarray(values))
-        if bad.any():
-            at = first_step + int(np.argmax(bad)) + 1
-            kept = (
-                f"the last good checkpoint is kept in {run_dir / checkpoint.CHECKPOINT}"
-                if (run_dir / checkpoint.CHECKPOINT).exists()
-                else "no checkpoint had been written yet"
-            )
-            raise TrainingDiverged(
-                f"'{name}' became {values[np.argmax(bad)]} at step {at}; training stopped and {kept}. "
-                "Try a lower --lr, or check the data's rewards"
-            )
+    """Raise at the earliest step where any metric is NaN/inf, naming every metric bad there."""
+    bad = {name: ~np.isfinite(np.asarray(values)) for name, values in metrics.items()}
+    bad_steps = [int(np.argmax(b)) for b in bad.values() if b.any()]
+    if not bad_steps:
+        return
+    index = min(bad_steps)
+    names = ", ".join(f"'{n}' = {metrics[n][index]}" for n, b in bad.items() if b[index])
+    kept = (
+        f"the last good checkpoint is kept in {run_dir / checkpoint.CHECKPOINT}"
+        if (run_dir / checkpoint.CHECKPOINT).exists()
+        else "no checkpoint had been written yet"
+    )
+    raise TrainingDiverged(
+        f"training diverged at step {first_step + index + 1}: {names}; training stopped and {kept}. "
+        "Try a lower --lr, or check the data's rewards"
+    )
+
+
+def _clear_run_dir(run_dir: Path) -> None:
+    """Remove a previous run's outputs (only with --overwrite) so none is mistaken for this run's."""
+    import shutil
+
+    for name in (checkpoint.CHECKPOINT, SUMMARY_JSON, CONFIG_JSON, "metrics.csv", "metrics.jsonl", "curves.png"):
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
 
 
 def _summary(agent_name, cfg, run_dir, log: RunLog, steps_run: int, elapsed: float) -> dict:

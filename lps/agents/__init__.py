@@ -3,16 +3,32 @@
 from __future__ import annotations
 
 from lps.agents.base import Agent, Spec
+from lps.agents.bc import BCFM, BCMF, BCFMConfig, BCMFConfig
+from lps.agents.cfgrl import CFGRL, CFGRLConfig
+from lps.agents.dsrl import DSRL, DSRLConfig
 from lps.agents.lps import LPS, LPSConfig
+from lps.agents.lpsd import LPSD, LPSDConfig
+from lps.agents.qc_fql import QCFQL, QCFQLConfig
+from lps.agents.qc_mfql import QCMFQL, QCMFQLConfig
 
 REGISTRY: dict[str, tuple[type, type]] = {
-    LPS.name: (LPS, LPSConfig),
+    agent.name: (agent, config)
+    for agent, config in [
+        (LPS, LPSConfig),
+        (LPSD, LPSDConfig),
+        (QCFQL, QCFQLConfig),
+        (QCMFQL, QCMFQLConfig),
+        (DSRL, DSRLConfig),
+        (CFGRL, CFGRLConfig),
+        (BCFM, BCFMConfig),
+        (BCMF, BCMFConfig),
+    ]
 }
 
 
 def check_agent(name: str) -> None:
     if name not in REGISTRY:
-        raise ValueError(f"unknown agent {name!r}; valid agents: {', '.join(sorted(REGISTRY))}")
+        raise ValueError(f"unknown agent {name!r}; valid agents: {', '.join(REGISTRY)}")
 
 
 def config_class(name: str) -> type:
@@ -20,9 +36,20 @@ def config_class(name: str) -> type:
     return REGISTRY[name][1]
 
 
+def resolve_config(name: str, cfg, env: str):
+    """Fill config fields whose default depends on the task (e.g. QC-FQL's alpha)."""
+    check_agent(name)
+    agent_cls = REGISTRY[name][0]
+    return agent_cls.resolve(cfg, env) if hasattr(agent_cls, "resolve") else cfg
+
+
 def make_agent(name: str, cfg, spec: Spec) -> Agent:
     check_agent(name)
-    return REGISTRY[name][0](cfg, spec)
+    agent_cls, cfg_cls = REGISTRY[name]
+    if not isinstance(cfg, cfg_cls):
+        raise TypeError(f"agent {name!r} needs a {cfg_cls.__name__}, got {type(cfg).__name__}")
+    return agent_cls(cfg, spec)
 
 
-__all__ = ["Agent", "Spec", "REGISTRY", "check_agent", "config_class", "make_agent", "LPS", "LPSConfig"]
+__all__ = ["Agent", "Spec", "REGISTRY", "check_agent", "config_class", "make_agent", "resolve_config",
+           ] + [c.__name__ for pair in REGISTRY.values() for c in pair]

@@ -10,9 +10,9 @@ No behaviour-regularisation weight to tune (alpha = 1 only scales the BC loss), 
 the base policy's image of the latent sphere is the support constraint. Acting is one base-policy
 call: `pi(s) = clip(pi_beta(s, l(s)), -1, 1)`.
 
-Ablations (paper §5): `geometry` (sphere | normal | truncated) and `backbone`
-(meanflow | fm-10step | fm-1step: backpropagate through Euler steps of a flow-matching policy)
-and `parameterisation` (action | velocity).
+Ablations (paper §5): `geometry` (sphere | normal | truncated), `backbone` (meanflow |
+fm-10step | fm-1step: backpropagate through Euler steps of a flow-matching policy) and
+`parameterisation` (action | velocity).
 """
 
 from __future__ import annotations
@@ -26,25 +26,19 @@ import jax.numpy as jnp
 from lps import critic as C
 from lps import flows
 from lps.agents.base import Spec, init_module
-from lps.latent import Geometry, actor_latent, sample_latent
+from lps.generative import GenerativePolicy
+from lps.latent import Geometry, actor_latent
 from lps.nets import ConcatMLP
 
 Backbone = Literal["meanflow", "fm-10step", "fm-1step"]
 
 
 @dataclasses.dataclass(frozen=True)
-class LPSConfig:
+class LPSConfig(C.CriticConfig):
     base_hidden: tuple[int, ...] = (512, 512, 512, 512)
     """Base policy MLP widths (GELU, no LayerNorm)."""
-    critic_hidden: tuple[int, ...] = (256, 256, 256, 256)
-    """Critic MLP widths (GELU + LayerNorm)."""
     actor_hidden: tuple[int, ...] = (256, 256)
     """Latent actor MLP widths."""
-    num_critics: int = 2
-    critic_agg: C.Aggregate = "min"
-    """How the target critics are combined in the bootstrap."""
-    tau: float = 0.005
-    """Polyak rate of the target critic."""
     alpha: float = 1.0
     """Weight of the base policy's BC loss (1 in the paper; only swept in its sensitivity study)."""
     geometry: Geometry = "sphere"
@@ -65,87 +59,47 @@ class LPS:
     target_keys: ClassVar[tuple[str, ...]] = ("critic",)
     key_fields: ClassVar[tuple[str, ...]] = ("geometry", "backbone", "parameterisation", "alpha", "base_hidden")
 
-    # --- networks -------------------------------------------------------------------------
     @property
-    def critic(self):
-        return C.chunk_critic(self.cfg.critic_hidden, self.cfg.num_critics)
+    def base(self) -> GenerativePolicy:
+        kind, steps = {"meanflow": ("meanflow", 1), "fm-10step": ("flow", 10), "fm-1step": ("flow", 1)}[self.cfg.backbone]
+        return GenerativePolicy(self.cfg.base_hidden, self.spec.chunk_dim, kind, steps, self.cfg.geometry,
+                                self.cfg.parameterisation)
 
     @property
-    def base_policy(self):
-        return ConcatMLP(self.cfg.base_hidden, self.spec.chunk_dim)
-
-    @property
-    def latent_actor(self):
+    def latent_actor(self) -> ConcatMLP:
         return ConcatMLP(self.cfg.actor_hidden, self.spec.chunk_dim)
 
     def init(self, key):
         k_critic, k_base, k_actor = jax.random.split(key, 3)
         obs = jnp.zeros((1, self.spec.obs_dim))
-        chunk = jnp.zeros((1, self.spec.chunk_dim))
-        time = jnp.zeros((1, 1))
         return {
-            "critic": init_module(self.critic, k_critic, obs, chunk),
-            "base": init_module(self.base_policy, k_base, obs, chunk, time, time),
+            "critic": init_module(self.cfg.critic, k_critic, obs, jnp.zeros((1, self.spec.chunk_dim))),
+            "base": self.base.init(k_base, self.spec.obs_dim),
             "latent_actor": init_module(self.latent_actor, k_actor, obs),
         }
 
-    # --- the policy -----------------------------------------------------------------------
-    def base_net(self, base_params, obs):
-        return lambda z, t, h: self.base_policy.apply({"params": base_params}, obs, z, t, h)
-
-    def generate(self, base_params, obs, z):
-        """Decode latent `z` into an action chunk with the base policy."""
-        net = self.base_net(base_params, obs)
-        if self.cfg.backbone == "meanflow":
-            chunk = flows.meanflow_sample(net, z, self.cfg.parameterisation)
-        else:
-            chunk = flows.euler_sample(net, z, steps=10 if self.cfg.backbone == "fm-10step" else 1)
-        return jnp.clip(chunk, -1.0, 1.0)
-
-    def steer(self, params, obs):
-        """The LPS policy: the latent actor's latent, decoded by the base policy."""
-        raw = self.latent_actor.apply({"params": params["latent_actor"]}, obs)
-        return self.generate(params["base"], obs, actor_latent(raw, self.cfg.geometry))
+    def latent(self, params, obs, key):
+        """The latent the actor picks for `obs` (deterministic: `key` is unused)."""
+        del key
+        return actor_latent(self.latent_actor.apply({"params": params["latent_actor"]}, obs), self.cfg.geometry)
 
     def act(self, params, obs, key):
-        del key  # deterministic
-        return self.steer(params, obs)
+        return self.base.sample(params["base"], obs, self.latent(params, obs, key))
 
-    # --- losses ---------------------------------------------------------------------------
     def loss(self, params, target_params, batch, key):
-        k_noise, k_time = jax.random.split(key)
-        obs, chunk = batch["observations"], batch["actions"]
+        k_next, k_bc, k_actor = jax.random.split(key, 3)
+        obs = batch["observations"]
+        next_chunk = self.act(params, batch["next_observations"], k_next)
+        critic_loss, critic_info = C.td_loss(self.cfg, params["critic"], target_params["critic"], batch, next_chunk,
+                                             self.spec)
+        bc_loss = self.base.loss(params["base"], obs, batch["actions"], k_bc)
 
-        # Critic: Q-chunking target with the current LPS policy at the chunk's end.
-        next_obs = batch["next_observations"]
-        next_q = C.aggregate(
-            C.q_values(self.critic, target_params["critic"], next_obs, self.steer(params, next_obs)),
-            self.cfg.critic_agg,
-        )
-        target = C.chunk_target(batch, next_q, self.spec.gamma, self.spec.chunk_len)
-        q_data = C.q_values(self.critic, params["critic"], obs, chunk)
-        critic_loss = C.critic_loss(q_data, target)
-
-        # Base policy: behaviour cloning of dataset chunks from noise in the same geometry.
-        noise = sample_latent(k_noise, chunk.shape, self.cfg.geometry)
-        net = self.base_net(params["base"], obs)
-        if self.cfg.backbone == "meanflow":
-            bc_loss = flows.meanflow_loss(net, chunk, noise, k_time, self.cfg.parameterisation)
-        else:
-            bc_loss = flows.flow_matching_loss(net, chunk, noise, k_time)
-
-        # Latent actor: the critic's gradient flows through the frozen base policy into l only.
+        # The critic's gradient flows through the frozen base policy into the latent actor only.
         frozen = jax.lax.stop_gradient({"base": params["base"], "critic": params["critic"]})
-        steered = self.steer({"base": frozen["base"], "latent_actor": params["latent_actor"]}, obs)
-        q_pi = C.q_values(self.critic, frozen["critic"], obs, steered)
-        actor_loss = C.normalised_q_loss(q_pi)
+        steered = self.act({**frozen, "latent_actor": params["latent_actor"]}, obs, k_actor)
+        q = C.q_values(self.cfg.critic, frozen["critic"], obs, steered)
+        actor_loss = C.normalised_q_loss(q)
 
         loss = critic_loss + self.cfg.alpha * bc_loss + actor_loss
-        return loss, {
-            "loss/critic": critic_loss,
-            "loss/bc": bc_loss,
-            "loss/actor": actor_loss,
-            "q/data": jnp.mean(q_data),
-            "q/policy": jnp.mean(q_pi),
-            "q/target": jnp.mean(target),
-        }
+        return loss, {"loss/critic": critic_loss, "loss/bc": bc_loss, "loss/actor": actor_loss,
+                      "q/policy": jnp.mean(q), **critic_info}

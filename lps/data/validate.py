@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from typing import Iterable
 
 import numpy as np
@@ -23,15 +24,20 @@ class DatasetError(ValueError):
 def read_npz(path: str | os.PathLike, required: Iterable[str]) -> dict[str, np.ndarray]:
     """Load every array of an npz file, checking that `required` keys are present."""
     path = os.fspath(path)
-    if not os.path.exists(path):
+    if not os.path.isfile(path):
         raise DatasetError(f"dataset file not found: {path}")
     try:
-        with np.load(path, allow_pickle=False) as f:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise DatasetError(f"{path} holds a single array; a dataset is an .npz file of named arrays (see README)")
+        with loaded as f:
             arrays = {k: f[k] for k in f.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error) as e:
+        if isinstance(e, DatasetError):
+            raise
         raise DatasetError(
             f"dataset file {path} is corrupt or not an npz file ({type(e).__name__}: {e}); "
-            "delete it and generate it again (`lps data generate ENV`)"
+            "replace it (for generated OGBench data: delete it and run `lps data generate ENV`)"
         ) from e
     missing = [k for k in required if k not in arrays]
     if missing:
@@ -41,6 +47,10 @@ def read_npz(path: str | os.PathLike, required: Iterable[str]) -> dict[str, np.n
 
 def validate(dataset: dict[str, np.ndarray], chunk_len: int, source: str = "dataset") -> dict[str, np.ndarray]:
     """Check shapes, values and episode structure; return the dataset with canonical dtypes."""
+    for key in ("observations", "actions", "terminals", "rewards", "masks"):
+        arr = np.asarray(dataset[key])
+        if arr.ndim == 0 or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+            raise DatasetError(f"{source}: '{key}' must be a numeric array with one row per step, got {arr.dtype} {arr.shape}")
     obs, actions = dataset["observations"], dataset["actions"]
     if obs.ndim != 2 or actions.ndim != 2:
         raise DatasetError(
@@ -85,5 +95,5 @@ def validate(dataset: dict[str, np.ndarray], chunk_len: int, source: str = "data
 def load_own_dataset(path: str | os.PathLike, chunk_len: int) -> dict[str, np.ndarray]:
     """A user's dataset in row layout; `masks` defaults to 1 (never stop bootstrapping)."""
     arrays = read_npz(path, ("observations", "actions", "terminals", "rewards"))
-    arrays.setdefault("masks", np.ones(len(arrays["rewards"]), np.float32))
+    arrays.setdefault("masks", np.ones(np.shape(arrays["rewards"]), np.float32))
     return validate(arrays, chunk_len, source=os.fspath(path))

@@ -1,0 +1,105 @@
+"""DSRL-NA — diffusion steering by RL with noise aliasing (Wagenmaker et al. 2025), offline.
+
+The base policy is flow matching (10 Euler steps) on sphere noise. Instead of differentiating
+through it, DSRL distils a *latent critic* `Q_W(s, w)` from the action critic,
+
+    L_W = || Q_W(s, w) - stopgrad(mean_j Q_j(s, pi_beta(s, w))) ||^2,   w on the sphere,
+
+and trains a deterministic latent actor on the sphere against it: `-Q_W(s, l(s)) / |Q_W|`. No
+entropy term offline. `alpha` weights the base policy's BC loss (1 by default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+
+from lps import critic as C
+from lps.agents.base import Spec, init_module
+from lps.generative import GenerativePolicy
+from lps.latent import Geometry, actor_latent
+from lps.nets import ConcatMLP, Ensemble
+
+
+@dataclasses.dataclass(frozen=True)
+class DSRLConfig(C.CriticConfig):
+    base_hidden: tuple[int, ...] = (512, 512, 512, 512)
+    """Base policy MLP widths."""
+    actor_hidden: tuple[int, ...] = (256, 256)
+    """Latent actor MLP widths."""
+    latent_critic_hidden: tuple[int, ...] = (256, 256, 256, 256)
+    """Latent critic Q_W MLP widths (GELU + LayerNorm)."""
+    alpha: float = 1.0
+    """Weight of the base policy's BC loss."""
+    flow_steps: int = 10
+    geometry: Geometry = "sphere"
+    """Latent geometry of the base policy's noise and the latent actor."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DSRL:
+    cfg: DSRLConfig
+    spec: Spec
+
+    name: ClassVar[str] = "dsrl-na"
+    summary: ClassVar[str] = "DSRL with noise aliasing: latent actor against a latent critic distilled from Q"
+    target_keys: ClassVar[tuple[str, ...]] = ("critic",)
+    key_fields: ClassVar[tuple[str, ...]] = ("alpha", "flow_steps", "geometry", "latent_critic_hidden")
+
+    @property
+    def base(self) -> GenerativePolicy:
+        return GenerativePolicy(self.cfg.base_hidden, self.spec.chunk_dim, "flow", self.cfg.flow_steps,
+                                self.cfg.geometry)
+
+    @property
+    def latent_critic(self) -> Ensemble:
+        return Ensemble(self.cfg.latent_critic_hidden, 1, self.cfg.num_critics, layer_norm=True)
+
+    @property
+    def latent_actor(self) -> ConcatMLP:
+        return ConcatMLP(self.cfg.actor_hidden, self.spec.chunk_dim)
+
+    def init(self, key):
+        k_critic, k_base, k_latent_critic, k_actor = jax.random.split(key, 4)
+        obs, chunk = jnp.zeros((1, self.spec.obs_dim)), jnp.zeros((1, self.spec.chunk_dim))
+        return {
+            "critic": init_module(self.cfg.critic, k_critic, obs, chunk),
+            "base": self.base.init(k_base, self.spec.obs_dim),
+            "latent_critic": init_module(self.latent_critic, k_latent_critic, obs, chunk),
+            "latent_actor": init_module(self.latent_actor, k_actor, obs),
+        }
+
+    def latent(self, actor_params, obs):
+        return actor_latent(self.latent_actor.apply({"params": actor_params}, obs), self.cfg.geometry)
+
+    def act(self, params, obs, key):
+        del key  # deterministic
+        return self.base.sample(params["base"], obs, self.latent(params["latent_actor"], obs))
+
+    def loss(self, params, target_params, batch, key):
+        k_next, k_bc, k_w = jax.random.split(key, 3)
+        obs = batch["observations"]
+        next_chunk = self.act(params, batch["next_observations"], k_next)
+        critic_loss, critic_info = C.td_loss(self.cfg, params["critic"], target_params["critic"], batch, next_chunk,
+                                             self.spec)
+        bc_loss = self.base.loss(params["base"], obs, batch["actions"], k_bc)
+
+        # Latent critic: regress the action critic pulled back through the base policy (a target,
+        # so no gradient reaches the action critic or the base policy).
+        w = self.base.noise(k_w, obs.shape[0])
+        pulled_back = C.q_values(self.cfg.critic, params["critic"], obs, self.base.sample(params["base"], obs, w))
+        target = jax.lax.stop_gradient(jnp.mean(pulled_back, axis=0))
+        q_w = C.q_values(self.latent_critic, params["latent_critic"], obs, w)
+        latent_critic_loss = C.critic_loss(q_w, target)
+
+        # Latent actor against the frozen latent critic.
+        z = self.latent(params["latent_actor"], obs)
+        q_z = C.q_values(self.latent_critic, jax.lax.stop_gradient(params["latent_critic"]), obs, z)
+        actor_loss = C.normalised_q_loss(q_z)
+
+        loss = critic_loss + self.cfg.alpha * bc_loss + latent_critic_loss + actor_loss
+        return loss, {"loss/critic": critic_loss, "loss/bc": bc_loss, "loss/latent_critic": latent_critic_loss,
+                      "loss/actor": actor_loss, "q/latent": jnp.mean(q_z), **critic_info}

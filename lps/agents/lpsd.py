@@ -1,0 +1,71 @@
+"""LPSD — LPS with a stochastic latent actor and a distillation regulariser (LPS paper, appendix).
+
+The latent actor sees sphere noise `e` as well, `z = l(s, e)`, and is kept near the base
+policy's own sample from the same noise:
+
+    L_l = -Q(s, pi_beta(s, l(s, e))) / |Q| + alpha * || pi_beta(s, l(s, e)) - pi_beta(s, e) ||^2
+
+so, unlike LPS, it needs `alpha` tuned. Critic and base policy are LPS's (BC weight 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+
+from lps import critic as C
+from lps.agents.base import init_module
+from lps.agents.lps import LPS, LPSConfig
+from lps.latent import actor_latent
+
+
+@dataclasses.dataclass(frozen=True)
+class LPSDConfig(LPSConfig):
+    alpha: float = 1.0
+    """Distillation weight towards the base policy's own sample (the BC loss weight is 1)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LPSD(LPS):
+    cfg: LPSDConfig
+    name: ClassVar[str] = "lpsd"
+    summary: ClassVar[str] = "LPS with a stochastic latent actor l(s, e) and a distillation weight alpha"
+    key_fields: ClassVar[tuple[str, ...]] = ("alpha", "geometry", "backbone", "actor_hidden")
+
+    def init(self, key):
+        params = super().init(key)
+        obs, noise = jnp.zeros((1, self.spec.obs_dim)), jnp.zeros((1, self.spec.chunk_dim))
+        params["latent_actor"] = init_module(self.latent_actor, jax.random.fold_in(key, 1), obs, noise)
+        return params
+
+    def latent_from_noise(self, actor_params, obs, noise):
+        return actor_latent(self.latent_actor.apply({"params": actor_params}, obs, noise), self.cfg.geometry)
+
+    def latent(self, params, obs, key):
+        return self.latent_from_noise(params["latent_actor"], obs, self.base.noise(key, obs.shape[0]))
+
+    def loss(self, params, target_params, batch, key):
+        k_next, k_bc, k_noise = jax.random.split(key, 3)
+        obs = batch["observations"]
+        next_chunk = self.act(params, batch["next_observations"], k_next)
+        critic_loss, critic_info = C.td_loss(self.cfg, params["critic"], target_params["critic"], batch, next_chunk,
+                                             self.spec)
+        bc_loss = self.base.loss(params["base"], obs, batch["actions"], k_bc)
+
+        frozen = jax.lax.stop_gradient({"base": params["base"], "critic": params["critic"]})
+        noise = self.base.noise(k_noise, obs.shape[0])
+        steered = self.base.sample(frozen["base"], obs, self.latent_from_noise(params["latent_actor"], obs, noise))
+        q = C.q_values(self.cfg.critic, frozen["critic"], obs, steered)
+        distill_loss = self.distill_loss(steered, self.base.sample(frozen["base"], obs, noise))
+        actor_loss = C.normalised_q_loss(q) + self.cfg.alpha * distill_loss
+
+        loss = critic_loss + bc_loss + actor_loss
+        return loss, {"loss/critic": critic_loss, "loss/bc": bc_loss, "loss/actor": actor_loss,
+                      "loss/distill": distill_loss, "q/policy": jnp.mean(q), **critic_info}
+
+    @staticmethod
+    def distill_loss(steered, unsteered):
+        return jnp.mean(jnp.square(steered - unsteered))

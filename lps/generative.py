@@ -1,0 +1,67 @@
+"""A generative (noise -> action chunk) policy: network, training noise, loss and sampler in one
+object, so that every agent builds its base or BC policy the same way.
+
+    policy = GenerativePolicy(hidden=(512,) * 4, chunk_dim=25, kind="meanflow")
+    params = policy.init(key, obs_dim)
+    loss = policy.loss(params, obs, chunk, key)            # behaviour cloning
+    chunk = policy.sample(params, obs, policy.noise(key, batch))  # in [-1, 1]
+
+`kind="meanflow"` samples in one network call; `kind="flow"` integrates `steps` Euler steps
+(differentiable, so a latent actor can backpropagate through either). The network sees
+`[s, z, t, h]`; agents that condition on more (CFGRL's optimality label) append it to `s`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+from lps import flows
+from lps.latent import Geometry, sample_latent
+from lps.nets import ConcatMLP
+
+Kind = Literal["meanflow", "flow"]
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerativePolicy:
+    hidden: tuple[int, ...]
+    chunk_dim: int
+    kind: Kind = "meanflow"
+    steps: int = 10  # Euler steps of a flow policy
+    geometry: Geometry = "sphere"  # where the training (and sampling) noise lives
+    parameterisation: flows.Parameterisation = "action"  # of a MeanFlow policy
+
+    @property
+    def net(self) -> ConcatMLP:
+        return ConcatMLP(tuple(self.hidden), self.chunk_dim)
+
+    def init(self, key: jax.Array, cond_dim: int):
+        time = jnp.zeros((1, 1))
+        return self.net.init(key, jnp.zeros((1, cond_dim)), jnp.zeros((1, self.chunk_dim)), time, time)["params"]
+
+    def bind(self, params, cond: jnp.ndarray) -> flows.Net:
+        return lambda z, t, h: self.net.apply({"params": params}, cond, z, t, h)
+
+    def noise(self, key: jax.Array, batch: int) -> jnp.ndarray:
+        return sample_latent(key, (batch, self.chunk_dim), self.geometry)
+
+    def loss(self, params, cond: jnp.ndarray, chunk: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
+        noise_key, time_key = jax.random.split(key)
+        noise = self.noise(noise_key, chunk.shape[0])
+        net = self.bind(params, cond)
+        if self.kind == "meanflow":
+            return flows.meanflow_loss(net, chunk, noise, time_key, self.parameterisation)
+        return flows.flow_matching_loss(net, chunk, noise, time_key)
+
+    def sample(self, params, cond: jnp.ndarray, z: jnp.ndarray) -> jnp.ndarray:
+        return jnp.clip(self.raw_sample(self.bind(params, cond), z), -1.0, 1.0)
+
+    def raw_sample(self, net: flows.Net, z: jnp.ndarray) -> jnp.ndarray:
+        """The unclipped sample of a bound network (CFGRL guides the network before sampling)."""
+        if self.kind == "meanflow":
+            return flows.meanflow_sample(net, z, self.parameterisation)
+        return flows.euler_sample(net, z, self.steps)
