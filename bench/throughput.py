@@ -8,7 +8,8 @@
   size (2x256 everywhere); data sampled on device as in training.
 - act: latency of one policy call producing one action chunk (batch 1), and per-step cost.
 - eval: environment steps per second of a 50-episode batched evaluation with the policy in the
-  loop, against the same environments stepped alone with random actions.
+  loop, against a naive loop calling the policy at every step (one episode at a time) and against
+  the environment stepped alone with random actions.
 Timings on a shared machine are noisy: compare figures from one run.
 """
 
@@ -22,14 +23,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lps.agents import REGISTRY, Spec, config_class, make_agent
+from lps.agents import REGISTRY, Spec, config_class, make_agent, resolve_config
+from lps.config import TrainConfig, agent_overrides
 from lps.data.sampler import to_device
 from lps.train import create_state, make_multi_update, make_optimizer, make_update
-from lps.config import TrainConfig
 
 SIZES = {
     "paper": {},
-    "small": dict(base_hidden=(256, 256), critic_hidden=(256, 256), actor_hidden=(256, 256)),
+    "small": dict(hidden=(256, 256)),  # every *_hidden field, as the quick preset
 }
 OBS_DIM, ACTION_DIM, CHUNK = 28, 5, 5
 
@@ -50,8 +51,8 @@ def synthetic_dataset(episodes: int = 100, length: int = 1001, seed: int = 0) ->
 
 def agent_for(name: str, size: str):
     cfg_cls = config_class(name)
-    fields = {f for f in cfg_cls.__dataclass_fields__}
-    cfg = cfg_cls(**{k: v for k, v in SIZES[size].items() if k in fields})
+    cfg = cfg_cls(**agent_overrides(SIZES[size], cfg_cls))
+    cfg = resolve_config(name, cfg, "cube-single-play-singletask-task1-v0")
     return make_agent(name, cfg, Spec(OBS_DIM, ACTION_DIM, CHUNK, 0.99))
 
 
@@ -86,23 +87,36 @@ def bench_act(name: str, size: str, calls: int) -> float:
     return statistics.median(times)
 
 
-def bench_eval(name: str, size: str, episodes: int, repeats: int) -> tuple[float, float]:
+def bench_eval(name: str, size: str, episodes: int, repeats: int) -> tuple[float, float, float]:
+    """Env steps/s: our batched open-loop evaluator; a naive loop that calls the policy at every
+    step for one episode at a time (what research code commonly does); the env alone."""
     import gymnasium
 
-    from lps.evaluate import Evaluator
+    from lps.evaluate import DEFAULT_POOL, Evaluator
     from lps.train import make_policy_fn
 
     env_id = "cube-single-singletask-task1-v0"
     agent = agent_for(name, size)
     params = agent.init(jax.random.PRNGKey(0))
-    evaluator = Evaluator(env_id, num_envs=episodes)
+    evaluator = Evaluator(env_id, num_envs=min(episodes, DEFAULT_POOL))
     policy = make_policy_fn(agent, params, 0)
-    with_policy = [evaluator.run(policy, episodes, seed=r)["eval/env_steps_per_sec"] for r in range(repeats)]
+    batched = [evaluator.run(policy, episodes, seed=r)["eval/env_steps_per_sec"] for r in range(repeats)]
     evaluator.close()
 
     env = gymnasium.make(env_id)
-    alone = []
+    act = jax.jit(agent.act)
+    naive, alone = [], []
     for r in range(repeats):
+        steps, t = 0, time.perf_counter()
+        for episode in range(max(1, episodes // 10)):
+            ob, _ = env.reset(seed=1000 * r + episode)
+            done = False
+            while not done:
+                chunk = np.asarray(act(params, jnp.asarray(ob)[None], jax.random.PRNGKey(steps)))
+                ob, _, term, trunc, _ = env.step(chunk[0, :ACTION_DIM])
+                done, steps = term or trunc, steps + 1
+        naive.append(steps / (time.perf_counter() - t))
+
         env.reset(seed=r)
         rng = np.random.default_rng(r)
         steps, t = 0, time.perf_counter()
@@ -112,7 +126,7 @@ def bench_eval(name: str, size: str, episodes: int, repeats: int) -> tuple[float
             if term or trunc:
                 env.reset()
         alone.append(steps / (time.perf_counter() - t))
-    return statistics.median(with_policy), statistics.median(alone)
+    return statistics.median(batched), statistics.median(naive), statistics.median(alone)
 
 
 def main():
@@ -138,10 +152,10 @@ def main():
                 )
     if "eval" in a.only:
         for name in a.agents:
-            with_policy, alone = bench_eval(name, "paper", a.eval_episodes, max(1, a.repeats // 2))
+            batched, naive, alone = bench_eval(name, "paper", a.eval_episodes, max(1, a.repeats // 2))
             print(
-                f"eval    {name:8s} paper  {with_policy:10.1f} env steps/s with the policy "
-                f"({a.eval_episodes} episodes batched) vs {alone:.1f} env alone ({with_policy / alone:.2f}x)"
+                f"eval    {name:8s} paper  {batched:10.1f} env steps/s batched open-loop ({a.eval_episodes} episodes), "
+                f"{naive:.1f} calling the policy every step ({batched / naive:.2f}x faster), {alone:.1f} env alone"
             )
 
 

@@ -49,7 +49,11 @@ def _train(argv: list[str]) -> int:
             ("preset", str, dataclasses.field(default=known.preset or "paper")),
             ("resume", "str | None", dataclasses.field(default=known.resume)),
             ("train", Annotated[config.TrainConfig, tyro.conf.OmitArgPrefixes], dataclasses.field(default=train_cfg)),
-            ("agent_config", Annotated[type(agent_cfg), tyro.conf.OmitArgPrefixes], dataclasses.field(default=agent_cfg)),
+            (
+                "agent_config",
+                Annotated[type(agent_cfg), tyro.conf.OmitArgPrefixes],
+                dataclasses.field(default=agent_cfg),
+            ),
         ],
     )
     Args.__doc__ = f"Train agent {agent_name!r} (defaults shown are those of preset {known.preset or 'paper'!r})."

@@ -84,7 +84,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # The one-step toy bandit of `lps.toy`: learning checks in seconds.
     "toy": {
         "train": dict(
-            env="toy-bandit", chunk_len=1, steps=2000, eval_every=1000, save_every=1000, log_every=250,
+            env="toy-bandit",
+            chunk_len=1,
+            steps=2000,
+            eval_every=1000,
+            save_every=1000,
+            log_every=250,
             eval_episodes=1000,
         ),
         "agent": dict(hidden=(128, 128), actor_hidden=(64, 64)),
@@ -101,10 +106,10 @@ def preset(name: str, agent_config_cls: type) -> tuple[TrainConfig, Any]:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
     p = PRESETS[name]
-    return TrainConfig(**p["train"]), agent_config_cls(**_agent_overrides(p["agent"], agent_config_cls))
+    return TrainConfig(**p["train"]), agent_config_cls(**agent_overrides(p["agent"], agent_config_cls))
 
 
-def _agent_overrides(overrides: dict, agent_config_cls: type) -> dict:
+def agent_overrides(overrides: dict, agent_config_cls: type) -> dict:
     """`hidden` sets every `*_hidden` field; other keys apply where the agent has that field."""
     out = {}
     for f in dataclasses.fields(agent_config_cls):
@@ -141,4 +146,3 @@ def check_positive_widths(cfg) -> None:
             raise ValueError(f"--{_flag(f.name)} needs at least one positive width, got {value}")
         if f.name.startswith("num_") and value <= 0:
             raise ValueError(f"--{_flag(f.name)} must be positive, got {value}")
-

@@ -72,8 +72,8 @@ class CriticConfig:
 
 
 def td_loss(cfg: CriticConfig, params, target_params, batch: dict, next_chunk: jnp.ndarray, spec):
-    """The critic's loss given the policy's chunk at the next observation (`spec`: gamma, H)."""
-    next_q = aggregate(q_values(cfg.critic, target_params, batch["next_observations"], next_chunk), cfg.critic_agg)
-    target = chunk_target(batch, next_q, spec.gamma, spec.chunk_len)
-    q = q_values(cfg.critic, params, batch["observations"], batch["actions"])
+    """The critic's loss (on `params["critic"]`) given the policy's chunk at the next observation."""
+    next_q = q_values(cfg.critic, target_params["critic"], batch["next_observations"], next_chunk)
+    target = chunk_target(batch, aggregate(next_q, cfg.critic_agg), spec.gamma, spec.chunk_len)
+    q = q_values(cfg.critic, params["critic"], batch["observations"], batch["actions"])
     return critic_loss(q, target), {"q/data": jnp.mean(q), "q/target": jnp.mean(target)}

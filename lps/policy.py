@@ -1,7 +1,7 @@
 """Loading a trained policy from a run directory, in one call.
 
-    policy = lps.load_policy("runs/cube-single-play-singletask-task1-v0/lps/seed0")
-    chunk = policy(obs)            # (H, action_dim) for one observation, (B, H, A) for a batch
+policy = lps.load_policy("runs/cube-single-play-singletask-task1-v0/lps/seed0")
+chunk = policy(obs)            # (H, action_dim) for one observation, (B, H, A) for a batch
 """
 
 from __future__ import annotations
@@ -49,8 +49,9 @@ def load_policy(run_dir: str | Path, seed: int = 0) -> Policy:
 
 def evaluate_run(run_dir: str | Path, episodes: int | None = None, seed: int | None = None) -> dict[str, float]:
     """Evaluate a run's latest checkpoint with the paper's protocol (same seed -> same result)."""
-    from lps.train import load_config, make_evaluator, make_policy_fn
     import dataclasses
+
+    from lps.train import load_config, make_evaluator, make_policy_fn
 
     _, cfg, _, _ = load_config(run_dir)
     policy = load_policy(run_dir)

@@ -165,7 +165,12 @@ def load_config(run_dir: str | Path) -> tuple[str, TrainConfig, Any, Spec | None
     record = json.loads(path.read_text())
     agent_name = record["agent"]
     spec = Spec(**record["spec"]) if "spec" in record else None
-    return agent_name, from_dict(TrainConfig, record["train"]), from_dict(config_class(agent_name), record["agent_config"]), spec
+    return (
+        agent_name,
+        from_dict(TrainConfig, record["train"]),
+        from_dict(config_class(agent_name), record["agent_config"]),
+        spec,
+    )
 
 
 # --- the loop -------------------------------------------------------------------------------

@@ -10,22 +10,19 @@ import pytest
 
 from lps import flows, toy
 from lps.agents import REGISTRY, Spec, config_class, make_agent, resolve_config
-from lps.agents.cfgrl import CFGRL, CFGRLConfig
-from lps.agents.dsrl import DSRLConfig
-from lps.agents.lpsd import LPSD, LPSDConfig
+from lps.agents.lpsd import LPSD
 from lps.agents.qc_fql import QCFQLConfig, alpha_for
-from lps.config import _agent_overrides
-from lps.data.sampler import sample_chunks, to_device
+from lps.config import TrainConfig, agent_overrides
+from lps.data.sampler import to_device
 from lps.data.validate import validate
 from lps.train import create_state, make_multi_update, make_optimizer, make_policy_fn, make_update
-from lps.config import TrainConfig
 
 SPEC = Spec(obs_dim=6, action_dim=2, chunk_len=3)
 
 
 def small_config(name, hidden=(32, 32), **kw):
     cls = config_class(name)
-    cfg = cls(**_agent_overrides({"hidden": hidden}, cls), **kw)
+    cfg = cls(**agent_overrides({"hidden": hidden}, cls), **kw)
     return resolve_config(name, cfg, "cube-single-play-singletask-task1-v0")
 
 
@@ -73,12 +70,16 @@ def test_short_toy_run_improves_over_initial_policy(name):
 def test_dsrl_latent_critic_sends_no_gradient_into_the_action_critic():
     agent = make_agent("dsrl-na", small_config("dsrl-na"), SPEC)
     params = agent.init(jax.random.PRNGKey(0))
-    grad = jax.grad(lambda p: agent.loss(p, {"critic": params["critic"]}, random_batch(), jax.random.PRNGKey(1))[1][
-        "loss/latent_critic"])(params)
+    grad = jax.grad(
+        lambda p: agent.loss(p, {"critic": params["critic"]}, random_batch(), jax.random.PRNGKey(1))[1][
+            "loss/latent_critic"
+        ]
+    )(params)
     assert norm(grad["critic"]) == 0.0 and norm(grad["base"]) == 0.0
     assert norm(grad["latent_critic"]) > 0.0
-    actor_grad = jax.grad(lambda p: agent.loss(p, {"critic": params["critic"]}, random_batch(), jax.random.PRNGKey(1))[1][
-        "loss/actor"])(params)
+    actor_grad = jax.grad(
+        lambda p: agent.loss(p, {"critic": params["critic"]}, random_batch(), jax.random.PRNGKey(1))[1]["loss/actor"]
+    )(params)
     assert norm(actor_grad["latent_critic"]) == 0.0 and norm(actor_grad["critic"]) == 0.0
     assert norm(actor_grad["latent_actor"]) > 0.0
 

@@ -40,7 +40,11 @@ def run_cli(*args, cwd, extra_path: Path | None = None, timeout=180) -> subproce
     env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
     out = subprocess.run(
         [sys.executable, "-m", "lps.cli", *map(str, args)],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert out.returncode == 0, f"lps {' '.join(map(str, args))} exited {out.returncode}:\n{out.stdout}\n{out.stderr}"
     return out
@@ -61,8 +65,18 @@ def data_dir(workdir) -> Path:
     pytest.importorskip("ogbench")
     d = workdir / "data"
     out = run_cli(
-        "data", "generate", "cube-single", "--episodes", EPISODES, "--max-episode-steps", STEPS,
-        "--workers", 1, "--data-dir", d, cwd=workdir,
+        "data",
+        "generate",
+        "cube-single",
+        "--episodes",
+        EPISODES,
+        "--max-episode-steps",
+        STEPS,
+        "--workers",
+        1,
+        "--data-dir",
+        d,
+        cwd=workdir,
     )
     assert "[lps] wrote" in out.stdout
     return d
@@ -73,9 +87,28 @@ def trained(workdir, data_dir) -> tuple[Path, subprocess.CompletedProcess]:
     """A 300-step run trained by `lps train` on the generated data."""
     run_dir = workdir / "run"
     out = run_cli(
-        "train", "--preset", "quick", "--env", TASK, "--data-dir", data_dir, "--steps", 300, "--log-every", 100,
-        "--eval-every", 300, "--save-every", 300, "--eval-episodes", 2, *TINY_FLAGS, "--run-dir", run_dir,
-        "--no-progress", cwd=workdir,
+        "train",
+        "--preset",
+        "quick",
+        "--env",
+        TASK,
+        "--data-dir",
+        data_dir,
+        "--steps",
+        300,
+        "--log-every",
+        100,
+        "--eval-every",
+        300,
+        "--save-every",
+        300,
+        "--eval-episodes",
+        2,
+        *TINY_FLAGS,
+        "--run-dir",
+        run_dir,
+        "--no-progress",
+        cwd=workdir,
     )
     return run_dir, out
 
@@ -158,9 +191,27 @@ def test_prepare_then_train_without_ogbench(workdir, data_dir, tmp_path):
     (blocker / "ogbench" / "__init__.py").write_text("raise ImportError('ogbench is blocked in this test')\n")
     run_dir = tmp_path / "run"
     out = run_cli(
-        "train", "--preset", "quick", "--dataset", npz, "--steps", 100, "--log-every", 100, "--eval-every", 0,
-        "--save-every", 100, "--eval-episodes", 0, *TINY_FLAGS, "--run-dir", run_dir, "--no-progress",
-        cwd=tmp_path, extra_path=blocker,
+        "train",
+        "--preset",
+        "quick",
+        "--dataset",
+        npz,
+        "--steps",
+        100,
+        "--log-every",
+        100,
+        "--eval-every",
+        0,
+        "--save-every",
+        100,
+        "--eval-episodes",
+        0,
+        *TINY_FLAGS,
+        "--run-dir",
+        run_dir,
+        "--no-progress",
+        cwd=tmp_path,
+        extra_path=blocker,
     )
     assert last_line(out.stdout).startswith("[lps] done:") and "no evaluation" in last_line(out.stdout)
     assert (run_dir / "checkpoint.msgpack").is_file()

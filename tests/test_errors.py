@@ -40,15 +40,25 @@ def run_cli(*args, cwd, timeout=120) -> subprocess.CompletedProcess:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     return subprocess.run(
         [sys.executable, "-m", "lps.cli", *map(str, args)],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
 def toy_cfg(run_dir, **overrides) -> TrainConfig:
     cfg, _ = preset("toy", LPSConfig)
     small = dict(
-        steps=200, log_every=100, eval_every=0, save_every=100, eval_episodes=0, batch_size=64,
-        run_dir=str(run_dir), progress=False,
+        steps=200,
+        log_every=100,
+        eval_every=0,
+        save_every=100,
+        eval_episodes=0,
+        batch_size=64,
+        run_dir=str(run_dir),
+        progress=False,
     )
     return dataclasses.replace(cfg, **(small | overrides))
 
@@ -141,7 +151,9 @@ def test_npy_instead_of_npz(tmp_path):
 def test_missing_keys_lists_the_keys_present(tmp_path):
     data = episodes()
     path = save_npz(tmp_path / "partial.npz", {"observations": data["observations"], "actions": data["actions"]})
-    with pytest.raises(DatasetError, match=r"lacks key\(s\) \['terminals', 'rewards'\]; it has \['actions', 'observations'\]"):
+    with pytest.raises(
+        DatasetError, match=r"lacks key\(s\) \['terminals', 'rewards'\]; it has \['actions', 'observations'\]"
+    ):
         load_own_dataset(path, 1)
 
 
@@ -195,7 +207,9 @@ def test_actions_outside_unit_box(tmp_path):
 
 def test_empty_dataset(tmp_path):
     data = {k: v[:0] for k, v in episodes().items()}
-    with pytest.raises(DatasetError, match=r"last row must end an episode \(terminals\[-1\] = 1\), or the dataset is empty"):
+    with pytest.raises(
+        DatasetError, match=r"last row must end an episode \(terminals\[-1\] = 1\), or the dataset is empty"
+    ):
         load_own_dataset(save_npz(tmp_path / "d.npz", data), 1)
 
 
@@ -315,7 +329,9 @@ def test_existing_run_is_not_overwritten(toy_run, tmp_path, monkeypatch, capsys)
     run_dir = copy_run(toy_run, tmp_path / "run")
     before = snapshot(run_dir)
     assert {"config.json", "checkpoint.msgpack", "metrics.jsonl", "metrics.csv", "summary.json"} <= set(before)
-    with pytest.raises(FileExistsError, match=f"{run_dir} already holds a run: resume it with `lps train --resume {run_dir}`"):
+    with pytest.raises(
+        FileExistsError, match=f"{run_dir} already holds a run: resume it with `lps train --resume {run_dir}`"
+    ):
         train("lps", toy_cfg(run_dir), TINY)
     assert snapshot(run_dir) == before
     # Through the CLI: exit code 1 and the same advice.
@@ -371,7 +387,9 @@ def test_huge_rewards_diverge_before_any_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
     cfg = toy_cfg(run_dir, dataset=str(path), batch_size=16, steps=100, save_every=100)
     # loss/critic is inf at step 1 and loss/actor NaN from step 2; see test_divergence_reports_the_earliest_step.
-    pattern = r"training diverged at step 1: 'loss/critic' = inf.*; training stopped and no checkpoint had been written yet"
+    pattern = (
+        r"training diverged at step 1: 'loss/critic' = inf.*; training stopped and no checkpoint had been written yet"
+    )
     with pytest.raises(TrainingDiverged, match=pattern + r".*check the data's rewards"):
         train("lps", cfg, TINY)
     assert not (run_dir / checkpoint.CHECKPOINT).exists()

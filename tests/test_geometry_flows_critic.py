@@ -7,7 +7,7 @@ import pytest
 
 from lps import critic as C
 from lps import flows
-from lps.latent import actor_latent, sample_latent, sphere_project, TRUNCATION_BOUND
+from lps.latent import TRUNCATION_BOUND, actor_latent, sample_latent, sphere_project
 
 jax.config.update("jax_enable_x64", False)
 

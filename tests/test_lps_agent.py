@@ -10,8 +10,8 @@ from lps.agents import LPSConfig, Spec, make_agent
 SMALL = dict(base_hidden=(32, 32), critic_hidden=(32, 32), actor_hidden=(16,))
 
 
-def batch_for(spec, b=8, key=jax.random.PRNGKey(0)):
-    k = jax.random.split(key, 4)
+def batch_for(spec, b=8, seed=0):
+    k = jax.random.split(jax.random.PRNGKey(seed), 4)
     return {
         "observations": jax.random.normal(k[0], (b, spec.obs_dim)),
         "actions": jax.random.uniform(k[1], (b, spec.chunk_dim), minval=-1, maxval=1),

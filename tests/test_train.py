@@ -4,7 +4,6 @@ import dataclasses
 
 import jax
 import numpy as np
-import pytest
 
 import lps
 from lps import checkpoint
@@ -17,8 +16,16 @@ SMALL = LPSConfig(base_hidden=(32, 32), critic_hidden=(32, 32), actor_hidden=(16
 
 def toy_config(tmp_path, name, **kw):
     cfg, _ = preset("toy", LPSConfig)
-    base = dict(run_dir=str(tmp_path / name), progress=False, steps=400, log_every=100, save_every=200,
-                eval_every=0, eval_episodes=0, batch_size=64)
+    base = dict(
+        run_dir=str(tmp_path / name),
+        progress=False,
+        steps=400,
+        log_every=100,
+        save_every=200,
+        eval_every=0,
+        eval_episodes=0,
+        batch_size=64,
+    )
     return dataclasses.replace(cfg, **{**base, **kw})
 
 
@@ -68,11 +75,22 @@ def test_lps_on_toy_bandit_finds_best_cluster_within_support(tmp_path):
     finals = []
     for seed in range(3):
         cfg, agent_cfg = preset("toy", LPSConfig)
-        cfg = dataclasses.replace(cfg, run_dir=str(tmp_path / f"toy{seed}"), progress=False, seed=seed, steps=3000,
-                                  eval_every=3000, save_every=3000, log_every=500)
+        cfg = dataclasses.replace(
+            cfg,
+            run_dir=str(tmp_path / f"toy{seed}"),
+            progress=False,
+            seed=seed,
+            steps=3000,
+            eval_every=3000,
+            save_every=3000,
+            log_every=500,
+        )
         summary = train("lps", cfg, agent_cfg)
-        rows = [r for r in __import__("json").loads("[" + ",".join(open(f"{cfg.run_dir}/metrics.jsonl")) + "]")
-                if "eval/success" in r]
+        rows = [
+            r
+            for r in __import__("json").loads("[" + ",".join(open(f"{cfg.run_dir}/metrics.jsonl")) + "]")
+            if "eval/success" in r
+        ]
         finals.append(rows[-1])
         assert summary["final_success"] == rows[-1]["eval/success"]
     on_best = [r["eval/success"] for r in finals]

@@ -51,5 +51,12 @@ def make_agent(name: str, cfg, spec: Spec) -> Agent:
     return agent_cls(cfg, spec)
 
 
-__all__ = ["Agent", "Spec", "REGISTRY", "check_agent", "config_class", "make_agent", "resolve_config",
-           ] + [c.__name__ for pair in REGISTRY.values() for c in pair]
+__all__ = [
+    "Agent",
+    "Spec",
+    "REGISTRY",
+    "check_agent",
+    "config_class",
+    "make_agent",
+    "resolve_config",
+] + [c.__name__ for pair in REGISTRY.values() for c in pair]

@@ -45,9 +45,14 @@ class _BC:
 
     @property
     def policy(self) -> GenerativePolicy:
-        return GenerativePolicy(self.cfg.base_hidden, self.spec.chunk_dim, self.kind,
-                                getattr(self.cfg, "flow_steps", 1), self.cfg.geometry,
-                                getattr(self.cfg, "parameterisation", "action"))
+        return GenerativePolicy(
+            self.cfg.base_hidden,
+            self.spec.chunk_dim,
+            self.kind,
+            getattr(self.cfg, "flow_steps", 1),
+            self.cfg.geometry,
+            getattr(self.cfg, "parameterisation", "action"),
+        )
 
     def init(self, key):
         return {"base": self.policy.init(key, self.spec.obs_dim)}
@@ -76,4 +81,3 @@ class BCMF(_BC):
     summary: ClassVar[str] = "MeanFlow behaviour cloning, one step (Geng et al. 2025; LPS's base policy alone)"
     key_fields: ClassVar[tuple[str, ...]] = ("geometry", "parameterisation", "base_hidden")
     kind: ClassVar[Kind] = "meanflow"
-

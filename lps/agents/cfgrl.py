@@ -57,8 +57,9 @@ class CFGRL:
 
     @property
     def policy(self) -> GenerativePolicy:
-        return GenerativePolicy(self.cfg.base_hidden, self.spec.chunk_dim, "flow", self.cfg.flow_steps,
-                                self.cfg.geometry)
+        return GenerativePolicy(
+            self.cfg.base_hidden, self.spec.chunk_dim, "flow", self.cfg.flow_steps, self.cfg.geometry
+        )
 
     @property
     def value(self) -> MLP:
@@ -112,5 +113,11 @@ class CFGRL:
         bc_loss = self.policy.loss(params["base"], jnp.concatenate([obs, cond], -1), chunk, k_bc)
 
         loss = critic_loss + value_loss + bc_loss
-        return loss, {"loss/critic": critic_loss, "loss/value": value_loss, "loss/bc": bc_loss,
-                      "optimal_fraction": jnp.mean(labels), "q/data": jnp.mean(q), "q/target": jnp.mean(td_target)}
+        return loss, {
+            "loss/critic": critic_loss,
+            "loss/value": value_loss,
+            "loss/bc": bc_loss,
+            "optimal_fraction": jnp.mean(labels),
+            "q/data": jnp.mean(q),
+            "q/target": jnp.mean(td_target),
+        }

@@ -51,8 +51,9 @@ class DSRL:
 
     @property
     def base(self) -> GenerativePolicy:
-        return GenerativePolicy(self.cfg.base_hidden, self.spec.chunk_dim, "flow", self.cfg.flow_steps,
-                                self.cfg.geometry)
+        return GenerativePolicy(
+            self.cfg.base_hidden, self.spec.chunk_dim, "flow", self.cfg.flow_steps, self.cfg.geometry
+        )
 
     @property
     def latent_critic(self) -> Ensemble:
@@ -83,8 +84,7 @@ class DSRL:
         k_next, k_bc, k_w = jax.random.split(key, 3)
         obs = batch["observations"]
         next_chunk = self.act(params, batch["next_observations"], k_next)
-        critic_loss, critic_info = C.td_loss(self.cfg, params["critic"], target_params["critic"], batch, next_chunk,
-                                             self.spec)
+        critic_loss, critic_info = C.td_loss(self.cfg, params, target_params, batch, next_chunk, self.spec)
         bc_loss = self.base.loss(params["base"], obs, batch["actions"], k_bc)
 
         # Latent critic: regress the action critic pulled back through the base policy (a target,
@@ -101,5 +101,11 @@ class DSRL:
         actor_loss = C.normalised_q_loss(q_z)
 
         loss = critic_loss + self.cfg.alpha * bc_loss + latent_critic_loss + actor_loss
-        return loss, {"loss/critic": critic_loss, "loss/bc": bc_loss, "loss/latent_critic": latent_critic_loss,
-                      "loss/actor": actor_loss, "q/latent": jnp.mean(q_z), **critic_info}
+        return loss, {
+            "loss/critic": critic_loss,
+            "loss/bc": bc_loss,
+            "loss/latent_critic": latent_critic_loss,
+            "loss/actor": actor_loss,
+            "q/latent": jnp.mean(q_z),
+            **critic_info,
+        }

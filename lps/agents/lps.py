@@ -61,9 +61,12 @@ class LPS:
 
     @property
     def base(self) -> GenerativePolicy:
-        kind, steps = {"meanflow": ("meanflow", 1), "fm-10step": ("flow", 10), "fm-1step": ("flow", 1)}[self.cfg.backbone]
-        return GenerativePolicy(self.cfg.base_hidden, self.spec.chunk_dim, kind, steps, self.cfg.geometry,
-                                self.cfg.parameterisation)
+        kind, steps = {"meanflow": ("meanflow", 1), "fm-10step": ("flow", 10), "fm-1step": ("flow", 1)}[
+            self.cfg.backbone
+        ]
+        return GenerativePolicy(
+            self.cfg.base_hidden, self.spec.chunk_dim, kind, steps, self.cfg.geometry, self.cfg.parameterisation
+        )
 
     @property
     def latent_actor(self) -> ConcatMLP:
@@ -88,18 +91,26 @@ class LPS:
 
     def loss(self, params, target_params, batch, key):
         k_next, k_bc, k_actor = jax.random.split(key, 3)
-        obs = batch["observations"]
         next_chunk = self.act(params, batch["next_observations"], k_next)
-        critic_loss, critic_info = C.td_loss(self.cfg, params["critic"], target_params["critic"], batch, next_chunk,
-                                             self.spec)
-        bc_loss = self.base.loss(params["base"], obs, batch["actions"], k_bc)
+        critic_loss, critic_info = C.td_loss(self.cfg, params, target_params, batch, next_chunk, self.spec)
+        bc_loss = self.base.loss(params["base"], batch["observations"], batch["actions"], k_bc)
+        actor_loss, actor_info = self.actor_loss(params, batch["observations"], k_actor)
+        loss = critic_loss + self.bc_weight * bc_loss + actor_loss
+        return loss, {
+            "loss/critic": critic_loss,
+            "loss/bc": bc_loss,
+            "loss/actor": actor_loss,
+            **critic_info,
+            **actor_info,
+        }
 
-        # The critic's gradient flows through the frozen base policy into the latent actor only.
+    @property
+    def bc_weight(self) -> float:
+        return self.cfg.alpha
+
+    def actor_loss(self, params, obs, key):
+        """-Q / |Q| of the steered chunk; the gradient flows through the frozen base policy into l only."""
         frozen = jax.lax.stop_gradient({"base": params["base"], "critic": params["critic"]})
-        steered = self.act({**frozen, "latent_actor": params["latent_actor"]}, obs, k_actor)
+        steered = self.act({**frozen, "latent_actor": params["latent_actor"]}, obs, key)
         q = C.q_values(self.cfg.critic, frozen["critic"], obs, steered)
-        actor_loss = C.normalised_q_loss(q)
-
-        loss = critic_loss + self.cfg.alpha * bc_loss + actor_loss
-        return loss, {"loss/critic": critic_loss, "loss/bc": bc_loss, "loss/actor": actor_loss,
-                      "q/policy": jnp.mean(q), **critic_info}
+        return C.normalised_q_loss(q), {"q/policy": jnp.mean(q)}

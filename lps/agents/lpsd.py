@@ -34,6 +34,7 @@ class LPSD(LPS):
     name: ClassVar[str] = "lpsd"
     summary: ClassVar[str] = "LPS with a stochastic latent actor l(s, e) and a distillation weight alpha"
     key_fields: ClassVar[tuple[str, ...]] = ("alpha", "geometry", "backbone", "actor_hidden")
+    bc_weight: ClassVar[float] = 1.0  # alpha weights the distillation instead
 
     def init(self, key):
         params = super().init(key)
@@ -47,25 +48,13 @@ class LPSD(LPS):
     def latent(self, params, obs, key):
         return self.latent_from_noise(params["latent_actor"], obs, self.base.noise(key, obs.shape[0]))
 
-    def loss(self, params, target_params, batch, key):
-        k_next, k_bc, k_noise = jax.random.split(key, 3)
-        obs = batch["observations"]
-        next_chunk = self.act(params, batch["next_observations"], k_next)
-        critic_loss, critic_info = C.td_loss(self.cfg, params["critic"], target_params["critic"], batch, next_chunk,
-                                             self.spec)
-        bc_loss = self.base.loss(params["base"], obs, batch["actions"], k_bc)
-
+    def actor_loss(self, params, obs, key):
         frozen = jax.lax.stop_gradient({"base": params["base"], "critic": params["critic"]})
-        noise = self.base.noise(k_noise, obs.shape[0])
+        noise = self.base.noise(key, obs.shape[0])
         steered = self.base.sample(frozen["base"], obs, self.latent_from_noise(params["latent_actor"], obs, noise))
         q = C.q_values(self.cfg.critic, frozen["critic"], obs, steered)
-        distill_loss = self.distill_loss(steered, self.base.sample(frozen["base"], obs, noise))
-        actor_loss = C.normalised_q_loss(q) + self.cfg.alpha * distill_loss
-
-        loss = critic_loss + bc_loss + actor_loss
-        return loss, {"loss/critic": critic_loss, "loss/bc": bc_loss, "loss/actor": actor_loss,
-                      "loss/distill": distill_loss, "q/policy": jnp.mean(q), **critic_info}
-
-    @staticmethod
-    def distill_loss(steered, unsteered):
-        return jnp.mean(jnp.square(steered - unsteered))
+        distill_loss = jnp.mean(jnp.square(steered - self.base.sample(frozen["base"], obs, noise)))
+        return C.normalised_q_loss(q) + self.cfg.alpha * distill_loss, {
+            "loss/distill": distill_loss,
+            "q/policy": jnp.mean(q),
+        }

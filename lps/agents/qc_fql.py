@@ -58,14 +58,24 @@ class QCFQL:
     key_fields: ClassVar[tuple[str, ...]] = ("alpha", "flow_steps", "geometry", "actor_hidden")
     teacher_kind: ClassVar[Kind] = "flow"
 
+    def __post_init__(self):
+        if self.cfg.alpha is None:
+            raise ValueError(f"{self.name}: alpha is unset; lps.agents.resolve_config fills the per-env default")
+
     @classmethod
     def resolve(cls, cfg, env: str):
         return cfg if cfg.alpha is not None else dataclasses.replace(cfg, alpha=alpha_for(env))
 
     @property
     def teacher(self) -> GenerativePolicy:
-        return GenerativePolicy(self.cfg.base_hidden, self.spec.chunk_dim, self.teacher_kind, self.cfg.flow_steps,
-                                self.cfg.geometry, getattr(self.cfg, "parameterisation", "action"))
+        return GenerativePolicy(
+            self.cfg.base_hidden,
+            self.spec.chunk_dim,
+            self.teacher_kind,
+            self.cfg.flow_steps,
+            self.cfg.geometry,
+            getattr(self.cfg, "parameterisation", "action"),
+        )
 
     @property
     def one_step(self) -> ConcatMLP:
@@ -90,8 +100,7 @@ class QCFQL:
         k_next, k_bc, k_noise = jax.random.split(key, 3)
         obs = batch["observations"]
         next_chunk = self.act(params, batch["next_observations"], k_next)
-        critic_loss, critic_info = C.td_loss(self.cfg, params["critic"], target_params["critic"], batch, next_chunk,
-                                             self.spec)
+        critic_loss, critic_info = C.td_loss(self.cfg, params, target_params, batch, next_chunk, self.spec)
         bc_loss = self.teacher.loss(params["base"], obs, batch["actions"], k_bc)
 
         noise = self.teacher.noise(k_noise, obs.shape[0])
@@ -102,5 +111,11 @@ class QCFQL:
         q_loss = C.normalised_q_loss(q)
 
         loss = critic_loss + bc_loss + self.cfg.alpha * distill_loss + q_loss
-        return loss, {"loss/critic": critic_loss, "loss/bc": bc_loss, "loss/distill": distill_loss,
-                      "loss/actor": q_loss, "q/policy": jnp.mean(q), **critic_info}
+        return loss, {
+            "loss/critic": critic_loss,
+            "loss/bc": bc_loss,
+            "loss/distill": distill_loss,
+            "loss/actor": q_loss,
+            "q/policy": jnp.mean(q),
+            **critic_info,
+        }

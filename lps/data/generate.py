@@ -24,8 +24,14 @@ from tqdm import tqdm
 
 from lps.data.tasks import ENVS
 
-_DTYPES = {'observations': np.float32, 'actions': np.float32, 'terminals': bool,
-           'qpos': np.float32, 'qvel': np.float32, 'button_states': np.int64}
+_DTYPES = {
+    "observations": np.float32,
+    "actions": np.float32,
+    "terminals": bool,
+    "qpos": np.float32,
+    "qvel": np.float32,
+    "button_states": np.int64,
+}
 _MAX_ATTEMPTS = 100  # scene re-collects blocks knocked off the table; this only guards against a hang
 
 
@@ -33,12 +39,12 @@ def dataset_paths(env: str, data_dir: str | os.PathLike) -> tuple[pathlib.Path, 
     """(train, val) paths in OGBench's naming, e.g. ``cube-single-play-v0.npz`` and ``...-val.npz``."""
     _check_env(env)
     data_dir = pathlib.Path(data_dir)
-    return data_dir / f'{env}-play-v0.npz', data_dir / f'{env}-play-v0-val.npz'
+    return data_dir / f"{env}-play-v0.npz", data_dir / f"{env}-play-v0-val.npz"
 
 
 def _check_env(env: str) -> None:
     if env not in ENVS:
-        raise ValueError(f'unknown env {env!r}; valid names: {", ".join(ENVS)}')
+        raise ValueError(f"unknown env {env!r}; valid names: {', '.join(ENVS)}")
 
 
 def _episode_seeds(seed: int, split: int, n: int) -> list[int]:
@@ -60,21 +66,27 @@ def _env_and_agents(env: str, max_episode_steps: int):
             from ogbench.manipspace.oracles.plan.drawer_plan import DrawerPlanOracle
             from ogbench.manipspace.oracles.plan.window_plan import WindowPlanOracle
         except ImportError as e:
-            raise ImportError('generating OGBench data needs ogbench, mujoco and gymnasium: '
-                              'pip install "lps[ogbench]"') from e
+            raise ImportError(
+                'generating OGBench data needs ogbench, mujoco and gymnasium: pip install "lps[ogbench]"'
+            ) from e
         for old_env, _ in _cache.values():
             old_env.close()
         _cache.clear()
-        gym_env = gymnasium.make(f'{env}-v0', terminate_at_goal=False, mode='data_collection',
-                                 max_episode_steps=max_episode_steps)
+        gym_env = gymnasium.make(
+            f"{env}-v0", terminate_at_goal=False, mode="data_collection", max_episode_steps=max_episode_steps
+        )
         kw = dict(env=gym_env, noise=0.1, noise_smoothing=0.5)
-        if env.startswith('cube'):
-            agents = {'cube': CubePlanOracle(**kw)}
-        elif env == 'scene':
-            agents = {'cube': CubePlanOracle(**kw), 'button': ButtonPlanOracle(**kw),
-                      'drawer': DrawerPlanOracle(**kw), 'window': WindowPlanOracle(**kw)}
+        if env.startswith("cube"):
+            agents = {"cube": CubePlanOracle(**kw)}
+        elif env == "scene":
+            agents = {
+                "cube": CubePlanOracle(**kw),
+                "button": ButtonPlanOracle(**kw),
+                "drawer": DrawerPlanOracle(**kw),
+                "window": WindowPlanOracle(**kw),
+            }
         else:  # puzzle: the arm only presses buttons, so it never needs to open the gripper
-            agents = {'button': ButtonPlanOracle(gripper_always_closed=True, **kw)}
+            agents = {"button": ButtonPlanOracle(gripper_always_closed=True, **kw)}
         _cache[key] = (gym_env, agents)
     return _cache[key]
 
@@ -82,12 +94,12 @@ def _env_and_agents(env: str, max_episode_steps: int):
 def _episode(env: str, gym_env, agents, seed: int) -> dict[str, np.ndarray]:
     # The oracles draw from numpy's global RNG and the env from env.np_random: seed both.
     np.random.seed(seed)
-    p_stack = 0.0 if env == 'cube-single' else np.random.uniform(0, 0.25) if env == 'cube-double' else 0.5
+    p_stack = 0.0 if env == "cube-single" else np.random.uniform(0, 0.25) if env == "cube-double" else 0.5
     ob, info = gym_env.reset(seed=seed)
-    agent = agents[info['privileged/target_task']]
+    agent = agents[info["privileged/target_task"]]
     agent.reset(ob, info)
-    has_buttons = hasattr(gym_env.unwrapped, '_cur_button_states')
-    rows = {k: [] for k in _DTYPES if k != 'button_states' or has_buttons}
+    has_buttons = hasattr(gym_env.unwrapped, "_cur_button_states")
+    rows = {k: [] for k in _DTYPES if k != "button_states" or has_buttons}
     done = False
     while not done:
         action = np.clip(np.array(agent.select_action(ob, info)), -1, 1)
@@ -96,15 +108,15 @@ def _episode(env: str, gym_env, agents, seed: int) -> dict[str, np.ndarray]:
         if agent.done:  # play data: chain a fresh random sub-task as soon as the current one ends
             # every ogbench env (also puzzle, which ignores it) accepts p_stack in set_new_target
             agent_ob, agent_info = gym_env.unwrapped.set_new_target(p_stack=p_stack)
-            agent = agents[agent_info['privileged/target_task']]
+            agent = agents[agent_info["privileged/target_task"]]
             agent.reset(agent_ob, agent_info)
-        rows['observations'].append(ob)
-        rows['actions'].append(action)
-        rows['terminals'].append(done)
-        rows['qpos'].append(info['prev_qpos'])  # 'prev_' = state before the step, i.e. matching `ob`
-        rows['qvel'].append(info['prev_qvel'])
+        rows["observations"].append(ob)
+        rows["actions"].append(action)
+        rows["terminals"].append(done)
+        rows["qpos"].append(info["prev_qpos"])  # 'prev_' = state before the step, i.e. matching `ob`
+        rows["qvel"].append(info["prev_qvel"])
         if has_buttons:
-            rows['button_states'].append(info['prev_button_states'])
+            rows["button_states"].append(info["prev_button_states"])
         ob = next_ob
     return {k: np.asarray(v, dtype=_DTYPES[k]) for k, v in rows.items()}
 
@@ -127,10 +139,10 @@ def collect_episodes(env: str, episode_seeds: Sequence[int], max_episode_steps: 
         for attempt in range(_MAX_ATTEMPTS):
             s = seed if attempt == 0 else int(np.random.SeedSequence([seed, attempt]).generate_state(1)[0])
             ep = _episode(env, gym_env, agents, s)
-            if env != 'scene' or _scene_healthy(ep['qpos']):
+            if env != "scene" or _scene_healthy(ep["qpos"]):
                 break
         else:
-            raise RuntimeError(f'{env}: no healthy episode for seed {seed} in {_MAX_ATTEMPTS} attempts')
+            raise RuntimeError(f"{env}: no healthy episode for seed {seed} in {_MAX_ATTEMPTS} attempts")
         episodes.append(ep)
     return {k: np.concatenate([ep[k] for ep in episodes]) for k in episodes[0]}
 
@@ -141,7 +153,7 @@ def _run_task(task):
 
 
 def _save_atomic(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = path.with_name(f'{path.name}.tmp-{os.getpid()}.npz')  # ends in .npz so numpy keeps the name
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}.npz")  # ends in .npz so numpy keeps the name
     try:
         np.savez_compressed(tmp, **arrays)
         os.replace(tmp, path)
@@ -150,23 +162,33 @@ def _save_atomic(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
         raise
 
 
-def generate(env: str, data_dir: str | os.PathLike, episodes: int = 1000, seed: int = 0, workers: int | None = None,
-             progress: bool = True, max_episode_steps: int = 1001) -> tuple[pathlib.Path, pathlib.Path]:
+def generate(
+    env: str,
+    data_dir: str | os.PathLike,
+    episodes: int = 1000,
+    seed: int = 0,
+    workers: int | None = None,
+    progress: bool = True,
+    max_episode_steps: int = 1001,
+) -> tuple[pathlib.Path, pathlib.Path]:
     """Write ``episodes`` train and ``max(1, episodes // 10)`` val episodes of ``env`` play data to ``data_dir``.
 
     Returns the (train, val) paths. ``max_episode_steps`` shortens episodes for tests or tiny datasets only.
     """
     train_path, val_path = dataset_paths(env, data_dir)
     if episodes < 1:
-        raise ValueError(f'episodes must be >= 1, got {episodes}')
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
     workers = min(os.cpu_count() or 1, 8) if workers is None else workers
     if workers < 1:
-        raise ValueError(f'workers must be >= 1, got {workers}')
+        raise ValueError(f"workers must be >= 1, got {workers}")
     if max_episode_steps < 1:
-        raise ValueError(f'max_episode_steps must be >= 1, got {max_episode_steps}')
+        raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
     n_val = max(1, episodes // 10)
-    print(f'generating {env} play data: {episodes} train + {n_val} val episodes, seed {seed}, '
-          f'{workers} worker(s) -> {train_path.parent}', flush=True)
+    print(
+        f"generating {env} play data: {episodes} train + {n_val} val episodes, seed {seed}, "
+        f"{workers} worker(s) -> {train_path.parent}",
+        flush=True,
+    )
 
     # Small batches keep the progress bar moving and the workers evenly loaded.
     batch = max(1, min(8, (episodes + n_val) // (4 * workers)))
@@ -174,24 +196,25 @@ def generate(env: str, data_dir: str | os.PathLike, episodes: int = 1000, seed: 
     for split, n in ((0, episodes), (1, n_val)):
         seeds = _episode_seeds(seed, split, n)
         for j in range(0, n, batch):
-            tasks.append((len(tasks), env, seeds[j:j + batch], max_episode_steps))
+            tasks.append((len(tasks), env, seeds[j : j + batch], max_episode_steps))
             split_of.append(split)
 
     results, steps, t0 = {}, 0, time.perf_counter()
-    with tqdm(total=episodes + n_val, desc=env, unit='ep', disable=not progress) as bar:
+    with tqdm(total=episodes + n_val, desc=env, unit="ep", disable=not progress) as bar:
+
         def done(i, data):
             nonlocal steps
             results[i] = data
-            steps += len(data['terminals'])
-            bar.update(int(data['terminals'].sum()))
-            bar.set_postfix(steps_per_s=f'{steps / (time.perf_counter() - t0):.0f}')
+            steps += len(data["terminals"])
+            bar.update(int(data["terminals"].sum()))
+            bar.set_postfix(steps_per_s=f"{steps / (time.perf_counter() - t0):.0f}")
 
         if workers == 1 or len(tasks) == 1:
             for task in tasks:
                 done(*_run_task(task))
         else:
             # 'spawn': MuJoCo (and JAX, if the caller imported it) are not fork-safe.
-            ctx = multiprocessing.get_context('spawn')
+            ctx = multiprocessing.get_context("spawn")
             with ctx.Pool(min(workers, len(tasks))) as pool:
                 for i, data in pool.imap_unordered(_run_task, tasks):
                     done(i, data)

@@ -123,6 +123,8 @@ def load_task(task: Task, data_dir: Path, chunk_len: int, episodes_if_missing: i
     raw = read_npz(path, required)
     for key in ("qpos", "button_states"):
         if key in raw and len(raw[key]) != len(raw["observations"]):
-            raise DatasetError(f"{path}: '{key}' has {len(raw[key])} rows but observations has {len(raw['observations'])}")
+            raise DatasetError(
+                f"{path}: '{key}' has {len(raw[key])} rows but observations has {len(raw['observations'])}"
+            )
     raw["rewards"], raw["masks"] = relabel(task, raw)
     return validate(raw, chunk_len, source=str(path))

@@ -50,7 +50,9 @@ def validate(dataset: dict[str, np.ndarray], chunk_len: int, source: str = "data
     for key in ("observations", "actions", "terminals", "rewards", "masks"):
         arr = np.asarray(dataset[key])
         if arr.ndim == 0 or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-            raise DatasetError(f"{source}: '{key}' must be a numeric array with one row per step, got {arr.dtype} {arr.shape}")
+            raise DatasetError(
+                f"{source}: '{key}' must be a numeric array with one row per step, got {arr.dtype} {arr.shape}"
+            )
     obs, actions = dataset["observations"], dataset["actions"]
     if obs.ndim != 2 or actions.ndim != 2:
         raise DatasetError(
