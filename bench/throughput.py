@@ -6,6 +6,8 @@
 - update: gradient steps per second of the jitted, scanned update (batch 256, chunk 5,
   OGBench cube-single dims) at paper size (4x512 base, 4x256 critic, 2x256 actor) and small
   size (2x256 everywhere); data sampled on device as in training.
+- seeds: aggregate updates/s with 1, 4 and 8 seeds vmapped in one program, and the ratio to
+  running the seeds one after another.
 - act: latency of one policy call producing one action chunk (batch 1), and per-step cost.
 - eval: environment steps per second of a 50-episode batched evaluation with the policy in the
   loop, against a naive loop calling the policy at every step (one episode at a time) and against
@@ -56,12 +58,14 @@ def agent_for(name: str, size: str):
     return make_agent(name, cfg, Spec(OBS_DIM, ACTION_DIM, CHUNK, 0.99))
 
 
-def bench_update(name: str, size: str, steps_per_call: int, repeats: int) -> float:
+def bench_update(name: str, size: str, steps_per_call: int, repeats: int, seeds: int = 1) -> float:
+    """Aggregate updates/s (over all seeds) of the trainer's vmapped, scanned update."""
     agent = agent_for(name, size)
     optimizer = make_optimizer(TrainConfig())
     data = to_device(synthetic_dataset(), CHUNK)
-    multi = make_multi_update(make_update(agent, optimizer, 256), steps_per_call)
-    state = create_state(agent, optimizer, 0)
+    update = jax.vmap(make_update(agent, optimizer, 256), in_axes=(0, None))
+    multi = make_multi_update(update, steps_per_call)
+    state = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *[create_state(agent, optimizer, s) for s in range(seeds)])
     state, m = multi(state, data)  # compile
     jax.block_until_ready(m)
     rates = []
@@ -69,7 +73,7 @@ def bench_update(name: str, size: str, steps_per_call: int, repeats: int) -> flo
         t = time.perf_counter()
         state, m = multi(state, data)
         jax.block_until_ready(m)
-        rates.append(steps_per_call / (time.perf_counter() - t))
+        rates.append(seeds * steps_per_call / (time.perf_counter() - t))
     return statistics.median(rates)
 
 
@@ -131,7 +135,10 @@ def bench_eval(name: str, size: str, episodes: int, repeats: int) -> tuple[float
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", choices=["update", "act", "eval"], nargs="*", default=["update", "act", "eval"])
+    p.add_argument(
+        "--only", choices=["update", "seeds", "act", "eval"], nargs="*", default=["update", "seeds", "act", "eval"]
+    )
+    p.add_argument("--seed-counts", type=int, nargs="*", default=[1, 4, 8], help="for 'seeds': seeds per program")
     p.add_argument("--agents", nargs="*", default=sorted(REGISTRY))
     p.add_argument("--sizes", nargs="*", default=list(SIZES), choices=list(SIZES))
     p.add_argument("--steps-per-call", type=int, default=200, help="updates per dispatch (lax.scan length)")
@@ -144,6 +151,14 @@ def main():
             if "update" in a.only:
                 rate = bench_update(name, size, a.steps_per_call, a.repeats)
                 print(f"update  {name:8s} {size:6s} {rate:10.1f} updates/s  (median of {a.repeats})")
+            if "seeds" in a.only:
+                rates = {n: bench_update(name, size, a.steps_per_call, a.repeats, n) for n in a.seed_counts}
+                base = rates[min(rates)] / min(rates)  # per-seed rate of the smallest group
+                for n, rate in rates.items():
+                    print(
+                        f"seeds   {name:8s} {size:6s} {n:2d} seeds {rate:10.1f} aggregate updates/s "
+                        f"({rate / base:.2f}x running them one after another)"
+                    )
             if "act" in a.only:
                 latency = bench_act(name, size, 200)
                 print(

@@ -1,6 +1,6 @@
 """The `lps` command.
 
-    lps train [--agent lps] [--preset paper|quick|toy] [--resume RUN_DIR] [--any-config-field VALUE ...]
+    lps train [--agent lps] [--preset paper|quick|toy] [--seeds 0,1,2] [--resume RUN_DIR] [--any-config-field VALUE ...]
     lps eval RUN_DIR [--episodes K] [--seed S]
     lps data generate ENV [--episodes N] [--seed S] [--workers W] [--data-dir DIR]
     lps data prepare TASK --out FILE.npz     (a relabelled npz that trains without OGBench installed)
@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 USAGE = __doc__.split("\n\n")[1]
@@ -23,6 +24,8 @@ USAGE = __doc__.split("\n\n")[1]
 
 def _train(argv: list[str]) -> int:
     import tyro
+
+    argv = _split_commas(argv, "--seeds")
 
     from lps import agents, config
     from lps import train as T
@@ -34,10 +37,17 @@ def _train(argv: list[str]) -> int:
     known, _ = pre.parse_known_args(argv)
 
     if known.resume:
-        agent_name, train_cfg, agent_cfg, _ = T.load_config(known.resume)
+        # A run directory, or the parent of the seed<k> directories of seeds trained together.
+        seed_dirs = (
+            []
+            if os.path.exists(os.path.join(known.resume, T.CONFIG_JSON))
+            else sorted(p.parent for p in Path(known.resume).glob(f"seed*/{T.CONFIG_JSON}"))
+        )
+        agent_name, train_cfg, agent_cfg, _ = T.load_config(seed_dirs[0] if seed_dirs else known.resume)
         if known.agent not in (None, agent_name):
             raise ValueError(f"{known.resume} is a run of agent {agent_name!r}, not {known.agent!r}")
-        train_cfg = dataclasses.replace(train_cfg, run_dir=known.resume)
+        seeds = tuple(T.load_config(d)[1].seed for d in seed_dirs)
+        train_cfg = dataclasses.replace(train_cfg, run_dir=known.resume, seeds=seeds)
     else:
         agent_name = known.agent or "lps"
         train_cfg, agent_cfg = config.preset(known.preset or "paper", agents.config_class(agent_name))
@@ -60,6 +70,23 @@ def _train(argv: list[str]) -> int:
     args = tyro.cli(Args, args=argv, prog="lps train")
     T.train(agent_name, args.train, args.agent_config, resume=bool(known.resume))
     return 0
+
+
+def _split_commas(argv: list[str], flag: str) -> list[str]:
+    """Accept `--seeds 0,1,2` as well as `--seeds 0 1 2`."""
+    out, in_flag = [], False
+    for arg in argv:
+        if arg.startswith("--"):
+            in_flag = arg == flag
+            if arg.startswith(flag + "="):
+                out.append(flag)
+                out.extend(x for x in arg.split("=", 1)[1].split(",") if x)
+                continue
+        elif in_flag:
+            out.extend(x for x in arg.split(",") if x)
+            continue
+        out.append(arg)
+    return out
 
 
 def _eval(argv: list[str]) -> int:

@@ -18,6 +18,8 @@ class TrainConfig:
     env: str = "cube-single-play-singletask-task1-v0"
     """Task: an OGBench `<env>-play[-sparse]-singletask-task<N>-v0` name, or `toy-bandit`."""
     seed: int = 0
+    seeds: tuple[int, ...] = ()
+    """Train these seeds together, vmapped in one program (e.g. --seeds 0 1 2); overrides --seed."""
     steps: int = 1_000_000
     """Gradient steps."""
     batch_size: int = 256
@@ -66,6 +68,8 @@ class TrainConfig:
                     f"--{_flag(name)} ({getattr(self, name)}) must be a multiple of --log-every ({self.log_every}): "
                     "evaluation and checkpoints happen between device dispatches"
                 )
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"--seeds must be distinct, got {self.seeds}")
         if not self.lr > 0:
             raise ValueError(f"--lr must be positive, got {self.lr}")
         if not 0 < self.gamma <= 1:

@@ -176,16 +176,18 @@ def load_config(run_dir: str | Path) -> tuple[str, TrainConfig, Any, Spec | None
 # --- the loop -------------------------------------------------------------------------------
 
 
-def train(agent_name: str, cfg: TrainConfig, agent_cfg, resume: bool = False) -> dict:
-    """Train (or resume) one run and return its summary; see the module docstring."""
+def train(agent_name: str, cfg: TrainConfig, agent_cfg, resume: bool = False) -> dict | list[dict]:
+    """Train (or resume) a run and return its summary; with `cfg.seeds`, train those seeds
+    together (vmapped) and return one summary per seed. See the module docstring."""
     check_agent(agent_name)
     check_positive_widths(agent_cfg)
-    run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg, agent_name)
-    if not resume and (run_dir / CONFIG_JSON).exists() and not cfg.overwrite:
-        raise FileExistsError(
-            f"{run_dir} already holds a run: resume it with `lps train --resume {run_dir}`, "
-            "or choose another --run-dir, or pass --overwrite"
-        )
+    runs = [_SeedRun(c, agent_name) for c in seed_configs(cfg, agent_name)]
+    for run in runs:
+        if not resume and (run.dir / CONFIG_JSON).exists() and not cfg.overwrite:
+            raise FileExistsError(
+                f"{run.dir} already holds a run: resume it with `lps train --resume {run.dir}`, "
+                "or choose another --run-dir, or pass --overwrite"
+            )
     data = load_data(cfg)
     agent = build(agent_name, cfg, agent_cfg, data)
     device_data = to_device(data, cfg.chunk_len)
@@ -195,38 +197,50 @@ def train(agent_name: str, cfg: TrainConfig, agent_cfg, resume: bool = False) ->
             "use a smaller batch or more data"
         )
     optimizer = make_optimizer(cfg)
-    state = create_state(agent, optimizer, cfg.seed)
+    states = [create_state(agent, optimizer, run.cfg.seed) for run in runs]
     if resume:
-        state = checkpoint.restore(run_dir, state)
-        print(f"[lps] resuming {run_dir} from step {int(state.step)}")
-    else:
-        _clear_run_dir(run_dir)
-        save_config(run_dir, agent_name, cfg, agent.cfg, agent.spec)
-    log = RunLog(run_dir, cfg.tensorboard, resume_step=int(state.step) if resume else 0)
+        states = [checkpoint.restore(run.dir, state) for run, state in zip(runs, states)]
+        if len({int(s.step) for s in states}) > 1:
+            raise ValueError("seeds trained together must resume from the same step; resume them one by one")
+        print(f"[lps] resuming {', '.join(str(r.dir) for r in runs)} from step {int(states[0].step)}")
+    for run in runs:
+        if not resume:
+            _clear_run_dir(run.dir)
+            save_config(run.dir, agent_name, run.cfg, agent.cfg, agent.spec)
+        run.log = RunLog(run.dir, cfg.tensorboard, resume_step=int(states[0].step) if resume else 0)
+    # Seeds are a leading axis of the state: one compiled program and one dataset for all of them.
+    state = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
+    update = jax.vmap(make_update(agent, optimizer, cfg.batch_size), in_axes=(0, None))
     evaluator = make_evaluator(cfg)
-    update = make_update(agent, optimizer, cfg.batch_size)
     compiled: dict[int, Any] = {}
-    title = f"{agent_name} on {cfg.env} (seed {cfg.seed})"
 
-    def evaluate(step: int) -> dict:
+    def per_seed(tree, i: int):
+        return jax.tree_util.tree_map(lambda x: x[i], tree)
+
+    def evaluate(step: int) -> list[dict]:
         if evaluator is None:
-            return {}
-        result = evaluator.run(make_policy_fn(agent, state.params, cfg.seed), cfg.eval_episodes, seed=cfg.seed)
-        log.log(step, result)
-        log.plot(title)
-        return result
+            return []
+        results = []
+        for i, run in enumerate(runs):
+            policy = make_policy_fn(agent, per_seed(state.params, i), run.cfg.seed)
+            results.append(evaluator.run(policy, cfg.eval_episodes, seed=run.cfg.seed))
+            run.log.log(step, results[-1])
+            run.log.plot(run.title)
+        return results
 
     def save() -> None:
-        checkpoint.save(run_dir, state)
-        # A resumed run's (possibly changed) config is recorded with its first checkpoint, so a
-        # resume that fails early leaves the run as it was.
-        save_config(run_dir, agent_name, cfg, agent.cfg, agent.spec)
+        for i, run in enumerate(runs):
+            checkpoint.save(run.dir, per_seed(state, i))
+            # A resumed run's (possibly changed) config is recorded with its first checkpoint, so
+            # a resume that fails early leaves the run as it was.
+            save_config(run.dir, agent_name, run.cfg, agent.cfg, agent.spec)
 
     from tqdm import tqdm
 
-    step = int(state.step)
+    step = int(states[0].step)
+    del states
     bar = tqdm(total=cfg.steps, initial=step, disable=not cfg.progress, unit="step", dynamic_ncols=True)
-    last_eval: dict = {}
+    last_eval: list[dict] = []
     start, start_step = time.perf_counter(), step
     try:
         while step < cfg.steps:
@@ -235,33 +249,63 @@ def train(agent_name: str, cfg: TrainConfig, agent_cfg, resume: bool = False) ->
                 compiled[n] = make_multi_update(update, n)
             tick = time.perf_counter()
             new_state, metrics = compiled[n](state, device_data)
-            metrics = jax.device_get(metrics)
-            _check_finite(metrics, step, run_dir)
+            metrics = jax.device_get(metrics)  # each (n, seeds)
+            elapsed = time.perf_counter() - tick
+            for i, run in enumerate(runs):
+                _check_finite({k: v[:, i] for k, v in metrics.items()}, step, run.dir)
             state, step = new_state, step + n
-            row = {k: float(np.mean(v)) for k, v in metrics.items()}
-            row["steps_per_sec"] = n / (time.perf_counter() - tick)
-            log.log(step, row)
+            for i, run in enumerate(runs):
+                row = {k: float(np.mean(v[:, i])) for k, v in metrics.items()}
+                run.log.log(step, {**row, "steps_per_sec": n / elapsed})
             bar.update(n)
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
                 last_eval = evaluate(step)
             if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
                 save()
+            success = [r["eval/success"] for r in last_eval]
             bar.set_postfix(
-                sps=f"{row['steps_per_sec']:.0f}",
-                success=f"{last_eval['eval/success']:.2f}" if last_eval else "-",
+                sps=f"{n * len(runs) / elapsed:.0f}",
+                success=" ".join(f"{x:.2f}" for x in success) if success else "-",
                 refresh=False,
             )
     finally:
         bar.close()
-        log.close()
+        for run in runs:
+            if run.log is not None:
+                run.log.close()
         if evaluator is not None:
             evaluator.close()
 
     elapsed = time.perf_counter() - start
-    summary = _summary(agent_name, cfg, run_dir, log, step - start_step, elapsed)
-    checkpoint.write_json(run_dir / SUMMARY_JSON, summary)
-    print(_summary_line(summary))
-    return summary
+    summaries = []
+    for run in runs:
+        summary = _summary(agent_name, run.cfg, run.dir, run.log, step - start_step, elapsed)
+        checkpoint.write_json(run.dir / SUMMARY_JSON, summary)
+        print(_summary_line(summary))
+        summaries.append(summary)
+    return summaries if cfg.seeds else summaries[0]
+
+
+def seed_configs(cfg: TrainConfig, agent_name: str) -> list[TrainConfig]:
+    """One single-seed config per seed; each seed's run directory is that of a single-seed run
+    (`--run-dir` with several seeds is the parent of their `seed<k>` folders)."""
+    if not cfg.seeds:
+        run_dir = cfg.run_dir or str(default_run_dir(cfg, agent_name))
+        return [dataclasses.replace(cfg, run_dir=run_dir)]
+    out = []
+    for seed in cfg.seeds:
+        single = dataclasses.replace(cfg, seed=seed, seeds=())
+        run_dir = Path(cfg.run_dir) / f"seed{seed}" if cfg.run_dir else default_run_dir(single, agent_name)
+        out.append(dataclasses.replace(single, run_dir=str(run_dir)))
+    return out
+
+
+class _SeedRun:
+    """The per-seed side of a run: its config, directory and records."""
+
+    def __init__(self, cfg: TrainConfig, agent_name: str):
+        self.cfg, self.dir, self.log = cfg, Path(cfg.run_dir), None
+        self.title = f"{agent_name} on {cfg.env} (seed {cfg.seed})"
 
 
 def _check_finite(metrics: dict, first_step: int, run_dir: Path) -> None:

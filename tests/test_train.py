@@ -99,3 +99,21 @@ def test_lps_on_toy_bandit_finds_best_cluster_within_support(tmp_path):
     assert min(in_support) > 0.9, in_support
     policy = lps.load_policy(str(tmp_path / "toy0"))
     assert policy(np.zeros(1)).shape == (1, 2)
+
+
+def test_seeds_trained_together_match_separate_runs(tmp_path):
+    """Seed-vmapped training gives each seed the parameters of its single-seed run."""
+    together = toy_config(tmp_path, "together", steps=200, seeds=(0, 1, 2))
+    summaries = train("lps", together, SMALL)
+    assert [s["seed"] for s in summaries] == [0, 1, 2]
+    for seed in (0, 2):
+        alone = toy_config(tmp_path, f"alone{seed}", steps=200, seed=seed)
+        train("lps", alone, SMALL)
+        run_dir = tmp_path / "together" / f"seed{seed}"
+        a, b = load_state(run_dir, together), load_state(alone.run_dir, alone)
+        for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
+            np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5)
+        # Each seed's directory is a complete single-seed run.
+        _, cfg, _, _ = __import__("lps.train", fromlist=["load_config"]).load_config(run_dir)
+        assert cfg.seed == seed and cfg.seeds == ()
+        assert (run_dir / "metrics.csv").exists() and (run_dir / "summary.json").exists()
