@@ -16,7 +16,8 @@ from lps.data.tasks import RewardMode
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     env: str = "cube-single-play-singletask-task1-v0"
-    """Task: an OGBench `<env>-play[-sparse]-singletask-task<N>-v0` name, or `toy-bandit`."""
+    """Task: an OGBench `<env>-play[-sparse]-singletask-task<N>-v0` name, or a toy bandit (`toy-bandit`,
+    `toy-checkerboard`, `toy-two-moons`, `toy-rings`, `toy-spiral`, `toy-mixture-50d`)."""
     seed: int = 0
     seeds: tuple[int, ...] = ()
     """Train these seeds together, vmapped in one program (e.g. --seeds 0 1 2); overrides --seed."""

@@ -1,61 +1,162 @@
-"""A one-step bandit for fast learning checks, trained through the same code path as OGBench.
+"""One-step bandits for fast learning checks and the paper's analysis figures, trained through
+the same code path as OGBench (`--env toy-<task>`, chunk length 1).
 
-Offline actions come from four Gaussian clusters in the 2-D action square; only actions near a
-cluster's centre are rewarded, and the cluster at (0.7, 0.7) pays most. A good offline agent
-puts its actions on that cluster (best reward) without leaving the data (every other point of
-the square pays 0, and the critic knows nothing about it).
+Each task has a multimodal offline action distribution in the action box and a reward that
+only one region of the data earns in full. A good offline agent puts its actions on that region
+without leaving the data: elsewhere the critic knows nothing.
 
-Each "episode" is two rows (constant observation, action, final observation): chunk length 1,
-and the mask is 0 so the target is the reward alone.
+- `four-gaussians` (`toy-bandit`): four clusters, payoffs 1.0 at (0.7, 0.7), then 0.5, 0.3, 0.2;
+- `checkerboard`, `two-moons`, `rings`, `spiral`: 2-D shapes, reward a Gaussian bump around a
+  point of the data;
+- `mixture-50d`: eight clusters in 50 dimensions with graded payoffs (the action-chunk-like case).
+
+Each "episode" is two rows (constant observation, action, final observation) and the mask is 0,
+so the critic's target is the reward itself.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Callable
+
 import numpy as np
 
-TOY_ENV = "toy-bandit"
-CENTRES = np.array([[0.7, 0.7], [-0.7, 0.7], [-0.7, -0.7], [0.7, -0.7]], np.float32)
-PAYOFFS = np.array([1.0, 0.5, 0.3, 0.2], np.float32)
-REWARD_RADIUS = 0.25
-DATA_STD = 0.08
+TOY_ENV = "toy-bandit"  # the four-Gaussians task, the default toy
+REFERENCE_SAMPLES = 20_000  # data points an action is compared with for the support check
 
 
-def reward(actions: np.ndarray) -> np.ndarray:
-    """Payoff of the cluster whose centre is within REWARD_RADIUS, else 0."""
-    dist = np.linalg.norm(actions[:, None, :] - CENTRES[None], axis=-1)
-    near = dist < REWARD_RADIUS
-    return np.where(near.any(-1), PAYOFFS[np.argmin(dist, -1)], 0.0).astype(np.float32)
+@dataclasses.dataclass(frozen=True)
+class ToyTask:
+    name: str
+    dim: int
+    sample: Callable[[np.random.Generator, int], np.ndarray]  # offline actions
+    reward: Callable[[np.ndarray], np.ndarray]
+    best: np.ndarray  # the action that earns most
+    support_radius: float  # in support: this close to some data point
+    best_radius: float  # "on the best mode": this close to `best`
 
 
-def make_dataset(samples: int = 4000, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    actions = CENTRES[rng.integers(0, len(CENTRES), samples)] + DATA_STD * rng.standard_normal((samples, 2))
-    actions = np.clip(actions, -1, 1).astype(np.float32)
+def _four_gaussians() -> ToyTask:
+    centres = np.array([[0.7, 0.7], [-0.7, 0.7], [-0.7, -0.7], [0.7, -0.7]])
+    payoffs = np.array([1.0, 0.5, 0.3, 0.2])
+    return _clusters("four-gaussians", centres, payoffs, std=0.08, radius=0.25)
+
+
+def _mixture_50d() -> ToyTask:
+    centres = np.random.default_rng(0).uniform(-0.6, 0.6, (8, 50))
+    return _clusters("mixture-50d", centres, np.linspace(1.0, 0.1, 8), std=0.03, radius=0.5)
+
+
+def _clusters(name, centres, payoffs, std, radius) -> ToyTask:
+    def sample(rng, n):
+        return centres[rng.integers(0, len(centres), n)] + std * rng.standard_normal((n, centres.shape[1]))
+
+    def reward(a):
+        dist = np.linalg.norm(a[:, None, :] - centres[None], axis=-1)
+        return np.where(dist.min(-1) < radius, payoffs[np.argmin(dist, -1)], 0.0)
+
+    return ToyTask(name, centres.shape[1], sample, reward, centres[np.argmax(payoffs)], radius, radius)
+
+
+def _shape(name, sample_unit, best, support_radius=0.06, width=0.35) -> ToyTask:
+    """A 2-D shape with reward exp(-|a - best|^2 / 2 width^2), observed only on the data."""
+    best = np.asarray(best, float)
+
+    def reward(a):
+        return np.exp(-np.sum(np.square(a - best), -1) / (2 * width**2))
+
+    return ToyTask(name, 2, sample_unit, reward, best, support_radius, 0.2)
+
+
+def _checkerboard(rng, n):
+    cells = np.array([(i, j) for i in range(4) for j in range(4) if (i + j) % 2 == 0])
+    c = cells[rng.integers(0, len(cells), n)]
+    return -1.0 + 0.5 * (c + rng.uniform(0, 1, (n, 2)))
+
+
+def _two_moons(rng, n):
+    theta = rng.uniform(0, np.pi, n)
+    upper = rng.uniform(size=n) < 0.5
+    x = np.where(upper, np.cos(theta), 1 - np.cos(theta))
+    y = np.where(upper, np.sin(theta), 0.5 - np.sin(theta))
+    return np.stack([(x - 0.5) / 1.6, (y - 0.25) / 0.8], -1) + 0.03 * rng.standard_normal((n, 2))
+
+
+def _rings(rng, n):
+    radius = np.where(rng.uniform(size=n) < 0.5, 0.4, 0.85)
+    theta = rng.uniform(0, 2 * np.pi, n)
+    return radius[:, None] * np.stack([np.cos(theta), np.sin(theta)], -1) + 0.03 * rng.standard_normal((n, 2))
+
+
+def _spiral(rng, n):
+    s = rng.uniform(0, 1, n)
+    r, theta = 0.15 + 0.75 * s, 3 * np.pi * s
+    return r[:, None] * np.stack([np.cos(theta), np.sin(theta)], -1) + 0.02 * rng.standard_normal((n, 2))
+
+
+TASKS: dict[str, ToyTask] = {
+    t.name: t
+    for t in [
+        _four_gaussians(),
+        _shape("checkerboard", _checkerboard, (0.75, 0.75)),
+        _shape("two-moons", _two_moons, (0.9375, 0.3125)),
+        _shape("rings", _rings, (0.6, 0.6)),
+        _shape("spiral", _spiral, (-0.9, 0.0)),
+        _mixture_50d(),
+    ]
+}
+
+
+def is_toy(env: str) -> bool:
+    return env == TOY_ENV or env.startswith("toy-")
+
+
+def task_of(env: str) -> ToyTask:
+    name = "four-gaussians" if env == TOY_ENV else env.removeprefix("toy-")
+    if name not in TASKS:
+        raise ValueError(f"unknown toy task {env!r}; valid: {TOY_ENV}, " + ", ".join(f"toy-{t}" for t in TASKS))
+    return TASKS[name]
+
+
+def make_dataset(env: str = TOY_ENV, samples: int = 4000, seed: int = 0) -> dict[str, np.ndarray]:
+    task = task_of(env)
+    actions = np.clip(task.sample(np.random.default_rng(seed), samples), -1, 1).astype(np.float32)
     rows = 2 * samples
     data = {
         "observations": np.zeros((rows, 1), np.float32),
-        "actions": np.zeros((rows, 2), np.float32),
+        "actions": np.zeros((rows, task.dim), np.float32),
         "rewards": np.zeros(rows, np.float32),
         "masks": np.zeros(rows, np.float32),
         "terminals": np.tile([False, True], samples),
     }
     data["actions"][0::2] = actions
-    data["rewards"][0::2] = reward(actions)
+    data["rewards"][0::2] = task.reward(actions)
     return data
 
 
+def score(task: ToyTask, actions: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """Mean true reward, fraction on the best mode, and fraction within the data's support."""
+    # |a - b|^2 = |a|^2 + |b|^2 - 2 a.b: one matmul instead of an (actions, reference, dim) array.
+    sq = np.sum(actions**2, -1)[:, None] + np.sum(reference**2, -1)[None] - 2 * actions @ reference.T
+    nearest = np.sqrt(np.maximum(sq.min(-1), 0.0))
+    return {
+        "eval/return": float(np.mean(task.reward(actions))),
+        "eval/success": float(np.mean(np.linalg.norm(actions - task.best, axis=-1) < task.best_radius)),
+        "eval/in_support": float(np.mean(nearest < task.support_radius)),
+    }
+
+
 class ToyEvaluator:
-    """Samples the policy `episodes` times and scores the actions."""
+    """Samples the policy `episodes` times (one batched call) and scores the actions."""
+
+    def __init__(self, env: str = TOY_ENV):
+        self.task = task_of(env)
+        self.reference = self.task.sample(np.random.default_rng(12345), REFERENCE_SAMPLES)
 
     def run(self, policy, episodes: int = 1000, seed: int = 0) -> dict[str, float]:
         del seed  # the policy's own key decides its samples
-        actions = np.asarray(policy(np.zeros((episodes, 1), np.float32), 0)).reshape(episodes, 2)
-        dist = np.linalg.norm(actions[:, None, :] - CENTRES[None], axis=-1)
-        return {
-            "eval/success": float(np.mean(dist[:, 0] < REWARD_RADIUS)),  # on the best cluster
-            "eval/in_support": float(np.mean(dist.min(-1) < REWARD_RADIUS)),
-            "eval/return": float(np.mean(reward(actions))),
-        }
+        actions = np.asarray(policy(np.zeros((episodes, 1), np.float32), 0)).reshape(episodes, self.task.dim)
+        return score(self.task, actions, self.reference)
 
     def close(self) -> None:
         pass

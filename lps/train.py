@@ -101,8 +101,8 @@ def load_data(cfg: TrainConfig) -> dict[str, np.ndarray]:
 
     if cfg.dataset is not None:
         return load_own_dataset(cfg.dataset, cfg.chunk_len)
-    if cfg.env == toy.TOY_ENV:
-        return validate(toy.make_dataset(seed=cfg.data_seed), cfg.chunk_len, source=toy.TOY_ENV)
+    if toy.is_toy(cfg.env):
+        return validate(toy.make_dataset(cfg.env, seed=cfg.data_seed), cfg.chunk_len, source=cfg.env)
     task = tasks.parse_task(cfg.env, cfg.reward)
     data_dir = Path(cfg.data_dir).expanduser() if cfg.data_dir else tasks.default_data_dir()
     return tasks.load_task(task, data_dir, cfg.chunk_len, episodes_if_missing=cfg.episodes, seed=cfg.data_seed)
@@ -115,8 +115,8 @@ def make_evaluator(cfg: TrainConfig):
 
     if cfg.eval_episodes == 0:
         return None
-    if cfg.env == toy.TOY_ENV:
-        return toy.ToyEvaluator()
+    if toy.is_toy(cfg.env):
+        return toy.ToyEvaluator(cfg.env)
     from lps.evaluate import DEFAULT_POOL, Evaluator
 
     try:

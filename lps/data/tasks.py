@@ -60,7 +60,8 @@ def parse_task(name: str, reward: RewardMode = "paper") -> Task:
     if m is None:
         raise ValueError(
             f"unknown task {name!r}; valid tasks are <env>-play[-sparse]-singletask-task<1..5>-v0 "
-            f"with <env> one of {', '.join(ENVS)} (e.g. cube-single-play-singletask-task1-v0), or toy-bandit"
+            f"with <env> one of {', '.join(ENVS)} (e.g. cube-single-play-singletask-task1-v0), "
+            "or a toy task (toy-bandit, toy-<name>: see lps.toy)"
         )
     env, named_sparse = m["env"], m["sparse"] is not None
     if named_sparse and reward == "dense":
