@@ -35,6 +35,7 @@ class Evaluator:
 
         self.env_id = env_id
         self.envs = [gymnasium.make(env_id) for _ in range(num_envs)]
+        self.obs_dim = int(self.envs[0].observation_space.shape[0])
 
     def run(self, policy: PolicyFn, episodes: int = 50, seed: int = 0) -> dict[str, float]:
         """Mean success, return and length over `episodes`, and env steps/s with the policy in the loop."""

@@ -14,6 +14,7 @@ import numpy as np
 
 from lps import checkpoint
 from lps.agents import make_agent
+from lps.train import jitted_act
 
 
 class Policy:
@@ -22,7 +23,7 @@ class Policy:
     def __init__(self, agent, params, seed: int = 0):
         self.agent, self.params = agent, params
         self.spec = agent.spec
-        self._act = jax.jit(agent.act)
+        self._act = jitted_act(agent)
         self._key = jax.random.PRNGKey(seed)
         self._calls = 0
 

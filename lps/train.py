@@ -6,7 +6,8 @@
 randomness is `fold_in(state.rng, state.step)`, so a run's numbers depend only on its seed and
 step count, never on how the steps were grouped into dispatches (which makes resume exact).
 Batches are sampled inside the update from the on-device dataset: the hot path has no host
-transfer and no Python per step. Seeds can be added as a leading axis with `vmap`.
+transfer and no Python per step. Seeds are a leading axis of the state: `train` vmaps the
+update over them, so several seeds share one compiled program and one dataset.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import dataclasses
 import json
 import math
 import time
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -126,9 +127,15 @@ def make_evaluator(cfg: TrainConfig):
         return None
 
 
+@lru_cache(maxsize=32)
+def jitted_act(agent):
+    """One compiled acting function per agent (agents are hashable), reused across evaluations."""
+    return jax.jit(agent.act)
+
+
 def make_policy_fn(agent, params, seed: int):
     """`(obs batch, call index) -> chunks (B, H, A)` for an evaluator: one jitted network call."""
-    act = jax.jit(agent.act)
+    act = jitted_act(agent)
     key = jax.random.PRNGKey(seed)
     spec = agent.spec
 
@@ -212,6 +219,11 @@ def train(agent_name: str, cfg: TrainConfig, agent_cfg, resume: bool = False) ->
     state = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
     update = jax.vmap(make_update(agent, optimizer, cfg.batch_size), in_axes=(0, None))
     evaluator = make_evaluator(cfg)
+    if evaluator is not None and getattr(evaluator, "obs_dim", agent.spec.obs_dim) != agent.spec.obs_dim:
+        print(f"[lps] evaluation disabled: {cfg.env} observations have {evaluator.obs_dim} dims, the data "
+              f"{agent.spec.obs_dim}; pass the matching --env or --eval-episodes 0")  # fmt: skip
+        evaluator.close()
+        evaluator = None
     compiled: dict[int, Any] = {}
 
     def per_seed(tree, i: int):

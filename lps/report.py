@@ -1,0 +1,340 @@
+"""`lps report`: the paper's reporting from a folder of runs.
+
+Per agent x task, the final success averaged over seeds with a 95 % percentile-bootstrap CI over
+that cell's seeds; per agent, the interquartile mean (IQM) over all its tasks x seeds with a 95 %
+stratified-bootstrap CI (rliable, Agarwal et al. 2021); learning curves with bootstrap bands; and,
+when an agent's `alpha` was swept, success against alpha (the paper's Figure 6).
+
+    result = report("runs/compare")   # writes runs/compare/report/{report.md, summary.csv, ...}
+
+Every bootstrap is seeded, so the same runs and `seed` give the same numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+import sys
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lps.checkpoint import atomic_write
+
+
+@dataclass
+class Run:
+    agent: str
+    task: str
+    seed: int
+    alpha: float | None
+    steps: np.ndarray  # gradient steps of the evaluations
+    success: np.ndarray  # eval/success at those steps
+    run_dir: Path
+    label: str = ""  # the agent's row in the tables: `agent`, or `agent (alpha=A)` in a sweep
+    settings: dict = field(default_factory=dict)  # other config that should match across pooled seeds
+
+
+def _warn(msg: str) -> None:
+    print(f"[lps] report: {msg}", file=sys.stderr)
+
+
+# Train fields that change what a run measures (besides the agent's config): pooling seeds that differ
+# in them, e.g. a quick and a paper-preset run, is warned about.
+_TRAIN_SETTINGS = ("steps", "episodes", "reward", "chunk_len", "batch_size", "lr", "dataset")
+
+
+def collect(root: str | Path) -> list[Run]:
+    """Every run below `root` (a `config.json` with a `metrics.jsonl` beside it) that has evaluations."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such directory")
+    runs = []
+    for config_path in sorted(root.glob("**/config.json")):
+        run_dir = config_path.parent
+        if not (run_dir / "metrics.jsonl").exists():
+            continue
+        try:
+            record = json.loads(config_path.read_text())
+            agent, train = record["agent"], record["train"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            _warn(f"skipping {run_dir}: unreadable config.json")
+            continue
+        evals: dict[int, float] = {}
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+            try:  # a run still being written may end in a partial line
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            value = row.get("eval/success")
+            if value is not None and math.isfinite(value):
+                evals[int(row["step"])] = float(value)  # a repeated step (resume): the later row wins
+        if not evals:
+            _warn(f"skipping {run_dir}: no evaluation rows (eval/success) in metrics.jsonl")
+            continue
+        steps = np.array(sorted(evals))
+        # A run trained from --dataset has no env name; its dataset's file name stands in.
+        task = train.get("env") or Path(train.get("dataset") or "unknown").stem
+        alpha = (record.get("agent_config") or {}).get("alpha")
+        alpha = None if alpha is None else float(alpha)
+        success = np.array([evals[s] for s in steps])
+        settings = {k: v for k, v in (record.get("agent_config") or {}).items() if k != "alpha"}
+        settings.update({k: train[k] for k in _TRAIN_SETTINGS if k in train})
+        runs.append(Run(agent, task, int(train.get("seed", 0)), alpha, steps, success, run_dir, settings=settings))
+    return runs
+
+
+def _label(runs: list[Run]) -> None:
+    """Split an agent by alpha only when it was swept: several alphas on one task. QC-FQL's
+    per-environment default alpha differs between tasks, and that must not split it."""
+    alphas: dict[tuple[str, str], set] = {}
+    for r in runs:
+        alphas.setdefault((r.agent, r.task), set()).add(r.alpha)
+    swept = {agent for (agent, _), values in alphas.items() if len(values) > 1}
+    for r in runs:
+        r.label = _name(r.agent, r.alpha) if r.agent in swept and r.alpha is not None else r.agent
+
+
+def _name(agent: str, alpha: float) -> str:
+    return f"{agent} (alpha={alpha:g})"
+
+
+def _bootstrap_ci(strata: list[np.ndarray], reps: int, rng: np.random.Generator) -> np.ndarray:
+    """95 % percentile CI of the mean, resampling seeds within each stratum (task). Strata may be
+    (seeds,) or (seeds, T): then one CI per column (a learning curve's eval steps)."""
+    resampled = [s[rng.integers(0, len(s), (reps, len(s)))] for s in strata]
+    return np.percentile(np.concatenate(resampled, axis=1).mean(axis=1), [2.5, 97.5], axis=0)
+
+
+def _rng(seed: int, *key: str) -> np.random.Generator:
+    # One stream per cell, keyed by its name, so a cell's CI does not change when runs of other
+    # agents or tasks are added to the folder.
+    return np.random.default_rng([seed, zlib.crc32("|".join(key).encode())])
+
+
+def _aggregate(matrices: dict[str, np.ndarray], reps: int, seed: int) -> dict[str, dict]:
+    """IQM and mean over (seeds x tasks) per agent, with rliable's stratified-bootstrap CIs."""
+    try:
+        from rliable import library as rly
+        from rliable import metrics
+    except ImportError as e:
+        raise ImportError(f'lps report needs rliable: pip install "lps[report]" ({e})') from e
+    # rliable draws from numpy's global RNG: seed it for reproducibility, then restore the caller's.
+    saved = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        point, interval = rly.get_interval_estimates(
+            matrices,
+            lambda x: np.array([metrics.aggregate_iqm(x), metrics.aggregate_mean(x)]),
+            reps=reps,
+        )
+    finally:
+        np.random.set_state(saved)
+    result = {}
+    for label, m in matrices.items():
+        result[label] = dict(n_tasks=m.shape[1], n_seeds=m.shape[0])
+        for i, name in enumerate(("iqm", "mean")):
+            low, high = interval[label][:, i]
+            result[label].update({name: float(point[label][i]), f"{name}_low": float(low), f"{name}_high": float(high)})
+    return result
+
+
+def _cell(mean: float, low: float, high: float, n: int | None = None) -> str:
+    return f"{mean:.2f} [{low:.2f}, {high:.2f}]" + (f" (n={n})" if n is not None else "")
+
+
+def _short(task: str) -> str:
+    """cube-single-play-singletask-task1-v0 -> cube-single-task1 (a table column that fits)."""
+    return re.sub(r"-play(-sparse)?-singletask-(task\d+)-v0$", r"\1-\2", task)
+
+
+def _csv(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, buf.getvalue())
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: works without a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _curves(task: str, groups: dict, labels: list[str], reps: int, seed: int, out: Path) -> list[Path]:
+    """Success against gradient steps on one task, one line per agent, bootstrap band over seeds."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for lab in labels:
+        group = groups.get((lab, task))
+        if not group:
+            continue
+        # Align the seeds on the eval steps they all have (a killed seed may have fewer).
+        steps = sorted(set.intersection(*(set(r.steps.tolist()) for r in group)))
+        if not steps:
+            _warn(f"{lab} on {task}: its seeds share no evaluation step; no curve drawn")
+            continue
+        y = np.array([r.success[np.searchsorted(r.steps, steps)] for r in group])
+        low, high = _bootstrap_ci([y], reps, _rng(seed, lab, task, "curve"))
+        (line,) = ax.plot(steps, y.mean(axis=0), marker="o", ms=3, label=f"{lab} (n={len(group)})")
+        ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, lw=0)
+    ax.set(xlabel="gradient steps", ylabel="success rate", ylim=(-0.02, 1.02), title=task)
+    return _finish(fig, ax, out / f"curves-{task}")
+
+
+def _alpha_plot(alpha: dict[str, dict[float, dict]], out: Path) -> list[Path]:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for agent, points in alpha.items():
+        xs, ps = list(points), list(points.values())
+        (line,) = ax.plot(xs, [p["mean"] for p in ps], marker="o", label=agent)
+        ax.fill_between(xs, [p["ci_low"] for p in ps], [p["ci_high"] for p in ps], color=line.get_color(), alpha=0.2)
+    # alpha = 0 (no regularisation) has no place on a log axis; symlog keeps it.
+    alphas = sorted({a for points in alpha.values() for a in points})
+    ax.set_xscale("log" if alphas[0] > 0 else "symlog")
+    ax.set_xticks(alphas, [f"{a:g}" for a in alphas], minor=False)
+    ax.minorticks_off()
+    ax.set(xlabel="alpha", ylabel="success rate", ylim=(-0.02, 1.02), title="alpha sensitivity")
+    return _finish(fig, ax, out / "alpha")
+
+
+def _finish(fig, ax, path: Path) -> list[Path]:
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes, never over a curve
+    fig.tight_layout()
+    for fmt in ("png", "svg"):
+        buf = io.BytesIO()
+        # A fixed salt for the SVG's element ids and no date in it, so the same runs give the same file.
+        with _pyplot().rc_context({"svg.hashsalt": "lps-report"}):
+            fig.savefig(buf, format=fmt, dpi=120, metadata={"Date": None} if fmt == "svg" else None)
+        atomic_write(path.with_suffix(f".{fmt}"), buf.getvalue())
+    _pyplot().close(fig)
+    return [path.with_suffix(".png"), path.with_suffix(".svg")]
+
+
+def _markdown(cells, aggregate, alpha, notes, tasks: list[str], final: str, reps: int) -> str:
+    what = "last evaluation" if final == "last" else "best evaluation"
+    md = [f"Success rate ({what} of each run; mean over seeds [95 % bootstrap CI], {reps} resamples)", ""]
+    md += ["| agent | " + " | ".join(map(_short, tasks)) + " | IQM |", "|---" * (len(tasks) + 2) + "|"]
+    for lab, by_task in cells.items():
+        row = [
+            _cell(c["mean"], c["ci_low"], c["ci_high"], c["n_seeds"]) if (c := by_task.get(t)) else "—" for t in tasks
+        ]
+        g = aggregate[lab]
+        md.append(f"| {lab} | " + " | ".join(row) + f" | {_cell(g['iqm'], g['iqm_low'], g['iqm_high'])} |")
+    if alpha:
+        alphas = sorted({a for points in alpha.values() for a in points})
+        md += ["", "Alpha sensitivity (mean over seeds and tasks [95 % stratified bootstrap CI])", ""]
+        md += ["| agent | " + " | ".join(f"alpha={a:g}" for a in alphas) + " |", "|---" * (len(alphas) + 1) + "|"]
+        for agent, points in alpha.items():
+            row = [_cell(p["mean"], p["ci_low"], p["ci_high"], p["n"]) if (p := points.get(a)) else "—" for a in alphas]
+            md.append(f"| {agent} | " + " | ".join(row) + " |")
+    if notes:
+        md += [""] + [f"Note: {n}" for n in notes]
+    return "\n".join(md) + "\n"
+
+
+def _cells(groups: dict, labels: list[str], tasks: list[str], score: dict, reps: int, seed: int) -> dict:
+    """Per agent x task: mean final success over seeds and a percentile-bootstrap CI over them."""
+    cells: dict[str, dict[str, dict]] = {lab: {} for lab in labels}
+    for lab in labels:
+        for task in tasks:
+            if (group := groups.get((lab, task))) is None:
+                continue
+            x = np.array([score[id(r)] for r in group])
+            low, high = _bootstrap_ci([x], reps, _rng(seed, lab, task))
+            cells[lab][task] = dict(
+                n_seeds=len(x),
+                mean=float(x.mean()),
+                ci_low=float(low),
+                ci_high=float(high),
+                seeds=[r.seed for r in group],
+                scores=x.tolist(),
+            )
+    return cells
+
+
+def _alpha_points(runs: list[Run], cells: dict, reps: int, seed: int) -> dict[str, dict[float, dict]]:
+    """Success against alpha for each swept agent, over seeds and tasks (resampling seeds within tasks)."""
+    points: dict[str, dict[float, dict]] = {}
+    for agent in sorted({r.agent for r in runs if r.label != r.agent}):
+        for a in sorted({r.alpha for r in runs if r.agent == agent and r.alpha is not None}):
+            strata = [np.array(c["scores"]) for c in cells[_name(agent, a)].values()]
+            x = np.concatenate(strata)
+            low, high = _bootstrap_ci(strata, reps, _rng(seed, _name(agent, a), "alpha"))
+            points.setdefault(agent, {})[a] = dict(
+                n=len(x), n_tasks=len(strata), mean=float(x.mean()), ci_low=float(low), ci_high=float(high)
+            )
+    return points
+
+
+def report(root, out=None, reps: int = 1000, seed: int = 0, final: str = "last") -> dict:
+    """Write report.md, summary.csv, aggregate.csv, curves-<task>.png/.svg (and alpha.png/.svg after
+    a sweep) to `out` (default ROOT/report). Returns the numbers: `cells[label][task]`,
+    `aggregate[label]`, `alpha[agent][alpha]`, plus `notes`, `markdown` and the `files` written."""
+    if final not in ("last", "max"):
+        raise ValueError(f"final must be 'last' or 'max', not {final!r}")
+    if reps < 1:
+        raise ValueError(f"reps must be at least 1, not {reps}")
+    runs = collect(root)
+    if not runs:
+        raise FileNotFoundError(
+            f"no run with evaluations under {root}: looked for **/config.json with a metrics.jsonl "
+            "beside it holding eval/success rows"
+        )
+    out = Path(out) if out is not None else Path(root) / "report"
+    _label(runs)
+    score = {id(r): float(r.success[-1] if final == "last" else r.success.max()) for r in runs}
+    # Rows: agents alphabetically, a swept agent's alphas in numeric order.
+    order = {r.label: (r.agent, -math.inf if r.label == r.agent else r.alpha) for r in runs}
+    labels = sorted(order, key=order.get)
+    tasks = sorted({r.task for r in runs})
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for r in sorted(runs, key=lambda r: r.seed):
+        group = groups.setdefault((r.label, r.task), [])
+        if twin := next((q for q in group if q.seed == r.seed), None):
+            _warn(f"{r.label} on {r.task} seed {r.seed} appears twice ({twin.run_dir}, {r.run_dir}); both count")
+        group.append(r)
+    for (lab, task), group in groups.items():
+        if differ := sorted({k for r in group for k in r.settings if r.settings[k] != group[0].settings.get(k)}):
+            _warn(f"{lab} on {task}: its runs differ in {', '.join(differ)} but are pooled; report them separately")
+
+    cells = _cells(groups, labels, tasks, score, reps, seed)
+    notes, matrices = [], {}
+    for lab in labels:
+        # rliable needs a full (seeds x tasks) matrix: keep the lowest-numbered seeds common to all tasks.
+        counts = {t: c["n_seeds"] for t, c in cells[lab].items()}
+        n = min(counts.values())
+        if len(set(counts.values())) > 1:
+            per_task = ", ".join(f"{_short(t)} {k}" for t, k in counts.items())
+            notes.append(f"{lab} has different seed counts per task ({per_task}); its IQM uses {n} seeds per task")
+        matrices[lab] = np.array([c["scores"][:n] for c in cells[lab].values()]).T
+    if partial := [f"{lab} ({m.shape[1]})" for lab, m in matrices.items() if m.shape[1] < len(tasks)]:
+        notes.append(
+            f"not all agents ran all {len(tasks)} tasks; IQMs are over different task sets: {', '.join(partial)}"
+        )
+    aggregate = _aggregate(matrices, reps, seed)
+    alpha = _alpha_points(runs, cells, reps, seed)
+
+    files = [f for task in tasks for f in _curves(task, groups, labels, reps, seed, out)]
+    if alpha:
+        files += _alpha_plot(alpha, out)
+    markdown = _markdown(cells, aggregate, alpha, notes, tasks, final, reps)
+    atomic_write(out / "report.md", markdown)
+    keys = ("n_seeds", "mean", "ci_low", "ci_high")
+    _csv(
+        out / "summary.csv",
+        [dict(agent=lab, task=t, **{k: c[k] for k in keys}) for lab in cells for t, c in cells[lab].items()],
+    )
+    _csv(out / "aggregate.csv", [dict(agent=lab, **g) for lab, g in aggregate.items()])
+    files += [out / "report.md", out / "summary.csv", out / "aggregate.csv"]
+    return dict(cells=cells, aggregate=aggregate, alpha=alpha, notes=notes, markdown=markdown, files=files)
