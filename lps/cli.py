@@ -5,6 +5,10 @@
     lps data generate ENV [--episodes N] [--seed S] [--workers W] [--data-dir DIR]
     lps data prepare TASK --out FILE.npz     (a relabelled npz that trains without OGBench installed)
     lps agents
+    lps report RUNS_DIR [--out DIR] [--reps 1000] [--seed 0] [--final last|max]   (tables with 95 % CIs, curves)
+    lps toy list|figure2|figure3 [--task four-gaussians] [--steps N]   (the paper's analysis figures)
+    lps sweep [FILE.yaml|.toml] [--agents A ...] [--tasks T ...] [--seeds 0,1,2] [--grid FIELD=V1,V2 ...]
+              [--out DIR] [--workers N] [--ray ADDRESS] [--dry-run] [-- TRAIN ARGS ...]   (resumable grids of runs)
 
 Every field of the training config and of the chosen agent's config is a flag of `lps train`
 (see `lps train --agent NAME --help`); unknown flags and impossible values are refused.
@@ -157,7 +161,76 @@ def _agents(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "eval": _eval, "data": _data, "agents": _agents}
+def _toy(argv: list[str]) -> int:
+    from lps import toy
+
+    p = argparse.ArgumentParser(prog="lps toy", description="Toy bandits and the paper's analysis figures.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list", help="the toy tasks")
+    f2 = sub.add_parser("figure2", help="dataset vs policy samples: QC-FQL at several alphas and LPS")
+    f2.add_argument("--alphas", type=float, nargs="+", default=[0.03, 3.0, 300.0])
+    f3 = sub.add_parser("figure3", help="pulled-back critic vs a distilled latent critic: gradient cosine")
+    for f in (f2, f3):
+        f.add_argument("--task", default="four-gaussians", choices=list(toy.TASKS))
+        f.add_argument("--steps", type=int, default=3000)
+        f.add_argument("--seed", type=int, default=0)
+        f.add_argument("--out", default=None, help="default: runs/toy/<figure>")
+    a = p.parse_args(argv)
+    if a.cmd == "list":
+        for name, task in toy.TASKS.items():
+            print(f"toy-{name:16s} {task.dim:3d}-D actions, best action starts {task.best[:2].round(3).tolist()}")
+        return 0
+    from lps import analysis
+
+    out = a.out or f"runs/toy/{a.cmd}"
+    if a.cmd == "figure2":
+        numbers = analysis.figure2(a.task, tuple(a.alphas), a.steps, a.seed, out)
+        for name, n in numbers.items():
+            print(f"{name:22s} " + "  ".join(f"{k.removeprefix('eval/')}={v:.3f}" for k, v in n.items()))
+    else:
+        numbers = analysis.figure3(a.task, a.steps, a.seed, out)
+        print("  ".join(f"{k}={v:.3f}" for k, v in numbers.items()))
+    print(f"[lps] figure written to {out}/{a.cmd}-{a.task}.png")
+    return 0
+
+
+def _report(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="lps report",
+        description="Success tables with 95 % bootstrap CIs, IQM, learning curves and alpha sensitivity "
+        "from every run below RUNS_DIR (needs lps[report]).",
+    )
+    p.add_argument("runs_dir", help="a folder holding run directories at any depth")
+    p.add_argument("--out", default=None, help="default: RUNS_DIR/report")
+    p.add_argument("--reps", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--final", choices=["last", "max"], default="last", help="a run's score: last or best evaluation")
+    a = p.parse_args(argv)
+    if a.reps < 1:
+        p.error("--reps must be at least 1")
+    from lps.report import report
+
+    result = report(a.runs_dir, out=a.out, reps=a.reps, seed=a.seed, final=a.final)
+    print(result["markdown"])
+    print(f"[lps] wrote {len(result['files'])} files to {result['files'][-1].parent}")
+    return 0
+
+
+def _sweep(argv: list[str]) -> int:
+    from lps.sweep import main as sweep_main
+
+    return sweep_main(argv)
+
+
+COMMANDS = {
+    "train": _train,
+    "eval": _eval,
+    "data": _data,
+    "agents": _agents,
+    "toy": _toy,
+    "report": _report,
+    "sweep": _sweep,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,384 @@
+"""Sweeps: agents x tasks x seeds x config grids, run as `lps train` subprocesses.
+
+    runs = expand(spec)                       # one RunSpec per seed-group (or per seed)
+    results = run_sweep(spec, workers=1)      # locally, or with ray_address="auto" on Ray
+
+Each run lives in `OUT/<task>/<agent>[-field=value...]/seed<k>`. The seeds of one (agent, task,
+config) train together in one `lps train --seeds ...` process (vmapped). A run whose
+`summary.json` exists is skipped, so re-running a sweep resumes it; a run directory left without
+one (killed) is restarted from scratch with `--overwrite`.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import itertools
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+import tomllib
+import warnings
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+SUMMARY_JSON, LOG = "summary.json", "sweep.log"
+RESERVED = {
+    "agent": "--agents",
+    "env": "--tasks",
+    "seed": "--seeds",
+    "seeds": "--seeds",
+    "run_dir": "--out",
+    "resume": "(a sweep resumes by itself)",
+}
+TAIL_LINES = 15
+
+
+@dataclasses.dataclass
+class SweepSpec:
+    agents: list[str]
+    tasks: list[str]
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [0])
+    grid: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    """field -> values; a value with spaces is several tokens (`base_hidden: "32 32"` or [32, 32])."""
+    train_args: list[str] = dataclasses.field(default_factory=list)
+    """Passed to every `lps train` (flags of fields an agent lacks are dropped for that agent)."""
+    out: str = "runs/sweep"
+    workers: int = 1
+
+    def __post_init__(self):
+        self.seeds = [int(s) for s in self.seeds]
+        self.grid = {k.replace("-", "_"): [_value(v) for v in vs] for k, vs in self.grid.items()}
+        self.train_args = [str(a) for a in self.train_args]
+        if not self.agents or not self.tasks or not self.seeds:
+            raise ValueError("a sweep needs at least one agent, one task and one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, got {self.seeds}")
+
+
+@dataclasses.dataclass
+class RunSpec:
+    agent: str
+    task: str
+    seeds: tuple[int, ...]
+    overrides: dict[str, str]
+    run_dir: str
+    """The seed-group's directory; seed k's run is `run_dir/seed<k>`."""
+    train_args: tuple[str, ...] = ()
+
+    def seed_dir(self, seed: int) -> Path:
+        return Path(self.run_dir) / f"seed{seed}"
+
+    def args(self) -> list[str]:
+        """The arguments of `lps ...` that train this run (grid values come last and win)."""
+        grid = []
+        for name, value in self.overrides.items():
+            if value.lower() in ("true", "false") and isinstance(_field_defaults().get(name), bool):
+                grid.append(f"--{'' if value.lower() == 'true' else 'no-'}{_flag(name)}")
+            else:
+                grid += [f"--{_flag(name)}", *value.split()]
+        quiet = [] if {"--progress", "--no-progress"} & set(self.train_args) else ["--no-progress"]
+        run = ["train", "--agent", self.agent, "--env", self.task, "--seeds", *map(str, self.seeds)]
+        return [*run, "--run-dir", self.run_dir, "--overwrite", *quiet, *self.train_args, *grid]
+
+
+@dataclasses.dataclass
+class Result:
+    run: RunSpec
+    seed: int
+    status: str  # finished | skipped | failed | planned (dry run)
+    wall_s: float | None = None
+    returncode: int | None = None
+    log_tail: str = ""
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run.seed_dir(self.seed)
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _value(v) -> str:
+    return " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+
+@functools.cache
+def _field_defaults() -> dict:
+    """Every config field (training and every agent's) -> a default value, for type checks."""
+    from lps.agents import REGISTRY
+    from lps.config import TrainConfig
+
+    out = {}
+    for cls in [TrainConfig, *(cfg for _, cfg in REGISTRY.values())]:
+        for f in dataclasses.fields(cls):
+            out.setdefault(f.name, f.default)
+    return out
+
+
+def _fields(agent: str) -> set[str]:
+    from lps.agents import config_class
+    from lps.config import TrainConfig
+
+    return {f.name for cls in (TrainConfig, config_class(agent)) for f in dataclasses.fields(cls)}
+
+
+def _run_name(agent: str, overrides: dict[str, str]) -> str:
+    name = agent + "".join(f"-{k}={v.replace(' ', 'x')}" for k, v in overrides.items())
+    return re.sub(r"[^A-Za-z0-9._=+-]", "_", name)
+
+
+def _train_args_for(agent: str, train_args: list[str], grid: dict, dropped: set) -> tuple[str, ...]:
+    """`train_args` less the flags of config fields that `agent` lacks (and some other agent has)
+    and of fields that the grid sets."""
+    known, mine, out, keep = set(_field_defaults()), _fields(agent), [], True
+    for arg in train_args:
+        if arg.startswith("--"):
+            name = arg[2:].split("=", 1)[0].replace("-", "_")
+            name = name[3:] if name.startswith("no_") and name[3:] in known else name
+            if name in RESERVED:
+                raise ValueError(f"train argument {arg} is set by the sweep: use {RESERVED[name]}")
+            keep = (name not in known or name in mine) and name not in grid
+            if name in known and name not in mine:
+                dropped.add((agent, name))
+        if keep:
+            out.append(arg)
+    return tuple(out)
+
+
+def expand(spec: SweepSpec, group_seeds: bool = True, report=print) -> list[RunSpec]:
+    """The sweep's runs, one per seed-group (or per seed). Grid fields an agent lacks are dropped
+    for that agent, which collapses its grid points (reported once)."""
+    from lps.agents import check_agent
+
+    known = set(_field_defaults())
+    for name in spec.grid:
+        if name in RESERVED:
+            raise ValueError(f"grid field {name!r} is set by the sweep: use {RESERVED[name]}")
+        if name not in known:
+            raise ValueError(f"grid field {name!r} is no config field of training or of any agent")
+    runs: dict[tuple, RunSpec] = {}
+    dropped: set[tuple[str, str]] = set()
+    for agent in spec.agents:
+        check_agent(agent)
+        mine, train_args = _fields(agent), _train_args_for(agent, spec.train_args, spec.grid, dropped)
+        dropped |= {(agent, k) for k in spec.grid if k not in mine}
+        for task, point in itertools.product(spec.tasks, itertools.product(*spec.grid.values())):
+            overrides = {k: v for k, v in zip(spec.grid, point) if k in mine}
+            run_dir = str(Path(spec.out) / task / _run_name(agent, overrides))
+            runs.setdefault((agent, task, run_dir), RunSpec(agent, task, (), overrides, run_dir, train_args))
+    for agent in spec.agents:
+        if names := sorted(n for a, n in dropped if a == agent):
+            report(f"[sweep] {agent} has no config field {', '.join(names)}: dropped for {agent}")
+    seed_groups = [tuple(spec.seeds)] if group_seeds else [(s,) for s in spec.seeds]
+    return [dataclasses.replace(run, seeds=seeds) for run in runs.values() for seeds in seed_groups]
+
+
+def _launch(args: list[str], logs: list[str], env: dict[str, str] | None = None) -> tuple[int, float, str]:
+    """Run `lps ARGS` in a subprocess, appending its output to every log; (exit code, seconds, tail)."""
+    cmd = [sys.executable, "-m", "lps.cli", *args]
+    files = []
+    for path in logs:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        files.append(open(path, "a", buffering=1))
+    tail, start = collections.deque(maxlen=TAIL_LINES), time.perf_counter()
+    try:
+        for f in files:
+            f.write(f"[sweep] {time.strftime('%Y-%m-%d %H:%M:%S')} $ {shlex.join(cmd)}\n")
+        out, env = subprocess.PIPE, {**os.environ, **(env or {})}
+        with subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, text=True, errors="replace") as p:
+            for line in p.stdout:
+                tail.append(line)
+                for f in files:
+                    f.write(line)
+        for f in files:
+            f.write(f"[sweep] exit code {p.returncode}\n")
+    finally:
+        for f in files:
+            f.close()
+    return p.returncode, time.perf_counter() - start, "".join(tail)
+
+
+def _logs(run: RunSpec) -> list[str]:
+    return [str(run.seed_dir(s) / LOG) for s in run.seeds]
+
+
+def _outcome(get) -> tuple[int, float, str]:
+    """A launch's (exit code, seconds, log tail); exit code -1 where it could not run at all."""
+    try:
+        return get()
+    except Exception as e:  # a launch that failed (e.g. a Ray worker died) fails its runs only
+        return -1, 0.0, f"{type(e).__name__}: {e}"
+
+
+def _local(todo: list[RunSpec], workers: int):
+    # Processes sharing a GPU must not each grab most of its memory up front.
+    env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"} if workers > 1 else {}
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = {pool.submit(_launch, run.args(), _logs(run), env): run for run in todo}
+        for future in as_completed(futures):
+            yield futures[future], _outcome(future.result)
+
+
+def _ray(todo: list[RunSpec], address: str, gpus: float, cpus: float):
+    try:
+        import ray
+    except ImportError as e:
+        raise ImportError('sweeps on Ray need Ray: pip install "lps[sweep]"') from e
+    started = not ray.is_initialized()
+    if started:
+        with warnings.catch_warnings():  # Ray starts its processes with fork + exec, which is safe
+            warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
+            try:
+                ray.init(address=address)
+            except ConnectionError as e:
+                raise RuntimeError(f"cannot reach Ray at {address!r}: {e}") from e
+    try:
+        # A task given no GPU sees none (Ray leaves CUDA_VISIBLE_DEVICES alone then), and tasks
+        # that may share a GPU must not each grab most of its memory up front.
+        env = {"CUDA_VISIBLE_DEVICES": ""} if gpus == 0 else {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+        launch = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(_launch)
+        pending = {launch.remote(run.args(), _logs(run), env): run for run in todo}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            yield pending.pop(ready[0]), _outcome(functools.partial(ray.get, ready[0]))
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def run_sweep(
+    spec: SweepSpec,
+    workers: int | None = None,
+    ray_address: str | None = None,
+    gpus_per_task: float = 0,
+    cpus_per_task: float = 1,
+    group_seeds: bool = True,
+    dry_run: bool = False,
+    report=print,
+) -> list[Result]:
+    """Run the sweep's unfinished runs (locally with `workers` processes, or on Ray) and return one
+    Result per run (seed), in expansion order; prints progress and a final table with `report`."""
+    workers = workers or spec.workers
+    if ray_address is not None:  # Ray workers may start elsewhere: give them absolute paths
+        spec = dataclasses.replace(spec, out=str(Path(spec.out).resolve()))
+    runs = expand(spec, group_seeds, report)
+    results, todo = [], []
+    for run in runs:
+        done = {s for s in run.seeds if (run.seed_dir(s) / SUMMARY_JSON).exists()}
+        results += [Result(run, s, "skipped") for s in run.seeds if s in done]
+        if len(done) < len(run.seeds):
+            todo.append(dataclasses.replace(run, seeds=tuple(s for s in run.seeds if s not in done)))
+    total = sum(len(r.seeds) for r in runs)
+    killed = sum((run.seed_dir(s) / "config.json").exists() for run in todo for s in run.seeds)
+    if killed:
+        report(f"[sweep] {killed} interrupted run(s) (no {SUMMARY_JSON}) restart from scratch (--overwrite)")
+    report(
+        f"[sweep] {total} runs: {len(results)} already finished (skipped), {total - len(results)} to run "
+        f"in {len(todo)} process(es) " + (f"on Ray ({ray_address})" if ray_address else f"with {workers} worker(s)")
+    )
+    if dry_run:
+        for run in todo:
+            report(shlex.join([sys.executable, "-m", "lps.cli", *run.args()]))
+        return results + [Result(run, s, "planned") for run in todo for s in run.seeds]
+    if todo:
+        pool = _ray(todo, ray_address, gpus_per_task, cpus_per_task) if ray_address else _local(todo, workers)
+        for run, (code, wall, tail) in pool:
+            for s in run.seeds:
+                ok = code == 0 and (run.seed_dir(s) / SUMMARY_JSON).exists()
+                results.append(Result(run, s, "finished" if ok else "failed", wall, code, "" if ok else tail))
+            what = f"{run.run_dir} seeds {','.join(map(str, run.seeds))}"
+            if code == 0:
+                report(f"[sweep] done {what} in {wall:.0f}s")
+            else:
+                log = run.seed_dir(run.seeds[0]) / LOG
+                report(f"[sweep] FAILED (exit code {code}) {what}; last lines of {log}:\n{tail.rstrip()}")
+    order = {run.run_dir: i for i, run in enumerate(runs)}
+    results.sort(key=lambda r: (order[r.run.run_dir], r.seed))
+    report(format_table(results))
+    return results
+
+
+def format_table(results: list[Result]) -> str:
+    rows = [("status", "exit", "wall", "run")]
+    for r in results:
+        code, wall = "" if r.returncode is None else str(r.returncode), "" if r.wall_s is None else f"{r.wall_s:.0f}s"
+        rows.append((r.status, code, wall, str(r.run_dir)))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = ["  ".join([*(c.ljust(w) for c, w in zip(row[:3], widths)), row[3]]) for row in rows]
+    counts = collections.Counter(r.status for r in results)
+    lines.append(", ".join(f"{counts[s]} {s}" for s in ("finished", "skipped", "failed", "planned") if counts[s]))
+    return "\n".join(lines)
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """A sweep from a YAML or TOML file with the keys of SweepSpec."""
+    path = Path(path)
+    if path.suffix == ".toml":
+        data = tomllib.loads(path.read_text())
+    elif path.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError as e:
+            raise ImportError('YAML sweep files need PyYAML: pip install "lps[sweep]"') from e
+        data = yaml.safe_load(path.read_text()) or {}
+    else:
+        raise ValueError(f"{path}: a sweep file is .yaml, .yml or .toml")
+    unknown = set(data) - {f.name for f in dataclasses.fields(SweepSpec)}
+    if unknown:
+        raise ValueError(
+            f"{path}: unknown key(s) {sorted(unknown)}; keys: agents, tasks, seeds, grid, train_args, out, workers"
+        )
+    return SweepSpec(**data)
+
+
+def parse_args(argv: list[str]):
+    """`lps sweep` arguments -> (SweepSpec, argparse namespace); everything after `--` is train args."""
+    import argparse
+
+    split = argv.index("--") if "--" in argv else len(argv)
+    argv, train_args = argv[:split], argv[split + 1 :]
+    p = argparse.ArgumentParser(
+        prog="lps sweep",
+        description=__doc__.split("\n\n")[0] + " Arguments after `--` go "
+        "to every `lps train`. Flags override the keys of FILE.",
+    )
+    p.add_argument("file", nargs="?", help="a YAML or TOML sweep (keys: agents, tasks, seeds, grid, train_args, ...)")
+    p.add_argument("--agents", nargs="+")
+    p.add_argument("--tasks", nargs="+")
+    p.add_argument("--seeds", nargs="+", help="e.g. 0 1 2 or 0,1,2")
+    p.add_argument("--grid", nargs="+", action="extend", metavar="FIELD=V1,V2", help="e.g. alpha=1,3,10")
+    p.add_argument("--out", help="default runs/sweep")
+    p.add_argument("--workers", type=int, help="local processes at once (default 1: training uses every core)")
+    p.add_argument("--ray", metavar="ADDRESS", help="run on Ray: auto, ray://host:10001, or local")
+    p.add_argument("--gpus-per-task", type=float, default=0, help="Ray: GPUs per task (default 0: CPU)")
+    p.add_argument("--cpus-per-task", type=float, default=1, help="Ray: CPUs per task (default 1)")
+    p.add_argument("--no-group-seeds", action="store_true", help="one process per seed instead of per seed-group")
+    p.add_argument("--dry-run", action="store_true", help="print the commands without running them")
+    a = p.parse_args(argv)
+    data = dataclasses.asdict(load_spec(a.file)) if a.file else {}
+    for key in ("agents", "tasks", "out", "workers"):
+        if getattr(a, key) is not None:
+            data[key] = getattr(a, key)
+    if a.seeds is not None:
+        data["seeds"] = [s for arg in a.seeds for s in arg.split(",") if s]
+    for item in a.grid or []:
+        name, sep, values = item.partition("=")
+        if not sep or not values:
+            p.error(f"--grid takes FIELD=V1,V2,..., got {item!r}")
+        data.setdefault("grid", {})[name] = values.split(",")
+    data["train_args"] = [*data.get("train_args", []), *train_args]
+    if not data.get("agents") or not data.get("tasks"):
+        p.error("give --agents and --tasks (or a sweep file with them)")
+    return SweepSpec(**data), a
+
+
+def main(argv: list[str]) -> int:
+    spec, a = parse_args(argv)
+    results = run_sweep(spec, a.workers, a.ray, a.gpus_per_task, a.cpus_per_task, not a.no_group_seeds, a.dry_run)
+    return int(any(r.status == "failed" for r in results))
