@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 
@@ -24,7 +23,6 @@ from lps.data import generate as gen
 from lps.data import tasks
 from lps.data.validate import load_own_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
 TASK = "cube-single-play-singletask-task1-v0"
 EPISODES, STEPS = 2, 120  # 2 x (120 - 5) = 230 chunks of length 5
 TINY_FLAGS = ["--base-hidden", "64", "64", "--critic-hidden", "64", "64", "--actor-hidden", "32", "--batch-size", "64"]
@@ -33,21 +31,8 @@ needs_ogbench = pytest.mark.skipif(importlib.util.find_spec("ogbench") is None, 
 pytestmark = pytest.mark.filterwarnings("ignore:.*precision lowered", "ignore:.*DISPLAY")
 
 
-def run_cli(*args, cwd, extra_path: Path | None = None, timeout=180) -> subprocess.CompletedProcess:
-    """`python -m lps.cli ARGS` on the CPU, importing this checkout's package; fails loudly on a non-zero exit."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", COLUMNS="200", OGBENCH_DATA_DIR=str(Path(cwd) / "ogbench-data"))
-    paths = [str(extra_path) if extra_path else None, str(ROOT), os.environ.get("PYTHONPATH")]
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
-    out = subprocess.run(
-        [sys.executable, "-m", "lps.cli", *map(str, args)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert out.returncode == 0, f"lps {' '.join(map(str, args))} exited {out.returncode}:\n{out.stdout}\n{out.stderr}"
-    return out
+def run_cli(*args, cwd, extra_path: Path | None = None, timeout=180):
+    return helpers.run_cli(*args, cwd=cwd, extra_path=extra_path, timeout=timeout, check=True)
 
 
 def last_line(text: str) -> str:

@@ -14,12 +14,11 @@ import os
 import re
 import shutil
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_cli, toy_config
 
 import lps
 from lps import checkpoint, cli
@@ -30,37 +29,7 @@ from lps.data import tasks
 from lps.data.validate import DatasetError, load_own_dataset, validate
 from lps.train import TrainingDiverged, train
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = LPSConfig(base_hidden=(32, 32), critic_hidden=(32, 32), actor_hidden=(32,))
-
-
-def run_cli(*args, cwd, timeout=120) -> subprocess.CompletedProcess:
-    """`python -m lps.cli ARGS` on the CPU, importing this checkout's package."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", COLUMNS="200", OGBENCH_DATA_DIR=str(Path(cwd) / "ogbench-data"))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    return subprocess.run(
-        [sys.executable, "-m", "lps.cli", *map(str, args)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def toy_cfg(run_dir, **overrides) -> TrainConfig:
-    cfg, _ = preset("toy", LPSConfig)
-    small = dict(
-        steps=200,
-        log_every=100,
-        eval_every=0,
-        save_every=100,
-        eval_episodes=0,
-        batch_size=64,
-        run_dir=str(run_dir),
-        progress=False,
-    )
-    return dataclasses.replace(cfg, **(small | overrides))
 
 
 def snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
@@ -95,7 +64,7 @@ def save_npz(path: Path, arrays: dict) -> Path:
 def toy_run(tmp_path_factory):
     """A finished 200-step toy run with checkpoints at 100 and 200 (shared, never modified: copy it)."""
     run_dir = tmp_path_factory.mktemp("toy") / "run"
-    train("lps", toy_cfg(run_dir), TINY)
+    train("lps", toy_config(run_dir), TINY)
     return run_dir
 
 
@@ -113,7 +82,7 @@ def test_missing_dataset_file(tmp_path):
     # Through the trainer: refused before anything is written.
     run_dir = tmp_path / "run"
     with pytest.raises(DatasetError, match="not found"):
-        train("lps", toy_cfg(run_dir, dataset=str(tmp_path / "nope.npz")), TINY)
+        train("lps", toy_config(run_dir, dataset=str(tmp_path / "nope.npz")), TINY)
     assert not run_dir.exists()
 
 
@@ -232,7 +201,7 @@ def test_batch_larger_than_number_of_chunks(tmp_path):
     path = save_npz(tmp_path / "d.npz", episodes())  # 4 episodes x 9 chunks of length 1
     run_dir = tmp_path / "run"
     with pytest.raises(ValueError, match="--batch-size 64 is larger than the dataset's 36 chunks"):
-        train("lps", toy_cfg(run_dir, dataset=str(path), batch_size=64), TINY)
+        train("lps", toy_config(run_dir, dataset=str(path), batch_size=64), TINY)
     assert not run_dir.exists()
 
 
@@ -244,7 +213,7 @@ def test_unknown_env_lists_valid_envs(tmp_path):
     with pytest.raises(ValueError, match=f"unknown task 'cube-triple-play-singletask-task1-v0'.*{valid}"):
         tasks.parse_task("cube-triple-play-singletask-task1-v0")
     with pytest.raises(ValueError, match=f"unknown task 'nosuch-env'.*{valid}"):
-        train("lps", toy_cfg(tmp_path / "run", env="nosuch-env", data_dir=str(tmp_path / "data")), TINY)
+        train("lps", toy_config(tmp_path / "run", env="nosuch-env", data_dir=str(tmp_path / "data")), TINY)
     from lps.data.generate import dataset_paths
 
     with pytest.raises(ValueError, match=f"unknown env 'cube-triple'; valid names: {valid}"):
@@ -256,7 +225,7 @@ def test_unknown_agent_lists_valid_agents(tmp_path):
     with pytest.raises(ValueError, match=r"unknown agent 'nosuch'; valid agents: (.*, )?lps(,|$)"):
         config_class("nosuch")
     with pytest.raises(ValueError, match=r"unknown agent 'nosuch'; valid agents: (.*, )?lps(,|$)"):
-        train("nosuch", toy_cfg(tmp_path / "run"), TINY)
+        train("nosuch", toy_config(tmp_path / "run"), TINY)
     assert not (tmp_path / "run").exists()
 
 
@@ -272,7 +241,7 @@ def test_sparse_task_with_dense_reward(tmp_path):
     # Refused before any play data is generated.
     data_dir = tmp_path / "data"
     with pytest.raises(ValueError, match="names sparse rewards"):
-        train("lps", toy_cfg(tmp_path / "run", env=name, reward="dense", data_dir=str(data_dir)), TINY)
+        train("lps", toy_config(tmp_path / "run", env=name, reward="dense", data_dir=str(data_dir)), TINY)
     assert not data_dir.exists() and not (tmp_path / "run").exists()
     assert tasks.parse_task(name, "paper").sparse and tasks.parse_task(name, "sparse").sparse
 
@@ -332,7 +301,7 @@ def test_existing_run_is_not_overwritten(toy_run, tmp_path, monkeypatch, capsys)
     with pytest.raises(
         FileExistsError, match=f"{run_dir} already holds a run: resume it with `lps train --resume {run_dir}`"
     ):
-        train("lps", toy_cfg(run_dir), TINY)
+        train("lps", toy_config(run_dir), TINY)
     assert snapshot(run_dir) == before
     # Through the CLI: exit code 1 and the same advice.
     monkeypatch.chdir(tmp_path)
@@ -350,7 +319,7 @@ def test_interrupted_overwrite_leaves_no_stale_checkpoint(toy_run, tmp_path, mon
     monkeypatch.setattr(T, "make_multi_update", killed)
     wider = LPSConfig(base_hidden=(16,), critic_hidden=(16,), actor_hidden=(16,))
     with pytest.raises(KeyboardInterrupt):
-        train("lps", toy_cfg(run_dir, overwrite=True), wider)
+        train("lps", toy_config(run_dir, overwrite=True), wider)
     assert not (run_dir / checkpoint.CHECKPOINT).exists()
     assert not (run_dir / T.SUMMARY_JSON).exists()
 
@@ -363,7 +332,7 @@ def test_diverged_resume_keeps_last_good_checkpoint(toy_run, tmp_path):
     ckpt = run_dir / checkpoint.CHECKPOINT
     good_bytes, good_mtime = ckpt.read_bytes(), ckpt.stat().st_mtime_ns
     with pytest.raises(TrainingDiverged) as info:
-        train("lps", toy_cfg(run_dir, steps=400, lr=1e12), TINY, resume=True)
+        train("lps", toy_config(run_dir, steps=400, lr=1e12), TINY, resume=True)
     message = str(info.value)
     assert isinstance(info.value, RuntimeError)
     assert info.match(r"training diverged at step (20[1-9]|2[1-9]\d|300): '(loss|q)/\w+' = -?(nan|inf)")
@@ -385,7 +354,7 @@ def test_huge_rewards_diverge_before_any_checkpoint(tmp_path):
     data["rewards"][:] = 1e38  # finite, but its square is not
     path = save_npz(tmp_path / "huge.npz", data)
     run_dir = tmp_path / "run"
-    cfg = toy_cfg(run_dir, dataset=str(path), batch_size=16, steps=100, save_every=100)
+    cfg = toy_config(run_dir, dataset=str(path), batch_size=16, steps=100, save_every=100)
     # loss/critic is inf at step 1 and loss/actor NaN from step 2; see test_divergence_reports_the_earliest_step.
     pattern = (
         r"training diverged at step 1: 'loss/critic' = inf.*; training stopped and no checkpoint had been written yet"

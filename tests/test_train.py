@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import helpers
 import jax
 import numpy as np
 
@@ -15,18 +16,7 @@ SMALL = LPSConfig(base_hidden=(32, 32), critic_hidden=(32, 32), actor_hidden=(16
 
 
 def toy_config(tmp_path, name, **kw):
-    cfg, _ = preset("toy", LPSConfig)
-    base = dict(
-        run_dir=str(tmp_path / name),
-        progress=False,
-        steps=400,
-        log_every=100,
-        save_every=200,
-        eval_every=0,
-        eval_episodes=0,
-        batch_size=64,
-    )
-    return dataclasses.replace(cfg, **{**base, **kw})
+    return helpers.toy_config(tmp_path / name, **{"steps": 400, "save_every": 200, **kw})
 
 
 def load_state(run_dir, cfg):
