@@ -61,6 +61,12 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None, seed: int | N
     evaluator = make_evaluator(dataclasses.replace(cfg, eval_episodes=max(episodes, 1)))
     if evaluator is None:
         raise RuntimeError("no environment to evaluate in (is OGBench installed?)")
+    if getattr(evaluator, "obs_dim", policy.spec.obs_dim) != policy.spec.obs_dim:
+        evaluator.close()
+        raise ValueError(
+            f"{cfg.env} observations have {evaluator.obs_dim} dims but the policy takes {policy.spec.obs_dim}: "
+            "the run was trained for another environment"
+        )
     try:
         return evaluator.run(make_policy_fn(policy.agent, policy.params, seed), episodes, seed=seed)
     finally:
