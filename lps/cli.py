@@ -2,7 +2,7 @@
 
     lps train [--agent lps] [--preset paper|quick|toy] [--seeds 0,1,2] [--resume RUN_DIR] [--any-config-field VALUE ...]
     lps eval RUN_DIR [--episodes K] [--seed S]
-    lps data generate ENV [--episodes N] [--seed S] [--workers W] [--data-dir DIR]
+    lps data generate ENV [--episodes N] [--seed S] [--workers W] [--data-dir DIR] [--overwrite]
     lps data prepare TASK --out FILE.npz     (a relabelled npz that trains without OGBench installed)
     lps agents
     lps report RUNS_DIR [--out DIR] [--reps 1000] [--seed 0] [--final last|max]   (tables with 95 % CIs, curves)

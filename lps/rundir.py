@@ -238,18 +238,20 @@ def check_resume_steps(steps: int, checkpoint_step: int, run_dirs: list[Path]) -
 
 
 class StopOnSignal:
-    """Within the block, SIGINT and SIGTERM only set `signum`: the loop checks it between device
-    dispatches, writes a checkpoint and stops. A second signal stops at once (the default action).
-    Outside the main thread (where handlers cannot be installed) it does nothing."""
+    """Within the block, once `armed` (the training loop has begun), SIGINT and SIGTERM only set
+    `signum`: the loop checks it between device dispatches, writes a checkpoint and stops. Before
+    that (loading or generating data) and on a second signal they act as usual, at once. Outside
+    the main thread (where handlers cannot be installed) it does nothing."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.signum: int | None = None
+        self.armed = False
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum, frame):
-        if self.signum is not None:  # asked twice: stop now
+        if self.signum is not None or not self.armed:  # asked twice, or nothing to save yet: stop now
             self._restore()
             signal.raise_signal(signum)
             return

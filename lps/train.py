@@ -269,6 +269,7 @@ def _train(agent_name, cfg, agent_cfg, runs, resume, changes, stop):
     bar = tqdm(total=cfg.steps, initial=step, disable=not cfg.progress, unit="step", dynamic_ncols=True)
     last_eval: list[dict] = []
     start, start_step = time.perf_counter(), step
+    stop.armed = True  # from here on a signal stops the run with a checkpoint
     try:
         while step < cfg.steps:
             n = min(cfg.log_every, cfg.steps - step)

@@ -361,6 +361,16 @@ def test_signal_stops_between_dispatches_with_a_checkpoint(tmp_path, monkeypatch
     assert signal.getsignal(signal.SIGINT) is handler_before  # handlers restored
 
 
+def test_signal_before_training_begins_stops_at_once(tmp_path, monkeypatch):
+    def load_data_interrupted(cfg):  # Ctrl-C while data is loaded (or generated, which can take hours)
+        os.kill(os.getpid(), signal.SIGINT)
+        raise AssertionError("loading went on after Ctrl-C")
+
+    monkeypatch.setattr(T, "load_data", load_data_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train("lps", toy_config(tmp_path / "run"), TINY)
+
+
 def test_sigterm_ends_the_cli_with_one_line_and_exit_143(tmp_path):
     run_dir = tmp_path / "run"
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
@@ -551,22 +561,27 @@ def test_relative_dataset_resumes_from_another_folder(tmp_path, monkeypatch):
     train("lps", toy_config("~/run", dataset="mine.npz", steps=100, batch_size=16), TINY)
     assert config_of(tmp_path / "run")["train"]["dataset"] == str(work / "mine.npz")
     monkeypatch.chdir(tmp_path)
-    assert cli.main(["train", "--resume", "~/run", "--steps", "200"]) == 0
-    assert steps_logged(tmp_path / "run") == [100, 200]
+    assert cli.main(["train", "--resume", "~/run"]) == 0  # the dataset is found from here; nothing left to train
+    assert steps_logged(tmp_path / "run") == [100]
     assert lps.load_policy("~/run")(np.zeros(1)).shape == (1, 2)
 
 
 # --- groups and reports -------------------------------------------------------------------------------------
 
 
-def test_group_resume_names_a_seed_without_config(tmp_path, monkeypatch, capsys):
+def test_group_resume_names_a_seed_without_config(finished, tmp_path, monkeypatch, capsys):
     group = tmp_path / "group"
-    train("lps", toy_config(group, seeds=(0, 1), steps=100), TINY)
+    for seed in (0, 1):  # seeds 0 and 1 trained together (as `--seeds 0 1` lays them out)
+        seed_dir = copy_run(finished, group / f"seed{seed}")
+        record = config_of(seed_dir)
+        record["train"].update(seed=seed, run_dir=str(seed_dir))
+        (seed_dir / T.CONFIG_JSON).write_text(json.dumps(record))
     (group / "seed2").mkdir()  # a seed that died before writing its config
     monkeypatch.chdir(tmp_path)
     assert cli.main(["train", "--resume", str(group)]) == 0
     out = capsys.readouterr().out
     assert f"{group / 'seed2'} has no config.json" in out and "not resumed" in out
+    assert f"resuming {group / 'seed0'}, {group / 'seed1'} from step 200" in out
 
 
 def test_report_says_which_folders_it_skipped(tmp_path, capsys):
