@@ -81,9 +81,15 @@ def save(run_dir: str | os.PathLike, state) -> Path:
     """Write the checkpoint, keeping the one before it (if intact) as the fallback."""
     path, previous = Path(run_dir) / CHECKPOINT, Path(run_dir) / PREVIOUS
     payload = _seal(serialization.to_bytes(state))
-    if verify(path):  # a damaged latest one must not replace a good fallback
+    rotated = verify(path)  # a damaged latest one must not replace a good fallback
+    if rotated:
         os.replace(path, previous)
-    atomic_write(path, payload)
+    try:
+        atomic_write(path, payload)
+    except BaseException:
+        if rotated and not path.exists():  # e.g. the disk is full: the last good one stays the latest
+            os.replace(previous, path)
+        raise
     return path
 
 

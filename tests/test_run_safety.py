@@ -443,6 +443,22 @@ def test_disk_full_is_one_line_and_keeps_the_checkpoint(finished, tmp_path, monk
     assert not list(run_dir.glob(".*.tmp"))
 
 
+def test_disk_full_while_saving_keeps_the_last_checkpoint_as_the_latest(finished, tmp_path, monkeypatch):
+    run_dir = copy_run(finished, tmp_path / "run")
+    latest = (run_dir / checkpoint.CHECKPOINT).read_bytes()
+    template = T.create_state(lps.agents.make_agent("lps", TINY, T.load_config(run_dir)[3]),
+                              T.make_optimizer(toy_config(run_dir)), 0)  # fmt: skip
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space left"):
+        checkpoint.save(run_dir, template)
+    assert (run_dir / checkpoint.CHECKPOINT).read_bytes() == latest
+    assert not list(run_dir.glob(".*.tmp"))
+
+
 def test_prepare_out_pointing_at_a_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert cli.main(["data", "prepare", "cube-single-play-singletask-task1-v0", "--out", str(tmp_path)]) == 1
