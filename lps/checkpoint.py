@@ -133,8 +133,6 @@ def restore(run_dir: str | os.PathLike, template):
         restored = _load(previous, template)
     except ValueError as e:
         raise ValueError(f"{problem}; and the previous one is unusable too: {e}") from e
-    print(
-        f"[lps] {problem}; using the previous checkpoint {previous.name} (step {int(getattr(restored, 'step', -1))}) instead",
-        file=sys.stderr,
-    )
+    step = int(getattr(restored, "step", -1))
+    print(f"[lps] {problem}; using the previous checkpoint {previous.name} (step {step}) instead", file=sys.stderr)
     return restored

@@ -52,8 +52,10 @@ def _train(argv: list[str]) -> int:
         if not os.path.exists(os.path.join(resume, T.CONFIG_JSON)):
             for orphan in sorted(Path(resume).glob("seed*")):
                 if orphan.is_dir() and not (orphan / T.CONFIG_JSON).exists():
-                    print(f"[lps] warning: {orphan} has no {T.CONFIG_JSON} (it stopped before starting): it is not "
-                          f"resumed; start it with `lps train --seed N --run-dir {orphan}` and the others' flags")  # fmt: skip
+                    print(
+                        f"[lps] warning: {orphan} has no {T.CONFIG_JSON} (it stopped before starting): it is not "
+                        f"resumed; start it with `lps train --seed N --run-dir {orphan}` and the others' flags"
+                    )
         agent_name, train_cfg, agent_cfg, _ = T.load_config(seed_dirs[0] if seed_dirs else resume)
         if known.agent not in (None, agent_name):
             raise ValueError(f"{resume} is a run of agent {agent_name!r}, not {known.agent!r}")
@@ -251,7 +253,8 @@ def _report(argv: list[str]) -> int:
         p.error("--reps must be at least 1")
     from lps.report import report
 
-    result = report(os.path.expanduser(a.runs_dir), out=a.out and os.path.expanduser(a.out), reps=a.reps, seed=a.seed, final=a.final)
+    out = a.out and os.path.expanduser(a.out)
+    result = report(os.path.expanduser(a.runs_dir), out=out, reps=a.reps, seed=a.seed, final=a.final)
     print(result["markdown"])
     print(f"[lps] wrote {len(result['files'])} files to {result['files'][-1].parent}")
     return 0

@@ -78,7 +78,8 @@ class TrainConfig:
             raise ValueError(f"--gamma must be in (0, 1], got {self.gamma}")
         for name, values in (("seed", (self.seed,)), ("seeds", self.seeds), ("data_seed", (self.data_seed,))):
             if any(v < 0 for v in values):
-                raise ValueError(f"--{_flag(name)} must be >= 0 (JAX and NumPy seeds are unsigned), got {getattr(self, name)}")
+                value = getattr(self, name)
+                raise ValueError(f"--{_flag(name)} must be >= 0 (JAX and NumPy seeds are unsigned), got {value}")
         if self.run_dir == "" or self.dataset == "" or self.data_dir == "":
             empty = next(n for n in ("run_dir", "dataset", "data_dir") if getattr(self, n) == "")
             raise ValueError(f"--{_flag(empty)} is empty; give a path or leave the flag out")

@@ -256,8 +256,12 @@ class StopOnSignal:
             signal.raise_signal(signum)
             return
         self.signum = signum
-        print(f"\n[lps] {signal.Signals(signum).name} received: stopping after the current dispatch "
-              "(send it again to stop at once)", flush=True)  # fmt: skip
+        message = (f"\n[lps] {signal.Signals(signum).name} received: stopping after the current dispatch "
+                   "(send it again to stop at once)\n")  # fmt: skip
+        try:  # os.write, not print: a handler that prints while the loop prints raises a reentrancy error
+            os.write(2, message.encode())
+        except OSError:
+            pass
 
     def _restore(self) -> None:
         for signum, handler in self._previous.items():

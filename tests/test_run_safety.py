@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import ROOT, run_cli, toy_config
+from helpers import ROOT, toy_config
 
 import lps
 from lps import checkpoint, cli, rundir
@@ -70,7 +70,10 @@ def restored_step(run_dir: Path) -> int:
 
 def hold_lock_in_child(run_dir: Path) -> subprocess.Popen:
     """Another process holding `run_dir`'s lock until killed."""
-    code = "import sys, time; from lps.rundir import lock; f = lock(sys.argv[1]); print('locked', flush=True); time.sleep(600)"
+    code = (
+        "import sys, time; from lps.rundir import lock; f = lock(sys.argv[1]); print('locked', flush=True); "
+        "time.sleep(600)"
+    )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     child = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE, text=True, env=env)
     assert child.stdout.readline().strip() == "locked"
@@ -184,7 +187,8 @@ def flip_bytes(path: Path, count: int = 200) -> None:
 
 def test_checkpoint_holds_a_verified_checksum_and_keeps_the_previous_one(finished):
     latest, previous = finished / checkpoint.CHECKPOINT, finished / checkpoint.PREVIOUS
-    assert latest.read_bytes().startswith(checkpoint.MAGIC) and checkpoint.verify(latest) and checkpoint.verify(previous)
+    assert latest.read_bytes().startswith(checkpoint.MAGIC)
+    assert checkpoint.verify(latest) and checkpoint.verify(previous)
     assert restored_step(finished) == 200
 
 
@@ -219,8 +223,8 @@ def test_a_damaged_latest_checkpoint_never_replaces_a_good_previous_one(finished
     run_dir = copy_run(finished, tmp_path / "run")
     good_previous = (run_dir / checkpoint.PREVIOUS).read_bytes()
     flip_bytes(run_dir / checkpoint.CHECKPOINT)
-    state = checkpoint.restore(run_dir, T.create_state(
-        lps.agents.make_agent("lps", TINY, T.load_config(run_dir)[3]), T.make_optimizer(toy_config(run_dir)), 0))  # fmt: skip
+    agent = lps.agents.make_agent("lps", TINY, T.load_config(run_dir)[3])
+    state = checkpoint.restore(run_dir, T.create_state(agent, T.make_optimizer(toy_config(run_dir)), 0))
     checkpoint.save(run_dir, state)
     assert (run_dir / checkpoint.PREVIOUS).read_bytes() == good_previous
 
@@ -353,7 +357,8 @@ def test_signal_stops_between_dispatches_with_a_checkpoint(tmp_path, monkeypatch
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the first dispatch's row is written
 
     monkeypatch.setattr(RunLog, "log", log_then_signal)
-    with pytest.raises(rundir.TrainingInterrupted, match=f"stopped by SIGINT at step 100; checkpoint written.*--resume {run_dir}") as info:  # fmt: skip
+    message = f"stopped by SIGINT at step 100; checkpoint written.*--resume {run_dir}"
+    with pytest.raises(rundir.TrainingInterrupted, match=message) as info:
         train("lps", toy_config(run_dir, steps=1000, save_every=500), TINY)
     assert info.value.exit_code == 130
     assert restored_step(run_dir) == 100 and steps_logged(run_dir) == [100]
@@ -373,7 +378,8 @@ def test_signal_before_training_begins_stops_at_once(tmp_path, monkeypatch):
 
 def test_sigterm_ends_the_cli_with_one_line_and_exit_143(tmp_path):
     run_dir = tmp_path / "run"
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=python_path)
     flags = [*TINY_FLAGS, "--steps", "10000000", "--save-every", "0", "--log-every", "10", "--run-dir", str(run_dir)]
     proc = subprocess.Popen([sys.executable, "-m", "lps.cli", "train", *flags], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -424,7 +430,8 @@ def test_read_only_run_dir(finished, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert cli.main(["train", "--resume", str(run_dir), "--steps", "300"]) == 1
     err = capsys.readouterr().err
-    assert "Permission denied" in err and "choose a folder you can write to" in err and len(err.strip().splitlines()) == 1
+    assert "Permission denied" in err and "choose a folder you can write to" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_disk_full_is_one_line_and_keeps_the_checkpoint(finished, tmp_path, monkeypatch, capsys):
@@ -559,7 +566,7 @@ def test_home_and_relative_paths(tmp_path, monkeypatch):
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     cfg = TrainConfig(run_dir="~/run", dataset="~/d.npz", data_dir="~/data")
-    assert cfg.run_dir == str(home / "run") and cfg.dataset == str(home / "d.npz") and cfg.data_dir == str(home / "data")
+    assert (cfg.run_dir, cfg.dataset, cfg.data_dir) == (str(home / "run"), str(home / "d.npz"), str(home / "data"))
     monkeypatch.chdir(home)
     assert TrainConfig(dataset="d.npz").dataset == str(home / "d.npz")
 
