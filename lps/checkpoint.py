@@ -1,15 +1,19 @@
 """Atomic file writes and training checkpoints.
 
 A checkpoint is the whole training state (parameters, target parameters, optimiser state, step
-and RNG key) serialised with Flax's msgpack format. Everything is written to a temporary file in
-the same directory and renamed into place, so a run killed mid-write leaves the previous
-checkpoint intact and never a half-written one.
+and RNG key) serialised with Flax's msgpack format, behind a header holding the payload's
+SHA-256, which is verified on load. Everything is written to a temporary file in the same
+directory and renamed into place, so a run killed mid-write leaves the previous checkpoint intact
+and never a half-written one. Saving moves the previous checkpoint to `checkpoint.prev.msgpack`,
+the fallback when the latest one is damaged on disk.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,8 @@ import jax.numpy as jnp
 from flax import serialization
 
 CHECKPOINT = "checkpoint.msgpack"
+PREVIOUS = "checkpoint.prev.msgpack"  # the checkpoint before the latest: the fallback if that is damaged
+MAGIC = b"LPSCKPT1"  # then the SHA-256 of the msgpack payload, then the payload
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
@@ -44,22 +50,89 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def _seal(payload: bytes) -> bytes:
+    return MAGIC + hashlib.sha256(payload).digest() + payload
+
+
+def _unseal(path: Path, blob: bytes) -> bytes:
+    """The payload of a checkpoint file, verified against its checksum (ValueError if damaged).
+    Files written before checksums existed (a bare msgpack map) are accepted unverified."""
+    if blob.startswith(MAGIC):
+        digest, payload = blob[len(MAGIC) : len(MAGIC) + 32], blob[len(MAGIC) + 32 :]
+        if hashlib.sha256(payload).digest() != digest:
+            raise ValueError(f"checkpoint {path} is damaged (its checksum does not match its contents)")
+        return payload
+    if blob[:1] and (0x80 <= blob[0] <= 0x8F or blob[0] in (0xDE, 0xDF)):
+        return blob  # an unsealed checkpoint of an older lps
+    raise ValueError(f"checkpoint {path} is damaged (it does not start like a checkpoint)")
+
+
+def verify(path: str | os.PathLike) -> bool:
+    """Whether the checkpoint file at `path` exists and its checksum matches."""
+    path = Path(path)
+    try:
+        _unseal(path, path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def save(run_dir: str | os.PathLike, state) -> Path:
-    path = Path(run_dir) / CHECKPOINT
-    atomic_write(path, serialization.to_bytes(state))
+    """Write the checkpoint, keeping the one before it (if intact) as the fallback."""
+    path, previous = Path(run_dir) / CHECKPOINT, Path(run_dir) / PREVIOUS
+    payload = _seal(serialization.to_bytes(state))
+    rotated = verify(path)  # a damaged latest one must not replace a good fallback
+    if rotated:
+        os.replace(path, previous)
+    try:
+        atomic_write(path, payload)
+    except BaseException:
+        if rotated and not path.exists():  # e.g. the disk is full: the last good one stays the latest
+            os.replace(previous, path)
+        raise
     return path
 
 
-def restore(run_dir: str | os.PathLike, template):
-    """The checkpoint of `run_dir`, as a state shaped like `template`."""
-    path = Path(run_dir) / CHECKPOINT
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint in {run_dir} (expected {path.name})")
+def _load(path: Path, template):
     try:
-        restored = serialization.from_bytes(template, path.read_bytes())
+        restored = serialization.from_bytes(template, _unseal(path, path.read_bytes()))
+    except ValueError as e:
+        if str(e).startswith(f"checkpoint {path}"):
+            raise
+        raise ValueError(f"checkpoint {path} is damaged and cannot be read ({type(e).__name__}: {e})") from e
     except Exception as e:  # msgpack raises several types for a damaged file
         raise ValueError(f"checkpoint {path} is damaged and cannot be read ({type(e).__name__}: {e})") from e
     for want, got in zip(jax.tree_util.tree_leaves(template), jax.tree_util.tree_leaves(restored)):
         if jnp.shape(want) != jnp.shape(got) or jnp.result_type(want) != jnp.result_type(got):
             raise ValueError(f"checkpoint {path} does not match this run's config (network sizes or data dims differ)")
+    return restored
+
+
+def exists(run_dir: str | os.PathLike) -> bool:
+    """Whether the run has any checkpoint (latest or previous) to resume from."""
+    return (Path(run_dir) / CHECKPOINT).exists() or (Path(run_dir) / PREVIOUS).exists()
+
+
+def restore(run_dir: str | os.PathLike, template):
+    """The checkpoint of `run_dir`, as a state shaped like `template`. A damaged (or missing) latest
+    checkpoint falls back to the previous one, saying so; if both are unusable, a ValueError names
+    both problems."""
+    path, previous = Path(run_dir) / CHECKPOINT, Path(run_dir) / PREVIOUS
+    if not exists(run_dir):
+        raise FileNotFoundError(f"no checkpoint in {run_dir} (expected {path.name})")
+    if path.exists():
+        try:
+            return _load(path, template)
+        except ValueError as e:
+            if not previous.exists():
+                raise
+            problem = str(e)
+    else:
+        problem = f"checkpoint {path} is missing"
+    try:
+        restored = _load(previous, template)
+    except ValueError as e:
+        raise ValueError(f"{problem}; and the previous one is unusable too: {e}") from e
+    step = int(getattr(restored, "step", -1))
+    print(f"[lps] {problem}; using the previous checkpoint {previous.name} (step {step}) instead", file=sys.stderr)
     return restored

@@ -2,7 +2,7 @@
 
     lps train [--agent lps] [--preset paper|quick|toy] [--seeds 0,1,2] [--resume RUN_DIR] [--any-config-field VALUE ...]
     lps eval RUN_DIR [--episodes K] [--seed S]
-    lps data generate ENV [--episodes N] [--seed S] [--workers W] [--data-dir DIR]
+    lps data generate ENV [--episodes N] [--seed S] [--workers W] [--data-dir DIR] [--overwrite]
     lps data prepare TASK --out FILE.npz     (a relabelled npz that trains without OGBench installed)
     lps agents
     lps report RUNS_DIR [--out DIR] [--reps 1000] [--seed 0] [--final last|max]   (tables with 95 % CIs, curves)
@@ -38,20 +38,30 @@ def _train(argv: list[str]) -> int:
     pre.add_argument("--agent", default=None)
     pre.add_argument("--preset", default=None)
     pre.add_argument("--resume", default=None)
+    pre.add_argument("--run-dir", default=None)
     known, _ = pre.parse_known_args(argv)
 
-    if known.resume:
+    if known.resume is not None:
+        resume = _resume_target(known.resume, known.run_dir)
         # A run directory, or the parent of the seed<k> directories of seeds trained together.
         seed_dirs = (
             []
-            if os.path.exists(os.path.join(known.resume, T.CONFIG_JSON))
-            else sorted(p.parent for p in Path(known.resume).glob(f"seed*/{T.CONFIG_JSON}"))
+            if os.path.exists(os.path.join(resume, T.CONFIG_JSON))
+            else sorted(p.parent for p in Path(resume).glob(f"seed*/{T.CONFIG_JSON}"))
         )
-        agent_name, train_cfg, agent_cfg, _ = T.load_config(seed_dirs[0] if seed_dirs else known.resume)
+        if not os.path.exists(os.path.join(resume, T.CONFIG_JSON)):
+            for orphan in sorted(Path(resume).glob("seed*")):
+                if orphan.is_dir() and not (orphan / T.CONFIG_JSON).exists():
+                    print(
+                        f"[lps] warning: {orphan} has no {T.CONFIG_JSON} (it stopped before starting): it is not "
+                        f"resumed; start it with `lps train --seed N --run-dir {orphan}` and the others' flags"
+                    )
+        agent_name, train_cfg, agent_cfg, _ = T.load_config(seed_dirs[0] if seed_dirs else resume)
         if known.agent not in (None, agent_name):
-            raise ValueError(f"{known.resume} is a run of agent {agent_name!r}, not {known.agent!r}")
+            raise ValueError(f"{resume} is a run of agent {agent_name!r}, not {known.agent!r}")
         seeds = tuple(T.load_config(d)[1].seed for d in seed_dirs)
-        train_cfg = dataclasses.replace(train_cfg, run_dir=known.resume, seeds=seeds)
+        train_cfg = dataclasses.replace(train_cfg, run_dir=resume, seeds=seeds)
+        argv = _drop_flag(argv, "--run-dir")
     else:
         agent_name = known.agent or "lps"
         train_cfg, agent_cfg = config.preset(known.preset or "paper", agents.config_class(agent_name))
@@ -72,8 +82,36 @@ def _train(argv: list[str]) -> int:
     )
     Args.__doc__ = f"Train agent {agent_name!r} (defaults shown are those of preset {known.preset or 'paper'!r})."
     args = tyro.cli(Args, args=argv, prog="lps train")
-    T.train(agent_name, args.train, args.agent_config, resume=bool(known.resume))
+    T.train(agent_name, args.train, args.agent_config, resume=known.resume is not None)
     return 0
+
+
+def _resume_target(resume: str, run_dir: str | None) -> str:
+    """The run directory `--resume` names; `--run-dir` beside it must name the same one."""
+    from lps.rundir import user_path
+
+    if not resume.strip():
+        raise ValueError("--resume needs a run directory, got an empty string")
+    resume = user_path(resume)
+    if run_dir is not None and os.path.abspath(user_path(run_dir)) != os.path.abspath(resume):
+        raise ValueError(
+            f"--run-dir {run_dir} differs from --resume {resume}: a resume continues the run where it is; "
+            "drop --run-dir (to start a new run elsewhere, leave out --resume)"
+        )
+    return resume
+
+
+def _drop_flag(argv: list[str], flag: str) -> list[str]:
+    """`argv` without `flag` and its value (given as `flag VALUE` or `flag=VALUE`)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == flag:
+            skip = True
+        elif not arg.startswith(flag + "="):
+            out.append(arg)
+    return out
 
 
 def _split_commas(argv: list[str], flag: str) -> list[str]:
@@ -120,6 +158,7 @@ def _data(argv: list[str]) -> int:
     g.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores, at most 8)")
     g.add_argument("--data-dir", default=None, help="default: $OGBENCH_DATA_DIR or ~/.ogbench/data")
     g.add_argument("--max-episode-steps", type=int, default=1001)
+    g.add_argument("--overwrite", action="store_true", help="replace existing play data files")
     r = sub.add_parser("prepare", help="write a task's relabelled row-layout npz (trains without OGBench)")
     r.add_argument("task", help="e.g. cube-single-play-singletask-task1-v0")
     r.add_argument("--out", required=True)
@@ -132,8 +171,9 @@ def _data(argv: list[str]) -> int:
         from lps.data.generate import generate
 
         train_path, val_path = generate(
-            a.env, data_dir, a.episodes, a.seed, a.workers, max_episode_steps=a.max_episode_steps
-        )
+            a.env, data_dir, a.episodes, a.seed, a.workers, max_episode_steps=a.max_episode_steps,
+            overwrite=a.overwrite,
+        )  # fmt: skip
         print(f"[lps] wrote {train_path} and {val_path}")
     else:
         import io
@@ -142,12 +182,15 @@ def _data(argv: list[str]) -> int:
 
         from lps.checkpoint import atomic_write
 
+        out = Path(os.path.expanduser(a.out))
+        if out.is_dir():
+            raise IsADirectoryError(f"--out {a.out} is a folder; give a file name, e.g. {out / (a.task + '.npz')}")
         task = tasks.parse_task(a.task, a.reward)
         data = tasks.load_task(task, data_dir, chunk_len=1, episodes_if_missing=a.episodes)
         buf = io.BytesIO()
         np.savez_compressed(buf, **data)
-        atomic_write(a.out, buf.getvalue())
-        print(f"[lps] wrote {a.out}: {len(data['observations'])} rows of {task.name}; train with --dataset {a.out}")
+        atomic_write(out, buf.getvalue())
+        print(f"[lps] wrote {out}: {len(data['observations'])} rows of {task.name}; train with --dataset {a.out}")
     return 0
 
 
@@ -210,7 +253,8 @@ def _report(argv: list[str]) -> int:
         p.error("--reps must be at least 1")
     from lps.report import report
 
-    result = report(a.runs_dir, out=a.out, reps=a.reps, seed=a.seed, final=a.final)
+    out = a.out and os.path.expanduser(a.out)
+    result = report(os.path.expanduser(a.runs_dir), out=out, reps=a.reps, seed=a.seed, final=a.final)
     print(result["markdown"])
     print(f"[lps] wrote {len(result['files'])} files to {result['files'][-1].parent}")
     return 0
@@ -241,11 +285,41 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nlps: unknown command {argv[0]!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
             return 2
         return 0
+    from lps.rundir import TrainingInterrupted
+
     try:
         return COMMANDS[argv[0]](argv[1:])
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError, RuntimeError) as e:
+    except TrainingInterrupted as e:
+        print(f"lps {argv[0]}: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"lps {argv[0]}: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:
+        print(f"lps {argv[0]}: error: {_os_error(e)}", file=sys.stderr)
+        return 1
+    except (ValueError, ImportError, RuntimeError) as e:
         print(f"lps {argv[0]}: error: {e}", file=sys.stderr)
         return 1
+
+
+def _os_error(e: OSError) -> str:
+    """One line for an operating-system error: what failed, on which path, and what to do."""
+    import errno
+
+    if e.errno is None or e.strerror is None:  # raised by lps with its own message
+        return str(e.args[0] if len(e.args) == 1 else e)
+    paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+    hint = {
+        errno.ENOSPC: "the disk is full: free some space; files written before stay intact, so resume after",
+        errno.EACCES: "no permission: choose a folder you can write to",
+        errno.EROFS: "the file system is read-only: choose another folder",
+        errno.ENAMETOOLONG: "a name is longer than the file system allows: choose a shorter path",
+        errno.EISDIR: "a folder is where a file should be: give a file path",
+        errno.ENOTDIR: "a file is where a folder should be: choose another path",
+        errno.EDQUOT: "the disk quota is exceeded: free some space",
+    }.get(e.errno, "")
+    return f"{e.strerror}" + (f": {paths}" if paths else "") + (f" ({hint})" if hint else "")
 
 
 if __name__ == "__main__":

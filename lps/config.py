@@ -11,6 +11,7 @@ import typing
 from typing import Any
 
 from lps.data.tasks import RewardMode
+from lps.rundir import user_path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +76,18 @@ class TrainConfig:
             raise ValueError(f"--lr must be positive, got {self.lr}")
         if not 0 < self.gamma <= 1:
             raise ValueError(f"--gamma must be in (0, 1], got {self.gamma}")
+        for name, values in (("seed", (self.seed,)), ("seeds", self.seeds), ("data_seed", (self.data_seed,))):
+            if any(v < 0 for v in values):
+                value = getattr(self, name)
+                raise ValueError(f"--{_flag(name)} must be >= 0 (JAX and NumPy seeds are unsigned), got {value}")
+        if self.run_dir == "" or self.dataset == "" or self.data_dir == "":
+            empty = next(n for n in ("run_dir", "dataset", "data_dir") if getattr(self, n) == "")
+            raise ValueError(f"--{_flag(empty)} is empty; give a path or leave the flag out")
+        # `~` is expanded once, here, so every later use sees the same path; the data's paths are
+        # made absolute so that the recorded config resumes from any working directory.
+        object.__setattr__(self, "run_dir", user_path(self.run_dir))
+        object.__setattr__(self, "dataset", user_path(self.dataset, absolute=True))
+        object.__setattr__(self, "data_dir", user_path(self.data_dir, absolute=True))
 
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -151,3 +164,15 @@ def check_positive_widths(cfg) -> None:
             raise ValueError(f"--{_flag(f.name)} needs at least one positive width, got {value}")
         if f.name.startswith("num_") and value <= 0:
             raise ValueError(f"--{_flag(f.name)} must be positive, got {value}")
+
+
+def check_agent_config(cfg) -> None:
+    """An agent config's values must have a meaning: positive widths and counts, a non-negative
+    behaviour weight `alpha`, a Polyak rate `tau` in (0, 1]."""
+    check_positive_widths(cfg)
+    alpha = getattr(cfg, "alpha", None)
+    if alpha is not None and not alpha >= 0:
+        raise ValueError(f"--alpha must be >= 0 (it weights a loss), got {alpha}")
+    tau = getattr(cfg, "tau", None)
+    if tau is not None and not 0 < tau <= 1:
+        raise ValueError(f"--tau must be in (0, 1] (the target network's Polyak rate), got {tau}")

@@ -17,6 +17,9 @@ from lps.agents import make_agent
 from lps.train import jitted_act
 
 
+DEFAULT_EVAL_EPISODES = 50  # the paper's protocol, for runs that never evaluated while training
+
+
 class Policy:
     """A trained agent's acting rule with its parameters bound."""
 
@@ -28,7 +31,7 @@ class Policy:
         self._calls = 0
 
     def __call__(self, obs, key: jax.Array | None = None) -> np.ndarray:
-        obs = np.asarray(obs, np.float32)
+        obs = self._check_obs(obs)
         single = obs.ndim == 1
         if key is None:
             key, self._calls = jax.random.fold_in(self._key, self._calls), self._calls + 1
@@ -37,9 +40,31 @@ class Policy:
         return chunk[0] if single else chunk
 
 
+    def _check_obs(self, obs) -> np.ndarray:
+        """The observation(s) as float32, or a ValueError naming the shape the policy takes."""
+        dim = self.spec.obs_dim
+        expected = f"the policy takes one observation of shape ({dim},) or a batch of shape (B, {dim})"
+        try:
+            arr = np.asarray(obs)
+            if np.iscomplexobj(arr):
+                raise TypeError("complex values")
+            arr = arr.astype(np.float32)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"observation is not an array of real numbers ({e}); {expected}") from None
+        if arr.ndim not in (1, 2) or arr.shape[-1] != dim:
+            raise ValueError(f"observation has shape {arr.shape}; {expected}")
+        if arr.size == 0:
+            raise ValueError(f"observation batch is empty (shape {arr.shape}); {expected} with B >= 1")
+        if not np.isfinite(arr).all():
+            raise ValueError(f"observation holds NaN or inf values at {np.argwhere(~np.isfinite(arr))[0].tolist()}")
+        return arr
+
+
 def load_policy(run_dir: str | Path, seed: int = 0) -> Policy:
+    from lps.rundir import user_path
     from lps.train import create_state, load_config, make_optimizer
 
+    run_dir = user_path(run_dir)
     agent_name, cfg, agent_cfg, spec = load_config(run_dir)
     if spec is None:
         raise ValueError(f"{run_dir}/config.json has no problem spec; was the run started?")
@@ -54,8 +79,15 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None, seed: int | N
 
     from lps.train import load_config, make_evaluator, make_policy_fn
 
+    from lps.rundir import user_path
+
+    run_dir = user_path(run_dir)
     _, cfg, _, _ = load_config(run_dir)
     policy = load_policy(run_dir)
+    if episodes is None and cfg.eval_episodes == 0:
+        episodes = DEFAULT_EVAL_EPISODES
+        print(f"[lps] {run_dir} was trained with --eval-episodes 0: evaluating {episodes} episodes "
+              "(choose with --episodes)")  # fmt: skip
     episodes = cfg.eval_episodes if episodes is None else episodes
     seed = cfg.seed if seed is None else seed
     evaluator = make_evaluator(dataclasses.replace(cfg, eval_episodes=max(episodes, 1)))

@@ -49,15 +49,25 @@ def _warn(msg: str) -> None:
 _TRAIN_SETTINGS = ("steps", "episodes", "reward", "chunk_len", "batch_size", "lr", "dataset")
 
 
+_RUN_MARKERS = ("metrics.jsonl", "checkpoint.msgpack", "sweep.log", ".lock")
+
+
 def collect(root: str | Path) -> list[Run]:
     """Every run below `root` (a `config.json` with a `metrics.jsonl` beside it) that has evaluations."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such directory")
     runs = []
+    # Folders that a run (or a sweep) started but that hold no config.json are named, not ignored.
+    started = {p.parent for marker in _RUN_MARKERS for p in root.glob(f"**/{marker}")}
+    for folder in sorted(started):
+        if not (folder / "config.json").exists():
+            found = ", ".join(m for m in _RUN_MARKERS if (folder / m).exists())
+            _warn(f"skipping {folder}: it holds {found} but no config.json (the run stopped before it started)")
     for config_path in sorted(root.glob("**/config.json")):
         run_dir = config_path.parent
         if not (run_dir / "metrics.jsonl").exists():
+            _warn(f"skipping {run_dir}: no metrics.jsonl (the run never logged a step)")
             continue
         try:
             record = json.loads(config_path.read_text())

@@ -17,13 +17,37 @@ from lps.checkpoint import atomic_write
 METRICS_JSONL, METRICS_CSV, CURVE_PNG = "metrics.jsonl", "metrics.csv", "curves.png"
 
 
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a metrics.jsonl. A torn last line (a crash or a full disk mid-append) is dropped
+    with a message; damage anywhere else is a ValueError naming the file and line."""
+    text = path.read_text(errors="replace")
+    lines = text.split("\n")
+    complete = text.endswith("\n")
+    if complete:
+        lines.pop()  # the empty string after the final newline
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                raise ValueError("not a row with an integer 'step'")
+        except ValueError as e:
+            if number == len(lines) and not complete:
+                print(f"[lps] {path}: dropped its unfinished last line {number} (written when the run was killed)")
+                break
+            raise ValueError(
+                f"{path} is damaged at line {number} ({e}); fix or delete that line, then resume again"
+            ) from None
+        rows.append(row)
+    return rows
+
+
 class RunLog:
     def __init__(self, run_dir: str | Path, tensorboard: bool = False, resume_step: int | None = None):
         self.dir = Path(run_dir)
         self.rows: list[dict] = []
         if resume_step is not None and (self.dir / METRICS_JSONL).exists():
-            with open(self.dir / METRICS_JSONL) as f:
-                self.rows = [r for r in map(json.loads, f) if r["step"] <= resume_step]
+            self.rows = [r for r in read_rows(self.dir / METRICS_JSONL) if r["step"] <= resume_step]
         self._rewrite()
         self.tb = None
         if tensorboard:

@@ -26,9 +26,9 @@ import numpy as np
 import optax
 from flax import struct
 
-from lps import checkpoint
+from lps import checkpoint, rundir
 from lps.agents import Spec, check_agent, config_class, make_agent, resolve_config
-from lps.config import TrainConfig, check_positive_widths, from_dict, to_dict
+from lps.config import TrainConfig, check_agent_config, from_dict, to_dict
 from lps.critic import polyak
 from lps.data.sampler import ChunkData, sample_chunks, to_device
 from lps.runlog import RunLog
@@ -197,16 +197,17 @@ def load_config(run_dir: str | Path) -> tuple[str, TrainConfig, Any, Spec | None
 
 def train(agent_name: str, cfg: TrainConfig, agent_cfg, resume: bool = False) -> dict | list[dict]:
     """Train (or resume) a run and return its summary; with `cfg.seeds`, train those seeds
-    together (vmapped) and return one summary per seed. See the module docstring."""
+    together (vmapped) and return one summary per seed. See the module docstring. The run
+    directories are locked for the whole run; SIGINT/SIGTERM stop it with a checkpoint."""
     check_agent(agent_name)
-    check_positive_widths(agent_cfg)
+    check_agent_config(agent_cfg)
     runs = [_SeedRun(c, agent_name) for c in seed_configs(cfg, agent_name)]
-    for run in runs:
-        if not resume and (run.dir / CONFIG_JSON).exists() and not cfg.overwrite:
-            raise FileExistsError(
-                f"{run.dir} already holds a run: resume it with `lps train --resume {run.dir}`, "
-                "or choose another --run-dir, or pass --overwrite"
-            )
+    with rundir.claim([run.dir for run in runs]), rundir.StopOnSignal() as stop:
+        resume, changes = rundir.prepare(runs, agent_name, resolve_config(agent_name, agent_cfg, cfg.env), resume)
+        return _train(agent_name, cfg, agent_cfg, runs, resume, changes, stop)
+
+
+def _train(agent_name, cfg, agent_cfg, runs, resume, changes, stop):
     data = load_data(cfg)
     agent = build(agent_name, cfg, agent_cfg, data)
     device_data = to_device(data, cfg.chunk_len)
@@ -221,7 +222,10 @@ def train(agent_name: str, cfg: TrainConfig, agent_cfg, resume: bool = False) ->
         states = [checkpoint.restore(run.dir, state) for run, state in zip(runs, states)]
         if len({int(s.step) for s in states}) > 1:
             raise ValueError("seeds trained together must resume from the same step; resume them one by one")
+        rundir.check_resume_steps(cfg.steps, int(states[0].step), [r.dir for r in runs])
         print(f"[lps] resuming {', '.join(str(r.dir) for r in runs)} from step {int(states[0].step)}")
+        for run, run_changes in zip(runs, changes):
+            rundir.record_changes(run.dir, int(states[0].step), run_changes)
     for run in runs:
         if not resume:
             _clear_run_dir(run.dir)
@@ -265,6 +269,7 @@ def train(agent_name: str, cfg: TrainConfig, agent_cfg, resume: bool = False) ->
     bar = tqdm(total=cfg.steps, initial=step, disable=not cfg.progress, unit="step", dynamic_ncols=True)
     last_eval: list[dict] = []
     start, start_step = time.perf_counter(), step
+    stop.armed = True  # from here on a signal stops the run with a checkpoint
     try:
         while step < cfg.steps:
             n = min(cfg.log_every, cfg.steps - step)
@@ -285,6 +290,10 @@ def train(agent_name: str, cfg: TrainConfig, agent_cfg, resume: bool = False) ->
                 last_eval = evaluate(step)
             if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
                 save()
+            elif stop.signum is not None:
+                save()
+            if stop.signum is not None and step < cfg.steps:
+                raise stop.interrupted(step, runs[0].dir.parent if cfg.seeds else runs[0].dir)
             success = [r["eval/success"] for r in last_eval]
             bar.set_postfix(
                 sps=f"{n * len(runs) / elapsed:.0f}",
@@ -354,7 +363,8 @@ def _clear_run_dir(run_dir: Path) -> None:
     """Remove a previous run's outputs (only with --overwrite) so none is mistaken for this run's."""
     import shutil
 
-    for name in (checkpoint.CHECKPOINT, SUMMARY_JSON, CONFIG_JSON, "metrics.csv", "metrics.jsonl", "curves.png"):
+    names = (checkpoint.CHECKPOINT, checkpoint.PREVIOUS, SUMMARY_JSON, CONFIG_JSON, rundir.RESUME_LOG)
+    for name in (*names, "metrics.csv", "metrics.jsonl", "curves.png"):
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
 

@@ -33,11 +33,12 @@ TINY = LPSConfig(base_hidden=(32, 32), critic_hidden=(32, 32), actor_hidden=(32,
 
 
 def snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
-    """Every file of `directory` (recursively) with its bytes and mtime."""
+    """Every file of `directory` (recursively) with its bytes and mtime; the lock file, which
+    every start rewrites with its PID, is not part of a run's results."""
     return {
         str(p.relative_to(directory)): (p.read_bytes(), p.stat().st_mtime_ns)
         for p in sorted(directory.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name != ".lock"
     }
 
 
@@ -463,13 +464,17 @@ def test_atomic_write_files_are_readable_by_others(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
-def test_damaged_checkpoint_is_a_clear_error(toy_run, tmp_path):
+def test_damaged_checkpoint_is_a_clear_error(toy_run, tmp_path, capsys):
     run_dir = copy_run(toy_run, tmp_path / "run")
-    ckpt = run_dir / checkpoint.CHECKPOINT
+    ckpt, previous = run_dir / checkpoint.CHECKPOINT, run_dir / checkpoint.PREVIOUS
     ckpt.write_bytes(ckpt.read_bytes()[:1000])
-    with pytest.raises(ValueError, match=f"checkpoint {ckpt} is damaged and cannot be read"):
+    lps.load_policy(run_dir)  # the previous checkpoint stands in, and that is said
+    assert f"checkpoint {ckpt} is damaged" in capsys.readouterr().err
+    previous.write_bytes(previous.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=f"checkpoint {ckpt} is damaged.*previous one is unusable too"):
         lps.load_policy(run_dir)
     ckpt.unlink()
+    previous.unlink()
     with pytest.raises(FileNotFoundError, match="no checkpoint in"):
         lps.load_policy(run_dir)
     with pytest.raises(FileNotFoundError, match="is not a run directory"):

@@ -13,6 +13,7 @@ processes collect it.
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import os
 import pathlib
@@ -162,6 +163,41 @@ def _save_atomic(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
         raise
 
 
+BYTES_PER_ROW = 320  # compressed play data takes 260-300 bytes per step (measured on all five envs)
+
+
+def check_output(paths: Sequence[pathlib.Path], estimated_bytes: int, overwrite: bool) -> None:
+    """Refuse, before hours of collection, an output folder the files could not be written to."""
+    import shutil
+    import tempfile
+
+    folder = paths[0].parent
+    for parent in (folder, *folder.parents):
+        if parent.exists() and not parent.is_dir():
+            raise NotADirectoryError(f"--data-dir {folder}: {parent} is a file, not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder; move it away or choose another --data-dir")
+    clash = [str(p) for p in paths if p.exists()]
+    if clash and not overwrite:
+        raise FileExistsError(
+            f"{' and '.join(clash)} already exist(s); pass --overwrite to replace, or choose another --data-dir"
+        )
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise PermissionError(f"cannot write to {folder} ({e.strerror}); choose another --data-dir") from None
+    free = shutil.disk_usage(folder).free
+    if free < estimated_bytes:
+        raise OSError(
+            errno.ENOSPC,
+            f"{folder} has {free / 1e6:.0f} MB free but the data needs about {estimated_bytes / 1e6:.0f} MB; "
+            "free some space, choose another --data-dir, or pass fewer --episodes",
+        )
+
+
 def generate(
     env: str,
     data_dir: str | os.PathLike,
@@ -170,10 +206,13 @@ def generate(
     workers: int | None = None,
     progress: bool = True,
     max_episode_steps: int = 1001,
+    overwrite: bool = False,
 ) -> tuple[pathlib.Path, pathlib.Path]:
     """Write ``episodes`` train and ``max(1, episodes // 10)`` val episodes of ``env`` play data to ``data_dir``.
 
     Returns the (train, val) paths. ``max_episode_steps`` shortens episodes for tests or tiny datasets only.
+    The output folder is checked (writable, free space, no existing files unless ``overwrite``) before
+    anything is collected.
     """
     train_path, val_path = dataset_paths(env, data_dir)
     if episodes < 1:
@@ -184,6 +223,7 @@ def generate(
     if max_episode_steps < 1:
         raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
     n_val = max(1, episodes // 10)
+    check_output((train_path, val_path), (episodes + n_val) * max_episode_steps * BYTES_PER_ROW, overwrite)
     print(
         f"generating {env} play data: {episodes} train + {n_val} val episodes, seed {seed}, "
         f"{workers} worker(s) -> {train_path.parent}",

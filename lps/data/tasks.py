@@ -111,7 +111,7 @@ def ensure_generated(env: str, data_dir: Path, episodes: int, seed: int = 0, wor
     if not train_path.exists():
         print(f"[lps] no {env} play data in {data_dir}: generating {episodes} episodes first")
         _require_ogbench()
-        generate(env, data_dir, episodes=episodes, seed=seed, workers=workers)
+        generate(env, data_dir, episodes=episodes, seed=seed, workers=workers, overwrite=True)
     return train_path
 
 
@@ -126,6 +126,13 @@ def load_task(task: Task, data_dir: Path, chunk_len: int, episodes_if_missing: i
         if key in raw and len(raw[key]) != len(raw["observations"]):
             raise DatasetError(
                 f"{path}: '{key}' has {len(raw[key])} rows but observations has {len(raw['observations'])}"
+            )
+        # Rewards are computed from these columns: a NaN here would become a silent wrong reward.
+        if key in raw and np.issubdtype(raw[key].dtype, np.number) and not np.isfinite(raw[key]).all():
+            bad = ~np.isfinite(raw[key])
+            raise DatasetError(
+                f"{path}: '{key}' holds {int(bad.sum())} NaN/inf value(s), first at row {int(np.argwhere(bad)[0][0])}; "
+                f"the file is damaged: delete it and run `lps data generate {task.env}`"
             )
     raw["rewards"], raw["masks"] = relabel(task, raw)
     return validate(raw, chunk_len, source=str(path))

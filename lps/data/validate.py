@@ -53,6 +53,8 @@ def validate(dataset: dict[str, np.ndarray], chunk_len: int, source: str = "data
             raise DatasetError(
                 f"{source}: '{key}' must be a numeric array with one row per step, got {arr.dtype} {arr.shape}"
             )
+        if np.iscomplexobj(arr):
+            raise DatasetError(f"{source}: '{key}' holds complex numbers ({arr.dtype}); it must be real-valued")
     obs, actions = dataset["observations"], dataset["actions"]
     if obs.ndim != 2 or actions.ndim != 2:
         raise DatasetError(

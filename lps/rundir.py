@@ -1,0 +1,288 @@
+"""Run-directory safety: one process per run directory, resumes that cannot relabel a run, and a
+clean stop on SIGINT/SIGTERM.
+
+    with claim(run_dirs):                       # exclusive lock per run dir; leftover *.tmp removed
+        check_resume(run_dir, agent, cfg, agent_cfg)   # refuses changes to what was trained
+        with StopOnSignal() as stop: ... if stop.signum: save and raise TrainingInterrupted
+
+The lock is `fcntl.flock` on `<run dir>/.lock`: the kernel releases it when the holder exits or
+dies (kill -9 included), so a stale lock never blocks a rerun; the file only records who holds
+it (PID, host, start time) for the refusal message. The file itself is never deleted: deleting a
+lock file that another process has open lets two processes hold "the" lock at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Iterator
+
+LOCK_FILE = ".lock"
+RESUME_LOG = "resume_log.jsonl"
+
+# Train fields that may differ on resume without changing what the run is: how long it trains,
+# how often it evaluates, logs and saves, and what is shown. Every other train field, the agent and
+# every agent config field define the run and are fixed.
+MAY_CHANGE = frozenset(
+    {"steps", "eval_every", "eval_episodes", "log_every", "save_every", "progress", "tensorboard",
+     "overwrite", "run_dir", "seeds"}
+)  # fmt: skip
+# Optimisation settings that may change on resume but are recorded in the run's resume log (and
+# printed), so a reader of the run sees that its later steps were trained differently.
+RECORDED_CHANGES = frozenset({"batch_size", "lr"})
+
+
+class RunDirLocked(RuntimeError):
+    """Another live process is training into this run directory."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """Training stopped on SIGINT/SIGTERM after writing a checkpoint."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+
+def user_path(path: str | os.PathLike | None, absolute: bool = False) -> str | None:
+    """`~` expanded (and, with `absolute`, made absolute) the same way for every path a user gives."""
+    if path is None:
+        return None
+    expanded = os.path.expanduser(os.fspath(path))
+    return os.path.abspath(expanded) if absolute else expanded
+
+
+# --- the lock -------------------------------------------------------------------------------
+
+
+def _check_is_folder(run_dir: Path) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"run directory {run_dir} is a file, not a folder; choose another --run-dir")
+    for parent in run_dir.parents:
+        if parent.exists() and not parent.is_dir():
+            raise NotADirectoryError(f"run directory {run_dir}: {parent} is a file, not a folder")
+
+
+def lock(run_dir: str | os.PathLike):
+    """Take the run directory's lock (creating the folder); returns the open lock file, which holds
+    the lock until it is closed or the process ends. Raises RunDirLocked naming the holder."""
+    import fcntl
+
+    run_dir = Path(run_dir)
+    _check_is_folder(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    f = open(run_dir / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = _holder(f.read())
+        f.close()
+        raise RunDirLocked(
+            f"{run_dir} is in use by another training process ({holder}); wait for it to finish or stop it, "
+            "or choose another --run-dir"
+        ) from None
+    except BaseException:
+        f.close()
+        raise
+    f.seek(0)
+    f.truncate()
+    f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+    f.flush()
+    return f
+
+
+def _holder(text: str) -> str:
+    try:
+        info = json.loads(text)
+        return f"PID {info['pid']} on host {info['host']}, since {info.get('since', '?')}"
+    except (ValueError, KeyError, TypeError):
+        return "holder unknown"
+
+
+def _remove_if_unused(run_dir: Path) -> None:
+    """Remove a run directory this process created if it holds nothing but its lock file (the
+    lock is still held here, so no other trainer is using it)."""
+    if [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:
+        (run_dir / LOCK_FILE).unlink()
+        run_dir.rmdir()
+
+
+def remove_leftover_temp_files(run_dir: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of writes that a killed process never finished (`atomic_write`
+    names them `.<name>.<random>.tmp`). Only safe while holding the run's lock."""
+    removed = []
+    for p in Path(run_dir).glob(".*.tmp"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+@contextlib.contextmanager
+def claim(run_dirs: list[Path]) -> Iterator[None]:
+    """Hold the lock of every run directory for the life of the block; tidy what a killed run left."""
+    with contextlib.ExitStack() as stack:
+        for run_dir in run_dirs:
+            created = not Path(run_dir).exists()
+            stack.enter_context(lock(run_dir))
+            if created:  # a start refused before writing anything leaves no folder behind
+                stack.callback(_remove_if_unused, Path(run_dir))
+            removed = remove_leftover_temp_files(run_dir)
+            if removed:
+                print(f"[lps] removed {len(removed)} unfinished temporary file(s) left in {run_dir} by a killed run")
+        yield
+
+
+# --- resume provenance ----------------------------------------------------------------------
+
+
+def check_resume(run_dir: Path, agent_name: str, cfg, agent_cfg) -> list[dict]:
+    """Refuse a resume that would change what the run trained; return the recorded changes
+    (batch size, learning rate) and append them to the run's resume log."""
+    from lps.train import load_config
+
+    old_agent, old_cfg, old_agent_cfg, _ = load_config(run_dir)
+    if agent_name != old_agent:
+        raise ValueError(f"{run_dir} is a run of agent {old_agent!r}, not {agent_name!r}; resume cannot change it")
+    fixed = [
+        (f"--{f.name.replace('_', '-')}", getattr(old_cfg, f.name), getattr(cfg, f.name))
+        for f in dataclasses.fields(cfg)
+        if f.name not in MAY_CHANGE | RECORDED_CHANGES and getattr(old_cfg, f.name) != getattr(cfg, f.name)
+    ]
+    fixed += [
+        (f"--{f.name.replace('_', '-')}", getattr(old_agent_cfg, f.name), getattr(agent_cfg, f.name))
+        for f in dataclasses.fields(agent_cfg)
+        if getattr(old_agent_cfg, f.name) != getattr(agent_cfg, f.name)
+    ]
+    if fixed:
+        changes = "; ".join(f"{flag} {old!r} -> {new!r}" for flag, old, new in fixed)
+        raise ValueError(
+            f"resuming {run_dir} cannot change what it trains ({changes}): drop the flag(s) to resume, or start "
+            "a new run in another --run-dir"
+        )
+    changes = [
+        {"field": name, "old": getattr(old_cfg, name), "new": getattr(cfg, name)}
+        for name in sorted(RECORDED_CHANGES)
+        if getattr(old_cfg, name) != getattr(cfg, name)
+    ]
+    return changes
+
+
+def prepare(runs, agent_name: str, agent_cfg, resume: bool) -> tuple[bool, list[list[dict]]]:
+    """Decide how each run directory starts, before any data is loaded: returns whether to resume
+    and, per run, the recorded setting changes. A run that died before its first checkpoint has
+    nothing to resume: it restarts from step 0 (with or without --resume), saying so."""
+    from lps import checkpoint
+    from lps.train import CONFIG_JSON
+
+    started = [(run.dir / CONFIG_JSON).exists() for run in runs]
+    saved = [checkpoint.exists(run.dir) for run in runs]
+    if not resume:
+        for run, has_config, has_checkpoint in zip(runs, started, saved):
+            if has_config and has_checkpoint and not run.cfg.overwrite:
+                raise FileExistsError(
+                    f"{run.dir} already holds a run: resume it with `lps train --resume {run.dir}`, "
+                    "or choose another --run-dir, or pass --overwrite"
+                )
+            if has_config and not has_checkpoint and not run.cfg.overwrite:
+                print(f"[lps] {run.dir} holds a run that stopped before its first checkpoint: starting it afresh")
+        return False, [[] for _ in runs]
+    for run, has_config in zip(runs, started):
+        if not has_config:
+            raise FileNotFoundError(f"{run.dir} is not a run directory (no {CONFIG_JSON}); start it without --resume")
+    changes = [check_resume(run.dir, agent_name, run.cfg, agent_cfg) for run in runs]
+    if not any(saved):
+        where = ", ".join(str(run.dir) for run in runs)
+        print(f"[lps] {where} stopped before its first checkpoint: nothing to resume, starting from step 0")
+        return False, [[] for _ in runs]
+    if not all(saved):
+        missing = ", ".join(str(run.dir) for run, ok in zip(runs, saved) if not ok)
+        raise ValueError(
+            f"{missing} has no checkpoint while the other seeds do; seeds trained together resume from one step: "
+            "resume them one by one (`lps train --resume SEED_DIR`)"
+        )
+    return True, changes
+
+
+def record_changes(run_dir: Path, step: int, changes: list[dict]) -> None:
+    """Append a resume's changed settings to the run's resume log, and say so."""
+    if not changes:
+        return
+    what = ", ".join(f"--{c['field'].replace('_', '-')} {c['old']} -> {c['new']}" for c in changes)
+    print(f"[lps] {run_dir}: from step {step} on, {what} (recorded in {RESUME_LOG})")
+    entry = {"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "changes": changes}
+    with open(Path(run_dir) / RESUME_LOG, "a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def check_resume_steps(steps: int, checkpoint_step: int, run_dirs: list[Path]) -> None:
+    if steps < checkpoint_step:
+        raise ValueError(
+            f"--steps {steps} is below the step {checkpoint_step} of the checkpoint in "
+            f"{', '.join(map(str, run_dirs))}: a run cannot be shortened; pass --steps {checkpoint_step} or more"
+        )
+
+
+# --- stopping on a signal -------------------------------------------------------------------
+
+
+class StopOnSignal:
+    """Within the block, once `armed` (the training loop has begun), SIGINT and SIGTERM only set
+    `signum`: the loop checks it between device dispatches, writes a checkpoint and stops. Before
+    that (loading or generating data) and on a second signal they act as usual, at once. Outside
+    the main thread (where handlers cannot be installed) it does nothing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.armed = False
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None or not self.armed:  # asked twice, or nothing to save yet: stop now
+            self._restore()
+            signal.raise_signal(signum)
+            return
+        self.signum = signum
+        message = (f"\n[lps] {signal.Signals(signum).name} received: stopping after the current dispatch "
+                   "(send it again to stop at once)\n")  # fmt: skip
+        try:  # os.write, not print: a handler that prints while the loop prints raises a reentrancy error
+            os.write(2, message.encode())
+        except OSError:
+            pass
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def __enter__(self) -> StopOnSignal:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+    def interrupted(self, step: int, resume_target: str | os.PathLike) -> TrainingInterrupted:
+        name = signal.Signals(self.signum).name
+        where = resume_target
+        return TrainingInterrupted(
+            self.signum,
+            f"stopped by {name} at step {step}; checkpoint written, continue with `lps train --resume {where}`",
+        )
