@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lps.client import PolicyClient  # noqa: E402
+from lps.client import PolicyClient  # noqa: E402  (after the sys.path line: runs from a checkout)
 
 OBS_DIM, ACTION_DIM, CHUNK = 28, 5, 5
 
@@ -58,7 +58,8 @@ def random_observation(spec: dict, rng: np.random.Generator):
 
 def start_server(run_dir: Path, device: str) -> tuple[subprocess.Popen, str]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    cmd = [sys.executable, "-m", "lps.cli", "serve", str(run_dir), "--port", "0", "--device", device, "--log-every", "0"]
+    cmd = [sys.executable, "-m", "lps.cli", "serve", str(run_dir), "--port", "0", "--device", device]
+    cmd += ["--log-every", "0"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     for line in proc.stdout:

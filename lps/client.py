@@ -108,7 +108,9 @@ class PolicyClient:
             # context manager end it (websockets >= 17.1 warns about connections never entered).
             self._ws = connect(url, open_timeout=timeout, max_size=int(max_message_mb * 2**20)).__enter__()
         except (OSError, TimeoutError) as e:
-            raise ConnectionError(f"cannot reach the policy server at {url} ({e}); is `lps serve` running there?") from e
+            raise ConnectionError(
+                f"cannot reach the policy server at {url} ({e}); is `lps serve` running there?"
+            ) from e
         self._spec: dict | None = None
 
     def _request(self, message: dict) -> dict:

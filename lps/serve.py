@@ -42,7 +42,13 @@ def observation_spec(policy) -> dict:
     custom = getattr(policy, "observation_spec", None)
     if callable(custom):
         return custom()
-    return {"shape": [int(policy.spec.obs_dim)], "dtype": "float32"}
+    spec = policy.spec
+    image_shape = getattr(spec, "image_shape", None)
+    state = {"shape": [int(spec.obs_dim)], "dtype": "float32"}
+    if image_shape is None:
+        return state
+    image = {"shape": [int(d) for d in image_shape], "dtype": "uint8"}
+    return image if spec.obs_dim == 0 else {"state": state, "image": image}
 
 
 def _is_array_spec(spec: Any) -> bool:
@@ -80,8 +86,12 @@ def check_observation(obs: Any, spec: dict, where: str = "obs") -> None:
         raise ValueError(f"'{where}' holds {int(np.sum(~np.isfinite(arr)))} NaN/inf value(s)")
     if _is_array_spec(spec):
         shape = tuple(spec["shape"])
+        if spec.get("dtype") == "uint8" and arr.dtype != np.uint8:
+            raise ValueError(f"'{where}' must be a uint8 image array, got {arr.dtype}")
         if arr.shape != shape and not (arr.ndim == len(shape) + 1 and arr.shape[1:] == shape and len(arr)):
-            raise ValueError(f"'{where}' must have shape {list(shape)} (or [batch, *{list(shape)}]), got {list(arr.shape)}")
+            raise ValueError(
+                f"'{where}' must have shape {list(shape)} (or [batch, *{list(shape)}]), got {list(arr.shape)}"
+            )
 
 
 # --- latency log ------------------------------------------------------------------------------
@@ -156,6 +166,7 @@ class PolicyServer:
             "action_dim": int(policy.spec.action_dim),
             "action_dtype": "float32",
             "problem": _plain(dataclasses.asdict(policy.spec)),
+            **_robot_data(policy),
             **(info or {}),
         }
 
@@ -230,6 +241,12 @@ class PolicyServer:
             )  # fmt: skip
         except OSError as e:
             raise RuntimeError(f"cannot listen on {host}:{port} ({e}); pick another --port or --host") from e
+
+
+def _robot_data(policy) -> dict:
+    """The settings robot episodes were read with (cameras, image size, keys), for replay clients."""
+    robot = getattr(policy, "robot", None)
+    return {"robot_data": _plain(dataclasses.asdict(robot))} if dataclasses.is_dataclass(robot) else {}
 
 
 def _plain(value):

@@ -7,13 +7,16 @@ a direct computation, and the `lps serve` command end to end (start, serve, SIGI
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+import types
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -26,7 +29,7 @@ import lps
 from lps import client as C
 from lps import replay_check
 from lps.agents import LPSConfig
-from lps.serve import PolicyServer, check_observation, load_server
+from lps.serve import PolicyServer, check_observation, load_server, observation_spec
 from lps.train import train
 
 OBS_DIM, ACTION_DIM, CHUNK = 4, 2, 3
@@ -159,7 +162,7 @@ def test_malformed_requests_get_errors_and_the_connection_lives_on(server, polic
             ws.send(payload)
             reply = C.unpack(ws.recv(timeout=30))
             assert set(reply) == {"error"} and reply["error"].startswith("bad request"), reply
-            assert __import__("re").search(message, reply["error"]), (message, reply["error"])
+            assert re.search(message, reply["error"]), (message, reply["error"])
             ws.send(C.pack({"obs": good}))  # the same connection is still served
             reply = C.unpack(ws.recv(timeout=30))
             np.testing.assert_allclose(reply["action"], policy(good), rtol=1e-6, atol=1e-6)
@@ -229,23 +232,106 @@ def test_replay_numbers_equal_direct_computation(run, server, policy):
         np.testing.assert_allclose(result["max_abs_per_dim"], np.max(np.abs(diff), axis=0), rtol=1e-5)
         np.testing.assert_allclose(result["mse"], np.mean(diff**2), rtol=1e-5)
         assert result["round_trip_ms_p99"] >= result["round_trip_ms_p50"] > 0
-    text = replay_check.format_result(result, episode.source)
+    assert result["episode"] == f"{run / 'demos.npz'} episode 2"
+    text = replay_check.format_result(result)
     assert "mse" in text and len(text.splitlines()) == 3 + ACTION_DIM
 
 
-def test_replay_reader_errors(run, tmp_path):
+def test_replay_reader_errors(run, tmp_path, monkeypatch):
+    import lps.data
+
     with pytest.raises(ValueError, match=r"holds 6 episode\(s\); --episode must be in 0..5"):
         replay_check.read_episode(run / "demos.npz", index=6)
     with pytest.raises(ValueError, match="episode files end in"):
         replay_check.read_episode(tmp_path / "demo.csv")
     with pytest.raises(FileNotFoundError, match="not found"):
         replay_check.read_episode(tmp_path / "missing.npz")
-    try:
-        import lps.data.robot  # noqa: F401
-    except ImportError:
-        (tmp_path / "ep.h5").write_bytes(b"")
-        with pytest.raises(ImportError, match="lps.data.robot"):
+    (tmp_path / "ep.h5").write_bytes(b"")
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "lps.data.robot", None)  # as on a checkout without the robot loader
+        m.delattr(lps.data, "robot", raising=False)
+        with pytest.raises(ImportError, match="needs the robot-data loader lps.data.robot"):
             replay_check.read_episode(tmp_path / "ep.h5")
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeRobotData:
+    cameras: tuple = ("wrist_left",)
+    image_size: int = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSpec:  # the robot branch's Spec: image_shape None for state vectors, obs_dim 0 for images only
+    obs_dim: int
+    image_shape: tuple | None
+    action_dim: int = 2
+    chunk_len: int = 3
+
+
+class StubPolicy:
+    """A policy shaped like a robot-data run's: state + image dict observations, robot settings."""
+
+    def __init__(self, obs_dim, image_shape, robot=None):
+        self.spec = ImageSpec(obs_dim, image_shape)
+        self.robot = robot
+        self.seen = []
+
+    def __call__(self, obs, key=None):
+        self.seen.append(obs)
+        return np.ones((3, 2), np.float32)
+
+
+def test_observation_spec_for_image_policies():
+    spec_of = observation_spec
+    assert spec_of(StubPolicy(7, None)) == {"shape": [7], "dtype": "float32"}
+    assert spec_of(StubPolicy(0, (8, 8, 6))) == {"shape": [8, 8, 6], "dtype": "uint8"}
+    both = spec_of(StubPolicy(7, (8, 8, 6)))
+    assert both == {"state": {"shape": [7], "dtype": "float32"}, "image": {"shape": [8, 8, 6], "dtype": "uint8"}}
+    with pytest.raises(ValueError, match="must be a uint8 image"):
+        check_observation(np.zeros((8, 8, 6), np.float32), spec_of(StubPolicy(0, (8, 8, 6))))
+    # A dict observation's keys are the policy's business (it may take the robot's raw dict).
+    check_observation({"robot_state": {"cartesian_position": np.zeros(6)}, "image": {"a": np.zeros((4, 4, 4))}}, both)
+
+
+def test_server_with_a_dict_policy_reports_robot_data():
+    policy = StubPolicy(7, (8, 8, 6), robot=FakeRobotData())
+    srv = PolicyServer(policy, log_every_s=0.0, log=lambda s: None)
+    srv.warm_up()  # zeros shaped like the spec reach the policy
+    assert policy.seen[0]["image"].dtype == np.uint8 and policy.seen[0]["state"].shape == (7,)
+    spec = C.unpack(srv.respond(C.pack({"type": "spec"}), 1)[0])
+    assert spec["robot_data"] == {"cameras": ["wrist_left"], "image_size": 8}
+    assert spec["observation"]["image"] == {"shape": [8, 8, 6], "dtype": "uint8"}
+    raw = {"observation": {"robot_state": {"cartesian_position": np.zeros(6, np.float32)}}}
+    reply = C.unpack(srv.respond(C.pack({"obs": raw}), 1)[0])
+    assert reply["step"] == 1 and reply["action"].shape == (3, 2)
+    np.testing.assert_array_equal(policy.seen[-1]["observation"]["robot_state"]["cartesian_position"], np.zeros(6))
+
+
+def test_h5_episodes_go_through_the_robot_loader(monkeypatch, tmp_path):
+    """The .h5 path with a stand-in for lps.data.robot: settings from the server's spec, rows
+    sliced like an npz episode (the final row not replayed)."""
+    import lps.data
+
+    calls = []
+    rows = 6
+    fake = types.ModuleType("lps.data.robot")
+    fake.RobotDataConfig = lambda **kw: ("settings", kw)
+    fake.read_episode = lambda path, cfg, chunk_len=5: calls.append((path, cfg, chunk_len)) or {
+        "observations": {"state": np.arange(rows * 7, dtype=np.float32).reshape(rows, 7),
+                         "image": np.zeros((rows, 8, 8, 6), np.uint8)},
+        "actions": np.full((rows, 2), 0.5, np.float32), "terminals": np.eye(rows)[-1].astype(bool),
+    }  # fmt: skip
+    monkeypatch.setitem(sys.modules, "lps.data.robot", fake)
+    monkeypatch.setattr(lps.data, "robot", fake, raising=False)
+    (tmp_path / "ep.h5").write_bytes(b"")
+    episode = replay_check.read_episode(tmp_path / "ep.h5", robot_data={"image_size": 8})
+    assert calls == [(str(tmp_path / "ep.h5"), ("settings", {"image_size": 8}), 1)]
+    assert len(episode.actions) == rows - 1 and episode.observation(2)["state"][0] == 14
+    result = replay_check.replay(lambda obs: np.ones((3, 2), np.float32), episode, chunk_len=3)
+    assert result["queries"] == 2 and result["steps"] == rows - 1
+    np.testing.assert_allclose(result["mse_per_dim"], [0.25, 0.25])
+    with pytest.raises(ValueError, match="--episode does not apply"):
+        replay_check.read_episode(tmp_path / "ep.h5", index=1)
 
 
 def test_policy_exception_becomes_an_error_reply():
@@ -257,7 +343,8 @@ def test_policy_exception_becomes_an_error_reply():
 
     srv = PolicyServer(Broken(), log_every_s=0.0, log=lambda s: None)
     reply, served = srv.respond(C.pack({"obs": np.zeros(2, np.float32)}), 1)
-    assert not served and C.unpack(reply) == {"error": "observation rejected by the policy: ValueError: image must be 32x32"}
+    assert not served
+    assert C.unpack(reply) == {"error": "observation rejected by the policy: ValueError: image must be 32x32"}
 
 
 def test_cli_serve_and_replay_end_to_end(run):
