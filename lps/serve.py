@@ -98,16 +98,17 @@ def check_observation(obs: Any, spec: dict, where: str = "obs") -> None:
 
 
 class LatencyLog:
-    """Per-request latencies; a summary line every `every_s` seconds that saw traffic."""
+    """Per-request latencies; `every(seconds)` prints a summary line per interval that saw traffic
+    (from its own thread, so the request path only appends a number)."""
 
-    def __init__(self, every_s: float, log: Callable[[str], None]):
-        self.every_s, self.log = every_s, log
+    def __init__(self, log: Callable[[str], None]):
+        self.log = log
         self._lock = threading.Lock()
         self._window: list[float] = []
         self._window_errors = 0
-        self._total = self._total_errors = 0
         self._all: list[float] = []
-        self._last = time.monotonic()
+        self._total_errors = 0
+        self._window_start = time.monotonic()
 
     def record(self, latency_ms: float | None) -> None:
         """One chunk served in `latency_ms`, or one error reply (None)."""
@@ -118,11 +119,29 @@ class LatencyLog:
             else:
                 self._window.append(latency_ms)
                 self._all.append(latency_ms)
-                self._total += 1
+
+    def flush_window(self) -> str | None:
+        """Log (and return) the summary of the requests since the last flush, if there were any."""
+        with self._lock:
             now = time.monotonic()
-            if self.every_s > 0 and now - self._last >= self.every_s:
-                self.log(_summary(f"last {now - self._last:.0f} s", self._window, self._window_errors))
-                self._window, self._window_errors, self._last = [], 0, now
+            window, errors, seconds = self._window, self._window_errors, now - self._window_start
+            self._window, self._window_errors, self._window_start = [], 0, now
+        if not window and not errors:
+            return None
+        line = _summary(f"last {seconds:.0f} s", window, errors)
+        self.log(line)
+        return line
+
+    def every(self, seconds: float) -> threading.Event:
+        """Flush every `seconds` in a daemon thread until the returned event is set."""
+        stop = threading.Event()
+
+        def tick():
+            while not stop.wait(seconds):
+                self.flush_window()
+
+        threading.Thread(target=tick, name="lps-serve-latency-log", daemon=True).start()
+        return stop
 
     def final(self) -> str:
         with self._lock:
@@ -156,8 +175,8 @@ class PolicyServer:
     def __init__(self, policy, info: dict | None = None, log_every_s: float = 10.0, log=print):
         self.policy = policy
         self.obs_spec = observation_spec(policy)
-        self.log = log
-        self.latency = LatencyLog(log_every_s, log)
+        self.log, self.log_every_s = log, log_every_s
+        self.latency = LatencyLog(log)
         self._policy_lock = threading.Lock()
         self.spec_message = {
             "type": "spec",
@@ -174,8 +193,11 @@ class PolicyServer:
         """Compile the acting function now rather than on the first robot request."""
         import jax
 
+        # An explicit key leaves the policy's own call counter (its noise sequence) untouched; fold_in
+        # is how the policy derives its keys, and it too compiles on first use (~0.3 s on a busy CPU).
+        key = jax.random.fold_in(jax.random.PRNGKey(0), 0)
         with self._policy_lock:
-            self.policy(example_observation(self.obs_spec), key=jax.random.PRNGKey(0))
+            self.policy(example_observation(self.obs_spec), key=key)
 
     def respond(self, payload: bytes | str, step: int) -> tuple[bytes, bool]:
         """(reply bytes, whether a chunk was served) for one request; never raises for bad input."""
@@ -308,12 +330,15 @@ def serve_forever(server: PolicyServer, host: str, port: int, max_message_mb: fl
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, stop)
+    ticker = server.latency.every(server.log_every_s) if server.log_every_s > 0 else None
     try:
         with ws_server:  # leaving it shuts down: closes the listening socket and every connection
             ws_server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
+        if ticker is not None:
+            ticker.set()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         server.log(server.latency.final())

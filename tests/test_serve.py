@@ -202,16 +202,28 @@ def test_step_counts_chunks_per_connection(server):
 
 
 def test_latency_summary_lines(server):
-    server.latency.every_s = 1e-9  # force a summary on the next request
+    server.latency.flush_window()  # start a fresh window
+    assert server.latency.flush_window() is None  # no traffic, no line
+    with C.PolicyClient(server.url) as client:
+        for _ in range(3):
+            client.act(observations(1)[0])
+        with pytest.raises(C.PolicyServerError):
+            client.act(np.zeros(1, np.float32))
+    line = server.latency.flush_window()
+    assert line.startswith("[lps serve] last") and "3 chunks, latency p50" in line and "1 error replies" in line
+    assert line in server.lines
+    # The ticker thread logs by itself.
+    stop = server.latency.every(0.05)
     try:
         with C.PolicyClient(server.url) as client:
             client.act(observations(1)[0])
+        deadline = time.monotonic() + 10
+        while server.lines[-1] == line and time.monotonic() < deadline:
+            time.sleep(0.05)
     finally:
-        server.latency.every_s = 0.0
-    summary = [line for line in server.lines if line.startswith("[lps serve] last")]
-    assert summary and "latency p50" in summary[-1] and "p99" in summary[-1]
-    assert server.latency.percentiles()["count"] > 0
-    assert "error replies" in server.latency.final()
+        stop.set()
+    assert "1 chunks" in server.lines[-1]
+    assert server.latency.percentiles()["count"] > 0 and "error replies" in server.latency.final()
 
 
 def test_replay_numbers_equal_direct_computation(run, server, policy):
@@ -369,11 +381,28 @@ def test_cli_serve_and_replay_end_to_end(run):
                               cwd=run, check=True)  # fmt: skip
         assert "action steps compared" in out.stdout
         assert json.loads((run / "replay.json").read_text())["steps"] == STEPS - 1
+        connected = C.PolicyClient(url)  # still connected when the server is stopped
+        assert connected.act(observations(1)[0]).shape == (CHUNK, ACTION_DIM)
     finally:
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, "".join(lines) + rest
-    assert "in total:" in rest and "[lps serve] stopped" in rest
+    assert "in total: 8 chunks" in rest and "[lps serve] stopped" in rest  # 7 replayed (19 steps / 3) + 1
+    with pytest.raises(ConnectionError, match="closed the connection"):
+        connected.act(observations(1)[0])
+
+
+def test_device_choice():
+    import jax
+
+    from lps.serve import pick_device
+
+    assert pick_device("cpu").platform == "cpu" and pick_device("auto") == jax.devices()[0]
+    if not any(d.platform == "gpu" for d in jax.devices()):
+        with pytest.raises(RuntimeError, match=r"--device gpu: JAX has no such device.*jax\[cuda12\]"):
+            pick_device("gpu")
+    with pytest.raises(ValueError, match="auto, cpu or gpu"):
+        pick_device("tpu0")
 
 
 def test_cli_refuses_bad_flags(run):
@@ -381,3 +410,53 @@ def test_cli_refuses_bad_flags(run):
     assert out.returncode == 2 and "--port must be in 0..65535" in out.stderr
     out = helpers.run_cli("serve-replay", "ws://127.0.0.1:1", run / "demos.npz", cwd=run)
     assert out.returncode == 1 and "cannot reach the policy server" in out.stderr
+
+
+def test_robot_policy_served_from_raw_droid_dicts(tmp_path):
+    """With the robot-data loader (issue 9 part A; this test runs once both parts are merged): a
+    tiny image + proprio run is served, a raw DROID observation dict gets the chunk load_policy
+    gives, and an .h5 episode replays with the settings the server reports."""
+    robot = pytest.importorskip("lps.data.robot", reason="needs lps.data.robot, the robot-data loader (issue 9 A)")
+    h5py = pytest.importorskip("h5py")
+    size, steps = 16, 12
+    folder = robot.synthetic_folder(tmp_path / "demos", success=2, failure=0, steps=steps, size=size)
+    run = tmp_path / "run"
+    helpers.run_cli(
+        "train", "--dataset", folder, "--image-size", size, "--chunk-len", CHUNK, "--steps", 2, "--log-every", 1,
+        "--save-every", 2, "--batch-size", 4, "--eval-episodes", 0, "--encoder", "impala-small",
+        "--encoder-features", 8, "--base-hidden", 16, "--critic-hidden", 16, "--actor-hidden", 8, "--run-dir", run,
+        "--no-progress", cwd=tmp_path, check=True,
+    )  # fmt: skip
+    episode_file = folder / "success" / "episode_000.h5"
+    with h5py.File(episode_file) as f:
+        raw = {
+            "robot_state": {k: f[f"observation/robot_state/{k}"][0] for k in ("cartesian_position", "gripper_position")},
+            "image": {k: f["observation/image"][k][0] for k in f["observation/image"]},
+        }
+    srv = load_server(run, device="cpu", log_every_s=0.0, log=lambda s: None)
+    ws = srv.start("127.0.0.1", 0)
+    thread = threading.Thread(target=ws.serve_forever, daemon=True)
+    thread.start()
+    url = f"ws://127.0.0.1:{ws.socket.getsockname()[1]}"
+    try:
+        policy = lps.load_policy(run)
+        with C.PolicyClient(url) as client:
+            spec = client.spec()
+            assert spec["observation"]["image"] == {"shape": [size, size, 6], "dtype": "uint8"}
+            assert spec["observation"]["state"] == {"shape": [7], "dtype": "float32"}
+            assert spec["robot_data"]["image_size"] == size
+            np.testing.assert_allclose(client.act(raw), policy(raw), rtol=1e-5, atol=1e-5)
+            with pytest.raises(C.PolicyServerError, match="rejected by the policy"):
+                client.act({"robot_state": raw["robot_state"], "image": {"one_left": raw["image"]["wrist_left"]}})
+        result = replay_check.replay_against_server(url, episode_file)
+        rows = robot.read_episode(episode_file, robot.RobotDataConfig(image_size=size), chunk_len=1)
+        diffs = [
+            policy({k: v[t] for k, v in rows["observations"].items()})[: min(CHUNK, steps - 1 - t)]
+            - rows["actions"][t : t + min(CHUNK, steps - 1 - t)]
+            for t in range(0, steps - 1, CHUNK)
+        ]
+        np.testing.assert_allclose(result["mse_per_dim"], np.mean(np.concatenate(diffs) ** 2, axis=0), rtol=1e-4)
+        assert result["steps"] == steps - 1
+    finally:
+        ws.shutdown()
+        thread.join(timeout=10)
