@@ -105,6 +105,16 @@ def test_codec_roundtrip_and_refusals():
         C.pack({"obs": np.array([object()])})
 
 
+def test_client_is_a_standalone_file_without_jax(tmp_path):
+    """lps/client.py copied alone onto a robot computer imports with numpy, msgpack and websockets."""
+    (tmp_path / "policy_client.py").write_text((helpers.ROOT / "lps" / "client.py").read_text())
+    code = ("import sys, policy_client; policy_client.PolicyClient; "
+            "assert not {'jax', 'lps'} & set(sys.modules), sorted(m for m in sys.modules if m in ('jax', 'lps'))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})  # fmt: skip
+    assert out.returncode == 0, out.stderr
+
+
 def test_check_observation_names_the_problem():
     spec = {"shape": [OBS_DIM], "dtype": "float32"}
     check_observation(np.zeros(OBS_DIM), spec)
