@@ -68,7 +68,7 @@ def check_observation(obs: Any, spec: dict, where: str = "obs") -> None:
     (it may accept a raw robot dict as well as its own)."""
     if isinstance(obs, dict):
         if _is_array_spec(spec):
-            raise ValueError(f"'{where}' must be an array of shape {spec['shape']}, got a dict with keys {sorted(obs)}")
+            raise ValueError(f"'{where}' must be an array of shape {spec['shape']}, got a dict with keys {sorted(map(str, obs))}")
         if not obs:
             raise ValueError(f"'{where}' is an empty dict")
         for key, value in obs.items():
@@ -216,7 +216,7 @@ class PolicyServer:
                 )
             obs = request["obs"]
             check_observation(obs, self.obs_spec)
-        except ValueError as e:  # ProtocolError included
+        except (ValueError, TypeError, KeyError, RecursionError) as e:  # ProtocolError is a ValueError
             return self._error(f"bad request: {e}"), False
         try:
             with self._policy_lock:

@@ -166,6 +166,8 @@ def test_malformed_requests_get_errors_and_the_connection_lives_on(server, polic
         (C.pack({"obs": {"state": good}}), "got a dict"),
         (C.pack({"obs": np.full(OBS_DIM, np.nan, np.float32)}), "NaN"),
         (C.pack({"obs": "four numbers"}), "must hold numbers"),
+        (C.pack({"obs": {1: good, "state": good}}), "got a dict with keys"),
+        (C.pack({"obs": [[1, 2], [3]]}), "not an array"),
     ]
     with connect(server.url) as ws:
         for payload, message in bad_requests:
