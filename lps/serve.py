@@ -345,6 +345,15 @@ def serve_forever(server: PolicyServer, host: str, port: int, max_message_mb: fl
         server.log("[lps serve] stopped")
 
 
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    try:
+        socket.create_server((host, port)).close()
+    except OSError as e:
+        raise RuntimeError(f"cannot listen on {host}:{port} ({e}); pick another --port or --host") from e
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="lps serve",
@@ -362,6 +371,8 @@ def main(argv: list[str]) -> int:
         p.error(f"--port must be in 0..65535, got {a.port}")
     if a.max_message_mb <= 0:
         p.error("--max-message-mb must be positive")
+    if a.port:
+        _check_port_free(a.host, a.port)  # before the slow part: loading and compiling the policy
     server = load_server(a.run_dir, a.device, a.seed, a.log_every, log=lambda s: print(s, flush=True))
     serve_forever(server, a.host, a.port, a.max_message_mb)
     return 0

@@ -422,6 +422,11 @@ def test_device_choice():
 def test_cli_refuses_bad_flags(run):
     out = helpers.run_cli("serve", run / "run", "--port", "70000", cwd=run)
     assert out.returncode == 2 and "--port must be in 0..65535" in out.stderr
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        out = helpers.run_cli("serve", run / "run", "--port", taken.getsockname()[1], cwd=run)
+    assert out.returncode == 1 and "cannot listen on 127.0.0.1:" in out.stderr, out.stderr
     out = helpers.run_cli("serve-replay", "ws://127.0.0.1:1", run / "demos.npz", cwd=run)
     assert out.returncode == 1 and "cannot reach the policy server" in out.stderr
 
