@@ -9,6 +9,8 @@
     lps toy list|figure2|figure3 [--task four-gaussians] [--steps N]   (the paper's analysis figures)
     lps sweep [FILE.yaml|.toml] [--agents A ...] [--tasks T ...] [--seeds 0,1,2] [--grid FIELD=V1,V2 ...]
               [--out DIR] [--workers N] [--ray ADDRESS] [--dry-run] [-- TRAIN ARGS ...]   (resumable grids of runs)
+    lps serve RUN_DIR [--host 127.0.0.1] [--port 8000] [--device auto|cpu|gpu]   (policy server for a robot)
+    lps serve-replay URL EPISODE [--episode K] [--stride N] [--run RUN_DIR]   (replay a recorded episode, action error)
 
 Every field of the training config and of the chosen agent's config is a flag of `lps train`
 (see `lps train --agent NAME --help`); unknown flags and impossible values are refused.
@@ -260,6 +262,18 @@ def _report(argv: list[str]) -> int:
     return 0
 
 
+def _serve(argv: list[str]) -> int:
+    from lps.serve import main as serve_main
+
+    return serve_main(argv)
+
+
+def _serve_replay(argv: list[str]) -> int:
+    from lps.replay_check import main as replay_main
+
+    return replay_main(argv)
+
+
 def _sweep(argv: list[str]) -> int:
     from lps.sweep import main as sweep_main
 
@@ -274,6 +288,8 @@ COMMANDS = {
     "toy": _toy,
     "report": _report,
     "sweep": _sweep,
+    "serve": _serve,
+    "serve-replay": _serve_replay,
 }
 
 

@@ -1,0 +1,156 @@
+"""The robot computer's side of `lps serve`: one small file that needs only numpy, msgpack and
+websockets (no JAX), so it can be copied onto the robot's computer on its own.
+
+    from lps.client import PolicyClient
+    with PolicyClient("ws://192.168.1.10:8000") as policy:
+        print(policy.spec())              # observation shapes, chunk length, action dimension
+        chunk = policy.act(obs)           # (H, action_dim) float32; obs: an array or a dict of arrays
+
+Wire format: every message is one binary websocket frame holding a msgpack map. numpy arrays are
+maps {"__ndarray__": True, "data": raw bytes, "dtype": dtype.str, "shape": [...]} - the layout
+openpi's client uses, so clients written for openpi-style servers can talk to ours; maps in the
+msgpack-numpy package's layout ({"nd": True, "type", "shape", "data"}) are decoded as well.
+
+Requests and replies:
+    {"type": "spec"}                  -> {"type": "spec", "observation": ..., "chunk_len": H, "action_dim": A, ...}
+    {"obs": array or dict of arrays}  -> {"action": (H, A) float32, "latency_ms": float, "step": n}
+    anything malformed                -> {"error": "what was wrong"}   (the connection stays open)
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgpack
+import numpy as np
+
+# numpy dtype kinds an array may have on the wire: bool, signed/unsigned integers, floats. Object,
+# void and string dtypes could make a decoder build arbitrary Python objects, so they are refused.
+WIRE_KINDS = "biuf"
+
+
+class ProtocolError(ValueError):
+    """A message that is not valid msgpack, or holds an array that cannot be decoded."""
+
+
+class PolicyServerError(RuntimeError):
+    """The server answered a request with an error reply."""
+
+
+def _encode_default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind not in WIRE_KINDS:
+            raise TypeError(f"cannot send a numpy array of dtype {obj.dtype}; use bool, integer or float arrays")
+        obj = np.ascontiguousarray(obj)
+        return {"__ndarray__": True, "data": obj.tobytes(), "dtype": obj.dtype.str, "shape": list(obj.shape)}
+    if isinstance(obj, np.generic):  # a numpy scalar
+        return obj.item()
+    raise TypeError(f"cannot send an object of type {type(obj).__name__}; send numbers, strings, arrays or dicts")
+
+
+def _text(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _decode_hook(obj: dict) -> Any:
+    # Keys may arrive as str (our encoder, msgpack with raw=False) or bytes (encoders that pack bytes keys).
+    fields = {_text(k): v for k, v in obj.items()}
+    if fields.get("__ndarray__") is True:
+        data, dtype, shape = fields.get("data"), fields.get("dtype"), fields.get("shape")
+    elif fields.get("nd") is True:  # msgpack-numpy's layout
+        data, dtype, shape = fields.get("data"), fields.get("type"), fields.get("shape")
+    else:
+        return fields
+    try:
+        dtype = np.dtype(_text(dtype))
+        shape = tuple(int(n) for n in shape)
+    except (TypeError, ValueError) as e:
+        raise ProtocolError(f"array with an unreadable dtype {dtype!r} or shape {shape!r}") from e
+    if dtype.kind not in WIRE_KINDS:
+        raise ProtocolError(f"array dtype {dtype} is not allowed; send bool, integer or float arrays")
+    if any(n < 0 for n in shape) or not isinstance(data, bytes):
+        raise ProtocolError(f"array with shape {shape} and {type(data).__name__} data is malformed")
+    if len(data) != dtype.itemsize * int(np.prod(shape, dtype=np.int64)):
+        raise ProtocolError(f"array of shape {shape} and dtype {dtype} needs {dtype.itemsize * int(np.prod(shape))} "
+                            f"bytes but carries {len(data)}")  # fmt: skip
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def pack(message: dict) -> bytes:
+    """A message (nested dicts, lists, numbers, strings, numpy arrays) as msgpack bytes."""
+    return msgpack.packb(message, default=_encode_default, use_bin_type=True)
+
+
+def unpack(payload: bytes) -> Any:
+    """The message in msgpack bytes, numpy arrays restored (read-only views of the payload)."""
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        raise ProtocolError(f"expected a binary msgpack message, got {type(payload).__name__}")
+    try:
+        return msgpack.unpackb(payload, object_hook=_decode_hook, raw=False, strict_map_key=False)
+    except ProtocolError:
+        raise
+    except (ValueError, TypeError, msgpack.UnpackException) as e:  # ExtraData, FormatError, StackError ...
+        raise ProtocolError(f"undecodable message ({type(e).__name__}: {e}); send one msgpack map per frame") from e
+
+
+class PolicyClient:
+    """A connection to `lps serve`. Not thread-safe: give each thread its own client."""
+
+    def __init__(self, url: str, timeout: float = 60.0, max_message_mb: float = 64.0):
+        from websockets.sync.client import connect
+
+        self.url, self.timeout = url, timeout
+        self.last_latency_ms: float | None = None  # the server's time for the last chunk
+        self.last_round_trip_ms: float | None = None  # the client's, network and (de)coding included
+        try:
+            # Entering the connection is what `with connect(...)` does; the client's own close() and
+            # context manager end it (websockets >= 17.1 warns about connections never entered).
+            self._ws = connect(url, open_timeout=timeout, max_size=int(max_message_mb * 2**20)).__enter__()
+        except (OSError, TimeoutError) as e:
+            raise ConnectionError(
+                f"cannot reach the policy server at {url} ({e}); is `lps serve` running there?"
+            ) from e
+        self._spec: dict | None = None
+
+    def _request(self, message: dict) -> dict:
+        from websockets.exceptions import ConnectionClosed
+
+        payload = pack(message)
+        try:
+            self._ws.send(payload)
+            reply = unpack(self._ws.recv(timeout=self.timeout))
+        except ConnectionClosed as e:
+            raise ConnectionError(f"the policy server at {self.url} closed the connection ({e})") from e
+        except TimeoutError as e:
+            raise TimeoutError(f"no reply from the policy server at {self.url} within {self.timeout} s") from e
+        if not isinstance(reply, dict):
+            raise ProtocolError(f"the server sent a {type(reply).__name__}, not a map")
+        if "error" in reply:
+            raise PolicyServerError(f"policy server at {self.url}: {reply['error']}")
+        return reply
+
+    def spec(self) -> dict:
+        """What the server expects and returns: `observation` (shapes and dtypes), `chunk_len`, `action_dim`."""
+        if self._spec is None:
+            self._spec = self._request({"type": "spec"})
+        return self._spec
+
+    def act(self, obs) -> np.ndarray:
+        """The action chunk (H, action_dim) for one observation ((B, H, A) for a batch of state vectors)."""
+        start = time.perf_counter()
+        reply = self._request({"obs": obs})
+        self.last_round_trip_ms = 1e3 * (time.perf_counter() - start)
+        self.last_latency_ms = reply.get("latency_ms")
+        if "action" not in reply:
+            raise ProtocolError(f"the server's reply has no 'action' (keys {sorted(reply)})")
+        return np.asarray(reply["action"], np.float32)
+
+    def close(self) -> None:
+        self._ws.close()
+
+    def __enter__(self) -> PolicyClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

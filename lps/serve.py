@@ -1,0 +1,378 @@
+"""`lps serve RUN`: a policy server that a robot computer calls over the network.
+
+    lps serve runs/my-robot/lps/seed0 --host 0.0.0.0 --port 8000 [--device auto|cpu|gpu]
+
+Websockets with msgpack messages carrying numpy arrays (the wire format and the small client are
+in `lps.client`, which needs no JAX). Each connection is served by its own thread; the policy call
+itself is serialised by one lock, so several clients at once get correct chunks in arrival order.
+A malformed request (undecodable bytes, unknown keys, an observation of the wrong shape, type or
+keys, NaN/inf values) gets an `{"error": ...}` reply and the connection keeps being served. Every
+`--log-every` seconds with traffic the server prints the number of chunks served and the p50/p99
+of their latency; `GET /health` answers the spec as JSON for load balancers and humans.
+
+There is no authentication: bind to 127.0.0.1 (the default) or a trusted robot network only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import signal
+import threading
+import time
+import traceback
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from lps.client import ProtocolError, pack, unpack
+
+HEALTH_PATHS = ("/health", "/healthz")
+
+
+# --- observations ---------------------------------------------------------------------------
+
+
+def observation_spec(policy) -> dict:
+    """The observation the policy takes: {"shape", "dtype"} for one array, or a dict of those
+    (nested) for dict observations. A policy that knows better exposes `observation_spec()`."""
+    custom = getattr(policy, "observation_spec", None)
+    if callable(custom):
+        return custom()
+    spec = policy.spec
+    image_shape = getattr(spec, "image_shape", None)
+    state = {"shape": [int(spec.obs_dim)], "dtype": "float32"}
+    if image_shape is None:
+        return state
+    image = {"shape": [int(d) for d in image_shape], "dtype": "uint8"}
+    return image if spec.obs_dim == 0 else {"state": state, "image": image}
+
+
+def _is_array_spec(spec: Any) -> bool:
+    return isinstance(spec, dict) and "shape" in spec and not isinstance(spec["shape"], dict)
+
+
+def example_observation(spec: dict) -> Any:
+    """Zeros shaped like the spec (to compile the policy before the first request)."""
+    if _is_array_spec(spec):
+        return np.zeros(spec["shape"], spec.get("dtype", "float32"))
+    return {key: example_observation(sub) for key, sub in spec.items()}
+
+
+def check_observation(obs: Any, spec: dict, where: str = "obs") -> None:
+    """Refuse what no policy can act on, naming what was wrong: non-numeric leaves, NaN/inf, and,
+    for a single-array spec, the wrong shape. A dict observation's keys are the policy's to check
+    (it may accept a raw robot dict as well as its own)."""
+    if isinstance(obs, dict):
+        if _is_array_spec(spec):
+            raise ValueError(f"'{where}' must be an array of shape {spec['shape']}, got a dict with keys {sorted(map(str, obs))}")
+        if not obs:
+            raise ValueError(f"'{where}' is an empty dict")
+        for key, value in obs.items():
+            check_observation(value, {}, f"{where}.{key}")
+        return
+    arr = obs if isinstance(obs, np.ndarray) else None
+    if arr is None:
+        try:
+            arr = np.asarray(obs)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"'{where}' is not an array ({type(obs).__name__}: {e})") from e
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"'{where}' must hold numbers, got {type(obs).__name__} of dtype {arr.dtype}")
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise ValueError(f"'{where}' holds {int(np.sum(~np.isfinite(arr)))} NaN/inf value(s)")
+    if _is_array_spec(spec):
+        shape = tuple(spec["shape"])
+        if spec.get("dtype") == "uint8" and arr.dtype != np.uint8:
+            raise ValueError(f"'{where}' must be a uint8 image array, got {arr.dtype}")
+        if arr.shape != shape and not (arr.ndim == len(shape) + 1 and arr.shape[1:] == shape and len(arr)):
+            raise ValueError(
+                f"'{where}' must have shape {list(shape)} (or [batch, *{list(shape)}]), got {list(arr.shape)}"
+            )
+
+
+# --- latency log ------------------------------------------------------------------------------
+
+
+class LatencyLog:
+    """Per-request latencies; `every(seconds)` prints a summary line per interval that saw traffic
+    (from its own thread, so the request path only appends a number)."""
+
+    def __init__(self, log: Callable[[str], None]):
+        self.log = log
+        self._lock = threading.Lock()
+        self._window: list[float] = []
+        self._window_errors = 0
+        self._all: list[float] = []
+        self._total_errors = 0
+        self._window_start = time.monotonic()
+
+    def record(self, latency_ms: float | None) -> None:
+        """One chunk served in `latency_ms`, or one error reply (None)."""
+        with self._lock:
+            if latency_ms is None:
+                self._window_errors += 1
+                self._total_errors += 1
+            else:
+                self._window.append(latency_ms)
+                self._all.append(latency_ms)
+
+    def flush_window(self) -> str | None:
+        """Log (and return) the summary of the requests since the last flush, if there were any."""
+        with self._lock:
+            now = time.monotonic()
+            window, errors, seconds = self._window, self._window_errors, now - self._window_start
+            self._window, self._window_errors, self._window_start = [], 0, now
+        if not window and not errors:
+            return None
+        line = _summary(f"last {seconds:.0f} s", window, errors)
+        self.log(line)
+        return line
+
+    def every(self, seconds: float) -> threading.Event:
+        """Flush every `seconds` in a daemon thread until the returned event is set."""
+        stop = threading.Event()
+
+        def tick():
+            while not stop.wait(seconds):
+                self.flush_window()
+
+        threading.Thread(target=tick, name="lps-serve-latency-log", daemon=True).start()
+        return stop
+
+    def final(self) -> str:
+        with self._lock:
+            return _summary("in total", self._all, self._total_errors)
+
+    def percentiles(self) -> dict[str, float]:
+        with self._lock:
+            lat = np.asarray(self._all)
+        if not len(lat):
+            return {}
+        return {"p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)), "count": len(lat)}
+
+
+def _summary(label: str, latencies: list[float], errors: int) -> str:
+    text = f"[lps serve] {label}: {len(latencies)} chunks"
+    if latencies:
+        p50, p99 = np.percentile(latencies, [50, 99])
+        text += f", latency p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {max(latencies):.2f} ms"
+    return text + f", {errors} error replies"
+
+
+# --- the server -------------------------------------------------------------------------------
+
+
+class PolicyServer:
+    """Answers spec and action requests for one policy (see the module docstring for the protocol).
+
+    `respond(payload, step)` turns one request's bytes into the reply's bytes and is what every
+    connection thread calls; the network part is `start`."""
+
+    def __init__(self, policy, info: dict | None = None, log_every_s: float = 10.0, log=print):
+        self.policy = policy
+        self.obs_spec = observation_spec(policy)
+        self.log, self.log_every_s = log, log_every_s
+        self.latency = LatencyLog(log)
+        self._policy_lock = threading.Lock()
+        self.spec_message = {
+            "type": "spec",
+            "observation": self.obs_spec,
+            "chunk_len": int(policy.spec.chunk_len),
+            "action_dim": int(policy.spec.action_dim),
+            "action_dtype": "float32",
+            "problem": _plain(dataclasses.asdict(policy.spec)),
+            **_robot_data(policy),
+            **(info or {}),
+        }
+
+    def warm_up(self) -> None:
+        """Compile the acting function now rather than on the first robot request."""
+        import jax
+
+        # An explicit key leaves the policy's own call counter (its noise sequence) untouched; fold_in
+        # is how the policy derives its keys, and it too compiles on first use (~0.3 s on a busy CPU).
+        key = jax.random.fold_in(jax.random.PRNGKey(0), 0)
+        with self._policy_lock:
+            self.policy(example_observation(self.obs_spec), key=key)
+
+    def respond(self, payload: bytes | str, step: int) -> tuple[bytes, bool]:
+        """(reply bytes, whether a chunk was served) for one request; never raises for bad input."""
+        start = time.perf_counter()
+        try:
+            request = unpack(payload)
+            if not isinstance(request, dict):
+                raise ProtocolError(f"a request is a msgpack map, got {type(request).__name__}")
+            kind = request.get("type", "act" if "obs" in request else None)
+            if kind == "spec":
+                return pack(self.spec_message), False
+            if kind != "act" or "obs" not in request:
+                raise ProtocolError(
+                    f"unknown request with keys {sorted(map(str, request))}: send {{'obs': observation}} for an "
+                    "action chunk or {'type': 'spec'} for the expected observation"
+                )
+            obs = request["obs"]
+            check_observation(obs, self.obs_spec)
+        except (ValueError, TypeError, KeyError, RecursionError) as e:  # ProtocolError is a ValueError
+            return self._error(f"bad request: {e}"), False
+        try:
+            with self._policy_lock:
+                chunk = np.asarray(self.policy(obs), np.float32)
+        except (ValueError, TypeError, KeyError) as e:
+            return self._error(f"observation rejected by the policy: {type(e).__name__}: {e}"), False
+        except Exception as e:  # noqa: BLE001 - a robot must get an answer, and the server must live on
+            self.log(f"[lps serve] policy call failed:\n{traceback.format_exc()}")
+            return self._error(f"the policy failed on this observation ({type(e).__name__}: {e})"), False
+        latency_ms = 1e3 * (time.perf_counter() - start)
+        self.latency.record(latency_ms)
+        return pack({"action": chunk, "latency_ms": latency_ms, "step": step}), True
+
+    def _error(self, message: str) -> bytes:
+        self.latency.record(None)
+        return pack({"error": message})
+
+    def _handle_connection(self, ws) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        served = 0
+        try:
+            for payload in ws:
+                reply, ok = self.respond(payload, served + 1)
+                served += ok
+                ws.send(reply)
+        except ConnectionClosed:
+            pass  # the client went away; its thread ends here
+
+    def _health(self, connection, request):
+        if request.path.split("?", 1)[0] in HEALTH_PATHS:
+            return connection.respond(HTTPStatus.OK, json.dumps(self.spec_message) + "\n")
+        return None  # go on with the websocket handshake
+
+    def start(self, host: str = "127.0.0.1", port: int = 8000, max_message_mb: float = 64.0):
+        """A listening websockets server (port 0: any free port, see `.socket.getsockname()`); call
+        `serve_forever()` on it (in a thread for tests) and `shutdown()` to stop it."""
+        from websockets.sync.server import serve
+
+        try:
+            return serve(
+                self._handle_connection, host, port, process_request=self._health,
+                max_size=int(max_message_mb * 2**20), compression=None,
+            )  # fmt: skip
+        except OSError as e:
+            raise RuntimeError(f"cannot listen on {host}:{port} ({e}); pick another --port or --host") from e
+
+
+def _robot_data(policy) -> dict:
+    """The settings robot episodes were read with (cameras, image size, keys), for replay clients."""
+    robot = getattr(policy, "robot", None)
+    return {"robot_data": _plain(dataclasses.asdict(robot))} if dataclasses.is_dataclass(robot) else {}
+
+
+def _plain(value):
+    """JSON/msgpack-friendly copy (tuples to lists)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# --- loading and running --------------------------------------------------------------------
+
+
+def pick_device(name: str):
+    import jax
+
+    if name not in ("auto", "cpu", "gpu"):
+        raise ValueError(f"--device must be auto, cpu or gpu, not {name!r}")
+    try:
+        return jax.devices()[0] if name == "auto" else jax.devices(name)[0]
+    except RuntimeError as e:
+        hint = "install JAX with CUDA (pip install 'jax[cuda12]')" if name == "gpu" else "check $JAX_PLATFORMS"
+        raise RuntimeError(f"--device {name}: JAX has no such device ({e}); {hint} or use --device auto") from e
+
+
+def load_server(run_dir: str | Path, device: str = "auto", seed: int = 0, log_every_s: float = 10.0, log=print):
+    """The run's policy on the chosen device, compiled, wrapped in a PolicyServer."""
+    import jax
+
+    from lps.policy import load_policy
+    from lps.train import load_config
+
+    dev = pick_device(device)
+    agent_name = load_config(run_dir)[0]
+    with jax.default_device(dev):
+        policy = load_policy(run_dir, seed)
+    policy.params = jax.device_put(policy.params, dev)  # committed: every call runs on `dev`
+    info = {"agent": agent_name, "run": str(run_dir), "device": str(dev)}
+    server = PolicyServer(policy, info, log_every_s, log)
+    start = time.perf_counter()
+    server.warm_up()
+    log(f"[lps serve] {agent_name} policy from {run_dir} on {dev}, compiled in {time.perf_counter() - start:.1f} s")
+    return server
+
+
+def serve_forever(server: PolicyServer, host: str, port: int, max_message_mb: float = 64.0) -> None:
+    """Serve until Ctrl-C or SIGTERM, then close every connection and print the latency summary."""
+    ws_server = server.start(host, port, max_message_mb)
+    bound = ws_server.socket.getsockname()
+    server.log(
+        f"[lps serve] listening on ws://{bound[0]}:{bound[1]} (health: http://{bound[0]}:{bound[1]}/health); "
+        "Ctrl-C stops"
+    )
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, stop)
+    ticker = server.latency.every(server.log_every_s) if server.log_every_s > 0 else None
+    try:
+        with ws_server:  # leaving it shuts down: closes the listening socket and every connection
+            ws_server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if ticker is not None:
+            ticker.set()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        server.log(server.latency.final())
+        server.log("[lps serve] stopped")
+
+
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    try:
+        socket.create_server((host, port)).close()
+    except OSError as e:
+        raise RuntimeError(f"cannot listen on {host}:{port} ({e}); pick another --port or --host") from e
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="lps serve",
+        description="Serve a run's policy over websockets + msgpack (client: lps.client.PolicyClient).",
+    )
+    p.add_argument("run_dir", help="a run directory (config.json + checkpoint.msgpack)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every interface; no auth!)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port)")
+    p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto", help="where the policy runs")
+    p.add_argument("--seed", type=int, default=0, help="seed of the acting noise (stochastic agents)")
+    p.add_argument("--log-every", type=float, default=10.0, help="seconds between latency summaries (0: off)")
+    p.add_argument("--max-message-mb", type=float, default=64.0, help="largest request accepted, in MiB")
+    a = p.parse_args(argv)
+    if not 0 <= a.port < 65536:
+        p.error(f"--port must be in 0..65535, got {a.port}")
+    if a.max_message_mb <= 0:
+        p.error("--max-message-mb must be positive")
+    if a.port:
+        _check_port_free(a.host, a.port)  # before the slow part: loading and compiling the policy
+    server = load_server(a.run_dir, a.device, a.seed, a.log_every, log=lambda s: print(s, flush=True))
+    serve_forever(server, a.host, a.port, a.max_message_mb)
+    return 0
