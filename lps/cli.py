@@ -152,12 +152,14 @@ def _data(argv: list[str]) -> int:
 
 
 def _agents(argv: list[str]) -> int:
-    from lps.agents import REGISTRY
+    from lps.agents import REGISTRY, published_defaults
 
     for name, (cls, cfg_cls) in sorted(REGISTRY.items()):
-        cfg = cfg_cls()
+        cfg = published_defaults(name, cfg_cls())
         keys = ", ".join(f"{k}={getattr(cfg, k) if getattr(cfg, k) is not None else 'per-env'}" for k in cls.key_fields)
         print(f"{name:10s} {cls.summary}\n{'':10s} {keys}")
+        for note in getattr(cls, "notes", ()):
+            print(f"{'':10s} - {note}")
     return 0
 
 
