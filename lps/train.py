@@ -32,6 +32,7 @@ from lps.config import TrainConfig, check_positive_widths, from_dict, to_dict
 from lps.critic import polyak
 from lps.data.sampler import ChunkData, sample_chunks, to_device
 from lps.runlog import RunLog
+from lps.validation import Validator
 
 CONFIG_JSON, SUMMARY_JSON = "config.json", "summary.json"
 
@@ -235,6 +236,7 @@ def train(agent_name: str, cfg: TrainConfig, agent_cfg, resume: bool = False) ->
               f"{agent.spec.obs_dim}; pass the matching --env or --eval-episodes 0")  # fmt: skip
         evaluator.close()
         evaluator = None
+    validator = Validator(cfg, agent)
     compiled: dict[int, Any] = {}
 
     def per_seed(tree, i: int):
@@ -283,6 +285,8 @@ def train(agent_name: str, cfg: TrainConfig, agent_cfg, resume: bool = False) ->
             bar.update(n)
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
                 last_eval = evaluate(step)
+                for i, run in enumerate(runs) if validator.active else ():  # validation split (lps.validation)
+                    run.log.log(step, validator(per_seed(state.params, i), per_seed(state.target_params, i)))
             if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
                 save()
             success = [r["eval/success"] for r in last_eval]
