@@ -56,6 +56,7 @@ class DSRL:
     key_fields: ClassVar[tuple[str, ...]] = (
         "critic_agg", "alpha", "flow_steps", "geometry", "actor_hidden", "latent_critic_hidden",
     )  # fmt: skip
+    alpha_is_no_op: ClassVar[bool] = True
     notes: ClassVar[tuple[str, ...]] = (
         "alpha is a no-op (it scales the BC loss alone, and Adam ignores a constant loss scale)",
         "latent actor 2x256 as the paper states; the public code builds 4x512 (--actor-hidden 512 512 512 512)",

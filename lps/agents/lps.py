@@ -62,6 +62,7 @@ class LPS:
     key_fields: ClassVar[tuple[str, ...]] = (
         "geometry", "backbone", "parameterisation", "critic_agg", "alpha", "base_hidden",
     )  # fmt: skip
+    alpha_is_no_op: ClassVar[bool] = True  # lps report draws it as one untuned line in the alpha figure
     notes: ClassVar[tuple[str, ...]] = (
         "alpha is a no-op: it scales the BC loss, whose parameters no other loss touches, and Adam's "
         "update does not change when a loss is multiplied by a constant; runs with any alpha > 0 match",
