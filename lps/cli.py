@@ -142,12 +142,21 @@ def _data(argv: list[str]) -> int:
 
         from lps.checkpoint import atomic_write
 
+        from lps.data.generate import dataset_paths
+
         task = tasks.parse_task(a.task, a.reward)
         data = tasks.load_task(task, data_dir, chunk_len=1, episodes_if_missing=a.episodes)
         buf = io.BytesIO()
         np.savez_compressed(buf, **data)
         atomic_write(a.out, buf.getvalue())
         print(f"[lps] wrote {a.out}: {len(data['observations'])} rows of {task.name}; train with --dataset {a.out}")
+        val_path = dataset_paths(task.env, data_dir)[1]
+        if val_path.exists():  # the validation split, relabelled the same way (README, "Validation split")
+            val_out = str(Path(a.out).with_name(Path(a.out).stem + "-val.npz"))
+            buf = io.BytesIO()
+            np.savez_compressed(buf, **tasks.load_task_file(task, val_path, chunk_len=1))
+            atomic_write(val_out, buf.getvalue())
+            print(f"[lps] wrote {val_out}: its validation split; add --val-dataset {val_out}")
     return 0
 
 

@@ -16,9 +16,10 @@ differ only because the parameters changed:
   [-1, 1] and maps everything outside to exactly +-1, so this share equals that of the raw
   output at the same threshold, without every agent exposing its raw output.
 
-Agents without a critic (BC) get `val/bc_loss` and `val/clip_fraction` only. Runs without a
-validation file (own `--dataset`, toy tasks, an OGBench folder without the `-val` file) train as
-before and say once that val/ metrics are off.
+Agents without a critic (BC) get `val/bc_loss` and `val/clip_fraction` only. `--val-dataset`
+names a validation file in the row layout (`lps data prepare` writes one). Runs without validation
+data (`--dataset` alone, toy tasks, an OGBench folder without the `-val` file) train as before and
+say once that val/ metrics are off.
 """
 
 from __future__ import annotations
@@ -43,8 +44,12 @@ def load_validation_data(cfg) -> tuple[dict | None, str]:
     from lps.data import tasks
     from lps.data.generate import dataset_paths
 
+    if cfg.val_dataset is not None:
+        from lps.data.validate import load_own_dataset
+
+        return load_own_dataset(cfg.val_dataset, cfg.chunk_len), cfg.val_dataset
     if cfg.dataset is not None:
-        return None, f"--dataset {cfg.dataset} has no validation split"
+        return None, f"--dataset {cfg.dataset} comes with no --val-dataset"
     if toy.is_toy(cfg.env):
         return None, f"toy task {cfg.env} has no validation split"
     task = tasks.parse_task(cfg.env, cfg.reward)

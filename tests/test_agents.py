@@ -272,3 +272,9 @@ def test_alpha_acts_for_qc_fql_and_lpsd(name):
     one, ten = _train_params(name, 1.0), _train_params(name, 10.0)
     gap = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(ten)))
     assert gap > 1e-4
+
+
+def test_alpha_no_op_flag_marks_exactly_the_agents_tested_above():
+    """`lps report` reads this flag to draw an agent as one untuned line in the alpha figure."""
+    flagged = {name for name, (cls, _) in REGISTRY.items() if getattr(cls, "alpha_is_no_op", False)}
+    assert flagged == {"lps", "dsrl-na"}
