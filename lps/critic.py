@@ -33,7 +33,9 @@ def q_values(critic: Ensemble, params, obs: jnp.ndarray, chunk: jnp.ndarray) -> 
 def aggregate(q: jnp.ndarray, how: Aggregate) -> jnp.ndarray:
     if how not in ("min", "mean"):
         # None reaches here only if an agent was built without lps.agents.make_agent/resolve_config.
-        raise ValueError(f"critic aggregation must be 'min' or 'mean', got {how!r}; build agents with lps.agents.make_agent")
+        raise ValueError(
+            f"critic aggregation must be 'min' or 'mean', got {how!r}; build agents with lps.agents.make_agent"
+        )
     return jnp.min(q, axis=0) if how == "min" else jnp.mean(q, axis=0)
 
 

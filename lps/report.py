@@ -103,9 +103,8 @@ def collect(root: str | Path) -> list[Run]:
         settings = {k: v for k, v in (record.get("agent_config") or {}).items() if k != "alpha"}
         settings.update({k: train[k] for k in _TRAIN_SETTINGS if k in train})
         val_series = {k: (np.array(sorted(v)), np.array([v[s] for s in sorted(v)])) for k, v in val.items()}
-        runs.append(
-            Run(agent, task, int(train.get("seed", 0)), alpha, steps, success, run_dir, settings=settings, val=val_series)
-        )
+        seed = int(train.get("seed", 0))
+        runs.append(Run(agent, task, seed, alpha, steps, success, run_dir, settings=settings, val=val_series))
     return runs
 
 
@@ -264,7 +263,8 @@ def _markdown(cells, aggregate, alpha, untuned, notes, tasks: list[str], final: 
             row = [_cell(p["mean"], p["ci_low"], p["ci_high"], p["n"]) if (p := points.get(a)) else "—" for a in alphas]
             md.append(f"| {agent} | " + " | ".join(row) + " |")
         for agent, p in untuned.items():
-            md.append(f"| {agent} (untuned: alpha has no effect) | " + " | ".join([_cell(p["mean"], p["ci_low"], p["ci_high"], p["n"])] * len(alphas)) + " |")
+            cell = _cell(p["mean"], p["ci_low"], p["ci_high"], p["n"])
+            md.append(f"| {agent} (untuned: alpha has no effect) | " + " | ".join([cell] * len(alphas)) + " |")
     if notes:
         md += [""] + [f"Note: {n}" for n in notes]
     return "\n".join(md) + "\n"
@@ -315,7 +315,9 @@ def _untuned_points(runs: list[Run], cells: dict, alpha: dict, reps: int, seed: 
         if strata:
             x = np.concatenate(strata)
             low, high = _bootstrap_ci(strata, reps, _rng(seed, agent, "untuned"))
-            points[agent] = dict(n=len(x), n_tasks=len(strata), mean=float(x.mean()), ci_low=float(low), ci_high=float(high))
+            points[agent] = dict(
+                n=len(x), n_tasks=len(strata), mean=float(x.mean()), ci_low=float(low), ci_high=float(high)
+            )
     return points
 
 
@@ -403,7 +405,9 @@ def report(root, out=None, reps: int = 1000, seed: int = 0, final: str = "last")
     alpha = _alpha_points(runs, cells, reps, seed)
     untuned = _untuned_points(runs, cells, alpha, reps, seed)
     if untuned:
-        notes.append(f"alpha has no effect on {', '.join(untuned)} (Adam ignores the scale of its only loss): one untuned line")
+        notes.append(
+            f"alpha has no effect on {', '.join(untuned)} (Adam ignores the scale of its only loss): one untuned line"
+        )
 
     files = [f for task in tasks for f in _curves(task, groups, labels, reps, seed, out)]
     files += [f for task in tasks if any(r.val for r in runs if r.task == task)

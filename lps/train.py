@@ -285,8 +285,9 @@ def train(agent_name: str, cfg: TrainConfig, agent_cfg, resume: bool = False) ->
             bar.update(n)
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
                 last_eval = evaluate(step)
-                for i, run in enumerate(runs) if validator.active else ():  # validation split (lps.validation)
-                    run.log.log(step, validator(per_seed(state.params, i), per_seed(state.target_params, i)))
+                if validator.active:  # the validation split's val/ metrics (lps.validation)
+                    for i, run in enumerate(runs):
+                        run.log.log(step, validator(per_seed(state.params, i), per_seed(state.target_params, i)))
             if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
                 save()
             success = [r["eval/success"] for r in last_eval]

@@ -270,7 +270,8 @@ def test_alpha_is_a_no_op_under_adam_for_lps_and_dsrl(name):
 @pytest.mark.parametrize("name", ["qc-fql", "lpsd"])
 def test_alpha_acts_for_qc_fql_and_lpsd(name):
     one, ten = _train_params(name, 1.0), _train_params(name, 10.0)
-    gap = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(ten)))
+    leaves = zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(ten))
+    gap = max(float(jnp.max(jnp.abs(a - b))) for a, b in leaves)
     assert gap > 1e-4
 
 

@@ -80,7 +80,8 @@ def test_clip_fraction_counts_saturated_action_dimensions():
         return {**params, "actor": jax.tree_util.tree_unflatten(treedef, out)}
 
     def clip_fraction(shift):
-        m = validation.validation_metrics(agent, shifted(shift), {"critic": params["critic"]}, val, jax.random.PRNGKey(0))
+        target = {"critic": params["critic"]}
+        m = validation.validation_metrics(agent, shifted(shift), target, val, jax.random.PRNGKey(0))
         return float(m["val/clip_fraction"])
 
     # Every output dimension pushed far outside the box; then half of them; then none.

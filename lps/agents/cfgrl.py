@@ -139,7 +139,8 @@ class CFGRL:
         t = jax.random.uniform(k_time, (obs.shape[0], 1))
 
         def errors(label):
-            return flows.flow_matching_errors(self.policy.bind(params["base"], self.conditioned(obs, label)), chunk, noise, t)
+            net = self.policy.bind(params["base"], self.conditioned(obs, label))
+            return flows.flow_matching_errors(net, chunk, noise, t)
 
         guided_loss = jnp.mean(labels * errors(OPTIMAL))
         bc_loss = jnp.mean(errors(UNCONDITIONAL))
