@@ -184,6 +184,8 @@ def _data(argv: list[str]) -> int:
 
         from lps.checkpoint import atomic_write
 
+        from lps.data.generate import dataset_paths
+
         out = Path(os.path.expanduser(a.out))
         if out.is_dir():
             raise IsADirectoryError(f"--out {a.out} is a folder; give a file name, e.g. {out / (a.task + '.npz')}")
@@ -192,17 +194,26 @@ def _data(argv: list[str]) -> int:
         buf = io.BytesIO()
         np.savez_compressed(buf, **data)
         atomic_write(out, buf.getvalue())
-        print(f"[lps] wrote {out}: {len(data['observations'])} rows of {task.name}; train with --dataset {a.out}")
+        print(f"[lps] wrote {out}: {len(data['observations'])} rows of {task.name}; train with --dataset {out}")
+        val_path = dataset_paths(task.env, data_dir)[1]
+        if val_path.exists():  # the validation split, relabelled the same way (README, "Validation split")
+            val_out = out.with_name(out.stem + "-val.npz")
+            buf = io.BytesIO()
+            np.savez_compressed(buf, **tasks.load_task_file(task, val_path, chunk_len=1))
+            atomic_write(val_out, buf.getvalue())
+            print(f"[lps] wrote {val_out}: its validation split; add --val-dataset {val_out}")
     return 0
 
 
 def _agents(argv: list[str]) -> int:
-    from lps.agents import REGISTRY
+    from lps.agents import REGISTRY, published_defaults
 
     for name, (cls, cfg_cls) in sorted(REGISTRY.items()):
-        cfg = cfg_cls()
+        cfg = published_defaults(name, cfg_cls())
         keys = ", ".join(f"{k}={getattr(cfg, k) if getattr(cfg, k) is not None else 'per-env'}" for k in cls.key_fields)
         print(f"{name:10s} {cls.summary}\n{'':10s} {keys}")
+        for note in getattr(cls, "notes", ()):
+            print(f"{'':10s} - {note}")
     return 0
 
 

@@ -34,6 +34,9 @@ class TrainConfig:
     """paper: sparse on scene and puzzle-3x3 as in the LPS paper; or force dense / sparse."""
     dataset: str | None = None
     """Train on this npz (row layout, see README) instead of OGBench play data."""
+    val_dataset: str | None = None
+    """Validation npz in the same row layout, scored at every evaluation (README, "Validation split");
+    OGBench tasks use the -val file beside their play data without it."""
     data_dir: str | None = None
     """Where OGBench play data lives or is generated (default $OGBENCH_DATA_DIR or ~/.ogbench/data)."""
     episodes: int = 1000

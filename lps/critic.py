@@ -31,6 +31,11 @@ def q_values(critic: Ensemble, params, obs: jnp.ndarray, chunk: jnp.ndarray) -> 
 
 
 def aggregate(q: jnp.ndarray, how: Aggregate) -> jnp.ndarray:
+    if how not in ("min", "mean"):
+        # None reaches here only if an agent was built without lps.agents.make_agent/resolve_config.
+        raise ValueError(
+            f"critic aggregation must be 'min' or 'mean', got {how!r}; build agents with lps.agents.make_agent"
+        )
     return jnp.min(q, axis=0) if how == "min" else jnp.mean(q, axis=0)
 
 
@@ -61,8 +66,9 @@ class CriticConfig:
     critic_hidden: tuple[int, ...] = (256, 256, 256, 256)
     """Critic MLP widths (GELU + LayerNorm)."""
     num_critics: int = 2
-    critic_agg: Aggregate = "min"
-    """How the target critics are combined in the bootstrap."""
+    critic_agg: Aggregate | None = None
+    """How the target critics are combined in the bootstrap (min or mean); None: the agent's
+    published choice (`lps agents` shows it), filled in when the agent is built."""
     tau: float = 0.005
     """Polyak rate of the target critic."""
 

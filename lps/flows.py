@@ -84,12 +84,16 @@ def meanflow_sample(net: Net, noise: jnp.ndarray, parameterisation: Parameterisa
     return out if parameterisation == "action" else noise - out
 
 
-def flow_matching_loss(net: Net, x: jnp.ndarray, noise: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
-    """Conditional flow matching: regress the velocity `e - x` at a uniform time t."""
-    t = jax.random.uniform(key, (x.shape[0], 1))
+def flow_matching_errors(net: Net, x: jnp.ndarray, noise: jnp.ndarray, t: jnp.ndarray) -> jnp.ndarray:
+    """Per-row squared error (B,) of the predicted velocity against `e - x` at times `t` (B, 1)."""
     z = (1.0 - t) * x + t * noise
     v_hat = net(z, t, jnp.zeros_like(t))
-    return jnp.mean(jnp.square(v_hat - (noise - x)))
+    return jnp.mean(jnp.square(v_hat - (noise - x)), axis=-1)
+
+
+def flow_matching_loss(net: Net, x: jnp.ndarray, noise: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
+    """Conditional flow matching: regress the velocity `e - x` at a uniform time t."""
+    return jnp.mean(flow_matching_errors(net, x, noise, jax.random.uniform(key, (x.shape[0], 1))))
 
 
 def euler_sample(net: Net, noise: jnp.ndarray, steps: int = 10) -> jnp.ndarray:

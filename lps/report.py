@@ -2,8 +2,10 @@
 
 Per agent x task, the final success averaged over seeds with a 95 % percentile-bootstrap CI over
 that cell's seeds; per agent, the interquartile mean (IQM) over all its tasks x seeds with a 95 %
-stratified-bootstrap CI (rliable, Agarwal et al. 2021); learning curves with bootstrap bands; and,
-when an agent's `alpha` was swept, success against alpha (the paper's Figure 6).
+stratified-bootstrap CI (rliable, Agarwal et al. 2021); learning curves with bootstrap bands;
+when an agent's `alpha` was swept, success against alpha (the paper's Figure 6), with the agents
+on which alpha has no effect (LPS, DSRL-NA) drawn as one untuned line; and, for runs that logged
+the validation split (`lps.validation`), its curves beside success (`validation-<task>.png`).
 
     result = report("runs/compare")   # writes runs/compare/report/{report.md, summary.csv, ...}
 
@@ -38,6 +40,17 @@ class Run:
     run_dir: Path
     label: str = ""  # the agent's row in the tables: `agent`, or `agent (alpha=A)` in a sweep
     settings: dict = field(default_factory=dict)  # other config that should match across pooled seeds
+    val: dict = field(default_factory=dict)  # `val/...` metric -> (steps, values), from lps.validation
+
+
+VAL_METRICS = ("val/bc_loss", "val/td_error", "val/q_gap", "val/clip_fraction")
+
+
+def alpha_has_no_effect(agent: str) -> bool:
+    """Whether `--alpha` leaves the agent's training unchanged (LPS, DSRL-NA: see `lps agents`)."""
+    from lps.agents import REGISTRY
+
+    return agent in REGISTRY and getattr(REGISTRY[agent][0], "alpha_is_no_op", False)
 
 
 def _warn(msg: str) -> None:
@@ -76,6 +89,7 @@ def collect(root: str | Path) -> list[Run]:
             _warn(f"skipping {run_dir}: unreadable config.json")
             continue
         evals: dict[int, float] = {}
+        val: dict[str, dict[int, float]] = {}
         for line in (run_dir / "metrics.jsonl").read_text().splitlines():
             try:  # a run still being written may end in a partial line
                 row = json.loads(line)
@@ -84,6 +98,9 @@ def collect(root: str | Path) -> list[Run]:
             value = row.get("eval/success")
             if value is not None and math.isfinite(value):
                 evals[int(row["step"])] = float(value)  # a repeated step (resume): the later row wins
+            for key in VAL_METRICS:
+                if isinstance(row.get(key), (int, float)) and math.isfinite(row[key]):
+                    val.setdefault(key, {})[int(row["step"])] = float(row[key])
         if not evals:
             _warn(f"skipping {run_dir}: no evaluation rows (eval/success) in metrics.jsonl")
             continue
@@ -95,17 +112,20 @@ def collect(root: str | Path) -> list[Run]:
         success = np.array([evals[s] for s in steps])
         settings = {k: v for k, v in (record.get("agent_config") or {}).items() if k != "alpha"}
         settings.update({k: train[k] for k in _TRAIN_SETTINGS if k in train})
-        runs.append(Run(agent, task, int(train.get("seed", 0)), alpha, steps, success, run_dir, settings=settings))
+        val_series = {k: (np.array(sorted(v)), np.array([v[s] for s in sorted(v)])) for k, v in val.items()}
+        seed = int(train.get("seed", 0))
+        runs.append(Run(agent, task, seed, alpha, steps, success, run_dir, settings=settings, val=val_series))
     return runs
 
 
 def _label(runs: list[Run]) -> None:
     """Split an agent by alpha only when it was swept: several alphas on one task. QC-FQL's
-    per-environment default alpha differs between tasks, and that must not split it."""
+    per-environment default alpha differs between tasks, and that must not split it; nor is an
+    agent on which alpha has no effect (LPS, DSRL-NA) ever split."""
     alphas: dict[tuple[str, str], set] = {}
     for r in runs:
         alphas.setdefault((r.agent, r.task), set()).add(r.alpha)
-    swept = {agent for (agent, _), values in alphas.items() if len(values) > 1}
+    swept = {agent for (agent, _), values in alphas.items() if len(values) > 1 and not alpha_has_no_effect(agent)}
     for r in runs:
         r.label = _name(r.agent, r.alpha) if r.agent in swept and r.alpha is not None else r.agent
 
@@ -201,13 +221,16 @@ def _curves(task: str, groups: dict, labels: list[str], reps: int, seed: int, ou
     return _finish(fig, ax, out / f"curves-{task}")
 
 
-def _alpha_plot(alpha: dict[str, dict[float, dict]], out: Path) -> list[Path]:
+def _alpha_plot(alpha: dict[str, dict[float, dict]], untuned: dict[str, dict], out: Path) -> list[Path]:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
     for agent, points in alpha.items():
         xs, ps = list(points), list(points.values())
         (line,) = ax.plot(xs, [p["mean"] for p in ps], marker="o", label=agent)
         ax.fill_between(xs, [p["ci_low"] for p in ps], [p["ci_high"] for p in ps], color=line.get_color(), alpha=0.2)
+    for agent, p in untuned.items():  # as the paper's Figure 6 draws LPS: one line, nothing to tune
+        line = ax.axhline(p["mean"], ls="--", color="k" if agent == "lps" else None, label=f"{agent} (untuned)")
+        ax.axhspan(p["ci_low"], p["ci_high"], color=line.get_color(), alpha=0.1, lw=0)
     # alpha = 0 (no regularisation) has no place on a log axis; symlog keeps it.
     alphas = sorted({a for points in alpha.values() for a in points})
     ax.set_xscale("log" if alphas[0] > 0 else "symlog")
@@ -218,8 +241,9 @@ def _alpha_plot(alpha: dict[str, dict[float, dict]], out: Path) -> list[Path]:
 
 
 def _finish(fig, ax, path: Path) -> list[Path]:
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes, never over a curve
+    if ax is not None:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes, never over a curve
     fig.tight_layout()
     for fmt in ("png", "svg"):
         buf = io.BytesIO()
@@ -231,7 +255,7 @@ def _finish(fig, ax, path: Path) -> list[Path]:
     return [path.with_suffix(".png"), path.with_suffix(".svg")]
 
 
-def _markdown(cells, aggregate, alpha, notes, tasks: list[str], final: str, reps: int) -> str:
+def _markdown(cells, aggregate, alpha, untuned, notes, tasks: list[str], final: str, reps: int) -> str:
     what = "last evaluation" if final == "last" else "best evaluation"
     md = [f"Success rate ({what} of each run; mean over seeds [95 % bootstrap CI], {reps} resamples)", ""]
     md += ["| agent | " + " | ".join(map(_short, tasks)) + " | IQM |", "|---" * (len(tasks) + 2) + "|"]
@@ -248,6 +272,9 @@ def _markdown(cells, aggregate, alpha, notes, tasks: list[str], final: str, reps
         for agent, points in alpha.items():
             row = [_cell(p["mean"], p["ci_low"], p["ci_high"], p["n"]) if (p := points.get(a)) else "—" for a in alphas]
             md.append(f"| {agent} | " + " | ".join(row) + " |")
+        for agent, p in untuned.items():
+            cell = _cell(p["mean"], p["ci_low"], p["ci_high"], p["n"])
+            md.append(f"| {agent} (untuned: alpha has no effect) | " + " | ".join([cell] * len(alphas)) + " |")
     if notes:
         md += [""] + [f"Note: {n}" for n in notes]
     return "\n".join(md) + "\n"
@@ -287,10 +314,62 @@ def _alpha_points(runs: list[Run], cells: dict, reps: int, seed: int) -> dict[st
     return points
 
 
+def _untuned_points(runs: list[Run], cells: dict, alpha: dict, reps: int, seed: int) -> dict[str, dict]:
+    """For the alpha figure: each agent on which alpha has no effect, over the swept agents' tasks."""
+    if not alpha:
+        return {}
+    swept_tasks = {r.task for r in runs if r.agent in alpha}
+    points = {}
+    for agent in sorted({r.agent for r in runs if alpha_has_no_effect(r.agent)}):
+        strata = [np.array(c["scores"]) for t, c in cells.get(agent, {}).items() if t in swept_tasks]
+        if strata:
+            x = np.concatenate(strata)
+            low, high = _bootstrap_ci(strata, reps, _rng(seed, agent, "untuned"))
+            points[agent] = dict(
+                n=len(x), n_tasks=len(strata), mean=float(x.mean()), ci_low=float(low), ci_high=float(high)
+            )
+    return points
+
+
+def _validation_plot(task: str, groups: dict, labels: list[str], out: Path) -> list[Path]:
+    """Success beside the validation-split metrics on one task: one line per agent, mean over seeds."""
+    plt = _pyplot()
+    keys = [k for k in VAL_METRICS if any(k in r.val for lab in labels for r in groups.get((lab, task), ()))]
+    fig, axes = plt.subplots(1, 1 + len(keys), figsize=(3.6 * (1 + len(keys)), 3.4), squeeze=False)
+    axes = axes[0]
+    for lab in labels:
+        group = groups.get((lab, task))
+        if not group or not any(r.val for r in group):
+            continue
+        color = None
+        for ax, key in zip(axes, ["eval/success", *keys]):
+            series = [(r.steps, r.success) if key == "eval/success" else r.val.get(key) for r in group]
+            series = [s for s in series if s is not None and len(s[0])]
+            if not series:
+                continue
+            steps = sorted(set.intersection(*(set(s[0].tolist()) for s in series)))
+            if not steps:
+                continue
+            y = np.mean([s[1][np.searchsorted(s[0], steps)] for s in series], axis=0)
+            (line,) = ax.plot(steps, y, marker="o", ms=3, color=color, label=f"{lab} (n={len(series)})")
+            color = line.get_color()
+    for ax, key in zip(axes, ["eval/success", *keys]):
+        ax.set(xlabel="gradient steps", title=key)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylim(-0.02, 1.02)
+    if "val/td_error" in keys:
+        axes[1 + keys.index("val/td_error")].set_yscale("log")
+    fig.suptitle(f"{task}: success and the validation split (mean over seeds)", fontsize=10)
+    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _finish(fig, None, out / f"validation-{task}")
+
+
 def report(root, out=None, reps: int = 1000, seed: int = 0, final: str = "last") -> dict:
-    """Write report.md, summary.csv, aggregate.csv, curves-<task>.png/.svg (and alpha.png/.svg after
-    a sweep) to `out` (default ROOT/report). Returns the numbers: `cells[label][task]`,
-    `aggregate[label]`, `alpha[agent][alpha]`, plus `notes`, `markdown` and the `files` written."""
+    """Write report.md, summary.csv, aggregate.csv, curves-<task>.png/.svg (validation-<task>.png/.svg
+    where runs logged val/ metrics; alpha.png/.svg after a sweep) to `out` (default ROOT/report).
+    Returns the numbers: `cells[label][task]`, `aggregate[label]`, `alpha[agent][alpha]`,
+    `untuned[agent]` (alpha-free agents' line in the alpha figure), plus `notes`, `markdown` and
+    the `files` written."""
     if final not in ("last", "max"):
         raise ValueError(f"final must be 'last' or 'max', not {final!r}")
     if reps < 1:
@@ -334,11 +413,18 @@ def report(root, out=None, reps: int = 1000, seed: int = 0, final: str = "last")
         )
     aggregate = _aggregate(matrices, reps, seed)
     alpha = _alpha_points(runs, cells, reps, seed)
+    untuned = _untuned_points(runs, cells, alpha, reps, seed)
+    if untuned:
+        notes.append(
+            f"alpha has no effect on {', '.join(untuned)} (Adam ignores the scale of its only loss): one untuned line"
+        )
 
     files = [f for task in tasks for f in _curves(task, groups, labels, reps, seed, out)]
+    files += [f for task in tasks if any(r.val for r in runs if r.task == task)
+              for f in _validation_plot(task, groups, labels, out)]  # fmt: skip
     if alpha:
-        files += _alpha_plot(alpha, out)
-    markdown = _markdown(cells, aggregate, alpha, notes, tasks, final, reps)
+        files += _alpha_plot(alpha, untuned, out)
+    markdown = _markdown(cells, aggregate, alpha, untuned, notes, tasks, final, reps)
     atomic_write(out / "report.md", markdown)
     keys = ("n_seeds", "mean", "ci_low", "ci_high")
     _csv(
@@ -347,4 +433,6 @@ def report(root, out=None, reps: int = 1000, seed: int = 0, final: str = "last")
     )
     _csv(out / "aggregate.csv", [dict(agent=lab, **g) for lab, g in aggregate.items()])
     files += [out / "report.md", out / "summary.csv", out / "aggregate.csv"]
-    return dict(cells=cells, aggregate=aggregate, alpha=alpha, notes=notes, markdown=markdown, files=files)
+    return dict(
+        cells=cells, aggregate=aggregate, alpha=alpha, untuned=untuned, notes=notes, markdown=markdown, files=files
+    )

@@ -32,6 +32,7 @@ from lps.config import TrainConfig, check_agent_config, from_dict, to_dict
 from lps.critic import polyak
 from lps.data.sampler import ChunkData, sample_chunks, to_device
 from lps.runlog import RunLog
+from lps.validation import Validator
 
 CONFIG_JSON, SUMMARY_JSON = "config.json", "summary.json"
 
@@ -239,6 +240,7 @@ def _train(agent_name, cfg, agent_cfg, runs, resume, changes, stop):
               f"{agent.spec.obs_dim}; pass the matching --env or --eval-episodes 0")  # fmt: skip
         evaluator.close()
         evaluator = None
+    validator = Validator(cfg, agent)
     compiled: dict[int, Any] = {}
 
     def per_seed(tree, i: int):
@@ -288,6 +290,9 @@ def _train(agent_name, cfg, agent_cfg, runs, resume, changes, stop):
             bar.update(n)
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
                 last_eval = evaluate(step)
+                if validator.active:  # the validation split's val/ metrics (lps.validation)
+                    for i, run in enumerate(runs):
+                        run.log.log(step, validator(per_seed(state.params, i), per_seed(state.target_params, i)))
             if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
                 save()
             elif stop.signum is not None:

@@ -169,6 +169,8 @@ def test_prepare_then_train_without_ogbench(workdir, data_dir, tmp_path):
         assert f["terminals"].sum() == EPISODES and f["terminals"][-1]
         assert np.all(f["rewards"] <= 0)  # cube-single's dense reward counts unsolved subtasks
     assert load_own_dataset(npz, 5)["actions"].shape == (EPISODES * STEPS, 5)
+    val_npz = tmp_path / "task1-val.npz"  # the validation split comes along
+    assert f"--val-dataset {val_npz}" in out.stdout and load_own_dataset(val_npz, 5)["terminals"].sum() >= 1
 
     # Train with OGBench made unimportable: the npz alone must do.
     blocker = tmp_path / "blocker"
@@ -181,6 +183,8 @@ def test_prepare_then_train_without_ogbench(workdir, data_dir, tmp_path):
         "quick",
         "--dataset",
         npz,
+        "--val-dataset",
+        val_npz,
         "--steps",
         100,
         "--log-every",
@@ -201,6 +205,8 @@ def test_prepare_then_train_without_ogbench(workdir, data_dir, tmp_path):
     assert last_line(out.stdout).startswith("[lps] done:") and "no evaluation" in last_line(out.stdout)
     assert (run_dir / "checkpoint.msgpack").is_file()
     assert json.loads((run_dir / "config.json").read_text())["train"]["dataset"] == str(npz)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "val/td_error" in r] == [100]  # scored at the final evaluation
 
 
 @needs_ogbench
@@ -234,3 +240,14 @@ def test_agents_lists_lps(tmp_path):
     out = run_cli("agents", cwd=tmp_path)
     names = [line.split()[0] for line in out.stdout.splitlines() if line and not line[0].isspace()]
     assert "lps" in names
+    blocks = {}
+    for line in out.stdout.splitlines():
+        if line and not line[0].isspace():
+            name = line.split()[0]
+        blocks[name] = blocks.get(name, "") + line + "\n"
+    # Published target aggregation per agent, and what alpha means for each.
+    for name, agg in {"lps": "min", "qc-fql": "mean", "qc-mfql": "min", "dsrl-na": "mean", "cfgrl": "min"}.items():
+        assert f"critic_agg={agg}" in blocks[name], blocks[name]
+    assert "alpha is a no-op" in blocks["lps"] and "alpha is a no-op" in blocks["dsrl-na"]
+    assert "no-op" not in blocks["qc-fql"] and "no-op" not in blocks["lpsd"]
+    assert "did not publish" in blocks["qc-mfql"] and "4x512" in blocks["dsrl-na"]

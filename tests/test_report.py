@@ -22,7 +22,7 @@ T1, T2 = "cube-single-play-singletask-task1-v0", "scene-play-singletask-task2-v0
 
 
 def make_run(path: Path, agent: str, task: str, seed: int, success: list[float], alpha: float | None = None,
-             every: int = 1000, geometry: str = "sphere") -> Path:  # fmt: skip
+             every: int = 1000, geometry: str = "sphere", val: bool = False) -> Path:  # fmt: skip
     """A run directory as `lps train` leaves it: training rows every 500 steps, evaluations every `every`."""
     path.mkdir(parents=True)
     steps = every * len(success)
@@ -36,6 +36,9 @@ def make_run(path: Path, agent: str, task: str, seed: int, success: list[float],
     rows = [{"step": s, "loss/critic": 1.0} for s in range(500, steps + 1, 500)]
     rows += [{"step": every * (i + 1), "eval/success": x, "eval/return": x, "eval/length": 100.0}
              for i, x in enumerate(success)]  # fmt: skip
+    if val:  # what lps.validation logs beside each evaluation
+        rows += [{"step": every * (i + 1), "val/bc_loss": 1.0 / (i + 1), "val/td_error": 0.1 * (i + 1),
+                  "val/q_gap": 0.5 * i, "val/clip_fraction": 0.1} for i in range(len(success))]  # fmt: skip
     rows.sort(key=lambda r: r["step"])
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (path / "metrics.csv").write_text("step\n")
@@ -195,3 +198,35 @@ def test_cli_subprocess(compare):
     assert "| agent | cube-single-task1 | scene-task2 | IQM |" in proc.stdout
     assert "| A | 0.50 [0.50, 0.50] (n=3)" in proc.stdout and "| B | 0.40 [" in proc.stdout
     assert (compare / "cli" / "report.md").exists()
+
+
+def test_alpha_figure_draws_alpha_free_agents_as_one_untuned_line(tmp_path):
+    root = tmp_path / "alpha"
+    for alpha, x in ((1.0, 0.2), (10.0, 0.6)):
+        make_run(root / f"qc-fql-{alpha:g}" / "seed0", "qc-fql", T1, 0, [x], alpha=alpha)
+    # LPS and DSRL-NA at several alphas: alpha has no effect on them, so they are never split.
+    for alpha, x in ((1.0, 0.7), (10.0, 0.9)):
+        make_run(root / f"lps-{alpha:g}" / "seed0", "lps", T1, 0, [x], alpha=alpha)
+    make_run(root / "dsrl" / "seed0", "dsrl-na", T1, 0, [0.4], alpha=1.0)
+    make_run(root / "lps-other-task" / "seed0", "lps", T2, 0, [0.0], alpha=1.0)  # not a swept task
+    result = report(root, out=tmp_path / "out")
+    assert list(result["cells"]) == ["dsrl-na", "lps", "qc-fql (alpha=1)", "qc-fql (alpha=10)"]
+    assert list(result["alpha"]) == ["qc-fql"]
+    assert result["untuned"]["lps"]["mean"] == pytest.approx(0.8) and result["untuned"]["lps"]["n"] == 2
+    assert result["untuned"]["dsrl-na"]["mean"] == pytest.approx(0.4)
+    assert "| lps (untuned: alpha has no effect) | 0.80" in result["markdown"]
+    assert (tmp_path / "out" / "alpha.png").stat().st_size > 1000
+
+
+def test_validation_curves_beside_success(tmp_path):
+    root = tmp_path / "runs"
+    for seed in range(2):
+        make_run(root / "lps" / f"seed{seed}", "lps", T1, seed, [0.2, 0.8, 0.5], val=True)
+    make_run(root / "bc" / "seed0", "bc-mf", T2, 0, [0.1, 0.2])  # no val rows: no validation figure
+    result = report(root, out=tmp_path / "out")
+    run = next(r for r in collect(root) if r.agent == "lps")
+    np.testing.assert_array_equal(run.val["val/q_gap"][0], [1000, 2000, 3000])
+    np.testing.assert_allclose(run.val["val/q_gap"][1], [0.0, 0.5, 1.0])
+    assert (tmp_path / "out" / f"validation-{T1}.png").stat().st_size > 1000
+    assert not (tmp_path / "out" / f"validation-{T2}.png").exists()
+    assert tmp_path / "out" / f"validation-{T1}.svg" in result["files"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from lps.agents.base import Agent, Spec
 from lps.agents.bc import BCFM, BCMF, BCFMConfig, BCMFConfig
 from lps.agents.cfgrl import CFGRL, CFGRLConfig
@@ -36,9 +38,20 @@ def config_class(name: str) -> type:
     return REGISTRY[name][1]
 
 
-def resolve_config(name: str, cfg, env: str):
-    """Fill config fields whose default depends on the task (e.g. QC-FQL's alpha)."""
+def published_defaults(name: str, cfg):
+    """Fill config fields whose default depends on the agent's other settings but not on the task:
+    the critic's target aggregation (`critic_agg`), min or mean as the agent's source publishes it."""
     check_agent(name)
+    agent_cls = REGISTRY[name][0]
+    if getattr(cfg, "critic_agg", "") is None:
+        cfg = dataclasses.replace(cfg, critic_agg=agent_cls.default_critic_agg(cfg))
+    return cfg
+
+
+def resolve_config(name: str, cfg, env: str):
+    """Fill config fields whose default depends on the task (e.g. QC-FQL's alpha) or on the agent
+    (see `published_defaults`); the resolved config is what a run records in config.json."""
+    cfg = published_defaults(name, cfg)
     agent_cls = REGISTRY[name][0]
     return agent_cls.resolve(cfg, env) if hasattr(agent_cls, "resolve") else cfg
 
@@ -48,7 +61,7 @@ def make_agent(name: str, cfg, spec: Spec) -> Agent:
     agent_cls, cfg_cls = REGISTRY[name]
     if not isinstance(cfg, cfg_cls):
         raise TypeError(f"agent {name!r} needs a {cfg_cls.__name__}, got {type(cfg).__name__}")
-    return agent_cls(cfg, spec)
+    return agent_cls(published_defaults(name, cfg), spec)
 
 
 __all__ = [
@@ -58,5 +71,6 @@ __all__ = [
     "check_agent",
     "config_class",
     "make_agent",
+    "published_defaults",
     "resolve_config",
 ] + [c.__name__ for pair in REGISTRY.values() for c in pair]

@@ -60,8 +60,11 @@ class _BC:
     def act(self, params, obs, key):
         return self.policy.sample(params["base"], obs, self.policy.noise(key, obs.shape[0]))
 
+    def bc_loss(self, params, obs, chunk, key):
+        return self.policy.loss(params["base"], obs, chunk, key)
+
     def loss(self, params, target_params, batch, key):
-        bc_loss = self.policy.loss(params["base"], batch["observations"], batch["actions"], key)
+        bc_loss = self.bc_loss(params, batch["observations"], batch["actions"], key)
         return bc_loss, {"loss/bc": bc_loss}
 
 

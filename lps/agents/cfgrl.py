@@ -1,10 +1,18 @@
-"""CFGRL — classifier-free guidance for RL (Frans, Park, Abbeel, Levine 2025), chunked.
+"""CFGRL — classifier-free guidance for RL (Frans, Park, Abbeel, Levine 2025), chunked, trained as
+its public implementation (the LPS release) trains it.
 
-An IQL-style value `V` (expectile 0.9 of the critic) and a critic trained to
-`R + gamma^H m V(s')` label each dataset chunk optimal when its advantage is positive,
-`o = 1[min_j Q_j(s, a) - V(s) > 0]`. A flow policy is trained on `(s, o)`, with the label
-dropped 10 % of the time so that it also learns the unconditional policy; acting follows the
-guided velocity `v_u + w (v_o=1 - v_u)` (w = 1.5) for 10 Euler steps.
+Values: an ensemble of two IQL value networks `V_k`, each an upper expectile (0.9) of the target
+critic, `agg_j Qbar_j(s, a)`; critic member k regresses to `R + gamma^H m V_k(s')`.
+
+Policy: one flow network conditioned on a label `g` (1: optimal, 0: unconditional). Each row's
+optimality weight comes from the target critic, `o = mean_k 1[agg_j Qbar_j(s, a) - V_k(s) > 0]`,
+and the policy loss is
+
+    mean_i( o_i * FM(s_i, g=1) + 0.1 * FM(s_i, g=0) )
+
+so the conditional pass learns from positive-advantage rows only and the unconditional pass from
+every row (both at the same noise and time). Acting follows the guided velocity
+`v_u + w (v_1 - v_u)`, w = 1.5, for 10 Euler steps.
 """
 
 from __future__ import annotations
@@ -16,13 +24,14 @@ import jax
 import jax.numpy as jnp
 
 from lps import critic as C
+from lps import flows
 from lps.agents.base import Spec, init_module
 from lps.generative import GenerativePolicy
 from lps.latent import Geometry
-from lps.nets import MLP
+from lps.nets import Ensemble
 
 # The label the policy is conditioned on, appended to the observation.
-OPTIMAL, NOT_OPTIMAL, UNCONDITIONAL = jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0]), jnp.array([0.0, 0.0])
+OPTIMAL, UNCONDITIONAL = jnp.ones((1,)), jnp.zeros((1,))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,12 +39,12 @@ class CFGRLConfig(C.CriticConfig):
     base_hidden: tuple[int, ...] = (512, 512, 512, 512)
     """Flow policy MLP widths."""
     value_hidden: tuple[int, ...] = (256, 256, 256, 256)
-    """Value V MLP widths (GELU + LayerNorm)."""
+    """Value V MLP widths (GELU + LayerNorm); there are --num-critics value networks."""
     expectile: float = 0.9
     guidance: float = 1.5
     """Guidance weight w."""
-    uncond_prob: float = 0.1
-    """Fraction of rows trained without a label."""
+    uncond_weight: float = 0.1
+    """Weight of the unconditional pass, trained on every row."""
     flow_steps: int = 10
     geometry: Geometry = "normal"
 
@@ -53,7 +62,15 @@ class CFGRL:
     name: ClassVar[str] = "cfgrl"
     summary: ClassVar[str] = "Classifier-free guidance RL: flow policy guided towards positive-advantage chunks"
     target_keys: ClassVar[tuple[str, ...]] = ("critic",)
-    key_fields: ClassVar[tuple[str, ...]] = ("guidance", "expectile", "uncond_prob", "flow_steps")
+    key_fields: ClassVar[tuple[str, ...]] = ("guidance", "expectile", "uncond_weight", "critic_agg", "flow_steps")
+    notes: ClassVar[tuple[str, ...]] = (
+        "critic_agg combines the target critics in V's expectile target and in the optimality labels: min, "
+        "as the public code hard-codes there (its config's critic_agg key is never read by CFGRL)",
+    )
+
+    @classmethod
+    def default_critic_agg(cls, cfg) -> C.Aggregate:
+        return "min"
 
     @property
     def policy(self) -> GenerativePolicy:
@@ -62,8 +79,8 @@ class CFGRL:
         )
 
     @property
-    def value(self) -> MLP:
-        return MLP(self.cfg.value_hidden, 1, layer_norm=True)
+    def value(self) -> Ensemble:
+        return Ensemble(self.cfg.value_hidden, 1, self.cfg.num_critics, layer_norm=True)
 
     def init(self, key):
         k_critic, k_value, k_base = jax.random.split(key, 3)
@@ -71,19 +88,26 @@ class CFGRL:
         return {
             "critic": init_module(self.cfg.critic, k_critic, obs, chunk),
             "value": init_module(self.value, k_value, obs),
-            "base": self.policy.init(k_base, self.spec.obs_dim + 2),
+            "base": self.policy.init(k_base, self.spec.obs_dim + 1),
         }
 
     def v(self, value_params, obs):
+        """(num_critics, batch) values."""
         return self.value.apply({"params": value_params}, obs)[..., 0]
 
-    def optimality_labels(self, params, obs, chunk):
-        q = C.aggregate(C.q_values(self.cfg.critic, params["critic"], obs, chunk), "min")
-        return jax.lax.stop_gradient((q - self.v(params["value"], obs) > 0).astype(jnp.float32))
+    @staticmethod
+    def conditioned(obs, label):
+        return jnp.concatenate([obs, jnp.broadcast_to(label, (len(obs), 1))], -1)
+
+    def optimality_labels(self, params, target_params, obs, chunk):
+        """Per row, the share of value networks below the target critic: mean_k 1[Qbar(s, a) > V_k(s)]."""
+        q = C.aggregate(C.q_values(self.cfg.critic, target_params["critic"], obs, chunk), self.cfg.critic_agg)
+        above = (q[None] - self.v(params["value"], obs) > 0).astype(jnp.float32)
+        return jax.lax.stop_gradient(jnp.mean(above, axis=0))
 
     def act(self, params, obs, key):
         def condition(label):
-            return self.policy.bind(params["base"], jnp.concatenate([obs, jnp.broadcast_to(label, (len(obs), 2))], -1))
+            return self.policy.bind(params["base"], self.conditioned(obs, label))
 
         cond, uncond, w = condition(OPTIMAL), condition(UNCONDITIONAL), self.cfg.guidance
 
@@ -93,29 +117,39 @@ class CFGRL:
 
         return jnp.clip(self.policy.raw_sample(guided, self.policy.noise(key, obs.shape[0])), -1.0, 1.0)
 
+    def bc_loss(self, params, obs, chunk, key):
+        """The unconditional policy's flow-matching loss (the behaviour-cloning part)."""
+        return self.policy.loss(params["base"], self.conditioned(obs, UNCONDITIONAL), chunk, key)
+
     def loss(self, params, target_params, batch, key):
-        k_drop, k_bc = jax.random.split(key)
+        k_noise, k_time = jax.random.split(key)
         obs, chunk = batch["observations"], batch["actions"]
 
-        # IQL: V is an upper expectile of the target critic; Q bootstraps from V.
-        target_q = C.aggregate(C.q_values(self.cfg.critic, target_params["critic"], obs, chunk), "min")
-        value_loss = expectile_loss(jax.lax.stop_gradient(target_q) - self.v(params["value"], obs), self.cfg.expectile)
+        # IQL: each V_k is an upper expectile of the target critic; Q_k bootstraps from V_k.
+        target_q = C.aggregate(C.q_values(self.cfg.critic, target_params["critic"], obs, chunk), self.cfg.critic_agg)
+        value_loss = expectile_loss(target_q[None] - self.v(params["value"], obs), self.cfg.expectile)
         next_v = self.v(params["value"], batch["next_observations"])
         td_target = C.chunk_target(batch, next_v, self.spec.gamma, self.spec.chunk_len)
         q = C.q_values(self.cfg.critic, params["critic"], obs, chunk)
-        critic_loss = C.critic_loss(q, td_target)
+        critic_loss = jnp.mean(jnp.square(q - td_target))
 
-        # Label-conditioned flow BC with label dropout.
-        labels = self.optimality_labels(params, obs, chunk)
-        cond = jnp.where(labels[:, None] > 0, OPTIMAL, NOT_OPTIMAL)
-        dropped = jax.random.uniform(k_drop, (obs.shape[0], 1)) < self.cfg.uncond_prob
-        cond = jnp.where(dropped, UNCONDITIONAL, cond)
-        bc_loss = self.policy.loss(params["base"], jnp.concatenate([obs, cond], -1), chunk, k_bc)
+        # Conditional pass on positive-advantage rows, unconditional pass on all rows.
+        labels = self.optimality_labels(params, target_params, obs, chunk)
+        noise = self.policy.noise(k_noise, obs.shape[0])
+        t = jax.random.uniform(k_time, (obs.shape[0], 1))
 
-        loss = critic_loss + value_loss + bc_loss
+        def errors(label):
+            net = self.policy.bind(params["base"], self.conditioned(obs, label))
+            return flows.flow_matching_errors(net, chunk, noise, t)
+
+        guided_loss = jnp.mean(labels * errors(OPTIMAL))
+        bc_loss = jnp.mean(errors(UNCONDITIONAL))
+
+        loss = critic_loss + value_loss + guided_loss + self.cfg.uncond_weight * bc_loss
         return loss, {
             "loss/critic": critic_loss,
             "loss/value": value_loss,
+            "loss/guided": guided_loss,
             "loss/bc": bc_loss,
             "optimal_fraction": jnp.mean(labels),
             "q/data": jnp.mean(q),

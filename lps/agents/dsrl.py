@@ -6,7 +6,13 @@ through it, DSRL distils a *latent critic* `Q_W(s, w)` from the action critic,
     L_W = || Q_W(s, w) - stopgrad(mean_j Q_j(s, pi_beta(s, w))) ||^2,   w on the sphere,
 
 and trains a deterministic latent actor on the sphere against it: `-Q_W(s, l(s)) / |Q_W|`. No
-entropy term offline. `alpha` weights the base policy's BC loss (1 by default).
+entropy term offline. `alpha` weights the base policy's BC loss (1 by default); since no other
+loss trains the base policy and Adam ignores a constant loss scale, it changes nothing.
+
+Differences from the public code, on purpose: the latent actor is 2x256 as the paper states (the
+public code builds 4x512: `--actor-hidden 512 512 512 512`), and the latent critic's regression
+target is a stop-gradient, so that loss trains Q_W only (the public code lets it train the action
+critic too). The target critics are averaged (`critic_agg` mean), as in the public code.
 """
 
 from __future__ import annotations
@@ -29,11 +35,11 @@ class DSRLConfig(C.CriticConfig):
     base_hidden: tuple[int, ...] = (512, 512, 512, 512)
     """Base policy MLP widths."""
     actor_hidden: tuple[int, ...] = (256, 256)
-    """Latent actor MLP widths."""
+    """Latent actor MLP widths: 2x256 as the paper states (the public code builds 4x512)."""
     latent_critic_hidden: tuple[int, ...] = (256, 256, 256, 256)
     """Latent critic Q_W MLP widths (GELU + LayerNorm)."""
     alpha: float = 1.0
-    """Weight of the base policy's BC loss."""
+    """Weight of the base policy's BC loss. A no-op under Adam: no other loss trains the base policy."""
     flow_steps: int = 10
     geometry: Geometry = "sphere"
     """Latent geometry of the base policy's noise and the latent actor."""
@@ -47,7 +53,21 @@ class DSRL:
     name: ClassVar[str] = "dsrl-na"
     summary: ClassVar[str] = "DSRL with noise aliasing: latent actor against a latent critic distilled from Q"
     target_keys: ClassVar[tuple[str, ...]] = ("critic",)
-    key_fields: ClassVar[tuple[str, ...]] = ("alpha", "flow_steps", "geometry", "latent_critic_hidden")
+    key_fields: ClassVar[tuple[str, ...]] = (
+        "critic_agg", "alpha", "flow_steps", "geometry", "actor_hidden", "latent_critic_hidden",
+    )  # fmt: skip
+    alpha_is_no_op: ClassVar[bool] = True
+    notes: ClassVar[tuple[str, ...]] = (
+        "alpha is a no-op (it scales the BC loss alone, and Adam ignores a constant loss scale)",
+        "latent actor 2x256 as the paper states; the public code builds 4x512 (--actor-hidden 512 512 512 512)",
+        "the latent critic's target is a stop-gradient: its loss trains Q_W only (in the public code it "
+        "also trains the action critic)",
+        "critic_agg mean, as in the public release",
+    )
+
+    @classmethod
+    def default_critic_agg(cls, cfg) -> C.Aggregate:
+        return "mean"
 
     @property
     def base(self) -> GenerativePolicy:
@@ -76,6 +96,10 @@ class DSRL:
     def latent(self, actor_params, obs):
         return actor_latent(self.latent_actor.apply({"params": actor_params}, obs), self.cfg.geometry)
 
+    def bc_loss(self, params, obs, chunk, key):
+        """The base policy's flow-matching loss."""
+        return self.base.loss(params["base"], obs, chunk, key)
+
     def act(self, params, obs, key):
         del key  # deterministic
         return self.base.sample(params["base"], obs, self.latent(params["latent_actor"], obs))
@@ -85,7 +109,7 @@ class DSRL:
         obs = batch["observations"]
         next_chunk = self.act(params, batch["next_observations"], k_next)
         critic_loss, critic_info = C.td_loss(self.cfg, params, target_params, batch, next_chunk, self.spec)
-        bc_loss = self.base.loss(params["base"], obs, batch["actions"], k_bc)
+        bc_loss = self.bc_loss(params, obs, batch["actions"], k_bc)
 
         # Latent critic: regress the action critic pulled back through the base policy (a target,
         # so no gradient reaches the action critic or the base policy).

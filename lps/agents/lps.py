@@ -6,7 +6,8 @@ by backpropagating the action-space critic's gradient straight through the (froz
 
     L = L_critic(Q) + alpha * L_MeanFlow(pi_beta) - Q(s, pi_beta(s, l(s))) / |Q|
 
-No behaviour-regularisation weight to tune (alpha = 1 only scales the BC loss), no latent critic:
+No behaviour-regularisation weight to tune (alpha only scales the BC loss, whose parameters no
+other loss touches, so under Adam it changes nothing), no latent critic:
 the base policy's image of the latent sphere is the support constraint. Acting is one base-policy
 call: `pi(s) = clip(pi_beta(s, l(s)), -1, 1)`.
 
@@ -40,7 +41,8 @@ class LPSConfig(C.CriticConfig):
     actor_hidden: tuple[int, ...] = (256, 256)
     """Latent actor MLP widths."""
     alpha: float = 1.0
-    """Weight of the base policy's BC loss (1 in the paper; only swept in its sensitivity study)."""
+    """Weight of the base policy's BC loss. A no-op under Adam: no other loss trains the base policy,
+    and Adam's step is unchanged by a constant loss scale."""
     geometry: Geometry = "sphere"
     """Latent geometry of the training noise and the latent actor."""
     backbone: Backbone = "meanflow"
@@ -57,7 +59,20 @@ class LPS:
     name: ClassVar[str] = "lps"
     summary: ClassVar[str] = "Latent Policy Steering: latent actor steered through a one-step MeanFlow policy"
     target_keys: ClassVar[tuple[str, ...]] = ("critic",)
-    key_fields: ClassVar[tuple[str, ...]] = ("geometry", "backbone", "parameterisation", "alpha", "base_hidden")
+    key_fields: ClassVar[tuple[str, ...]] = (
+        "geometry", "backbone", "parameterisation", "critic_agg", "alpha", "base_hidden",
+    )  # fmt: skip
+    alpha_is_no_op: ClassVar[bool] = True  # lps report draws it as one untuned line in the alpha figure
+    notes: ClassVar[tuple[str, ...]] = (
+        "alpha is a no-op: it scales the BC loss, whose parameters no other loss touches, and Adam's "
+        "update does not change when a loss is multiplied by a constant; runs with any alpha > 0 match",
+        "critic_agg: min with the MeanFlow backbone (the public release); mean for the flow-matching "
+        "ablations (fm-10step, fm-1step), as there",
+    )
+
+    @classmethod
+    def default_critic_agg(cls, cfg) -> C.Aggregate:
+        return "min" if cfg.backbone == "meanflow" else "mean"
 
     @property
     def base(self) -> GenerativePolicy:
@@ -93,7 +108,7 @@ class LPS:
         k_next, k_bc, k_actor = jax.random.split(key, 3)
         next_chunk = self.act(params, batch["next_observations"], k_next)
         critic_loss, critic_info = C.td_loss(self.cfg, params, target_params, batch, next_chunk, self.spec)
-        bc_loss = self.base.loss(params["base"], batch["observations"], batch["actions"], k_bc)
+        bc_loss = self.bc_loss(params, batch["observations"], batch["actions"], k_bc)
         actor_loss, actor_info = self.actor_loss(params, batch["observations"], k_actor)
         loss = critic_loss + self.bc_weight * bc_loss + actor_loss
         return loss, {
@@ -103,6 +118,10 @@ class LPS:
             **critic_info,
             **actor_info,
         }
+
+    def bc_loss(self, params, obs, chunk, key):
+        """The base policy's behaviour-cloning loss (MeanFlow, or flow matching for the ablations)."""
+        return self.base.loss(params["base"], obs, chunk, key)
 
     @property
     def bc_weight(self) -> float:

@@ -33,7 +33,12 @@ class LPSD(LPS):
     cfg: LPSDConfig
     name: ClassVar[str] = "lpsd"
     summary: ClassVar[str] = "LPS with a stochastic latent actor l(s, e) and a distillation weight alpha"
-    key_fields: ClassVar[tuple[str, ...]] = ("alpha", "geometry", "backbone", "actor_hidden")
+    key_fields: ClassVar[tuple[str, ...]] = ("alpha", "geometry", "backbone", "critic_agg", "actor_hidden")
+    alpha_is_no_op: ClassVar[bool] = False
+    notes: ClassVar[tuple[str, ...]] = (
+        "alpha acts here (it weighs the distillation against -Q/|Q| in the latent actor's loss): tune it",
+        "critic_agg as LPS (min; mean with a flow-matching backbone)",
+    )
     bc_weight: ClassVar[float] = 1.0  # alpha weights the distillation instead
 
     def init(self, key):

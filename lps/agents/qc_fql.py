@@ -55,8 +55,16 @@ class QCFQL:
     name: ClassVar[str] = "qc-fql"
     summary: ClassVar[str] = "Q-chunked flow Q-learning: one-step policy distilled from a flow BC policy"
     target_keys: ClassVar[tuple[str, ...]] = ("critic",)
-    key_fields: ClassVar[tuple[str, ...]] = ("alpha", "flow_steps", "geometry", "actor_hidden")
+    key_fields: ClassVar[tuple[str, ...]] = ("alpha", "critic_agg", "flow_steps", "geometry", "actor_hidden")
+    notes: ClassVar[tuple[str, ...]] = (
+        "alpha per environment, as in the LPS comparison (normalised Q loss); critic_agg mean, as in the "
+        "published QC-FQL whose per-environment alphas these are",
+    )
     teacher_kind: ClassVar[Kind] = "flow"
+
+    @classmethod
+    def default_critic_agg(cls, cfg) -> C.Aggregate:
+        return "mean"
 
     def __post_init__(self):
         if self.cfg.alpha is None:
@@ -90,23 +98,32 @@ class QCFQL:
             "actor": init_module(self.one_step, k_actor, obs, chunk),
         }
 
-    def one_step_chunk(self, actor_params, obs, noise):
-        return jnp.clip(self.one_step.apply({"params": actor_params}, obs, noise), -1.0, 1.0)
+    def raw_one_step_chunk(self, actor_params, obs, noise):
+        """The one-step policy's unclipped output: what is distilled (a clipped output would get
+        no gradient from the distillation once it leaves [-1, 1], so nothing would pull it back)."""
+        return self.one_step.apply({"params": actor_params}, obs, noise)
 
     def act(self, params, obs, key):
-        return self.one_step_chunk(params["actor"], obs, self.teacher.noise(key, obs.shape[0]))
+        noise = self.teacher.noise(key, obs.shape[0])
+        return jnp.clip(self.raw_one_step_chunk(params["actor"], obs, noise), -1.0, 1.0)
+
+    def bc_loss(self, params, obs, chunk, key):
+        """The teacher's behaviour-cloning loss (flow matching or MeanFlow)."""
+        return self.teacher.loss(params["base"], obs, chunk, key)
 
     def loss(self, params, target_params, batch, key):
         k_next, k_bc, k_noise = jax.random.split(key, 3)
         obs = batch["observations"]
         next_chunk = self.act(params, batch["next_observations"], k_next)
         critic_loss, critic_info = C.td_loss(self.cfg, params, target_params, batch, next_chunk, self.spec)
-        bc_loss = self.teacher.loss(params["base"], obs, batch["actions"], k_bc)
+        bc_loss = self.bc_loss(params, obs, batch["actions"], k_bc)
 
         noise = self.teacher.noise(k_noise, obs.shape[0])
         target = jax.lax.stop_gradient(self.teacher.sample(params["base"], obs, noise))
-        chunk = self.one_step_chunk(params["actor"], obs, noise)
-        distill_loss = jnp.mean(jnp.square(chunk - target))  # FQL's scale: mean over elements
+        raw_chunk = self.raw_one_step_chunk(params["actor"], obs, noise)
+        distill_loss = jnp.mean(jnp.square(raw_chunk - target))  # FQL's scale: mean over elements
+        # The critic is queried where the policy acts: inside the action box.
+        chunk = jnp.clip(raw_chunk, -1.0, 1.0)
         q = C.q_values(self.cfg.critic, jax.lax.stop_gradient(params["critic"]), obs, chunk)
         q_loss = C.normalised_q_loss(q)
 

@@ -1,5 +1,9 @@
 """QC-MFQL — QC-FQL with the flow-matching teacher replaced by a one-step MeanFlow policy
-(Gaussian noise), as in MeanFlowQL; the one-step student and the Q loss are unchanged."""
+(Gaussian noise), as in MeanFlowQL; the one-step student and the Q loss are unchanged.
+
+Its default alpha is QC-FQL's per-environment value. The LPS paper tuned QC-MFQL's alpha on its
+own and did not publish the values, so that default is a starting point, not the paper's setting:
+sweep alpha (README, "Alpha sensitivity") to choose it."""
 
 from __future__ import annotations
 
@@ -7,12 +11,16 @@ import dataclasses
 from typing import ClassVar
 
 from lps import flows
+from lps.critic import Aggregate
 from lps.agents.qc_fql import QCFQL, QCFQLConfig
 from lps.generative import Kind
 
 
 @dataclasses.dataclass(frozen=True)
 class QCMFQLConfig(QCFQLConfig):
+    alpha: float | None = None
+    """Distillation weight; None: QC-FQL's per-environment value, borrowed. The paper tuned QC-MFQL's
+    alpha separately and did not publish it: choose it with an alpha sweep."""
     parameterisation: flows.Parameterisation = "action"
     """MeanFlow teacher output: the clean chunk (noise-to-action) or the average velocity."""
 
@@ -22,5 +30,14 @@ class QCMFQL(QCFQL):
     cfg: QCMFQLConfig
     name: ClassVar[str] = "qc-mfql"
     summary: ClassVar[str] = "QC-FQL with a one-step MeanFlow teacher instead of 10-step flow matching"
-    key_fields: ClassVar[tuple[str, ...]] = ("alpha", "geometry", "parameterisation", "actor_hidden")
+    key_fields: ClassVar[tuple[str, ...]] = ("alpha", "critic_agg", "geometry", "parameterisation", "actor_hidden")
+    notes: ClassVar[tuple[str, ...]] = (
+        "alpha default is borrowed from QC-FQL's per-environment table: the LPS paper tuned QC-MFQL's "
+        "alpha separately and did not publish the values, so choose it with an alpha sweep (README)",
+        "critic_agg min, as in the public release",
+    )
     teacher_kind: ClassVar[Kind] = "meanflow"
+
+    @classmethod
+    def default_critic_agg(cls, cfg) -> Aggregate:
+        return "min"

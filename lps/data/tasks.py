@@ -118,6 +118,11 @@ def ensure_generated(env: str, data_dir: Path, episodes: int, seed: int = 0, wor
 def load_task(task: Task, data_dir: Path, chunk_len: int, episodes_if_missing: int = 1000, **generate_kwargs) -> dict:
     """A validated training dataset for `task`, generating the play data if it is missing."""
     path = ensure_generated(task.env, Path(data_dir), episodes_if_missing, **generate_kwargs)
+    return load_task_file(task, path, chunk_len)
+
+
+def load_task_file(task: Task, path: Path, chunk_len: int) -> dict:
+    """One raw OGBench play-data file (train or `-val`) of `task`, relabelled and validated."""
     required = ["observations", "actions", "terminals", "qpos"]
     if task.env.startswith(("scene", "puzzle")):
         required.append("button_states")

@@ -1,0 +1,120 @@
+"""Overfitting signals from the validation split, logged at every evaluation.
+
+OGBench ships `<env>-play-v0-val.npz` beside every training file (our generator writes one too).
+It is relabelled like the training data and put on the device once; a fixed, seeded set of up to
+`MAX_CHUNKS` of its chunks is scored at every evaluation with the same noise, so successive rows
+differ only because the parameters changed:
+
+- `val/bc_loss`: the base (or BC) policy's generative loss, MeanFlow or flow matching, exactly the
+  `loss/bc` the agent trains on (CFGRL: its unconditional pass);
+- `val/td_error`: the critic's mean squared TD error against its own target (`loss/critic`);
+- `val/q_gap`: mean over chunks of `Q(s, pi(s)) - Q(s, a_data)` (ensemble mean): how far the
+  critic rates the policy's chunks above the data's; a growing gap with a falling success is
+  the critic being exploited;
+- `val/clip_fraction`: the share of action dimensions of the acting policy at the clip limit,
+  `|a| >= 1 - 1e-6`. Measured on the acting (clipped) output: clipping is the identity inside
+  [-1, 1] and maps everything outside to exactly +-1, so this share equals that of the raw
+  output at the same threshold, without every agent exposing its raw output.
+
+Agents without a critic (BC) get `val/bc_loss` and `val/clip_fraction` only. `--val-dataset`
+names a validation file in the row layout (`lps data prepare` writes one). Runs without validation
+data (`--dataset` alone, toy tasks, an OGBench folder without the `-val` file) train as before and
+say once that val/ metrics are off.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lps.data.sampler import chunk_starts, chunks_at, to_device
+
+MAX_CHUNKS = 4096
+CLIP_LIMIT = 1.0 - 1e-6
+VALIDATION_SEED = 0  # the same chunks and noise for every run, seed and agent
+
+
+def load_validation_data(cfg) -> tuple[dict | None, str]:
+    """The validation split of the config's task as a validated row-layout dataset, or None and why."""
+    from lps import toy
+    from lps.data import tasks
+    from lps.data.generate import dataset_paths
+
+    if cfg.val_dataset is not None:
+        from lps.data.validate import load_own_dataset
+
+        return load_own_dataset(cfg.val_dataset, cfg.chunk_len), cfg.val_dataset
+    if cfg.dataset is not None:
+        return None, f"--dataset {cfg.dataset} comes with no --val-dataset"
+    if toy.is_toy(cfg.env):
+        return None, f"toy task {cfg.env} has no validation split"
+    task = tasks.parse_task(cfg.env, cfg.reward)
+    data_dir = Path(cfg.data_dir).expanduser() if cfg.data_dir else tasks.default_data_dir()
+    _, val_path = dataset_paths(task.env, data_dir)
+    if not val_path.exists():
+        return None, f"no {val_path.name} in {data_dir}"
+    return tasks.load_task_file(task, val_path, cfg.chunk_len), str(val_path)
+
+
+def fixed_chunks(dataset: dict[str, np.ndarray], chunk_len: int, gamma: float, max_chunks: int = MAX_CHUNKS) -> dict:
+    """Up to `max_chunks` chunks of a row-layout dataset, chosen once with a fixed seed, on the device."""
+    starts = chunk_starts(dataset["terminals"], chunk_len)
+    if len(starts) == 0:
+        raise ValueError(f"the validation data has no episode longer than the chunk length {chunk_len}")
+    if len(starts) > max_chunks:
+        starts = np.sort(np.random.default_rng(VALIDATION_SEED).choice(starts, max_chunks, replace=False))
+    return chunks_at(to_device(dataset, chunk_len), jnp.asarray(starts), chunk_len, gamma)
+
+
+@partial(jax.jit, static_argnums=0)
+def validation_metrics(agent, params, target_params, val_data: dict, key: jax.Array) -> dict:
+    """The `val/` metrics of one seed's parameters on the fixed validation chunks (see module doc)."""
+    loss_key, act_key = jax.random.split(key)
+    _, train_metrics = agent.loss(params, target_params, val_data, loss_key)
+    obs, data_chunk = val_data["observations"], val_data["actions"]
+    chunk = agent.act(params, obs, act_key)
+    out = {
+        "val/bc_loss": train_metrics["loss/bc"],
+        "val/clip_fraction": jnp.mean(jnp.abs(chunk) >= CLIP_LIMIT),
+    }
+    if "critic" in params:
+        critic = agent.cfg.critic
+        q_policy = critic.apply({"params": params["critic"]}, obs, chunk)[..., 0].mean(0)
+        q_data = critic.apply({"params": params["critic"]}, obs, data_chunk)[..., 0].mean(0)
+        out["val/td_error"] = train_metrics["loss/critic"]
+        out["val/q_gap"] = jnp.mean(q_policy - q_data)
+    return out
+
+
+class Validator:
+    """`validator(params, target_params) -> {val/...: float}` for one seed; inactive without data."""
+
+    def __init__(self, cfg, agent):
+        dataset, source = load_validation_data(cfg)
+        self.agent, self.data = agent, None
+        if dataset is None:
+            print(f"[lps] no validation data ({source}): val/ metrics off")
+            return
+        if dataset["observations"].shape[1] != agent.spec.obs_dim:
+            print(
+                f"[lps] validation data {source} has {dataset['observations'].shape[1]}-dim observations, the "
+                f"training data {agent.spec.obs_dim}: val/ metrics off"
+            )
+            return
+        self.data = fixed_chunks(dataset, agent.spec.chunk_len, agent.spec.gamma)
+        self.key = jax.random.PRNGKey(VALIDATION_SEED)
+        print(f"[lps] validation: {len(self.data['observations'])} chunks of {source} scored at every evaluation")
+
+    @property
+    def active(self) -> bool:
+        return self.data is not None
+
+    def __call__(self, params, target_params) -> dict[str, float]:
+        if self.data is None:
+            return {}
+        metrics = validation_metrics(self.agent, params, target_params, self.data, self.key)
+        return {k: float(v) for k, v in jax.device_get(metrics).items()}
