@@ -221,7 +221,7 @@ def _finish(fig, ax, path: Path) -> list[Path]:
     return [path.with_suffix(".png"), path.with_suffix(".svg")]
 
 
-def _markdown(cells, aggregate, alpha, notes, tasks: list[str], final: str, reps: int) -> str:
+def _markdown(cells, aggregate, alpha, notes, tasks: list[str], final: str, reps: int, per_env=None) -> str:
     what = "last evaluation" if final == "last" else "best evaluation"
     md = [f"Success rate ({what} of each run; mean over seeds [95 % bootstrap CI], {reps} resamples)", ""]
     md += ["| agent | " + " | ".join(map(_short, tasks)) + " | IQM |", "|---" * (len(tasks) + 2) + "|"]
@@ -231,6 +231,8 @@ def _markdown(cells, aggregate, alpha, notes, tasks: list[str], final: str, reps
         ]
         g = aggregate[lab]
         md.append(f"| {lab} | " + " | ".join(row) + f" | {_cell(g['iqm'], g['iqm_low'], g['iqm_high'])} |")
+    if per_env:
+        md += _per_env_markdown(per_env)
     if alpha:
         alphas = sorted({a for points in alpha.values() for a in points})
         md += ["", "Alpha sensitivity (mean over seeds and tasks [95 % stratified bootstrap CI])", ""]
@@ -261,6 +263,47 @@ def _cells(groups: dict, labels: list[str], tasks: list[str], score: dict, reps:
                 scores=x.tolist(),
             )
     return cells
+
+
+def _env_of(task: str) -> str | None:
+    m = re.match(r"(.+)-play(-sparse)?-singletask-task\d+-v0$", task)
+    return m.group(1) + (m.group(2) or "") if m else None
+
+
+def _per_env(cells: dict, tasks: list[str], reps: int, seed: int) -> dict[str, dict[str, dict]]:
+    """The paper's Table I: per agent x environment, the mean over that environment's tasks (and
+    their seeds) with a 95 % bootstrap CI resampling seeds within each task. Empty unless some
+    environment has runs on two or more tasks."""
+    envs: dict[str, list[str]] = {}
+    for t in tasks:
+        if (env := _env_of(t)) is not None:
+            envs.setdefault(env, []).append(t)
+    if not any(len(ts) > 1 for ts in envs.values()):
+        return {}
+    table: dict[str, dict[str, dict]] = {}
+    for lab, by_task in cells.items():
+        for env, env_tasks in envs.items():
+            strata = [np.array(by_task[t]["scores"]) for t in env_tasks if t in by_task]
+            if not strata:
+                continue
+            low, high = _bootstrap_ci(strata, reps, _rng(seed, lab, env, "env"))
+            x = np.concatenate(strata)
+            table.setdefault(lab, {})[env] = dict(
+                n_tasks=len(strata), n=len(x), mean=float(x.mean()), ci_low=float(low), ci_high=float(high)
+            )
+    return table
+
+
+def _per_env_markdown(table: dict[str, dict[str, dict]]) -> list[str]:
+    envs = list(dict.fromkeys(env for row in table.values() for env in row))
+    md = ["", "Per environment (the paper's Table I): mean over its tasks and seeds [95 % bootstrap CI, "
+          "seeds resampled within tasks] (tasks)", ""]  # fmt: skip
+    md += ["| agent | " + " | ".join(envs) + " |", "|---" * (len(envs) + 1) + "|"]
+    for lab, row in table.items():
+        cells = [f"{_cell(c['mean'], c['ci_low'], c['ci_high'])} ({c['n_tasks']})" if (c := row.get(e)) else "—"
+                 for e in envs]  # fmt: skip
+        md.append(f"| {lab} | " + " | ".join(cells) + " |")
+    return md
 
 
 def _alpha_points(runs: list[Run], cells: dict, reps: int, seed: int) -> dict[str, dict[float, dict]]:
@@ -328,7 +371,8 @@ def report(root, out=None, reps: int = 1000, seed: int = 0, final: str = "last")
     files = [f for task in tasks for f in _curves(task, groups, labels, reps, seed, out)]
     if alpha:
         files += _alpha_plot(alpha, out)
-    markdown = _markdown(cells, aggregate, alpha, notes, tasks, final, reps)
+    per_env = _per_env(cells, tasks, reps, seed)
+    markdown = _markdown(cells, aggregate, alpha, notes, tasks, final, reps, per_env)
     atomic_write(out / "report.md", markdown)
     keys = ("n_seeds", "mean", "ci_low", "ci_high")
     _csv(
@@ -337,4 +381,8 @@ def report(root, out=None, reps: int = 1000, seed: int = 0, final: str = "last")
     )
     _csv(out / "aggregate.csv", [dict(agent=lab, **g) for lab, g in aggregate.items()])
     files += [out / "report.md", out / "summary.csv", out / "aggregate.csv"]
-    return dict(cells=cells, aggregate=aggregate, alpha=alpha, notes=notes, markdown=markdown, files=files)
+    if per_env:
+        _csv(out / "per_env.csv", [dict(agent=lab, env=e, **c) for lab, row in per_env.items() for e, c in row.items()])
+        files.append(out / "per_env.csv")
+    return dict(cells=cells, aggregate=aggregate, alpha=alpha, notes=notes, markdown=markdown, files=files,
+                per_env=per_env)  # fmt: skip
