@@ -232,6 +232,8 @@ def train(agent_name: str, cfg: TrainConfig, agent_cfg, resume: bool = False) ->
             _clear_run_dir(run.dir)
             save_config(run.dir, agent_name, run.cfg, agent.cfg, agent.spec)
         run.log = RunLog(run.dir, cfg.tensorboard, resume_step=int(states[0].step) if resume else 0)
+        if cfg.wandb:
+            run.log.sinks.append(_wandb_sink(run, agent_name, agent.cfg, resume))
     state = stack_seeds(states)
     update = make_seeds_update(agent, optimizer, cfg.batch_size, len(runs))
     evaluator = make_evaluator(cfg, len(runs))
@@ -321,6 +323,15 @@ def train(agent_name: str, cfg: TrainConfig, agent_cfg, resume: bool = False) ->
         print(_summary_line(summary))
         summaries.append(summary)
     return summaries if cfg.seeds else summaries[0]
+
+
+def _wandb_sink(run: "_SeedRun", agent_name: str, agent_cfg, resume: bool):
+    from lps.loggers import WandbSink
+
+    c = run.cfg
+    return WandbSink(run.dir, {"agent": agent_name, "train": to_dict(c), "agent_config": to_dict(agent_cfg)},
+                     project=c.wandb_project, group=c.wandb_group, mode=c.wandb_mode, resume=resume,
+                     name=c.wandb_name or f"{c.env}/{agent_name}/seed{c.seed}")  # fmt: skip
 
 
 def _eval_due(cfg: TrainConfig, step: int) -> bool:
