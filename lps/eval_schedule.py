@@ -96,7 +96,7 @@ class EvaluationSchedule:
     def _evaluate(self, params, cancel, host: bool = False) -> tuple[list[dict] | None, str | None]:
         import jax
 
-        device = jax.devices("cpu")[0] if host else None
+        device = _host_cpu() if host else None
         policy = make_seeds_policy(self.agent, params, self.seeds, device)
         try:
             return self.evaluator.run_seeds(policy, self.seeds, self.episodes, cancel=cancel), None
@@ -189,6 +189,16 @@ class _Pending:
             self.error = "cancelled"
         except BaseException as e:  # noqa: BLE001
             self.crash = e
+
+
+def _host_cpu():
+    """The host CPU device, or None (JAX_PLATFORMS excluded it: act on the default device)."""
+    import jax
+
+    try:
+        return jax.devices("cpu")[0]
+    except RuntimeError:
+        return None
 
 
 def seed_axis(params, num_seeds: int):
