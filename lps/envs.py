@@ -173,7 +173,8 @@ class EnvWorkerPool:
     def _fail(self, worker: int, why: str, local: int | None = None) -> EnvWorkerError:
         slots = self._slots_of(worker)
         where = f"env slot {slots[local]}" if local is not None else f"env slots {slots}"
-        return EnvWorkerError(f"env worker {worker} ({self.env_id}, {where}) {why}", worker, slots if local is None else [slots[local]])
+        failed = slots if local is None else [slots[local]]
+        return EnvWorkerError(f"env worker {worker} ({self.env_id}, {where}) {why}", worker, failed)
 
     def _receive(self, worker: int, expect: str = "ok", timeout: float | None = None):
         conn, proc = self.conns[worker], self.procs[worker]

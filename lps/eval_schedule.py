@@ -36,11 +36,12 @@ from lps.evaluate import EvaluationCancelled, EvaluationFailed, make_seeds_polic
 
 
 class EvaluationSchedule:
-    def __init__(self, evaluator, make_evaluator: Callable[[], Any], agent, seeds: list[int], episodes: int,
-                 logs: list, overlap: bool, after_eval: Callable[[int, list[dict]], None] = lambda s, r: None):  # fmt: skip
+    def __init__(self, evaluator, make_evaluator: Callable[[], Any] | None, agent, seeds: list[int], episodes: int,
+                 logs: list, overlap: bool, after_eval: Callable[[int, list[dict]], None] | None = None):  # fmt: skip
         self.evaluator, self.make_evaluator = evaluator, make_evaluator
         self.agent, self.seeds, self.episodes = agent, list(seeds), episodes
-        self.logs, self.overlap, self.after_eval = logs, overlap, after_eval
+        self.logs, self.overlap = logs, overlap
+        self.after_eval = after_eval or (lambda step, results: None)
         self.held: list[tuple[int, list[dict]]] = []  # training rows waiting for an evaluation in flight
         self.pending: _Pending | None = None
 

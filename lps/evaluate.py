@@ -179,12 +179,13 @@ def make_seeds_policy(agent, params, seeds: list[int], device=None) -> SeedsPoli
 
     act = seeds_act(agent)
     spec = agent.spec
+    put = (lambda x: jax.device_put(x, device)) if device is not None else jnp.asarray
     params = jax.device_put(params, device) if device is not None else params
-    seed_array = jax.device_put(jnp.asarray(seeds, jnp.uint32), device) if device is not None else jnp.asarray(seeds, jnp.uint32)
+    seed_array = put(np.asarray(seeds, np.uint32))
 
     def policy(obs, episodes, chunks):
-        put = (lambda x: jax.device_put(x, device)) if device is not None else jnp.asarray
-        out = act(params, put(np.asarray(obs, np.float32)), seed_array, put(episodes.astype(np.int32)), put(chunks.astype(np.int32)))
+        obs, episodes, chunks = np.asarray(obs, np.float32), episodes.astype(np.int32), chunks.astype(np.int32)
+        out = act(params, put(obs), seed_array, put(episodes), put(chunks))
         return np.asarray(out).reshape(*obs.shape[:2], spec.chunk_len, spec.action_dim)
 
     return policy

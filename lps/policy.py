@@ -38,7 +38,8 @@ class Policy:
         single = obs.ndim == 1
         if key is None:
             key, self._calls = jax.random.fold_in(self._key, self._calls), self._calls + 1
-        chunk = self._act(self.params, jax.device_put(np.atleast_2d(obs), self.device), jax.device_put(key, self.device))
+        obs, key = jax.device_put(np.atleast_2d(obs), self.device), jax.device_put(key, self.device)
+        chunk = self._act(self.params, obs, key)
         chunk = np.asarray(chunk).reshape(-1, self.spec.chunk_len, self.spec.action_dim)
         return chunk[0] if single else chunk
 

@@ -393,7 +393,8 @@ def load_spec(path: str | Path) -> SweepSpec:
     unknown = set(data) - {f.name for f in dataclasses.fields(SweepSpec)}
     if unknown:
         raise ValueError(
-            f"{path}: unknown key(s) {sorted(unknown)}; keys: agents, tasks, seeds, grid, variants, train_args, out, workers"
+            f"{path}: unknown key(s) {sorted(unknown)}; "
+            "keys: agents, tasks, seeds, grid, variants, train_args, out, workers"
         )
     return SweepSpec(**data)
 
@@ -436,8 +437,8 @@ def parse_args(argv: list[str]):
             suite = get_suite(a.suite)
         except ValueError as e:
             p.error(str(e))
-        data = dict(agents=list(suite.agents), tasks=list(suite.tasks), seeds=list(suite.seeds),
-                    train_args=list(suite.train_args), out=suite.out, variants=[dict(v) for v in suite.variants])  # fmt: skip
+        data = dict(agents=list(suite.agents), tasks=list(suite.tasks), seeds=list(suite.seeds), out=suite.out,
+                    train_args=list(suite.train_args), variants=[dict(v) for v in suite.variants])  # fmt: skip
     for key in ("agents", "tasks", "out", "workers"):
         if getattr(a, key) is not None:
             data[key] = getattr(a, key)
