@@ -72,8 +72,10 @@ def load_policy(run_dir: str | Path, seed: int = 0, device: str = "auto") -> Pol
     return Policy(agent, state.params, seed, device)
 
 
-def evaluate_run(run_dir: str | Path, episodes: int | None = None, seed: int | None = None) -> dict[str, float]:
-    """Evaluate a run's latest checkpoint with the paper's protocol (same seed -> same result)."""
+def evaluate_run(run_dir: str | Path, episodes: int | None = None, seed: int | None = None,
+                 workers: int | None = None) -> dict[str, float]:  # fmt: skip
+    """Evaluate a run's latest checkpoint with the paper's protocol (same seed -> same result,
+    whatever the number of env `workers`: default one per core, 0 for none)."""
     import dataclasses
 
     from lps.train import load_config, make_evaluator, make_policy_fn
@@ -82,7 +84,7 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None, seed: int | N
     policy = load_policy(run_dir)
     episodes = cfg.eval_episodes if episodes is None else episodes
     seed = cfg.seed if seed is None else seed
-    evaluator = make_evaluator(dataclasses.replace(cfg, eval_episodes=max(episodes, 1)))
+    evaluator = make_evaluator(dataclasses.replace(cfg, eval_episodes=max(episodes, 1), eval_workers=workers))
     if evaluator is None:
         raise RuntimeError("no environment to evaluate in (is OGBench installed?)")
     if getattr(evaluator, "obs_dim", policy.spec.obs_dim) != policy.spec.obs_dim:
