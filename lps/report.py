@@ -100,6 +100,44 @@ def _label(runs: list[Run]) -> None:
         r.label = _name(r.agent, r.alpha) if r.agent in swept and r.alpha is not None else r.agent
 
 
+ABLATION_FIELDS = ("geometry", "backbone", "parameterisation")
+
+
+def _label_ablations(runs: list[Run]) -> None:
+    """Split an agent by its ablation settings (the paper's §5, `lps sweep --suite
+    ogbench-ablations`) when they were swept: the same task and seed run with different settings.
+    Only fields that differ from the agent's defaults appear: `lps (geometry=normal)`. Runs whose
+    settings differ without sharing a seed stay pooled (and are warned about)."""
+    by_seed: dict[tuple[str, str, int], set] = {}
+    for r in runs:
+        by_seed.setdefault((r.agent, r.task, r.seed), set()).add(tuple(r.settings.get(f) for f in ABLATION_FIELDS))
+    swept = {agent for (agent, _, _), values in by_seed.items() if len(values) > 1}
+    for agent in swept:
+        mine = [r for r in runs if r.agent == agent]
+        defaults = _agent_defaults(agent)
+        for r in mine:
+            parts = []
+            for f in ABLATION_FIELDS:
+                values = {q.settings.get(f) for q in mine}
+                default = defaults.get(f, max(values, key=lambda v: sum(q.settings.get(f) == v for q in mine)))
+                if len(values) > 1 and r.settings.get(f) != default:
+                    parts.append(f"{f}={r.settings.get(f)}")
+            if parts:
+                r.label = f"{r.label} ({', '.join(parts)})"
+            r.settings = {k: v for k, v in r.settings.items() if k not in ABLATION_FIELDS}
+
+
+def _agent_defaults(agent: str) -> dict:
+    import dataclasses
+
+    try:
+        from lps.agents import config_class
+
+        return {f.name: f.default for f in dataclasses.fields(config_class(agent))}
+    except Exception:  # noqa: BLE001  (an agent this version does not know: no defaults)
+        return {}
+
+
 def _name(agent: str, alpha: float) -> str:
     return f"{agent} (alpha={alpha:g})"
 
@@ -336,9 +374,11 @@ def report(root, out=None, reps: int = 1000, seed: int = 0, final: str = "last")
         )
     out = Path(out) if out is not None else Path(root) / "report"
     _label(runs)
+    _label_ablations(runs)
     score = {id(r): float(r.success[-1] if final == "last" else r.success.max()) for r in runs}
-    # Rows: agents alphabetically, a swept agent's alphas in numeric order.
-    order = {r.label: (r.agent, -math.inf if r.label == r.agent else r.alpha) for r in runs}
+    # Rows: agents alphabetically, a swept agent's alphas in numeric order, then its ablations by name.
+    order = {r.label: (r.agent, -math.inf if r.label == r.agent or r.alpha is None else r.alpha, r.label)
+             for r in runs}  # fmt: skip
     labels = sorted(order, key=order.get)
     tasks = sorted({r.task for r in runs})
     groups: dict[tuple[str, str], list[Run]] = {}

@@ -215,3 +215,15 @@ def test_table_one_layout_per_env_mean_over_tasks(tmp_path):
     assert (tmp_path / "report" / "per_env.csv").exists()
     # One task per env: no Table I section.
     assert report(tmp_path / "cube-single-play-singletask-task1-v0")["per_env"] == {}
+
+
+def test_ablation_variants_are_separate_rows(tmp_path):
+    """The ablation suite's variants share seeds: each is its own row, named by what it changes."""
+    for geometry, successes in (("sphere", [0.8, 1.0]), ("normal", [0.2, 0.4]), ("truncated", [0.6, 0.6])):
+        name = "lps" if geometry == "sphere" else f"lps-geometry={geometry}"
+        for seed, x in enumerate(successes):
+            make_run(tmp_path / T1 / name / f"seed{seed}", "lps", T1, seed, [x], geometry=geometry)
+    result = report(tmp_path)
+    assert sorted(result["cells"]) == ["lps", "lps (geometry=normal)", "lps (geometry=truncated)"]
+    assert result["cells"]["lps"][T1]["mean"] == pytest.approx(0.9)
+    assert result["cells"]["lps (geometry=normal)"][T1]["mean"] == pytest.approx(0.3)
