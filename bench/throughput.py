@@ -107,14 +107,17 @@ def bench_eval(name: str, size: str, episodes: int, repeats: int, workers: int) 
     agent = agent_for(name, size)
     params = agent.init(jax.random.PRNGKey(0))
     policy = make_policy_fn(agent, params, 0)
-    rates = {}
-    for label, w in (("single", 0), ("pool", workers)):
-        evaluator = Evaluator(env_id, min(episodes, DEFAULT_POOL), 1, w, report=lambda m: None)
+    evaluators = {label: Evaluator(env_id, min(episodes, DEFAULT_POOL), 1, w, report=lambda m: None)
+                  for label, w in (("single", 0), ("pool", workers))}  # fmt: skip
+    samples: dict[str, list[float]] = {label: [] for label in evaluators}
+    for evaluator in evaluators.values():
         evaluator.run(policy, min(episodes, 2), seed=0)  # compile the acting function; warm the workers
-        rates[label] = statistics.median(
-            evaluator.run(policy, episodes, seed=r)["eval/env_steps_per_sec"] for r in range(repeats)
-        )
+    for r in range(repeats):  # alternated, so that a busy moment of the machine hits both alike
+        for label, evaluator in evaluators.items():
+            samples[label].append(evaluator.run(policy, episodes, seed=r)["eval/env_steps_per_sec"])
+    for evaluator in evaluators.values():
         evaluator.close()
+    rates = {label: statistics.median(xs) for label, xs in samples.items()}
 
     env = make_env(env_id)
     act = jax.jit(agent.act)
