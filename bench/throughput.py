@@ -10,8 +10,11 @@
   running the seeds one after another.
 - act: latency of one policy call producing one action chunk (batch 1), and per-step cost.
 - eval: environment steps per second of a 50-episode batched evaluation with the policy in the
-  loop, against a naive loop calling the policy at every step (one episode at a time) and against
-  the environment stepped alone with random actions.
+  loop, single-process (`--eval-workers 0`) against the worker pool (`--eval-workers 2`), and
+  against a naive loop calling the policy at every step (one episode at a time) and the
+  environment stepped alone with random actions.
+- memory: peak device memory of the training update per agent (the paper's Figure 11): on a GPU
+  the allocator's peak; on a CPU XLA's memory analysis of the compiled update.
 Timings on a shared machine are noisy: compare figures from one run.
 """
 
@@ -90,23 +93,33 @@ def bench_act(name: str, size: str, calls: int) -> float:
     return statistics.median(times)
 
 
-def bench_eval(name: str, size: str, episodes: int, repeats: int) -> tuple[float, float, float]:
-    """Env steps/s: our batched open-loop evaluator; a naive loop that calls the policy at every
-    step for one episode at a time (what research code commonly does); the env alone."""
-    import gymnasium
-
+def bench_eval(name: str, size: str, episodes: int, repeats: int, workers: int) -> dict[str, float]:
+    """Env steps/s of one evaluation (`episodes` episodes, same parameters and seed): the
+    single-process evaluator (`--eval-workers 0`), the worker pool with `workers` processes, a
+    naive loop that calls the policy at every step for one episode at a time (what research code
+    commonly does), and the env alone with random actions. Pool start-up is not counted (the
+    pool lives for the whole training run)."""
+    from lps.envs import make_env
     from lps.evaluate import DEFAULT_POOL, Evaluator
     from lps.train import make_policy_fn
 
     env_id = "cube-single-singletask-task1-v0"
     agent = agent_for(name, size)
     params = agent.init(jax.random.PRNGKey(0))
-    evaluator = Evaluator(env_id, num_envs=min(episodes, DEFAULT_POOL))
     policy = make_policy_fn(agent, params, 0)
-    batched = [evaluator.run(policy, episodes, seed=r)["eval/env_steps_per_sec"] for r in range(repeats)]
-    evaluator.close()
+    evaluators = {label: Evaluator(env_id, min(episodes, DEFAULT_POOL), 1, w, report=lambda m: None)
+                  for label, w in (("single", 0), ("pool", workers))}  # fmt: skip
+    samples: dict[str, list[float]] = {label: [] for label in evaluators}
+    for evaluator in evaluators.values():
+        evaluator.run(policy, min(episodes, 2), seed=0)  # compile the acting function; warm the workers
+    for r in range(repeats):  # alternated, so that a busy moment of the machine hits both alike
+        for label, evaluator in evaluators.items():
+            samples[label].append(evaluator.run(policy, episodes, seed=r)["eval/env_steps_per_sec"])
+    for evaluator in evaluators.values():
+        evaluator.close()
+    rates = {label: statistics.median(xs) for label, xs in samples.items()}
 
-    env = gymnasium.make(env_id)
+    env = make_env(env_id)
     act = jax.jit(agent.act)
     naive, alone = [], []
     for r in range(repeats):
@@ -129,14 +142,40 @@ def bench_eval(name: str, size: str, episodes: int, repeats: int) -> tuple[float
             if term or trunc:
                 env.reset()
         alone.append(steps / (time.perf_counter() - t))
-    return statistics.median(batched), statistics.median(naive), statistics.median(alone)
+    return dict(rates, naive=statistics.median(naive), alone=statistics.median(alone))
+
+
+def bench_memory(name: str, size: str, steps_per_call: int) -> tuple[float, str]:
+    """Peak device memory of the training update (one seed, batch 256): on a GPU the allocator's
+    peak_bytes_in_use after running it; elsewhere XLA's memory analysis of the compiled program
+    (arguments + outputs + temporaries - donated aliases), which is what the device must hold."""
+    agent = agent_for(name, size)
+    optimizer = make_optimizer(TrainConfig())
+    data = to_device(synthetic_dataset(), CHUNK)
+    multi = make_multi_update(make_seeds_update(agent, optimizer, 256, 1), steps_per_call)
+    state = create_state(agent, optimizer, 0)
+    device = jax.devices()[0]
+    if device.platform == "gpu" and (stats := device.memory_stats()):
+        state, m = multi(state, data)
+        jax.block_until_ready(m)
+        return float(device.memory_stats()["peak_bytes_in_use"]), "GPU peak_bytes_in_use (whole process)"
+    analysis = multi.lower(state, data).compile().memory_analysis()
+    total = (
+        analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes
+        - analysis.alias_size_in_bytes
+    )  # fmt: skip
+    parts = f"arguments {analysis.argument_size_in_bytes / 2**20:.1f} MiB incl. the dataset, temporaries " \
+        f"{analysis.temp_size_in_bytes / 2**20:.1f} MiB"  # fmt: skip
+    return float(total), f"XLA memory_analysis of the compiled update on {device.platform}: {parts}"
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
-        "--only", choices=["update", "seeds", "act", "eval"], nargs="*", default=["update", "seeds", "act", "eval"]
-    )
+        "--only", choices=["update", "seeds", "act", "eval", "memory"], nargs="*",
+        default=["update", "seeds", "act", "eval", "memory"],
+    )  # fmt: skip
+    p.add_argument("--eval-workers", type=int, default=2, help="for 'eval': worker processes of the pool")
     p.add_argument("--seed-counts", type=int, nargs="*", default=[1, 4, 8], help="for 'seeds': seeds per program")
     p.add_argument("--agents", nargs="*", default=sorted(REGISTRY))
     p.add_argument("--sizes", nargs="*", default=list(SIZES), choices=list(SIZES))
@@ -158,6 +197,9 @@ def main():
                         f"seeds   {name:8s} {size:6s} {n:2d} seeds {rate:10.1f} aggregate updates/s "
                         f"({rate / base:.2f}x running them one after another)"
                     )
+            if "memory" in a.only:
+                peak, how = bench_memory(name, size, a.steps_per_call)
+                print(f"memory  {name:8s} {size:6s} {peak / 2**20:10.1f} MiB peak  ({how})")
             if "act" in a.only:
                 latency = bench_act(name, size, 200)
                 print(
@@ -166,10 +208,11 @@ def main():
                 )
     if "eval" in a.only:
         for name in a.agents:
-            batched, naive, alone = bench_eval(name, "paper", a.eval_episodes, max(1, a.repeats // 2))
+            r = bench_eval(name, "paper", a.eval_episodes, max(1, a.repeats // 2), a.eval_workers)
             print(
-                f"eval    {name:8s} paper  {batched:10.1f} env steps/s batched open-loop ({a.eval_episodes} episodes), "
-                f"{naive:.1f} calling the policy every step ({batched / naive:.2f}x faster), {alone:.1f} env alone"
+                f"eval    {name:8s} paper  {r['single']:10.1f} env steps/s single-process, {r['pool']:.1f} with "
+                f"{a.eval_workers} worker processes ({r['pool'] / r['single']:.2f}x), {a.eval_episodes} episodes; "
+                f"{r['naive']:.1f} calling the policy every step, {r['alone']:.1f} env alone"
             )
 
 

@@ -3,8 +3,9 @@
 __version__ = "0.1.0"
 
 
-def load_policy(run_dir, seed: int = 0):
-    """Load a trained policy from a run directory: `policy(obs) -> action chunk (H, A)`."""
+def load_policy(run_dir, seed: int = 0, device: str = "auto"):
+    """Load a trained policy from a run directory: `policy(obs) -> action chunk (H, A)`.
+    `device`: "auto" (host CPU, fastest for one observation at a time), "cpu" or "gpu"."""
     from lps.policy import load_policy as _load
 
-    return _load(run_dir, seed)
+    return _load(run_dir, seed, device)

@@ -1,7 +1,7 @@
 """The `lps` command.
 
     lps train [--agent lps] [--preset paper|quick|toy] [--seeds 0,1,2] [--resume RUN_DIR] [--any-config-field VALUE ...]
-    lps eval RUN_DIR [--episodes K] [--seed S]
+    lps eval RUN_DIR [--episodes K] [--seed S] [--workers W]
     lps data generate ENV [--episodes N] [--seed S] [--workers W] [--data-dir DIR] [--overwrite]
     lps data prepare TASK --out FILE.npz     (a relabelled npz that trains without OGBench installed)
     lps agents
@@ -138,12 +138,15 @@ def _eval(argv: list[str]) -> int:
     p.add_argument("run_dir")
     p.add_argument("--episodes", type=int, default=None, help="default: the run's eval episodes")
     p.add_argument("--seed", type=int, default=None, help="evaluation seed (default: the run's seed)")
+    p.add_argument("--workers", type=int, default=None, help="env worker processes (default: one per core; 0: none)")
     a = p.parse_args(argv)
     if a.episodes is not None and a.episodes < 1:
         p.error("--episodes must be at least 1")
+    if a.workers is not None and a.workers < 0:
+        p.error("--workers must be >= 0")
     from lps.policy import evaluate_run
 
-    result = evaluate_run(a.run_dir, episodes=a.episodes, seed=a.seed)
+    result = evaluate_run(a.run_dir, episodes=a.episodes, seed=a.seed, workers=a.workers)
     print(" ".join(f"{k}={v:.4g}" for k, v in result.items()))
     return 0
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Any
+from typing import Any, Literal
 
 from lps.data.tasks import RewardMode
 from lps.rundir import user_path
@@ -56,6 +56,19 @@ class TrainConfig:
     overwrite: bool = False
     """Allow writing into a run directory that already holds a run."""
     tensorboard: bool = False
+    eval_workers: int | None = None
+    """Environment worker processes for evaluation (default: one per core, capped by memory at
+    ~150 MB per environment); 0 steps the environments in the training process."""
+    eval_async: Literal["auto", "true", "false"] = "auto"
+    """Evaluate a snapshot of the parameters on the host CPU while training goes on; auto: only
+    with >= 4 cores (on fewer, evaluating in between is faster)."""
+    wandb: bool = False
+    """Also log the metrics rows and the config to Weights & Biases (pip install "lps[wandb]")."""
+    wandb_project: str = "lps"
+    wandb_group: str | None = None
+    wandb_name: str | None = None
+    """Run name (default: <env>/<agent>/seed<k>)."""
+    wandb_mode: Literal["online", "offline", "disabled"] = "online"
     progress: bool = True
     """Show a progress bar."""
 
@@ -73,6 +86,8 @@ class TrainConfig:
                     f"--{_flag(name)} ({getattr(self, name)}) must be a multiple of --log-every ({self.log_every}): "
                     "evaluation and checkpoints happen between device dispatches"
                 )
+        if self.eval_workers is not None and self.eval_workers < 0:
+            raise ValueError(f"--eval-workers must be >= 0 (0: in the training process), got {self.eval_workers}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"--seeds must be distinct, got {self.seeds}")
         if not self.lr > 0:

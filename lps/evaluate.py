@@ -1,90 +1,191 @@
-"""Batched evaluation with the paper's protocol (REFERENCE.md §4).
+"""Batched evaluation with the paper's protocol (REFERENCE.md §4), for several seeds at once.
 
-Episodes run side by side in a pool of environments: one policy call produces a chunk for
-every running episode, each chunk is executed open loop, and a new chunk is asked for only when
-the last one is used up. Success is the final step's `info['success']`. When an episode ends
-its environment starts the next pending episode at the next policy call, so the batch stays
-full. Episode i is reset with a seed derived from (evaluation seed, i), so the same policy and
-seed give the same result whatever the pool size.
+Episodes run side by side: one policy call produces a chunk for every running episode of every
+seed, each chunk is executed open loop (where the environment lives: this process, or a worker
+process, see `lps.envs`), and a new chunk is asked for only when the last one is used up.
+Success is the final step's `info['success']`. When an episode ends its environment starts that
+seed's next pending episode at the next policy call, so the batch stays full.
 
-The pool is small by default because every OGBench environment holds its own copy of the MuJoCo
-model (about 150 MB for the manipulation scenes).
+Everything random is tied to the episode, never to the batch: episode i of evaluation seed s is
+reset with a seed derived from (s, i), and its c-th chunk is drawn with the key
+fold_in(fold_in(PRNGKey(s), i), c). So the same parameters and seed give the same episodes
+whatever the pool size, the number of worker processes, or which seeds are evaluated together.
+
+Each seed gets its own group of environment slots, so one policy call with the parameters'
+seed axis vmapped serves all of them. OGBench environments hold ~150 MB each, so the pool is
+small by default (`DEFAULT_POOL` per seed).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from typing import Callable
 
 import numpy as np
 
-# (observations (n, obs_dim), call index) -> action chunks (n, H, action_dim)
-PolicyFn = Callable[[np.ndarray, int], np.ndarray]
+from lps.envs import EnvWorkerError, EnvWorkerPool, LocalEnvs, plan_pool
+
+# (observations (S, B, obs_dim), episode index (S, B), chunk index within the episode (S, B))
+#   -> action chunks (S, B, H, A); row (j, b) belongs to the j-th evaluated seed.
+SeedsPolicy = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 DEFAULT_POOL = 10
 
 
+class EvaluationFailed(RuntimeError):
+    """An environment failed during an evaluation; the message names the seed, episode and env."""
+
+
+class EvaluationCancelled(RuntimeError):
+    """The evaluation was asked to stop (Ctrl-C or shutdown of an overlapped evaluation)."""
+
+
 class Evaluator:
-    """A pool of environments of one task that runs batches of episodes."""
+    """Environments of one task, in this process (`workers=0`) or in worker processes, that run
+    the evaluation episodes of one or more seeds."""
 
-    def __init__(self, env_id: str, num_envs: int = DEFAULT_POOL):
-        from lps.data.tasks import _require_ogbench
+    def __init__(self, env_id: str, slots_per_seed: int = DEFAULT_POOL, num_seeds: int = 1, workers: int | None = 0,
+                 report=print):  # fmt: skip
+        self.env_id, self.num_seeds = env_id, num_seeds
+        slots, num_workers = plan_pool(slots_per_seed * num_seeds, workers if workers != 0 else 1, report)
+        self.slots_per_seed = max(1, slots // num_seeds)
+        total = self.slots_per_seed * num_seeds
+        if workers == 0:
+            self.envs = LocalEnvs(env_id, total)
+        else:
+            self.envs = EnvWorkerPool(env_id, total, num_workers)
+        self.workers = 0 if workers == 0 else self.envs.num_workers
+        self.obs_dim = self.envs.obs_dim
 
-        _require_ogbench()
-        import gymnasium
-
-        self.env_id = env_id
-        self.envs = [gymnasium.make(env_id) for _ in range(num_envs)]
-        self.obs_dim = int(self.envs[0].observation_space.shape[0])
-
-    def run(self, policy: PolicyFn, episodes: int = 50, seed: int = 0) -> dict[str, float]:
-        """Mean success, return and length over `episodes`, and env steps/s with the policy in the loop."""
+    def run_seeds(self, policy: SeedsPolicy, seeds: list[int], episodes: int = 50,
+                  cancel: threading.Event | None = None) -> list[dict[str, float]]:  # fmt: skip
+        """Per seed: mean success, return and length over `episodes`, and the evaluation's env
+        steps/s (all seeds together, with the policy in the loop). Raises EvaluationFailed
+        naming the seed, episode and env slot if an environment or worker fails."""
+        if len(seeds) != self.num_seeds:
+            raise ValueError(f"this evaluator was built for {self.num_seeds} seed(s), got {len(seeds)}")
         start = time.perf_counter()
-        n = len(self.envs)
-        pending = deque(range(episodes))
-        episode = np.full(n, -1)  # which episode each env is running; -1: idle
-        obs = None
-        success, ret, length = np.zeros(episodes), np.zeros(episodes), np.zeros(episodes, np.int64)
+        S, B = len(seeds), self.slots_per_seed
+        pending = [deque(range(episodes)) for _ in seeds]
+        episode = np.full((S, B), -1)  # which episode each slot runs; -1: idle
+        chunk = np.zeros((S, B), np.int64)  # chunks drawn so far in that episode
+        obs = np.zeros((S, B, self.obs_dim), np.float32)  # idle slots keep their last observation
+        success, ret = np.zeros((S, episodes)), np.zeros((S, episodes))
+        length = np.zeros((S, episodes), np.int64)
+        final_obs = np.zeros((S, episodes, self.obs_dim), np.float32)
 
-        def start_next(slot: int) -> None:
-            nonlocal obs
-            if not pending:
-                episode[slot] = -1
-                return
-            i = pending.popleft()
-            ob, _ = self.envs[slot].reset(seed=_episode_seed(seed, i))
-            if obs is None:
-                obs = np.zeros((n, ob.shape[0]), np.float32)
-            obs[slot], episode[slot] = ob, i
+        def slot(j: int, b: int) -> int:
+            return j * B + b
 
-        for slot in range(n):
-            start_next(slot)
-        calls = 0
+        def failed(e: EnvWorkerError) -> EvaluationFailed:
+            where = []
+            for s in e.slots:
+                j, b = divmod(s, B)
+                if episode[j, b] >= 0:
+                    where.append(f"episode {episode[j, b]} of seed {seeds[j]} (slot {s})")
+            return EvaluationFailed(f"evaluation on {self.env_id} failed at {', '.join(where) or 'start-up'}: {e}")
+
+        def start_next(free: list[tuple[int, int]]) -> None:
+            seeds_to_reset = {}
+            for j, b in free:
+                if pending[j]:
+                    episode[j, b], chunk[j, b] = pending[j].popleft(), 0
+                    seeds_to_reset[slot(j, b)] = episode_seed(seeds[j], int(episode[j, b]))
+                else:
+                    episode[j, b] = -1
+            try:
+                for s, ob in self.envs.reset(seeds_to_reset).items():
+                    obs[divmod(s, B)] = ob
+            except EnvWorkerError as e:
+                raise failed(e) from e
+
+        start_next([(j, b) for j in range(S) for b in range(B)])
         while (episode >= 0).any():
-            # A fixed batch shape for every call (idle slots keep their last observation).
-            chunks = np.asarray(policy(obs, calls))
-            calls += 1
-            running = list(np.flatnonzero(episode >= 0))
-            for k in range(chunks.shape[1]):
-                for slot in list(running):
-                    i = episode[slot]
-                    ob, r, terminated, truncated, info = self.envs[slot].step(chunks[slot, k])
-                    obs[slot], ret[i], length[i] = ob, ret[i] + r, length[i] + 1
-                    if terminated or truncated:
-                        success[i] = float(info["success"])
-                        running.remove(slot)
-                        start_next(slot)  # runs from the next policy call: chunks are open loop
-        return {
-            "eval/success": float(success.mean()),
-            "eval/return": float(ret.mean()),
-            "eval/length": float(length.mean()),
-            "eval/env_steps_per_sec": float(length.sum()) / (time.perf_counter() - start),
-        }
+            if cancel is not None and cancel.is_set():
+                raise EvaluationCancelled(f"evaluation on {self.env_id} cancelled")
+            chunks = np.asarray(policy(obs, np.maximum(episode, 0), chunk))
+            running = [(j, b) for j, b in zip(*np.nonzero(episode >= 0))]
+            try:
+                outcomes = self.envs.step_chunks({slot(j, b): chunks[j, b] for j, b in running})
+            except EnvWorkerError as e:
+                raise failed(e) from e
+            ended = []
+            for j, b in running:
+                out, i = outcomes[slot(j, b)], episode[j, b]
+                obs[j, b], ret[j, i], length[j, i] = out.obs, ret[j, i] + out.reward_sum, length[j, i] + out.steps
+                chunk[j, b] += 1
+                if out.done:
+                    success[j, i], final_obs[j, i] = out.success, out.obs
+                    ended.append((j, b))
+            if ended:
+                start_next(ended)  # these run from the next policy call: chunks are open loop
+        rate = float(length.sum()) / (time.perf_counter() - start)
+        # Per episode, for checks and analysis: [seed index, episode].
+        self.last_episodes = {"success": success, "return": ret, "length": length, "final_obs": final_obs}
+        return [
+            {
+                "eval/success": float(success[j].mean()),
+                "eval/return": float(ret[j].mean()),
+                "eval/length": float(length[j].mean()),
+                "eval/env_steps_per_sec": rate,
+            }
+            for j in range(S)
+        ]
+
+    def run(self, policy: SeedsPolicy, episodes: int = 50, seed: int = 0) -> dict[str, float]:
+        """One seed's evaluation (`policy` takes a seed axis of length 1)."""
+        return self.run_seeds(policy, [seed], episodes)[0]
 
     def close(self) -> None:
-        for env in self.envs:
-            env.close()
+        self.envs.close()
 
 
-def _episode_seed(seed: int, episode: int) -> int:
+def episode_seed(seed: int, episode: int) -> int:
+    """The environment reset seed of episode `episode` of evaluation seed `seed`."""
     return int(np.random.SeedSequence([seed, episode]).generate_state(1)[0])
+
+
+# --- the policy side: one batched call for every seed -----------------------------------------
+
+_ACT_CACHE: dict = {}
+
+
+def seeds_act(agent):
+    """Jitted `(params (S, ...), obs (S, B, D), seeds (S,), episodes (S, B), chunks (S, B)) -> (S, B, H*A)`.
+
+    Each row acts as a batch of one with its own key, fold_in(fold_in(PRNGKey(seed), episode),
+    chunk), so a row's chunk does not depend on the rest of the batch."""
+    if agent not in _ACT_CACHE:
+        import jax
+
+        def one_row(params, obs, key):
+            return agent.act(params, obs[None], key)[0]
+
+        def one_seed(params, obs, seed, episodes, chunks):
+            base = jax.random.PRNGKey(seed)
+            keys = jax.vmap(lambda e, c: jax.random.fold_in(jax.random.fold_in(base, e), c))(episodes, chunks)
+            return jax.vmap(one_row, in_axes=(None, 0, 0))(params, obs, keys)
+
+        _ACT_CACHE[agent] = jax.jit(jax.vmap(one_seed))
+    return _ACT_CACHE[agent]
+
+
+def make_seeds_policy(agent, params, seeds: list[int], device=None) -> SeedsPolicy:
+    """A SeedsPolicy for parameters with a leading seed axis (one entry per seed in `seeds`),
+    acting on `device` (default: JAX's default device)."""
+    import jax
+    import jax.numpy as jnp
+
+    act = seeds_act(agent)
+    spec = agent.spec
+    put = (lambda x: jax.device_put(x, device)) if device is not None else jnp.asarray
+    params = jax.device_put(params, device) if device is not None else params
+    seed_array = put(np.asarray(seeds, np.uint32))
+
+    def policy(obs, episodes, chunks):
+        obs, episodes, chunks = np.asarray(obs, np.float32), episodes.astype(np.int32), chunks.astype(np.int32)
+        out = act(params, put(obs), seed_array, put(episodes), put(chunks))
+        return np.asarray(out).reshape(*obs.shape[:2], spec.chunk_len, spec.action_dim)
+
+    return policy

@@ -130,6 +130,44 @@ def _label(runs: list[Run]) -> None:
         r.label = _name(r.agent, r.alpha) if r.agent in swept and r.alpha is not None else r.agent
 
 
+ABLATION_FIELDS = ("geometry", "backbone", "parameterisation")
+
+
+def _label_ablations(runs: list[Run]) -> None:
+    """Split an agent by its ablation settings (the paper's §5, `lps sweep --suite
+    ogbench-ablations`) when they were swept: the same task and seed run with different settings.
+    Only fields that differ from the agent's defaults appear: `lps (geometry=normal)`. Runs whose
+    settings differ without sharing a seed stay pooled (and are warned about)."""
+    by_seed: dict[tuple[str, str, int], set] = {}
+    for r in runs:
+        by_seed.setdefault((r.agent, r.task, r.seed), set()).add(tuple(r.settings.get(f) for f in ABLATION_FIELDS))
+    swept = {agent for (agent, _, _), values in by_seed.items() if len(values) > 1}
+    for agent in swept:
+        mine = [r for r in runs if r.agent == agent]
+        defaults = _agent_defaults(agent)
+        for r in mine:
+            parts = []
+            for f in ABLATION_FIELDS:
+                values = {q.settings.get(f) for q in mine}
+                default = defaults.get(f, max(values, key=lambda v: sum(q.settings.get(f) == v for q in mine)))
+                if len(values) > 1 and r.settings.get(f) != default:
+                    parts.append(f"{f}={r.settings.get(f)}")
+            if parts:
+                r.label = f"{r.label} ({', '.join(parts)})"
+            r.settings = {k: v for k, v in r.settings.items() if k not in ABLATION_FIELDS}
+
+
+def _agent_defaults(agent: str) -> dict:
+    import dataclasses
+
+    try:
+        from lps.agents import config_class
+
+        return {f.name: f.default for f in dataclasses.fields(config_class(agent))}
+    except Exception:  # noqa: BLE001  (an agent this version does not know: no defaults)
+        return {}
+
+
 def _name(agent: str, alpha: float) -> str:
     return f"{agent} (alpha={alpha:g})"
 
@@ -255,7 +293,7 @@ def _finish(fig, ax, path: Path) -> list[Path]:
     return [path.with_suffix(".png"), path.with_suffix(".svg")]
 
 
-def _markdown(cells, aggregate, alpha, untuned, notes, tasks: list[str], final: str, reps: int) -> str:
+def _markdown(cells, aggregate, alpha, untuned, notes, tasks: list[str], final: str, reps: int, per_env=None) -> str:
     what = "last evaluation" if final == "last" else "best evaluation"
     md = [f"Success rate ({what} of each run; mean over seeds [95 % bootstrap CI], {reps} resamples)", ""]
     md += ["| agent | " + " | ".join(map(_short, tasks)) + " | IQM |", "|---" * (len(tasks) + 2) + "|"]
@@ -265,6 +303,8 @@ def _markdown(cells, aggregate, alpha, untuned, notes, tasks: list[str], final: 
         ]
         g = aggregate[lab]
         md.append(f"| {lab} | " + " | ".join(row) + f" | {_cell(g['iqm'], g['iqm_low'], g['iqm_high'])} |")
+    if per_env:
+        md += _per_env_markdown(per_env)
     if alpha:
         alphas = sorted({a for points in alpha.values() for a in points})
         md += ["", "Alpha sensitivity (mean over seeds and tasks [95 % stratified bootstrap CI])", ""]
@@ -298,6 +338,47 @@ def _cells(groups: dict, labels: list[str], tasks: list[str], score: dict, reps:
                 scores=x.tolist(),
             )
     return cells
+
+
+def _env_of(task: str) -> str | None:
+    m = re.match(r"(.+)-play(-sparse)?-singletask-task\d+-v0$", task)
+    return m.group(1) + (m.group(2) or "") if m else None
+
+
+def _per_env(cells: dict, tasks: list[str], reps: int, seed: int) -> dict[str, dict[str, dict]]:
+    """The paper's Table I: per agent x environment, the mean over that environment's tasks (and
+    their seeds) with a 95 % bootstrap CI resampling seeds within each task. Empty unless some
+    environment has runs on two or more tasks."""
+    envs: dict[str, list[str]] = {}
+    for t in tasks:
+        if (env := _env_of(t)) is not None:
+            envs.setdefault(env, []).append(t)
+    if not any(len(ts) > 1 for ts in envs.values()):
+        return {}
+    table: dict[str, dict[str, dict]] = {}
+    for lab, by_task in cells.items():
+        for env, env_tasks in envs.items():
+            strata = [np.array(by_task[t]["scores"]) for t in env_tasks if t in by_task]
+            if not strata:
+                continue
+            low, high = _bootstrap_ci(strata, reps, _rng(seed, lab, env, "env"))
+            x = np.concatenate(strata)
+            table.setdefault(lab, {})[env] = dict(
+                n_tasks=len(strata), n=len(x), mean=float(x.mean()), ci_low=float(low), ci_high=float(high)
+            )
+    return table
+
+
+def _per_env_markdown(table: dict[str, dict[str, dict]]) -> list[str]:
+    envs = list(dict.fromkeys(env for row in table.values() for env in row))
+    md = ["", "Per environment (the paper's Table I): mean over its tasks and seeds [95 % bootstrap CI, "
+          "seeds resampled within tasks] (tasks)", ""]  # fmt: skip
+    md += ["| agent | " + " | ".join(envs) + " |", "|---" * (len(envs) + 1) + "|"]
+    for lab, row in table.items():
+        cells = [f"{_cell(c['mean'], c['ci_low'], c['ci_high'])} ({c['n_tasks']})" if (c := row.get(e)) else "—"
+                 for e in envs]  # fmt: skip
+        md.append(f"| {lab} | " + " | ".join(cells) + " |")
+    return md
 
 
 def _alpha_points(runs: list[Run], cells: dict, reps: int, seed: int) -> dict[str, dict[float, dict]]:
@@ -382,9 +463,11 @@ def report(root, out=None, reps: int = 1000, seed: int = 0, final: str = "last")
         )
     out = Path(out) if out is not None else Path(root) / "report"
     _label(runs)
+    _label_ablations(runs)
     score = {id(r): float(r.success[-1] if final == "last" else r.success.max()) for r in runs}
-    # Rows: agents alphabetically, a swept agent's alphas in numeric order.
-    order = {r.label: (r.agent, -math.inf if r.label == r.agent else r.alpha) for r in runs}
+    # Rows: agents alphabetically, a swept agent's alphas in numeric order, then its ablations by name.
+    order = {r.label: (r.agent, -math.inf if r.label == r.agent or r.alpha is None else r.alpha, r.label)
+             for r in runs}  # fmt: skip
     labels = sorted(order, key=order.get)
     tasks = sorted({r.task for r in runs})
     groups: dict[tuple[str, str], list[Run]] = {}
@@ -424,7 +507,8 @@ def report(root, out=None, reps: int = 1000, seed: int = 0, final: str = "last")
               for f in _validation_plot(task, groups, labels, out)]  # fmt: skip
     if alpha:
         files += _alpha_plot(alpha, untuned, out)
-    markdown = _markdown(cells, aggregate, alpha, untuned, notes, tasks, final, reps)
+    per_env = _per_env(cells, tasks, reps, seed)
+    markdown = _markdown(cells, aggregate, alpha, untuned, notes, tasks, final, reps, per_env)
     atomic_write(out / "report.md", markdown)
     keys = ("n_seeds", "mean", "ci_low", "ci_high")
     _csv(
@@ -433,6 +517,8 @@ def report(root, out=None, reps: int = 1000, seed: int = 0, final: str = "last")
     )
     _csv(out / "aggregate.csv", [dict(agent=lab, **g) for lab, g in aggregate.items()])
     files += [out / "report.md", out / "summary.csv", out / "aggregate.csv"]
-    return dict(
-        cells=cells, aggregate=aggregate, alpha=alpha, untuned=untuned, notes=notes, markdown=markdown, files=files
-    )
+    if per_env:
+        _csv(out / "per_env.csv", [dict(agent=lab, env=e, **c) for lab, row in per_env.items() for e, c in row.items()])
+        files.append(out / "per_env.csv")
+    return dict(cells=cells, aggregate=aggregate, alpha=alpha, untuned=untuned, notes=notes, markdown=markdown,
+                files=files, per_env=per_env)  # fmt: skip

@@ -46,6 +46,7 @@ class RunLog:
     def __init__(self, run_dir: str | Path, tensorboard: bool = False, resume_step: int | None = None):
         self.dir = Path(run_dir)
         self.rows: list[dict] = []
+        self.sinks: list = []  # e.g. lps.loggers.WandbSink: each gets every row logged
         if resume_step is not None and (self.dir / METRICS_JSONL).exists():
             self.rows = [r for r in read_rows(self.dir / METRICS_JSONL) if r["step"] <= resume_step]
         self._rewrite()
@@ -73,6 +74,8 @@ class RunLog:
             f.write(json.dumps(row) + "\n")
         # The CSV header is the union of all keys seen, so it is rewritten whole (it is small).
         self._rewrite()
+        for sink in self.sinks:
+            sink.log(step, row)
         if self.tb is not None:
             for k, v in metrics.items():
                 self.tb.add_scalar(k, float(v), step)
@@ -109,5 +112,7 @@ class RunLog:
         atomic_write(self.dir / CURVE_PNG, buf.getvalue())
 
     def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
         if self.tb is not None:
             self.tb.close()

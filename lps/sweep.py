@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import itertools
 import os
+import queue
 import re
 import shlex
 import subprocess
@@ -49,11 +50,14 @@ class SweepSpec:
     """Passed to every `lps train` (flags of fields an agent lacks are dropped for that agent)."""
     out: str = "runs/sweep"
     workers: int = 1
+    variants: list[dict[str, str]] = dataclasses.field(default_factory=lambda: [{}])
+    """Config overrides applied one at a time (each crossed with the grid), e.g. ablations."""
 
     def __post_init__(self):
         self.seeds = [int(s) for s in self.seeds]
         self.grid = {k.replace("-", "_"): [_value(v) for v in vs] for k, vs in self.grid.items()}
         self.train_args = [str(a) for a in self.train_args]
+        self.variants = [{k.replace("-", "_"): _value(v) for k, v in d.items()} for d in (self.variants or [{}])]
         if not self.agents or not self.tasks or not self.seeds:
             raise ValueError("a sweep needs at least one agent, one task and one seed")
         if len(set(self.seeds)) != len(self.seeds):
@@ -157,7 +161,7 @@ def expand(spec: SweepSpec, group_seeds: bool = True, report=print) -> list[RunS
     from lps.agents import check_agent
 
     known = set(_field_defaults())
-    for name in spec.grid:
+    for name in [*spec.grid, *(k for v in spec.variants for k in v)]:
         if name in RESERVED:
             raise ValueError(f"grid field {name!r} is set by the sweep: use {RESERVED[name]}")
         if name not in known:
@@ -167,9 +171,10 @@ def expand(spec: SweepSpec, group_seeds: bool = True, report=print) -> list[RunS
     for agent in spec.agents:
         check_agent(agent)
         mine, train_args = _fields(agent), _train_args_for(agent, spec.train_args, spec.grid, dropped)
-        dropped |= {(agent, k) for k in spec.grid if k not in mine}
-        for task, point in itertools.product(spec.tasks, itertools.product(*spec.grid.values())):
-            overrides = {k: v for k, v in zip(spec.grid, point) if k in mine}
+        dropped |= {(agent, k) for k in [*spec.grid, *(k for v in spec.variants for k in v)] if k not in mine}
+        points = itertools.product(spec.tasks, spec.variants, itertools.product(*spec.grid.values()))
+        for task, variant, point in points:
+            overrides = {k: v for k, v in {**dict(zip(spec.grid, point)), **variant}.items() if k in mine}
             run_dir = str(Path(spec.out) / task / _run_name(agent, overrides))
             runs.setdefault((agent, task, run_dir), RunSpec(agent, task, (), overrides, run_dir, train_args))
     for agent in spec.agents:
@@ -216,11 +221,26 @@ def _outcome(get) -> tuple[int, float, str]:
         return -1, 0.0, f"{type(e).__name__}: {e}"
 
 
-def _local(todo: list[RunSpec], workers: int):
+def _local(todo: list[RunSpec], workers: int, gpus: int = 0):
+    """`workers` processes at once; with `gpus`, each process gets one GPU of its own
+    (CUDA_VISIBLE_DEVICES) for as long as it runs."""
     # Processes sharing a GPU must not each grab most of its memory up front.
-    env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"} if workers > 1 else {}
+    env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"} if workers > 1 and not gpus else {}
+    free = queue.Queue()
+    for g in range(gpus):
+        free.put(g)
+
+    def launch(run: RunSpec):
+        if not gpus:
+            return _launch(run.args(), _logs(run), env)
+        gpu = free.get()
+        try:
+            return _launch(run.args(), _logs(run), {**env, "CUDA_VISIBLE_DEVICES": str(gpu)})
+        finally:
+            free.put(gpu)
+
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = {pool.submit(_launch, run.args(), _logs(run), env): run for run in todo}
+        futures = {pool.submit(launch, run): run for run in todo}
         for future in as_completed(futures):
             yield futures[future], _outcome(future.result)
 
@@ -261,10 +281,11 @@ def run_sweep(
     group_seeds: bool = True,
     dry_run: bool = False,
     report=print,
+    gpus: int = 0,
 ) -> list[Result]:
     """Run the sweep's unfinished runs (locally with `workers` processes, or on Ray) and return one
     Result per run (seed), in expansion order; prints progress and a final table with `report`."""
-    workers = workers or spec.workers
+    workers = workers or (gpus if gpus and spec.workers == 1 else spec.workers)
     if ray_address is not None:  # Ray workers may start elsewhere: give them absolute paths
         spec = dataclasses.replace(spec, out=str(Path(spec.out).resolve()))
     runs = expand(spec, group_seeds, report)
@@ -282,12 +303,14 @@ def run_sweep(
         f"[sweep] {total} runs: {len(results)} already finished (skipped), {total - len(results)} to run "
         f"in {len(todo)} process(es) " + (f"on Ray ({ray_address})" if ray_address else f"with {workers} worker(s)")
     )
+    if todo:
+        prepare_data(sorted({r.task for r in todo}), spec.train_args, dry_run, report)
     if dry_run:
         for run in todo:
             report(shlex.join([sys.executable, "-m", "lps.cli", *run.args()]))
         return results + [Result(run, s, "planned") for run in todo for s in run.seeds]
     if todo:
-        pool = _ray(todo, ray_address, gpus_per_task, cpus_per_task) if ray_address else _local(todo, workers)
+        pool = _ray(todo, ray_address, gpus_per_task, cpus_per_task) if ray_address else _local(todo, workers, gpus)
         for run, (code, wall, tail) in pool:
             for s in run.seeds:
                 ok = code == 0 and (run.seed_dir(s) / SUMMARY_JSON).exists()
@@ -302,6 +325,44 @@ def run_sweep(
     results.sort(key=lambda r: (order[r.run.run_dir], r.seed))
     report(format_table(results))
     return results
+
+
+def _train_flag(train_args: list[str], name: str) -> str | None:
+    """The last value of `--name V` (or `--name=V`) in train arguments."""
+    value = None
+    for i, arg in enumerate(train_args):
+        if arg == f"--{name}" and i + 1 < len(train_args):
+            value = train_args[i + 1]
+        elif arg.startswith(f"--{name}="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def prepare_data(tasks: list[str], train_args: list[str], dry_run: bool = False, report=print) -> None:
+    """Generate the play data of every OGBench environment the tasks need and lack, once per
+    environment with every core, before any training process starts (concurrent processes would
+    otherwise each generate it)."""
+    from lps.config import PRESETS
+    from lps.suites import envs_of
+
+    if _train_flag(train_args, "dataset") is not None:
+        return
+    from lps.data.generate import dataset_paths
+    from lps.data.tasks import default_data_dir
+
+    data_dir = Path(_train_flag(train_args, "data-dir") or default_data_dir()).expanduser()
+    preset = PRESETS.get(_train_flag(train_args, "preset") or "paper", {}).get("train", {})
+    episodes = int(_train_flag(train_args, "episodes") or preset.get("episodes", 1000))
+    seed = int(_train_flag(train_args, "data-seed") or 0)
+    missing = [env for env in envs_of(tasks) if not dataset_paths(env, data_dir)[0].exists()]
+    for env in missing:
+        if dry_run:
+            report(f"[sweep] would generate {env} play data first: {episodes} episodes, seed {seed} -> {data_dir}")
+            continue
+        from lps.data.generate import generate
+
+        report(f"[sweep] generating {env} play data ({episodes} episodes) before training")
+        generate(env, data_dir, episodes=episodes, seed=seed, workers=os.cpu_count() or 1, progress=False)
 
 
 def format_table(results: list[Result]) -> str:
@@ -332,7 +393,8 @@ def load_spec(path: str | Path) -> SweepSpec:
     unknown = set(data) - {f.name for f in dataclasses.fields(SweepSpec)}
     if unknown:
         raise ValueError(
-            f"{path}: unknown key(s) {sorted(unknown)}; keys: agents, tasks, seeds, grid, train_args, out, workers"
+            f"{path}: unknown key(s) {sorted(unknown)}; "
+            "keys: agents, tasks, seeds, grid, variants, train_args, out, workers"
         )
     return SweepSpec(**data)
 
@@ -349,6 +411,8 @@ def parse_args(argv: list[str]):
         "to every `lps train`. Flags override the keys of FILE.",
     )
     p.add_argument("file", nargs="?", help="a YAML or TOML sweep (keys: agents, tasks, seeds, grid, train_args, ...)")
+    p.add_argument("--suite", help="a named sweep of the paper: ogbench-state (Table I) or ogbench-ablations")
+    p.add_argument("--gpus", type=int, default=0, help="GPUs of this machine: each concurrent seed-group gets one")
     p.add_argument("--agents", nargs="+")
     p.add_argument("--tasks", nargs="+")
     p.add_argument("--seeds", nargs="+", help="e.g. 0 1 2 or 0,1,2")
@@ -361,7 +425,20 @@ def parse_args(argv: list[str]):
     p.add_argument("--no-group-seeds", action="store_true", help="one process per seed instead of per seed-group")
     p.add_argument("--dry-run", action="store_true", help="print the commands without running them")
     a = p.parse_args(argv)
+    if a.suite and a.file:
+        p.error("give a sweep file or --suite, not both")
+    if a.gpus < 0:
+        p.error(f"--gpus must be >= 0, got {a.gpus}")
     data = dataclasses.asdict(load_spec(a.file)) if a.file else {}
+    if a.suite:
+        from lps.suites import get_suite
+
+        try:
+            suite = get_suite(a.suite)
+        except ValueError as e:
+            p.error(str(e))
+        data = dict(agents=list(suite.agents), tasks=list(suite.tasks), seeds=list(suite.seeds), out=suite.out,
+                    train_args=list(suite.train_args), variants=[dict(v) for v in suite.variants])  # fmt: skip
     for key in ("agents", "tasks", "out", "workers"):
         if getattr(a, key) is not None:
             data[key] = getattr(a, key)
@@ -380,5 +457,7 @@ def parse_args(argv: list[str]):
 
 def main(argv: list[str]) -> int:
     spec, a = parse_args(argv)
-    results = run_sweep(spec, a.workers, a.ray, a.gpus_per_task, a.cpus_per_task, not a.no_group_seeds, a.dry_run)
+    results = run_sweep(
+        spec, a.workers, a.ray, a.gpus_per_task, a.cpus_per_task, not a.no_group_seeds, a.dry_run, gpus=a.gpus
+    )
     return int(any(r.status == "failed" for r in results))

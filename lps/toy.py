@@ -153,10 +153,16 @@ class ToyEvaluator:
         self.task = task_of(env)
         self.reference = self.task.sample(np.random.default_rng(12345), REFERENCE_SAMPLES)
 
+    def run_seeds(self, policy, seeds: list[int], episodes: int = 1000, cancel=None) -> list[dict[str, float]]:
+        """One batched call of the SeedsPolicy (see lps.evaluate): episode i is the policy's i-th sample."""
+        del cancel  # one call: nothing to interrupt
+        shape = (len(seeds), episodes)
+        index = np.broadcast_to(np.arange(episodes), shape)
+        actions = np.asarray(policy(np.zeros((*shape, 1), np.float32), index, np.zeros(shape, np.int64)))
+        return [score(self.task, a.reshape(episodes, self.task.dim), self.reference) for a in actions]
+
     def run(self, policy, episodes: int = 1000, seed: int = 0) -> dict[str, float]:
-        del seed  # the policy's own key decides its samples
-        actions = np.asarray(policy(np.zeros((episodes, 1), np.float32), 0)).reshape(episodes, self.task.dim)
-        return score(self.task, actions, self.reference)
+        return self.run_seeds(policy, [seed], episodes)[0]
 
     def close(self) -> None:
         pass

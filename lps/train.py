@@ -31,6 +31,7 @@ from lps.agents import Spec, check_agent, config_class, make_agent, resolve_conf
 from lps.config import TrainConfig, check_agent_config, from_dict, to_dict
 from lps.critic import polyak
 from lps.data.sampler import ChunkData, sample_chunks, to_device
+from lps.eval_schedule import EvaluationSchedule, seed_axis
 from lps.runlog import RunLog
 from lps.validation import Validator
 
@@ -122,8 +123,9 @@ def load_data(cfg: TrainConfig) -> dict[str, np.ndarray]:
     return tasks.load_task(task, data_dir, cfg.chunk_len, episodes_if_missing=cfg.episodes, seed=cfg.data_seed)
 
 
-def make_evaluator(cfg: TrainConfig):
-    """An evaluator for the config's task, or None (no evaluation asked, or no environment)."""
+def make_evaluator(cfg: TrainConfig, num_seeds: int = 1):
+    """An evaluator for the config's task and `num_seeds` seeds, or None (no evaluation asked,
+    or no environment)."""
     from lps import toy
     from lps.data import tasks
 
@@ -134,10 +136,19 @@ def make_evaluator(cfg: TrainConfig):
     from lps.evaluate import DEFAULT_POOL, Evaluator
 
     try:
-        return Evaluator(tasks.parse_task(cfg.env, cfg.reward).env_id, min(cfg.eval_episodes, DEFAULT_POOL))
+        env_id = tasks.parse_task(cfg.env, cfg.reward).env_id
+        return Evaluator(env_id, min(cfg.eval_episodes, DEFAULT_POOL), num_seeds, cfg.eval_workers)
     except ImportError as e:
         print(f"[lps] evaluation disabled: {e}")
         return None
+
+
+def overlap_evaluation(cfg: TrainConfig) -> bool:
+    """--eval-async: auto overlaps only with >= 4 cores (on fewer the evaluation competes with
+    training for the same cores, and evaluating in between is faster)."""
+    from lps.envs import available_cores
+
+    return cfg.eval_async == "true" or (cfg.eval_async == "auto" and available_cores() >= 4)
 
 
 @lru_cache(maxsize=32)
@@ -147,16 +158,10 @@ def jitted_act(agent):
 
 
 def make_policy_fn(agent, params, seed: int):
-    """`(obs batch, call index) -> chunks (B, H, A)` for an evaluator: one jitted network call."""
-    act = jitted_act(agent)
-    key = jax.random.PRNGKey(seed)
-    spec = agent.spec
+    """The evaluators' policy for one seed's parameters (no seed axis); see lps.evaluate."""
+    from lps.evaluate import make_seeds_policy
 
-    def policy(obs, call):
-        chunk = act(params, jnp.asarray(obs), jax.random.fold_in(key, call))
-        return np.asarray(chunk).reshape(len(obs), spec.chunk_len, spec.action_dim)
-
-    return policy
+    return make_seeds_policy(agent, jax.tree_util.tree_map(lambda x: x[None], params), [seed])
 
 
 def build(agent_name: str, cfg: TrainConfig, agent_cfg, data: dict[str, np.ndarray]):
@@ -232,9 +237,11 @@ def _train(agent_name, cfg, agent_cfg, runs, resume, changes, stop):
             _clear_run_dir(run.dir)
             save_config(run.dir, agent_name, run.cfg, agent.cfg, agent.spec)
         run.log = RunLog(run.dir, cfg.tensorboard, resume_step=int(states[0].step) if resume else 0)
+        if cfg.wandb:
+            run.log.sinks.append(_wandb_sink(run, agent_name, agent.cfg, resume))
     state = stack_seeds(states)
     update = make_seeds_update(agent, optimizer, cfg.batch_size, len(runs))
-    evaluator = make_evaluator(cfg)
+    evaluator = make_evaluator(cfg, len(runs))
     if evaluator is not None and getattr(evaluator, "obs_dim", agent.spec.obs_dim) != agent.spec.obs_dim:
         print(f"[lps] evaluation disabled: {cfg.env} observations have {evaluator.obs_dim} dims, the data "
               f"{agent.spec.obs_dim}; pass the matching --env or --eval-episodes 0")  # fmt: skip
@@ -242,20 +249,32 @@ def _train(agent_name, cfg, agent_cfg, runs, resume, changes, stop):
         evaluator = None
     validator = Validator(cfg, agent)
     compiled: dict[int, Any] = {}
+    last_eval: list[dict] = []
 
     def per_seed(tree, i: int):
         return jax.tree_util.tree_map(lambda x: x[i], tree) if len(runs) > 1 else tree
 
-    def evaluate(step: int) -> list[dict]:
-        if evaluator is None:
-            return []
-        results = []
-        for i, run in enumerate(runs):
-            policy = make_policy_fn(agent, per_seed(state.params, i), run.cfg.seed)
-            results.append(evaluator.run(policy, cfg.eval_episodes, seed=run.cfg.seed))
-            run.log.log(step, results[-1])
+    def after_eval(step: int, results: list[dict]) -> None:
+        nonlocal last_eval
+        last_eval = results
+        for run in runs:
             run.log.plot(run.title)
-        return results
+
+    schedule = EvaluationSchedule(
+        evaluator, (lambda: make_evaluator(cfg, len(runs))) if evaluator is not None else None, agent,
+        [run.cfg.seed for run in runs], cfg.eval_episodes, [run.log for run in runs], overlap_evaluation(cfg),
+        after_eval,
+    )  # fmt: skip
+
+    def evaluate(step: int) -> None:
+        """The evaluation step: each seed's evaluation row at `step` holds its episodes' results
+        and the extra metrics below (one dict per seed)."""
+        extra_rows: list[dict] = [
+            # the validation split's val/ metrics (lps.validation)
+            validator(per_seed(state.params, i), per_seed(state.target_params, i)) if validator.active else {}
+            for i in range(len(runs))
+        ]
+        schedule.submit(step, seed_axis(state.params, len(runs)), extra_rows)
 
     def save() -> None:
         for i, run in enumerate(runs):
@@ -269,7 +288,8 @@ def _train(agent_name, cfg, agent_cfg, runs, resume, changes, stop):
     step = int(states[0].step)
     del states
     bar = tqdm(total=cfg.steps, initial=step, disable=not cfg.progress, unit="step", dynamic_ncols=True)
-    last_eval: list[dict] = []
+    if resume and step > 0 and _eval_due(cfg, step) and not all(_has_eval(run.log, step) for run in runs):
+        evaluate(step)  # the run stopped before its evaluation of this step was written
     start, start_step = time.perf_counter(), step
     stop.armed = True  # from here on a signal stops the run with a checkpoint
     try:
@@ -284,16 +304,13 @@ def _train(agent_name, cfg, agent_cfg, runs, resume, changes, stop):
             for i, run in enumerate(runs):
                 _check_finite({k: v[:, i] for k, v in metrics.items()}, step, run.dir)
             state, step = new_state, step + n
-            for i, run in enumerate(runs):
-                row = {k: float(np.mean(v[:, i])) for k, v in metrics.items()}
-                run.log.log(step, {**row, "steps_per_sec": n / elapsed})
+            rows = [{k: float(np.mean(v[:, i])) for k, v in metrics.items()} for i in range(len(runs))]
+            schedule.log_training(step, [{**row, "steps_per_sec": n / elapsed} for row in rows])
             bar.update(n)
-            if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
-                last_eval = evaluate(step)
-                if validator.active:  # the validation split's val/ metrics (lps.validation)
-                    for i, run in enumerate(runs):
-                        run.log.log(step, validator(per_seed(state.params, i), per_seed(state.target_params, i)))
+            if _eval_due(cfg, step):
+                evaluate(step)
             if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
+                schedule.wait_before(step)
                 save()
             elif stop.signum is not None:
                 save()
@@ -305,13 +322,13 @@ def _train(agent_name, cfg, agent_cfg, runs, resume, changes, stop):
                 success=" ".join(f"{x:.2f}" for x in success) if success else "-",
                 refresh=False,
             )
+        schedule.finish()
     finally:
         bar.close()
+        schedule.shutdown()
         for run in runs:
             if run.log is not None:
                 run.log.close()
-        if evaluator is not None:
-            evaluator.close()
 
     elapsed = time.perf_counter() - start
     summaries = []
@@ -321,6 +338,23 @@ def _train(agent_name, cfg, agent_cfg, runs, resume, changes, stop):
         print(_summary_line(summary))
         summaries.append(summary)
     return summaries if cfg.seeds else summaries[0]
+
+
+def _wandb_sink(run: "_SeedRun", agent_name: str, agent_cfg, resume: bool):
+    from lps.loggers import WandbSink
+
+    c = run.cfg
+    return WandbSink(run.dir, {"agent": agent_name, "train": to_dict(c), "agent_config": to_dict(agent_cfg)},
+                     project=c.wandb_project, group=c.wandb_group, mode=c.wandb_mode, resume=resume,
+                     name=c.wandb_name or f"{c.env}/{agent_name}/seed{c.seed}")  # fmt: skip
+
+
+def _eval_due(cfg: TrainConfig, step: int) -> bool:
+    return bool(cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps
+
+
+def _has_eval(log: RunLog, step: int) -> bool:
+    return any(r["step"] == step and ("eval/success" in r or "eval/failed" in r) for r in log.rows)
 
 
 def seed_configs(cfg: TrainConfig, agent_name: str) -> list[TrainConfig]:

@@ -139,10 +139,14 @@ def test_train_writes_a_complete_run(trained):
 @needs_ogbench
 def test_eval_command(trained, workdir):
     run_dir, _ = trained
-    out = run_cli("eval", run_dir, "--episodes", 2, cwd=workdir)
-    result = dict(item.split("=") for item in last_line(out.stdout).split())
-    assert 0.0 <= float(result["eval/success"]) <= 1.0
-    assert float(result["eval/length"]) > 0
+    results = []
+    for workers in (0, 2):  # in-process environments, then two worker processes: the same episodes
+        out = run_cli("eval", run_dir, "--episodes", 3, "--workers", workers, cwd=workdir)
+        result = dict(item.split("=") for item in last_line(out.stdout).split())
+        assert 0.0 <= float(result["eval/success"]) <= 1.0
+        assert float(result["eval/length"]) > 0
+        results.append({k: v for k, v in result.items() if "per_sec" not in k})
+    assert results[0] == results[1]
 
 
 @needs_ogbench

@@ -230,3 +230,35 @@ def test_validation_curves_beside_success(tmp_path):
     assert (tmp_path / "out" / f"validation-{T1}.png").stat().st_size > 1000
     assert not (tmp_path / "out" / f"validation-{T2}.png").exists()
     assert tmp_path / "out" / f"validation-{T1}.svg" in result["files"]
+
+
+def test_table_one_layout_per_env_mean_over_tasks(tmp_path):
+    """Two envs x two tasks: per env the mean over its tasks and seeds, with a CI inside the data."""
+    known = {("cube-single", 1): [0.2, 0.4], ("cube-single", 2): [0.6, 0.8], ("scene", 1): [1.0, 1.0],
+             ("scene", 3): [1.0, 1.0]}  # fmt: skip
+    for (env, i), successes in known.items():
+        task = f"{env}-play-singletask-task{i}-v0"
+        for seed, x in enumerate(successes):
+            make_run(tmp_path / task / "lps" / f"seed{seed}", "lps", task, seed, [x])
+    result = report(tmp_path)
+    table = result["per_env"]["lps"]
+    assert table["cube-single"]["mean"] == pytest.approx(0.5) and table["cube-single"]["n_tasks"] == 2
+    assert 0.2 <= table["cube-single"]["ci_low"] < 0.5 < table["cube-single"]["ci_high"] <= 0.8
+    assert (table["scene"]["mean"], table["scene"]["ci_low"], table["scene"]["ci_high"]) == (1.0, 1.0, 1.0)
+    assert "| agent | cube-single | scene |" in result["markdown"]
+    assert "| lps | 0.50 [" in result["markdown"] and "1.00 [1.00, 1.00] (2) |" in result["markdown"]
+    assert (tmp_path / "report" / "per_env.csv").exists()
+    # One task per env: no Table I section.
+    assert report(tmp_path / "cube-single-play-singletask-task1-v0")["per_env"] == {}
+
+
+def test_ablation_variants_are_separate_rows(tmp_path):
+    """The ablation suite's variants share seeds: each is its own row, named by what it changes."""
+    for geometry, successes in (("sphere", [0.8, 1.0]), ("normal", [0.2, 0.4]), ("truncated", [0.6, 0.6])):
+        name = "lps" if geometry == "sphere" else f"lps-geometry={geometry}"
+        for seed, x in enumerate(successes):
+            make_run(tmp_path / T1 / name / f"seed{seed}", "lps", T1, seed, [x], geometry=geometry)
+    result = report(tmp_path)
+    assert sorted(result["cells"]) == ["lps", "lps (geometry=normal)", "lps (geometry=truncated)"]
+    assert result["cells"]["lps"][T1]["mean"] == pytest.approx(0.9)
+    assert result["cells"]["lps (geometry=normal)"][T1]["mean"] == pytest.approx(0.3)

@@ -166,3 +166,60 @@ def test_ray_sweep(tmp_path):
         assert len(summaries(out)) == 2 and ray.is_initialized()  # an instance it did not start is left running
     finally:
         ray.shutdown()
+
+
+# --- suites and GPUs --------------------------------------------------------------------------
+
+
+def test_suite_ogbench_state_dry_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("OGBENCH_DATA_DIR", str(tmp_path / "data"))
+    spec, a = parse_args(["--suite", "ogbench-state", "--out", str(tmp_path / "out"), "--dry-run"])
+    lines = []
+    results = run_sweep(spec, dry_run=True, report=lines.append)
+    assert len(spec.tasks) == 25 and len({t.split("-play")[0] for t in spec.tasks}) == 5
+    assert {"lps", "qc-fql", "dsrl-na", "cfgrl", "bc-fm"} <= set(spec.agents)
+    assert len(results) == len(spec.agents) * 25 * 3 and {r.status for r in results} == {"planned"}
+    commands = [line for line in lines if "lps.cli" in line]
+    assert len(commands) == len(spec.agents) * 25  # seeds vmapped: one process per (agent, task)
+    assert all("--reward paper" in c and "--preset paper" in c and "--seeds 0 1 2" in c for c in commands)
+    generated = [line for line in lines if "would generate" in line]
+    assert len(generated) == 5 and "1000 episodes" in generated[0]
+
+
+def test_suite_ablations_vary_one_factor_at_a_time(tmp_path):
+    spec, _ = parse_args(["--suite", "ogbench-ablations", "--tasks", TASKS[0], "--out", str(tmp_path)])
+    runs = expand(spec)
+    names = sorted(Path(r.run_dir).name for r in runs)
+    assert names == sorted(["lps", "lps-geometry=normal", "lps-geometry=truncated", "lps-backbone=fm-10step",
+                            "lps-backbone=fm-1step", "lps-parameterisation=velocity"])  # fmt: skip
+    assert ["--geometry", "truncated"] == next(r for r in runs if "truncated" in r.run_dir).args()[-2:]
+
+
+def test_unknown_suite_lists_the_suites(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--suite", "ogbench-pixels"])
+    err = capsys.readouterr().err
+    assert "unknown suite 'ogbench-pixels'" in err and "ogbench-state" in err and "ogbench-ablations" in err
+
+
+def test_gpus_give_each_concurrent_group_its_own_gpu(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    seen, lock, running = [], threading.Lock(), set()
+
+    def fake_launch(args, logs, env=None):
+        gpu = env["CUDA_VISIBLE_DEVICES"]
+        with lock:
+            assert gpu not in running, "two groups on one GPU at once"
+            running.add(gpu)
+            seen.append(gpu)
+        time.sleep(0.05)
+        with lock:
+            running.discard(gpu)
+        return 0, 0.05, ""
+
+    monkeypatch.setattr(sweep, "_launch", fake_launch)
+    spec = toy_spec(tmp_path, agents=("lps", "bc-mf", "bc-fm"), seeds=(0,))
+    list(sweep._local(expand(spec), workers=2, gpus=2))
+    assert len(seen) == 3 and set(seen) == {"0", "1"}

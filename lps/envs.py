@@ -1,0 +1,279 @@
+"""Environments for evaluation (and later online interaction): in this process, or in a pool of
+worker processes.
+
+Both backends hold `num_slots` environments of one task and offer the same three calls:
+
+    obs = envs.reset({slot: seed, ...})                 # {slot: first observation}
+    out = envs.step_chunks({slot: chunk (H, A), ...})   # {slot: ChunkOutcome}
+    envs.close()
+
+A whole open-loop action chunk is executed where the environment lives and stops early when the
+episode ends, so a worker exchanges one message per chunk, not one per step. In the pool, slot s
+lives in worker s % num_workers; a call sends every worker its share first and then collects the
+answers, so the workers step their environments at the same time.
+
+Workers are started with the "spawn" context: a forked child of a process that has initialised
+JAX (its thread pools, possibly a GPU context) can deadlock. Workers import only numpy, gymnasium
+and OGBench. A worker that dies, or whose environment raises, surfaces as `EnvWorkerError`
+naming the worker and its slots; the pool is then unusable and should be closed and rebuilt.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import traceback
+from dataclasses import dataclass
+
+import numpy as np
+
+# Resident memory of one OGBench manipulation environment (its own MuJoCo model and renderer
+# buffers), measured on cube-single / scene: used to cap how many environments we start.
+ENV_MEMORY_BYTES = 150 * 2**20
+
+
+@dataclass
+class ChunkOutcome:
+    """What executing one action chunk (or its prefix, if the episode ended) produced."""
+
+    obs: np.ndarray  # the observation after the last executed step
+    rewards: np.ndarray  # (steps,) per-step rewards
+    steps: int
+    done: bool  # terminated or truncated
+    success: float  # info['success'] at the last executed step
+
+    @property
+    def reward_sum(self) -> float:
+        return float(self.rewards.sum())
+
+
+class EnvWorkerError(RuntimeError):
+    """A worker process died or its environment raised; names the worker and the slots it held."""
+
+    def __init__(self, message: str, worker: int | None, slots: list[int]):
+        super().__init__(message)
+        self.worker, self.slots = worker, slots
+
+
+def make_env(env_id: str):
+    """One gymnasium environment of an OGBench task (OGBench registers them on import)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*DISPLAY environment variable.*")
+    warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
+    try:
+        import gymnasium
+        import ogbench  # noqa: F401  (registers the environments)
+    except ImportError as e:
+        raise ImportError(f'evaluating {env_id} needs OGBench: pip install "lps[ogbench]" ({e})') from e
+    return gymnasium.make(env_id)
+
+
+def run_chunk(env, chunk: np.ndarray) -> ChunkOutcome:
+    """Execute `chunk` open loop in `env`, stopping when the episode ends."""
+    rewards = []
+    ob, done, success = None, False, 0.0
+    for action in chunk:
+        ob, r, terminated, truncated, info = env.step(action)
+        rewards.append(r)
+        if terminated or truncated:
+            done, success = True, float(info["success"])
+            break
+    return ChunkOutcome(np.asarray(ob, np.float32), np.asarray(rewards, np.float64), len(rewards), done, success)
+
+
+def _reset(env, seed: int) -> np.ndarray:
+    ob, _ = env.reset(seed=int(seed))
+    return np.asarray(ob, np.float32)
+
+
+# --- in this process --------------------------------------------------------------------------
+
+
+class LocalEnvs:
+    """`num_slots` environments stepped one after another in this process."""
+
+    def __init__(self, env_id: str, num_slots: int):
+        self.env_id, self.num_slots = env_id, num_slots
+        self.envs = [make_env(env_id) for _ in range(num_slots)]
+        self.obs_dim = int(self.envs[0].observation_space.shape[0])
+
+    def reset(self, seeds: dict[int, int]) -> dict[int, np.ndarray]:
+        return {slot: _reset(self.envs[slot], seed) for slot, seed in seeds.items()}
+
+    def step_chunks(self, chunks: dict[int, np.ndarray]) -> dict[int, ChunkOutcome]:
+        return {slot: run_chunk(self.envs[slot], chunk) for slot, chunk in chunks.items()}
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+        self.envs = []
+
+
+# --- in worker processes ----------------------------------------------------------------------
+
+
+def _worker_main(conn, env_id: str, num_envs: int) -> None:
+    """A worker's loop: hold `num_envs` environments and answer reset/step/close messages."""
+    import signal
+
+    # Ctrl-C goes to the whole process group; the parent decides when the workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    current = None
+    try:
+        envs = [make_env(env_id) for _ in range(num_envs)]
+        conn.send(("ready", int(envs[0].observation_space.shape[0])))
+        while True:
+            command, payload = conn.recv()
+            if command == "close":
+                break
+            answers = []
+            for local, arg in payload:
+                current = local
+                answers.append(_reset(envs[local], arg) if command == "reset" else run_chunk(envs[local], arg))
+            current = None
+            conn.send(("ok", answers))
+    except EOFError:  # the parent went away
+        return
+    except BaseException:
+        try:
+            conn.send(("error", (current, traceback.format_exc())))
+        except OSError:
+            pass
+
+
+class EnvWorkerPool:
+    """`num_slots` environments spread over `num_workers` processes (slot s in worker s % W)."""
+
+    def __init__(self, env_id: str, num_slots: int, num_workers: int, start_timeout: float = 300.0):
+        if num_workers < 1 or num_slots < 1:
+            raise ValueError(f"an env pool needs >= 1 worker and >= 1 slot, got {num_workers} and {num_slots}")
+        self.env_id, self.num_slots = env_id, num_slots
+        self.num_workers = min(num_workers, num_slots)
+        ctx = mp.get_context("spawn")
+        self.conns, self.procs = [], []
+        for w in range(self.num_workers):
+            parent, child = ctx.Pipe()
+            count = len(range(w, num_slots, self.num_workers))
+            proc = ctx.Process(target=_worker_main, args=(child, env_id, count), name=f"lps-env-{w}", daemon=True)
+            proc.start()
+            child.close()  # so that the parent's recv sees EOF when the worker dies
+            self.conns.append(parent)
+            self.procs.append(proc)
+        try:
+            dims = [self._receive(w, "ready", timeout=start_timeout) for w in range(self.num_workers)]
+        except BaseException:
+            self.close()
+            raise
+        self.obs_dim = int(dims[0])
+
+    def _slots_of(self, worker: int) -> list[int]:
+        return list(range(worker, self.num_slots, self.num_workers))
+
+    def _fail(self, worker: int, why: str, local: int | None = None) -> EnvWorkerError:
+        slots = self._slots_of(worker)
+        where = f"env slot {slots[local]}" if local is not None else f"env slots {slots}"
+        failed = slots if local is None else [slots[local]]
+        return EnvWorkerError(f"env worker {worker} ({self.env_id}, {where}) {why}", worker, failed)
+
+    def _receive(self, worker: int, expect: str = "ok", timeout: float | None = None):
+        conn, proc = self.conns[worker], self.procs[worker]
+        waited = 0.0
+        try:
+            while not conn.poll(1.0):
+                waited += 1.0
+                if not proc.is_alive():
+                    raise self._fail(worker, f"died (exit code {proc.exitcode})")
+                if timeout is not None and waited >= timeout:
+                    raise self._fail(worker, f"did not answer within {timeout:.0f} s")
+            kind, payload = conn.recv()
+        except (EOFError, OSError) as e:
+            proc.join(timeout=1.0)
+            raise self._fail(worker, f"died (exit code {proc.exitcode}): {type(e).__name__}") from None
+        if kind == "error":
+            local, tb = payload
+            raise self._fail(worker, f"raised:\n{tb}", local)
+        if kind != expect:
+            raise self._fail(worker, f"sent {kind!r} instead of {expect!r}")
+        return payload
+
+    def _call(self, command: str, requests: dict[int, object]) -> dict:
+        by_worker: dict[int, list[tuple[int, object]]] = {}
+        for slot, arg in requests.items():
+            by_worker.setdefault(slot % self.num_workers, []).append((slot, arg))
+        for w, items in by_worker.items():
+            try:
+                self.conns[w].send((command, [(slot // self.num_workers, arg) for slot, arg in items]))
+            except (BrokenPipeError, OSError):
+                raise self._fail(w, f"died (exit code {self.procs[w].exitcode}) before {command}") from None
+        out = {}
+        for w, items in by_worker.items():
+            for (slot, _), answer in zip(items, self._receive(w)):
+                out[slot] = answer
+        return out
+
+    def reset(self, seeds: dict[int, int]) -> dict[int, np.ndarray]:
+        return self._call("reset", seeds)
+
+    def step_chunks(self, chunks: dict[int, np.ndarray]) -> dict[int, ChunkOutcome]:
+        return self._call("step", {slot: np.asarray(c, np.float32) for slot, c in chunks.items()})
+
+    def close(self) -> None:
+        for conn, proc in zip(self.conns, self.procs):
+            if proc.is_alive():
+                try:
+                    conn.send(("close", None))
+                except OSError:
+                    pass
+        for conn, proc in zip(self.conns, self.procs):
+            proc.join(timeout=5.0)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=5.0)
+            conn.close()
+        self.conns, self.procs = [], []
+
+
+# --- how many -------------------------------------------------------------------------------
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), else total physical memory, else None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def plan_pool(slots: int, workers: int | None, report=print) -> tuple[int, int]:
+    """(environments, worker processes) for a request of `slots` environments and `workers`
+    processes (None: one per core). Both are capped, with a message, so that the environments
+    fit in available memory and no more workers run than there are cores or environments."""
+    memory = available_memory_bytes()
+    if memory is not None:
+        fit = max(1, int(memory * 0.8) // ENV_MEMORY_BYTES)
+        if slots > fit:
+            report(f"[lps] evaluation: {slots} environments need ~{slots * ENV_MEMORY_BYTES / 2**30:.1f} GiB but "
+                   f"{memory / 2**30:.1f} GiB is available; using {fit}")  # fmt: skip
+            slots = fit
+    cores = available_cores()
+    if workers is None:
+        workers = cores
+    elif workers > cores:
+        report(f"[lps] evaluation: --eval-workers {workers} is more than the {cores} cores available; using {cores}")
+        workers = cores
+    return slots, max(1, min(workers, slots))
