@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import tyro
+
+from lps.data.robot import RobotDataConfig
 from lps.data.tasks import RewardMode
+from lps.encoders import EncoderName
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +36,8 @@ class TrainConfig:
     reward: RewardMode = "paper"
     """paper: sparse on scene and puzzle-3x3 as in the LPS paper; or force dense / sparse."""
     dataset: str | None = None
-    """Train on this npz (row layout, see README) instead of OGBench play data."""
+    """Train on this npz (row layout, see README) or folder of robot episodes (HDF5, success/ and failure/)
+    instead of OGBench play data."""
     data_dir: str | None = None
     """Where OGBench play data lives or is generated (default $OGBENCH_DATA_DIR or ~/.ogbench/data)."""
     episodes: int = 1000
@@ -54,13 +59,23 @@ class TrainConfig:
     tensorboard: bool = False
     progress: bool = True
     """Show a progress bar."""
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """Learning rate: constant, or cosine decay from --lr to 0 over --steps (the paper's real-robot runs)."""
+    encoder: EncoderName = "auto"
+    """Image encoder: auto = none for state vectors, impala for robot data, impala-small for pixels."""
+    encoder_features: int = 512
+    """Width of the image encoder's output features (shared by every network)."""
+    augment_shift: int = 4
+    """Random-shift augmentation of images during training: pad by this many pixels, crop back (0: off)."""
+    robot: Annotated[RobotDataConfig, tyro.conf.OmitArgPrefixes] = RobotDataConfig()
+    """How a --dataset folder of robot episodes is read."""
 
     def __post_init__(self):
-        positive = ("steps", "batch_size", "chunk_len", "log_every", "episodes")
+        positive = ("steps", "batch_size", "chunk_len", "log_every", "episodes", "encoder_features")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{_flag(name)} must be positive, got {getattr(self, name)}")
-        for name in ("eval_every", "save_every", "eval_episodes"):
+        for name in ("eval_every", "save_every", "eval_episodes", "augment_shift"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
         for name in ("eval_every", "save_every"):
@@ -139,7 +154,12 @@ def from_dict(cls: type, data: dict):
     kwargs = {}
     for k, v in data.items():
         origin = typing.get_origin(hints[k])
-        kwargs[k] = tuple(v) if origin is tuple and isinstance(v, list) else v
+        if dataclasses.is_dataclass(hints[k]) and isinstance(v, dict):
+            kwargs[k] = from_dict(hints[k], v)
+        elif typing.get_origin(hints[k]) is typing.Annotated and dataclasses.is_dataclass(typing.get_args(hints[k])[0]):
+            kwargs[k] = from_dict(typing.get_args(hints[k])[0], v)
+        else:
+            kwargs[k] = tuple(v) if origin is tuple and isinstance(v, list) else v
     return cls(**kwargs)
 
 

@@ -27,10 +27,11 @@ import optax
 from flax import struct
 
 from lps import checkpoint
-from lps.agents import Spec, check_agent, config_class, make_agent, resolve_config
+from lps.agents import Spec, check_agent, config_class, resolve_config
 from lps.config import TrainConfig, check_positive_widths, from_dict, to_dict
 from lps.critic import polyak
 from lps.data.sampler import ChunkData, sample_chunks, to_device
+from lps.encoders import build_agent, observation_spec
 from lps.runlog import RunLog
 
 CONFIG_JSON, SUMMARY_JSON = "config.json", "summary.json"
@@ -49,6 +50,8 @@ class TrainState(struct.PyTreeNode):
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    if cfg.lr_schedule == "cosine":
+        return optax.adam(optax.cosine_decay_schedule(cfg.lr, cfg.steps))
     return optax.adam(cfg.lr)
 
 
@@ -112,6 +115,10 @@ def load_data(cfg: TrainConfig) -> dict[str, np.ndarray]:
     from lps.data import tasks
     from lps.data.validate import load_own_dataset, validate
 
+    if cfg.dataset is not None and Path(cfg.dataset).is_dir():
+        from lps.data.robot import load_folder
+
+        return validate(load_folder(cfg.dataset, cfg.robot, cfg.chunk_len, cfg.progress), cfg.chunk_len, cfg.dataset)
     if cfg.dataset is not None:
         return load_own_dataset(cfg.dataset, cfg.chunk_len)
     if toy.is_toy(cfg.env):
@@ -126,7 +133,7 @@ def make_evaluator(cfg: TrainConfig):
     from lps import toy
     from lps.data import tasks
 
-    if cfg.eval_episodes == 0:
+    if cfg.eval_episodes == 0 or is_robot_dataset(cfg):
         return None
     if toy.is_toy(cfg.env):
         return toy.ToyEvaluator(cfg.env)
@@ -158,16 +165,28 @@ def make_policy_fn(agent, params, seed: int):
     return policy
 
 
+def is_robot_dataset(cfg: TrainConfig) -> bool:
+    """A folder of robot episodes: no environment to evaluate in (see `lps eval RUN --dataset DIR`)."""
+    return cfg.dataset is not None and Path(cfg.dataset).is_dir()
+
+
 def build(agent_name: str, cfg: TrainConfig, agent_cfg, data: dict[str, np.ndarray]):
-    spec = Spec(data["observations"].shape[1], data["actions"].shape[1], cfg.chunk_len, cfg.gamma)
-    return make_agent(agent_name, resolve_config(agent_name, agent_cfg, cfg.env), spec)
+    obs_dim, image_shape = observation_spec(data["observations"])
+    spec = Spec(obs_dim, data["actions"].shape[1], cfg.chunk_len, cfg.gamma, image_shape)
+    return build_agent_for(agent_name, cfg, resolve_config(agent_name, agent_cfg, cfg.env), spec)
+
+
+def build_agent_for(agent_name: str, cfg: TrainConfig, agent_cfg, spec: Spec):
+    """The agent for a spec, with the config's image encoder when observations hold images."""
+    return build_agent(agent_name, agent_cfg, spec, cfg.encoder, cfg.encoder_features, cfg.augment_shift)
 
 
 # --- run directories ------------------------------------------------------------------------
 
 
 def default_run_dir(cfg: TrainConfig, agent_name: str) -> Path:
-    return Path("runs") / cfg.env / agent_name / f"seed{cfg.seed}"
+    task = Path(cfg.dataset).resolve().name if is_robot_dataset(cfg) else cfg.env
+    return Path("runs") / task / agent_name / f"seed{cfg.seed}"
 
 
 def save_config(run_dir: Path, agent_name: str, cfg: TrainConfig, agent_cfg, spec: Spec | None = None) -> None:
