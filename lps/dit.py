@@ -18,10 +18,11 @@ from lps.nets import default_init
 
 
 def time_embedding(t: jnp.ndarray, dim: int, max_period: float = 10_000.0) -> jnp.ndarray:
-    """Sinusoidal features of a time in [0, 1] (scaled by 1000 so low frequencies still move)."""
+    """Sinusoidal features of a time in [0, 1]. Unscaled on purpose: MeanFlow differentiates the
+    network in t (a JVP), and fast-varying features would make that derivative huge."""
     half = dim // 2
     freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
-    angles = 1000.0 * t.reshape(-1, 1) * freqs[None]
+    angles = t.reshape(-1, 1) * freqs[None]
     return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
 
 
