@@ -200,12 +200,17 @@ def test_train_eval_and_load_policy_end_to_end(folder, tmp_path):
     assert 0 < result["offline/action_mse"] < 4 and result == evaluate_on_dataset(run, held_out)
     assert json.loads((run / "offline-eval.json").read_text())["offline/action_mae"] == result["offline/action_mae"]
 
+    import jax
+
     policy = lps.load_policy(run)
-    chunk = policy(_raw_obs(held_out / "success" / "episode_000.h5", 0))
+    raw = _raw_obs(held_out / "success" / "episode_000.h5", 0)
+    chunk = policy(raw, key=jax.random.PRNGKey(0))
     assert chunk.shape == (H, 7) and np.all(np.abs(chunk) <= 1)
-    ours = droid_obs_to_lps(_raw_obs(held_out / "success" / "episode_000.h5", 0), CFG)
-    batch = policy({k: np.stack([v, v]) for k, v in ours.items()})
-    assert batch.shape == (2, H, 7)
+    # Our dict, as a batch (of one: no new compilation), gives the same chunk as the raw dict.
+    ours = droid_obs_to_lps(raw, CFG)
+    batch = policy({k: v[None] for k, v in ours.items()}, key=jax.random.PRNGKey(0))
+    assert batch.shape == (1, H, 7)
+    np.testing.assert_allclose(batch[0], chunk, atol=1e-6)
     with pytest.raises(ValueError, match="policy takes state"):
         policy({"state": np.zeros((1, 3), np.float32), "image": np.zeros((1, 32, 32, 6), np.uint8)})
 
