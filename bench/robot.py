@@ -21,11 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lps.agents import LPSConfig
+from lps.agents import LPSConfig, Spec
 from lps.config import preset
 from lps.data.sampler import to_device
 from lps.encoders import build_agent, observation_spec
-from lps.agents import Spec
 from lps.train import create_state, make_multi_update, make_optimizer, make_update
 
 
@@ -58,6 +57,7 @@ def main() -> None:
     p.add_argument("--dit-width", type=int, default=384)
     p.add_argument("--dit-depth", type=int, default=12)
     p.add_argument("--dit-heads", type=int, default=6)
+    p.add_argument("--memory-only", action="store_true", help="compile and report peak memory, run nothing")
     a = p.parse_args()
 
     train_cfg, agent_cfg = preset("robot", LPSConfig)
@@ -81,6 +81,20 @@ def main() -> None:
     if mem is not None:
         peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
                 - mem.alias_size_in_bytes)  # fmt: skip
+    params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
+    result = {
+        "device": jax.devices()[0].device_kind,
+        "batch_size": a.batch_size,
+        "image": list(image_shape),
+        "encoder": a.encoder,
+        "base": f"{a.base_arch} {a.dit_width}x{a.dit_depth}x{a.dit_heads}" if a.base_arch == "dit" else "mlp",
+        "params_M": round(params / 1e6, 2),
+        "compile_s": round(compile_s, 1),
+        "peak_memory_GiB": round(peak / 2**30, 3) if peak is not None else None,
+    }
+    if a.memory_only:
+        print(json.dumps(result))
+        return
     state, _ = compiled(state, device)  # warm-up
     jax.block_until_ready(state)
     rates = []
@@ -99,19 +113,9 @@ def main() -> None:
         jax.block_until_ready(act(state.params, one, jax.random.PRNGKey(i)))
         latencies.append(time.perf_counter() - tick)
 
-    params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
-    print(json.dumps({
-        "device": jax.devices()[0].device_kind,
-        "batch_size": a.batch_size,
-        "image": list(image_shape),
-        "encoder": a.encoder,
-        "base": f"{a.base_arch} {a.dit_width}x{a.dit_depth}x{a.dit_heads}" if a.base_arch == "dit" else "mlp",
-        "params_M": round(params / 1e6, 2),
-        "compile_s": round(compile_s, 1),
-        "updates_per_s": round(float(np.median(rates)), 2),
-        "peak_memory_GiB": round(peak / 2**30, 3) if peak is not None else None,
-        "act_latency_ms_p50": round(1e3 * float(np.median(latencies)), 2),
-    }))  # fmt: skip
+    result.update(updates_per_s=round(float(np.median(rates)), 3),
+                  act_latency_ms_p50=round(1e3 * float(np.median(latencies)), 2))  # fmt: skip
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -90,6 +90,13 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None, seed: int | N
     policy = load_policy(run_dir)
     episodes = cfg.eval_episodes if episodes is None else episodes
     seed = cfg.seed if seed is None else seed
+    from lps.train import is_robot_dataset
+
+    if is_robot_dataset(cfg):
+        raise ValueError(
+            f"{run_dir} was trained on robot episodes ({cfg.dataset}); there is no environment to roll out in: "
+            "evaluate offline with `lps eval RUN --dataset HELD_OUT_DIR`"
+        )
     evaluator = make_evaluator(dataclasses.replace(cfg, eval_episodes=max(episodes, 1)))
     if evaluator is None:
         raise RuntimeError("no environment to evaluate in (is OGBench installed?)")

@@ -186,9 +186,13 @@ def build_agent_for(agent_name: str, cfg: TrainConfig, agent_cfg, spec: Spec):
 # --- run directories ------------------------------------------------------------------------
 
 
+def task_name(cfg: TrainConfig) -> str:
+    """What a run is trained on: the OGBench/toy task, or the robot dataset folder's name."""
+    return Path(cfg.dataset).resolve().name if is_robot_dataset(cfg) else cfg.env
+
+
 def default_run_dir(cfg: TrainConfig, agent_name: str) -> Path:
-    task = Path(cfg.dataset).resolve().name if is_robot_dataset(cfg) else cfg.env
-    return Path("runs") / task / agent_name / f"seed{cfg.seed}"
+    return Path("runs") / task_name(cfg) / agent_name / f"seed{cfg.seed}"
 
 
 def save_config(run_dir: Path, agent_name: str, cfg: TrainConfig, agent_cfg, spec: Spec | None = None) -> None:
@@ -349,7 +353,7 @@ class _SeedRun:
 
     def __init__(self, cfg: TrainConfig, agent_name: str):
         self.cfg, self.dir, self.log = cfg, Path(cfg.run_dir), None
-        self.title = f"{agent_name} on {cfg.env} (seed {cfg.seed})"
+        self.title = f"{agent_name} on {task_name(cfg)} (seed {cfg.seed})"
 
 
 def _check_finite(metrics: dict, first_step: int, run_dir: Path) -> None:
@@ -384,7 +388,7 @@ def _summary(agent_name, cfg, run_dir, log: RunLog, steps_run: int, elapsed: flo
     steps, success = log.series("eval/success")
     return {
         "agent": agent_name,
-        "env": cfg.env,
+        "env": task_name(cfg),
         "seed": cfg.seed,
         "steps": cfg.steps,
         "run_dir": str(run_dir),
