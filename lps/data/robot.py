@@ -308,7 +308,10 @@ def load_folder(folder: str | os.PathLike, cfg: RobotDataConfig = RobotDataConfi
             f"{len(dataset['actions'])} steps, image {dataset['observations']['image'].shape[1:]}")  # fmt: skip
     print(f"[lps] robot data: {info}")
     if cfg.cache:
-        _write_cache(cache_path, dataset, info)
+        try:
+            _write_cache(cache_path, dataset, info)
+        except OSError as e:  # e.g. a read-only dataset folder: train anyway, just without the cache
+            print(f"[lps] could not write the cache {cache_path} ({e}); the next run will read the episodes again")
     return dataset
 
 
