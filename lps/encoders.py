@@ -213,6 +213,12 @@ class EncodedAgent:
         return self.inner.loss(_without_encoder(params), target_params, inner_batch, k_inner)
 
 
+def scan_updates(agent) -> bool:
+    """Whether the trainer should scan its updates on the device (see `lps.train.make_multi_update`):
+    not for image agents on a CPU, where XLA runs convolutions inside a loop body far slower."""
+    return not (isinstance(agent, EncodedAgent) and jax.default_backend() == "cpu")
+
+
 def _without_encoder(params: dict) -> dict:
     return {k: v for k, v in params.items() if k != "encoder"}
 
