@@ -1,9 +1,10 @@
 """The `lps` command.
 
     lps train [--agent lps] [--preset paper|quick|toy] [--seeds 0,1,2] [--resume RUN_DIR] [--any-config-field VALUE ...]
-    lps eval RUN_DIR [--episodes K] [--seed S] [--workers W]
+    lps eval RUN_DIR [--episodes K] [--seed S] [--workers W] [--dataset DIR|FILE.npz]   (--dataset: action error on held-out episodes)
     lps data generate ENV [--episodes N] [--seed S] [--workers W] [--data-dir DIR] [--overwrite]
     lps data prepare TASK --out FILE.npz     (a relabelled npz that trains without OGBench installed)
+    lps data robot DIR [--image-size 128] [--skip-bad] [...]   (check + cache a folder of robot episodes)
     lps agents
     lps report RUNS_DIR [--out DIR] [--reps 1000] [--seed 0] [--final last|max]   (tables with 95 % CIs, curves)
     lps toy list|figure2|figure3 [--task four-gaussians] [--steps N]   (the paper's analysis figures)
@@ -139,11 +140,19 @@ def _eval(argv: list[str]) -> int:
     p.add_argument("--episodes", type=int, default=None, help="default: the run's eval episodes")
     p.add_argument("--seed", type=int, default=None, help="evaluation seed (default: the run's seed)")
     p.add_argument("--workers", type=int, default=None, help="env worker processes (default: one per core; 0: none)")
+    p.add_argument("--dataset", default=None,
+                   help="held-out recorded episodes (robot folder or npz): report the action error instead of rolling out")  # fmt: skip
     a = p.parse_args(argv)
     if a.episodes is not None and a.episodes < 1:
         p.error("--episodes must be at least 1")
     if a.workers is not None and a.workers < 0:
         p.error("--workers must be >= 0")
+    if a.dataset is not None:
+        from lps.offline_eval import evaluate_on_dataset
+
+        result = evaluate_on_dataset(a.run_dir, a.dataset, seed=a.seed)
+        print(" ".join(f"{k}={v:.4g}" for k, v in result.items()))
+        return 0
     from lps.policy import evaluate_run
 
     result = evaluate_run(a.run_dir, episodes=a.episodes, seed=a.seed, workers=a.workers)
@@ -154,7 +163,10 @@ def _eval(argv: list[str]) -> int:
 def _data(argv: list[str]) -> int:
     from lps.data import tasks
 
-    p = argparse.ArgumentParser(prog="lps data", description="Generate or prepare OGBench play data.")
+    if argv[:1] == ["robot"]:
+        return _data_robot(argv[1:])
+
+    p = argparse.ArgumentParser(prog="lps data", description="Generate or prepare OGBench play data; check robot data.")
     sub = p.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("generate", help="generate <env>-play-v0.npz and -val.npz with OGBench's oracles")
     g.add_argument("env", help=f"one of {', '.join(tasks.ENVS)}")
@@ -205,6 +217,29 @@ def _data(argv: list[str]) -> int:
             np.savez_compressed(buf, **tasks.load_task_file(task, val_path, chunk_len=1))
             atomic_write(val_out, buf.getvalue())
             print(f"[lps] wrote {val_out}: its validation split; add --val-dataset {val_out}")
+    return 0
+
+
+def _data_robot(argv: list[str]) -> int:
+    import tyro
+
+    from lps.data.robot import RobotDataConfig, load_folder
+
+    Args = dataclasses.make_dataclass(
+        "Args",
+        [
+            ("folder", tyro.conf.Positional[str]),
+            ("chunk_len", int, dataclasses.field(default=5)),
+            ("robot", Annotated[RobotDataConfig, tyro.conf.OmitArgPrefixes], dataclasses.field(default=RobotDataConfig())),
+        ],
+    )
+    Args.__doc__ = ("Read, validate and cache a folder of robot episodes (success/*.h5, failure/*.h5) as "
+                    "`lps train --dataset DIR` will (same flags; --chunk-len sets where the outcome reward goes).")  # fmt: skip
+    a = tyro.cli(Args, args=argv, prog="lps data robot")
+    data = load_folder(a.folder, a.robot, a.chunk_len)
+    obs = data["observations"]
+    print(f"[lps] {a.folder}: state {obs['state'].shape[1:]}, image {obs['image'].shape[1:]} uint8, "
+          f"actions {data['actions'].shape[1:]}; train with `lps train --dataset {a.folder}`")  # fmt: skip
     return 0
 
 

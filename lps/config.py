@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import tyro
+
+from lps.data.robot import RobotDataConfig
 from lps.data.tasks import RewardMode
+from lps.encoders import EncoderName
 from lps.rundir import user_path
 
 
@@ -33,7 +37,8 @@ class TrainConfig:
     reward: RewardMode = "paper"
     """paper: sparse on scene and puzzle-3x3 as in the LPS paper; or force dense / sparse."""
     dataset: str | None = None
-    """Train on this npz (row layout, see README) instead of OGBench play data."""
+    """Train on this npz (row layout, see README) or folder of robot episodes (HDF5, success/ and failure/)
+    instead of OGBench play data."""
     val_dataset: str | None = None
     """Validation npz in the same row layout, scored at every evaluation (README, "Validation split");
     OGBench tasks use the -val file beside their play data without it."""
@@ -71,13 +76,23 @@ class TrainConfig:
     wandb_mode: Literal["online", "offline", "disabled"] = "online"
     progress: bool = True
     """Show a progress bar."""
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """Learning rate: constant, or 1 % linear warmup then cosine decay to --lr / 10 at --steps (paper, real robot)."""
+    encoder: EncoderName = "auto"
+    """Image encoder: auto = none for state vectors, impala for robot data, impala-small for pixels."""
+    encoder_features: int = 512
+    """Width of the image encoder's output features (shared by every network)."""
+    augment_shift: int = 4
+    """Random-shift augmentation of images during training: pad by this many pixels, crop back (0: off)."""
+    robot: Annotated[RobotDataConfig, tyro.conf.OmitArgPrefixes] = RobotDataConfig()
+    """How a --dataset folder of robot episodes is read."""
 
     def __post_init__(self):
-        positive = ("steps", "batch_size", "chunk_len", "log_every", "episodes")
+        positive = ("steps", "batch_size", "chunk_len", "log_every", "episodes", "encoder_features")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{_flag(name)} must be positive, got {getattr(self, name)}")
-        for name in ("eval_every", "save_every", "eval_episodes"):
+        for name in ("eval_every", "save_every", "eval_episodes", "augment_shift"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
         for name in ("eval_every", "save_every"):
@@ -132,6 +147,15 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 PRESETS["cpu"] = PRESETS["quick"]
+# The paper's real-robot recipe (public code's DROID script): 10k steps, IMPALA encoder, DiT-S
+# base policy (384 wide, 12 deep, 6 heads), cosine schedule, critic 4x512, latent actor 2x512.
+# Use with `--dataset DIR` (a folder of robot episodes); there is no environment to evaluate in.
+PRESETS["robot"] = {
+    "train": dict(steps=10_000, log_every=100, eval_every=0, save_every=5000, eval_episodes=0,
+                  lr_schedule="cosine", encoder="impala"),  # fmt: skip
+    "agent": dict(base_arch="dit", dit_width=384, dit_depth=12, dit_heads=6, critic_hidden=(512,) * 4,
+                  actor_hidden=(512, 512)),  # fmt: skip
+}
 
 
 def _flag(name: str) -> str:
@@ -170,7 +194,12 @@ def from_dict(cls: type, data: dict):
     kwargs = {}
     for k, v in data.items():
         origin = typing.get_origin(hints[k])
-        kwargs[k] = tuple(v) if origin is tuple and isinstance(v, list) else v
+        if dataclasses.is_dataclass(hints[k]) and isinstance(v, dict):
+            kwargs[k] = from_dict(hints[k], v)
+        elif typing.get_origin(hints[k]) is typing.Annotated and dataclasses.is_dataclass(typing.get_args(hints[k])[0]):
+            kwargs[k] = from_dict(typing.get_args(hints[k])[0], v)
+        else:
+            kwargs[k] = tuple(v) if origin is tuple and isinstance(v, list) else v
     return cls(**kwargs)
 
 

@@ -6,6 +6,9 @@ object, so that every agent builds its base or BC policy the same way.
     loss = policy.loss(params, obs, chunk, key)            # behaviour cloning
     chunk = policy.sample(params, obs, policy.noise(key, batch))  # in [-1, 1]
 
+`dit=DiTSpec(...)` swaps the MLP for a diffusion transformer over the chunk's H actions
+(`lps.dit`; the paper's real-robot base policy); agents expose it through `BaseNetConfig`.
+
 `kind="meanflow"` samples in one network call; `kind="flow"` integrates `steps` Euler steps
 (differentiable, so a latent actor can backpropagate through either). The network sees
 `[s, z, t, h]`; agents that condition on more (CFGRL's optimality label) append it to `s`.
@@ -20,10 +23,41 @@ import jax
 import jax.numpy as jnp
 
 from lps import flows
+from lps.dit import DiT
 from lps.latent import Geometry, sample_latent
 from lps.nets import ConcatMLP
 
 Kind = Literal["meanflow", "flow"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DiTSpec:
+    tokens: int  # the chunk length H: one token per action
+    width: int = 256
+    depth: int = 4
+    heads: int = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseNetConfig:
+    """The base (generative) policy's network, mixed into every agent config that has one."""
+
+    base_arch: Literal["mlp", "dit"] = "mlp"
+    """Base policy network: an MLP over [s, z, t, h] (--base-hidden), or a DiT over the chunk's H tokens."""
+    dit_width: int = 256
+    dit_depth: int = 4
+    """DiT blocks."""
+    dit_heads: int = 4
+
+    def dit_spec(self, spec) -> DiTSpec | None:
+        if self.base_arch == "mlp":
+            return None
+        if self.dit_width <= 0 or self.dit_depth <= 0 or self.dit_heads <= 0 or self.dit_width % self.dit_heads:
+            raise ValueError(
+                f"--dit-width ({self.dit_width}), --dit-depth ({self.dit_depth}) and --dit-heads ({self.dit_heads}) "
+                "must be positive, with the width a multiple of the heads"
+            )
+        return DiTSpec(spec.chunk_len, self.dit_width, self.dit_depth, self.dit_heads)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,9 +68,12 @@ class GenerativePolicy:
     steps: int = 10  # Euler steps of a flow policy
     geometry: Geometry = "sphere"  # where the training (and sampling) noise lives
     parameterisation: flows.Parameterisation = "action"  # of a MeanFlow policy
+    dit: DiTSpec | None = None  # a DiT instead of the MLP (`hidden` is then unused)
 
     @property
-    def net(self) -> ConcatMLP:
+    def net(self) -> ConcatMLP | DiT:
+        if self.dit is not None:
+            return DiT(self.dit.tokens, self.dit.width, self.dit.depth, self.dit.heads)
         return ConcatMLP(tuple(self.hidden), self.chunk_dim)
 
     def init(self, key: jax.Array, cond_dim: int):

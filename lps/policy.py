@@ -8,6 +8,10 @@ call for one observation is a handful of small matmuls: on a CPU it takes ~0.2 m
 launch and transfer overheads make it ~1.5 ms (measured: H200 vs its host, paper-size LPS), so a
 robot or evaluation loop asking for one chunk at a time is faster on the CPU. Choose "gpu" for
 large batches (thousands of observations per call), where the GPU's throughput wins.
+
+A policy trained on robot data takes one observation as the robot stack produces it (DROID's
+`{"robot_state": ..., "image": {cam: BGRA}}`), our `{"state", "image"}` dict, or a batch of the
+latter (leading axis on both); images are converted and resized exactly as in training.
 """
 
 from __future__ import annotations
@@ -15,12 +19,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from lps import checkpoint
-from lps.agents import make_agent
 from lps.train import jitted_act
-
 
 DEFAULT_EVAL_EPISODES = 50  # the paper's protocol, for runs that never evaluated while training
 
@@ -28,20 +31,20 @@ DEFAULT_EVAL_EPISODES = 50  # the paper's protocol, for runs that never evaluate
 class Policy:
     """A trained agent's acting rule with its parameters bound."""
 
-    def __init__(self, agent, params, seed: int = 0, device: str = "auto"):
+    def __init__(self, agent, params, seed: int = 0, device: str = "auto", robot=None):
         self.device = acting_device(device)
         self.agent, self.params = agent, jax.device_put(params, self.device)
+        self.robot = robot  # the RobotDataConfig the data was read with (robot runs)
         self.spec = agent.spec
         self._act = jitted_act(agent)
         self._key = jax.random.PRNGKey(seed)
         self._calls = 0
 
     def __call__(self, obs, key: jax.Array | None = None) -> np.ndarray:
-        obs = self._check_obs(obs)
-        single = obs.ndim == 1
+        obs, single = self._batch(obs)
         if key is None:
             key, self._calls = jax.random.fold_in(self._key, self._calls), self._calls + 1
-        obs, key = jax.device_put(np.atleast_2d(obs), self.device), jax.device_put(key, self.device)
+        obs, key = jax.device_put(obs, self.device), jax.device_put(key, self.device)
         chunk = self._act(self.params, obs, key)
         chunk = np.asarray(chunk).reshape(-1, self.spec.chunk_len, self.spec.action_dim)
         return chunk[0] if single else chunk
@@ -65,6 +68,32 @@ class Policy:
             raise ValueError(f"observation holds NaN or inf values at {np.argwhere(~np.isfinite(arr))[0].tolist()}")
         return arr
 
+    def _batch(self, obs):
+        """(observation batch as the agent takes it, whether a single observation was given)."""
+        image_shape = self.spec.image_shape
+        if image_shape is None:
+            obs = self._check_obs(obs)
+            return np.atleast_2d(obs), obs.ndim == 1
+        if self.spec.obs_dim == 0:  # image-only observations (pixel tasks)
+            obs = np.asarray(obs)
+            single = obs.ndim == 3
+            return jnp.asarray(obs[None] if single else obs, jnp.uint8), single
+        if not isinstance(obs, dict):
+            raise ValueError("this policy takes a dict observation ({state, image}, or the robot's raw dict)")
+        single = not ("state" in obs and np.ndim(obs["state"]) == 2)
+        if single:
+            from lps.data.robot import RobotDataConfig, droid_obs_to_lps
+
+            obs = droid_obs_to_lps(obs, self.robot or RobotDataConfig())
+            obs = {k: v[None] for k, v in obs.items()}
+        state, image = np.asarray(obs["state"], np.float32), np.asarray(obs["image"])
+        if state.shape[1:] != (self.spec.obs_dim,) or image.shape[1:] != tuple(image_shape):
+            raise ValueError(
+                f"observation has state {state.shape[1:]} and image {image.shape[1:]}; the policy takes state "
+                f"({self.spec.obs_dim},) and image {tuple(image_shape)} uint8"
+            )
+        return {"state": jnp.asarray(state), "image": jnp.asarray(image, jnp.uint8)}, single
+
 
 def acting_device(device: str = "auto") -> jax.Device:
     """"auto": the host CPU if JAX has one, else the default device; "cpu"; "gpu"."""
@@ -85,15 +114,15 @@ def acting_device(device: str = "auto") -> jax.Device:
 
 def load_policy(run_dir: str | Path, seed: int = 0, device: str = "auto") -> Policy:
     from lps.rundir import user_path
-    from lps.train import create_state, load_config, make_optimizer
+    from lps.train import build_agent_for, create_state, load_config, make_optimizer
 
     run_dir = user_path(run_dir)
     agent_name, cfg, agent_cfg, spec = load_config(run_dir)
     if spec is None:
         raise ValueError(f"{run_dir}/config.json has no problem spec; was the run started?")
-    agent = make_agent(agent_name, agent_cfg, spec)
+    agent = build_agent_for(agent_name, cfg, agent_cfg, spec)
     state = checkpoint.restore(run_dir, create_state(agent, make_optimizer(cfg), cfg.seed))
-    return Policy(agent, state.params, seed, device)
+    return Policy(agent, state.params, seed, device, robot=cfg.robot)
 
 
 def evaluate_run(run_dir: str | Path, episodes: int | None = None, seed: int | None = None,
@@ -114,6 +143,13 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None, seed: int | N
               "(choose with --episodes)")  # fmt: skip
     episodes = cfg.eval_episodes if episodes is None else episodes
     seed = cfg.seed if seed is None else seed
+    from lps.train import is_robot_dataset
+
+    if is_robot_dataset(cfg):
+        raise ValueError(
+            f"{run_dir} was trained on robot episodes ({cfg.dataset}); there is no environment to roll out in: "
+            "evaluate offline with `lps eval RUN --dataset HELD_OUT_DIR`"
+        )
     evaluator = make_evaluator(dataclasses.replace(cfg, eval_episodes=max(episodes, 1), eval_workers=workers))
     if evaluator is None:
         raise RuntimeError("no environment to evaluate in (is OGBench installed?)")

@@ -23,10 +23,16 @@ import jax
 class Spec:
     """The chunked problem an agent is built for."""
 
-    obs_dim: int
+    obs_dim: int  # state-vector dims (0 for image-only observations)
     action_dim: int
     chunk_len: int = 5
     gamma: float = 0.99
+    image_shape: tuple[int, ...] | None = None
+    """(H, W, C) of image observations (`lps.encoders`), None for state vectors."""
+
+    def __post_init__(self):
+        if self.image_shape is not None:  # JSON gives a list; the spec must stay hashable
+            object.__setattr__(self, "image_shape", tuple(int(d) for d in self.image_shape))
 
     @property
     def chunk_dim(self) -> int:

@@ -11,12 +11,12 @@ from typing import ClassVar
 
 from lps import flows
 from lps.agents.base import Spec
-from lps.generative import GenerativePolicy, Kind
+from lps.generative import BaseNetConfig, GenerativePolicy, Kind
 from lps.latent import Geometry
 
 
 @dataclasses.dataclass(frozen=True)
-class BCFMConfig:
+class BCFMConfig(BaseNetConfig):
     base_hidden: tuple[int, ...] = (512, 512, 512, 512)
     """Policy MLP widths."""
     flow_steps: int = 10
@@ -26,7 +26,7 @@ class BCFMConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class BCMFConfig:
+class BCMFConfig(BaseNetConfig):
     base_hidden: tuple[int, ...] = (512, 512, 512, 512)
     """Policy MLP widths."""
     geometry: Geometry = "sphere"
@@ -52,6 +52,7 @@ class _BC:
             getattr(self.cfg, "flow_steps", 1),
             self.cfg.geometry,
             getattr(self.cfg, "parameterisation", "action"),
+            dit=self.cfg.dit_spec(self.spec),
         )
 
     def init(self, key):

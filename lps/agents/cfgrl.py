@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from lps import critic as C
 from lps import flows
 from lps.agents.base import Spec, init_module
-from lps.generative import GenerativePolicy
+from lps.generative import BaseNetConfig, GenerativePolicy
 from lps.latent import Geometry
 from lps.nets import Ensemble
 
@@ -35,7 +35,7 @@ OPTIMAL, UNCONDITIONAL = jnp.ones((1,)), jnp.zeros((1,))
 
 
 @dataclasses.dataclass(frozen=True)
-class CFGRLConfig(C.CriticConfig):
+class CFGRLConfig(C.CriticConfig, BaseNetConfig):
     base_hidden: tuple[int, ...] = (512, 512, 512, 512)
     """Flow policy MLP widths."""
     value_hidden: tuple[int, ...] = (256, 256, 256, 256)
@@ -75,7 +75,8 @@ class CFGRL:
     @property
     def policy(self) -> GenerativePolicy:
         return GenerativePolicy(
-            self.cfg.base_hidden, self.spec.chunk_dim, "flow", self.cfg.flow_steps, self.cfg.geometry
+            self.cfg.base_hidden, self.spec.chunk_dim, "flow", self.cfg.flow_steps, self.cfg.geometry,
+            dit=self.cfg.dit_spec(self.spec),
         )
 
     @property

@@ -25,13 +25,13 @@ import jax.numpy as jnp
 
 from lps import critic as C
 from lps.agents.base import Spec, init_module
-from lps.generative import GenerativePolicy
+from lps.generative import BaseNetConfig, GenerativePolicy
 from lps.latent import Geometry, actor_latent
 from lps.nets import ConcatMLP, Ensemble
 
 
 @dataclasses.dataclass(frozen=True)
-class DSRLConfig(C.CriticConfig):
+class DSRLConfig(C.CriticConfig, BaseNetConfig):
     base_hidden: tuple[int, ...] = (512, 512, 512, 512)
     """Base policy MLP widths."""
     actor_hidden: tuple[int, ...] = (256, 256)
@@ -72,7 +72,8 @@ class DSRL:
     @property
     def base(self) -> GenerativePolicy:
         return GenerativePolicy(
-            self.cfg.base_hidden, self.spec.chunk_dim, "flow", self.cfg.flow_steps, self.cfg.geometry
+            self.cfg.base_hidden, self.spec.chunk_dim, "flow", self.cfg.flow_steps, self.cfg.geometry,
+            dit=self.cfg.dit_spec(self.spec),
         )
 
     @property

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from lps import critic as C
 from lps import flows
 from lps.agents.base import Spec, init_module
-from lps.generative import GenerativePolicy
+from lps.generative import BaseNetConfig, GenerativePolicy
 from lps.latent import Geometry, actor_latent
 from lps.nets import ConcatMLP
 
@@ -35,7 +35,7 @@ Backbone = Literal["meanflow", "fm-10step", "fm-1step"]
 
 
 @dataclasses.dataclass(frozen=True)
-class LPSConfig(C.CriticConfig):
+class LPSConfig(C.CriticConfig, BaseNetConfig):
     base_hidden: tuple[int, ...] = (512, 512, 512, 512)
     """Base policy MLP widths (GELU, no LayerNorm)."""
     actor_hidden: tuple[int, ...] = (256, 256)
@@ -80,7 +80,8 @@ class LPS:
             self.cfg.backbone
         ]
         return GenerativePolicy(
-            self.cfg.base_hidden, self.spec.chunk_dim, kind, steps, self.cfg.geometry, self.cfg.parameterisation
+            self.cfg.base_hidden, self.spec.chunk_dim, kind, steps, self.cfg.geometry, self.cfg.parameterisation,
+            dit=self.cfg.dit_spec(self.spec),
         )
 
     @property

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from lps import critic as C
 from lps.agents.base import Spec, init_module
-from lps.generative import GenerativePolicy, Kind
+from lps.generative import BaseNetConfig, GenerativePolicy, Kind
 from lps.latent import Geometry
 from lps.nets import ConcatMLP
 
@@ -34,7 +34,7 @@ def alpha_for(env: str) -> float:
 
 
 @dataclasses.dataclass(frozen=True)
-class QCFQLConfig(C.CriticConfig):
+class QCFQLConfig(C.CriticConfig, BaseNetConfig):
     base_hidden: tuple[int, ...] = (512, 512, 512, 512)
     """BC (teacher) policy MLP widths."""
     actor_hidden: tuple[int, ...] = (512, 512, 512, 512)
@@ -83,6 +83,7 @@ class QCFQL:
             self.cfg.flow_steps,
             self.cfg.geometry,
             getattr(self.cfg, "parameterisation", "action"),
+            dit=self.cfg.dit_spec(self.spec),
         )
 
     @property

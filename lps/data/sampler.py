@@ -8,9 +8,15 @@ starting at row t is simply row t + H of the same episode.
 A chunk may start at row t only if t + H stays inside t's episode, so a chunk never crosses an
 episode boundary; `starts` lists those rows once, and sampling is a gather inside the jitted
 update (no host<->device copy, no Python per step).
+
+Observations may be a pytree (`{"state", "image"}` for robot data): every leaf is gathered with
+the same rows, and images stay uint8 on the device (the encoder scales them), a quarter of the
+memory of float32.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +25,7 @@ from flax import struct
 
 
 class ChunkData(struct.PyTreeNode):
-    observations: jax.Array  # (N, obs_dim), every row including each episode's final one
+    observations: Any  # (N, obs_dim) or a pytree of (N, ...) leaves, every row including each episode's final one
     actions: jax.Array  # (N, action_dim)
     rewards: jax.Array  # (N,), reward of the transition leaving row t
     masks: jax.Array  # (N,), 0 where the episode would stop bootstrapping (task solved)
@@ -31,7 +37,8 @@ class ChunkData(struct.PyTreeNode):
 
     @property
     def obs_dim(self) -> int:
-        return int(self.observations.shape[-1])
+        obs = self.observations["state"] if isinstance(self.observations, dict) else self.observations
+        return int(obs.shape[-1])
 
     @property
     def action_dim(self) -> int:
@@ -49,12 +56,17 @@ def chunk_starts(terminals: np.ndarray, chunk_len: int) -> np.ndarray:
 def to_device(dataset: dict[str, np.ndarray], chunk_len: int) -> ChunkData:
     """Put a validated row-layout dataset on the device (see `lps.data.validate`)."""
     return ChunkData(
-        observations=jnp.asarray(dataset["observations"], jnp.float32),
+        observations=jax.tree_util.tree_map(_device_obs, dataset["observations"]),
         actions=jnp.asarray(dataset["actions"], jnp.float32),
         rewards=jnp.asarray(dataset["rewards"], jnp.float32),
         masks=jnp.asarray(dataset["masks"], jnp.float32),
         starts=jnp.asarray(chunk_starts(dataset["terminals"], chunk_len)),
     )
+
+
+def _device_obs(x: np.ndarray) -> jax.Array:
+    """uint8 images stay uint8; everything else becomes float32."""
+    return jnp.asarray(x) if np.asarray(x).dtype == np.uint8 else jnp.asarray(x, jnp.float32)
 
 
 def sample_chunks(data: ChunkData, key: jax.Array, batch_size: int, chunk_len: int, gamma: float) -> dict:
@@ -70,9 +82,9 @@ def chunks_at(data: ChunkData, rows: jax.Array, chunk_len: int, gamma: float) ->
     chunk_rows = rows[:, None] + jnp.arange(chunk_len)
     discounts = gamma ** jnp.arange(chunk_len, dtype=jnp.float32)
     return {
-        "observations": data.observations[rows],
+        "observations": jax.tree_util.tree_map(lambda x: x[rows], data.observations),
         "actions": data.actions[chunk_rows].reshape(batch_size, -1),
         "chunk_return": jnp.sum(data.rewards[chunk_rows] * discounts, axis=-1),
         "chunk_mask": jnp.prod(data.masks[chunk_rows], axis=-1),
-        "next_observations": data.observations[rows + chunk_len],
+        "next_observations": jax.tree_util.tree_map(lambda x: x[rows + chunk_len], data.observations),
     }

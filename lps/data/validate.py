@@ -47,6 +47,10 @@ def read_npz(path: str | os.PathLike, required: Iterable[str]) -> dict[str, np.n
 
 def validate(dataset: dict[str, np.ndarray], chunk_len: int, source: str = "dataset") -> dict[str, np.ndarray]:
     """Check shapes, values and episode structure; return the dataset with canonical dtypes."""
+    obs = dataset["observations"]
+    if isinstance(obs, dict):  # {state, image}: check the leaves, then the rest as for arrays
+        return {**validate({**dataset, "observations": obs["state"]}, chunk_len, source),
+                "observations": _validate_obs_dict(obs, len(dataset["actions"]), source)}  # fmt: skip
     for key in ("observations", "actions", "terminals", "rewards", "masks"):
         arr = np.asarray(dataset[key])
         if arr.ndim == 0 or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
@@ -94,6 +98,17 @@ def validate(dataset: dict[str, np.ndarray], chunk_len: int, source: str = "data
     if len(chunk_starts(terminals, chunk_len)) == 0:
         raise DatasetError(f"{source}: no episode is longer than the chunk length {chunk_len}")
     return out
+
+
+def _validate_obs_dict(obs: dict, n: int, source: str) -> dict:
+    if set(obs) != {"state", "image"}:
+        raise DatasetError(f"{source}: dict observations need the keys 'state' and 'image', got {sorted(obs)}")
+    image = np.asarray(obs["image"])
+    if image.dtype != np.uint8 or image.ndim != 4:
+        raise DatasetError(f"{source}: observation images must be uint8 (N, H, W, C), got {image.dtype} {image.shape}")
+    if len(image) != n:
+        raise DatasetError(f"{source}: observation images have {len(image)} rows but actions have {n}")
+    return {"state": np.asarray(obs["state"], np.float32), "image": image}
 
 
 def load_own_dataset(path: str | os.PathLike, chunk_len: int) -> dict[str, np.ndarray]:

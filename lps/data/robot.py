@@ -1,0 +1,427 @@
+"""Robot demonstrations in the DROID-style HDF5 layout: a folder of episodes -> the row layout.
+
+    DIR/success/*.h5   DIR/failure/*.h5   (one episode per file; failure/ is optional)
+
+Each file holds `action/cartesian_velocity` (T, 6) and `action/gripper_position` (T,) or (T, 1)
+(-> a 7-D action), `observation/robot_state/cartesian_position` (T, 6) and
+`observation/robot_state/gripper_position` (-> 7-D proprio `state`), and one
+`observation/image/<camera>_left` (T, H, W, 4) BGRA uint8 array per camera (-> RGB, resized,
+cameras stacked on the channel axis: `image` (T, H, W, 3 * cameras)).
+
+Rewards follow the LPS paper's semi-sparse scheme: -1 per step; on a success episode 0 at step
+T - H, on a failure episode -100 there; masks 0 on the last H steps (no bootstrapping past the
+outcome); terminal on the last step. Every key name, the cameras, the image size and the reward
+values are `RobotDataConfig` fields (flags of `lps train` and `lps data robot`).
+
+Reading decodes every image once, which is slow for real datasets; the result is cached in a
+compact npz (uint8 images) next to the data, keyed by the files' names, sizes and modification
+times and by the loader options, so the next run starts in seconds.
+
+For a robot at run time, `droid_obs_to_lps(raw, cfg)` turns one observation dict as the robot
+stack produces it (`{"robot_state": {...}, "image": {"<serial>_left": BGRA}}`) into the same
+`{"state", "image"}` the policy was trained on, with the same channel order and resizing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lps.data.validate import DatasetError
+
+CACHE_VERSION = 1
+CACHE_DIR = ".lps-cache"
+SUBFOLDERS = ("success", "failure")
+
+
+@dataclasses.dataclass(frozen=True)
+class RobotDataConfig:
+    """How a folder of robot episodes (HDF5) becomes training data (used with --dataset DIR)."""
+
+    action_keys: tuple[str, ...] = ("action/cartesian_velocity", "action/gripper_position")
+    """HDF5 keys concatenated (in order) into the action; each (T, k) or (T,)."""
+    state_keys: tuple[str, ...] = (
+        "observation/robot_state/cartesian_position",
+        "observation/robot_state/gripper_position",
+    )
+    """HDF5 keys concatenated (in order) into the proprioceptive state."""
+    image_group: str = "observation/image"
+    """HDF5 group holding one (T, H, W, C) uint8 array per camera."""
+    cameras: tuple[str, ...] = ()
+    """Camera keys inside --image-group, in stacking order (default: every key ending in --camera-suffix, sorted)."""
+    camera_suffix: str = "_left"
+    num_cameras: int = 2
+    """Cameras every episode must have (an episode with another count is bad data)."""
+    image_size: int = 128
+    """Resize every camera image to this square size on load (0 keeps the recorded size)."""
+    bgr: bool = True
+    """Recorded images are BGR(A), as DROID's cameras write them; convert to RGB (alpha is dropped)."""
+    step_reward: float = -1.0
+    success_reward: float = 0.0
+    """Reward at step T - H of a success episode."""
+    failure_reward: float = -100.0
+    """Reward at step T - H of a failure episode."""
+    include_failure: bool = True
+    """Also train on the episodes in failure/ (with --failure-reward)."""
+    skip_bad: bool = False
+    """Skip episodes that fail validation (printing a summary) instead of stopping at the first."""
+    cache: bool = True
+    """Cache the decoded dataset in DIR/.lps-cache so the next run starts in seconds."""
+
+    def __post_init__(self):
+        if self.num_cameras < 1:
+            raise ValueError(f"--num-cameras must be at least 1, got {self.num_cameras}")
+        if self.image_size < 0:
+            raise ValueError(f"--image-size must be >= 0 (0 keeps the recorded size), got {self.image_size}")
+        if self.cameras and len(self.cameras) != self.num_cameras:
+            raise ValueError(
+                f"--cameras names {len(self.cameras)} camera(s) {list(self.cameras)} but --num-cameras is "
+                f"{self.num_cameras}; make them agree"
+            )
+        if not self.action_keys or not self.state_keys:
+            raise ValueError("--action-keys and --state-keys need at least one key each")
+
+
+# --- one episode ------------------------------------------------------------------------------
+
+
+def episode_paths(folder: str | os.PathLike, cfg: RobotDataConfig) -> list[tuple[Path, bool]]:
+    """(path, is_success) of every episode file, in a fixed order (success first, then failure)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"robot dataset folder not found: {folder}")
+    found = []
+    for sub in SUBFOLDERS:
+        if sub == "failure" and not cfg.include_failure:
+            continue
+        found += [(p, sub == "success") for p in sorted((folder / sub).glob("*.h5")) + sorted((folder / sub).glob("*.hdf5"))]
+    if not found:
+        raise DatasetError(
+            f"{folder} holds no episodes: expected .h5 files in {folder / 'success'} (and optionally "
+            f"{folder / 'failure'}); see README 'Your own robot data'"
+        )
+    return found
+
+
+def read_episode(path: str | os.PathLike, cfg: RobotDataConfig = RobotDataConfig(), chunk_len: int = 5,
+                 success: bool | None = None) -> dict[str, Any]:  # fmt: skip
+    """One validated episode in the row layout: observations {state (T, ds) f32, image (T, H, W, 3k)
+    uint8}, actions (T, da), rewards, masks, terminals (T,). `success` defaults to whether the file
+    lies in a `success` folder. Bad data raises `DatasetError` naming the file and the key."""
+    import h5py
+
+    path = Path(path)
+    if success is None:
+        success = path.parent.name != "failure"
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot be read as HDF5 ({e}); re-record or remove this episode") from e
+    with f:
+        arrays = {k: _column(_read(f, path, k), path, k) for k in cfg.action_keys + cfg.state_keys}
+        cams = _camera_keys(f, path, cfg)
+        frames = [_read(f, path, f"{cfg.image_group}/{c}") for c in cams]
+    arrays.update({f"{cfg.image_group}/{c}": a for c, a in zip(cams, frames)})
+    length = len(arrays[cfg.action_keys[0]])
+    for key, arr in arrays.items():
+        if len(arr) == 0:
+            raise DatasetError(f"{path}: empty episode ('{key}' has 0 steps)")
+        if len(arr) != length:
+            raise DatasetError(
+                f"{path}: length mismatch: '{key}' has {len(arr)} steps but '{cfg.action_keys[0]}' has {length}"
+            )
+    for key in cfg.action_keys + cfg.state_keys:
+        bad = ~np.isfinite(arrays[key])
+        if bad.any():
+            raise DatasetError(f"{path}: '{key}' holds NaN/inf at step {int(np.argwhere(bad)[0][0])}")
+    actions = np.concatenate([arrays[k] for k in cfg.action_keys], axis=-1)
+    state = np.concatenate([arrays[k] for k in cfg.state_keys], axis=-1)
+    worst = float(np.max(np.abs(actions)))
+    if worst > 1.0 + 1e-5:
+        raise DatasetError(
+            f"{path}: actions ({', '.join(cfg.action_keys)}) must lie in [-1, 1] but reach {worst:.4g}; "
+            "rescale them when recording"
+        )
+    if length <= chunk_len:
+        raise DatasetError(f"{path}: episode has {length} steps; it needs more than the chunk length {chunk_len}")
+    for key, arr in zip(cams, frames):
+        if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] not in (3, 4):
+            raise DatasetError(
+                f"{path}: '{cfg.image_group}/{key}' must be uint8 (T, H, W, 3 or 4), got {arr.dtype} {arr.shape}"
+            )
+    image = np.concatenate([_to_rgb(a, cfg) for a in frames], axis=-1)
+    rewards = np.full(length, cfg.step_reward, np.float32)
+    rewards[length - chunk_len] = cfg.success_reward if success else cfg.failure_reward
+    masks = np.ones(length, np.float32)
+    masks[length - chunk_len :] = 0.0
+    terminals = np.zeros(length, bool)
+    terminals[-1] = True
+    return {
+        "observations": {"state": state.astype(np.float32), "image": image},
+        "actions": np.clip(actions, -1.0, 1.0).astype(np.float32),
+        "rewards": rewards,
+        "masks": masks,
+        "terminals": terminals,
+    }
+
+
+def droid_obs_to_lps(raw: dict, cfg: RobotDataConfig = RobotDataConfig()) -> dict[str, np.ndarray]:
+    """One robot observation -> `{"state": (ds,) float32, "image": (H, W, 3k) uint8}`, exactly as
+    training saw it. `raw` is the robot stack's dict (`{"robot_state": {...}, "image": {cam: BGRA}}`,
+    optionally under an "observation" key, or with flat "a/b/c" keys), or already our dict."""
+    if "state" in raw and "image" in raw:
+        image = np.asarray(raw["image"])
+        if image.dtype != np.uint8 or image.ndim != 3:
+            raise ValueError(f"observation 'image' must be uint8 (H, W, C), got {image.dtype} {image.shape}")
+        return {"state": np.asarray(raw["state"], np.float32).reshape(-1), "image": image}
+    state = np.concatenate([np.asarray(_lookup(raw, k), np.float32).reshape(-1) for k in cfg.state_keys])
+    group = _lookup(raw, cfg.image_group)
+    if not isinstance(group, dict):
+        raise ValueError(f"observation '{cfg.image_group}' must be a dict of camera images, got {type(group).__name__}")
+    cams = list(cfg.cameras) or sorted(k for k in group if k.endswith(cfg.camera_suffix))
+    missing = [c for c in cams if c not in group]
+    if missing or len(cams) != cfg.num_cameras:
+        raise ValueError(
+            f"observation has cameras {sorted(group)}; the policy needs {cfg.num_cameras} "
+            f"({list(cfg.cameras) or '*' + cfg.camera_suffix})"
+        )
+    image = np.concatenate([_to_rgb(np.asarray(group[c])[None], cfg)[0] for c in cams], axis=-1)
+    return {"state": state, "image": image}
+
+
+def _lookup(raw: dict, key: str):
+    """`a/b/c` in a nested dict (or as a flat key), with or without its leading 'observation/'."""
+    candidates = [key]
+    if key.startswith("observation/"):
+        candidates.append(key.removeprefix("observation/"))
+    for cand in candidates:
+        if cand in raw:
+            return raw[cand]
+        node = raw
+        for part in cand.split("/"):
+            if not isinstance(node, dict) or part not in node:
+                break
+            node = node[part]
+        else:
+            return node
+    raise ValueError(f"observation lacks '{key}'; it has keys {sorted(raw)}")
+
+
+def _read(f, path: Path, key: str) -> np.ndarray:
+    if key not in f:
+        raise DatasetError(f"{path}: missing key '{key}' (set the key names with --action-keys/--state-keys/--cameras)")
+    node = f[key]
+    if not hasattr(node, "shape"):
+        raise DatasetError(f"{path}: '{key}' is a group, not an array")
+    return node[()]
+
+
+def _column(arr: np.ndarray, path: Path, key: str) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
+        raise DatasetError(f"{path}: '{key}' must be numeric (T,) or (T, k), got {arr.dtype} {arr.shape}")
+    return arr.astype(np.float32)
+
+
+def _camera_keys(f, path: Path, cfg: RobotDataConfig) -> list[str]:
+    if cfg.image_group not in f:
+        raise DatasetError(f"{path}: missing key '{cfg.image_group}' (the camera group; see --image-group)")
+    available = sorted(f[cfg.image_group].keys())
+    if cfg.cameras:
+        for cam in cfg.cameras:
+            if cam not in available:
+                raise DatasetError(f"{path}: missing key '{cfg.image_group}/{cam}'; cameras there: {available}")
+        return list(cfg.cameras)
+    cams = [k for k in available if k.endswith(cfg.camera_suffix)]
+    if len(cams) != cfg.num_cameras:
+        raise DatasetError(
+            f"{path}: wrong camera count under '{cfg.image_group}': found {len(cams)} ({cams}) ending in "
+            f"'{cfg.camera_suffix}', expected {cfg.num_cameras} (see --num-cameras, --cameras)"
+        )
+    return cams
+
+
+def _to_rgb(frames: np.ndarray, cfg: RobotDataConfig) -> np.ndarray:
+    """(T, H, W, 3|4) -> (T, S, S, 3) uint8 RGB, resized to `cfg.image_size` (bilinear) if set."""
+    rgb = frames[..., :3]
+    if cfg.bgr:
+        rgb = rgb[..., ::-1]
+    size = cfg.image_size
+    if size and rgb.shape[1:3] != (size, size):
+        from PIL import Image
+
+        rgb = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(x)).resize((size, size), Image.BILINEAR)) for x in rgb])
+    return np.ascontiguousarray(rgb, dtype=np.uint8)
+
+
+# --- a folder of episodes ---------------------------------------------------------------------
+
+
+def load_folder(folder: str | os.PathLike, cfg: RobotDataConfig = RobotDataConfig(), chunk_len: int = 5,
+                progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Every episode of `folder` in one row-layout dataset (observations a dict), from the cache
+    when the files and options are unchanged. Bad episodes stop the load (naming file and key),
+    or with `cfg.skip_bad` are skipped and listed."""
+    paths = episode_paths(folder, cfg)
+    cache_path = Path(folder) / CACHE_DIR / f"robot-{_cache_key(paths, cfg, chunk_len)}.npz"
+    if cfg.cache and cache_path.exists():
+        try:
+            cached = _read_cache(cache_path)
+            print(f"[lps] robot data from cache {cache_path} ({cached['info']})")
+            return cached["dataset"]
+        except (OSError, ValueError, KeyError) as e:  # a damaged cache is rebuilt, never trusted
+            print(f"[lps] ignoring unreadable cache {cache_path} ({type(e).__name__}: {e}); reading the episodes")
+    from tqdm import tqdm
+
+    episodes, skipped, outcomes = [], [], []
+    for path, success in tqdm(paths, desc="reading episodes", unit="ep", disable=not progress, dynamic_ncols=True):
+        try:
+            episodes.append(read_episode(path, cfg, chunk_len, success))
+            outcomes.append(success)
+        except DatasetError as e:
+            if not cfg.skip_bad:
+                raise DatasetError(f"{e}\n(pass --skip-bad to skip bad episodes with a summary instead)") from None
+            skipped.append(str(e))
+    if skipped:
+        print(f"[lps] skipped {len(skipped)} of {len(paths)} episode(s) (--skip-bad):")
+        for reason in skipped:
+            print(f"  - {reason}")
+    if not episodes:
+        raise DatasetError(f"{folder}: every episode was bad; nothing to train on")
+    shapes = {e["observations"]["image"].shape[1:] for e in episodes}
+    if len(shapes) > 1:
+        raise DatasetError(
+            f"{folder}: episodes have different image sizes {sorted(shapes)}; set --image-size to resize them alike"
+        )
+    dataset = append_episodes(None, episodes)
+    n_success = sum(outcomes)
+    info = (f"{len(episodes)} episodes ({n_success} success, {len(episodes) - n_success} failure), "
+            f"{len(dataset['actions'])} steps, image {dataset['observations']['image'].shape[1:]}")  # fmt: skip
+    print(f"[lps] robot data: {info}")
+    if cfg.cache:
+        try:
+            _write_cache(cache_path, dataset, info)
+        except OSError as e:  # e.g. a read-only dataset folder: train anyway, just without the cache
+            print(f"[lps] could not write the cache {cache_path} ({e}); the next run will read the episodes again")
+    return dataset
+
+
+def append_episodes(dataset: dict[str, Any] | None, episodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The row-layout dataset with `episodes` (each as `read_episode` returns it) appended: the one
+    way episodes join a dataset, whether read from disk or collected online."""
+    parts = ([dataset] if dataset is not None else []) + list(episodes)
+    if not parts:
+        raise ValueError("append_episodes needs at least one episode")
+    for i, ep in enumerate(parts):
+        if not np.asarray(ep["terminals"])[-1]:
+            raise DatasetError(f"episode {i} does not end with a terminal row (terminals[-1] must be 1)")
+    out = {}
+    for key in ("actions", "rewards", "masks", "terminals"):
+        out[key] = np.concatenate([np.asarray(p[key]) for p in parts])
+    obs_keys = parts[0]["observations"].keys()
+    out["observations"] = {k: np.concatenate([p["observations"][k] for p in parts]) for k in obs_keys}
+    return out
+
+
+def _cache_key(paths: list[tuple[Path, bool]], cfg: RobotDataConfig, chunk_len: int) -> str:
+    """Changes when any episode file is added, removed, rewritten, or any loader option changes."""
+    h = hashlib.sha256()
+    options = {**dataclasses.asdict(cfg), "chunk_len": chunk_len, "version": CACHE_VERSION}
+    options.pop("cache")
+    h.update(json.dumps(options, sort_keys=True).encode())
+    for path, success in paths:
+        st = path.stat()
+        h.update(f"{path.parent.name}/{path.name}|{st.st_size}|{st.st_mtime_ns}|{success}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _write_cache(path: Path, dataset: dict[str, Any], info: str) -> None:
+    """Uncompressed npz (images are uint8 already; compression would cost seconds on every load),
+    written to a temporary file and renamed, so a killed run never leaves a half-written cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {f"observations/{k}": v for k, v in dataset["observations"].items()}
+    arrays.update({k: v for k, v in dataset.items() if k != "observations"})
+    arrays["info"] = np.array(info)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    for old in path.parent.glob("robot-*.npz"):  # older caches of this folder are stale now
+        if old != path:
+            old.unlink(missing_ok=True)
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    dataset = {k: v for k, v in arrays.items() if "/" not in k and k != "info"}
+    dataset["observations"] = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("observations/")}
+    return {"dataset": dataset, "info": str(arrays["info"])}
+
+
+# --- writing episodes (recording, tests, benchmarks) -------------------------------------------
+
+
+def write_episode(path: str | os.PathLike, actions: np.ndarray, state: np.ndarray, images: dict[str, np.ndarray],
+                  cfg: RobotDataConfig = RobotDataConfig()) -> None:  # fmt: skip
+    """Write one episode in the layout `read_episode` reads: `actions` (T, 7) split into
+    cartesian velocity and gripper, `state` (T, 7) likewise, `images` {camera: (T, H, W, 4) BGRA}.
+    Written to a temporary file and renamed, so a reader never sees half an episode."""
+    import h5py
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            for keys, arr in ((cfg.action_keys, actions), (cfg.state_keys, state)):
+                f[keys[0]] = arr[:, :-1]
+                f[keys[1]] = arr[:, -1]
+            for cam, frames in images.items():
+                f[f"{cfg.image_group}/{cam}"] = frames
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def synthetic_folder(folder: str | os.PathLike, success: int = 5, failure: int = 2, steps: int = 40,
+                     size: int = 32, cameras: tuple[str, ...] = ("ext1_left", "wrist_left"), seed: int = 0) -> Path:  # fmt: skip
+    """A tiny dataset in the DROID layout whose actions depend on the images and the state (so a
+    policy can learn them): for tests and benchmarks."""
+    rng = np.random.default_rng(seed)
+    folder = Path(folder)
+    for i in range(success + failure):
+        sub = "success" if i < success else "failure"
+        t = np.linspace(0, 1, steps, dtype=np.float32)[:, None]
+        goal = rng.uniform(-0.5, 0.5, (1, 6)).astype(np.float32)
+        cart = goal * t + 0.02 * rng.standard_normal((steps, 6)).astype(np.float32)
+        state = np.concatenate([cart, (t > 0.5).astype(np.float32)], axis=1)
+        actions = np.clip(np.concatenate([np.repeat(goal, steps, 0), 2 * (t > 0.5) - 1], axis=1), -1, 1)
+        images = {}
+        for c, cam in enumerate(cameras):
+            frames = rng.integers(0, 40, (steps, size, size, 4), dtype=np.uint8)
+            # A bright square whose position encodes the goal, so the images carry the task.
+            row = int((goal[0, c % 6] + 0.5) * (size - 8))
+            frames[:, row : row + 8, size // 4 : size // 4 + 8, :3] = 255
+            images[cam] = frames
+        write_episode(folder / sub / f"episode_{i:03d}.h5", actions.astype(np.float32), state, images)
+    return folder

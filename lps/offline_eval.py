@@ -1,0 +1,69 @@
+"""Offline evaluation on recorded episodes: how far the policy's chunks are from the actions a
+demonstrator took (for robot data, where there is no simulator to roll out in).
+
+The policy is queried where an open-loop controller would query it: at rows 0, H, 2H, ... of
+every episode (each chunk must fit before the episode's final observation), and each predicted
+chunk is compared with the H recorded actions from that row. Same policy seed -> same numbers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def chunk_rows(terminals: np.ndarray, chunk_len: int) -> np.ndarray:
+    """Rows 0, H, 2H, ... of every episode whose chunk ends before the episode's last row."""
+    ends = np.flatnonzero(terminals)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    return np.concatenate([np.arange(s, e - chunk_len + 1, chunk_len) for s, e in zip(starts, ends)]).astype(int)
+
+
+def action_error(policy, dataset: dict, batch_size: int = 256) -> dict[str, float]:
+    """Mean squared / absolute error between predicted and recorded chunks, over every chunk,
+    and the absolute error of the first action alone (what a closed-loop controller would use)."""
+    spec = policy.spec
+    rows = chunk_rows(np.asarray(dataset["terminals"], bool), spec.chunk_len)
+    if len(rows) == 0:
+        raise ValueError(f"no episode is longer than the chunk length {spec.chunk_len}")
+    obs = dataset["observations"]
+    predicted = []
+    for i in range(0, len(rows), batch_size):
+        batch_rows = rows[i : i + batch_size]
+        batch = {k: v[batch_rows] for k, v in obs.items()} if isinstance(obs, dict) else obs[batch_rows]
+        predicted.append(np.asarray(policy(batch)).reshape(len(batch_rows), spec.chunk_len, spec.action_dim))
+    predicted = np.concatenate(predicted)
+    recorded = np.asarray(dataset["actions"])[rows[:, None] + np.arange(spec.chunk_len)]
+    error = predicted - recorded
+    return {
+        "offline/action_mse": float(np.mean(error**2)),
+        "offline/action_mae": float(np.mean(np.abs(error))),
+        "offline/first_action_mae": float(np.mean(np.abs(error[:, 0]))),
+        "offline/chunks": float(len(rows)),
+        "offline/episodes": float(np.sum(dataset["terminals"])),
+    }
+
+
+def evaluate_on_dataset(run_dir, dataset_path, seed: int | None = None) -> dict[str, float]:
+    """A run's policy against held-out recorded episodes (a robot folder, read with the run's
+    loader options, or a row-layout npz); the numbers are also written to the run's
+    `offline-eval.json`."""
+    from pathlib import Path
+
+    from lps import checkpoint
+    from lps.data.validate import load_own_dataset, validate
+    from lps.policy import load_policy
+    from lps.train import load_config
+
+    _, cfg, _, spec = load_config(run_dir)
+    policy = load_policy(run_dir, seed=cfg.seed if seed is None else seed)
+    if Path(dataset_path).is_dir():
+        from lps.data.robot import load_folder
+
+        data = validate(load_folder(dataset_path, cfg.robot, cfg.chunk_len, cfg.progress), cfg.chunk_len, str(dataset_path))
+    else:
+        data = load_own_dataset(dataset_path, cfg.chunk_len)
+    if np.shape(data["actions"])[1] != spec.action_dim:
+        raise ValueError(f"{dataset_path} has {np.shape(data['actions'])[1]}-D actions; the policy outputs {spec.action_dim}-D")
+    result = action_error(policy, data)
+    checkpoint.write_json(Path(run_dir) / "offline-eval.json", {"dataset": str(dataset_path), **result})
+    return result

@@ -1,0 +1,185 @@
+"""Image encoders, random-shift augmentation, every agent on image observations, the DiT base
+policy and the cosine learning-rate schedule."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from lps import encoders as E
+from lps.agents import REGISTRY, Spec, make_agent
+from lps.config import TrainConfig
+from lps.data.sampler import to_device
+from lps.generative import GenerativePolicy
+from lps.train import create_state, make_multi_update, make_optimizer, make_update
+
+
+def test_random_shift_is_a_shifted_window_and_seeded():
+    images = jnp.asarray(np.random.default_rng(0).integers(0, 255, (6, 12, 12, 3)), jnp.uint8)
+    assert E.random_shift(jax.random.PRNGKey(0), images, 0) is images
+    shifted = E.random_shift(jax.random.PRNGKey(0), images, 2)
+    assert shifted.shape == images.shape and shifted.dtype == jnp.uint8
+    np.testing.assert_array_equal(shifted, E.random_shift(jax.random.PRNGKey(0), images, 2))
+    padded = np.pad(np.asarray(images), ((0, 0), (2, 2), (2, 2), (0, 0)), mode="edge")
+    for img, pad in zip(np.asarray(shifted), padded):  # each output is some 12x12 window of the padded image
+        windows = [pad[i : i + 12, j : j + 12] for i in range(5) for j in range(5)]
+        assert any(np.array_equal(img, w) for w in windows)
+    assert not np.array_equal(shifted, images)
+
+
+@pytest.mark.parametrize(
+    "obs, dim",
+    [
+        ({"state": jnp.ones((2, 7)), "image": jnp.zeros((2, 16, 16, 6), jnp.uint8)}, 24 + 7),
+        (jnp.zeros((2, 16, 16, 3), jnp.uint8), 24),
+        (jnp.ones((2, 5)), 5),
+    ],
+)
+def test_observation_encoder_shapes(obs, dim):
+    enc = E.ObservationEncoder("impala-small", 24)
+    out = jax.eval_shape(lambda o: enc.apply(enc.init(jax.random.PRNGKey(0), o), o), obs)
+    assert out.shape == (2, dim) and out.dtype == jnp.float32
+
+
+def test_spec_and_encoder_resolution():
+    spec = Spec(7, 7, 5, 0.99, [32, 32, 6])  # a JSON list becomes a (hashable) tuple
+    assert spec.image_shape == (32, 32, 6) and hash(spec) == hash(Spec(**json.loads(json.dumps(dataclasses.asdict(spec)))))
+    assert E.resolve_encoder("auto", spec) == "impala"
+    assert E.resolve_encoder("auto", Spec(0, 5, 5, 0.99, (64, 64, 3))) == "impala-small"
+    assert E.resolve_encoder("auto", Spec(28, 5)) == "none"
+    with pytest.raises(ValueError, match="needs image observations"):
+        E.resolve_encoder("impala", Spec(28, 5))
+    with pytest.raises(ValueError, match="need an image encoder"):
+        E.resolve_encoder("none", spec)
+
+
+def _image_dataset(n_episodes=4, steps=12, size=16):
+    rng = np.random.default_rng(0)
+    n = n_episodes * steps
+    terminals = np.zeros(n, bool)
+    terminals[steps - 1 :: steps] = True
+    return {
+        "observations": {
+            "state": rng.normal(size=(n, 3)).astype(np.float32),
+            "image": rng.integers(0, 255, (n, size, size, 6), dtype=np.uint8),
+        },
+        "actions": rng.uniform(-1, 1, (n, 2)).astype(np.float32),
+        "rewards": -np.ones(n, np.float32),
+        "masks": np.ones(n, np.float32),
+        "terminals": terminals,
+    }
+
+
+def _tiny_config(name):
+    cfg_cls = REGISTRY[name][1]
+    overrides = {f.name: (16,) for f in dataclasses.fields(cfg_cls) if f.name.endswith("_hidden")}
+    if any(f.name == "alpha" for f in dataclasses.fields(cfg_cls)) and cfg_cls().alpha is None:
+        overrides["alpha"] = 1.0
+    return cfg_cls(**overrides)
+
+
+def _encoded(name, monkeypatch):
+    monkeypatch.setitem(E.ARCHS, "test", ((4,), 1))  # a one-stack encoder keeps compilation short
+    spec = Spec(3, 2, 3, 0.99, (16, 16, 6))
+    return E.EncodedAgent(make_agent(name, _tiny_config(name), Spec(8 + 3, 2, 3, 0.99)), spec, "test", 8, 2), spec
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_agent_takes_image_observations(name, monkeypatch):
+    """Every agent, wrapped, traces on {state, image} batches: a scalar loss whose gradient has an
+    encoder entry shaped like the encoder, and chunks of the right shape (traced, not compiled,
+    so all eight stay cheap; the next test runs real updates)."""
+    agent, spec = _encoded(name, monkeypatch)
+    data = _image_dataset()
+    params = jax.eval_shape(agent.init, jax.random.PRNGKey(0))
+    target = {k: params[k] for k in agent.target_keys}
+    from lps.data.sampler import sample_chunks
+
+    batch = jax.eval_shape(lambda d: sample_chunks(d, jax.random.PRNGKey(0), 8, 3, 0.99), to_device(data, 3))
+    assert batch["observations"]["image"].dtype == jnp.uint8
+    loss, _ = jax.eval_shape(agent.loss, params, target, batch, jax.random.PRNGKey(1))
+    grads = jax.eval_shape(
+        lambda p, t, b: jax.grad(lambda q: agent.loss(q, t, b, jax.random.PRNGKey(1))[0])(p), params, target, batch
+    )
+    assert loss.shape == () and jax.tree_util.tree_structure(grads["encoder"]) == jax.tree_util.tree_structure(params["encoder"])
+    chunk = jax.eval_shape(agent.act, params, batch["observations"], jax.random.PRNGKey(2))
+    assert chunk.shape == (8, spec.chunk_dim)
+
+
+@pytest.mark.parametrize("name", ["lps", "bc-mf"])
+def test_agents_train_and_act_on_images(name, monkeypatch):
+    """A few scanned updates on {state, image} observations: finite losses, the shared encoder
+    learns, the chunk is in range, and images stay uint8 on the device."""
+    agent, spec = _encoded(name, monkeypatch)
+    data = _image_dataset()
+    device = to_device(data, spec.chunk_len)
+    assert device.observations["image"].dtype == jnp.uint8
+    optimizer = make_optimizer(TrainConfig(steps=3))
+    state = create_state(agent, optimizer, 0)
+    before = jax.tree_util.tree_map(np.array, state.params["encoder"])
+    state, metrics = make_multi_update(make_update(agent, optimizer, 8), 3)(state, device)
+    assert all(np.isfinite(np.asarray(v)).all() for v in metrics.values()), metrics
+    changed = jax.tree_util.tree_map(lambda a, b: not np.allclose(a, b), before, state.params["encoder"])
+    assert all(jax.tree_util.tree_leaves(changed)), "part of the encoder did not train"
+    obs = jax.tree_util.tree_map(lambda x: jnp.asarray(x[:4]), data["observations"])
+    chunk = agent.act(state.params, obs, jax.random.PRNGKey(1))
+    assert chunk.shape == (4, spec.chunk_dim) and bool(jnp.all(jnp.abs(chunk) <= 1))
+
+
+def test_dit_base_policy_fits_conditional_chunks():
+    """MeanFlow with a DiT network learns two observation-dependent chunks (one-step sampling)."""
+    from lps.generative import DiTSpec
+
+    policy = GenerativePolicy((), 3 * 2, "meanflow", dit=DiTSpec(3, 32, 2, 2))
+    obs = jnp.array([[1.0, 0.0], [0.0, 1.0]]).repeat(8, axis=0)
+    chunks = jnp.array([[0.5] * 6, [-0.5, 0.5] * 3]).repeat(8, axis=0)
+    params = policy.init(jax.random.PRNGKey(0), 2)
+    assert params["position"].shape == (1, 3, 32)
+    opt = optax.adam(1e-3)
+
+    def step(carry, key):
+        params, opt_state = carry
+        grads = jax.grad(policy.loss)(params, obs, chunks, key)
+        updates, opt_state = opt.update(grads, opt_state)
+        return (optax.apply_updates(params, updates), opt_state), None
+
+    def error(params):
+        sample = policy.sample(params, obs, policy.noise(jax.random.PRNGKey(9), obs.shape[0]))
+        return float(jnp.mean(jnp.abs(sample - chunks)))
+
+    train = jax.jit(lambda p, s: jax.lax.scan(step, (p, s), jax.random.split(jax.random.PRNGKey(1), 300))[0][0])
+    start, trained = error(params), train(params, opt.init(params))
+    assert error(trained) < 0.1 < start
+
+
+def test_dit_config_is_checked():
+    from lps.agents import LPSConfig
+
+    agent = make_agent("lps", LPSConfig(base_arch="dit", dit_width=30, dit_heads=4), Spec(3, 2, 3))
+    with pytest.raises(ValueError, match="multiple of the heads"):
+        agent.base
+
+
+def test_cosine_schedule_warms_up_and_decays_to_a_tenth():
+    """Adam's first steps move a parameter by about the learning rate, so the step size traces it."""
+    steps, lr = 300, 1e-2
+    opt = make_optimizer(TrainConfig(steps=steps, lr=lr, lr_schedule="cosine"))
+    params = jnp.zeros(())
+    state = opt.init(params)
+    moves = []
+    for _ in range(steps):
+        updates, state = opt.update(jnp.ones(()), state, params)
+        moves.append(-float(updates))
+    assert moves[0] == 0.0  # warmup starts at 0
+    assert moves[3] == pytest.approx(lr, rel=0.02)  # peak after 1 % of the steps
+    assert moves[-1] == pytest.approx(lr / 10, rel=0.05)
+    assert moves[150] < moves[30]
+    constant = make_optimizer(TrainConfig(steps=steps, lr=lr))
+    updates, _ = constant.update(jnp.ones(()), constant.init(params), params)
+    assert -float(updates) == pytest.approx(lr, rel=1e-3)

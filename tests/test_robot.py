@@ -1,0 +1,223 @@
+"""Robot data (DROID-style HDF5 folders): reading, rewards, validation errors, cache, the raw
+observation conversion, and train -> offline eval -> load_policy end to end on the CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+
+from lps.data.robot import (
+    RobotDataConfig,
+    append_episodes,
+    droid_obs_to_lps,
+    load_folder,
+    read_episode,
+    synthetic_folder,
+    write_episode,
+)
+from lps.data.validate import DatasetError
+from tests.helpers import run_cli
+
+CFG = RobotDataConfig(image_size=32)
+H = 5
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """5 success + 2 failure episodes, 40 steps, two 32x32 cameras."""
+    return synthetic_folder(tmp_path_factory.mktemp("robot") / "demos", success=5, failure=2, steps=40, size=32)
+
+
+def _raw_obs(path, t):
+    with h5py.File(path) as f:
+        return {
+            "robot_state": {
+                "cartesian_position": f["observation/robot_state/cartesian_position"][t],
+                "gripper_position": f["observation/robot_state/gripper_position"][t],
+            },
+            "image": {k: f["observation/image"][k][t] for k in f["observation/image"]},
+        }
+
+
+def test_episode_layout_rewards_and_rgb(folder):
+    ep = read_episode(folder / "success" / "episode_000.h5", CFG, chunk_len=H)
+    assert ep["observations"]["state"].shape == (40, 7) and ep["observations"]["state"].dtype == np.float32
+    assert ep["observations"]["image"].shape == (40, 32, 32, 6) and ep["observations"]["image"].dtype == np.uint8
+    assert ep["actions"].shape == (40, 7)
+    expected = np.full(40, -1.0)
+    expected[40 - H] = 0.0
+    np.testing.assert_array_equal(ep["rewards"], expected)
+    np.testing.assert_array_equal(ep["masks"], (np.arange(40) < 40 - H).astype(float))
+    assert ep["terminals"].sum() == 1 and ep["terminals"][-1]
+    failure = read_episode(folder / "failure" / "episode_005.h5", CFG, chunk_len=H)
+    assert failure["rewards"][40 - H] == -100.0 and failure["rewards"][0] == -1.0
+    # BGRA -> RGB, camera order = sorted keys (ext1_left, wrist_left), stacked on channels.
+    with h5py.File(folder / "success" / "episode_000.h5") as f:
+        bgra = f["observation/image/wrist_left"][7]
+    np.testing.assert_array_equal(ep["observations"]["image"][7, :, :, 3:], bgra[..., 2::-1])
+
+
+def test_resize_on_load(folder):
+    ep = read_episode(folder / "success" / "episode_001.h5", RobotDataConfig(image_size=16))
+    assert ep["observations"]["image"].shape == (40, 16, 16, 6)
+
+
+def _write(path, steps=20, cams=("a_left", "b_left"), drop=None, **override):
+    rng = np.random.default_rng(0)
+    actions = rng.uniform(-1, 1, (steps, 7)).astype(np.float32)
+    state = rng.normal(size=(steps, 7)).astype(np.float32)
+    images = {c: rng.integers(0, 255, (steps, 8, 8, 4), dtype=np.uint8) for c in cams}
+    write_episode(path, actions, state, images)
+    with h5py.File(path, "a") as f:
+        if drop:
+            del f[drop]
+        for key, value in override.items():
+            key = key.replace("__", "/")
+            del f[key]
+            f[key] = value
+
+
+BAD = {
+    "missing key": (dict(drop="observation/robot_state/cartesian_position"), "missing key 'observation/robot_state/cartesian_position'"),
+    "length mismatch": (dict(action__gripper_position=np.zeros(19, np.float32)), "length mismatch: 'action/gripper_position' has 19"),
+    "nan": (dict(observation__robot_state__gripper_position=np.array([0.0] * 5 + [np.nan] + [0.0] * 14, np.float32)),
+            "'observation/robot_state/gripper_position' holds NaN/inf at step 5"),
+    "wrong camera count": (dict(cams=("a_left", "b_left", "c_left")), "wrong camera count"),
+    "empty": (dict(steps=0), "empty episode"),
+    "action range": (dict(action__cartesian_velocity=np.full((20, 6), 3.0, np.float32)), "must lie in [-1, 1]"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_episode_error_names_file_and_key(tmp_path, case):
+    kwargs, message = BAD[case]
+    path = tmp_path / "success" / "bad.h5"
+    _write(path, **kwargs)
+    with pytest.raises(DatasetError) as e:
+        read_episode(path, RobotDataConfig(image_size=0))
+    assert str(path) in str(e.value) and message in str(e.value)
+
+
+def test_skip_bad_summary(tmp_path, capsys):
+    for i in range(3):
+        _write(tmp_path / "success" / f"good{i}.h5")
+    _write(tmp_path / "success" / "bad.h5", drop="action/gripper_position")
+    cfg = RobotDataConfig(image_size=0, cache=False)
+    with pytest.raises(DatasetError, match="bad.h5.*missing key 'action/gripper_position'(.|\n)*--skip-bad"):
+        load_folder(tmp_path, cfg, progress=False)
+    data = load_folder(tmp_path, RobotDataConfig(image_size=0, cache=False, skip_bad=True), progress=False)
+    out = capsys.readouterr().out
+    assert "skipped 1 of 4 episode(s)" in out and "bad.h5" in out
+    assert data["terminals"].sum() == 3 and len(data["actions"]) == 60
+
+
+def test_missing_folder_and_empty_folder(tmp_path):
+    with pytest.raises(DatasetError, match="not found"):
+        load_folder(tmp_path / "nope", CFG)
+    with pytest.raises(DatasetError, match="holds no episodes"):
+        load_folder(tmp_path, CFG)
+
+
+def test_cache_hit_invalidation_and_corruption(tmp_path, capsys):
+    folder = synthetic_folder(tmp_path / "d", success=2, failure=1, steps=12, size=16)
+    cfg = RobotDataConfig(image_size=16)
+    first = load_folder(folder, cfg, chunk_len=H, progress=False)
+    caches = list((folder / ".lps-cache").glob("robot-*.npz"))
+    assert len(caches) == 1 and not list((folder / ".lps-cache").glob("*.tmp"))
+    second = load_folder(folder, cfg, chunk_len=H, progress=False)
+    assert "from cache" in capsys.readouterr().out
+    for key in ("actions", "rewards", "masks", "terminals"):
+        np.testing.assert_array_equal(first[key], second[key])
+    np.testing.assert_array_equal(first["observations"]["image"], second["observations"]["image"])
+    # Another chunk length moves the outcome reward: a different cache entry.
+    load_folder(folder, cfg, chunk_len=3, progress=False)
+    assert "from cache" not in capsys.readouterr().out
+    # A new episode invalidates the cache.
+    synthetic_folder(tmp_path / "extra", success=1, failure=0, steps=12, size=16, seed=3)
+    shutil.copy(tmp_path / "extra" / "success" / "episode_000.h5", folder / "success" / "episode_new.h5")
+    third = load_folder(folder, cfg, chunk_len=H, progress=False)
+    assert "from cache" not in capsys.readouterr().out and third["terminals"].sum() == 4
+    # A damaged cache is rebuilt, not trusted.
+    (cache,) = (folder / ".lps-cache").glob("robot-*.npz")
+    cache.write_bytes(b"not an npz")
+    again = load_folder(folder, cfg, chunk_len=H, progress=False)
+    assert "ignoring unreadable cache" in capsys.readouterr().out and again["terminals"].sum() == 4
+
+
+def test_droid_obs_to_lps_matches_training_rows(folder):
+    path = folder / "success" / "episode_002.h5"
+    ep = read_episode(path, CFG)
+    raw = _raw_obs(path, 11)
+    obs = droid_obs_to_lps(raw, CFG)
+    np.testing.assert_array_equal(obs["image"], ep["observations"]["image"][11])
+    np.testing.assert_allclose(obs["state"], ep["observations"]["state"][11])
+    # Nested under "observation", or already ours, gives the same.
+    np.testing.assert_array_equal(droid_obs_to_lps({"observation": raw}, CFG)["image"], obs["image"])
+    assert droid_obs_to_lps(obs, CFG)["image"] is not None
+    with pytest.raises(ValueError, match="cameras"):
+        droid_obs_to_lps({**raw, "image": {"ext1_left": raw["image"]["ext1_left"]}}, CFG)
+    with pytest.raises(ValueError, match="lacks 'observation/robot_state/cartesian_position'"):
+        droid_obs_to_lps({"image": raw["image"]}, CFG)
+
+
+def test_append_episodes(folder):
+    a = read_episode(folder / "success" / "episode_000.h5", CFG)
+    b = read_episode(folder / "failure" / "episode_006.h5", CFG)
+    data = append_episodes(append_episodes(None, [a]), [b])
+    assert len(data["actions"]) == 80 and data["terminals"].sum() == 2
+    np.testing.assert_array_equal(data["observations"]["image"][40:], b["observations"]["image"])
+    with pytest.raises(DatasetError, match="terminal"):
+        append_episodes(data, [{**a, "terminals": np.zeros(40, bool)}])
+
+
+def test_train_eval_and_load_policy_end_to_end(folder, tmp_path):
+    """`lps train --dataset DIR` on images + proprio, `lps eval RUN --dataset HELD_OUT`, then
+    `load_policy` on a raw DROID observation dict."""
+    import lps
+
+    held_out = synthetic_folder(tmp_path / "held-out", success=2, failure=0, steps=40, size=32, seed=1)
+    run = tmp_path / "run"
+    # The robot preset (IMPALA encoder, DiT base, cosine schedule) with tiny networks.
+    small = ["--dit-width", "16", "--dit-depth", "1", "--dit-heads", "2", "--actor-hidden", "32", "--critic-hidden", "32", "32",
+             "--encoder", "impala-small", "--encoder-features", "16"]  # fmt: skip
+    run_cli("train", "--dataset", folder, "--preset", "robot", "--steps", "6", "--log-every", "3", "--batch-size", "8",
+            "--save-every", "6", "--image-size", "32", "--run-dir", run, "--no-progress", *small, cwd=tmp_path, check=True)  # fmt: skip
+    config = json.loads((run / "config.json").read_text())
+    assert config["spec"]["image_shape"] == [32, 32, 6] and config["spec"]["obs_dim"] == 7
+    assert config["agent_config"]["base_arch"] == "dit" and config["train"]["lr_schedule"] == "cosine"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss/critic" in r] == [3, 6]
+
+    from lps.offline_eval import evaluate_on_dataset
+
+    result = evaluate_on_dataset(run, held_out)
+    assert result["offline/episodes"] == 2 and result["offline/chunks"] == 2 * 7
+    assert 0 < result["offline/action_mse"] < 4 and result == evaluate_on_dataset(run, held_out)
+    assert json.loads((run / "offline-eval.json").read_text())["offline/action_mae"] == result["offline/action_mae"]
+
+    import jax
+
+    policy = lps.load_policy(run)
+    raw = _raw_obs(held_out / "success" / "episode_000.h5", 0)
+    chunk = policy(raw, key=jax.random.PRNGKey(0))
+    assert chunk.shape == (H, 7) and np.all(np.abs(chunk) <= 1)
+    # Our dict, as a batch (of one: no new compilation), gives the same chunk as the raw dict.
+    ours = droid_obs_to_lps(raw, CFG)
+    batch = policy({k: v[None] for k, v in ours.items()}, key=jax.random.PRNGKey(0))
+    assert batch.shape == (1, H, 7)
+    np.testing.assert_allclose(batch[0], chunk, atol=1e-6)
+    with pytest.raises(ValueError, match="policy takes state"):
+        policy({"state": np.zeros((1, 3), np.float32), "image": np.zeros((1, 32, 32, 6), np.uint8)})
+
+
+def test_cli_data_robot_and_bad_folder(folder, tmp_path):
+    out = run_cli("data", "robot", folder, "--image-size", "32", cwd=tmp_path, check=True)
+    assert "7 episodes (5 success, 2 failure)" in out.stdout and "image (32, 32, 6) uint8" in out.stdout
+    os.makedirs(tmp_path / "empty" / "success")
+    out = run_cli("train", "--dataset", tmp_path / "empty", "--steps", "1", cwd=tmp_path)
+    assert out.returncode == 1 and "holds no episodes" in out.stderr
