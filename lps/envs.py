@@ -41,6 +41,10 @@ class ChunkOutcome:
     steps: int
     done: bool  # terminated or truncated
     success: float  # info['success'] at the last executed step
+    # Per executed step, for the online replay buffer: the observation after it and its
+    # info['success'] (None from code that does not record them).
+    observations: np.ndarray | None = None  # (steps, obs_dim)
+    successes: np.ndarray | None = None  # (steps,)
 
     @property
     def reward_sum(self) -> float:
@@ -56,8 +60,14 @@ class EnvWorkerError(RuntimeError):
 
 
 def make_env(env_id: str):
-    """One gymnasium environment of an OGBench task (OGBench registers them on import)."""
+    """One gymnasium environment of an OGBench task (OGBench registers them on import), or a toy
+    bandit (`toy-*`, see `lps.toy.ToyEnv`)."""
     import warnings
+
+    from lps import toy
+
+    if toy.is_toy(env_id):
+        return toy.ToyEnv(env_id)
 
     warnings.filterwarnings("ignore", message=".*DISPLAY environment variable.*")
     warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
@@ -71,20 +81,37 @@ def make_env(env_id: str):
 
 def run_chunk(env, chunk: np.ndarray) -> ChunkOutcome:
     """Execute `chunk` open loop in `env`, stopping when the episode ends."""
-    rewards = []
+    rewards, observations, successes = [], [], []
     ob, done, success = None, False, 0.0
     for action in chunk:
         ob, r, terminated, truncated, info = env.step(action)
         rewards.append(r)
+        observations.append(np.asarray(ob, np.float32))
+        successes.append(float(info.get("success", 0.0)))
         if terminated or truncated:
             done, success = True, float(info["success"])
             break
-    return ChunkOutcome(np.asarray(ob, np.float32), np.asarray(rewards, np.float64), len(rewards), done, success)
+    return ChunkOutcome(np.asarray(ob, np.float32), np.asarray(rewards, np.float64), len(rewards), done, success,
+                        np.stack(observations), np.asarray(successes, np.float64))  # fmt: skip
 
 
 def _reset(env, seed: int) -> np.ndarray:
     ob, _ = env.reset(seed=int(seed))
     return np.asarray(ob, np.float32)
+
+
+def _reset_labelled(env, seed: int) -> tuple[np.ndarray, float, float]:
+    """Reset, and also label the first state as a step's reward labels the state it reaches
+    (the online replay buffer needs every state's label, see `lps.online`): an OGBench
+    single-task env's reward of the current state, and success when that reward is 0 (every
+    subtask done). Environments without `compute_reward` (the toy) give (0, 0)."""
+    ob = _reset(env, seed)
+    compute = getattr(env.unwrapped, "compute_reward", None)
+    reward = float(compute()) if compute is not None else 0.0
+    return ob, reward, float(compute is not None and reward == 0.0)
+
+
+_COMMANDS = {"reset": _reset, "reset_labelled": _reset_labelled, "step": run_chunk}
 
 
 # --- in this process --------------------------------------------------------------------------
@@ -100,6 +127,10 @@ class LocalEnvs:
 
     def reset(self, seeds: dict[int, int]) -> dict[int, np.ndarray]:
         return {slot: _reset(self.envs[slot], seed) for slot, seed in seeds.items()}
+
+    def reset_labelled(self, seeds: dict[int, int]) -> dict[int, tuple[np.ndarray, float, float]]:
+        """`reset`, answering (first observation, reward label, success) per slot."""
+        return {slot: _reset_labelled(self.envs[slot], seed) for slot, seed in seeds.items()}
 
     def step_chunks(self, chunks: dict[int, np.ndarray]) -> dict[int, ChunkOutcome]:
         return {slot: run_chunk(self.envs[slot], chunk) for slot, chunk in chunks.items()}
@@ -130,7 +161,7 @@ def _worker_main(conn, env_id: str, num_envs: int) -> None:
             answers = []
             for local, arg in payload:
                 current = local
-                answers.append(_reset(envs[local], arg) if command == "reset" else run_chunk(envs[local], arg))
+                answers.append(_COMMANDS[command](envs[local], arg))
             current = None
             conn.send(("ok", answers))
     except EOFError:  # the parent went away
@@ -213,6 +244,10 @@ class EnvWorkerPool:
 
     def reset(self, seeds: dict[int, int]) -> dict[int, np.ndarray]:
         return self._call("reset", seeds)
+
+    def reset_labelled(self, seeds: dict[int, int]) -> dict[int, tuple[np.ndarray, float, float]]:
+        """`reset`, answering (first observation, reward label, success) per slot."""
+        return self._call("reset_labelled", seeds)
 
     def step_chunks(self, chunks: dict[int, np.ndarray]) -> dict[int, ChunkOutcome]:
         return self._call("step", {slot: np.asarray(c, np.float32) for slot, c in chunks.items()})

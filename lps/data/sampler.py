@@ -61,12 +61,19 @@ def sample_chunks(data: ChunkData, key: jax.Array, batch_size: int, chunk_len: i
     """A batch of chunks: first observation, the H actions (flattened), the discounted chunk
     reward, the product of the chunk's masks, and the observation after the chunk."""
     rows = data.starts[jax.random.randint(key, (batch_size,), 0, data.starts.shape[0])]
+    return gather_chunks(data, rows, chunk_len, gamma)
+
+
+def gather_chunks(data, rows: jax.Array, chunk_len: int, gamma: float) -> dict:
+    """The chunks starting at `rows` (see `sample_chunks`); `data` is a ChunkData or anything with
+    its row arrays (the online replay buffer). Observations may be a pytree (dict observations)."""
+    batch_size = rows.shape[0]
     chunk_rows = rows[:, None] + jnp.arange(chunk_len)
     discounts = gamma ** jnp.arange(chunk_len, dtype=jnp.float32)
     return {
-        "observations": data.observations[rows],
+        "observations": jax.tree_util.tree_map(lambda x: x[rows], data.observations),
         "actions": data.actions[chunk_rows].reshape(batch_size, -1),
         "chunk_return": jnp.sum(data.rewards[chunk_rows] * discounts, axis=-1),
         "chunk_mask": jnp.prod(data.masks[chunk_rows], axis=-1),
-        "next_observations": data.observations[rows + chunk_len],
+        "next_observations": jax.tree_util.tree_map(lambda x: x[rows + chunk_len], data.observations),
     }
