@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return COMMANDS[argv[0]](argv[1:])
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError, RuntimeError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError, RuntimeError, MemoryError) as e:
         print(f"lps {argv[0]}: error: {e}", file=sys.stderr)
         return 1
 

@@ -185,7 +185,9 @@ def restore(run_dir: str | Path, train_state, data: dict[str, np.ndarray], cfg) 
         return None
     template = initial_state(train_state, data, cfg)
     try:
-        return checkpoint.restore(directory, template)
+        # As device arrays: numpy 0-d leaves would turn into numpy scalars under arithmetic and
+        # be written back in a different format.
+        return jax.tree_util.tree_map(jnp.asarray, checkpoint.restore(directory, template))
     except ValueError as e:
         raise ValueError(
             f"cannot resume the online phase of {run_dir}: {e}. Resume with the --online-steps, --online-envs "
@@ -246,6 +248,8 @@ def run(cfg, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule, s
 
     def evaluate() -> None:
         nonlocal last_eval
+        if not cfg.eval_episodes:
+            return
         last_eval = gradient_step()
         schedule.submit(last_eval, seed_axis(state.train.params, 1), [{"env_step": float(state.env_step)}])
 
