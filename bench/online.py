@@ -34,7 +34,7 @@ def bench_env(envs: int, workers: int, env_steps: int, chunk_len: int = 5) -> fl
     rng = np.random.default_rng(0)
     try:
         episode = 0
-        pool.reset_labelled({k: k for k in range(envs)})
+        pool.reset({k: k for k in range(envs)})
         done, start = 0, time.perf_counter()
         while done < env_steps:
             outcomes = pool.step_chunks({k: rng.uniform(-1, 1, (chunk_len, 5)) for k in range(envs)})
@@ -42,7 +42,7 @@ def bench_env(envs: int, workers: int, env_steps: int, chunk_len: int = 5) -> fl
             ended = {k: envs + episode + k for k, o in outcomes.items() if o.done}
             episode += len(ended)
             if ended:
-                pool.reset_labelled(ended)
+                pool.reset(ended)
         return done / (time.perf_counter() - start)
     finally:
         pool.close()

@@ -100,20 +100,6 @@ def _reset(env, seed: int) -> np.ndarray:
     return np.asarray(ob, np.float32)
 
 
-def _reset_labelled(env, seed: int) -> tuple[np.ndarray, float, float]:
-    """Reset, and also label the first state as a step's reward labels the state it reaches
-    (the online replay buffer needs every state's label, see `lps.online`): an OGBench
-    single-task env's reward of the current state, and success when that reward is 0 (every
-    subtask done). Environments without `compute_reward` (the toy) give (0, 0)."""
-    ob = _reset(env, seed)
-    compute = getattr(env.unwrapped, "compute_reward", None)
-    reward = float(compute()) if compute is not None else 0.0
-    return ob, reward, float(compute is not None and reward == 0.0)
-
-
-_COMMANDS = {"reset": _reset, "reset_labelled": _reset_labelled, "step": run_chunk}
-
-
 # --- in this process --------------------------------------------------------------------------
 
 
@@ -127,10 +113,6 @@ class LocalEnvs:
 
     def reset(self, seeds: dict[int, int]) -> dict[int, np.ndarray]:
         return {slot: _reset(self.envs[slot], seed) for slot, seed in seeds.items()}
-
-    def reset_labelled(self, seeds: dict[int, int]) -> dict[int, tuple[np.ndarray, float, float]]:
-        """`reset`, answering (first observation, reward label, success) per slot."""
-        return {slot: _reset_labelled(self.envs[slot], seed) for slot, seed in seeds.items()}
 
     def step_chunks(self, chunks: dict[int, np.ndarray]) -> dict[int, ChunkOutcome]:
         return {slot: run_chunk(self.envs[slot], chunk) for slot, chunk in chunks.items()}
@@ -161,7 +143,7 @@ def _worker_main(conn, env_id: str, num_envs: int) -> None:
             answers = []
             for local, arg in payload:
                 current = local
-                answers.append(_COMMANDS[command](envs[local], arg))
+                answers.append(_reset(envs[local], arg) if command == "reset" else run_chunk(envs[local], arg))
             current = None
             conn.send(("ok", answers))
     except EOFError:  # the parent went away
@@ -244,10 +226,6 @@ class EnvWorkerPool:
 
     def reset(self, seeds: dict[int, int]) -> dict[int, np.ndarray]:
         return self._call("reset", seeds)
-
-    def reset_labelled(self, seeds: dict[int, int]) -> dict[int, tuple[np.ndarray, float, float]]:
-        """`reset`, answering (first observation, reward label, success) per slot."""
-        return self._call("reset_labelled", seeds)
 
     def step_chunks(self, chunks: dict[int, np.ndarray]) -> dict[int, ChunkOutcome]:
         return self._call("step", {slot: np.asarray(c, np.float32) for slot, c in chunks.items()})

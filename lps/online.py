@@ -10,9 +10,10 @@ environment step.
 Rewards and masks online are labelled exactly as the offline data was (`lps.data.tasks`): row t's
 reward is the task reward of the state at row t (OGBench relabels each row from its own qpos),
 made sparse `-(r != 0)` when the task's reward mode is sparse, and its mask is 0 when that state
-solves the task. The environment reports a step's reward for the state it reaches, so row t + 1
-takes step t's reward, and row 0 the label of the reset state. (The toy bandits label a row with
-the reward of its action and mask 0, as their offline data does.)
+solves the task. OGBench's manipulation environments compute a step's reward and success on the
+state the step starts from (`success_timing='pre'`), so row t takes step t's reward and success
+as they are (checked against OGBench's relabelling in tests/test_online.py). The toy bandits'
+rows carry their action's reward and mask 0, as their offline data does.
 
 Waves and exact resume. Episodes start together in waves of K, episode i of the run (counted
 over waves) being reset with a seed derived from (seed, i), and its c-th chunk drawn with a key
@@ -114,12 +115,12 @@ def capacity_for(num_offline_rows: int, cfg, max_len: int) -> int:
 class _Episode:
     """One episode's rows while it is played (host lists), labelled as the offline data is."""
 
-    def __init__(self, index: int, obs: np.ndarray, reward: float, success: float, toy_rows: bool, sparse: bool):
+    def __init__(self, index: int, obs: np.ndarray, toy_rows: bool, sparse: bool):
         self.index, self.toy_rows, self.sparse = index, toy_rows, sparse
         self.observations = [obs]
         self.actions: list[np.ndarray] = []
-        self.labels = [(reward, success)]  # (reward, success) of each state (not used for the toy)
         self.step_rewards: list[float] = []  # env reward of each step
+        self.step_successes: list[float] = []  # env info['success'] of each step
         self.done, self.chunks, self.success = False, 0, 0.0
 
     def add(self, chunk: np.ndarray, outcome) -> None:
@@ -127,7 +128,7 @@ class _Episode:
         self.actions.extend(np.asarray(chunk[:n], np.float32))
         self.observations.extend(outcome.observations)
         self.step_rewards.extend(outcome.rewards.tolist())
-        self.labels.extend(zip(outcome.rewards.tolist(), outcome.successes.tolist()))
+        self.step_successes.extend(outcome.successes.tolist())
         self.chunks += 1
         self.done, self.success = outcome.done, outcome.success
 
@@ -140,14 +141,11 @@ class _Episode:
         n = self.steps + 1
         actions = np.zeros((n, np.shape(self.actions[0])[-1] if self.actions else 0), np.float32)
         actions[: self.steps] = self.actions
-        if self.toy_rows:  # the toy's rows carry their action's reward and never bootstrap
-            rewards = np.zeros(n, np.float32)
-            rewards[: self.steps] = self.step_rewards
-            masks = np.zeros(n, np.float32)
-        else:
-            label = np.asarray(self.labels, np.float64)
-            rewards = -(label[:, 0] != 0).astype(np.float32) if self.sparse else label[:, 0].astype(np.float32)
-            masks = (1.0 - label[:, 1]).astype(np.float32)
+        step_rewards = np.asarray(self.step_rewards, np.float64)
+        rewards, masks = np.zeros(n, np.float32), np.zeros(n, np.float32)  # the last row's are never used
+        rewards[: self.steps] = -(step_rewards != 0).astype(np.float64) if self.sparse else step_rewards
+        if not self.toy_rows:  # the toy's rows never bootstrap, as in its offline data
+            masks[: self.steps] = 1.0 - np.asarray(self.step_successes)
         terminals = np.zeros(n, bool)
         terminals[-1] = True
         return {"observations": np.stack(self.observations), "actions": actions, "rewards": rewards,
@@ -296,12 +294,14 @@ def run(cfg, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule, s
     bar = tqdm(total=cfg.online_steps, initial=int(state.env_step), disable=not progress, unit="env step",
                dynamic_ncols=True, desc="online")  # fmt: skip
     last_save = gradient_step()
+    if int(state.env_step) >= cfg.online_steps:
+        save_train(state.train)  # resumed after the online checkpoint but maybe before the plain one
     try:
         while int(state.env_step) < cfg.online_steps:
             first_episode = int(state.episodes)
-            resets = envs.reset_labelled({k: episode_seed(acting_seed, first_episode + k) for k in range(K)})
-            wave = [_Episode(first_episode + k, *resets[k], toy_rows, sparse) for k in range(K)]
-            obs = np.stack([resets[k][0] for k in range(K)])[None]
+            resets = envs.reset({k: episode_seed(acting_seed, first_episode + k) for k in range(K)})
+            wave = [_Episode(first_episode + k, resets[k], toy_rows, sparse) for k in range(K)]
+            obs = np.stack([resets[k] for k in range(K)])[None]
             while int(state.env_step) < cfg.online_steps and not all(e.done for e in wave):
                 policy = make_seeds_policy(agent, jax.tree_util.tree_map(lambda x: x[None], state.train.params),
                                            [acting_seed])  # fmt: skip

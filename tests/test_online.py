@@ -95,8 +95,9 @@ def test_balanced_mix_takes_half_of_each_batch_online():
 
 
 def test_online_rows_are_labelled_like_the_offline_data():
-    """Row t carries the label of the state at row t: the reset state's, then each step's reward
-    for the state it reached; sparse rewards are -(r != 0); masks are 0 on success."""
+    """Row t carries step t's reward and success (OGBench computes both on the state the step
+    starts from, as relabelling does for row t); sparse rewards are -(r != 0); masks are 0 on
+    success; the toy's rows never bootstrap."""
 
     def outcome(rewards, successes, done, obs_dim=3):
         n = len(rewards)
@@ -104,16 +105,16 @@ def test_online_rows_are_labelled_like_the_offline_data():
                             np.zeros((n, obs_dim), np.float32), np.asarray(successes, float))  # fmt: skip
 
     for sparse in (False, True):
-        ep = online._Episode(0, np.zeros(3, np.float32), -2.0, 0.0, toy_rows=False, sparse=sparse)
+        ep = online._Episode(0, np.zeros(3, np.float32), toy_rows=False, sparse=sparse)
         ep.add(np.ones((H, 2)), outcome([-2.0, -1.0, -1.0], [0, 0, 0], False))
         ep.add(np.ones((H, 2)), outcome([0.0], [1], True))
         rows = ep.rows()
-        dense = np.array([-2, -2, -1, -1, 0], np.float32)
+        dense = np.array([-2, -1, -1, 0, 0], np.float32)
         np.testing.assert_array_equal(rows["rewards"], -(dense != 0).astype(np.float32) if sparse else dense)
-        np.testing.assert_array_equal(rows["masks"], [1, 1, 1, 1, 0])
+        np.testing.assert_array_equal(rows["masks"], [1, 1, 1, 0, 0])
         np.testing.assert_array_equal(rows["terminals"], [0, 0, 0, 0, 1])
         assert rows["actions"].shape == (5, 2) and not rows["actions"][-1].any()
-    toy = online._Episode(0, np.zeros(1, np.float32), 0.0, 0.0, toy_rows=True, sparse=False)
+    toy = online._Episode(0, np.zeros(1, np.float32), toy_rows=True, sparse=False)
     toy.add(np.full((1, 2), 0.7), outcome([1.0], [1], True, obs_dim=1))
     rows = toy.rows()
     np.testing.assert_array_equal(rows["rewards"], [1.0, 0.0])  # the action's reward, as lps.toy's data
@@ -231,3 +232,42 @@ def test_report_draws_the_offline_to_online_curve(tmp_path):
     names = {p.name for p in out["files"]}
     assert {"online-toy-bandit.png", "online-toy-bandit.svg", "curves-toy-bandit.png"} <= names
     assert out["cells"]["lps"]["toy-bandit"]["mean"] == pytest.approx(0.75)
+
+
+def test_online_labels_match_ogbench_relabelling():
+    """On cube-single, the rows an online episode writes carry the rewards and masks that OGBench's
+    own relabelling (what the offline data gets) gives the same states: the cube is moved onto its
+    target after the first step, so the episode succeeds and the labels change."""
+    pytest.importorskip("ogbench", reason='needs OGBench: pip install "lps[ogbench]"')
+    import mujoco
+
+    from lps.data import tasks
+    from lps.envs import LocalEnvs
+
+    for reward in ("dense", "sparse"):
+        task = tasks.parse_task("cube-single-play-singletask-task1-v0", reward)
+        envs = LocalEnvs(task.env_id, 1)
+        try:
+            obs = envs.reset({0: 7})[0]
+            env = envs.envs[0].unwrapped
+            qpos = [env._data.qpos.copy()]
+            episode = online._Episode(0, obs, toy_rows=False, sparse=task.sparse)
+            for i in range(10):  # one-step chunks, to record every state's qpos
+                chunk = np.zeros((1, 5), np.float32)
+                outcome = envs.step_chunks({0: chunk})[0]
+                episode.add(chunk, outcome)
+                if i == 0:  # the cube onto its target, as if this step had put it there
+                    env._data.qpos[14:17] = env._data.mocap_pos[0]
+                    mujoco.mj_forward(env._model, env._data)
+                    env.post_step()
+                qpos.append(env._data.qpos.copy())
+                if outcome.done:
+                    break
+        finally:
+            envs.close()
+        assert outcome.done and outcome.success == 1.0
+        rows = episode.rows()
+        want_rewards, want_masks = tasks.relabel(task, {"qpos": np.asarray(qpos, np.float32)})
+        np.testing.assert_array_equal(rows["rewards"], want_rewards)
+        np.testing.assert_array_equal(rows["masks"], want_masks)
+        assert want_masks[0] == 1.0 and want_masks[-1] == 0.0  # the labels did change
