@@ -100,12 +100,10 @@ def max_episode_steps(env: str) -> int:
     return int(steps)
 
 
-def capacity_for(num_offline_rows: int, cfg, max_len: int) -> int:
+def capacity_for(num_offline_rows: int, cfg) -> int:
     """Rows the buffer needs: the offline rows and, online, every env step plus one final row per
-    episode. The last round may pass `--online-steps` by up to K*H - 1 steps; an episode has at
-    least one step, and at least `max_len` unless it succeeds early, so twice the online steps
-    bounds it (for short time limits, the toy's one step, it is reached)."""
-    del max_len  # a success can end any episode after one step: no tighter bound holds
+    episode. The last round may pass `--online-steps` by up to K*H - 1 steps, and a success can
+    end an episode after one step, so twice the online steps is the bound (the toy reaches it)."""
     return num_offline_rows + 2 * (cfg.online_steps + cfg.online_envs * cfg.chunk_len)
 
 
@@ -167,8 +165,7 @@ def online_seed(seed: int) -> int:
 
 def initial_state(train_state, data: dict[str, np.ndarray], cfg) -> OnlineState:
     """The online phase's state at its start: the buffer holds the offline data."""
-    max_len = max_episode_steps(env_id(cfg))
-    capacity = capacity_for(len(data["actions"]), cfg, max_len)
+    capacity = capacity_for(len(data["actions"]), cfg)
     bytes_per_row = replay.row_bytes(data["observations"][0], data["actions"].shape[1])
     available, where = replay.device_memory_bytes()
     replay.check_fits(capacity, bytes_per_row, available, where)
@@ -350,7 +347,7 @@ def _sparse(cfg) -> bool:
 
 def check_memory(data: dict[str, np.ndarray], cfg) -> int:
     """Refuse up front a replay buffer that would not fit (MemoryError naming the size); its bytes."""
-    capacity = capacity_for(len(data["actions"]), cfg, max_episode_steps(env_id(cfg)))
+    capacity = capacity_for(len(data["actions"]), cfg)
     available, where = replay.device_memory_bytes()
     return replay.check_fits(capacity, replay.row_bytes(data["observations"][0], data["actions"].shape[1]),
                              available, where)  # fmt: skip
