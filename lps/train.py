@@ -336,7 +336,8 @@ def train(agent_name: str, cfg: TrainConfig, agent_cfg, resume: bool = False) ->
     elapsed = time.perf_counter() - start
     summaries = []
     for run in runs:
-        summary = _summary(agent_name, run.cfg, run.dir, run.log, step - start_step, elapsed)
+        steps_run = (int(state.step) if cfg.online_steps else step) - start_step  # online: its updates too
+        summary = _summary(agent_name, run.cfg, run.dir, run.log, steps_run, elapsed)
         if cfg.online_steps:
             summary.update(online_env_steps=cfg.online_steps, gradient_steps=int(state.step))
         checkpoint.write_json(run.dir / SUMMARY_JSON, summary)
