@@ -2,10 +2,10 @@
 
 After the offline steps the run goes on in the live environment: `--online-envs K` environments
 (the worker pool of `lps.envs`) play episodes with open-loop chunks drawn from the current policy,
-finished episodes are appended to the replay buffer (`lps.data.replay`: the offline data plus the
-online rows, on the device), and the same pure, scanned update as offline training
-(`lps.train.make_update`, with the buffer's sampler) runs `--utd` gradient steps per
-environment step.
+their rows go to the replay buffer as they are played (`lps.data.replay`: the offline data
+plus the online rows, on the device; an episode's chunks are sampled as soon as they fit), and
+the same pure, scanned update as offline training (`lps.train.make_update`, with the buffer's
+sampler) runs `--utd` gradient steps per environment step.
 
 Rewards and masks online are labelled exactly as the offline data was (`lps.data.tasks`): row t's
 reward is the task reward of the state at row t (OGBench relabels each row from its own qpos),
@@ -17,8 +17,8 @@ rows carry their action's reward and mask 0, as their offline data does.
 
 Waves and exact resume. Episodes start together in waves of K, episode i of the run (counted
 over waves) being reset with a seed derived from (seed, i), and its c-th chunk drawn with a key
-derived from (seed, i, c), as evaluation does. An episode's rows enter the buffer when its wave
-ends; updates run in blocks of `utd * K * H` steps as the environment steps accumulate (the
+derived from (seed, i, c), as evaluation does. Episodes in progress sit in the buffer's staging
+area (sampled already) and are appended for good when their wave ends; updates run in blocks of `utd * K * H` steps as the environment steps accumulate (the
 remainder carries over). Checkpoints of the online phase are taken only at wave ends, where no
 episode is in progress: the checkpoint (`<run>/online/checkpoint.msgpack`, one atomic file) holds
 the training state, the buffer, the env step count, the episodes played and the update
@@ -100,11 +100,13 @@ def max_episode_steps(env: str) -> int:
     return int(steps)
 
 
-def capacity_for(num_offline_rows: int, cfg) -> int:
-    """Rows the buffer needs: the offline rows and, online, every env step plus one final row per
-    episode. The last round may pass `--online-steps` by up to K*H - 1 steps, and a success can
-    end an episode after one step, so twice the online steps is the bound (the toy reaches it)."""
-    return num_offline_rows + 2 * (cfg.online_steps + cfg.online_envs * cfg.chunk_len)
+def capacity_for(num_offline_rows: int, cfg, max_len: int) -> tuple[int, int]:
+    """(rows, staging rows) of the buffer: the offline rows and, online, every env step plus one
+    final row per episode (the last round may pass `--online-steps` by up to K*H - 1 steps, and
+    a success can end an episode after one step, so twice the online steps is the bound; the toy
+    reaches it), plus a staging segment of `max_len + 1` rows per environment."""
+    staging = cfg.online_envs * (max_len + 1)
+    return num_offline_rows + 2 * (cfg.online_steps + cfg.online_envs * cfg.chunk_len) + staging, staging
 
 
 # --- labelling an episode's rows --------------------------------------------------------------
@@ -165,12 +167,10 @@ def online_seed(seed: int) -> int:
 
 def initial_state(train_state, data: dict[str, np.ndarray], cfg) -> OnlineState:
     """The online phase's state at its start: the buffer holds the offline data."""
-    capacity = capacity_for(len(data["actions"]), cfg)
-    bytes_per_row = replay.row_bytes(data["observations"][0], data["actions"].shape[1])
-    available, where = replay.device_memory_bytes()
-    replay.check_fits(capacity, bytes_per_row, available, where)
+    check_memory(data, cfg)
+    capacity, staging = capacity_for(len(data["actions"]), cfg, max_episode_steps(env_id(cfg)))
     zero = jnp.zeros((), jnp.int32)
-    return OnlineState(train_state, replay.create(data, cfg.chunk_len, capacity), zero, zero, zero)
+    return OnlineState(train_state, replay.create(data, cfg.chunk_len, capacity, staging), zero, zero, zero)
 
 
 def restore(run_dir: str | Path, train_state, data: dict[str, np.ndarray], cfg) -> OnlineState | None:
@@ -299,6 +299,7 @@ def run(cfg, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule, s
             resets = envs.reset({k: episode_seed(acting_seed, first_episode + k) for k in range(K)})
             wave = [_Episode(first_episode + k, resets[k], toy_rows, sparse) for k in range(K)]
             obs = np.stack([resets[k] for k in range(K)])[None]
+            committed_starts = int(state.buffer.num_starts)
             while int(state.env_step) < cfg.online_steps and not all(e.done for e in wave):
                 policy = make_seeds_policy(agent, jax.tree_util.tree_map(lambda x: x[None], state.train.params),
                                            [acting_seed])  # fmt: skip
@@ -316,10 +317,14 @@ def run(cfg, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule, s
                         finished.append(wave[k])
                 timer["env_steps"] += steps
                 bar.update(steps)
-                state = state.replace(env_step=state.env_step + steps, update_debt=state.update_debt + cfg.utd * steps)
+                staged = replay.stage(state.buffer, [e.rows() for e in wave], committed_starts, H)
+                state = state.replace(buffer=staged, env_step=state.env_step + steps,
+                                      update_debt=state.update_debt + cfg.utd * steps)  # fmt: skip
                 run_updates()
-            # The wave's episodes (those stopped by the step budget end there) join the buffer.
+            # The wave's episodes (those stopped by the step budget end there) join the buffer for
+            # good, and the staging area is free again.
             played = [e for e in wave if e.steps > 0]
+            state = state.replace(buffer=replay.stage(state.buffer, [], committed_starts, H))
             if played:
                 state = state.replace(buffer=replay.append(state.buffer, _concat(played), H, block_rows))
             state = state.replace(episodes=state.episodes + K)
@@ -347,7 +352,7 @@ def _sparse(cfg) -> bool:
 
 def check_memory(data: dict[str, np.ndarray], cfg) -> int:
     """Refuse up front a replay buffer that would not fit (MemoryError naming the size); its bytes."""
-    capacity = capacity_for(len(data["actions"]), cfg)
+    capacity, _ = capacity_for(len(data["actions"]), cfg, max_episode_steps(env_id(cfg)))
     available, where = replay.device_memory_bytes()
     return replay.check_fits(capacity, replay.row_bytes(data["observations"][0], data["actions"].shape[1]),
                              available, where)  # fmt: skip

@@ -75,6 +75,31 @@ def test_replay_chunks_never_cross_episodes_and_include_new_rows():
         replay.append(buffer, episodes_data([30]), H, block_rows=32)
 
 
+def test_episodes_in_progress_are_sampled_from_the_staging_area():
+    offline = episodes_data([5, 4, 7])
+    buffer = replay.create(offline, H, capacity=64 + 20, staging_rows=20)  # two segments of 10 rows
+    committed = int(buffer.num_starts)
+    playing = [episodes_data([6], first_id=20), episodes_data([2], first_id=21)]  # rows so far, latest last
+    buffer = replay.stage(buffer, playing, committed, H)
+    assert int(buffer.num_starts) == committed + 3  # 6 rows so far: chunks at t = 0, 1, 2 fit; 2 rows: none
+    seen = set()
+    for i in range(10):
+        batch = replay.sample(buffer, jax.random.PRNGKey(i), 64, H, 0.9, "buffer")
+        check_chunks(batch)
+        seen |= set(np.asarray(batch["observations"])[:, 0].astype(int).tolist())
+    assert 20 in seen and 21 not in seen
+    playing[0] = episodes_data([9], first_id=20)  # it went on: now 6 chunks fit
+    buffer = replay.stage(buffer, playing, committed, H)
+    assert int(buffer.num_starts) == committed + 6
+    # The wave ends: unstage, then append the finished episodes for good.
+    buffer = replay.stage(buffer, [], committed, H)
+    assert int(buffer.num_starts) == committed
+    buffer = replay.append(buffer, episodes_data([9, 2], first_id=20), H, block_rows=32)
+    assert int(buffer.num_starts) == committed + 6 and int(buffer.num_rows) == 16 + 11
+    with pytest.raises(MemoryError, match="full"):  # appends stop where the staging area starts
+        replay.append(buffer, episodes_data([40]), H, block_rows=64)
+
+
 def test_balanced_mix_takes_half_of_each_batch_online():
     offline = episodes_data([50] * 8)
     buffer = replay.create(offline, H, capacity=600)

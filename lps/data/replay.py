@@ -6,9 +6,13 @@ The buffer has a fixed capacity, allocated once, so its arrays keep their shapes
 update, a checkpoint of fixed layout). Rows [0, num_offline_rows) are the offline data; online
 episodes are appended after them, each whole episode contiguously once it has ended. `starts`
 lists the rows where a whole chunk fits inside its episode, exactly as for the offline
-sampler; only its first `num_starts` entries are valid. So chunks never cross an episode, and
-the rows of an episode still being played are not sampled until it has ended (they are not
-yet in the buffer).
+sampler; only its first `num_starts` entries are valid. So chunks never cross an episode.
+
+Episodes still being played live in a staging area at the end of the buffer (rows from
+`staging_start`), one fixed segment per environment, rewritten by `stage` as they grow; their
+chunks that already fit (the observation after the chunk has been reached) are listed after the
+committed starts, so they are sampled too. When the episodes end they are appended for good
+(`append`) and the staging area is free again.
 
 Sampling (`sample`) mixes the two sources in one of two ways:
 - `buffer`: uniform over all valid chunk starts, offline and online alike (Q-chunking's single
@@ -43,6 +47,7 @@ class ReplayBuffer(struct.PyTreeNode):
     num_starts: jax.Array  # int32 scalar
     num_offline_rows: jax.Array  # int32 scalar
     num_offline_starts: jax.Array  # int32 scalar
+    staging_start: jax.Array  # int32 scalar: rows from here on hold the episodes in progress
 
     @property
     def capacity(self) -> int:
@@ -84,12 +89,12 @@ def device_memory_bytes(device=None) -> tuple[int | None, str]:
     return available_memory_bytes(), "this machine"
 
 
-def create(dataset: dict[str, np.ndarray], chunk_len: int, capacity: int) -> ReplayBuffer:
+def create(dataset: dict[str, np.ndarray], chunk_len: int, capacity: int, staging_rows: int = 0) -> ReplayBuffer:
     """A buffer of `capacity` rows holding the validated row-layout `dataset` (see
-    `lps.data.validate`) in its first rows."""
+    `lps.data.validate`) in its first rows; its last `staging_rows` rows are the staging area."""
     n = len(dataset["actions"])
-    if capacity < n:
-        raise ValueError(f"replay capacity {capacity} is smaller than the offline data's {n} rows")
+    if capacity - staging_rows < n:
+        raise ValueError(f"replay capacity {capacity - staging_rows} is smaller than the offline data's {n} rows")
     starts = chunk_starts(np.asarray(dataset["terminals"], bool), chunk_len)
 
     def padded(x, dtype):
@@ -108,6 +113,7 @@ def create(dataset: dict[str, np.ndarray], chunk_len: int, capacity: int) -> Rep
         num_starts=jnp.asarray(len(starts), jnp.int32),
         num_offline_rows=jnp.asarray(n, jnp.int32),
         num_offline_starts=jnp.asarray(len(starts), jnp.int32),
+        staging_start=jnp.asarray(capacity - staging_rows, jnp.int32),
     )
 
 
@@ -143,9 +149,9 @@ def append(buffer: ReplayBuffer, episodes: dict[str, Any], chunk_len: int, block
     n = len(episodes["actions"])
     if n > block_rows:
         raise ValueError(f"an append of {n} rows exceeds the block size {block_rows}")
-    used = int(buffer.num_rows)
-    if used + n > buffer.capacity:
-        raise MemoryError(f"the replay buffer is full ({used} of {buffer.capacity} rows, {n} more to add)")
+    used, room = int(buffer.num_rows), int(buffer.staging_start)
+    if used + n > room:
+        raise MemoryError(f"the replay buffer is full ({used} of {room} rows, {n} more to add)")
     terminals = np.asarray(episodes["terminals"], bool)
     if n and not terminals[-1]:
         raise ValueError("appended rows must end with a whole episode (terminals[-1] = 1)")
@@ -163,6 +169,58 @@ def append(buffer: ReplayBuffer, episodes: dict[str, Any], chunk_len: int, block
     }
     return _write(buffer, block, jnp.asarray(n, jnp.int32), jnp.asarray(pad(starts.astype(np.int32))),
                   jnp.asarray(len(starts), jnp.int32))  # fmt: skip
+
+
+@partial(jax.jit, donate_argnums=0)
+def _write_staging(buffer: ReplayBuffer, block: dict, starts: jax.Array, first_start: jax.Array,
+                   num_new_starts: jax.Array) -> ReplayBuffer:  # fmt: skip
+    capacity = buffer.actions.shape[0]
+    offsets = jnp.arange(starts.shape[0])
+    slots = jnp.where(offsets < num_new_starts, first_start + offsets, capacity)
+
+    def put(dest, values):
+        return jax.lax.dynamic_update_slice_in_dim(dest, values.astype(dest.dtype), buffer.staging_start, axis=0)
+
+    return buffer.replace(
+        observations=jax.tree_util.tree_map(put, buffer.observations, block["observations"]),
+        actions=put(buffer.actions, block["actions"]),
+        rewards=put(buffer.rewards, block["rewards"]),
+        masks=put(buffer.masks, block["masks"]),
+        starts=buffer.starts.at[slots].set(starts, mode="drop"),
+        num_starts=first_start + num_new_starts,
+    )
+
+
+def stage(buffer: ReplayBuffer, episodes: list[dict[str, Any]], first_start: int, chunk_len: int) -> ReplayBuffer:
+    """Write the episodes in progress (row layout so far, the last row being the latest
+    observation, marked as a terminal) into the staging area, one segment each, and list their
+    chunks that fit after the first `first_start` (committed) starts. An empty list unstages."""
+    rows = buffer.capacity - int(buffer.staging_start)
+    if not episodes:
+        return buffer.replace(num_starts=jnp.asarray(first_start, jnp.int32))
+    segment = rows // len(episodes)
+    block = {
+        "observations": jax.tree_util.tree_map(
+            lambda x: np.zeros((rows, *np.shape(x)[1:]), np.float32), episodes[0]["observations"]
+        ),
+        **{k: np.zeros((rows, *np.shape(episodes[0][k])[1:]), np.float32) for k in ("actions", "rewards", "masks")},
+    }
+    starts = []
+    for k, ep in enumerate(episodes):
+        n = len(ep["actions"])
+        if n > segment:
+            raise ValueError(f"an episode of {n} rows exceeds its staging segment of {segment}")
+        base = k * segment
+        for key in ("actions", "rewards", "masks"):
+            block[key][base : base + n] = ep[key]
+        jax.tree_util.tree_map(lambda dest, x: dest.__setitem__(slice(base, base + n), x), block["observations"],
+                               ep["observations"])  # fmt: skip
+        starts.append(int(buffer.staging_start) + base + chunk_starts(np.asarray(ep["terminals"], bool), chunk_len))
+    starts = np.concatenate(starts).astype(np.int32)
+    padded = np.zeros(rows, np.int32)
+    padded[: len(starts)] = starts
+    return _write_staging(buffer, block, jnp.asarray(padded), jnp.asarray(first_start, jnp.int32),
+                          jnp.asarray(len(starts), jnp.int32))  # fmt: skip
 
 
 def sample_rows(buffer: ReplayBuffer, key: jax.Array, batch_size: int, mix: Mix) -> jax.Array:
