@@ -291,9 +291,9 @@ def run(cfg, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule, s
     bar = tqdm(total=cfg.online_steps, initial=int(state.env_step), disable=not progress, unit="env step",
                dynamic_ncols=True, desc="online")  # fmt: skip
     last_save = gradient_step()
-    if int(state.env_step) >= cfg.online_steps:
-        save_train(state.train)  # resumed after the online checkpoint but maybe before the plain one
     try:
+        if int(state.env_step) >= cfg.online_steps:
+            save_train(state.train)  # resumed after the online checkpoint but maybe before the plain one
         while int(state.env_step) < cfg.online_steps:
             first_episode = int(state.episodes)
             resets = envs.reset({k: episode_seed(acting_seed, first_episode + k) for k in range(K)})
@@ -335,11 +335,8 @@ def run(cfg, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule, s
                     evaluate()
                 checkpoint_now()
                 last_save = step
-        envs.close()
-    except BaseException:
-        envs.close()
-        raise
     finally:
+        envs.close()
         bar.close()
     return state
 
