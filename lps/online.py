@@ -18,8 +18,8 @@ rows carry their action's reward and mask 0, as their offline data does.
 Waves and exact resume. Episodes start together in waves of K, episode i of the run (counted
 over waves) being reset with a seed derived from (seed, i), and its c-th chunk drawn with a key
 derived from (seed, i, c), as evaluation does. Episodes in progress sit in the buffer's staging
-area (sampled already) and are appended for good when their wave ends; updates run in blocks of `utd * K * H` steps as the environment steps accumulate (the
-remainder carries over). Checkpoints of the online phase are taken only at wave ends, where no
+area (sampled already) and are appended for good when their wave ends; updates run in blocks
+of `utd * K * H` steps as the environment steps accumulate (the remainder carries over). Checkpoints of the online phase are taken only at wave ends, where no
 episode is in progress: the checkpoint (`<run>/online/checkpoint.msgpack`, one atomic file) holds
 the training state, the buffer, the env step count, the episodes played and the update
 remainder. Everything after it is a function of these, so a run killed at any point and resumed
@@ -229,7 +229,8 @@ def run(cfg, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule, s
     max_len = max_episode_steps(env)
     block_rows = K * (max_len + 1)
     block = cfg.utd * K * H  # updates per compiled dispatch
-    update = make_multi_update(make_update(agent, optimizer, cfg.batch_size, replay.make_sampler(cfg.online_mix)), block)
+    sampler = replay.make_sampler(cfg.online_mix)
+    update = make_multi_update(make_update(agent, optimizer, cfg.batch_size, sampler), block)
     acting_seed = online_seed(cfg.seed)
     envs = make_envs(cfg, env)
     if envs.obs_dim != agent.spec.obs_dim:
