@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"lps {argv[0]}: error: {_os_error(e)}", file=sys.stderr)
         return 1
-    except (ValueError, ImportError, RuntimeError) as e:
+    except (ValueError, ImportError, RuntimeError, MemoryError) as e:
         print(f"lps {argv[0]}: error: {e}", file=sys.stderr)
         return 1
 

@@ -86,6 +86,19 @@ class TrainConfig:
     """Random-shift augmentation of images during training: pad by this many pixels, crop back (0: off)."""
     robot: Annotated[RobotDataConfig, tyro.conf.OmitArgPrefixes] = RobotDataConfig()
     """How a --dataset folder of robot episodes is read."""
+    online_steps: int = 0
+    """Online fine-tuning: environment steps in the live environment after the offline --steps
+    (0: offline only). See README, "Offline-to-online fine-tuning"."""
+    online_envs: int = 4
+    """Environments played side by side online (episodes start together in waves)."""
+    online_workers: int | None = None
+    """Worker processes for the online environments (default: one per core, at most one per
+    environment); 0 steps them in the training process."""
+    utd: int = 1
+    """Online: gradient updates per environment step (update-to-data ratio)."""
+    online_mix: Literal["buffer", "balanced"] = "buffer"
+    """Online batches: buffer = uniform over offline and online chunks (Q-chunking's single
+    buffer); balanced = half offline, half online (the paper's robot recipe)."""
 
     def __post_init__(self):
         positive = ("steps", "batch_size", "chunk_len", "log_every", "episodes", "encoder_features")
@@ -101,6 +114,14 @@ class TrainConfig:
                     f"--{_flag(name)} ({getattr(self, name)}) must be a multiple of --log-every ({self.log_every}): "
                     "evaluation and checkpoints happen between device dispatches"
                 )
+        for name in ("online_steps",):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
+        for name in ("online_envs", "utd"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{_flag(name)} must be positive, got {getattr(self, name)}")
+        if self.online_workers is not None and self.online_workers < 0:
+            raise ValueError(f"--online-workers must be >= 0 (0: in the training process), got {self.online_workers}")
         if self.eval_workers is not None and self.eval_workers < 0:
             raise ValueError(f"--eval-workers must be >= 0 (0: in the training process), got {self.eval_workers}")
         if len(set(self.seeds)) != len(self.seeds):

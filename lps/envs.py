@@ -41,6 +41,10 @@ class ChunkOutcome:
     steps: int
     done: bool  # terminated or truncated
     success: float  # info['success'] at the last executed step
+    # Per executed step, for the online replay buffer: the observation after it and its
+    # info['success'] (None from code that does not record them).
+    observations: np.ndarray | None = None  # (steps, obs_dim)
+    successes: np.ndarray | None = None  # (steps,)
 
     @property
     def reward_sum(self) -> float:
@@ -56,8 +60,14 @@ class EnvWorkerError(RuntimeError):
 
 
 def make_env(env_id: str):
-    """One gymnasium environment of an OGBench task (OGBench registers them on import)."""
+    """One gymnasium environment of an OGBench task (OGBench registers them on import), or a toy
+    bandit (`toy-*`, see `lps.toy.ToyEnv`)."""
     import warnings
+
+    from lps import toy
+
+    if toy.is_toy(env_id):
+        return toy.ToyEnv(env_id)
 
     warnings.filterwarnings("ignore", message=".*DISPLAY environment variable.*")
     warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
@@ -71,15 +81,18 @@ def make_env(env_id: str):
 
 def run_chunk(env, chunk: np.ndarray) -> ChunkOutcome:
     """Execute `chunk` open loop in `env`, stopping when the episode ends."""
-    rewards = []
+    rewards, observations, successes = [], [], []
     ob, done, success = None, False, 0.0
     for action in chunk:
         ob, r, terminated, truncated, info = env.step(action)
         rewards.append(r)
+        observations.append(np.asarray(ob, np.float32))
+        successes.append(float(info.get("success", 0.0)))
         if terminated or truncated:
             done, success = True, float(info["success"])
             break
-    return ChunkOutcome(np.asarray(ob, np.float32), np.asarray(rewards, np.float64), len(rewards), done, success)
+    return ChunkOutcome(np.asarray(ob, np.float32), np.asarray(rewards, np.float64), len(rewards), done, success,
+                        np.stack(observations), np.asarray(successes, np.float64))  # fmt: skip
 
 
 def _reset(env, seed: int) -> np.ndarray:

@@ -41,6 +41,17 @@ class Run:
     label: str = ""  # the agent's row in the tables: `agent`, or `agent (alpha=A)` in a sweep
     settings: dict = field(default_factory=dict)  # other config that should match across pooled seeds
     val: dict = field(default_factory=dict)  # `val/...` metric -> (steps, values), from lps.validation
+    # Offline-to-online runs: the offline gradient steps, the online env steps asked for, and the
+    # env step of each evaluation (NaN for those of the offline phase).
+    offline_steps: int = 0
+    online_steps: int = 0
+    env_steps: np.ndarray | None = None
+
+    @property
+    def phase_steps(self) -> np.ndarray:
+        """The x of Figure 13: gradient steps offline, then offline steps + env steps online."""
+        env = self.env_steps if self.env_steps is not None else np.full(len(self.steps), np.nan)
+        return np.where(np.isnan(env), self.steps, self.offline_steps + np.nan_to_num(env)).astype(np.int64)
 
 
 VAL_METRICS = ("val/bc_loss", "val/td_error", "val/q_gap", "val/clip_fraction")
@@ -59,7 +70,8 @@ def _warn(msg: str) -> None:
 
 # Train fields that change what a run measures (besides the agent's config): pooling seeds that differ
 # in them, e.g. a quick and a paper-preset run, is warned about.
-_TRAIN_SETTINGS = ("steps", "episodes", "reward", "chunk_len", "batch_size", "lr", "dataset")
+_TRAIN_SETTINGS = ("steps", "episodes", "reward", "chunk_len", "batch_size", "lr", "dataset", "online_steps", "utd",
+                   "online_mix")
 
 
 _RUN_MARKERS = ("metrics.jsonl", "checkpoint.msgpack", "sweep.log", ".lock")
@@ -90,6 +102,7 @@ def collect(root: str | Path) -> list[Run]:
             continue
         evals: dict[int, float] = {}
         val: dict[str, dict[int, float]] = {}
+        env_steps: dict[int, float] = {}
         for line in (run_dir / "metrics.jsonl").read_text().splitlines():
             try:  # a run still being written may end in a partial line
                 row = json.loads(line)
@@ -98,6 +111,7 @@ def collect(root: str | Path) -> list[Run]:
             value = row.get("eval/success")
             if value is not None and math.isfinite(value):
                 evals[int(row["step"])] = float(value)  # a repeated step (resume): the later row wins
+                env_steps[int(row["step"])] = float(row.get("env_step", math.nan))
             for key in VAL_METRICS:
                 if isinstance(row.get(key), (int, float)) and math.isfinite(row[key]):
                     val.setdefault(key, {})[int(row["step"])] = float(row[key])
@@ -113,8 +127,10 @@ def collect(root: str | Path) -> list[Run]:
         settings = {k: v for k, v in (record.get("agent_config") or {}).items() if k != "alpha"}
         settings.update({k: train[k] for k in _TRAIN_SETTINGS if k in train})
         val_series = {k: (np.array(sorted(v)), np.array([v[s] for s in sorted(v)])) for k, v in val.items()}
-        seed = int(train.get("seed", 0))
-        runs.append(Run(agent, task, seed, alpha, steps, success, run_dir, settings=settings, val=val_series))
+        runs.append(Run(agent, task, int(train.get("seed", 0)), alpha, steps, success, run_dir, settings=settings,
+                        val=val_series, offline_steps=int(train.get("steps", 0)),
+                        online_steps=int(train.get("online_steps") or 0),
+                        env_steps=np.array([env_steps[s] for s in steps])))  # fmt: skip
     return runs
 
 
@@ -257,6 +273,33 @@ def _curves(task: str, groups: dict, labels: list[str], reps: int, seed: int, ou
         ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, lw=0)
     ax.set(xlabel="gradient steps", ylabel="success rate", ylim=(-0.02, 1.02), title=task)
     return _finish(fig, ax, out / f"curves-{task}")
+
+
+def _online_curves(task: str, groups: dict, labels: list[str], reps: int, seed: int, out: Path) -> list[Path]:
+    """The paper's Figure 13 for runs with an online phase: success against offline gradient
+    steps and then online env steps, the transition marked; nothing when no run went online."""
+    online = {lab: [r for r in groups.get((lab, task), []) if r.online_steps] for lab in labels}
+    online = {lab: g for lab, g in online.items() if g}
+    if not online:
+        return []
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    transitions = set()
+    for lab, group in online.items():
+        steps = sorted(set.intersection(*(set(r.phase_steps.tolist()) for r in group)))
+        if not steps:
+            _warn(f"{lab} on {task}: its online seeds share no evaluation step; no online curve drawn")
+            continue
+        y = np.array([r.success[np.searchsorted(r.phase_steps, steps)] for r in group])
+        low, high = _bootstrap_ci([y], reps, _rng(seed, lab, task, "online"))
+        (line,) = ax.plot(steps, y.mean(axis=0), marker="o", ms=3, label=f"{lab} (n={len(group)})")
+        ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, lw=0)
+        transitions |= {r.offline_steps for r in group}
+    for i, x in enumerate(sorted(transitions)):
+        ax.axvline(x, color="k", ls="--", lw=1, label="offline -> online" if i == 0 else None)
+    ax.set(xlabel="offline gradient steps, then online env steps", ylabel="success rate", ylim=(-0.02, 1.02),
+           title=f"{task}: offline to online")  # fmt: skip
+    return _finish(fig, ax, out / f"online-{task}")
 
 
 def _alpha_plot(alpha: dict[str, dict[float, dict]], untuned: dict[str, dict], out: Path) -> list[Path]:
@@ -505,6 +548,7 @@ def report(root, out=None, reps: int = 1000, seed: int = 0, final: str = "last")
     files = [f for task in tasks for f in _curves(task, groups, labels, reps, seed, out)]
     files += [f for task in tasks if any(r.val for r in runs if r.task == task)
               for f in _validation_plot(task, groups, labels, out)]  # fmt: skip
+    files += [f for task in tasks for f in _online_curves(task, groups, labels, reps, seed, out)]
     if alpha:
         files += _alpha_plot(alpha, untuned, out)
     per_env = _per_env(cells, tasks, reps, seed)

@@ -30,12 +30,15 @@ RESUME_LOG = "resume_log.jsonl"
 # how often it evaluates, logs and saves, and what is shown. Every other train field, the agent and
 # every agent config field define the run and are fixed.
 MAY_CHANGE = frozenset(
-    {"steps", "eval_every", "eval_episodes", "log_every", "save_every", "progress", "tensorboard",
-     "overwrite", "run_dir", "seeds"}
+    {"steps", "eval_every", "eval_episodes", "eval_workers", "eval_async", "log_every", "save_every", "progress",
+     "tensorboard", "wandb", "wandb_project", "wandb_group", "wandb_name", "wandb_mode", "overwrite", "run_dir",
+     "seeds", "online_steps", "online_workers"}
 )  # fmt: skip
 # Optimisation settings that may change on resume but are recorded in the run's resume log (and
-# printed), so a reader of the run sees that its later steps were trained differently.
-RECORDED_CHANGES = frozenset({"batch_size", "lr"})
+# printed), so a reader of the run sees that its later steps were trained differently. The online
+# ones let an offline run gain an online phase; once that phase has begun, its own checkpoint
+# refuses a different number of environments (lps.online).
+RECORDED_CHANGES = frozenset({"batch_size", "lr", "utd", "online_mix", "online_envs"})
 
 
 class RunDirLocked(RuntimeError):

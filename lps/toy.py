@@ -166,3 +166,34 @@ class ToyEvaluator:
 
     def close(self) -> None:
         pass
+
+
+class ToyEnv:
+    """A toy task as a one-step environment (the gymnasium calls the env pool uses), for online
+    fine-tuning: the observation is a constant zero, the episode ends after one action, the
+    reward is the task's reward of the (clipped) action, and success is landing on the best mode
+    (as `score` counts it)."""
+
+    max_episode_steps = 1
+
+    class _Space:
+        shape = (1,)
+
+    observation_space = _Space()
+
+    def __init__(self, env: str = TOY_ENV):
+        self.task = task_of(env)
+        self.unwrapped = self
+
+    def reset(self, seed: int | None = None):
+        del seed  # nothing random in a bandit's state
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        a = np.clip(np.asarray(action, np.float64).reshape(1, -1), -1, 1)
+        reward = float(self.task.reward(a)[0])
+        success = float(np.linalg.norm(a[0] - self.task.best) < self.task.best_radius)
+        return np.zeros(1, np.float32), reward, True, False, {"success": success}
+
+    def close(self) -> None:
+        pass

@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from lps import checkpoint, rundir
+from lps import checkpoint, online, rundir
 from lps.agents import Spec, check_agent, config_class, resolve_config
 from lps.config import TrainConfig, check_agent_config, from_dict, to_dict
 from lps.critic import polyak
@@ -72,13 +72,15 @@ def create_state(agent, optimizer, seed: int) -> TrainState:
     )
 
 
-def make_update(agent, optimizer, batch_size: int):
-    """The pure update `(state, data) -> (state, metrics)`: sample, one gradient step, Polyak."""
+def make_update(agent, optimizer, batch_size: int, sample=sample_chunks):
+    """The pure update `(state, data) -> (state, metrics)`: sample, one gradient step, Polyak.
+    `sample(data, key, batch_size, chunk_len, gamma)` draws the batch (the online phase passes
+    its replay buffer's sampler, `lps.data.replay.make_sampler`)."""
     spec, tau = agent.spec, getattr(agent.cfg, "tau", 0.0)
 
     def update(state: TrainState, data: ChunkData):
         batch_key, loss_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
-        batch = sample_chunks(data, batch_key, batch_size, spec.chunk_len, spec.gamma)
+        batch = sample(data, batch_key, batch_size, spec.chunk_len, spec.gamma)
         grads, metrics = jax.grad(agent.loss, has_aux=True)(state.params, state.target_params, batch, loss_key)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -249,6 +251,7 @@ def train(agent_name: str, cfg: TrainConfig, agent_cfg, resume: bool = False) ->
     check_agent(agent_name)
     check_agent_config(agent_cfg)
     runs = [_SeedRun(c, agent_name) for c in seed_configs(cfg, agent_name)]
+    online.check_config(cfg, len(runs))
     with rundir.claim([run.dir for run in runs]), rundir.StopOnSignal() as stop:
         resume, changes = rundir.prepare(runs, agent_name, resolve_config(agent_name, agent_cfg, cfg.env), resume)
         return _train(agent_name, cfg, agent_cfg, runs, resume, changes, stop)
@@ -256,6 +259,8 @@ def train(agent_name: str, cfg: TrainConfig, agent_cfg, resume: bool = False) ->
 
 def _train(agent_name, cfg, agent_cfg, runs, resume, changes, stop):
     data = load_data(cfg)
+    if cfg.online_steps:
+        online.check_memory(data, cfg)  # refused before the offline steps, not after them
     agent = build(agent_name, cfg, agent_cfg, data)
     device_data = to_device(data, cfg.chunk_len)
     if cfg.batch_size > device_data.num_chunks:
@@ -265,11 +270,17 @@ def _train(agent_name, cfg, agent_cfg, runs, resume, changes, stop):
         )
     optimizer = make_optimizer(cfg)
     states = [create_state(agent, optimizer, run.cfg.seed) for run in runs]
+    online_resume = None
     if resume:
         states = [checkpoint.restore(run.dir, state) for run, state in zip(runs, states)]
         if len({int(s.step) for s in states}) > 1:
             raise ValueError("seeds trained together must resume from the same step; resume them one by one")
-        rundir.check_resume_steps(cfg.steps, int(states[0].step), [r.dir for r in runs])
+        online_resume = online.restore(runs[0].dir, states[0], data, cfg) if cfg.online_steps else None
+        if online_resume is not None:
+            states = [online_resume.train]
+            print(f"[lps] resuming the online phase at env step {int(online_resume.env_step)}")
+        else:  # online, the state's step counts online updates too: no longer comparable to --steps
+            rundir.check_resume_steps(cfg.steps, int(states[0].step), [r.dir for r in runs])
         print(f"[lps] resuming {', '.join(str(r.dir) for r in runs)} from step {int(states[0].step)}")
         for run, run_changes in zip(runs, changes):
             rundir.record_changes(run.dir, int(states[0].step), run_changes)
@@ -363,6 +374,17 @@ def _train(agent_name, cfg, agent_cfg, runs, resume, changes, stop):
                 success=" ".join(f"{x:.2f}" for x in success) if success else "-",
                 refresh=False,
             )
+        bar.close()
+        if cfg.online_steps:
+
+            def save_online(train_state) -> None:
+                nonlocal state
+                state = train_state
+                save()
+
+            start_online = online_resume or online.initial_state(state, data, cfg)
+            state = online.run(cfg, agent, optimizer, start_online, run_dir=runs[0].dir, schedule=schedule,
+                               save_train=save_online, progress=cfg.progress).train  # fmt: skip
         schedule.finish()
     finally:
         bar.close()
@@ -374,7 +396,10 @@ def _train(agent_name, cfg, agent_cfg, runs, resume, changes, stop):
     elapsed = time.perf_counter() - start
     summaries = []
     for run in runs:
-        summary = _summary(agent_name, run.cfg, run.dir, run.log, step - start_step, elapsed)
+        steps_run = (int(state.step) if cfg.online_steps else step) - start_step  # online: its updates too
+        summary = _summary(agent_name, run.cfg, run.dir, run.log, steps_run, elapsed)
+        if cfg.online_steps:
+            summary.update(online_env_steps=cfg.online_steps, gradient_steps=int(state.step))
         checkpoint.write_json(run.dir / SUMMARY_JSON, summary)
         print(_summary_line(summary))
         summaries.append(summary)
@@ -446,6 +471,7 @@ def _clear_run_dir(run_dir: Path) -> None:
     names = (checkpoint.CHECKPOINT, checkpoint.PREVIOUS, SUMMARY_JSON, CONFIG_JSON, rundir.RESUME_LOG)
     for name in (*names, "metrics.csv", "metrics.jsonl", "curves.png"):
         (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / online.ONLINE_DIR, ignore_errors=True)
     shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
 
 

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lps.data.sampler import chunk_starts, chunks_at, to_device
+from lps.data.sampler import chunk_starts, gather_chunks, to_device
 
 MAX_CHUNKS = 4096
 CLIP_LIMIT = 1.0 - 1e-6
@@ -67,7 +67,7 @@ def fixed_chunks(dataset: dict[str, np.ndarray], chunk_len: int, gamma: float, m
         raise ValueError(f"the validation data has no episode longer than the chunk length {chunk_len}")
     if len(starts) > max_chunks:
         starts = np.sort(np.random.default_rng(VALIDATION_SEED).choice(starts, max_chunks, replace=False))
-    return chunks_at(to_device(dataset, chunk_len), jnp.asarray(starts), chunk_len, gamma)
+    return gather_chunks(to_device(dataset, chunk_len), jnp.asarray(starts), chunk_len, gamma)
 
 
 @partial(jax.jit, static_argnums=0)

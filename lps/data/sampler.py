@@ -73,11 +73,12 @@ def sample_chunks(data: ChunkData, key: jax.Array, batch_size: int, chunk_len: i
     """A batch of chunks: first observation, the H actions (flattened), the discounted chunk
     reward, the product of the chunk's masks, and the observation after the chunk."""
     rows = data.starts[jax.random.randint(key, (batch_size,), 0, data.starts.shape[0])]
-    return chunks_at(data, rows, chunk_len, gamma)
+    return gather_chunks(data, rows, chunk_len, gamma)
 
 
-def chunks_at(data: ChunkData, rows: jax.Array, chunk_len: int, gamma: float) -> dict:
-    """The batch of chunks starting at `rows` (each one of `data.starts`), laid out as `sample_chunks`'s."""
+def gather_chunks(data, rows: jax.Array, chunk_len: int, gamma: float) -> dict:
+    """The chunks starting at `rows` (see `sample_chunks`); `data` is a ChunkData or anything with
+    its row arrays (the online replay buffer). Observations may be a pytree (dict observations)."""
     batch_size = rows.shape[0]
     chunk_rows = rows[:, None] + jnp.arange(chunk_len)
     discounts = gamma ** jnp.arange(chunk_len, dtype=jnp.float32)

@@ -1,0 +1,254 @@
+"""The online replay buffer: the offline dataset plus the transitions collected online, on the
+device, in the row layout of `lps.data.sampler` (each episode's rows in order, its final
+observation last; the reward and mask of row t belong to the transition leaving row t).
+
+The buffer has a fixed capacity, allocated once, so its arrays keep their shapes (one compiled
+update, a checkpoint of fixed layout). Rows [0, num_offline_rows) are the offline data; online
+episodes are appended after them, each whole episode contiguously once it has ended. `starts`
+lists the rows where a whole chunk fits inside its episode, exactly as for the offline
+sampler; only its first `num_starts` entries are valid. So chunks never cross an episode.
+
+Episodes still being played live in a staging area at the end of the buffer (rows from
+`staging_start`), one fixed segment per environment, rewritten by `stage` as they grow; their
+chunks that already fit (the observation after the chunk has been reached) are listed after the
+committed starts, so they are sampled too. When the episodes end they are appended for good
+(`append`) and the staging area is free again.
+
+Sampling (`sample`) mixes the two sources in one of two ways:
+- `buffer`: uniform over all valid chunk starts, offline and online alike (Q-chunking's single
+  buffer);
+- `balanced`: half of each batch from the offline starts, half from the online ones (the
+  paper's robot recipe); before any online episode has ended, all from the offline data.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from lps.data.sampler import chunk_starts, gather_chunks
+
+Mix = Literal["buffer", "balanced"]
+MIXES: tuple[str, ...] = ("buffer", "balanced")
+
+
+class ReplayBuffer(struct.PyTreeNode):
+    observations: Any  # pytree of (capacity, ...) arrays; rows past num_rows are zeros
+    actions: jax.Array  # (capacity, action_dim)
+    rewards: jax.Array  # (capacity,)
+    masks: jax.Array  # (capacity,)
+    starts: jax.Array  # (capacity,) int32 chunk starts; the first num_starts are valid
+    num_rows: jax.Array  # int32 scalar: rows written
+    num_starts: jax.Array  # int32 scalar
+    num_offline_rows: jax.Array  # int32 scalar
+    num_offline_starts: jax.Array  # int32 scalar
+    staging_start: jax.Array  # int32 scalar: rows from here on hold the episodes in progress
+
+    @property
+    def capacity(self) -> int:
+        return int(self.actions.shape[0])
+
+
+def row_bytes(observation_example: Any, action_dim: int) -> int:
+    """Bytes one row takes: its observation (a pytree of per-row arrays), action, reward, mask
+    and chunk-start entry."""
+    obs = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(observation_example))
+    return int(obs + 4 * action_dim + 4 + 4 + 4)
+
+
+def check_fits(capacity: int, bytes_per_row: int, available: int | None, where: str) -> int:
+    """The buffer's size in bytes; raises MemoryError, with the size it would need, when it would
+    take more than 80 % of `available` bytes (None: unknown, not checked)."""
+    needed = capacity * bytes_per_row
+    if available is not None and needed > 0.8 * available:
+        raise MemoryError(
+            f"the online replay buffer would need {needed / 2**30:.2f} GiB ({capacity} rows x {bytes_per_row} bytes) "
+            f"but {where} has {available / 2**30:.2f} GiB available; use fewer --online-steps or less offline data"
+        )
+    return needed
+
+
+def device_memory_bytes(device=None) -> tuple[int | None, str]:
+    """Memory free for the buffer on `device` (an accelerator's limit minus what is in use, or the
+    host's available memory for a CPU) and the device's name for messages."""
+    from lps.envs import available_memory_bytes
+
+    device = device or jax.devices()[0]
+    stats = None
+    try:
+        stats = device.memory_stats()
+    except Exception:  # noqa: BLE001  (not every backend reports memory)
+        pass
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0)), f"{device.platform} device {device.id}"
+    return available_memory_bytes(), "this machine"
+
+
+def create(dataset: dict[str, np.ndarray], chunk_len: int, capacity: int, staging_rows: int = 0) -> ReplayBuffer:
+    """A buffer of `capacity` rows holding the validated row-layout `dataset` (see
+    `lps.data.validate`) in its first rows; its last `staging_rows` rows are the staging area."""
+    n = len(dataset["actions"])
+    if capacity - staging_rows < n:
+        raise ValueError(f"replay capacity {capacity - staging_rows} is smaller than the offline data's {n} rows")
+    starts = chunk_starts(np.asarray(dataset["terminals"], bool), chunk_len)
+
+    def padded(x, dtype):
+        x = np.asarray(x, dtype)
+        out = np.zeros((capacity, *x.shape[1:]), dtype)
+        out[: len(x)] = x
+        return jnp.asarray(out)
+
+    return ReplayBuffer(
+        observations=jax.tree_util.tree_map(lambda x: padded(x, np.float32), dataset["observations"]),
+        actions=padded(dataset["actions"], np.float32),
+        rewards=padded(dataset["rewards"], np.float32),
+        masks=padded(dataset["masks"], np.float32),
+        starts=padded(starts, np.int32),
+        num_rows=jnp.asarray(n, jnp.int32),
+        num_starts=jnp.asarray(len(starts), jnp.int32),
+        num_offline_rows=jnp.asarray(n, jnp.int32),
+        num_offline_starts=jnp.asarray(len(starts), jnp.int32),
+        staging_start=jnp.asarray(capacity - staging_rows, jnp.int32),
+    )
+
+
+@partial(jax.jit, donate_argnums=0)
+def _write(buffer: ReplayBuffer, block: dict, num_rows: jax.Array, block_starts: jax.Array,
+           num_block_starts: jax.Array) -> ReplayBuffer:  # fmt: skip
+    """Write the first `num_rows` rows of a padded block after the buffer's rows, and its first
+    `num_block_starts` chunk starts (relative to the block) after the buffer's starts. Padding is
+    dropped: its rows are sent to an index past the end."""
+    capacity = buffer.actions.shape[0]
+    size = block["actions"].shape[0]
+    offsets = jnp.arange(size)
+    rows = jnp.where(offsets < num_rows, buffer.num_rows + offsets, capacity)
+    slots = jnp.where(offsets < num_block_starts, buffer.num_starts + offsets, capacity)
+
+    def put(dest, values):
+        return dest.at[rows].set(values.astype(dest.dtype), mode="drop")
+
+    return buffer.replace(
+        observations=jax.tree_util.tree_map(put, buffer.observations, block["observations"]),
+        actions=put(buffer.actions, block["actions"]),
+        rewards=put(buffer.rewards, block["rewards"]),
+        masks=put(buffer.masks, block["masks"]),
+        starts=buffer.starts.at[slots].set(buffer.num_rows + block_starts, mode="drop"),
+        num_rows=buffer.num_rows + num_rows,
+        num_starts=buffer.num_starts + num_block_starts,
+    )
+
+
+def append(buffer: ReplayBuffer, episodes: dict[str, Any], chunk_len: int, block_rows: int) -> ReplayBuffer:
+    """Append whole episodes (row-layout host arrays with `terminals`, the last row ending an
+    episode), padded to `block_rows` rows so one compiled write serves every call."""
+    n = len(episodes["actions"])
+    if n > block_rows:
+        raise ValueError(f"an append of {n} rows exceeds the block size {block_rows}")
+    used, room = int(buffer.num_rows), int(buffer.staging_start)
+    if used + n > room:
+        raise MemoryError(f"the replay buffer is full ({used} of {room} rows, {n} more to add)")
+    terminals = np.asarray(episodes["terminals"], bool)
+    if n and not terminals[-1]:
+        raise ValueError("appended rows must end with a whole episode (terminals[-1] = 1)")
+    starts = chunk_starts(terminals, chunk_len) if n else np.zeros(0, np.int32)
+
+    def pad(x):
+        x = np.asarray(x)
+        out = np.zeros((block_rows, *x.shape[1:]), x.dtype)
+        out[: len(x)] = x
+        return out
+
+    block = {
+        "observations": jax.tree_util.tree_map(pad, episodes["observations"]),
+        **{k: pad(episodes[k]) for k in ("actions", "rewards", "masks")},
+    }
+    return _write(buffer, block, jnp.asarray(n, jnp.int32), jnp.asarray(pad(starts.astype(np.int32))),
+                  jnp.asarray(len(starts), jnp.int32))  # fmt: skip
+
+
+@partial(jax.jit, donate_argnums=0)
+def _write_staging(buffer: ReplayBuffer, block: dict, starts: jax.Array, first_start: jax.Array,
+                   num_new_starts: jax.Array) -> ReplayBuffer:  # fmt: skip
+    capacity = buffer.actions.shape[0]
+    offsets = jnp.arange(starts.shape[0])
+    slots = jnp.where(offsets < num_new_starts, first_start + offsets, capacity)
+
+    def put(dest, values):
+        return jax.lax.dynamic_update_slice_in_dim(dest, values.astype(dest.dtype), buffer.staging_start, axis=0)
+
+    return buffer.replace(
+        observations=jax.tree_util.tree_map(put, buffer.observations, block["observations"]),
+        actions=put(buffer.actions, block["actions"]),
+        rewards=put(buffer.rewards, block["rewards"]),
+        masks=put(buffer.masks, block["masks"]),
+        starts=buffer.starts.at[slots].set(starts, mode="drop"),
+        num_starts=first_start + num_new_starts,
+    )
+
+
+def stage(buffer: ReplayBuffer, episodes: list[dict[str, Any]], first_start: int, chunk_len: int) -> ReplayBuffer:
+    """Write the episodes in progress (row layout so far, the last row being the latest
+    observation, marked as a terminal) into the staging area, one segment each, and list their
+    chunks that fit after the first `first_start` (committed) starts. An empty list unstages."""
+    rows = buffer.capacity - int(buffer.staging_start)
+    if not episodes:
+        return buffer.replace(num_starts=jnp.asarray(first_start, jnp.int32))
+    segment = rows // len(episodes)
+    block = {
+        "observations": jax.tree_util.tree_map(
+            lambda x: np.zeros((rows, *np.shape(x)[1:]), np.float32), episodes[0]["observations"]
+        ),
+        **{k: np.zeros((rows, *np.shape(episodes[0][k])[1:]), np.float32) for k in ("actions", "rewards", "masks")},
+    }
+    starts = []
+    for k, ep in enumerate(episodes):
+        n = len(ep["actions"])
+        if n > segment:
+            raise ValueError(f"an episode of {n} rows exceeds its staging segment of {segment}")
+        base = k * segment
+        for key in ("actions", "rewards", "masks"):
+            block[key][base : base + n] = ep[key]
+        jax.tree_util.tree_map(lambda dest, x: dest.__setitem__(slice(base, base + n), x), block["observations"],
+                               ep["observations"])  # fmt: skip
+        starts.append(int(buffer.staging_start) + base + chunk_starts(np.asarray(ep["terminals"], bool), chunk_len))
+    starts = np.concatenate(starts).astype(np.int32)
+    padded = np.zeros(rows, np.int32)
+    padded[: len(starts)] = starts
+    return _write_staging(buffer, block, jnp.asarray(padded), jnp.asarray(first_start, jnp.int32),
+                          jnp.asarray(len(starts), jnp.int32))  # fmt: skip
+
+
+def sample_rows(buffer: ReplayBuffer, key: jax.Array, batch_size: int, mix: Mix) -> jax.Array:
+    """Chunk start rows for one batch (see the module docstring for the mixes)."""
+    if mix == "buffer":
+        return buffer.starts[jax.random.randint(key, (batch_size,), 0, buffer.num_starts)]
+    if mix != "balanced":
+        raise ValueError(f"unknown mix {mix!r}; valid: {', '.join(MIXES)}")
+    offline_key, online_key = jax.random.split(key)
+    n_off, n_all = buffer.num_offline_starts, buffer.num_starts
+    half = batch_size // 2
+    offline = jax.random.randint(offline_key, (batch_size,), 0, n_off)
+    online = jax.random.randint(online_key, (batch_size,), n_off, jnp.maximum(n_all, n_off + 1))
+    take_online = (jnp.arange(batch_size) >= batch_size - half) & (n_all > n_off)
+    return buffer.starts[jnp.where(take_online, online, offline)]
+
+
+def sample(buffer: ReplayBuffer, key: jax.Array, batch_size: int, chunk_len: int, gamma: float, mix: Mix = "buffer"):
+    """A batch of chunks, as `lps.data.sampler.sample_chunks` gives for offline data."""
+    return gather_chunks(buffer, sample_rows(buffer, key, batch_size, mix), chunk_len, gamma)
+
+
+def make_sampler(mix: Mix):
+    """`sample` with the mix fixed: the `sample` argument of `lps.train.make_update`."""
+    if mix not in MIXES:
+        raise ValueError(f"unknown --online-mix {mix!r}; valid: {', '.join(MIXES)}")
+
+    def sampler(buffer, key, batch_size, chunk_len, gamma):
+        return sample(buffer, key, batch_size, chunk_len, gamma, mix)
+
+    return sampler

@@ -1,0 +1,356 @@
+"""The online phase of offline-to-online fine-tuning (`lps train ... --online-steps N`).
+
+After the offline steps the run goes on in the live environment: `--online-envs K` environments
+(the worker pool of `lps.envs`) play episodes with open-loop chunks drawn from the current policy,
+their rows go to the replay buffer as they are played (`lps.data.replay`: the offline data
+plus the online rows, on the device; an episode's chunks are sampled as soon as they fit), and
+the same pure, scanned update as offline training (`lps.train.make_update`, with the buffer's
+sampler) runs `--utd` gradient steps per environment step.
+
+Rewards and masks online are labelled exactly as the offline data was (`lps.data.tasks`): row t's
+reward is the task reward of the state at row t (OGBench relabels each row from its own qpos),
+made sparse `-(r != 0)` when the task's reward mode is sparse, and its mask is 0 when that state
+solves the task. OGBench's manipulation environments compute a step's reward and success on the
+state the step starts from (`success_timing='pre'`), so row t takes step t's reward and success
+as they are (checked against OGBench's relabelling in tests/test_online.py). The toy bandits'
+rows carry their action's reward and mask 0, as their offline data does.
+
+Waves and exact resume. Episodes start together in waves of K, episode i of the run (counted
+over waves) being reset with a seed derived from (seed, i), and its c-th chunk drawn with a key
+derived from (seed, i, c), as evaluation does. Episodes in progress sit in the buffer's staging
+area (sampled already) and are appended for good when their wave ends; updates run in blocks
+of `utd * K * H` steps as the environment steps accumulate (the remainder carries over). Checkpoints of the online phase are taken only at wave ends, where no
+episode is in progress: the checkpoint (`<run>/online/checkpoint.msgpack`, one atomic file) holds
+the training state, the buffer, the env step count, the episodes played and the update
+remainder. Everything after it is a function of these, so a run killed at any point and resumed
+replays the same episodes and updates as an uninterrupted one (and writes the same rows: the
+metrics row pending at a checkpoint is written before it). The plain `<run>/checkpoint.msgpack`
+(the training state, for `lps eval` and `load_policy`) is written after it.
+
+Metrics rows carry the gradient `step` and `env_step`; `online/return` and `online/success`
+average the episodes finished since the previous row.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from lps import checkpoint
+from lps.data import replay
+
+ONLINE_DIR = "online"  # <run>/online/checkpoint.msgpack: the online phase's checkpoint
+
+
+class OnlineState(struct.PyTreeNode):
+    train: Any  # lps.train.TrainState
+    buffer: replay.ReplayBuffer
+    env_step: jax.Array  # environment steps taken online
+    episodes: jax.Array  # online episodes started (whole waves)
+    update_debt: jax.Array  # updates owed to env steps, not yet run (< one update block)
+
+
+# --- what can be simulated ------------------------------------------------------------------
+
+
+def check_config(cfg, num_seeds: int) -> None:
+    """Refuse, before any data is loaded, an online phase that cannot run."""
+    if not cfg.online_steps:
+        return
+    if cfg.dataset is not None:
+        raise ValueError(
+            f"--online-steps needs a live environment, but --dataset {cfg.dataset} has none to simulate; "
+            "train online on an OGBench task (--env) or a toy (--env toy-bandit), or drop --online-steps"
+        )
+    if num_seeds > 1:
+        raise ValueError("--online-steps trains one seed per run; start one run per seed (--seed K)")
+    env_id(cfg)
+
+
+def env_id(cfg) -> str:
+    """The environment the online phase plays: the toy itself, or the task's gymnasium id."""
+    from lps import toy
+    from lps.data import tasks
+
+    if toy.is_toy(cfg.env):
+        toy.task_of(cfg.env)  # an unknown toy name fails here, with the valid ones
+        return cfg.env
+    return tasks.parse_task(cfg.env, cfg.reward).env_id
+
+
+def max_episode_steps(env: str) -> int:
+    from lps import toy
+
+    if toy.is_toy(env):
+        return toy.ToyEnv.max_episode_steps
+    try:
+        import gymnasium
+        import ogbench  # noqa: F401  (registers the environments)
+    except ImportError as e:
+        raise ImportError(f'online fine-tuning on {env} needs OGBench: pip install "lps[ogbench]" ({e})') from e
+    steps = gymnasium.spec(env).max_episode_steps
+    if not steps:
+        raise ValueError(f"{env} has no episode time limit; the online replay buffer needs one to size its blocks")
+    return int(steps)
+
+
+def capacity_for(num_offline_rows: int, cfg, max_len: int) -> tuple[int, int]:
+    """(rows, staging rows) of the buffer: the offline rows and, online, every env step plus one
+    final row per episode (the last round may pass `--online-steps` by up to K*H - 1 steps, and
+    a success can end an episode after one step, so twice the online steps is the bound; the toy
+    reaches it), plus a staging segment of `max_len + 1` rows per environment."""
+    staging = cfg.online_envs * (max_len + 1)
+    return num_offline_rows + 2 * (cfg.online_steps + cfg.online_envs * cfg.chunk_len) + staging, staging
+
+
+# --- labelling an episode's rows --------------------------------------------------------------
+
+
+class _Episode:
+    """One episode's rows while it is played (host lists), labelled as the offline data is."""
+
+    def __init__(self, index: int, obs: np.ndarray, toy_rows: bool, sparse: bool):
+        self.index, self.toy_rows, self.sparse = index, toy_rows, sparse
+        self.observations = [obs]
+        self.actions: list[np.ndarray] = []
+        self.step_rewards: list[float] = []  # env reward of each step
+        self.step_successes: list[float] = []  # env info['success'] of each step
+        self.done, self.chunks, self.success = False, 0, 0.0
+
+    def add(self, chunk: np.ndarray, outcome) -> None:
+        n = outcome.steps
+        self.actions.extend(np.asarray(chunk[:n], np.float32))
+        self.observations.extend(outcome.observations)
+        self.step_rewards.extend(outcome.rewards.tolist())
+        self.step_successes.extend(outcome.successes.tolist())
+        self.chunks += 1
+        self.done, self.success = outcome.done, outcome.success
+
+    @property
+    def steps(self) -> int:
+        return len(self.actions)
+
+    def rows(self) -> dict[str, np.ndarray]:
+        """The row layout: every state, the last one ending the episode (its action unused)."""
+        n = self.steps + 1
+        actions = np.zeros((n, np.shape(self.actions[0])[-1] if self.actions else 0), np.float32)
+        actions[: self.steps] = self.actions
+        step_rewards = np.asarray(self.step_rewards, np.float64)
+        rewards, masks = np.zeros(n, np.float32), np.zeros(n, np.float32)  # the last row's are never used
+        rewards[: self.steps] = -(step_rewards != 0).astype(np.float64) if self.sparse else step_rewards
+        if not self.toy_rows:  # the toy's rows never bootstrap, as in its offline data
+            masks[: self.steps] = 1.0 - np.asarray(self.step_successes)
+        terminals = np.zeros(n, bool)
+        terminals[-1] = True
+        return {"observations": np.stack(self.observations), "actions": actions, "rewards": rewards,
+                "masks": masks, "terminals": terminals}  # fmt: skip
+
+
+def _concat(episodes: list[_Episode]) -> dict[str, np.ndarray]:
+    parts = [e.rows() for e in episodes]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def online_seed(seed: int) -> int:
+    """The seed of the online episodes' resets and acting keys (distinct from evaluation's)."""
+    return int(np.random.SeedSequence([seed, 0x0411]).generate_state(1)[0])
+
+
+# --- state, checkpoint ------------------------------------------------------------------------
+
+
+def initial_state(train_state, data: dict[str, np.ndarray], cfg) -> OnlineState:
+    """The online phase's state at its start: the buffer holds the offline data."""
+    check_memory(data, cfg)
+    capacity, staging = capacity_for(len(data["actions"]), cfg, max_episode_steps(env_id(cfg)))
+    zero = jnp.zeros((), jnp.int32)
+    return OnlineState(train_state, replay.create(data, cfg.chunk_len, capacity, staging), zero, zero, zero)
+
+
+def restore(run_dir: str | Path, train_state, data: dict[str, np.ndarray], cfg) -> OnlineState | None:
+    """The online checkpoint of `run_dir`, or None when the run has not saved one yet."""
+    directory = Path(run_dir) / ONLINE_DIR
+    if not (directory / checkpoint.CHECKPOINT).exists():
+        return None
+    template = initial_state(train_state, data, cfg)
+    try:
+        # As device arrays: numpy 0-d leaves would turn into numpy scalars under arithmetic and
+        # be written back in a different format.
+        return jax.tree_util.tree_map(jnp.asarray, checkpoint.restore(directory, template))
+    except ValueError as e:
+        raise ValueError(
+            f"cannot resume the online phase of {run_dir}: {e}. Resume with the --online-steps, --online-envs "
+            "and --chunk-len the run was started with"
+        ) from e
+
+
+def save(run_dir: str | Path, state: OnlineState) -> None:
+    checkpoint.save(Path(run_dir) / ONLINE_DIR, state)
+
+
+# --- the phase ------------------------------------------------------------------------------
+
+
+def make_envs(cfg, env: str):
+    from lps.envs import EnvWorkerPool, LocalEnvs, plan_pool
+
+    if cfg.online_workers == 0:
+        return LocalEnvs(env, cfg.online_envs)
+    slots, workers = plan_pool(cfg.online_envs, cfg.online_workers, print)
+    if slots < cfg.online_envs:
+        raise MemoryError(f"--online-envs {cfg.online_envs} environments do not fit in memory; use at most {slots}")
+    return EnvWorkerPool(env, slots, workers)
+
+
+def run(cfg, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule, save_train: Callable[[Any], None],
+        progress: bool = True) -> OnlineState:  # fmt: skip
+    """Play and train until `cfg.online_steps` environment steps; returns the final state (saved).
+
+    `schedule` is the run's `lps.eval_schedule.EvaluationSchedule` (evaluations every
+    --eval-every gradient steps go on, and at the end); `save_train(train_state)` writes the plain
+    checkpoint and config."""
+    from tqdm import tqdm
+
+    from lps import toy
+    from lps.eval_schedule import seed_axis
+    from lps.evaluate import episode_seed, make_seeds_policy
+    from lps.train import _check_finite, make_multi_update, make_update
+
+    env = env_id(cfg)
+    toy_rows = toy.is_toy(cfg.env)
+    sparse = False if toy_rows else _sparse(cfg)
+    K, H = cfg.online_envs, agent.spec.chunk_len
+    max_len = max_episode_steps(env)
+    block_rows = K * (max_len + 1)
+    block = cfg.utd * K * H  # updates per compiled dispatch
+    sampler = replay.make_sampler(cfg.online_mix)
+    update = make_multi_update(make_update(agent, optimizer, cfg.batch_size, sampler), block)
+    acting_seed = online_seed(cfg.seed)
+    envs = make_envs(cfg, env)
+    if envs.obs_dim != agent.spec.obs_dim:
+        envs.close()
+        raise ValueError(f"{env} observations have {envs.obs_dim} dims but the data's have {agent.spec.obs_dim}")
+
+    pending_rows: list[dict] = []  # update metrics since the last metrics row
+    finished: list[_Episode] = []  # episodes finished since the last metrics row
+    timer = {"start": time.perf_counter(), "env_steps": 0}
+    last_eval = -1  # the gradient step of the last evaluation submitted
+
+    def evaluate() -> None:
+        nonlocal last_eval
+        if not cfg.eval_episodes:
+            return
+        last_eval = gradient_step()
+        schedule.submit(last_eval, seed_axis(state.train.params, 1), [{"env_step": float(state.env_step)}])
+
+    def gradient_step() -> int:
+        return int(state.train.step)
+
+    def write_row() -> None:
+        """The metrics row of the updates and episodes since the previous one."""
+        if not pending_rows and not finished:
+            return
+        row = {k: float(np.mean([r[k] for r in pending_rows])) for k in (pending_rows[0] if pending_rows else {})}
+        row["env_step"] = float(state.env_step)
+        if finished:
+            row["online/return"] = float(np.mean([sum(e.step_rewards) for e in finished]))
+            row["online/success"] = float(np.mean([e.success for e in finished]))
+        elapsed = time.perf_counter() - timer["start"]
+        row["env_steps_per_sec"] = timer["env_steps"] / elapsed if elapsed > 0 else 0.0
+        schedule.log_training(gradient_step(), [row])
+        pending_rows.clear()
+        finished.clear()
+        timer.update(start=time.perf_counter(), env_steps=0)
+
+    def run_updates() -> None:
+        nonlocal state
+        while int(state.update_debt) >= block:
+            first = gradient_step()
+            new_train, metrics = update(state.train, state.buffer)
+            metrics = {k: np.asarray(v).reshape(-1) for k, v in jax.device_get(metrics).items()}
+            _check_finite(metrics, first, run_dir)
+            state = state.replace(train=new_train, update_debt=state.update_debt - block)
+            pending_rows.append({k: float(np.mean(v)) for k, v in metrics.items()})
+            step = gradient_step()
+            if step // cfg.log_every > first // cfg.log_every:
+                write_row()
+            if cfg.eval_every and step // cfg.eval_every > first // cfg.eval_every:
+                evaluate()
+
+    def checkpoint_now() -> None:
+        write_row()
+        schedule.wait_before(gradient_step())
+        save(run_dir, state)
+        save_train(state.train)
+
+    bar = tqdm(total=cfg.online_steps, initial=int(state.env_step), disable=not progress, unit="env step",
+               dynamic_ncols=True, desc="online")  # fmt: skip
+    last_save = gradient_step()
+    try:
+        if int(state.env_step) >= cfg.online_steps:
+            save_train(state.train)  # resumed after the online checkpoint but maybe before the plain one
+        while int(state.env_step) < cfg.online_steps:
+            first_episode = int(state.episodes)
+            resets = envs.reset({k: episode_seed(acting_seed, first_episode + k) for k in range(K)})
+            wave = [_Episode(first_episode + k, resets[k], toy_rows, sparse) for k in range(K)]
+            obs = np.stack([resets[k] for k in range(K)])[None]
+            committed_starts = int(state.buffer.num_starts)
+            while int(state.env_step) < cfg.online_steps and not all(e.done for e in wave):
+                policy = make_seeds_policy(agent, jax.tree_util.tree_map(lambda x: x[None], state.train.params),
+                                           [acting_seed])  # fmt: skip
+                index = np.array([[e.index for e in wave]])
+                chunk_index = np.array([[e.chunks for e in wave]])
+                chunks = policy(obs, index, chunk_index)[0]
+                running = [k for k, e in enumerate(wave) if not e.done]
+                outcomes = envs.step_chunks({k: chunks[k] for k in running})
+                steps = 0
+                for k in running:
+                    wave[k].add(chunks[k], outcomes[k])
+                    obs[0, k] = outcomes[k].obs
+                    steps += outcomes[k].steps
+                    if wave[k].done:
+                        finished.append(wave[k])
+                timer["env_steps"] += steps
+                bar.update(steps)
+                staged = replay.stage(state.buffer, [e.rows() for e in wave], committed_starts, H)
+                state = state.replace(buffer=staged, env_step=state.env_step + steps,
+                                      update_debt=state.update_debt + cfg.utd * steps)  # fmt: skip
+                run_updates()
+            # The wave's episodes (those stopped by the step budget end there) join the buffer for
+            # good, and the staging area is free again.
+            played = [e for e in wave if e.steps > 0]
+            state = state.replace(buffer=replay.stage(state.buffer, [], committed_starts, H))
+            if played:
+                state = state.replace(buffer=replay.append(state.buffer, _concat(played), H, block_rows))
+            state = state.replace(episodes=state.episodes + K)
+            done = int(state.env_step) >= cfg.online_steps
+            step = gradient_step()
+            if done or (cfg.save_every and step // cfg.save_every > last_save // cfg.save_every):
+                if done and last_eval != step:
+                    evaluate()
+                checkpoint_now()
+                last_save = step
+    finally:
+        envs.close()
+        bar.close()
+    return state
+
+
+def _sparse(cfg) -> bool:
+    from lps.data import tasks
+
+    return tasks.parse_task(cfg.env, cfg.reward).sparse
+
+
+def check_memory(data: dict[str, np.ndarray], cfg) -> int:
+    """Refuse up front a replay buffer that would not fit (MemoryError naming the size); its bytes."""
+    capacity, _ = capacity_for(len(data["actions"]), cfg, max_episode_steps(env_id(cfg)))
+    available, where = replay.device_memory_bytes()
+    return replay.check_fits(capacity, replay.row_bytes(data["observations"][0], data["actions"].shape[1]),
+                             available, where)  # fmt: skip
