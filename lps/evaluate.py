@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-# (observations (n, obs_dim), call index) -> action chunks (n, H, action_dim)
+# (observations (n, obs_dim) or uint8 images (n, H, W, 3), call index) -> action chunks (n, H, action_dim)
 PolicyFn = Callable[[np.ndarray, int], np.ndarray]
 DEFAULT_POOL = 10
 
@@ -27,15 +27,19 @@ DEFAULT_POOL = 10
 class Evaluator:
     """A pool of environments of one task that runs batches of episodes."""
 
-    def __init__(self, env_id: str, num_envs: int = DEFAULT_POOL):
+    def __init__(self, env_id: str, num_envs: int = DEFAULT_POOL, max_episode_steps: int | None = None):
         from lps.data.tasks import _require_ogbench
 
         _require_ogbench()
         import gymnasium
 
         self.env_id = env_id
-        self.envs = [gymnasium.make(env_id) for _ in range(num_envs)]
-        self.obs_dim = int(self.envs[0].observation_space.shape[0])
+        # max_episode_steps: None keeps the env's own time limit (shorter ones are for tests).
+        limit = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
+        self.envs = [gymnasium.make(env_id, **limit) for _ in range(num_envs)]
+        # (obs_dim,) for state vectors, (H, W, 3) uint8 images for visual envs.
+        self.obs_shape = tuple(int(d) for d in self.envs[0].observation_space.shape)
+        self.obs_dim = self.obs_shape[0] if len(self.obs_shape) == 1 else 0
 
     def run(self, policy: PolicyFn, episodes: int = 50, seed: int = 0) -> dict[str, float]:
         """Mean success, return and length over `episodes`, and env steps/s with the policy in the loop."""
@@ -54,7 +58,7 @@ class Evaluator:
             i = pending.popleft()
             ob, _ = self.envs[slot].reset(seed=_episode_seed(seed, i))
             if obs is None:
-                obs = np.zeros((n, ob.shape[0]), np.float32)
+                obs = np.zeros((n, *ob.shape), np.uint8 if ob.dtype == np.uint8 else np.float32)
             obs[slot], episode[slot] = ob, i
 
         for slot in range(n):

@@ -84,6 +84,7 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None, seed: int | N
     """Evaluate a run's latest checkpoint with the paper's protocol (same seed -> same result)."""
     import dataclasses
 
+    from lps.render import check_image_size
     from lps.train import load_config, make_evaluator, make_policy_fn
 
     _, cfg, _, _ = load_config(run_dir)
@@ -93,6 +94,11 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None, seed: int | N
     evaluator = make_evaluator(dataclasses.replace(cfg, eval_episodes=max(episodes, 1)))
     if evaluator is None:
         raise RuntimeError("no environment to evaluate in (is OGBench installed?)")
+    try:
+        check_image_size(policy.spec.image_shape, getattr(evaluator, "obs_shape", None), cfg.env)
+    except ValueError:
+        evaluator.close()
+        raise
     if getattr(evaluator, "obs_dim", policy.spec.obs_dim) != policy.spec.obs_dim:
         evaluator.close()
         raise ValueError(

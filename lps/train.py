@@ -32,6 +32,7 @@ from lps.config import TrainConfig, check_positive_widths, from_dict, to_dict
 from lps.critic import polyak
 from lps.data.sampler import ChunkData, sample_chunks, to_device
 from lps.encoders import build_agent, observation_spec
+from lps.render import check_image_size
 from lps.runlog import RunLog
 
 CONFIG_JSON, SUMMARY_JSON = "config.json", "summary.json"
@@ -138,9 +139,13 @@ def make_evaluator(cfg: TrainConfig):
     if toy.is_toy(cfg.env):
         return toy.ToyEvaluator(cfg.env)
     from lps.evaluate import DEFAULT_POOL, Evaluator
+    from lps.render import is_visual, require_renderer
 
+    env_id = tasks.parse_task(cfg.env, cfg.reward).env_id
+    if is_visual(env_id):
+        require_renderer(env_id)  # a clear error naming what to install, before any env is made
     try:
-        return Evaluator(tasks.parse_task(cfg.env, cfg.reward).env_id, min(cfg.eval_episodes, DEFAULT_POOL))
+        return Evaluator(env_id, min(cfg.eval_episodes, DEFAULT_POOL))
     except ImportError as e:
         print(f"[lps] evaluation disabled: {e}")
         return None
@@ -249,6 +254,8 @@ def train(agent_name: str, cfg: TrainConfig, agent_cfg, resume: bool = False) ->
     state = stack_seeds(states)
     update = make_seeds_update(agent, optimizer, cfg.batch_size, len(runs))
     evaluator = make_evaluator(cfg)
+    if evaluator is not None:
+        check_image_size(agent.spec.image_shape, getattr(evaluator, "obs_shape", None), cfg.env)
     if evaluator is not None and getattr(evaluator, "obs_dim", agent.spec.obs_dim) != agent.spec.obs_dim:
         print(f"[lps] evaluation disabled: {cfg.env} observations have {evaluator.obs_dim} dims, the data "
               f"{agent.spec.obs_dim}; pass the matching --env or --eval-episodes 0")  # fmt: skip
