@@ -116,6 +116,14 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 PRESETS["cpu"] = PRESETS["quick"]
+# Pixel tasks on a CPU: every frame is rendered in software (a few frames/s per core, see
+# bench/render.py), so 10 episodes of data (11k frames) instead of 100, 10 evaluation episodes,
+# and smaller batches for the image encoder.
+PRESETS["quick-pixels"] = {
+    "train": dict(steps=10_000, eval_every=5_000, save_every=5_000, episodes=10, eval_episodes=10, batch_size=64),
+    "agent": dict(hidden=(256, 256)),
+}
+PRESETS["cpu-pixels"] = PRESETS["quick-pixels"]
 
 
 def _flag(name: str) -> str:

@@ -2,8 +2,9 @@
 
 MuJoCo picks its OpenGL backend from $MUJOCO_GL once, when `mujoco` is first imported; its
 default (GLFW) needs a display. On a headless machine `choose_gl_backend` (run when `lps` is
-imported) sets $MUJOCO_GL to a backend whose library is installed: EGL (a GPU's driver, or
-Mesa's llvmpipe in software) or else OSMesa (software). A value the user set is never changed.
+imported) sets $MUJOCO_GL to a backend whose library is installed: EGL first on a machine with
+an NVIDIA GPU (hardware rendering), otherwise OSMesa (software), or EGL (Mesa's llvmpipe, also
+software) when OSMesa is missing. A value the user set is never changed.
 
 `require_renderer` is called before any visual environment is made (data generation,
 evaluation): it renders one tiny frame and, if that fails, raises `RendererUnavailable` naming
@@ -12,7 +13,6 @@ what to install, instead of a deep OpenGL traceback from inside an environment o
 
 from __future__ import annotations
 
-import atexit
 import ctypes.util
 import functools
 import os
@@ -20,9 +20,9 @@ import sys
 
 VISUAL_PREFIX = "visual-"
 INSTALL_HINT = (
-    "install a software OpenGL for MuJoCo: on Debian/Ubuntu `apt-get install -y libegl1 libgl1-mesa-dri` "
-    "(EGL; Mesa's llvmpipe renders on the CPU, a GPU driver is used when present) and run with MUJOCO_GL=egl, "
-    "or `apt-get install -y libosmesa6` and MUJOCO_GL=osmesa"
+    "install a software OpenGL for MuJoCo: on Debian/Ubuntu `apt-get install -y libosmesa6` (OSMesa; then "
+    "MUJOCO_GL=osmesa) or `apt-get install -y libegl1 libegl-mesa0 libgl1-mesa-dri` (EGL: a GPU's driver when "
+    "there is one, else Mesa's llvmpipe on the CPU; then MUJOCO_GL=egl)"
 )
 
 
@@ -45,7 +45,11 @@ def choose_gl_backend() -> str | None:
     chosen = os.environ.get("MUJOCO_GL")
     if chosen or os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or sys.platform != "linux":
         return chosen
-    for backend, library in (("egl", "EGL"), ("osmesa", "OSMesa")):
+    # Without a GPU, OSMesa (when installed) renders as fast as Mesa's EGL here and, unlike EGL,
+    # exits cleanly (mujoco's EGL contexts print tracebacks when freed after EGL's exit handler).
+    gpu = any(os.path.exists(p) for p in ("/dev/nvidia0", "/dev/nvidiactl"))
+    order = (("egl", "EGL"), ("osmesa", "OSMesa")) if gpu else (("osmesa", "OSMesa"), ("egl", "EGL"))
+    for backend, library in order:
         if ctypes.util.find_library(library):
             os.environ["MUJOCO_GL"] = backend
             # PyOpenGL must use the same platform, and (like mujoco) reads it on first import.
@@ -81,24 +85,6 @@ def _render_one_frame() -> None:
         renderer.render()
     finally:
         renderer.close()
-    # EGL tears its display down at exit before renderers still alive are garbage-collected, which
-    # prints tracebacks; closing them first keeps the exit quiet. Registered after the first GL
-    # context exists, so it runs before EGL's own exit handler.
-    atexit.register(_close_live_renderers)
-
-
-def _close_live_renderers() -> None:
-    import gc
-
-    mujoco = sys.modules.get("mujoco")
-    if mujoco is None:
-        return
-    for obj in gc.get_objects():
-        if isinstance(obj, mujoco.Renderer):
-            try:
-                obj.close()
-            except Exception:  # noqa: BLE001  (exiting anyway)
-                pass
 
 
 def image_shape(env_id: str) -> tuple[int, int, int]:
