@@ -67,6 +67,8 @@ class TrainConfig:
     """Width of the image encoder's output features (shared by every network)."""
     augment_shift: int = 4
     """Random-shift augmentation of images during training: pad by this many pixels, crop back (0: off)."""
+    augment_prob: float | None = None
+    """Probability that a batch's images are shifted; default 0.5 for pixel tasks (FQL's p_aug), 1 for robot data."""
     robot: Annotated[RobotDataConfig, tyro.conf.OmitArgPrefixes] = RobotDataConfig()
     """How a --dataset folder of robot episodes is read."""
 
@@ -86,6 +88,8 @@ class TrainConfig:
                 )
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"--seeds must be distinct, got {self.seeds}")
+        if self.augment_prob is not None and not 0 <= self.augment_prob <= 1:
+            raise ValueError(f"--augment-prob must be in [0, 1], got {self.augment_prob}")
         if not self.lr > 0:
             raise ValueError(f"--lr must be positive, got {self.lr}")
         if not 0 < self.gamma <= 1:

@@ -103,3 +103,24 @@ def check_image_size(data_shape, env_shape, env: str) -> None:
             f"the data's images are {tuple(data_shape)} but {env} renders {tuple(env_shape)}: a policy trained on "
             "them cannot act in it; regenerate the data for this env (`lps data generate`), or pick the matching --env"
         )
+
+
+def measure_frames_per_second(env_id: str, frames: int = 4) -> float:
+    """Frames/s of rendering `env_id`'s observation in this process (for up-front estimates)."""
+    import time
+
+    import gymnasium
+
+    env = gymnasium.make(env_id)
+    try:
+        env.reset(seed=0)
+        env.unwrapped.render()  # the first frame builds the GL context
+        start = time.perf_counter()
+        for _ in range(frames):
+            env.unwrapped.render()
+        return frames / (time.perf_counter() - start)
+    finally:
+        renderer = getattr(env.unwrapped, "_renderer", None)
+        if renderer is not None:
+            renderer.close()
+        env.close()

@@ -98,7 +98,8 @@ def test_lps_trains_on_pixels_and_evaluates(data_dir, tmp_path, monkeypatch):
 
     policy = load_policy(tmp_path / "run")
     agent = policy.agent
-    assert agent.arch == "impala-small" and agent.augment_shift == 4 and agent.spec.image_shape == (64, 64, 3)
+    assert agent.arch == "impala-small" and agent.spec.image_shape == (64, 64, 3)
+    assert (agent.augment_shift, agent.augment_prob) == (4, 0.5)  # FQL's pixel settings
     initial = T.create_state(agent, T.make_optimizer(cfg), cfg.seed).params["encoder"]
     moved = jax.tree_util.tree_map(lambda a, b: float(jnp.abs(a - b).max()), initial, policy.params["encoder"])
     assert max(jax.tree_util.tree_leaves(moved)) > 0, "the encoder was not trained"
@@ -150,6 +151,11 @@ def test_wrong_image_size_is_a_clear_error(tmp_path):
         tasks.load_task(tasks.parse_task(TASK), tmp_path, chunk_len=3)
     with pytest.raises(ValueError, match=r"images are \(32, 32, 3\) but .* renders \(64, 64, 3\)"):
         render.check_image_size((32, 32, 3), (64, 64, 3), ENV_ID)
+
+
+def test_augment_prob_is_a_probability():
+    with pytest.raises(ValueError, match="--augment-prob must be in"):
+        TrainConfig(augment_prob=1.5)
 
 
 def test_float_images_are_refused():

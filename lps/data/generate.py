@@ -180,6 +180,21 @@ def _save_atomic(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
         raise
 
 
+def _print_estimate(env: str, backend: str, frames: int, workers: int) -> None:
+    from lps.data.tasks import _require_ogbench
+    from lps.render import measure_frames_per_second
+
+    _require_ogbench()
+    rate = measure_frames_per_second(f"{env}-v0")
+    # Software rendering is CPU-bound: workers beyond the core count add nothing.
+    minutes = frames / (rate * min(workers, os.cpu_count() or 1)) / 60
+    print(
+        f"[lps] rendering with MUJOCO_GL={backend} at ~{rate:.1f} frames/s per process here: {frames} frames "
+        f"take roughly {minutes:.0f} min with {workers} worker(s)",
+        flush=True,
+    )
+
+
 def generate(
     env: str,
     data_dir: str | os.PathLike,
@@ -205,7 +220,8 @@ def generate(
     if is_visual(env):
         # Here, not in a worker: a missing renderer is one clear error, and the backend chosen
         # ($MUJOCO_GL) is inherited by the workers.
-        print(f"[lps] rendering with MUJOCO_GL={require_renderer(env)}", flush=True)
+        backend = require_renderer(env)
+        _print_estimate(env, backend, (episodes + n_val) * max_episode_steps, min(workers, episodes + n_val))
     print(
         f"generating {env} play data: {episodes} train + {n_val} val episodes, seed {seed}, "
         f"{workers} worker(s) -> {train_path.parent}",
