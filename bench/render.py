@@ -24,23 +24,13 @@ import time
 import numpy as np
 
 from lps.data import tasks
-from lps.render import require_renderer
+from lps.render import measure_frames_per_second, require_renderer
 
 
 def _env(env_id: str, **kwargs):
     import gymnasium
 
     return gymnasium.make(env_id, **kwargs)
-
-
-def bench_render(env_id: str, frames: int) -> float:
-    env = _env(env_id)
-    env.reset(seed=0)
-    env.unwrapped.render()  # the first frame builds the GL context
-    start = time.perf_counter()
-    for _ in range(frames):
-        env.unwrapped.render()
-    return frames / (time.perf_counter() - start)
 
 
 def bench_step(env_id: str, steps: int) -> float:
@@ -81,7 +71,7 @@ def main() -> None:
     print(json.dumps({"backend": backend, "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)}))
     results = {}
     if "render" in a.only:
-        results["render_frames_per_s"] = bench_render(env_id, a.frames)
+        results["render_frames_per_s"] = measure_frames_per_second(env_id, a.frames)
     if "step" in a.only:
         results["visual_env_steps_per_s"] = bench_step(env_id, a.frames)
         results["state_env_steps_per_s"] = bench_step(env_id.removeprefix("visual-"), 10 * a.frames)

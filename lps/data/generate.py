@@ -221,7 +221,11 @@ def generate(
         # Here, not in a worker: a missing renderer is one clear error, and the backend chosen
         # ($MUJOCO_GL) is inherited by the workers.
         backend = require_renderer(env)
-        _print_estimate(env, backend, (episodes + n_val) * max_episode_steps, min(workers, episodes + n_val))
+        frames = (episodes + n_val) * max_episode_steps
+        if frames > 2000:  # a job of more than a few minutes: say up front how long it will take
+            _print_estimate(env, backend, frames, min(workers, episodes + n_val))
+        else:
+            print(f"[lps] rendering with MUJOCO_GL={backend}", flush=True)
     print(
         f"generating {env} play data: {episodes} train + {n_val} val episodes, seed {seed}, "
         f"{workers} worker(s) -> {train_path.parent}",
