@@ -49,6 +49,9 @@ def choose_gl_backend() -> str | None:
     # exits cleanly (mujoco's EGL contexts print tracebacks when freed after EGL's exit handler).
     gpu = any(os.path.exists(p) for p in ("/dev/nvidia0", "/dev/nvidiactl"))
     order = (("egl", "EGL"), ("osmesa", "OSMesa")) if gpu else (("osmesa", "OSMesa"), ("egl", "EGL"))
+    platform = os.environ.get("PYOPENGL_PLATFORM", "").lower()
+    if platform in ("egl", "osmesa"):  # mujoco refuses a backend that differs from PyOpenGL's platform
+        order = [o for o in order if o[0] == platform]
     for backend, library in order:
         if ctypes.util.find_library(library):
             os.environ["MUJOCO_GL"] = backend
@@ -105,8 +108,9 @@ def check_image_size(data_shape, env_shape, env: str) -> None:
         )
 
 
-def measure_frames_per_second(env_id: str, frames: int = 4) -> float:
-    """Frames/s of rendering `env_id`'s observation in this process (for up-front estimates)."""
+def measure_render_rate(env_id: str, frames: int = 4) -> tuple[float, float]:
+    """(frames/s of wall time, CPU seconds per frame) of rendering `env_id`'s observation in this
+    process. The CPU time does not depend on how busy the machine is; the wall rate does."""
     import time
 
     import gymnasium
@@ -115,10 +119,10 @@ def measure_frames_per_second(env_id: str, frames: int = 4) -> float:
     try:
         env.reset(seed=0)
         env.unwrapped.render()  # the first frame builds the GL context
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for _ in range(frames):
             env.unwrapped.render()
-        return frames / (time.perf_counter() - start)
+        return frames / (time.perf_counter() - start), (time.process_time() - cpu) / frames
     finally:
         renderer = getattr(env.unwrapped, "_renderer", None)
         if renderer is not None:

@@ -182,10 +182,10 @@ def _save_atomic(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
 
 def _print_estimate(env: str, backend: str, frames: int, workers: int) -> None:
     from lps.data.tasks import _require_ogbench
-    from lps.render import measure_frames_per_second
+    from lps.render import measure_render_rate
 
     _require_ogbench()
-    rate = measure_frames_per_second(f"{env}-v0")
+    rate, _ = measure_render_rate(f"{env}-v0")
     # Software rendering is CPU-bound: workers beyond the core count add nothing.
     minutes = frames / (rate * min(workers, os.cpu_count() or 1)) / 60
     print(
