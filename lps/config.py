@@ -120,11 +120,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 PRESETS["cpu"] = PRESETS["quick"]
-# Pixel tasks on a CPU: every frame is rendered in software (a few frames/s per core, see
-# bench/render.py), so 10 episodes of data (11k frames) instead of 100, 10 evaluation episodes,
-# and smaller batches for the image encoder.
+# Pixel tasks on a CPU, a smoke-scale run: every frame is rendered in software (~8 frames/s per
+# idle core, see bench/render.py) and an update with the image encoder takes ~0.5 s at batch 64,
+# so 10 episodes of data (11k frames) instead of 100, 2000 steps, 10 evaluation episodes.
 PRESETS["quick-pixels"] = {
-    "train": dict(steps=10_000, eval_every=5_000, save_every=5_000, episodes=10, eval_episodes=10, batch_size=64),
+    "train": dict(steps=2_000, eval_every=1_000, save_every=1_000, episodes=10, eval_episodes=10, batch_size=64),
     "agent": dict(hidden=(256, 256)),
 }
 PRESETS["cpu-pixels"] = PRESETS["quick-pixels"]

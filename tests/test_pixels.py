@@ -137,6 +137,31 @@ def test_every_agent_wraps_an_image_encoder(name):
     assert chunk.shape == (4, spec.chunk_dim)
 
 
+def test_host_loop_gives_the_scans_numbers():
+    """On a CPU image agents dispatch one update per step (XLA:CPU is slow at convolutions in a
+    scan); the numbers are those of the scan."""
+    from lps.encoders import build_agent
+    from lps.train import create_state, make_multi_update, make_optimizer, make_update, needs_host_loop
+
+    rng = np.random.default_rng(0)
+    n = 24
+    data = to_device(validate(
+        {"observations": rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8),
+         "actions": rng.uniform(-1, 1, (n, 2)).astype(np.float32),
+         "terminals": np.arange(n) % 12 == 11, "rewards": -np.ones(n, np.float32), "masks": np.ones(n, np.float32)},
+        chunk_len=2,
+    ), 2)  # fmt: skip
+    agent = build_agent("bc-mf", small_config("bc-mf", hidden=(8,)), Spec(0, 2, 2, 0.99, (8, 8, 3)), encoder_features=8)
+    assert needs_host_loop(agent) == (jax.default_backend() == "cpu")
+    optimizer = make_optimizer(TrainConfig(lr=1e-3))
+    update = make_update(agent, optimizer, 4)
+    scanned, m_scan = make_multi_update(update, 3)(create_state(agent, optimizer, 0), data)
+    looped, m_loop = make_multi_update(update, 3, host_loop=True)(create_state(agent, optimizer, 0), data)
+    assert int(looped.step) == int(scanned.step) == 3
+    for a, b in zip(jax.tree_util.tree_leaves((scanned.params, m_scan)), jax.tree_util.tree_leaves((looped.params, m_loop))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
 # --- bad input --------------------------------------------------------------------------------
 
 
