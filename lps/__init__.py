@@ -2,6 +2,11 @@
 
 __version__ = "0.1.0"
 
+# Before anything imports mujoco: a headless machine gets an offscreen GL backend (see lps.render).
+from lps.render import choose_gl_backend as _choose_gl_backend  # noqa: E402
+
+_choose_gl_backend()
+
 
 def load_policy(run_dir, seed: int = 0, device: str = "auto"):
     """Load a trained policy from a run directory: `policy(obs) -> action chunk (H, A)`.

@@ -169,7 +169,7 @@ def _data(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="lps data", description="Generate or prepare OGBench play data; check robot data.")
     sub = p.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("generate", help="generate <env>-play-v0.npz and -val.npz with OGBench's oracles")
-    g.add_argument("env", help=f"one of {', '.join(tasks.ENVS)}")
+    g.add_argument("env", help=f"one of {', '.join(tasks.DATA_ENVS)}")
     g.add_argument("--episodes", type=int, default=1000, help="training episodes (+10%% validation)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores, at most 8)")

@@ -84,6 +84,8 @@ class TrainConfig:
     """Width of the image encoder's output features (shared by every network)."""
     augment_shift: int = 4
     """Random-shift augmentation of images during training: pad by this many pixels, crop back (0: off)."""
+    augment_prob: float | None = None
+    """Probability that a batch's images are shifted; default 0.5 for pixel tasks (FQL's p_aug), 1 for robot data."""
     robot: Annotated[RobotDataConfig, tyro.conf.OmitArgPrefixes] = RobotDataConfig()
     """How a --dataset folder of robot episodes is read."""
     online_steps: int = 0
@@ -126,6 +128,8 @@ class TrainConfig:
             raise ValueError(f"--eval-workers must be >= 0 (0: in the training process), got {self.eval_workers}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"--seeds must be distinct, got {self.seeds}")
+        if self.augment_prob is not None and not 0 <= self.augment_prob <= 1:
+            raise ValueError(f"--augment-prob must be in [0, 1], got {self.augment_prob}")
         if not self.lr > 0:
             raise ValueError(f"--lr must be positive, got {self.lr}")
         if not 0 < self.gamma <= 1:
@@ -177,6 +181,14 @@ PRESETS["robot"] = {
     "agent": dict(base_arch="dit", dit_width=384, dit_depth=12, dit_heads=6, critic_hidden=(512,) * 4,
                   actor_hidden=(512, 512)),  # fmt: skip
 }
+# Pixel tasks on a CPU, a smoke-scale run: every frame is rendered in software (~8 frames/s per
+# idle core, see bench/render.py) and an update with the image encoder takes ~0.5 s at batch 64,
+# so 10 episodes of data (11k frames) instead of 100, 2000 steps, 10 evaluation episodes.
+PRESETS["quick-pixels"] = {
+    "train": dict(steps=2_000, eval_every=1_000, save_every=1_000, episodes=10, eval_episodes=10, batch_size=64),
+    "agent": dict(hidden=(256, 256)),
+}
+PRESETS["cpu-pixels"] = PRESETS["quick-pixels"]
 
 
 def _flag(name: str) -> str:

@@ -19,8 +19,8 @@ one per network). How it is trained, and why:
   from the online encoder under stop_gradient: the TD target stays a target, and no second
   (Polyak) copy of the CNN is kept or run;
 - augmentation (random shift: pad by `shift` pixels with edge values, crop back at a random
-  offset per image) is applied to both observations inside the jitted update; acting never
-  augments.
+  offset per image) is applied to both observations inside the jitted update, to a whole batch
+  with probability `augment_prob` (FQL's `p_aug`: 0.5 for pixel tasks); acting never augments.
 """
 
 from __future__ import annotations
@@ -162,6 +162,7 @@ class EncodedAgent:
     arch: str = "impala"
     features: int = 512
     augment_shift: int = 4
+    augment_prob: float = 1.0
 
     key_fields: ClassVar[tuple[str, ...]] = ()
 
@@ -204,7 +205,15 @@ class EncodedAgent:
         both = jax.tree_util.tree_map(
             lambda a, b: jnp.concatenate([a, b]), batch["observations"], batch["next_observations"]
         )
-        features = self.encode(params, augment(k_aug, both, self.augment_shift))
+        if self.augment_prob >= 1:
+            both = augment(k_aug, both, self.augment_shift)
+        elif self.augment_prob > 0:
+            k_aug, k_apply = jax.random.split(k_aug)
+            apply = jax.random.bernoulli(k_apply, self.augment_prob)
+            both = jax.tree_util.tree_map(
+                lambda shifted, plain: jnp.where(apply, shifted, plain), augment(k_aug, both, self.augment_shift), both
+            )
+        features = self.encode(params, both)
         inner_batch = {
             **batch,
             "observations": features[:n],
@@ -229,7 +238,7 @@ def feature_dim(spec: Spec, arch: str, features: int) -> int:
 
 
 def build_agent(agent_name: str, agent_cfg, spec: Spec, encoder: str = "auto", encoder_features: int = 512,
-                augment_shift: int = 4):  # fmt: skip
+                augment_shift: int = 4, augment_prob: float | None = None):  # fmt: skip
     """The agent for `spec`: the plain agent on state vectors, else wrapped in an `EncodedAgent`."""
     from lps.agents import make_agent
 
@@ -237,4 +246,7 @@ def build_agent(agent_name: str, agent_cfg, spec: Spec, encoder: str = "auto", e
     if arch == "none":
         return make_agent(agent_name, agent_cfg, spec)
     inner_spec = Spec(feature_dim(spec, arch, encoder_features), spec.action_dim, spec.chunk_len, spec.gamma)
-    return EncodedAgent(make_agent(agent_name, agent_cfg, inner_spec), spec, arch, encoder_features, augment_shift)
+    if augment_prob is None:  # FQL's p_aug for pixel tasks; robot data ({state, image}) every batch
+        augment_prob = 0.5 if spec.obs_dim == 0 else 1.0
+    return EncodedAgent(make_agent(agent_name, agent_cfg, inner_spec), spec, arch, encoder_features, augment_shift,
+                        augment_prob)  # fmt: skip

@@ -59,9 +59,10 @@ class EnvWorkerError(RuntimeError):
         self.worker, self.slots = worker, slots
 
 
-def make_env(env_id: str):
+def make_env(env_id: str, max_episode_steps: int | None = None):
     """One gymnasium environment of an OGBench task (OGBench registers them on import), or a toy
-    bandit (`toy-*`, see `lps.toy.ToyEnv`)."""
+    bandit (`toy-*`, see `lps.toy.ToyEnv`). `max_episode_steps` overrides the task's time limit
+    (None keeps it; shorter ones are for tests)."""
     import warnings
 
     from lps import toy
@@ -76,7 +77,25 @@ def make_env(env_id: str):
         import ogbench  # noqa: F401  (registers the environments)
     except ImportError as e:
         raise ImportError(f'evaluating {env_id} needs OGBench: pip install "lps[ogbench]" ({e})') from e
-    return gymnasium.make(env_id)
+    limit = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
+    return gymnasium.make(env_id, **limit)
+
+
+def as_observation(ob) -> np.ndarray:
+    """An env observation as stored: uint8 images stay uint8, state vectors become float32."""
+    ob = np.asarray(ob)
+    return ob if ob.dtype == np.uint8 else ob.astype(np.float32)
+
+
+def observation_space_of(env) -> tuple[tuple[int, ...], str]:
+    """(shape, dtype name) of an env's observations, as `as_observation` returns them."""
+    space = env.observation_space
+    return tuple(int(d) for d in space.shape), "uint8" if space.dtype == np.uint8 else "float32"
+
+
+def state_dim(obs_shape: tuple[int, ...]) -> int:
+    """The state-vector size of observations of this shape (0 for images), as `Spec.obs_dim`."""
+    return obs_shape[0] if len(obs_shape) == 1 else 0
 
 
 def run_chunk(env, chunk: np.ndarray) -> ChunkOutcome:
@@ -86,18 +105,18 @@ def run_chunk(env, chunk: np.ndarray) -> ChunkOutcome:
     for action in chunk:
         ob, r, terminated, truncated, info = env.step(action)
         rewards.append(r)
-        observations.append(np.asarray(ob, np.float32))
+        observations.append(as_observation(ob))
         successes.append(float(info.get("success", 0.0)))
         if terminated or truncated:
             done, success = True, float(info["success"])
             break
-    return ChunkOutcome(np.asarray(ob, np.float32), np.asarray(rewards, np.float64), len(rewards), done, success,
+    return ChunkOutcome(as_observation(ob), np.asarray(rewards, np.float64), len(rewards), done, success,
                         np.stack(observations), np.asarray(successes, np.float64))  # fmt: skip
 
 
 def _reset(env, seed: int) -> np.ndarray:
     ob, _ = env.reset(seed=int(seed))
-    return np.asarray(ob, np.float32)
+    return as_observation(ob)
 
 
 # --- in this process --------------------------------------------------------------------------
@@ -106,10 +125,11 @@ def _reset(env, seed: int) -> np.ndarray:
 class LocalEnvs:
     """`num_slots` environments stepped one after another in this process."""
 
-    def __init__(self, env_id: str, num_slots: int):
+    def __init__(self, env_id: str, num_slots: int, max_episode_steps: int | None = None):
         self.env_id, self.num_slots = env_id, num_slots
-        self.envs = [make_env(env_id) for _ in range(num_slots)]
-        self.obs_dim = int(self.envs[0].observation_space.shape[0])
+        self.envs = [make_env(env_id, max_episode_steps) for _ in range(num_slots)]
+        self.obs_shape, self.obs_dtype = observation_space_of(self.envs[0])
+        self.obs_dim = state_dim(self.obs_shape)
 
     def reset(self, seeds: dict[int, int]) -> dict[int, np.ndarray]:
         return {slot: _reset(self.envs[slot], seed) for slot, seed in seeds.items()}
@@ -126,7 +146,7 @@ class LocalEnvs:
 # --- in worker processes ----------------------------------------------------------------------
 
 
-def _worker_main(conn, env_id: str, num_envs: int) -> None:
+def _worker_main(conn, env_id: str, num_envs: int, max_episode_steps: int | None = None) -> None:
     """A worker's loop: hold `num_envs` environments and answer reset/step/close messages."""
     import signal
 
@@ -134,8 +154,8 @@ def _worker_main(conn, env_id: str, num_envs: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     current = None
     try:
-        envs = [make_env(env_id) for _ in range(num_envs)]
-        conn.send(("ready", int(envs[0].observation_space.shape[0])))
+        envs = [make_env(env_id, max_episode_steps) for _ in range(num_envs)]
+        conn.send(("ready", observation_space_of(envs[0])))
         while True:
             command, payload = conn.recv()
             if command == "close":
@@ -158,7 +178,8 @@ def _worker_main(conn, env_id: str, num_envs: int) -> None:
 class EnvWorkerPool:
     """`num_slots` environments spread over `num_workers` processes (slot s in worker s % W)."""
 
-    def __init__(self, env_id: str, num_slots: int, num_workers: int, start_timeout: float = 300.0):
+    def __init__(self, env_id: str, num_slots: int, num_workers: int, start_timeout: float = 300.0,
+                 max_episode_steps: int | None = None):  # fmt: skip
         if num_workers < 1 or num_slots < 1:
             raise ValueError(f"an env pool needs >= 1 worker and >= 1 slot, got {num_workers} and {num_slots}")
         self.env_id, self.num_slots = env_id, num_slots
@@ -168,7 +189,7 @@ class EnvWorkerPool:
         for w in range(self.num_workers):
             parent, child = ctx.Pipe()
             count = len(range(w, num_slots, self.num_workers))
-            proc = ctx.Process(target=_worker_main, args=(child, env_id, count), name=f"lps-env-{w}", daemon=True)
+            proc = ctx.Process(target=_worker_main, args=(child, env_id, count, max_episode_steps), name=f"lps-env-{w}", daemon=True)
             proc.start()
             child.close()  # so that the parent's recv sees EOF when the worker dies
             self.conns.append(parent)
@@ -178,7 +199,8 @@ class EnvWorkerPool:
         except BaseException:
             self.close()
             raise
-        self.obs_dim = int(dims[0])
+        self.obs_shape, self.obs_dtype = dims[0]
+        self.obs_dim = state_dim(self.obs_shape)
 
     def _slots_of(self, worker: int) -> list[int]:
         return list(range(worker, self.num_slots, self.num_workers))

@@ -27,7 +27,7 @@ import numpy as np
 
 from lps.envs import EnvWorkerError, EnvWorkerPool, LocalEnvs, plan_pool
 
-# (observations (S, B, obs_dim), episode index (S, B), chunk index within the episode (S, B))
+# (observations (S, B, *obs_shape): state vectors or uint8 images, episode index (S, B), chunk index within the episode (S, B))
 #   -> action chunks (S, B, H, A); row (j, b) belongs to the j-th evaluated seed.
 SeedsPolicy = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 DEFAULT_POOL = 10
@@ -46,17 +46,18 @@ class Evaluator:
     the evaluation episodes of one or more seeds."""
 
     def __init__(self, env_id: str, slots_per_seed: int = DEFAULT_POOL, num_seeds: int = 1, workers: int | None = 0,
-                 report=print):  # fmt: skip
+                 report=print, max_episode_steps: int | None = None):  # fmt: skip
         self.env_id, self.num_seeds = env_id, num_seeds
         slots, num_workers = plan_pool(slots_per_seed * num_seeds, workers if workers != 0 else 1, report)
         self.slots_per_seed = max(1, slots // num_seeds)
         total = self.slots_per_seed * num_seeds
         if workers == 0:
-            self.envs = LocalEnvs(env_id, total)
+            self.envs = LocalEnvs(env_id, total, max_episode_steps)
         else:
-            self.envs = EnvWorkerPool(env_id, total, num_workers)
+            self.envs = EnvWorkerPool(env_id, total, num_workers, max_episode_steps=max_episode_steps)
         self.workers = 0 if workers == 0 else self.envs.num_workers
-        self.obs_dim = self.envs.obs_dim
+        # (obs_dim,) for state vectors, (H, W, 3) uint8 images for visual envs (obs_dim 0).
+        self.obs_shape, self.obs_dtype, self.obs_dim = self.envs.obs_shape, self.envs.obs_dtype, self.envs.obs_dim
 
     def run_seeds(self, policy: SeedsPolicy, seeds: list[int], episodes: int = 50,
                   cancel: threading.Event | None = None) -> list[dict[str, float]]:  # fmt: skip
@@ -70,10 +71,10 @@ class Evaluator:
         pending = [deque(range(episodes)) for _ in seeds]
         episode = np.full((S, B), -1)  # which episode each slot runs; -1: idle
         chunk = np.zeros((S, B), np.int64)  # chunks drawn so far in that episode
-        obs = np.zeros((S, B, self.obs_dim), np.float32)  # idle slots keep their last observation
+        obs = np.zeros((S, B, *self.obs_shape), self.obs_dtype)  # idle slots keep their last observation
         success, ret = np.zeros((S, episodes)), np.zeros((S, episodes))
         length = np.zeros((S, episodes), np.int64)
-        final_obs = np.zeros((S, episodes, self.obs_dim), np.float32)
+        final_obs = np.zeros((S, episodes, *self.obs_shape), self.obs_dtype)
 
         def slot(j: int, b: int) -> int:
             return j * B + b
@@ -184,7 +185,8 @@ def make_seeds_policy(agent, params, seeds: list[int], device=None) -> SeedsPoli
     seed_array = put(np.asarray(seeds, np.uint32))
 
     def policy(obs, episodes, chunks):
-        obs, episodes, chunks = np.asarray(obs, np.float32), episodes.astype(np.int32), chunks.astype(np.int32)
+        obs = np.asarray(obs) if np.asarray(obs).dtype == np.uint8 else np.asarray(obs, np.float32)  # images stay uint8
+        episodes, chunks = episodes.astype(np.int32), chunks.astype(np.int32)
         out = act(params, put(obs), seed_array, put(episodes), put(chunks))
         return np.asarray(out).reshape(*obs.shape[:2], spec.chunk_len, spec.action_dim)
 

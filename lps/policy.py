@@ -132,6 +132,7 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None, seed: int | N
     import dataclasses
 
     from lps.rundir import user_path
+    from lps.render import check_image_size
     from lps.train import load_config, make_evaluator, make_policy_fn
 
     run_dir = user_path(run_dir)
@@ -153,6 +154,11 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None, seed: int | N
     evaluator = make_evaluator(dataclasses.replace(cfg, eval_episodes=max(episodes, 1), eval_workers=workers))
     if evaluator is None:
         raise RuntimeError("no environment to evaluate in (is OGBench installed?)")
+    try:
+        check_image_size(policy.spec.image_shape, getattr(evaluator, "obs_shape", None), cfg.env)
+    except ValueError:
+        evaluator.close()
+        raise
     if getattr(evaluator, "obs_dim", policy.spec.obs_dim) != policy.spec.obs_dim:
         evaluator.close()
         raise ValueError(

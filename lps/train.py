@@ -33,6 +33,7 @@ from lps.critic import polyak
 from lps.data.sampler import ChunkData, sample_chunks, to_device
 from lps.encoders import build_agent, observation_spec, scan_updates
 from lps.eval_schedule import EvaluationSchedule, seed_axis
+from lps.render import check_image_size
 from lps.runlog import RunLog
 from lps.validation import Validator
 
@@ -128,6 +129,13 @@ def make_multi_update(update, num_steps: int, scan: bool = True):
     return multi_update
 
 
+def needs_host_loop(agent) -> bool:
+    """Whether `make_multi_update` should loop on the host (image encoders on a CPU, see there)."""
+    from lps.encoders import EncodedAgent
+
+    return jax.default_backend() == "cpu" and isinstance(agent, EncodedAgent)
+
+
 # --- data, agents and evaluation for a config -----------------------------------------------
 
 
@@ -161,9 +169,12 @@ def make_evaluator(cfg: TrainConfig, num_seeds: int = 1):
     if toy.is_toy(cfg.env):
         return toy.ToyEvaluator(cfg.env)
     from lps.evaluate import DEFAULT_POOL, Evaluator
+    from lps.render import is_visual, require_renderer
 
+    env_id = tasks.parse_task(cfg.env, cfg.reward).env_id
+    if is_visual(env_id):
+        require_renderer(env_id)  # a clear error naming what to install, before any env is made
     try:
-        env_id = tasks.parse_task(cfg.env, cfg.reward).env_id
         return Evaluator(env_id, min(cfg.eval_episodes, DEFAULT_POOL), num_seeds, cfg.eval_workers)
     except ImportError as e:
         print(f"[lps] evaluation disabled: {e}")
@@ -204,7 +215,8 @@ def build(agent_name: str, cfg: TrainConfig, agent_cfg, data: dict[str, np.ndarr
 
 def build_agent_for(agent_name: str, cfg: TrainConfig, agent_cfg, spec: Spec):
     """The agent for a spec, with the config's image encoder when observations hold images."""
-    return build_agent(agent_name, agent_cfg, spec, cfg.encoder, cfg.encoder_features, cfg.augment_shift)
+    return build_agent(agent_name, agent_cfg, spec, cfg.encoder, cfg.encoder_features, cfg.augment_shift,
+                       cfg.augment_prob)  # fmt: skip
 
 
 # --- run directories ------------------------------------------------------------------------
@@ -294,6 +306,8 @@ def _train(agent_name, cfg, agent_cfg, runs, resume, changes, stop):
     state = stack_seeds(states)
     update = make_seeds_update(agent, optimizer, cfg.batch_size, len(runs))
     evaluator = make_evaluator(cfg, len(runs))
+    if evaluator is not None:
+        check_image_size(agent.spec.image_shape, getattr(evaluator, "obs_shape", None), cfg.env)
     if evaluator is not None and getattr(evaluator, "obs_dim", agent.spec.obs_dim) != agent.spec.obs_dim:
         print(f"[lps] evaluation disabled: {cfg.env} observations have {evaluator.obs_dim} dims, the data "
               f"{agent.spec.obs_dim}; pass the matching --env or --eval-episodes 0")  # fmt: skip

@@ -9,6 +9,11 @@ Unlike the official script, which ignores its seed, every episode here gets its
 own seed derived from ``(seed, split, episode index)``, so a dataset is
 byte-identical for a given ``(env, episodes, seed)`` however many worker
 processes collect it.
+
+Visual envs (`visual-cube-single`, ...) run the same recipe in OGBench's pixel twin of the env
+(same scene, dynamics and oracles, which act on privileged state) and store the rendered 64x64
+RGB frame as the observation (uint8 (N, 64, 64, 3), OGBench's visual layout): for the same seed
+a visual dataset's actions, qpos and button states equal those of the state dataset.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from collections.abc import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from lps.data.tasks import ENVS
+from lps.data.tasks import DATA_ENVS
+from lps.render import is_visual, require_renderer, state_env
 
 _DTYPES = {
     "observations": np.float32,
@@ -44,8 +50,8 @@ def dataset_paths(env: str, data_dir: str | os.PathLike) -> tuple[pathlib.Path, 
 
 
 def _check_env(env: str) -> None:
-    if env not in ENVS:
-        raise ValueError(f"unknown env {env!r}; valid names: {', '.join(ENVS)}")
+    if env not in DATA_ENVS:
+        raise ValueError(f"unknown env {env!r}; valid names: {', '.join(DATA_ENVS)}")
 
 
 def _episode_seeds(seed: int, split: int, n: int) -> list[int]:
@@ -71,15 +77,16 @@ def _env_and_agents(env: str, max_episode_steps: int):
                 'generating OGBench data needs ogbench, mujoco and gymnasium: pip install "lps[ogbench]"'
             ) from e
         for old_env, _ in _cache.values():
-            old_env.close()
+            _close(old_env)
         _cache.clear()
         gym_env = gymnasium.make(
             f"{env}-v0", terminate_at_goal=False, mode="data_collection", max_episode_steps=max_episode_steps
         )
         kw = dict(env=gym_env, noise=0.1, noise_smoothing=0.5)
-        if env.startswith("cube"):
+        base = state_env(env)
+        if base.startswith("cube"):
             agents = {"cube": CubePlanOracle(**kw)}
-        elif env == "scene":
+        elif base == "scene":
             agents = {
                 "cube": CubePlanOracle(**kw),
                 "button": ButtonPlanOracle(**kw),
@@ -92,10 +99,20 @@ def _env_and_agents(env: str, max_episode_steps: int):
     return _cache[key]
 
 
+def _close(gym_env) -> None:
+    # gymnasium's close does not free a MuJoCo renderer (a GL context and its buffers).
+    renderer = getattr(gym_env.unwrapped, "_renderer", None)
+    if renderer is not None:
+        renderer.close()
+        gym_env.unwrapped._renderer = None
+    gym_env.close()
+
+
 def _episode(env: str, gym_env, agents, seed: int) -> dict[str, np.ndarray]:
     # The oracles draw from numpy's global RNG and the env from env.np_random: seed both.
     np.random.seed(seed)
-    p_stack = 0.0 if env == "cube-single" else np.random.uniform(0, 0.25) if env == "cube-double" else 0.5
+    base = state_env(env)
+    p_stack = 0.0 if base == "cube-single" else np.random.uniform(0, 0.25) if base == "cube-double" else 0.5
     ob, info = gym_env.reset(seed=seed)
     agent = agents[info["privileged/target_task"]]
     agent.reset(ob, info)
@@ -119,7 +136,8 @@ def _episode(env: str, gym_env, agents, seed: int) -> dict[str, np.ndarray]:
         if has_buttons:
             rows["button_states"].append(info["prev_button_states"])
         ob = next_ob
-    return {k: np.asarray(v, dtype=_DTYPES[k]) for k, v in rows.items()}
+    dtypes = {**_DTYPES, "observations": np.uint8} if is_visual(env) else _DTYPES
+    return {k: np.asarray(v, dtype=dtypes[k]) for k, v in rows.items()}
 
 
 def _scene_healthy(qpos: np.ndarray) -> bool:
@@ -140,7 +158,7 @@ def collect_episodes(env: str, episode_seeds: Sequence[int], max_episode_steps: 
         for attempt in range(_MAX_ATTEMPTS):
             s = seed if attempt == 0 else int(np.random.SeedSequence([seed, attempt]).generate_state(1)[0])
             ep = _episode(env, gym_env, agents, s)
-            if env != "scene" or _scene_healthy(ep["qpos"]):
+            if state_env(env) != "scene" or _scene_healthy(ep["qpos"]):
                 break
         else:
             raise RuntimeError(f"{env}: no healthy episode for seed {seed} in {_MAX_ATTEMPTS} attempts")
@@ -198,6 +216,21 @@ def check_output(paths: Sequence[pathlib.Path], estimated_bytes: int, overwrite:
         )
 
 
+def _print_estimate(env: str, backend: str, frames: int, workers: int) -> None:
+    from lps.data.tasks import _require_ogbench
+    from lps.render import measure_render_rate
+
+    _require_ogbench()
+    rate, _ = measure_render_rate(f"{env}-v0")
+    # Software rendering is CPU-bound: workers beyond the core count add nothing.
+    minutes = frames / (rate * min(workers, os.cpu_count() or 1)) / 60
+    print(
+        f"[lps] rendering with MUJOCO_GL={backend} at ~{rate:.1f} frames/s per process here: {frames} frames "
+        f"take roughly {minutes:.0f} min with {workers} worker(s)",
+        flush=True,
+    )
+
+
 def generate(
     env: str,
     data_dir: str | os.PathLike,
@@ -224,6 +257,15 @@ def generate(
         raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
     n_val = max(1, episodes // 10)
     check_output((train_path, val_path), (episodes + n_val) * max_episode_steps * BYTES_PER_ROW, overwrite)
+    if is_visual(env):
+        # Here, not in a worker: a missing renderer is one clear error, and the backend chosen
+        # ($MUJOCO_GL) is inherited by the workers.
+        backend = require_renderer(env)
+        frames = (episodes + n_val) * max_episode_steps
+        if frames > 2000:  # a job of more than a few minutes: say up front how long it will take
+            _print_estimate(env, backend, frames, min(workers, episodes + n_val))
+        else:
+            print(f"[lps] rendering with MUJOCO_GL={backend}", flush=True)
     print(
         f"generating {env} play data: {episodes} train + {n_val} val episodes, seed {seed}, "
         f"{workers} worker(s) -> {train_path.parent}",
@@ -247,7 +289,8 @@ def generate(
             results[i] = data
             steps += len(data["terminals"])
             bar.update(int(data["terminals"].sum()))
-            bar.set_postfix(steps_per_s=f"{steps / (time.perf_counter() - t0):.0f}")
+            rate = f"{steps / (time.perf_counter() - t0):.1f}"
+            bar.set_postfix(**{"frames_per_s" if is_visual(env) else "steps_per_s": rate})
 
         if workers == 1 or len(tasks) == 1:
             for task in tasks:

@@ -4,6 +4,9 @@ Task names follow OGBench: `<env>-play-singletask-task<N>-v0` (N = 1..5; without
 OGBench's default task of that env). Adding `-sparse` after `play`
 (`scene-play-sparse-singletask-task1-v0`) selects the sparse reward `-(r != 0)`. With
 `reward='paper'` (the default) scene and puzzle-3x3 are sparse, as in the LPS paper.
+Pixel tasks are the same names with `visual-` in front (`visual-cube-single-play-singletask-task1-v0`):
+64x64 RGB observations, and the rewards of the state task (relabelled from the stored qpos and
+button states; the pixel twins of scene and puzzle-3x3 are sparse under `paper` too).
 
 Rewards are relabelled with OGBench's own code (`ogbench.relabel_utils`), computed once per row
 of the raw file, so they equal what `ogbench.make_env_and_datasets` would give.
@@ -20,13 +23,17 @@ from typing import Literal
 import numpy as np
 
 from lps.data.validate import DatasetError, read_npz, validate
+from lps.render import VISUAL_PREFIX, image_shape, is_visual, state_env
 
 ENVS: tuple[str, ...] = ("cube-single", "cube-double", "scene", "puzzle-3x3", "puzzle-4x4")
+# Pixel twins of the state envs: 64x64 RGB observations, same scenes, tasks and rewards.
+VISUAL_ENVS: tuple[str, ...] = tuple(f"{VISUAL_PREFIX}{e}" for e in ENVS)
+DATA_ENVS: tuple[str, ...] = ENVS + VISUAL_ENVS
 SPARSE_IN_PAPER: tuple[str, ...] = ("scene", "puzzle-3x3")
 RewardMode = Literal["paper", "dense", "sparse"]
 
 _TASK = re.compile(
-    r"^(?P<env>" + "|".join(map(re.escape, ENVS)) + r")-play(?P<sparse>-sparse)?-singletask(?:-task(?P<id>[1-5]))?-v0$"
+    r"^(?P<env>" + "|".join(map(re.escape, DATA_ENVS)) + r")-play(?P<sparse>-sparse)?-singletask(?:-task(?P<id>[1-5]))?-v0$"
 )
 
 
@@ -60,13 +67,14 @@ def parse_task(name: str, reward: RewardMode = "paper") -> Task:
     if m is None:
         raise ValueError(
             f"unknown task {name!r}; valid tasks are <env>-play[-sparse]-singletask-task<1..5>-v0 "
-            f"with <env> one of {', '.join(ENVS)} (e.g. cube-single-play-singletask-task1-v0), "
+            f"with <env> one of {', '.join(DATA_ENVS)} (e.g. cube-single-play-singletask-task1-v0, "
+            "visual-cube-single-play-singletask-task1-v0), "
             "or a toy task (toy-bandit, toy-<name>: see lps.toy)"
         )
     env, named_sparse = m["env"], m["sparse"] is not None
     if named_sparse and reward == "dense":
         raise ValueError(f"task {name!r} names sparse rewards but reward='dense' was asked for")
-    sparse = named_sparse or reward == "sparse" or (reward == "paper" and env in SPARSE_IN_PAPER)
+    sparse = named_sparse or reward == "sparse" or (reward == "paper" and state_env(env) in SPARSE_IN_PAPER)
     return Task(env, int(m["id"]) if m["id"] else None, sparse)
 
 
@@ -93,7 +101,8 @@ def relabel(task: Task, raw: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndar
     import gymnasium
     from ogbench.relabel_utils import relabel_dataset
 
-    env = gymnasium.make(task.env_id)
+    # The state twin of a visual env has the same tasks and success test, and needs no renderer.
+    env = gymnasium.make(state_env(task.env_id))
     labels = {k: raw[k] for k in ("qpos", "button_states") if k in raw}
     relabel_dataset(task.env_id, env, labels)
     env.close()
@@ -127,6 +136,8 @@ def load_task_file(task: Task, path: Path, chunk_len: int) -> dict:
     if task.env.startswith(("scene", "puzzle")):
         required.append("button_states")
     raw = read_npz(path, required)
+    if is_visual(task.env):
+        _check_images(raw["observations"], task, path)
     for key in ("qpos", "button_states"):
         if key in raw and len(raw[key]) != len(raw["observations"]):
             raise DatasetError(
@@ -141,3 +152,14 @@ def load_task_file(task: Task, path: Path, chunk_len: int) -> dict:
             )
     raw["rewards"], raw["masks"] = relabel(task, raw)
     return validate(raw, chunk_len, source=str(path))
+
+
+def _check_images(observations: np.ndarray, task: Task, path: Path) -> None:
+    _require_ogbench()
+    expected = image_shape(task.env_id)
+    if observations.dtype != np.uint8 or observations.shape[1:] != expected:
+        raise DatasetError(
+            f"{path}: {task.env} observations must be uint8 images {expected} (what the env renders), got "
+            f"{observations.dtype} {observations.shape[1:]}; regenerate the data with `lps data generate {task.env}` "
+            "(delete the old files first)"
+        )

@@ -1,7 +1,7 @@
 """Reading and checking datasets, with errors that say what is wrong and what to do.
 
 A training dataset is a dict of row-layout arrays (see `lps.data.sampler`):
-`observations` (N, obs_dim), `actions` (N, action_dim) in [-1, 1], `terminals` (N,) marking the
+`observations` (N, obs_dim) (or uint8 images (N, H, W, C), or a {state, image} dict), `actions` (N, action_dim) in [-1, 1], `terminals` (N,) marking the
 last row of every episode, `rewards` (N,), `masks` (N,).
 """
 
@@ -51,6 +51,10 @@ def validate(dataset: dict[str, np.ndarray], chunk_len: int, source: str = "data
     if isinstance(obs, dict):  # {state, image}: check the leaves, then the rest as for arrays
         return {**validate({**dataset, "observations": obs["state"]}, chunk_len, source),
                 "observations": _validate_obs_dict(obs, len(dataset["actions"]), source)}  # fmt: skip
+    if np.ndim(obs) == 4:  # images only (pixel tasks): check them, then the rest with an empty state
+        images = _validate_images(obs, len(dataset["actions"]), source)
+        rest = validate({**dataset, "observations": np.zeros((len(images), 0), np.float32)}, chunk_len, source)
+        return {**rest, "observations": images}
     for key in ("observations", "actions", "terminals", "rewards", "masks"):
         arr = np.asarray(dataset[key])
         if arr.ndim == 0 or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
@@ -103,12 +107,16 @@ def validate(dataset: dict[str, np.ndarray], chunk_len: int, source: str = "data
 def _validate_obs_dict(obs: dict, n: int, source: str) -> dict:
     if set(obs) != {"state", "image"}:
         raise DatasetError(f"{source}: dict observations need the keys 'state' and 'image', got {sorted(obs)}")
-    image = np.asarray(obs["image"])
+    return {"state": np.asarray(obs["state"], np.float32), "image": _validate_images(obs["image"], n, source)}
+
+
+def _validate_images(images, n: int, source: str) -> np.ndarray:
+    image = np.asarray(images)
     if image.dtype != np.uint8 or image.ndim != 4:
         raise DatasetError(f"{source}: observation images must be uint8 (N, H, W, C), got {image.dtype} {image.shape}")
     if len(image) != n:
         raise DatasetError(f"{source}: observation images have {len(image)} rows but actions have {n}")
-    return {"state": np.asarray(obs["state"], np.float32), "image": image}
+    return image
 
 
 def load_own_dataset(path: str | os.PathLike, chunk_len: int) -> dict[str, np.ndarray]:
