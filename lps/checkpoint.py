@@ -10,6 +10,7 @@ the fallback when the latest one is damaged on disk.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -27,7 +28,10 @@ PREVIOUS = "checkpoint.prev.msgpack"  # the checkpoint before the latest: the fa
 MAGIC = b"LPSCKPT1"  # then the SHA-256 of the msgpack payload, then the payload
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike):
+    """A binary file object whose contents replace `path` only if the block completes: written to a
+    temporary file beside it, synced, then renamed (large outputs can stream into it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -36,7 +40,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # as open() would; mkstemp's 0600 hides results from others
         with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -44,6 +48,11 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
+    with atomic_writer(path) as f:
+        f.write(data.encode() if isinstance(data, str) else data)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

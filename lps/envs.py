@@ -90,7 +90,7 @@ def as_observation(ob) -> np.ndarray:
 def observation_space_of(env) -> tuple[tuple[int, ...], str]:
     """(shape, dtype name) of an env's observations, as `as_observation` returns them."""
     space = env.observation_space
-    return tuple(int(d) for d in space.shape), "uint8" if space.dtype == np.uint8 else "float32"
+    return tuple(int(d) for d in space.shape), "uint8" if getattr(space, "dtype", None) == np.uint8 else "float32"
 
 
 def state_dim(obs_shape: tuple[int, ...]) -> int:

@@ -262,17 +262,23 @@ def _curves(task: str, groups: dict, labels: list[str], reps: int, seed: int, ou
         group = groups.get((lab, task))
         if not group:
             continue
-        # Align the seeds on the eval steps they all have (a killed seed may have fewer).
-        steps = sorted(set.intersection(*(set(r.steps.tolist()) for r in group)))
-        if not steps:
+        if not _seed_band(ax, group, lambda r: r.steps, lab, _rng(seed, lab, task, "curve"), reps):
             _warn(f"{lab} on {task}: its seeds share no evaluation step; no curve drawn")
-            continue
-        y = np.array([r.success[np.searchsorted(r.steps, steps)] for r in group])
-        low, high = _bootstrap_ci([y], reps, _rng(seed, lab, task, "curve"))
-        (line,) = ax.plot(steps, y.mean(axis=0), marker="o", ms=3, label=f"{lab} (n={len(group)})")
-        ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, lw=0)
     ax.set(xlabel="gradient steps", ylabel="success rate", ylim=(-0.02, 1.02), title=task)
     return _finish(fig, ax, out / f"curves-{task}")
+
+
+def _seed_band(ax, group: list[Run], x_of, label: str, rng: np.random.Generator, reps: int) -> bool:
+    """Plot the mean success of a group of seeds with its 95 % bootstrap band, at the x values
+    (`x_of(run)`) every seed has (a killed seed may have fewer); False if they share none."""
+    xs = sorted(set.intersection(*(set(x_of(r).tolist()) for r in group)))
+    if not xs:
+        return False
+    y = np.array([r.success[np.searchsorted(x_of(r), xs)] for r in group])
+    low, high = _bootstrap_ci([y], reps, rng)
+    (line,) = ax.plot(xs, y.mean(axis=0), marker="o", ms=3, label=f"{label} (n={len(group)})")
+    ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2, lw=0)
+    return True
 
 
 def _online_curves(task: str, groups: dict, labels: list[str], reps: int, seed: int, out: Path) -> list[Path]:
@@ -286,14 +292,9 @@ def _online_curves(task: str, groups: dict, labels: list[str], reps: int, seed: 
     fig, ax = plt.subplots(figsize=(8, 4))
     transitions = set()
     for lab, group in online.items():
-        steps = sorted(set.intersection(*(set(r.phase_steps.tolist()) for r in group)))
-        if not steps:
+        if not _seed_band(ax, group, lambda r: r.phase_steps, lab, _rng(seed, lab, task, "online"), reps):
             _warn(f"{lab} on {task}: its online seeds share no evaluation step; no online curve drawn")
             continue
-        y = np.array([r.success[np.searchsorted(r.phase_steps, steps)] for r in group])
-        low, high = _bootstrap_ci([y], reps, _rng(seed, lab, task, "online"))
-        (line,) = ax.plot(steps, y.mean(axis=0), marker="o", ms=3, label=f"{lab} (n={len(group)})")
-        ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, lw=0)
         transitions |= {r.offline_steps for r in group}
     for i, x in enumerate(sorted(transitions)):
         ax.axvline(x, color="k", ls="--", lw=1, label="offline -> online" if i == 0 else None)

@@ -347,21 +347,13 @@ def _cache_key(paths: list[tuple[Path, bool]], cfg: RobotDataConfig, chunk_len: 
 def _write_cache(path: Path, dataset: dict[str, Any], info: str) -> None:
     """Uncompressed npz (images are uint8 already; compression would cost seconds on every load),
     written to a temporary file and renamed, so a killed run never leaves a half-written cache."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from lps.checkpoint import atomic_writer
+
     arrays = {f"observations/{k}": v for k, v in dataset["observations"].items()}
     arrays.update({k: v for k, v in dataset.items() if k != "observations"})
     arrays["info"] = np.array(info)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_writer(path) as f:  # streamed: a cache of camera images can be gigabytes
+        np.savez(f, **arrays)
     for old in path.parent.glob("robot-*.npz"):  # older caches of this folder are stale now
         if old != path:
             old.unlink(missing_ok=True)
