@@ -1,4 +1,4 @@
-"""Environments for evaluation (and later online interaction): in this process, or in a pool of
+"""Environments for evaluation and online interaction: in this process, or in a pool of
 worker processes.
 
 Both backends hold `num_slots` environments of one task and offer the same three calls:
