@@ -86,7 +86,8 @@ def collect(root: str | Path) -> list[Run]:
     # Folders that a run (or a sweep) started but that hold no config.json are named, not ignored.
     started = {p.parent for marker in _RUN_MARKERS for p in root.glob(f"**/{marker}")}
     for folder in sorted(started):
-        if not (folder / "config.json").exists():
+        # A run's own subfolders (its online phase's checkpoint, lps.online) are part of that run.
+        if not (folder / "config.json").exists() and not (folder.parent / "config.json").exists():
             found = ", ".join(m for m in _RUN_MARKERS if (folder / m).exists())
             _warn(f"skipping {folder}: it holds {found} but no config.json (the run stopped before it started)")
     for config_path in sorted(root.glob("**/config.json")):
@@ -269,15 +270,19 @@ def _curves(task: str, groups: dict, labels: list[str], reps: int, seed: int, ou
 
 
 def _seed_band(ax, group: list[Run], x_of, label: str, rng: np.random.Generator, reps: int) -> bool:
-    """Plot the mean success of a group of seeds with its 95 % bootstrap band, at the x values
-    (`x_of(run)`) every seed has (a killed seed may have fewer); False if they share none."""
-    xs = sorted(set.intersection(*(set(x_of(r).tolist()) for r in group)))
-    if not xs:
+    """Plot the mean success of a group of seeds with its 95 % bootstrap band, at the evaluations
+    (gradient steps) every seed has (a killed seed may have fewer), drawn at x = the seeds' mean
+    `x_of(run)` there (online, seeds reach an evaluation at slightly different env steps); False if
+    they share no evaluation."""
+    steps = sorted(set.intersection(*(set(r.steps.tolist()) for r in group)))
+    if not steps:
         return False
-    y = np.array([r.success[np.searchsorted(x_of(r), xs)] for r in group])
+    index = [np.searchsorted(r.steps, steps) for r in group]
+    y = np.array([r.success[i] for r, i in zip(group, index)])
+    x = np.mean([x_of(r)[i] for r, i in zip(group, index)], axis=0)
     low, high = _bootstrap_ci([y], reps, rng)
-    (line,) = ax.plot(xs, y.mean(axis=0), marker="o", ms=3, label=f"{label} (n={len(group)})")
-    ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2, lw=0)
+    (line,) = ax.plot(x, y.mean(axis=0), marker="o", ms=3, label=f"{label} (n={len(group)})")
+    ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, lw=0)
     return True
 
 

@@ -259,8 +259,9 @@ def test_report_draws_the_offline_to_online_curve(tmp_path):
         (run / "config.json").write_text(json.dumps({"agent": name, "train": train_cfg, "agent_config": {}}))
         rows = [{"step": 500, "eval/success": 0.1}, {"step": 1000, "eval/success": 0.2}]
         if online_steps:
-            rows += [{"step": 1800, "env_step": 400.0, "eval/success": 0.5},  # --utd 2
-                     {"step": 2600, "env_step": 800.0, "eval/success": 0.7 + 0.1 * seed}]  # fmt: skip
+            # --utd 2; seeds reach an evaluation at slightly different env steps (episodes end in waves)
+            rows += [{"step": 1800, "env_step": 400.0 + 2 * seed, "eval/success": 0.5},
+                     {"step": 2600, "env_step": 800.0 + 2 * seed, "eval/success": 0.7 + 0.1 * seed}]  # fmt: skip
         (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     for seed in (0, 1):
@@ -268,7 +269,24 @@ def test_report_draws_the_offline_to_online_curve(tmp_path):
     fake_run("bc-fm", 0, 0)
     runs = {(r.agent, r.seed): r for r in collect(tmp_path / "runs")}
     np.testing.assert_array_equal(runs["lps", 0].phase_steps, [500, 1000, 1400, 1800])
+    np.testing.assert_array_equal(runs["lps", 1].phase_steps, [500, 1000, 1402, 1802])
     np.testing.assert_array_equal(runs["bc-fm", 0].phase_steps, [500, 1000])
+    # The curve keeps every evaluation the seeds share, drawn at their mean env step.
+    from lps.report import _seed_band
+
+    class Recorder:
+        def plot(self, x, y, **kw):
+            self.x, self.y = list(x), list(y)
+            return (type("Line", (), {"get_color": lambda self: "C0"})(),)
+
+        def fill_between(self, *a, **kw):
+            pass
+
+    ax = Recorder()
+    group = [runs["lps", 0], runs["lps", 1]]
+    assert _seed_band(ax, group, lambda r: r.phase_steps, "lps", np.random.default_rng(0), 50)
+    np.testing.assert_allclose(ax.x, [500, 1000, 1401, 1801])
+    np.testing.assert_allclose(ax.y, [0.1, 0.2, 0.5, 0.75])
     out = report(tmp_path / "runs", reps=50)
     names = {p.name for p in out["files"]}
     assert {"online-toy-bandit.png", "online-toy-bandit.svg", "curves-toy-bandit.png"} <= names

@@ -618,3 +618,8 @@ def test_report_says_which_folders_it_skipped(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"skipping {tmp_path / 'no-config'}: it holds metrics.jsonl but no config.json" in err
     assert f"skipping {tmp_path / 'no-metrics'}: no metrics.jsonl" in err
+    # A run's own subfolder (the online phase's checkpoint) is part of that run, not a skipped one.
+    (tmp_path / "no-metrics" / "online").mkdir()
+    (tmp_path / "no-metrics" / "online" / "checkpoint.msgpack").write_bytes(b"x")
+    collect(tmp_path)
+    assert "online" not in capsys.readouterr().err
