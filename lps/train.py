@@ -129,13 +129,6 @@ def make_multi_update(update, num_steps: int, scan: bool = True):
     return multi_update
 
 
-def needs_host_loop(agent) -> bool:
-    """Whether `make_multi_update` should loop on the host (image encoders on a CPU, see there)."""
-    from lps.encoders import EncodedAgent
-
-    return jax.default_backend() == "cpu" and isinstance(agent, EncodedAgent)
-
-
 # --- data, agents and evaluation for a config -----------------------------------------------
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -37,3 +38,9 @@ def toy_config(run_dir, **overrides) -> TrainConfig:
     small = dict(steps=200, log_every=100, eval_every=0, save_every=100, eval_episodes=0, batch_size=64,
                  run_dir=str(run_dir), progress=False)  # fmt: skip
     return dataclasses.replace(cfg, **(small | overrides))
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    """A copy of a finished run directory (shared fixtures are never modified: tests copy them)."""
+    shutil.copytree(src, dst)  # copy2: bytes and mtimes preserved
+    return dst

@@ -12,13 +12,12 @@ import io
 import json
 import os
 import re
-import shutil
 import stat
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import run_cli, toy_config
+from helpers import copy_run, run_cli, toy_config
 
 import lps
 from lps import checkpoint, cli
@@ -68,10 +67,6 @@ def toy_run(tmp_path_factory):
     train("lps", toy_config(run_dir), TINY)
     return run_dir
 
-
-def copy_run(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)  # copy2: bytes and mtimes preserved
-    return dst
 
 
 # --- dataset files -------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import ROOT, toy_config
+from helpers import ROOT, copy_run, toy_config
 
 import lps
 from lps import checkpoint, cli, rundir
@@ -48,10 +48,6 @@ def finished(tmp_path_factory):
     train("lps", toy_config(run_dir), TINY)
     return run_dir
 
-
-def copy_run(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
 
 
 def config_of(run_dir: Path) -> dict:
