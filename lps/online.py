@@ -209,12 +209,13 @@ def make_envs(cfg, env: str):
 
 
 def run(cfg, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule, save_train: Callable[[Any], None],
-        progress: bool = True) -> OnlineState:  # fmt: skip
+        progress: bool = True, stop=None) -> OnlineState:  # fmt: skip
     """Play and train until `cfg.online_steps` environment steps; returns the final state (saved).
 
     `schedule` is the run's `lps.eval_schedule.EvaluationSchedule` (evaluations every
     --eval-every gradient steps go on, and at the end); `save_train(train_state)` writes the plain
-    checkpoint and config."""
+    checkpoint and config. `stop` (the run's `lps.rundir.StopOnSignal`): after a SIGINT/SIGTERM
+    the current wave is played to its end, checkpointed, and `TrainingInterrupted` is raised."""
     from tqdm import tqdm
 
     from lps import toy
@@ -331,11 +332,14 @@ def run(cfg, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule, s
             state = state.replace(episodes=state.episodes + K)
             done = int(state.env_step) >= cfg.online_steps
             step = gradient_step()
-            if done or (cfg.save_every and step // cfg.save_every > last_save // cfg.save_every):
+            stopping = stop is not None and stop.signum is not None and not done
+            if stopping or done or (cfg.save_every and step // cfg.save_every > last_save // cfg.save_every):
                 if done and last_eval != step:
                     evaluate()
                 checkpoint_now()
                 last_save = step
+            if stopping:  # waves are the online phase's only checkpoint-safe points
+                raise stop.interrupted(step, run_dir)
     finally:
         envs.close()
         bar.close()

@@ -242,9 +242,10 @@ def check_resume_steps(steps: int, checkpoint_step: int, run_dirs: list[Path]) -
 
 class StopOnSignal:
     """Within the block, once `armed` (the training loop has begun), SIGINT and SIGTERM only set
-    `signum`: the loop checks it between device dispatches, writes a checkpoint and stops. Before
-    that (loading or generating data) and on a second signal they act as usual, at once. Outside
-    the main thread (where handlers cannot be installed) it does nothing."""
+    `signum`: the loop checks it between device dispatches (the online phase: between waves of
+    episodes), writes a checkpoint and stops. Before that (loading or generating data) and on a
+    second signal they act as usual, at once. Outside the main thread (where handlers cannot be
+    installed) it does nothing."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -259,8 +260,8 @@ class StopOnSignal:
             signal.raise_signal(signum)
             return
         self.signum = signum
-        message = (f"\n[lps] {signal.Signals(signum).name} received: stopping after the current dispatch "
-                   "(send it again to stop at once)\n")  # fmt: skip
+        message = (f"\n[lps] {signal.Signals(signum).name} received: stopping with a checkpoint after the "
+                   "current dispatch (online: wave of episodes); send it again to stop at once\n")  # fmt: skip
         try:  # os.write, not print: a handler that prints while the loop prints raises a reentrancy error
             os.write(2, message.encode())
         except OSError:

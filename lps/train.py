@@ -53,10 +53,12 @@ class TrainState(struct.PyTreeNode):
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    lr = cfg.lr
     if cfg.lr_schedule == "cosine":  # the paper's real-robot schedule: 1 % warmup, cosine down to lr / 10
-        warmup = cfg.steps // 100
-        return optax.adam(optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warmup, cfg.steps, cfg.lr / 10))
-    return optax.adam(cfg.lr)
+        lr = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, cfg.steps // 100, cfg.steps, cfg.lr / 10)
+    if cfg.grad_clip > 0:
+        return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adam(lr))
+    return optax.adam(lr)
 
 
 def create_state(agent, optimizer, seed: int) -> TrainState:
@@ -391,7 +393,7 @@ def _train(agent_name, cfg, agent_cfg, runs, resume, changes, stop):
 
             start_online = online_resume or online.initial_state(state, data, cfg)
             state = online.run(cfg, agent, optimizer, start_online, run_dir=runs[0].dir, schedule=schedule,
-                               save_train=save_online, progress=cfg.progress).train  # fmt: skip
+                               save_train=save_online, progress=cfg.progress, stop=stop).train  # fmt: skip
         schedule.finish()
     finally:
         bar.close()

@@ -14,7 +14,8 @@ import pytest
 
 from lps import encoders as E
 from lps.agents import REGISTRY, Spec, make_agent
-from lps.config import TrainConfig
+from lps.agents.lps import LPSConfig
+from lps.config import TrainConfig, preset
 from lps.data.sampler import to_device
 from lps.generative import GenerativePolicy
 from lps.train import create_state, make_multi_update, make_optimizer, make_update
@@ -183,3 +184,22 @@ def test_cosine_schedule_warms_up_and_decays_to_a_tenth():
     constant = make_optimizer(TrainConfig(steps=steps, lr=lr))
     updates, _ = constant.update(jnp.ones(()), constant.init(params), params)
     assert -float(updates) == pytest.approx(lr, rel=1e-3)
+
+
+def test_grad_clip_bounds_the_gradient_norm_before_adam():
+    """A gradient of norm 100 then one of norm 1: clipped at 1 both are the same gradient, so Adam's
+    second step is the full learning rate; unclipped, the large first gradient shrinks it (~0.68 lr)."""
+    lr = 1e-2
+
+    def second_step(cfg):
+        opt, params = make_optimizer(cfg), jnp.zeros(())
+        state = opt.init(params)
+        _, state = opt.update(jnp.array(100.0), state, params)
+        updates, _ = opt.update(jnp.array(1.0), state, params)
+        return -float(updates)
+
+    assert second_step(TrainConfig(lr=lr, grad_clip=1.0)) == pytest.approx(lr, rel=1e-3)
+    assert second_step(TrainConfig(lr=lr)) == pytest.approx(0.677 * lr, rel=0.01)
+    with pytest.raises(ValueError, match="--grad-clip"):
+        TrainConfig(grad_clip=-1.0)
+    assert preset("robot", LPSConfig)[0].grad_clip == 1.0

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
 
 import helpers
 import jax
 import numpy as np
 import pytest
 
-from lps import online
+from lps import online, rundir
 from lps.agents import LPSConfig
 from lps.config import TrainConfig, preset
 from lps.data import replay
@@ -184,12 +186,36 @@ def test_online_resume_equals_uninterrupted(tmp_path, monkeypatch):
     assert 0 < max(r.get("env_step", 0) for r in killed_rows) < 192
     train("lps", killed_cfg, SMALL, resume=True)
 
+    # Ctrl-C during the 5th wave: the wave is played to its end, checkpointed, and the run stops
+    # (not at a save_every boundary, so the checkpoint is the signal's own).
+    signalled_cfg = toy_online_config(tmp_path / "signalled")
+    calls.clear()
+
+    def append_with_ctrl_c(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_append(*args, **kwargs)
+
+    monkeypatch.setattr(replay, "append", append_with_ctrl_c)
+    with pytest.raises(rundir.TrainingInterrupted, match=f"stopped by SIGINT.*--resume {signalled_cfg.run_dir}"):
+        train("lps", signalled_cfg, SMALL)
+    monkeypatch.setattr(replay, "append", real_append)
+    assert len(calls) == 5  # no episode was played after the signal's wave
+    assert max(r.get("env_step", 0) for r in rows_of(signalled_cfg.run_dir)) < 192
+    train("lps", signalled_cfg, SMALL, resume=True)
+
     # The whole online state (train state, buffer, env steps, episodes, RNG) and the plain
     # checkpoint are byte for byte those of the uninterrupted run, and so are the metrics rows.
-    for name in (f"{online.ONLINE_DIR}/checkpoint.msgpack", "checkpoint.msgpack"):
-        assert (tmp_path / "straight" / name).read_bytes() == (tmp_path / "killed" / name).read_bytes(), name
+    for other in ("killed", "signalled"):
+        for name in (f"{online.ONLINE_DIR}/checkpoint.msgpack", "checkpoint.msgpack"):
+            assert (tmp_path / "straight" / name).read_bytes() == (tmp_path / other / name).read_bytes(), name
     rows = rows_of(straight_cfg.run_dir)
     assert rows == rows_of(killed_cfg.run_dir)
+    # The signal's checkpoint writes the metrics row pending at it, which the straight run
+    # averaged into a later row, so only the training rows' cuts differ.
+    steps, signalled_steps = ([r["step"] for r in rows_of(d)] for d in (straight_cfg.run_dir, signalled_cfg.run_dir))
+    assert len(signalled_steps) == len(steps) + 1 and set(steps) < set(signalled_steps)
     assert max(r.get("env_step", 0) for r in rows) == 192
     assert any("env_step" in r and "loss/critic" in r and "online/return" in r for r in rows)
 
