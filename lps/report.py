@@ -46,6 +46,7 @@ class Run:
     offline_steps: int = 0
     online_steps: int = 0
     env_steps: np.ndarray | None = None
+    finished: bool = True  # `lps train` wrote its summary.json (a run in progress or stopped has none)
 
     @property
     def phase_steps(self) -> np.ndarray:
@@ -131,7 +132,8 @@ def collect(root: str | Path) -> list[Run]:
         runs.append(Run(agent, task, int(train.get("seed", 0)), alpha, steps, success, run_dir, settings=settings,
                         val=val_series, offline_steps=int(train.get("steps", 0)),
                         online_steps=int(train.get("online_steps") or 0),
-                        env_steps=np.array([env_steps[s] for s in steps])))  # fmt: skip
+                        env_steps=np.array([env_steps[s] for s in steps]),
+                        finished=(run_dir / "summary.json").exists()))  # fmt: skip
     return runs
 
 
@@ -543,6 +545,11 @@ def report(root, out=None, reps: int = 1000, seed: int = 0, final: str = "last")
         notes.append(
             f"not all agents ran all {len(tasks)} tasks; IQMs are over different task sets: {', '.join(partial)}"
         )
+    for (lab, task), group in groups.items():
+        if unfinished := [r for r in group if not r.finished]:
+            at = ", ".join(f"seed {r.seed} at step {r.steps[-1]}" for r in unfinished)
+            notes.append(f"{lab} on {_short(task)}: {len(unfinished)} run(s) unfinished (no summary.json; in progress "
+                         f"or stopped), scored at their latest evaluation: {at} of {unfinished[0].offline_steps}")  # fmt: skip
     aggregate = _aggregate(matrices, reps, seed)
     alpha = _alpha_points(runs, cells, reps, seed)
     untuned = _untuned_points(runs, cells, alpha, reps, seed)

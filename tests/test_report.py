@@ -159,6 +159,18 @@ def test_unequal_seed_counts_use_the_common_seeds(tmp_path):
     assert "Note: " in (tmp_path / "report" / "report.md").read_text()
 
 
+def test_unfinished_runs_are_named_in_the_notes(tmp_path):
+    """A run still training (or stopped) has no summary.json: its latest evaluation counts, and says so."""
+    for seed in range(2):
+        make_run(tmp_path / f"seed{seed}", "A", T1, seed, [0.2, 0.4])
+    (tmp_path / "seed1" / "summary.json").unlink()
+    result = report(tmp_path)
+    (note,) = result["notes"]
+    assert "A on cube-single-task1: 1 run(s) unfinished" in note and "seed 1 at step 2000 of 2000" in note
+    assert result["cells"]["A"][T1]["mean"] == pytest.approx(0.4)
+    assert note in (tmp_path / "report" / "report.md").read_text()
+
+
 def test_same_seed_same_intervals(compare):
     state = np.random.get_state()
     first = report(compare, out=compare / "r1", seed=3)
