@@ -39,7 +39,7 @@ def atomic_writer(path: str | os.PathLike):
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # as open() would; mkstemp's 0600 hides results from others
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "w+b") as f:  # readable too: h5py writes through a file object that it also reads
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -28,7 +28,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -377,22 +376,14 @@ def write_episode(path: str | os.PathLike, actions: np.ndarray, state: np.ndarra
     Written to a temporary file and renamed, so a reader never sees half an episode."""
     import h5py
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            for keys, arr in ((cfg.action_keys, actions), (cfg.state_keys, state)):
-                f[keys[0]] = arr[:, :-1]
-                f[keys[1]] = arr[:, -1]
-            for cam, frames in images.items():
-                f[f"{cfg.image_group}/{cam}"] = frames
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from lps.checkpoint import atomic_writer
+
+    with atomic_writer(path) as file, h5py.File(file, "w") as f:
+        for keys, arr in ((cfg.action_keys, actions), (cfg.state_keys, state)):
+            f[keys[0]] = arr[:, :-1]
+            f[keys[1]] = arr[:, -1]
+        for cam, frames in images.items():
+            f[f"{cfg.image_group}/{cam}"] = frames
 
 
 def synthetic_folder(folder: str | os.PathLike, success: int = 5, failure: int = 2, steps: int = 40,
