@@ -28,7 +28,7 @@ ENV_ID = "cube-single-singletask-task1-v0"
 
 
 def bench_env(envs: int, workers: int, env_steps: int, chunk_len: int = 5) -> float:
-    from lps.envs import EnvWorkerPool
+    from lps.training.envs import EnvWorkerPool
 
     pool = EnvWorkerPool(ENV_ID, envs, workers)
     rng = np.random.default_rng(0)
@@ -50,8 +50,8 @@ def bench_env(envs: int, workers: int, env_steps: int, chunk_len: int = 5) -> fl
 
 def bench_online(data_dir: str, envs: int, workers: int, env_steps: int) -> tuple[float, list[float]]:
     from lps.agents import LPSConfig
-    from lps.config import preset
-    from lps.train import train
+    from lps.training.config import preset
+    from lps.training.loop import train
 
     cfg, agent_cfg = preset("quick", LPSConfig)
     with tempfile.TemporaryDirectory() as run_dir:

@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 from lps.data import tasks
-from lps.render import measure_render_rate, require_renderer
+from lps.data.render import measure_render_rate, require_renderer
 
 
 def _env(env_id: str, **kwargs):

@@ -22,10 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from lps.agents import LPSConfig, Spec
-from lps.config import preset
+from lps.agents.encoded import build_agent, observation_spec, scan_updates
 from lps.data.sampler import to_device
-from lps.encoders import build_agent, observation_spec, scan_updates
-from lps.train import create_state, make_multi_update, make_optimizer, make_update
+from lps.training.config import preset
+from lps.training.update import create_state, make_multi_update, make_optimizer, make_update
 
 
 def synthetic(rows: int, episode_len: int, size: int, cameras: int, seed: int = 0) -> dict:

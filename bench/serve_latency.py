@@ -35,10 +35,10 @@ OBS_DIM, ACTION_DIM, CHUNK = 28, 5, 5
 
 def write_untrained_run(run_dir: Path) -> None:
     """A run directory (config + checkpoint) of a freshly initialised paper-size LPS policy."""
-    from lps import checkpoint
     from lps.agents import LPSConfig, Spec, make_agent
-    from lps.config import TrainConfig
-    from lps.train import create_state, make_optimizer, save_config
+    from lps.training import checkpoint
+    from lps.training.config import TrainConfig, save_config
+    from lps.training.update import create_state, make_optimizer
 
     cfg, agent_cfg = TrainConfig(chunk_len=CHUNK, eval_episodes=0, run_dir=str(run_dir)), LPSConfig()
     spec = Spec(OBS_DIM, ACTION_DIM, CHUNK, cfg.gamma)

@@ -29,9 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from lps.agents import REGISTRY, Spec, config_class, make_agent, resolve_config
-from lps.config import TrainConfig, agent_overrides
 from lps.data.sampler import to_device
-from lps.train import create_state, make_multi_update, make_optimizer, make_seeds_update, stack_seeds
+from lps.training.config import TrainConfig, agent_overrides
+from lps.training.update import create_state, make_multi_update, make_optimizer, make_seeds_update, stack_seeds
 
 SIZES = {
     "paper": {},
@@ -99,9 +99,9 @@ def bench_eval(name: str, size: str, episodes: int, repeats: int, workers: int) 
     naive loop that calls the policy at every step for one episode at a time (what research code
     commonly does), and the env alone with random actions. Pool start-up is not counted (the
     pool lives for the whole training run)."""
-    from lps.envs import make_env
-    from lps.evaluate import DEFAULT_POOL, Evaluator
-    from lps.train import make_policy_fn
+    from lps.training.envs import make_env
+    from lps.training.evaluate import DEFAULT_POOL, Evaluator
+    from lps.training.setup import make_policy_fn
 
     env_id = "cube-single-singletask-task1-v0"
     agent = agent_for(name, size)

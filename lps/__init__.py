@@ -2,8 +2,8 @@
 
 __version__ = "0.1.0"
 
-# Before anything imports mujoco: a headless machine gets an offscreen GL backend (see lps.render).
-from lps.render import choose_gl_backend as _choose_gl_backend  # noqa: E402
+# Before anything imports mujoco: a headless machine gets an offscreen GL backend (see lps.data.render).
+from lps.data.render import choose_gl_backend as _choose_gl_backend  # noqa: E402
 
 _choose_gl_backend()
 
@@ -11,6 +11,6 @@ _choose_gl_backend()
 def load_policy(run_dir, seed: int = 0, device: str = "auto"):
     """Load a trained policy from a run directory: `policy(obs) -> action chunk (H, A)`.
     `device`: "auto" (host CPU, fastest for one observation at a time), "cpu" or "gpu"."""
-    from lps.policy import load_policy as _load
+    from lps.deploy.policy import load_policy as _load
 
     return _load(run_dir, seed, device)

@@ -34,8 +34,9 @@ def _train(argv: list[str]) -> int:
 
     argv = _split_commas(argv, "--seeds")
 
-    from lps import agents, config
-    from lps import train as T
+    from lps import agents
+    from lps.training import config
+    from lps.training.loop import train
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--agent", default=None)
@@ -49,20 +50,20 @@ def _train(argv: list[str]) -> int:
         # A run directory, or the parent of the seed<k> directories of seeds trained together.
         seed_dirs = (
             []
-            if os.path.exists(os.path.join(resume, T.CONFIG_JSON))
-            else sorted(p.parent for p in Path(resume).glob(f"seed*/{T.CONFIG_JSON}"))
+            if os.path.exists(os.path.join(resume, config.CONFIG_JSON))
+            else sorted(p.parent for p in Path(resume).glob(f"seed*/{config.CONFIG_JSON}"))
         )
-        if not os.path.exists(os.path.join(resume, T.CONFIG_JSON)):
+        if not os.path.exists(os.path.join(resume, config.CONFIG_JSON)):
             for orphan in sorted(Path(resume).glob("seed*")):
-                if orphan.is_dir() and not (orphan / T.CONFIG_JSON).exists():
+                if orphan.is_dir() and not (orphan / config.CONFIG_JSON).exists():
                     print(
-                        f"[lps] warning: {orphan} has no {T.CONFIG_JSON} (it stopped before starting): it is not "
+                        f"[lps] warning: {orphan} has no {config.CONFIG_JSON} (it stopped before starting): it is not "
                         f"resumed; start it with `lps train --seed N --run-dir {orphan}` and the others' flags"
                     )
-        agent_name, train_cfg, agent_cfg, _ = T.load_config(seed_dirs[0] if seed_dirs else resume)
+        agent_name, train_cfg, agent_cfg, _ = config.load_config(seed_dirs[0] if seed_dirs else resume)
         if known.agent not in (None, agent_name):
             raise ValueError(f"{resume} is a run of agent {agent_name!r}, not {known.agent!r}")
-        seeds = tuple(T.load_config(d)[1].seed for d in seed_dirs)
+        seeds = tuple(config.load_config(d)[1].seed for d in seed_dirs)
         train_cfg = dataclasses.replace(train_cfg, run_dir=resume, seeds=seeds)
         argv = _drop_flag(argv, "--run-dir")
     else:
@@ -85,13 +86,13 @@ def _train(argv: list[str]) -> int:
     )
     Args.__doc__ = f"Train agent {agent_name!r} (defaults shown are those of preset {known.preset or 'paper'!r})."
     args = tyro.cli(Args, args=argv, prog="lps train")
-    T.train(agent_name, args.train, args.agent_config, resume=known.resume is not None)
+    train(agent_name, args.train, args.agent_config, resume=known.resume is not None)
     return 0
 
 
 def _resume_target(resume: str, run_dir: str | None) -> str:
     """The run directory `--resume` names; `--run-dir` beside it must name the same one."""
-    from lps.rundir import user_path
+    from lps.files import user_path
 
     if not resume.strip():
         raise ValueError("--resume needs a run directory, got an empty string")
@@ -148,12 +149,12 @@ def _eval(argv: list[str]) -> int:
     if a.workers is not None and a.workers < 0:
         p.error("--workers must be >= 0")
     if a.dataset is not None:
-        from lps.offline_eval import evaluate_on_dataset
+        from lps.deploy.offline_eval import evaluate_on_dataset
 
         result = evaluate_on_dataset(a.run_dir, a.dataset, seed=a.seed)
         print(" ".join(f"{k}={v:.4g}" for k, v in result.items()))
         return 0
-    from lps.policy import evaluate_run
+    from lps.deploy.policy import evaluate_run
 
     result = evaluate_run(a.run_dir, episodes=a.episodes, seed=a.seed, workers=a.workers)
     print(" ".join(f"{k}={v:.4g}" for k, v in result.items()))
@@ -197,9 +198,8 @@ def _data(argv: list[str]) -> int:
 
         import numpy as np
 
-        from lps.checkpoint import atomic_write
-
         from lps.data.generate import dataset_paths
+        from lps.files import atomic_write
 
         out = Path(os.path.expanduser(a.out))
         if out.is_dir():
@@ -256,7 +256,7 @@ def _agents(argv: list[str]) -> int:
 
 
 def _toy(argv: list[str]) -> int:
-    from lps import toy
+    from lps.data import toy
 
     p = argparse.ArgumentParser(prog="lps toy", description="Toy bandits and the paper's analysis figures.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -274,7 +274,7 @@ def _toy(argv: list[str]) -> int:
         for name, task in toy.TASKS.items():
             print(f"toy-{name:16s} {task.dim:3d}-D actions, best action starts {task.best[:2].round(3).tolist()}")
         return 0
-    from lps import analysis
+    from lps.experiments import toy_analysis as analysis
 
     out = a.out or f"runs/toy/{a.cmd}"
     if a.cmd == "figure2":
@@ -302,7 +302,7 @@ def _report(argv: list[str]) -> int:
     a = p.parse_args(argv)
     if a.reps < 1:
         p.error("--reps must be at least 1")
-    from lps.report import report
+    from lps.experiments.report import report
 
     out = a.out and os.path.expanduser(a.out)
     result = report(os.path.expanduser(a.runs_dir), out=out, reps=a.reps, seed=a.seed, final=a.final)
@@ -312,19 +312,19 @@ def _report(argv: list[str]) -> int:
 
 
 def _serve(argv: list[str]) -> int:
-    from lps.serve import main as serve_main
+    from lps.deploy.serve import main as serve_main
 
     return serve_main(argv)
 
 
 def _serve_replay(argv: list[str]) -> int:
-    from lps.replay_check import main as replay_main
+    from lps.deploy.replay_check import main as replay_main
 
     return replay_main(argv)
 
 
 def _sweep(argv: list[str]) -> int:
-    from lps.sweep import main as sweep_main
+    from lps.experiments.sweep import main as sweep_main
 
     return sweep_main(argv)
 
@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nlps: unknown command {argv[0]!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
             return 2
         return 0
-    from lps.rundir import TrainingInterrupted
+    from lps.training.rundir import TrainingInterrupted
 
     try:
         return COMMANDS[argv[0]](argv[1:])

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from lps.agents import LPSConfig
-from lps.config import TrainConfig, preset
+from lps.training.config import TrainConfig, preset
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,14 +8,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lps import flows, toy
 from lps.agents import REGISTRY, Spec, config_class, make_agent, resolve_config
 from lps.agents.lpsd import LPSD
 from lps.agents.qc_fql import QCFQLConfig, alpha_for
-from lps.config import TrainConfig, agent_overrides
+from lps.data import toy
 from lps.data.sampler import to_device
 from lps.data.validate import validate
-from lps.train import create_state, make_multi_update, make_optimizer, make_policy_fn, make_update
+from lps.nets import flows
+from lps.training.config import TrainConfig, agent_overrides
+from lps.training.setup import make_policy_fn
+from lps.training.update import create_state, make_multi_update, make_optimizer, make_update
 
 SPEC = Spec(obs_dim=6, action_dim=2, chunk_len=3)
 

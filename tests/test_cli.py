@@ -224,8 +224,8 @@ def test_missing_play_data_is_generated_first(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(gen, "generate", short_generate)
     data_dir = tmp_path / "fresh"
-    from lps.config import TrainConfig
-    from lps.train import load_data
+    from lps.training.config import TrainConfig
+    from lps.training.setup import load_data
 
     # The trainer's path: missing data is generated with the config's episodes and data seed.
     data = load_data(TrainConfig(env=TASK, data_dir=str(data_dir), episodes=1, data_seed=3))

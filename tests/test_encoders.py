@@ -12,13 +12,13 @@ import numpy as np
 import optax
 import pytest
 
-from lps import encoders as E
 from lps.agents import REGISTRY, Spec, make_agent
+from lps.agents import encoded as E
 from lps.agents.lps import LPSConfig
-from lps.config import TrainConfig, preset
 from lps.data.sampler import to_device
-from lps.generative import GenerativePolicy
-from lps.train import create_state, make_multi_update, make_optimizer, make_update
+from lps.nets.generative import GenerativePolicy
+from lps.training.config import TrainConfig, preset
+from lps.training.update import create_state, make_multi_update, make_optimizer, make_update
 
 
 def test_random_shift_is_a_shifted_window_and_seeded():
@@ -135,7 +135,7 @@ def test_agents_train_and_act_on_images(name, monkeypatch):
 
 def test_dit_base_policy_fits_conditional_chunks():
     """MeanFlow with a DiT network learns two observation-dependent chunks (one-step sampling)."""
-    from lps.generative import DiTSpec
+    from lps.nets.generative import DiTSpec
 
     policy = GenerativePolicy((), 3 * 2, "meanflow", dit=DiTSpec(3, 32, 2, 2))
     obs = jnp.array([[1.0, 0.0], [0.0, 1.0]]).repeat(8, axis=0)

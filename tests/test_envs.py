@@ -13,10 +13,10 @@ import pytest
 pytest.importorskip("ogbench", reason="OGBench is part of the [all] extra that CI installs")
 
 from lps.agents import LPSConfig, Spec, make_agent  # noqa: E402
-from lps.config import TrainConfig, agent_overrides  # noqa: E402
-from lps.envs import EnvWorkerError, EnvWorkerPool, LocalEnvs, plan_pool  # noqa: E402
-from lps.evaluate import EvaluationFailed, Evaluator, make_seeds_policy  # noqa: E402
-from lps.train import create_state, make_optimizer  # noqa: E402
+from lps.training.config import TrainConfig, agent_overrides  # noqa: E402
+from lps.training.envs import EnvWorkerError, EnvWorkerPool, LocalEnvs, plan_pool  # noqa: E402
+from lps.training.evaluate import EvaluationFailed, Evaluator, make_seeds_policy  # noqa: E402
+from lps.training.update import create_state, make_optimizer  # noqa: E402
 
 ENV = "cube-single-singletask-task1-v0"
 SEEDS = [3, 7]
@@ -99,7 +99,7 @@ def test_pool_and_local_backends_agree_step_by_step():
 
 
 def test_pool_plan_caps_workers_and_memory(monkeypatch):
-    import lps.envs as envs
+    import lps.training.envs as envs
 
     messages = []
     monkeypatch.setattr(envs, "available_cores", lambda: 2)

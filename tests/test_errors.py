@@ -20,13 +20,17 @@ import pytest
 from helpers import copy_run, run_cli, toy_config
 
 import lps
-from lps import checkpoint, cli
-from lps import train as T
+from lps import cli, files
 from lps.agents import LPSConfig, config_class
-from lps.config import TrainConfig, check_positive_widths, preset
 from lps.data import tasks
 from lps.data.validate import DatasetError, load_own_dataset, validate
-from lps.train import TrainingDiverged, train
+from lps.training import checkpoint
+from lps.training import loop as T
+from lps.training import rundir as R
+from lps.training import update as U
+from lps.training.config import TrainConfig, check_positive_widths, preset
+from lps.training.loop import train
+from lps.training.update import TrainingDiverged
 
 TINY = LPSConfig(base_hidden=(32, 32), critic_hidden=(32, 32), actor_hidden=(32,))
 
@@ -317,7 +321,7 @@ def test_interrupted_overwrite_leaves_no_stale_checkpoint(toy_run, tmp_path, mon
     with pytest.raises(KeyboardInterrupt):
         train("lps", toy_config(run_dir, overwrite=True), wider)
     assert not (run_dir / checkpoint.CHECKPOINT).exists()
-    assert not (run_dir / T.SUMMARY_JSON).exists()
+    assert not (run_dir / R.SUMMARY_JSON).exists()
 
 
 # --- divergence -----------------------------------------------------------------------------------
@@ -358,14 +362,14 @@ def test_huge_rewards_diverge_before_any_checkpoint(tmp_path):
     with pytest.raises(TrainingDiverged, match=pattern + r".*check the data's rewards"):
         train("lps", cfg, TINY)
     assert not (run_dir / checkpoint.CHECKPOINT).exists()
-    assert not (run_dir / T.SUMMARY_JSON).exists()
+    assert not (run_dir / R.SUMMARY_JSON).exists()
 
 
 def test_divergence_reports_the_earliest_step(tmp_path):
     nan = float("nan")
     metrics = {"loss/actor": np.array([0.0, 0.0, nan]), "loss/critic": np.array([0.0, nan, nan])}
     with pytest.raises(TrainingDiverged, match="training diverged at step 12: 'loss/critic' = nan;"):
-        T._check_finite(metrics, 10, tmp_path)
+        U.check_finite(metrics, 10, tmp_path)
 
 
 # --- the command line -------------------------------------------------------------------------------
@@ -409,8 +413,8 @@ def _only_file(path: Path) -> None:
 
 def test_atomic_write_replaces_whole_file(tmp_path):
     path = tmp_path / "file.json"
-    checkpoint.atomic_write(path, "old")
-    checkpoint.atomic_write(path, b"new")
+    files.atomic_write(path, "old")
+    files.atomic_write(path, b"new")
     assert path.read_bytes() == b"new"
     _only_file(path)
 
@@ -425,7 +429,7 @@ def test_atomic_write_failing_rename_keeps_old_file(tmp_path, monkeypatch, failu
 
     monkeypatch.setattr(checkpoint.os, "replace", failing_replace)
     with pytest.raises(type(failure)):
-        checkpoint.atomic_write(path, b"new contents")
+        files.atomic_write(path, b"new contents")
     assert path.read_bytes() == b"old contents"
     _only_file(path)
 
@@ -434,7 +438,7 @@ def test_atomic_write_failing_midway_keeps_old_file(tmp_path, monkeypatch):
     path = tmp_path / "config.json"
     path.write_text("old")
     with pytest.raises(TypeError):
-        checkpoint.atomic_write(path, 12345)  # type: ignore[arg-type]  # f.write fails after the temp file exists
+        files.atomic_write(path, 12345)  # type: ignore[arg-type]  # f.write fails after the temp file exists
     assert path.read_text() == "old"
     _only_file(path)
 
@@ -443,7 +447,7 @@ def test_atomic_write_failing_midway_keeps_old_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(checkpoint.os, "fsync", failing_fsync)
     with pytest.raises(OSError, match="I/O error"):
-        checkpoint.atomic_write(path, "new " * 10_000)
+        files.atomic_write(path, "new " * 10_000)
     assert path.read_text() == "old"
     _only_file(path)
 
@@ -453,7 +457,7 @@ def test_atomic_write_files_are_readable_by_others(tmp_path):
     path = tmp_path / "config.json"
     old_umask = os.umask(0o022)
     try:
-        checkpoint.atomic_write(path, "{}")
+        files.atomic_write(path, "{}")
     finally:
         os.umask(old_umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644

@@ -3,18 +3,17 @@ rows in step order, nothing finished lost on shutdown, a missing evaluation re-r
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import threading
 
 import helpers
 import pytest
 
-from lps import toy
 from lps.agents import LPSConfig
-from lps.eval_schedule import EvaluationSchedule
-from lps.evaluate import EvaluationCancelled, EvaluationFailed
-from lps.train import train
+from lps.data import toy
+from lps.training.eval_schedule import EvaluationSchedule
+from lps.training.evaluate import EvaluationCancelled, EvaluationFailed
+from lps.training.loop import train
 
 SMALL = LPSConfig(base_hidden=(16, 16), critic_hidden=(16, 16), actor_hidden=(16,))
 
@@ -97,7 +96,7 @@ class GatedEvaluator:
 
 @pytest.fixture
 def schedule(monkeypatch):
-    import lps.eval_schedule as es
+    import lps.training.eval_schedule as es
 
     monkeypatch.setattr(es, "make_seeds_policy", lambda agent, params, seeds, device=None: None)
     log, ev = FakeLog(), GatedEvaluator()

@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lps import critic as C
-from lps import flows
-from lps.latent import TRUNCATION_BOUND, actor_latent, sample_latent, sphere_project
+from lps.nets import critic as C
+from lps.nets import flows
+from lps.nets.latent import TRUNCATION_BOUND, actor_latent, sample_latent, sphere_project
 
 jax.config.update("jax_enable_x64", False)
 

@@ -9,7 +9,7 @@ import helpers
 import pytest
 
 from lps.agents import LPSConfig
-from lps.train import train
+from lps.training.loop import train
 
 wandb = pytest.importorskip("wandb", reason="wandb is part of the [all] extra that CI installs")
 SMALL = LPSConfig(base_hidden=(16, 16), critic_hidden=(16, 16), actor_hidden=(16,))
@@ -65,7 +65,7 @@ def test_missing_wandb_names_the_extra(tmp_path, monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
-    from lps.loggers import WandbSink
+    from lps.training.loggers import WandbSink
 
     with pytest.raises(ImportError, match=r'pip install "lps\[wandb\]"'):
         WandbSink(tmp_path, {}, mode="offline")

@@ -13,13 +13,13 @@ import jax
 import numpy as np
 import pytest
 
-from lps import online, rundir
 from lps.agents import LPSConfig
-from lps.config import TrainConfig, preset
 from lps.data import replay
 from lps.data.sampler import chunk_starts
-from lps.envs import ChunkOutcome
-from lps.train import train
+from lps.training import online, rundir
+from lps.training.config import TrainConfig, preset
+from lps.training.envs import ChunkOutcome
+from lps.training.loop import train
 
 H = 3
 
@@ -143,7 +143,7 @@ def test_online_rows_are_labelled_like_the_offline_data():
     toy = online._Episode(0, np.zeros(1, np.float32), toy_rows=True, sparse=False)
     toy.add(np.full((1, 2), 0.7), outcome([1.0], [1], True, obs_dim=1))
     rows = toy.rows()
-    np.testing.assert_array_equal(rows["rewards"], [1.0, 0.0])  # the action's reward, as lps.toy's data
+    np.testing.assert_array_equal(rows["rewards"], [1.0, 0.0])  # the action's reward, as lps.data.toy's data
     np.testing.assert_array_equal(rows["masks"], [0.0, 0.0])
 
 
@@ -225,9 +225,9 @@ def test_online_fine_tuning_raises_the_toy_bandit_return(tmp_path, monkeypatch):
     it, then fine-tuned online with balanced batches, learns the true rewards from its episodes and
     raises its return above the offline policy's, and above an offline-only control given the same
     gradient steps (so the online episodes, not the extra updates, raise it)."""
-    import lps.train
-    from lps import toy
+    import lps.training.setup
     from lps.agents import config_class
+    from lps.data import toy
 
     def overstated(cfg):
         data = toy.make_dataset(cfg.env, seed=cfg.data_seed)
@@ -235,7 +235,7 @@ def test_online_fine_tuning_raises_the_toy_bandit_return(tmp_path, monkeypatch):
         data["rewards"] = np.where(near, 1.5, data["rewards"]).astype(np.float32)
         return data
 
-    monkeypatch.setattr(lps.train, "load_data", overstated)
+    monkeypatch.setattr(lps.training.setup, "load_data", overstated)
     finals = {}
     for name, steps, online_steps in (("online", 600, 1200), ("control", 1800, 0)):
         cfg, agent_cfg = preset("toy", config_class("qc-fql"))
@@ -276,7 +276,7 @@ def test_cli_online_on_dataset_is_refused(tmp_path):
 
 
 def test_report_draws_the_offline_to_online_curve(tmp_path):
-    from lps.report import collect, report
+    from lps.experiments.report import collect, report
 
     def fake_run(name, seed, online_steps):
         run = tmp_path / "runs" / name / f"seed{seed}"
@@ -298,7 +298,7 @@ def test_report_draws_the_offline_to_online_curve(tmp_path):
     np.testing.assert_array_equal(runs["lps", 1].phase_steps, [500, 1000, 1402, 1802])
     np.testing.assert_array_equal(runs["bc-fm", 0].phase_steps, [500, 1000])
     # The curve keeps every evaluation the seeds share, drawn at their mean env step.
-    from lps.report import _seed_band
+    from lps.experiments.report import _seed_band
 
     class Recorder:
         def plot(self, x, y, **kw):
@@ -327,7 +327,7 @@ def test_online_labels_match_ogbench_relabelling():
     import mujoco
 
     from lps.data import tasks
-    from lps.envs import LocalEnvs
+    from lps.training.envs import LocalEnvs
 
     for reward in ("dense", "sparse"):
         task = tasks.parse_task("cube-single-play-singletask-task1-v0", reward)

@@ -13,14 +13,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_agents import small_config
 
-from lps import render
 from lps.agents import REGISTRY, LPSConfig, Spec
-from lps.config import TrainConfig, agent_overrides
-from lps.data import tasks
+from lps.data import render, tasks
 from lps.data.sampler import to_device
 from lps.data.validate import DatasetError, validate
-from test_agents import small_config
+from lps.training.config import TrainConfig, agent_overrides
 
 TASK = "visual-cube-single-play-singletask-task1-v0"
 ENV_ID = "visual-cube-single-singletask-task1-v0"
@@ -41,7 +40,7 @@ def data_dir(tmp_path_factory):
 def test_visual_env_renders_uint8_frames():
     import gymnasium
 
-    tasks._require_ogbench()  # registers the envs
+    tasks.require_ogbench()  # registers the envs
     assert render.require_renderer(ENV_ID) in ("egl", "osmesa", "glfw", "glx")
     env = gymnasium.make(ENV_ID, max_episode_steps=3)
     ob, _ = env.reset(seed=0)
@@ -80,11 +79,13 @@ def test_visual_task_loads_with_the_state_tasks_rewards(data_dir):
 def test_lps_trains_on_pixels_and_evaluates(data_dir, tmp_path, monkeypatch):
     """`lps train --env visual-...`: impala-small by default, images uint8 on the device, a few
     updates, then an evaluation of 2 short episodes in the rendered env."""
-    from lps import train as T
-    from lps.evaluate import Evaluator
+    from lps.training import loop as T
+    from lps.training import setup as S
+    from lps.training import update as U
+    from lps.training.evaluate import Evaluator
 
     # The env's own limit is 200 rendered steps per episode; 8 keep the test short.
-    monkeypatch.setattr(T, "make_evaluator", lambda cfg, num_seeds=1: Evaluator(ENV_ID, 2, max_episode_steps=8))
+    monkeypatch.setattr(S, "make_evaluator", lambda cfg, num_seeds=1: Evaluator(ENV_ID, 2, max_episode_steps=8))
     cfg = TrainConfig(env=TASK, data_dir=str(data_dir), steps=2, log_every=2, eval_every=0, save_every=2,
                       eval_episodes=2, batch_size=4, chunk_len=3, encoder_features=16, run_dir=str(tmp_path / "run"),
                       progress=False)  # fmt: skip
@@ -94,13 +95,13 @@ def test_lps_trains_on_pixels_and_evaluates(data_dir, tmp_path, monkeypatch):
     rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert any('"eval/length": 8.0' in r for r in rows), rows[-1]
 
-    from lps.policy import load_policy
+    from lps.deploy.policy import load_policy
 
     policy = load_policy(tmp_path / "run")
     agent = policy.agent
     assert agent.arch == "impala-small" and agent.spec.image_shape == (64, 64, 3)
     assert (agent.augment_shift, agent.augment_prob) == (4, 0.5)  # FQL's pixel settings
-    initial = T.create_state(agent, T.make_optimizer(cfg), cfg.seed).params["encoder"]
+    initial = U.create_state(agent, U.make_optimizer(cfg), cfg.seed).params["encoder"]
     moved = jax.tree_util.tree_map(lambda a, b: float(jnp.abs(a - b).max()), initial, policy.params["encoder"])
     assert max(jax.tree_util.tree_leaves(moved)) > 0, "the encoder was not trained"
     frame = np.load(data_dir / "visual-cube-single-play-v0.npz")["observations"][0]
@@ -112,8 +113,8 @@ def test_every_agent_wraps_an_image_encoder(name):
     """Each agent, wrapped with the image encoder, takes uint8 images: its loss has a gradient for
     the encoder and its acting rule returns chunks. Traced only (no compilation, to stay fast on
     CPU); `test_lps_trains_on_pixels_and_evaluates` runs the same path for real."""
+    from lps.agents.encoded import build_agent
     from lps.data.sampler import sample_chunks
-    from lps.encoders import build_agent
 
     rng = np.random.default_rng(0)
     n = 24
@@ -140,9 +141,8 @@ def test_every_agent_wraps_an_image_encoder(name):
 def test_host_loop_gives_the_scans_numbers():
     """On a CPU image agents dispatch one update per step (XLA:CPU is slow at convolutions in a
     scan); the numbers are those of the scan."""
-    from lps.encoders import build_agent
-    from lps.encoders import scan_updates
-    from lps.train import create_state, make_multi_update, make_optimizer, make_update
+    from lps.agents.encoded import build_agent, scan_updates
+    from lps.training.update import create_state, make_multi_update, make_optimizer, make_update
 
     rng = np.random.default_rng(0)
     n = 24
@@ -206,11 +206,11 @@ def test_missing_renderer_names_what_to_install(tmp_path, monkeypatch):
         with pytest.raises(render.RendererUnavailable, match=r"visual-cube-single.*apt-get install -y libosmesa6.*apt-get install -y libegl1"):
             generate("visual-cube-single", tmp_path, episodes=1, workers=1, progress=False)
         assert not list(tmp_path.iterdir()), "nothing is written without a renderer"
-        from lps import train as T
+        from lps.training import setup as S
 
         cfg = TrainConfig(env=TASK, eval_episodes=2)
         with pytest.raises(render.RendererUnavailable, match="MUJOCO_GL"):
-            T.make_evaluator(cfg)
+            S.make_evaluator(cfg)
     finally:
         render._render_one_frame.cache_clear()
 

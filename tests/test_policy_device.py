@@ -3,7 +3,7 @@
 import jax
 import pytest
 
-from lps.policy import acting_device
+from lps.deploy.policy import acting_device
 
 
 def test_acting_device_choices():

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from lps import cli
-from lps.report import collect, report
+from lps.experiments.report import collect, report
 
 pytest.importorskip("rliable", reason="needs lps[report]")
 
@@ -36,7 +36,7 @@ def make_run(path: Path, agent: str, task: str, seed: int, success: list[float],
     rows = [{"step": s, "loss/critic": 1.0} for s in range(500, steps + 1, 500)]
     rows += [{"step": every * (i + 1), "eval/success": x, "eval/return": x, "eval/length": 100.0}
              for i, x in enumerate(success)]  # fmt: skip
-    if val:  # what lps.validation logs beside each evaluation
+    if val:  # what lps.training.validation logs beside each evaluation
         rows += [{"step": every * (i + 1), "val/bc_loss": 1.0 / (i + 1), "val/td_error": 0.1 * (i + 1),
                   "val/q_gap": 0.5 * i, "val/clip_fraction": 0.1} for i in range(len(success))]  # fmt: skip
     rows.sort(key=lambda r: r["step"])

@@ -193,7 +193,7 @@ def test_train_eval_and_load_policy_end_to_end(folder, tmp_path):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss/critic" in r] == [3, 6]
 
-    from lps.offline_eval import evaluate_on_dataset
+    from lps.deploy.offline_eval import evaluate_on_dataset
 
     result = evaluate_on_dataset(run, held_out)
     assert result["offline/episodes"] == 2 and result["offline/chunks"] == 2 * 7

@@ -24,15 +24,20 @@ import pytest
 from helpers import ROOT, copy_run, toy_config
 
 import lps
-from lps import checkpoint, cli, rundir
-from lps import train as T
+from lps import cli
 from lps.agents import LPSConfig
-from lps.config import TrainConfig, check_agent_config
 from lps.data import generate as gen
 from lps.data import tasks
 from lps.data.validate import DatasetError, validate
-from lps.runlog import METRICS_JSONL, RunLog
-from lps.train import train
+from lps.training import checkpoint, rundir
+from lps.training import config as C
+from lps.training import loop as T
+from lps.training import rundir as R
+from lps.training import setup as S
+from lps.training import update as U
+from lps.training.config import TrainConfig, check_agent_config
+from lps.training.loop import train
+from lps.training.runlog import METRICS_JSONL, RunLog
 
 TINY = LPSConfig(base_hidden=(32, 32), critic_hidden=(32, 32), actor_hidden=(32,))
 # The CLI's flags for the same tiny toy run as `toy_config` + TINY.
@@ -51,7 +56,7 @@ def finished(tmp_path_factory):
 
 
 def config_of(run_dir: Path) -> dict:
-    return json.loads((run_dir / T.CONFIG_JSON).read_text())
+    return json.loads((run_dir / C.CONFIG_JSON).read_text())
 
 
 def steps_logged(run_dir: Path) -> list[int]:
@@ -59,15 +64,15 @@ def steps_logged(run_dir: Path) -> list[int]:
 
 
 def restored_step(run_dir: Path) -> int:
-    agent_name, cfg, agent_cfg, spec = T.load_config(run_dir)
+    agent_name, cfg, agent_cfg, spec = C.load_config(run_dir)
     agent = lps.agents.make_agent(agent_name, agent_cfg, spec)
-    return int(checkpoint.restore(run_dir, T.create_state(agent, T.make_optimizer(cfg), cfg.seed)).step)
+    return int(checkpoint.restore(run_dir, U.create_state(agent, U.make_optimizer(cfg), cfg.seed)).step)
 
 
 def hold_lock_in_child(run_dir: Path) -> subprocess.Popen:
     """Another process holding `run_dir`'s lock until killed."""
     code = (
-        "import sys, time; from lps.rundir import lock; f = lock(sys.argv[1]); print('locked', flush=True); "
+        "import sys, time; from lps.training.rundir import lock; f = lock(sys.argv[1]); print('locked', flush=True); "
         "time.sleep(600)"
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
@@ -86,7 +91,7 @@ def test_second_trainer_is_refused_naming_the_holder_and_a_dead_holder_does_not_
         with pytest.raises(rundir.RunDirLocked, match=f"in use by another training process \\(PID {child.pid} on host "
                            f"{socket.gethostname()}"):  # fmt: skip
             train("lps", toy_config(run_dir), TINY)
-        assert not (run_dir / T.CONFIG_JSON).exists()  # nothing of the live run was touched
+        assert not (run_dir / C.CONFIG_JSON).exists()  # nothing of the live run was touched
         monkeypatch.chdir(tmp_path)
         assert cli.main(["train", *TINY_FLAGS, "--run-dir", str(run_dir)]) == 1
         err = capsys.readouterr().err
@@ -122,12 +127,12 @@ def test_lock_is_released_when_training_fails(tmp_path):
 )
 def test_resume_refuses_a_change_to_what_was_trained(finished, tmp_path, monkeypatch, capsys, flags, field):
     run_dir = copy_run(finished, tmp_path / "run")
-    before = (run_dir / T.CONFIG_JSON).read_bytes()
+    before = (run_dir / C.CONFIG_JSON).read_bytes()
     monkeypatch.chdir(tmp_path)
     assert cli.main(["train", "--resume", str(run_dir), "--steps", "300", *flags]) == 1
     err = capsys.readouterr().err
     assert "cannot change what it trains" in err and field in err and "Traceback" not in err
-    assert (run_dir / T.CONFIG_JSON).read_bytes() == before
+    assert (run_dir / C.CONFIG_JSON).read_bytes() == before
 
 
 def test_resume_may_change_length_cadence_and_records_lr_and_batch_size(finished, tmp_path, capsys):
@@ -147,11 +152,11 @@ def test_resume_may_change_length_cadence_and_records_lr_and_batch_size(finished
 
 def test_resume_with_fewer_steps_than_the_checkpoint_is_refused(finished, tmp_path):
     run_dir = copy_run(finished, tmp_path / "run")
-    summary = (run_dir / T.SUMMARY_JSON).read_bytes()
+    summary = (run_dir / R.SUMMARY_JSON).read_bytes()
     with pytest.raises(ValueError, match="--steps 100 is below the step 200 of the checkpoint.*--steps 200 or more"):
         train("lps", toy_config(run_dir, steps=100), TINY, resume=True)
     assert config_of(run_dir)["train"]["steps"] == 200
-    assert (run_dir / T.SUMMARY_JSON).read_bytes() == summary
+    assert (run_dir / R.SUMMARY_JSON).read_bytes() == summary
 
 
 def test_resume_with_another_run_dir_is_refused(finished, tmp_path, monkeypatch, capsys):
@@ -219,8 +224,8 @@ def test_a_damaged_latest_checkpoint_never_replaces_a_good_previous_one(finished
     run_dir = copy_run(finished, tmp_path / "run")
     good_previous = (run_dir / checkpoint.PREVIOUS).read_bytes()
     flip_bytes(run_dir / checkpoint.CHECKPOINT)
-    agent = lps.agents.make_agent("lps", TINY, T.load_config(run_dir)[3])
-    state = checkpoint.restore(run_dir, T.create_state(agent, T.make_optimizer(toy_config(run_dir)), 0))
+    agent = lps.agents.make_agent("lps", TINY, C.load_config(run_dir)[3])
+    state = checkpoint.restore(run_dir, U.create_state(agent, U.make_optimizer(toy_config(run_dir)), 0))
     checkpoint.save(run_dir, state)
     assert (run_dir / checkpoint.PREVIOUS).read_bytes() == good_previous
 
@@ -317,7 +322,7 @@ def die_before_first_checkpoint(run_dir: Path, monkeypatch) -> None:
         m.setattr(T, "make_multi_update", killed)
         with pytest.raises(KeyboardInterrupt):
             train("lps", toy_config(run_dir), TINY)
-    assert (run_dir / T.CONFIG_JSON).exists() and not checkpoint.exists(run_dir)
+    assert (run_dir / C.CONFIG_JSON).exists() and not checkpoint.exists(run_dir)
 
 
 @pytest.mark.parametrize("resume", [False, True])
@@ -358,7 +363,7 @@ def test_signal_stops_between_dispatches_with_a_checkpoint(tmp_path, monkeypatch
         train("lps", toy_config(run_dir, steps=1000, save_every=500), TINY)
     assert info.value.exit_code == 130
     assert restored_step(run_dir) == 100 and steps_logged(run_dir) == [100]
-    assert not (run_dir / T.SUMMARY_JSON).exists()
+    assert not (run_dir / R.SUMMARY_JSON).exists()
     assert signal.getsignal(signal.SIGINT) is handler_before  # handlers restored
 
 
@@ -367,7 +372,7 @@ def test_signal_before_training_begins_stops_at_once(tmp_path, monkeypatch):
         os.kill(os.getpid(), signal.SIGINT)
         raise AssertionError("loading went on after Ctrl-C")
 
-    monkeypatch.setattr(T, "load_data", load_data_interrupted)
+    monkeypatch.setattr(S, "load_data", load_data_interrupted)
     with pytest.raises(KeyboardInterrupt):
         train("lps", toy_config(tmp_path / "run"), TINY)
 
@@ -449,8 +454,8 @@ def test_disk_full_is_one_line_and_keeps_the_checkpoint(finished, tmp_path, monk
 def test_disk_full_while_saving_keeps_the_last_checkpoint_as_the_latest(finished, tmp_path, monkeypatch):
     run_dir = copy_run(finished, tmp_path / "run")
     latest = (run_dir / checkpoint.CHECKPOINT).read_bytes()
-    template = T.create_state(lps.agents.make_agent("lps", TINY, T.load_config(run_dir)[3]),
-                              T.make_optimizer(toy_config(run_dir)), 0)  # fmt: skip
+    template = U.create_state(lps.agents.make_agent("lps", TINY, C.load_config(run_dir)[3]),
+                              U.make_optimizer(toy_config(run_dir)), 0)  # fmt: skip
 
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -594,7 +599,7 @@ def test_group_resume_names_a_seed_without_config(finished, tmp_path, monkeypatc
         seed_dir = copy_run(finished, group / f"seed{seed}")
         record = config_of(seed_dir)
         record["train"].update(seed=seed, run_dir=str(seed_dir))
-        (seed_dir / T.CONFIG_JSON).write_text(json.dumps(record))
+        (seed_dir / C.CONFIG_JSON).write_text(json.dumps(record))
     (group / "seed2").mkdir()  # a seed that died before writing its config
     monkeypatch.chdir(tmp_path)
     assert cli.main(["train", "--resume", str(group)]) == 0
@@ -604,12 +609,12 @@ def test_group_resume_names_a_seed_without_config(finished, tmp_path, monkeypatc
 
 
 def test_report_says_which_folders_it_skipped(tmp_path, capsys):
-    from lps.report import collect
+    from lps.experiments.report import collect
 
     (tmp_path / "no-config").mkdir()
     (tmp_path / "no-config" / METRICS_JSONL).write_text('{"step": 1}\n')
     (tmp_path / "no-metrics").mkdir()
-    (tmp_path / "no-metrics" / T.CONFIG_JSON).write_text(json.dumps({"agent": "lps", "train": {}}))
+    (tmp_path / "no-metrics" / C.CONFIG_JSON).write_text(json.dumps({"agent": "lps", "train": {}}))
     assert collect(tmp_path) == []
     err = capsys.readouterr().err
     assert f"skipping {tmp_path / 'no-config'}: it holds metrics.jsonl but no config.json" in err

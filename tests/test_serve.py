@@ -27,10 +27,10 @@ import pytest
 
 import lps
 from lps import client as C
-from lps import replay_check
 from lps.agents import LPSConfig
-from lps.serve import PolicyServer, check_observation, load_server, observation_spec
-from lps.train import train
+from lps.deploy import replay_check
+from lps.deploy.serve import PolicyServer, check_observation, load_server, observation_spec
+from lps.training.loop import train
 
 OBS_DIM, ACTION_DIM, CHUNK = 4, 2, 3
 EPISODES, STEPS = 6, 20
@@ -409,7 +409,7 @@ def test_cli_serve_and_replay_end_to_end(run, capsys):
 def test_device_choice():
     import jax
 
-    from lps.serve import pick_device
+    from lps.deploy.serve import pick_device
 
     assert pick_device("cpu").platform == "cpu" and pick_device("auto") == jax.devices()[0]
     if not any(d.platform == "gpu" for d in jax.devices()):

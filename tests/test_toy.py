@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from lps import analysis, toy
+from lps.data import toy
 from lps.data.validate import validate
+from lps.experiments import toy_analysis as analysis
 
 
 @pytest.mark.parametrize("name", sorted(toy.TASKS))

@@ -7,10 +7,11 @@ import jax
 import numpy as np
 
 import lps
-from lps import checkpoint
 from lps.agents import LPSConfig
-from lps.config import preset
-from lps.train import create_state, make_optimizer, train
+from lps.training import checkpoint
+from lps.training.config import preset
+from lps.training.loop import train
+from lps.training.update import create_state, make_optimizer
 
 SMALL = LPSConfig(base_hidden=(32, 32), critic_hidden=(32, 32), actor_hidden=(16,))
 
@@ -21,7 +22,7 @@ def toy_config(tmp_path, name, **kw):
 
 def load_state(run_dir, cfg):
     from lps.agents import make_agent
-    from lps.train import load_config
+    from lps.training.config import load_config
 
     name, cfg, agent_cfg, spec = load_config(run_dir)
     agent = make_agent(name, agent_cfg, spec)
@@ -104,6 +105,6 @@ def test_seeds_trained_together_match_separate_runs(tmp_path):
         for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
             np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5)
         # Each seed's directory is a complete single-seed run.
-        _, cfg, _, _ = __import__("lps.train", fromlist=["load_config"]).load_config(run_dir)
+        _, cfg, _, _ = __import__("lps.training.config", fromlist=["load_config"]).load_config(run_dir)
         assert cfg.seed == seed and cfg.seeds == ()
         assert (run_dir / "metrics.csv").exists() and (run_dir / "summary.json").exists()

@@ -9,11 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lps import toy, validation
 from lps.agents import Spec, config_class, make_agent, resolve_config
-from lps.config import TrainConfig, agent_overrides
+from lps.data import toy
 from lps.data.validate import validate
-from lps.train import train
+from lps.training import validation
+from lps.training.config import TrainConfig, agent_overrides
+from lps.training.loop import train
 from tests.helpers import toy_config
 
 SPEC = Spec(obs_dim=6, action_dim=2, chunk_len=3)

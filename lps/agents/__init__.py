@@ -1,4 +1,9 @@
-"""Agent registry: `--agent NAME` -> (agent class, its config dataclass)."""
+"""Agents: one file per method (its config, losses and acting rule), the registry `--agent NAME`
+-> (agent class, its config dataclass), and `encoded`, the wrapper that runs any agent on image
+observations.
+
+Imports: `lps.nets` and the base modules only; never `lps.data`, `lps.training` or above.
+"""
 
 from __future__ import annotations
 

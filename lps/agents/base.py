@@ -28,7 +28,7 @@ class Spec:
     chunk_len: int = 5
     gamma: float = 0.99
     image_shape: tuple[int, ...] | None = None
-    """(H, W, C) of image observations (`lps.encoders`), None for state vectors."""
+    """(H, W, C) of image observations (`lps.agents.encoded`), None for state vectors."""
 
     def __post_init__(self):
         if self.image_shape is not None:  # JSON gives a list; the spec must stay hashable

@@ -9,10 +9,10 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from lps import flows
 from lps.agents.base import Spec
-from lps.generative import BaseNetConfig, GenerativePolicy, Kind
-from lps.latent import Geometry
+from lps.nets import flows
+from lps.nets.generative import BaseNetConfig, GenerativePolicy, Kind
+from lps.nets.latent import Geometry
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,12 +23,12 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from lps import critic as C
-from lps import flows
 from lps.agents.base import Spec, init_module
-from lps.generative import BaseNetConfig, GenerativePolicy
-from lps.latent import Geometry
-from lps.nets import Ensemble
+from lps.nets import critic as C
+from lps.nets import flows
+from lps.nets.generative import BaseNetConfig, GenerativePolicy
+from lps.nets.latent import Geometry
+from lps.nets.mlp import Ensemble
 
 # The label the policy is conditioned on, appended to the observation.
 OPTIMAL, UNCONDITIONAL = jnp.ones((1,)), jnp.zeros((1,))

@@ -23,11 +23,11 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from lps import critic as C
 from lps.agents.base import Spec, init_module
-from lps.generative import BaseNetConfig, GenerativePolicy
-from lps.latent import Geometry, actor_latent
-from lps.nets import ConcatMLP, Ensemble
+from lps.nets import critic as C
+from lps.nets.generative import BaseNetConfig, GenerativePolicy
+from lps.nets.latent import Geometry, actor_latent
+from lps.nets.mlp import ConcatMLP, Ensemble
 
 
 @dataclasses.dataclass(frozen=True)

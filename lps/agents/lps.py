@@ -24,12 +24,12 @@ from typing import ClassVar, Literal
 import jax
 import jax.numpy as jnp
 
-from lps import critic as C
-from lps import flows
 from lps.agents.base import Spec, init_module
-from lps.generative import BaseNetConfig, GenerativePolicy
-from lps.latent import Geometry, actor_latent
-from lps.nets import ConcatMLP
+from lps.nets import critic as C
+from lps.nets import flows
+from lps.nets.generative import BaseNetConfig, GenerativePolicy
+from lps.nets.latent import Geometry, actor_latent
+from lps.nets.mlp import ConcatMLP
 
 Backbone = Literal["meanflow", "fm-10step", "fm-1step"]
 

@@ -16,10 +16,10 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from lps import critic as C
 from lps.agents.base import init_module
 from lps.agents.lps import LPS, LPSConfig
-from lps.latent import actor_latent
+from lps.nets import critic as C
+from lps.nets.latent import actor_latent
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,11 +18,11 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from lps import critic as C
 from lps.agents.base import Spec, init_module
-from lps.generative import BaseNetConfig, GenerativePolicy, Kind
-from lps.latent import Geometry
-from lps.nets import ConcatMLP
+from lps.nets import critic as C
+from lps.nets.generative import BaseNetConfig, GenerativePolicy, Kind
+from lps.nets.latent import Geometry
+from lps.nets.mlp import ConcatMLP
 
 ALPHA_BY_ENV = {"cube-single": 30.0, "cube-double": 3.0, "scene": 1.0, "puzzle-3x3": 3.0, "puzzle-4x4": 10.0}
 ALPHA_FALLBACK = 10.0

@@ -10,10 +10,10 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from lps import flows
-from lps.critic import Aggregate
 from lps.agents.qc_fql import QCFQL, QCFQLConfig
-from lps.generative import Kind
+from lps.nets import flows
+from lps.nets.critic import Aggregate
+from lps.nets.generative import Kind
 
 
 @dataclasses.dataclass(frozen=True)

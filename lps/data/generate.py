@@ -28,8 +28,13 @@ from collections.abc import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from lps.data.tasks import DATA_ENVS
-from lps.render import is_visual, require_renderer, state_env
+from lps.data.render import VISUAL_PREFIX, is_visual, require_renderer, state_env
+
+# The OGBench manipulation envs whose play data this module generates.
+ENVS: tuple[str, ...] = ("cube-single", "cube-double", "scene", "puzzle-3x3", "puzzle-4x4")
+# Pixel twins of the state envs: 64x64 RGB observations, same scenes, tasks and rewards.
+VISUAL_ENVS: tuple[str, ...] = tuple(f"{VISUAL_PREFIX}{e}" for e in ENVS)
+DATA_ENVS: tuple[str, ...] = ENVS + VISUAL_ENVS
 
 _DTYPES = {
     "observations": np.float32,
@@ -40,6 +45,23 @@ _DTYPES = {
     "button_states": np.int64,
 }
 _MAX_ATTEMPTS = 100  # scene re-collects blocks knocked off the table; this only guards against a hang
+
+
+def require_ogbench():
+    import warnings
+
+    # MuJoCo's viewer complains about the missing display and gymnasium about float64 bounds;
+    # neither matters for state-based environments.
+    warnings.filterwarnings("ignore", message=".*DISPLAY environment variable.*")
+    warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
+    try:
+        import ogbench  # noqa: F401
+        import ogbench.manipspace  # noqa: F401  (registers the environments)
+    except ImportError as e:
+        raise ImportError(
+            'OGBench is not installed: `pip install "lps[ogbench]"`, or train from a prepared npz '
+            "with --dataset (see `lps data prepare`)"
+        ) from e
 
 
 def dataset_paths(env: str, data_dir: str | os.PathLike) -> tuple[pathlib.Path, pathlib.Path]:
@@ -217,10 +239,9 @@ def check_output(paths: Sequence[pathlib.Path], estimated_bytes: int, overwrite:
 
 
 def _print_estimate(env: str, backend: str, frames: int, workers: int) -> None:
-    from lps.data.tasks import _require_ogbench
-    from lps.render import measure_render_rate
+    from lps.data.render import measure_render_rate
 
-    _require_ogbench()
+    require_ogbench()
     rate, _ = measure_render_rate(f"{env}-v0")
     # Software rendering is CPU-bound: workers beyond the core count add nothing.
     minutes = frames / (rate * min(workers, os.cpu_count() or 1)) / 60

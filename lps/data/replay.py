@@ -76,7 +76,7 @@ def check_fits(capacity: int, bytes_per_row: int, available: int | None, where: 
 def device_memory_bytes(device=None) -> tuple[int | None, str]:
     """Memory free for the buffer on `device` (an accelerator's limit minus what is in use, or the
     host's available memory for a CPU) and the device's name for messages."""
-    from lps.envs import available_memory_bytes
+    from lps.host import available_memory_bytes
 
     device = device or jax.devices()[0]
     stats = None
@@ -244,7 +244,7 @@ def sample(buffer: ReplayBuffer, key: jax.Array, batch_size: int, chunk_len: int
 
 
 def make_sampler(mix: Mix):
-    """`sample` with the mix fixed: the `sample` argument of `lps.train.make_update`."""
+    """`sample` with the mix fixed: the `sample` argument of `lps.training.update.make_update`."""
     if mix not in MIXES:
         raise ValueError(f"unknown --online-mix {mix!r}; valid: {', '.join(MIXES)}")
 

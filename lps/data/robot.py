@@ -346,7 +346,7 @@ def _cache_key(paths: list[tuple[Path, bool]], cfg: RobotDataConfig, chunk_len: 
 def _write_cache(path: Path, dataset: dict[str, Any], info: str) -> None:
     """Uncompressed npz (images are uint8 already; compression would cost seconds on every load),
     written to a temporary file and renamed, so a killed run never leaves a half-written cache."""
-    from lps.checkpoint import atomic_writer
+    from lps.files import atomic_writer
 
     arrays = {f"observations/{k}": v for k, v in dataset["observations"].items()}
     arrays.update({k: v for k, v in dataset.items() if k != "observations"})
@@ -376,7 +376,7 @@ def write_episode(path: str | os.PathLike, actions: np.ndarray, state: np.ndarra
     Written to a temporary file and renamed, so a reader never sees half an episode."""
     import h5py
 
-    from lps.checkpoint import atomic_writer
+    from lps.files import atomic_writer
 
     with atomic_writer(path) as file, h5py.File(file, "w") as f:
         for keys, arr in ((cfg.action_keys, actions), (cfg.state_keys, state)):

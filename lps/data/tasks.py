@@ -22,13 +22,10 @@ from typing import Literal
 
 import numpy as np
 
+from lps.data.generate import DATA_ENVS, ENVS, VISUAL_ENVS, dataset_paths, generate, require_ogbench  # noqa: F401  (tasks.ENVS)
+from lps.data.render import image_shape, is_visual, state_env
 from lps.data.validate import DatasetError, read_npz, validate
-from lps.render import VISUAL_PREFIX, image_shape, is_visual, state_env
 
-ENVS: tuple[str, ...] = ("cube-single", "cube-double", "scene", "puzzle-3x3", "puzzle-4x4")
-# Pixel twins of the state envs: 64x64 RGB observations, same scenes, tasks and rewards.
-VISUAL_ENVS: tuple[str, ...] = tuple(f"{VISUAL_PREFIX}{e}" for e in ENVS)
-DATA_ENVS: tuple[str, ...] = ENVS + VISUAL_ENVS
 SPARSE_IN_PAPER: tuple[str, ...] = ("scene", "puzzle-3x3")
 RewardMode = Literal["paper", "dense", "sparse"]
 
@@ -69,7 +66,7 @@ def parse_task(name: str, reward: RewardMode = "paper") -> Task:
             f"unknown task {name!r}; valid tasks are <env>-play[-sparse]-singletask-task<1..5>-v0 "
             f"with <env> one of {', '.join(DATA_ENVS)} (e.g. cube-single-play-singletask-task1-v0, "
             "visual-cube-single-play-singletask-task1-v0), "
-            "or a toy task (toy-bandit, toy-<name>: see lps.toy)"
+            "or a toy task (toy-bandit, toy-<name>: see lps.data.toy)"
         )
     env, named_sparse = m["env"], m["sparse"] is not None
     if named_sparse and reward == "dense":
@@ -78,26 +75,9 @@ def parse_task(name: str, reward: RewardMode = "paper") -> Task:
     return Task(env, int(m["id"]) if m["id"] else None, sparse)
 
 
-def _require_ogbench():
-    import warnings
-
-    # MuJoCo's viewer complains about the missing display and gymnasium about float64 bounds;
-    # neither matters for state-based environments.
-    warnings.filterwarnings("ignore", message=".*DISPLAY environment variable.*")
-    warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
-    try:
-        import ogbench  # noqa: F401
-        import ogbench.manipspace  # noqa: F401  (registers the environments)
-    except ImportError as e:
-        raise ImportError(
-            'OGBench is not installed: `pip install "lps[ogbench]"`, or train from a prepared npz '
-            "with --dataset (see `lps data prepare`)"
-        ) from e
-
-
 def relabel(task: Task, raw: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Single-task rewards and masks for every raw row, by OGBench's own relabelling."""
-    _require_ogbench()
+    require_ogbench()
     import gymnasium
     from ogbench.relabel_utils import relabel_dataset
 
@@ -114,12 +94,10 @@ def relabel(task: Task, raw: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndar
 
 def ensure_generated(env: str, data_dir: Path, episodes: int, seed: int = 0, workers: int | None = None) -> Path:
     """The train file of `env`'s play data, generating it first if it is missing."""
-    from lps.data.generate import dataset_paths, generate
-
     train_path, _ = dataset_paths(env, data_dir)
     if not train_path.exists():
         print(f"[lps] no {env} play data in {data_dir}: generating {episodes} episodes first")
-        _require_ogbench()
+        require_ogbench()
         generate(env, data_dir, episodes=episodes, seed=seed, workers=workers, overwrite=True)
     return train_path
 
@@ -155,7 +133,7 @@ def load_task_file(task: Task, path: Path, chunk_len: int) -> dict:
 
 
 def _check_images(observations: np.ndarray, task: Task, path: Path) -> None:
-    _require_ogbench()
+    require_ogbench()
     expected = image_shape(task.env_id)
     if observations.dtype != np.uint8 or observations.shape[1:] != expected:
         raise DatasetError(

@@ -14,7 +14,7 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
-from lps.nets import default_init
+from lps.nets.mlp import default_init
 
 
 def time_embedding(t: jnp.ndarray, dim: int, max_period: float = 10_000.0) -> jnp.ndarray:

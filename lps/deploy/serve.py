@@ -299,8 +299,8 @@ def load_server(run_dir: str | Path, device: str = "auto", seed: int = 0, log_ev
     """The run's policy on the chosen device, compiled, wrapped in a PolicyServer."""
     import jax
 
-    from lps.policy import load_policy
-    from lps.train import load_config
+    from lps.deploy.policy import load_policy
+    from lps.training.config import load_config
 
     dev = pick_device(device)
     agent_name = load_config(run_dir)[0]

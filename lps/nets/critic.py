@@ -15,7 +15,7 @@ from typing import Literal, Sequence
 import jax
 import jax.numpy as jnp
 
-from lps.nets import Ensemble
+from lps.nets.mlp import Ensemble
 
 Aggregate = Literal["min", "mean"]
 

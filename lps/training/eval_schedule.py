@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from lps.evaluate import EvaluationCancelled, EvaluationFailed, make_seeds_policy
+from lps.training.evaluate import EvaluationCancelled, EvaluationFailed, make_seeds_policy
 
 
 class EvaluationSchedule:
@@ -95,7 +95,6 @@ class EvaluationSchedule:
         self.pending.thread.start()
 
     def _evaluate(self, params, cancel, host: bool = False) -> tuple[list[dict] | None, str | None]:
-        import jax
 
         device = _host_cpu() if host else None
         policy = make_seeds_policy(self.agent, params, self.seeds, device)

@@ -98,7 +98,7 @@ def read_h5_episode(path: str, index: int = 0, run_dir: str | None = None, robot
             "`pip install h5py`, or replay a row-layout .npz episode instead"
         ) from e
     if run_dir is not None:
-        from lps.train import load_config
+        from lps.training.config import load_config
 
         settings = load_config(run_dir)[1].robot
     elif robot_data is not None:
@@ -247,7 +247,7 @@ def main(argv: list[str]) -> int:
         raise RuntimeError(str(e)) from e
     print(format_result(result))
     if a.json:
-        from lps.checkpoint import write_json
+        from lps.files import write_json
 
         write_json(a.json, result | {"url": a.url})
     return 0

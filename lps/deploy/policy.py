@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lps import checkpoint
-from lps.train import jitted_act
+from lps.training import checkpoint
+from lps.training.update import jitted_act
 
 DEFAULT_EVAL_EPISODES = 50  # the paper's protocol, for runs that never evaluated while training
 
@@ -113,8 +113,10 @@ def acting_device(device: str = "auto") -> jax.Device:
 
 
 def load_policy(run_dir: str | Path, seed: int = 0, device: str = "auto") -> Policy:
-    from lps.rundir import user_path
-    from lps.train import build_agent_for, create_state, load_config, make_optimizer
+    from lps.files import user_path
+    from lps.training.config import load_config
+    from lps.training.setup import build_agent_for
+    from lps.training.update import create_state, make_optimizer
 
     run_dir = user_path(run_dir)
     agent_name, cfg, agent_cfg, spec = load_config(run_dir)
@@ -131,9 +133,10 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None, seed: int | N
     whatever the number of env `workers`: default one per core, 0 for none)."""
     import dataclasses
 
-    from lps.rundir import user_path
-    from lps.render import check_image_size
-    from lps.train import load_config, make_evaluator, make_policy_fn
+    from lps.data.render import check_image_size
+    from lps.files import user_path
+    from lps.training.config import load_config
+    from lps.training.setup import make_evaluator, make_policy_fn
 
     run_dir = user_path(run_dir)
     _, cfg, _, _ = load_config(run_dir)
@@ -144,7 +147,7 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None, seed: int | N
               "(choose with --episodes)")  # fmt: skip
     episodes = cfg.eval_episodes if episodes is None else episodes
     seed = cfg.seed if seed is None else seed
-    from lps.train import is_robot_dataset
+    from lps.training.config import is_robot_dataset
 
     if is_robot_dataset(cfg):
         raise ValueError(

@@ -2,7 +2,7 @@
 
 Episodes run side by side: one policy call produces a chunk for every running episode of every
 seed, each chunk is executed open loop (where the environment lives: this process, or a worker
-process, see `lps.envs`), and a new chunk is asked for only when the last one is used up.
+process, see `lps.training.envs`), and a new chunk is asked for only when the last one is used up.
 Success is the final step's `info['success']`. When an episode ends its environment starts that
 seed's next pending episode at the next policy call, so the batch stays full.
 
@@ -25,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from lps.envs import EnvWorkerError, EnvWorkerPool, LocalEnvs, plan_pool
+from lps.training.envs import EnvWorkerError, EnvWorkerPool, LocalEnvs, plan_pool
 
 # (observations (S, B, *obs_shape): state vectors or uint8 images, episode index (S, B), chunk index within the episode (S, B))
 #   -> action chunks (S, B, H, A); row (j, b) belongs to the j-th evaluated seed.

@@ -7,7 +7,7 @@ object, so that every agent builds its base or BC policy the same way.
     chunk = policy.sample(params, obs, policy.noise(key, batch))  # in [-1, 1]
 
 `dit=DiTSpec(...)` swaps the MLP for a diffusion transformer over the chunk's H actions
-(`lps.dit`; the paper's real-robot base policy); agents expose it through `BaseNetConfig`.
+(`lps.nets.dit`; the paper's real-robot base policy); agents expose it through `BaseNetConfig`.
 
 `kind="meanflow"` samples in one network call; `kind="flow"` integrates `steps` Euler steps
 (differentiable, so a latent actor can backpropagate through either). The network sees
@@ -22,10 +22,10 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from lps import flows
-from lps.dit import DiT
-from lps.latent import Geometry, sample_latent
-from lps.nets import ConcatMLP
+from lps.nets import flows
+from lps.nets.dit import DiT
+from lps.nets.latent import Geometry, sample_latent
+from lps.nets.mlp import ConcatMLP
 
 Kind = Literal["meanflow", "flow"]
 

@@ -11,7 +11,7 @@ space, `Q(s, pi_beta(s, z))`, beside DSRL's distilled latent critic `Q_W(s, z)`,
 similarity of their latent gradients. LPS's latent actor follows the pulled-back gradient
 exactly (cosine 1 by construction); the distilled critic's gradient only approximates it.
 
-Each function trains what it needs through `lps.train.train`, writes PNGs and returns (and the
+Each function trains what it needs through `lps.training.loop.train`, writes PNGs and returns (and the
 CLI prints) the numbers behind the figure.
 """
 
@@ -24,17 +24,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lps import toy
 from lps.agents import config_class
-from lps.config import preset
-from lps.critic import q_values
-from lps.latent import sample_latent
+from lps.data import toy
+from lps.nets.critic import q_values
+from lps.nets.latent import sample_latent
+from lps.training.config import preset
 
 
 def _train_toy(agent: str, env: str, out: Path, steps: int, seed: int, **agent_kw):
     """Train `agent` on a toy task with the toy preset; return the loaded policy."""
-    from lps.policy import load_policy
-    from lps.train import train
+    from lps.deploy.policy import load_policy
+    from lps.training.loop import train
 
     cfg, agent_cfg = preset("toy", config_class(agent))
     run_dir = out / "runs" / (agent + "".join(f"-{k}{v}" for k, v in agent_kw.items()))

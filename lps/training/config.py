@@ -7,15 +7,20 @@ training config and, where the agent has them, its network sizes.
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import tyro
 
+from lps.agents import Spec, config_class
+from lps.agents.encoded import EncoderName
 from lps.data.robot import RobotDataConfig
 from lps.data.tasks import RewardMode
-from lps.encoders import EncoderName
-from lps.rundir import user_path
+from lps.files import user_path, write_json
+
+CONFIG_JSON = "config.json"  # <run>/config.json: agent, train and agent configs, observation spec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,7 +167,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "train": dict(steps=50_000, eval_every=10_000, save_every=10_000, episodes=100),
         "agent": dict(hidden=(256, 256)),
     },
-    # The one-step toy bandit of `lps.toy`: learning checks in seconds.
+    # The one-step toy bandit of `lps.data.toy`: learning checks in seconds.
     "toy": {
         "train": dict(
             env="toy-bandit",
@@ -261,3 +266,38 @@ def check_agent_config(cfg) -> None:
     tau = getattr(cfg, "tau", None)
     if tau is not None and not 0 < tau <= 1:
         raise ValueError(f"--tau must be in (0, 1] (the target network's Polyak rate), got {tau}")
+
+
+# --- a run's config.json and what it tells ----------------------------------------------------
+
+
+def is_robot_dataset(cfg: TrainConfig) -> bool:
+    """A folder of robot episodes: no environment to evaluate in (see `lps eval RUN --dataset DIR`)."""
+    return cfg.dataset is not None and Path(cfg.dataset).is_dir()
+
+
+def task_name(cfg: TrainConfig) -> str:
+    """What a run is trained on: the OGBench/toy task, or the robot dataset folder's name."""
+    return Path(cfg.dataset).resolve().name if is_robot_dataset(cfg) else cfg.env
+
+
+def save_config(run_dir: Path, agent_name: str, cfg: TrainConfig, agent_cfg, spec: Spec | None = None) -> None:
+    record = {"agent": agent_name, "train": to_dict(cfg), "agent_config": to_dict(agent_cfg)}
+    if spec is not None:
+        record["spec"] = dataclasses.asdict(spec)
+    write_json(run_dir / CONFIG_JSON, record)
+
+
+def load_config(run_dir: str | Path) -> tuple[str, TrainConfig, Any, Spec | None]:
+    path = Path(run_dir) / CONFIG_JSON
+    if not path.exists():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no {CONFIG_JSON})")
+    record = json.loads(path.read_text())
+    agent_name = record["agent"]
+    spec = Spec(**record["spec"]) if "spec" in record else None
+    return (
+        agent_name,
+        from_dict(TrainConfig, record["train"]),
+        from_dict(config_class(agent_name), record["agent_config"]),
+        spec,
+    )

@@ -12,7 +12,7 @@ import json
 import math
 from pathlib import Path
 
-from lps.checkpoint import atomic_write
+from lps.files import atomic_write
 
 METRICS_JSONL, METRICS_CSV, CURVE_PNG = "metrics.jsonl", "metrics.csv", "curves.png"
 
@@ -46,7 +46,7 @@ class RunLog:
     def __init__(self, run_dir: str | Path, tensorboard: bool = False, resume_step: int | None = None):
         self.dir = Path(run_dir)
         self.rows: list[dict] = []
-        self.sinks: list = []  # e.g. lps.loggers.WandbSink: each gets every row logged
+        self.sinks: list = []  # e.g. lps.training.loggers.WandbSink: each gets every row logged
         if resume_step is not None and (self.dir / METRICS_JSONL).exists():
             self.rows = [r for r in read_rows(self.dir / METRICS_JSONL) if r["step"] <= resume_step]
         self._rewrite()

@@ -1,10 +1,10 @@
 """The online phase of offline-to-online fine-tuning (`lps train ... --online-steps N`).
 
 After the offline steps the run goes on in the live environment: `--online-envs K` environments
-(the worker pool of `lps.envs`) play episodes with open-loop chunks drawn from the current policy,
+(the worker pool of `lps.training.envs`) play episodes with open-loop chunks drawn from the current policy,
 their rows go to the replay buffer as they are played (`lps.data.replay`: the offline data
 plus the online rows, on the device; an episode's chunks are sampled as soon as they fit), and
-the same pure, scanned update as offline training (`lps.train.make_update`, with the buffer's
+the same pure, scanned update as offline training (`lps.training.update.make_update`, with the buffer's
 sampler) runs `--utd` gradient steps per environment step.
 
 Rewards and masks online are labelled exactly as the offline data was (`lps.data.tasks`): row t's
@@ -42,14 +42,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from lps import checkpoint
 from lps.data import replay
-
-ONLINE_DIR = "online"  # <run>/online/checkpoint.msgpack: the online phase's checkpoint
+from lps.training import checkpoint
+from lps.training.rundir import ONLINE_DIR
 
 
 class OnlineState(struct.PyTreeNode):
-    train: Any  # lps.train.TrainState
+    train: Any  # lps.training.update.TrainState
     buffer: replay.ReplayBuffer
     env_step: jax.Array  # environment steps taken online
     episodes: jax.Array  # online episodes started (whole waves)
@@ -75,8 +74,7 @@ def check_config(cfg, num_seeds: int) -> None:
 
 def env_id(cfg) -> str:
     """The environment the online phase plays: the toy itself, or the task's gymnasium id."""
-    from lps import toy
-    from lps.data import tasks
+    from lps.data import tasks, toy
 
     if toy.is_toy(cfg.env):
         toy.task_of(cfg.env)  # an unknown toy name fails here, with the valid ones
@@ -85,7 +83,7 @@ def env_id(cfg) -> str:
 
 
 def max_episode_steps(env: str) -> int:
-    from lps import toy
+    from lps.data import toy
 
     if toy.is_toy(env):
         return toy.ToyEnv.max_episode_steps
@@ -198,7 +196,7 @@ def save(run_dir: str | Path, state: OnlineState) -> None:
 
 
 def make_envs(cfg, env: str):
-    from lps.envs import EnvWorkerPool, LocalEnvs, plan_pool
+    from lps.training.envs import EnvWorkerPool, LocalEnvs, plan_pool
 
     if cfg.online_workers == 0:
         return LocalEnvs(env, cfg.online_envs)
@@ -212,16 +210,16 @@ def run(cfg, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule, s
         progress: bool = True, stop=None) -> OnlineState:  # fmt: skip
     """Play and train until `cfg.online_steps` environment steps; returns the final state (saved).
 
-    `schedule` is the run's `lps.eval_schedule.EvaluationSchedule` (evaluations every
+    `schedule` is the run's `lps.training.eval_schedule.EvaluationSchedule` (evaluations every
     --eval-every gradient steps go on, and at the end); `save_train(train_state)` writes the plain
-    checkpoint and config. `stop` (the run's `lps.rundir.StopOnSignal`): after a SIGINT/SIGTERM
+    checkpoint and config. `stop` (the run's `lps.training.rundir.StopOnSignal`): after a SIGINT/SIGTERM
     the current wave is played to its end, checkpointed, and `TrainingInterrupted` is raised."""
     from tqdm import tqdm
 
-    from lps import toy
-    from lps.eval_schedule import seed_axis
-    from lps.evaluate import episode_seed, make_seeds_policy
-    from lps.train import _check_finite, make_multi_update, make_update
+    from lps.data import toy
+    from lps.training.eval_schedule import seed_axis
+    from lps.training.evaluate import episode_seed, make_seeds_policy
+    from lps.training.update import make_multi_update, make_update
 
     env = env_id(cfg)
     toy_rows = toy.is_toy(cfg.env)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from lps.checkpoint import atomic_write
+from lps.files import atomic_write
 
 WANDB_ID = "wandb_id.txt"
 

@@ -1,4 +1,4 @@
-"""Atomic file writes and training checkpoints.
+"""Training checkpoints (written atomically with `lps.files`).
 
 A checkpoint is the whole training state (parameters, target parameters, optimiser state, step
 and RNG key) serialised with Flax's msgpack format, behind a header holding the payload's
@@ -10,53 +10,20 @@ the fallback when the latest one is damaged on disk.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import os
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import serialization
 
+from lps.files import atomic_write
+
 CHECKPOINT = "checkpoint.msgpack"
 PREVIOUS = "checkpoint.prev.msgpack"  # the checkpoint before the latest: the fallback if that is damaged
 MAGIC = b"LPSCKPT1"  # then the SHA-256 of the msgpack payload, then the payload
-
-
-@contextlib.contextmanager
-def atomic_writer(path: str | os.PathLike):
-    """A binary file object whose contents replace `path` only if the block completes: written to a
-    temporary file beside it, synced, then renamed (large outputs can stream into it)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # as open() would; mkstemp's 0600 hides results from others
-        with os.fdopen(fd, "w+b") as f:  # readable too: h5py writes through a file object that it also reads
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
-    with atomic_writer(path) as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def _seal(payload: bytes) -> bytes:

@@ -5,7 +5,7 @@ that cell's seeds; per agent, the interquartile mean (IQM) over all its tasks x 
 stratified-bootstrap CI (rliable, Agarwal et al. 2021); learning curves with bootstrap bands;
 when an agent's `alpha` was swept, success against alpha (the paper's Figure 6), with the agents
 on which alpha has no effect (LPS, DSRL-NA) drawn as one untuned line; and, for runs that logged
-the validation split (`lps.validation`), its curves beside success (`validation-<task>.png`).
+the validation split (`lps.training.validation`), its curves beside success (`validation-<task>.png`).
 
     result = report("runs/compare")   # writes runs/compare/report/{report.md, summary.csv, ...}
 
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lps.checkpoint import atomic_write
+from lps.files import atomic_write
 
 
 @dataclass
@@ -40,7 +40,7 @@ class Run:
     run_dir: Path
     label: str = ""  # the agent's row in the tables: `agent`, or `agent (alpha=A)` in a sweep
     settings: dict = field(default_factory=dict)  # other config that should match across pooled seeds
-    val: dict = field(default_factory=dict)  # `val/...` metric -> (steps, values), from lps.validation
+    val: dict = field(default_factory=dict)  # `val/...` metric -> (steps, values), from lps.training.validation
     # Offline-to-online runs: the offline gradient steps, the online env steps asked for, and the
     # env step of each evaluation (NaN for those of the offline phase).
     offline_steps: int = 0
@@ -87,7 +87,7 @@ def collect(root: str | Path) -> list[Run]:
     # Folders that a run (or a sweep) started but that hold no config.json are named, not ignored.
     started = {p.parent for marker in _RUN_MARKERS for p in root.glob(f"**/{marker}")}
     for folder in sorted(started):
-        # A run's own subfolders (its online phase's checkpoint, lps.online) are part of that run.
+        # A run's own subfolders (its online phase's checkpoint, lps.training.online) are part of that run.
         if not (folder / "config.json").exists() and not (folder.parent / "config.json").exists():
             found = ", ".join(m for m in _RUN_MARKERS if (folder / m).exists())
             _warn(f"skipping {folder}: it holds {found} but no config.json (the run stopped before it started)")

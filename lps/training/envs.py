@@ -21,11 +21,12 @@ naming the worker and its slots; the pool is then unusable and should be closed 
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import traceback
 from dataclasses import dataclass
 
 import numpy as np
+
+from lps.host import available_cores, available_memory_bytes
 
 # Resident memory of one OGBench manipulation environment (its own MuJoCo model and renderer
 # buffers), measured on cube-single / scene: used to cap how many environments we start.
@@ -61,11 +62,11 @@ class EnvWorkerError(RuntimeError):
 
 def make_env(env_id: str, max_episode_steps: int | None = None):
     """One gymnasium environment of an OGBench task (OGBench registers them on import), or a toy
-    bandit (`toy-*`, see `lps.toy.ToyEnv`). `max_episode_steps` overrides the task's time limit
+    bandit (`toy-*`, see `lps.data.toy.ToyEnv`). `max_episode_steps` overrides the task's time limit
     (None keeps it; shorter ones are for tests)."""
     import warnings
 
-    from lps import toy
+    from lps.data import toy
 
     if toy.is_toy(env_id):
         return toy.ToyEnv(env_id)
@@ -270,28 +271,6 @@ class EnvWorkerPool:
 
 
 # --- how many -------------------------------------------------------------------------------
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def available_memory_bytes() -> int | None:
-    """MemAvailable from /proc/meminfo (Linux), else total physical memory, else None."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def plan_pool(slots: int, workers: int | None, report=print) -> tuple[int, int]:

@@ -17,14 +17,20 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import socket
 import time
 from pathlib import Path
 from typing import Iterator
 
+from lps.training import checkpoint
+from lps.training.config import CONFIG_JSON, TrainConfig, load_config, task_name
+
 LOCK_FILE = ".lock"
 RESUME_LOG = "resume_log.jsonl"
+SUMMARY_JSON = "summary.json"
+ONLINE_DIR = "online"  # <run>/online/: the online phase's checkpoint (lps.training.online)
 
 # Train fields that may differ on resume without changing what the run is: how long it trains,
 # how often it evaluates, logs and saves, and what is shown. Every other train field, the agent and
@@ -37,7 +43,7 @@ MAY_CHANGE = frozenset(
 # Optimisation settings that may change on resume but are recorded in the run's resume log (and
 # printed), so a reader of the run sees that its later steps were trained differently. The online
 # ones let an offline run gain an online phase; once that phase has begun, its own checkpoint
-# refuses a different number of environments (lps.online).
+# refuses a different number of environments (lps.training.online).
 RECORDED_CHANGES = frozenset({"batch_size", "lr", "utd", "online_mix", "online_envs"})
 
 
@@ -55,14 +61,6 @@ class TrainingInterrupted(RuntimeError):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
-
-
-def user_path(path: str | os.PathLike | None, absolute: bool = False) -> str | None:
-    """`~` expanded (and, with `absolute`, made absolute) the same way for every path a user gives."""
-    if path is None:
-        return None
-    expanded = os.path.expanduser(os.fspath(path))
-    return os.path.abspath(expanded) if absolute else expanded
 
 
 # --- the lock -------------------------------------------------------------------------------
@@ -153,8 +151,6 @@ def claim(run_dirs: list[Path]) -> Iterator[None]:
 def check_resume(run_dir: Path, agent_name: str, cfg, agent_cfg) -> list[dict]:
     """Refuse a resume that would change what the run trained; return the recorded changes
     (batch size, learning rate) and append them to the run's resume log."""
-    from lps.train import load_config
-
     old_agent, old_cfg, old_agent_cfg, _ = load_config(run_dir)
     if agent_name != old_agent:
         raise ValueError(f"{run_dir} is a run of agent {old_agent!r}, not {agent_name!r}; resume cannot change it")
@@ -186,9 +182,6 @@ def prepare(runs, agent_name: str, agent_cfg, resume: bool) -> tuple[bool, list[
     """Decide how each run directory starts, before any data is loaded: returns whether to resume
     and, per run, the recorded setting changes. A run that died before its first checkpoint has
     nothing to resume: it restarts from step 0 (with or without --resume), saying so."""
-    from lps import checkpoint
-    from lps.train import CONFIG_JSON
-
     started = [(run.dir / CONFIG_JSON).exists() for run in runs]
     saved = [checkpoint.exists(run.dir) for run in runs]
     if not resume:
@@ -290,3 +283,33 @@ class StopOnSignal:
             self.signum,
             f"stopped by {name} at step {step}; checkpoint written, continue with `lps train --resume {where}`",
         )
+
+
+# --- names and contents ---------------------------------------------------------------------
+
+
+def default_run_dir(cfg: TrainConfig, agent_name: str) -> Path:
+    return Path("runs") / task_name(cfg) / agent_name / f"seed{cfg.seed}"
+
+
+def seed_configs(cfg: TrainConfig, agent_name: str) -> list[TrainConfig]:
+    """One single-seed config per seed; each seed's run directory is that of a single-seed run
+    (`--run-dir` with several seeds is the parent of their `seed<k>` folders)."""
+    if not cfg.seeds:
+        run_dir = cfg.run_dir or str(default_run_dir(cfg, agent_name))
+        return [dataclasses.replace(cfg, run_dir=run_dir)]
+    out = []
+    for seed in cfg.seeds:
+        single = dataclasses.replace(cfg, seed=seed, seeds=())
+        run_dir = Path(cfg.run_dir) / f"seed{seed}" if cfg.run_dir else default_run_dir(single, agent_name)
+        out.append(dataclasses.replace(single, run_dir=str(run_dir)))
+    return out
+
+
+def clear_outputs(run_dir: Path) -> None:
+    """Remove a previous run's outputs (only with --overwrite) so none is mistaken for this run's."""
+    names = (checkpoint.CHECKPOINT, checkpoint.PREVIOUS, SUMMARY_JSON, CONFIG_JSON, rundir.RESUME_LOG)
+    for name in (*names, "metrics.csv", "metrics.jsonl", "curves.png"):
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / ONLINE_DIR, ignore_errors=True)
+    shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)

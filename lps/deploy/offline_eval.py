@@ -49,10 +49,10 @@ def evaluate_on_dataset(run_dir, dataset_path, seed: int | None = None) -> dict[
     `offline-eval.json`."""
     from pathlib import Path
 
-    from lps import checkpoint
     from lps.data.validate import load_own_dataset, validate
-    from lps.policy import load_policy
-    from lps.train import load_config
+    from lps.deploy.policy import load_policy
+    from lps.files import write_json
+    from lps.training.config import load_config
 
     _, cfg, _, spec = load_config(run_dir)
     policy = load_policy(run_dir, seed=cfg.seed if seed is None else seed)
@@ -65,5 +65,5 @@ def evaluate_on_dataset(run_dir, dataset_path, seed: int | None = None) -> dict[
     if np.shape(data["actions"])[1] != spec.action_dim:
         raise ValueError(f"{dataset_path} has {np.shape(data['actions'])[1]}-D actions; the policy outputs {spec.action_dim}-D")
     result = action_error(policy, data)
-    checkpoint.write_json(Path(run_dir) / "offline-eval.json", {"dataset": str(dataset_path), **result})
+    write_json(Path(run_dir) / "offline-eval.json", {"dataset": str(dataset_path), **result})
     return result

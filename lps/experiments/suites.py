@@ -62,6 +62,6 @@ def get_suite(name: str) -> Suite:
 def envs_of(tasks) -> list[str]:
     """The OGBench environments (play datasets) that `tasks` train on, in order."""
     from lps.data.tasks import parse_task
-    from lps.toy import is_toy
+    from lps.data.toy import is_toy
 
     return list(dict.fromkeys(parse_task(t).env for t in tasks if not is_toy(t)))

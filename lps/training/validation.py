@@ -40,8 +40,7 @@ VALIDATION_SEED = 0  # the same chunks and noise for every run, seed and agent
 
 def load_validation_data(cfg) -> tuple[dict | None, str]:
     """The validation split of the config's task as a validated row-layout dataset, or None and why."""
-    from lps import toy
-    from lps.data import tasks
+    from lps.data import tasks, toy
     from lps.data.generate import dataset_paths
 
     if cfg.val_dataset is not None:

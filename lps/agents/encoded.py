@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lps.agents.base import Spec
-from lps.nets import default_init
+from lps.nets.mlp import default_init
 
 EncoderName = Literal["auto", "none", "impala", "impala-small"]
 
@@ -223,7 +223,7 @@ class EncodedAgent:
 
 
 def scan_updates(agent) -> bool:
-    """Whether the trainer should scan its updates on the device (see `lps.train.make_multi_update`):
+    """Whether the trainer should scan its updates on the device (see `lps.training.update.make_multi_update`):
     not for image agents on a CPU, where XLA runs convolutions inside a loop body far slower."""
     return not (isinstance(agent, EncodedAgent) and jax.default_backend() == "cpu")
 

@@ -116,7 +116,7 @@ def _value(v) -> str:
 def _field_defaults() -> dict:
     """Every config field (training and every agent's) -> a default value, for type checks."""
     from lps.agents import REGISTRY
-    from lps.config import TrainConfig
+    from lps.training.config import TrainConfig
 
     out = {}
     for cls in [TrainConfig, *(cfg for _, cfg in REGISTRY.values())]:
@@ -127,7 +127,7 @@ def _field_defaults() -> dict:
 
 def _fields(agent: str) -> set[str]:
     from lps.agents import config_class
-    from lps.config import TrainConfig
+    from lps.training.config import TrainConfig
 
     return {f.name for cls in (TrainConfig, config_class(agent)) for f in dataclasses.fields(cls)}
 
@@ -342,8 +342,8 @@ def prepare_data(tasks: list[str], train_args: list[str], dry_run: bool = False,
     """Generate the play data of every OGBench environment the tasks need and lack, once per
     environment with every core, before any training process starts (concurrent processes would
     otherwise each generate it)."""
-    from lps.config import PRESETS
-    from lps.suites import envs_of
+    from lps.experiments.suites import envs_of
+    from lps.training.config import PRESETS
 
     if _train_flag(train_args, "dataset") is not None:
         return
@@ -431,7 +431,7 @@ def parse_args(argv: list[str]):
         p.error(f"--gpus must be >= 0, got {a.gpus}")
     data = dataclasses.asdict(load_spec(a.file)) if a.file else {}
     if a.suite:
-        from lps.suites import get_suite
+        from lps.experiments.suites import get_suite
 
         try:
             suite = get_suite(a.suite)

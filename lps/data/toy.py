@@ -154,7 +154,7 @@ class ToyEvaluator:
         self.reference = self.task.sample(np.random.default_rng(12345), REFERENCE_SAMPLES)
 
     def run_seeds(self, policy, seeds: list[int], episodes: int = 1000, cancel=None) -> list[dict[str, float]]:
-        """One batched call of the SeedsPolicy (see lps.evaluate): episode i is the policy's i-th sample."""
+        """One batched call of the SeedsPolicy (see lps.training.evaluate): episode i is the policy's i-th sample."""
         del cancel  # one call: nothing to interrupt
         shape = (len(seeds), episodes)
         index = np.broadcast_to(np.arange(episodes), shape)

@@ -1,0 +1,76 @@
+"""What a run is built from, given its config: the dataset, the agent and the evaluator.
+
+Each is one call, so the loop (`lps.training.loop`), the policy loader (`lps.deploy.policy`) and
+the benchmarks build them the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from lps.agents import Spec, resolve_config
+from lps.agents.encoded import build_agent, observation_spec
+from lps.data import tasks, toy
+from lps.data.render import is_visual, require_renderer
+from lps.data.validate import load_own_dataset, validate
+from lps.host import available_cores
+from lps.training.config import TrainConfig, is_robot_dataset
+from lps.training.evaluate import DEFAULT_POOL, Evaluator, make_seeds_policy
+
+
+def load_data(cfg: TrainConfig) -> dict[str, np.ndarray]:
+    """The row-layout training dataset the config asks for, validated."""
+    if cfg.dataset is not None and Path(cfg.dataset).is_dir():
+        from lps.data.robot import load_folder
+
+        return validate(load_folder(cfg.dataset, cfg.robot, cfg.chunk_len, cfg.progress), cfg.chunk_len, cfg.dataset)
+    if cfg.dataset is not None:
+        return load_own_dataset(cfg.dataset, cfg.chunk_len)
+    if toy.is_toy(cfg.env):
+        return validate(toy.make_dataset(cfg.env, seed=cfg.data_seed), cfg.chunk_len, source=cfg.env)
+    task = tasks.parse_task(cfg.env, cfg.reward)
+    data_dir = Path(cfg.data_dir).expanduser() if cfg.data_dir else tasks.default_data_dir()
+    return tasks.load_task(task, data_dir, cfg.chunk_len, episodes_if_missing=cfg.episodes, seed=cfg.data_seed)
+
+
+def make_evaluator(cfg: TrainConfig, num_seeds: int = 1):
+    """An evaluator for the config's task and `num_seeds` seeds, or None (no evaluation asked,
+    or no environment)."""
+    if cfg.eval_episodes == 0 or is_robot_dataset(cfg):
+        return None
+    if toy.is_toy(cfg.env):
+        return toy.ToyEvaluator(cfg.env)
+    env_id = tasks.parse_task(cfg.env, cfg.reward).env_id
+    if is_visual(env_id):
+        require_renderer(env_id)  # a clear error naming what to install, before any env is made
+    try:
+        return Evaluator(env_id, min(cfg.eval_episodes, DEFAULT_POOL), num_seeds, cfg.eval_workers)
+    except ImportError as e:
+        print(f"[lps] evaluation disabled: {e}")
+        return None
+
+
+def overlap_evaluation(cfg: TrainConfig) -> bool:
+    """--eval-async: auto overlaps only with >= 4 cores (on fewer the evaluation competes with
+    training for the same cores, and evaluating in between is faster)."""
+    return cfg.eval_async == "true" or (cfg.eval_async == "auto" and available_cores() >= 4)
+
+
+def make_policy_fn(agent, params, seed: int):
+    """The evaluators' policy for one seed's parameters (no seed axis); see lps.training.evaluate."""
+    return make_seeds_policy(agent, jax.tree_util.tree_map(lambda x: x[None], params), [seed])
+
+
+def build(agent_name: str, cfg: TrainConfig, agent_cfg, data: dict[str, np.ndarray]):
+    obs_dim, image_shape = observation_spec(data["observations"])
+    spec = Spec(obs_dim, data["actions"].shape[1], cfg.chunk_len, cfg.gamma, image_shape)
+    return build_agent_for(agent_name, cfg, resolve_config(agent_name, agent_cfg, cfg.env), spec)
+
+
+def build_agent_for(agent_name: str, cfg: TrainConfig, agent_cfg, spec: Spec):
+    """The agent for a spec, with the config's image encoder when observations hold images."""
+    return build_agent(agent_name, agent_cfg, spec, cfg.encoder, cfg.encoder_features, cfg.augment_shift,
+                       cfg.augment_prob)  # fmt: skip
