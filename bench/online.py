@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--envs", type=int, default=4)
     parser.add_argument("--env-steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="update batch (default: the quick preset's, halved until U is within 1.5x of E)")
+                        help="update batch (default: the quick preset's, halved until U is within 1.5x of E)")  # fmt: skip
     parser.add_argument("--sync", action="store_true", help="strict alternation (--online-sync) instead of overlap")
     args = parser.parse_args()
     from lps.agents import LPSConfig
@@ -118,7 +118,7 @@ def main() -> None:
     mode = "strict alternation" if args.sync else "overlap"
     print(f"({mode}, batch {batch}; one run on a possibly shared machine: compare the ratio, not the rates)")
     print(f"online phase: {rate:.0f} env steps/s = {rate / slower:.2f} of the slower part "
-          f"(envs alone {env_rate:.0f}, updates alone {update_rate:.0f}, utd {utd})")
+          f"(envs alone {env_rate:.0f}, updates alone {update_rate:.0f}, utd {utd})")  # fmt: skip
 
 
 if __name__ == "__main__":
