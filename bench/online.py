@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--envs", type=int, default=4)
     parser.add_argument("--env-steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="update batch (default: the quick preset's, halved until U is within 1.5x of E)")  # fmt: skip
+                        help="update batch (default: the quick preset's, halved while U < E/1.5)")  # fmt: skip
     parser.add_argument("--sync", action="store_true", help="strict alternation (--online-sync) instead of overlap")
     args = parser.parse_args()
     from lps.agents import LPSConfig

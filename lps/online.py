@@ -20,12 +20,13 @@ over waves) being reset with a seed derived from (seed, i), and its c-th chunk d
 derived from (seed, i, c), as evaluation does. Episodes in progress sit in the buffer's staging
 area (sampled already) and are appended for good when their wave ends; updates run in blocks
 of `utd * K * H` steps as the environment steps accumulate (the remainder carries over).
-Checkpoints of the online phase are taken only at wave ends, where no episode is in progress: the checkpoint (`<run>/online/checkpoint.msgpack`, one atomic file) holds
-the training state, the buffer, the env step count, the episodes played and the update
-remainder. Everything after it is a function of these, so a run killed at any point and resumed
-replays the same episodes and updates as an uninterrupted one (and writes the same rows: the
-metrics row pending at a checkpoint is written before it). The plain `<run>/checkpoint.msgpack`
-(the training state, for `lps eval` and `load_policy`) is written after it.
+Checkpoints of the online phase are taken only at wave ends, where no episode is in progress:
+the checkpoint (`<run>/online/checkpoint.msgpack`, one atomic file) holds the training state,
+the buffer, the env step count, the episodes played and the update remainder. Everything after
+it is a function of these, so a run killed at any point and resumed replays the same episodes
+and updates as an uninterrupted one (and writes the same rows: the metrics row pending at a
+checkpoint is written before it). The plain `<run>/checkpoint.msgpack` (the training state, for
+`lps eval` and `load_policy`) is written after it.
 
 Overlap (default) and strict alternation (`--online-sync`). A wave is played in rounds, one
 chunk per environment drawn in one batched call. Strictly, a round's updates run after its
