@@ -3,12 +3,16 @@
     python bench/online.py --data-dir /path/to/ogbench/data      # cube-single task 1
     python bench/online.py --workers 2 --envs 4 --env-steps 3000
 
-- env: the environments alone in `--workers` worker processes, random open-loop chunks of 5
-  steps with the per-step records the replay buffer needs (the ceiling of the online phase);
-- online: the whole online phase of `lps train --online-steps` (acting, the pool, buffer appends,
-  `--utd 1` updates of quick-preset LPS): env steps/s of its metrics rows after the first (the
-  first holds compilation).
-Timings on a shared machine are noisy: compare figures from one run.
+1. E, the environments alone in `--workers` worker processes, random open-loop chunks of 5
+   steps with the per-step records the replay buffer needs;
+2. U, the updates alone: quick-preset LPS's offline updates/s (the update the online phase runs);
+   while U is below E/1.5 the batch is halved, and when U is above E the online phase runs
+   `--utd round(U/E)`, so that E and U/utd are within 1.5x (where alternation costs most);
+3. X, the whole online phase at that setting (`--sync`: strict alternation, else overlap):
+   env steps/s of its metrics rows after the first (the first holds compilation).
+The last line: `online phase: X env steps/s = R of the slower part (envs alone E, updates alone
+U, utd K)`, R = X / min(E, U/utd). Timings on a shared machine are noisy: compare figures from
+one run.
 """
 
 from __future__ import annotations
@@ -48,22 +52,40 @@ def bench_env(envs: int, workers: int, env_steps: int, chunk_len: int = 5) -> fl
         pool.close()
 
 
-def bench_online(data_dir: str, envs: int, workers: int, env_steps: int) -> tuple[float, list[float]]:
+def train_rows(data_dir: str, **overrides) -> list[dict]:
+    """The metrics rows of one quick-preset LPS run on the task (in a temporary run dir)."""
     from lps.agents import LPSConfig
     from lps.training.config import preset
     from lps.training.loop import train
 
     cfg, agent_cfg = preset("quick", LPSConfig)
     with tempfile.TemporaryDirectory() as run_dir:
-        cfg = dataclasses.replace(cfg, env=TASK, data_dir=data_dir, steps=100, log_every=100, save_every=0,
-                                  eval_every=0, eval_episodes=0, run_dir=run_dir, progress=False,
-                                  online_steps=env_steps, online_envs=envs, online_workers=workers)  # fmt: skip
-        start = time.perf_counter()
+        cfg = dataclasses.replace(cfg, **{"env": TASK, "data_dir": data_dir, "log_every": 100, "save_every": 0,
+                                          "eval_every": 0, "eval_episodes": 0, "run_dir": run_dir,
+                                          "progress": False, **overrides})  # fmt: skip
         train("lps", cfg, agent_cfg)
-        wall = time.perf_counter() - start
-        rows = [json.loads(line) for line in open(Path(run_dir) / "metrics.jsonl")]
+        return [json.loads(line) for line in open(Path(run_dir) / "metrics.jsonl")]
+
+
+def bench_updates(data_dir: str, batch_size: int, steps: int = 500) -> float:
+    """U: gradient updates per second of the offline phase alone (the same update the online
+    phase runs), median of the rows after the first (which holds compilation)."""
+    rows = train_rows(data_dir, steps=steps, batch_size=batch_size)
+    return statistics.median(r["steps_per_sec"] for r in rows[1:] if "steps_per_sec" in r)
+
+
+def bench_online(data_dir: str, envs: int, workers: int, env_steps: int, utd: int, batch_size: int,
+                 sync: bool) -> float:  # fmt: skip
+    """X: env steps per second of the online phase, median of its rows after the first."""
+    rows = train_rows(data_dir, steps=100, batch_size=batch_size, online_steps=env_steps, online_envs=envs,
+                      online_workers=workers, utd=utd, online_sync=sync)  # fmt: skip
     rates = [r["env_steps_per_sec"] for r in rows if "env_steps_per_sec" in r][1:]
-    return wall, rates
+    return statistics.median(rates) if rates else float("nan")
+
+
+def balance(env_rate: float, update_rate: float) -> int:
+    """The --utd that brings U/utd within 1.5x of E (1 when the updates are the slower part)."""
+    return max(1, round(update_rate / env_rate))
 
 
 def main() -> None:
@@ -72,16 +94,31 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--envs", type=int, default=4)
     parser.add_argument("--env-steps", type=int, default=3000)
-    parser.add_argument("--only", choices=("env", "online"), default=None)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="update batch (default: the quick preset's, halved while U < E/1.5)")  # fmt: skip
+    parser.add_argument("--sync", action="store_true", help="strict alternation (--online-sync) instead of overlap")
     args = parser.parse_args()
-    if args.only in (None, "env"):
-        rate = bench_env(args.envs, args.workers, args.env_steps)
-        print(f"env: {args.envs} envs in {args.workers} workers, random chunks: {rate:.0f} env steps/s")
-    if args.only in (None, "online"):
-        wall, rates = bench_online(args.data_dir, args.envs, args.workers, args.env_steps)
-        median = statistics.median(rates) if rates else float("nan")
-        print(f"online: {args.envs} envs in {args.workers} workers, utd 1, quick LPS: {median:.0f} env steps/s "
-              f"(median of {len(rates)} rows; whole run incl. loading and compiling {wall:.0f} s)")  # fmt: skip
+    from lps.agents import LPSConfig
+    from lps.training.config import preset
+
+    env_rate = bench_env(args.envs, args.workers, args.env_steps)
+    print(f"envs alone: {args.envs} envs in {args.workers} workers, random chunks: {env_rate:.0f} env steps/s")
+    batch = args.batch_size or preset("quick", LPSConfig)[0].batch_size
+    update_rate = bench_updates(args.data_dir, batch)
+    print(f"updates alone: quick LPS, batch {batch}: {update_rate:.0f} updates/s")
+    # Slower updates than envs: smaller batches until the two are within 1.5x (the balanced
+    # regime, where alternation costs most); faster ones: more updates per env step.
+    while args.batch_size is None and update_rate * 1.5 < env_rate and batch > 16:
+        batch //= 2
+        update_rate = bench_updates(args.data_dir, batch)
+        print(f"updates alone: quick LPS, batch {batch}: {update_rate:.0f} updates/s")
+    utd = balance(env_rate, update_rate)
+    rate = bench_online(args.data_dir, args.envs, args.workers, args.env_steps, utd, batch, args.sync)
+    slower = min(env_rate, update_rate / utd)
+    mode = "strict alternation" if args.sync else "overlap"
+    print(f"({mode}, batch {batch}; one run on a possibly shared machine: compare the ratio, not the rates)")
+    print(f"online phase: {rate:.0f} env steps/s = {rate / slower:.2f} of the slower part "
+          f"(envs alone {env_rate:.0f}, updates alone {update_rate:.0f}, utd {utd})")  # fmt: skip
 
 
 if __name__ == "__main__":

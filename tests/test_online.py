@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 
+from lps.data import toy
 from lps.agents import LPSConfig
 from lps.data import replay
 from lps.data.sampler import chunk_starts
@@ -356,3 +357,74 @@ def test_online_labels_match_ogbench_relabelling():
         np.testing.assert_array_equal(rows["rewards"], want_rewards)
         np.testing.assert_array_equal(rows["masks"], want_masks)
         assert want_masks[0] == 1.0 and want_masks[-1] == 0.0  # the labels did change
+
+
+def test_overlap_equals_strict_when_no_round_is_stale(tmp_path):
+    """The toy bandit's episodes last one step, so every wave is one round and its updates run at
+    the wave's end in both modes: nothing is acted stale, and overlap must reproduce the strict
+    run byte for byte (same updates on the same buffers, same rows)."""
+    runs = {}
+    for sync in (True, False):
+        cfg = toy_online_config(tmp_path / str(sync), steps=50, save_every=50, online_steps=32, online_envs=4,
+                                online_sync=sync)  # fmt: skip
+        train("lps", cfg, SMALL)
+        runs[sync] = cfg.run_dir
+    name = f"{online.ONLINE_DIR}/checkpoint.msgpack"
+    assert (tmp_path / "True" / name).read_bytes() == (tmp_path / "False" / name).read_bytes()
+    assert rows_of(runs[True]) == rows_of(runs[False])
+    assert max(r.get("env_step", 0) for r in rows_of(runs[False])) == 32
+
+
+class FourStepToy(toy.ToyEnv):
+    """The toy bandit played for 4 steps per episode (truncated then), so that a wave is 4 rounds
+    of chunks and overlap acts rounds 2..4 with the parameters of one round before."""
+
+    max_episode_steps = 4
+
+    def reset(self, seed=None):
+        self.t = 0
+        return super().reset(seed)
+
+    def step(self, action):
+        ob, reward, _, _, info = super().step(action)
+        self.t += 1
+        return ob, reward, False, self.t >= 4, info
+
+
+def test_overlap_resumes_exactly_with_multi_round_episodes(tmp_path, monkeypatch):
+    """Overlap with episodes of 4 rounds (acting really one round stale): killed and resumed, the
+    run is byte for byte the uninterrupted one; strict alternation does as many updates but plays
+    other actions. (Strict resume is the toy test above, where each wave is one round.)"""
+    sync = False
+    monkeypatch.setattr(toy, "ToyEnv", FourStepToy)
+    # 6 waves of 4 envs x 4 steps; a checkpoint at the wave crossing gradient step 100 (the 4th).
+    kw = dict(steps=50, log_every=25, save_every=50, online_steps=96, online_envs=4, online_sync=sync)
+    straight_cfg = toy_online_config(tmp_path / "straight", **kw)
+    train("lps", straight_cfg, SMALL)
+
+    killed_cfg = toy_online_config(tmp_path / "killed", **kw)
+    real_append, calls = replay.append, []
+
+    def append_then_die(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt("killed")
+        return real_append(*args, **kwargs)
+
+    monkeypatch.setattr(replay, "append", append_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train("lps", killed_cfg, SMALL)
+    monkeypatch.setattr(replay, "append", real_append)
+    assert 0 < max(r.get("env_step", 0) for r in rows_of(killed_cfg.run_dir)) < 96
+    train("lps", killed_cfg, SMALL, resume=True)
+    for name in (f"{online.ONLINE_DIR}/checkpoint.msgpack", "checkpoint.msgpack"):
+        assert (tmp_path / "straight" / name).read_bytes() == (tmp_path / "killed" / name).read_bytes(), name
+    rows = rows_of(straight_cfg.run_dir)
+    assert rows == rows_of(killed_cfg.run_dir)
+    assert rows[-1]["step"] == 50 + 96 and max(r.get("env_step", 0) for r in rows) == 96
+    if not sync:
+        strict_cfg = toy_online_config(tmp_path / "strict", **{**kw, "online_sync": True})
+        train("lps", strict_cfg, SMALL)
+        strict_rows = rows_of(strict_cfg.run_dir)
+        assert [r["step"] for r in strict_rows] == [r["step"] for r in rows]
+        assert strict_rows != rows

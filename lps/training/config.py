@@ -106,6 +106,11 @@ class TrainConfig:
     environment); 0 steps them in the training process."""
     utd: int = 1
     """Online: gradient updates per environment step (update-to-data ratio)."""
+    online_sync: bool = False
+    """Online: strict alternation (act, step the envs, then run the updates owed), step for step as
+    the protocol reads. Off (default): overlap, the updates owed for one round of chunks run on the
+    device while the envs step the next round, which is acted with the parameters from before
+    those updates (one round of staleness, K*H env steps)."""
     online_mix: Literal["buffer", "balanced"] = "buffer"
     """Online batches: buffer = uniform over offline and online chunks (Q-chunking's single
     buffer); balanced = half offline, half online (the paper's robot recipe)."""

@@ -19,13 +19,24 @@ Waves and exact resume. Episodes start together in waves of K, episode i of the 
 over waves) being reset with a seed derived from (seed, i), and its c-th chunk drawn with a key
 derived from (seed, i, c), as evaluation does. Episodes in progress sit in the buffer's staging
 area (sampled already) and are appended for good when their wave ends; updates run in blocks
-of `utd * K * H` steps as the environment steps accumulate (the remainder carries over). Checkpoints of the online phase are taken only at wave ends, where no
-episode is in progress: the checkpoint (`<run>/online/checkpoint.msgpack`, one atomic file) holds
-the training state, the buffer, the env step count, the episodes played and the update
-remainder. Everything after it is a function of these, so a run killed at any point and resumed
-replays the same episodes and updates as an uninterrupted one (and writes the same rows: the
-metrics row pending at a checkpoint is written before it). The plain `<run>/checkpoint.msgpack`
-(the training state, for `lps eval` and `load_policy`) is written after it.
+of `utd * K * H` steps as the environment steps accumulate (the remainder carries over).
+Checkpoints of the online phase are taken only at wave ends, where no episode is in progress:
+the checkpoint (`<run>/online/checkpoint.msgpack`, one atomic file) holds the training state,
+the buffer, the env step count, the episodes played and the update remainder. Everything after
+it is a function of these, so a run killed at any point and resumed replays the same episodes
+and updates as an uninterrupted one (and writes the same rows: the metrics row pending at a
+checkpoint is written before it). The plain `<run>/checkpoint.msgpack` (the training state, for
+`lps eval` and `load_policy`) is written after it.
+
+Overlap (default) and strict alternation (`--online-sync`). A wave is played in rounds, one
+chunk per environment drawn in one batched call. Strictly, a round's updates run after its
+environment steps, before the next round is acted. Overlapped, the next round is acted first,
+with the parameters from before the updates owed (one round, K*H env steps, of staleness), then
+those updates are dispatched to the device and run while the workers step the round; JAX's
+asynchronous dispatch is the only concurrency. The updates sample the same buffer in both modes,
+and the updates owed for a wave's last round run at the wave's end (on its staged rows, as
+strictly), so nothing is in flight at a checkpoint and resume is exact in both modes; with
+one-round waves (the toy bandits) the two modes are identical.
 
 Metrics rows carry the gradient `step` and `env_step`; `online/return` and `online/success`
 average the episodes finished since the previous row.
@@ -219,7 +230,7 @@ def run(cfg, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule, s
     from lps.data import toy
     from lps.training.eval_schedule import seed_axis
     from lps.training.evaluate import episode_seed, make_seeds_policy
-    from lps.training.update import make_multi_update, make_update
+    from lps.training.update import check_finite, make_multi_update, make_update
 
     env = env_id(cfg)
     toy_rows = toy.is_toy(cfg.env)
@@ -238,25 +249,29 @@ def run(cfg, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule, s
 
     pending_rows: list[dict] = []  # update metrics since the last metrics row
     finished: list[_Episode] = []  # episodes finished since the last metrics row
+    in_flight: list[tuple[int, Any, Any]] = []  # dispatched update blocks: (first step, metrics, params after)
     timer = {"start": time.perf_counter(), "env_steps": 0}
+    # Host copies of the counters, so that nothing in the loop waits on the device for them
+    # while an update block runs (int(state.train.step) would).
+    counters = {"step": int(state.train.step), "env_step": int(state.env_step), "debt": int(state.update_debt)}
     last_eval = -1  # the gradient step of the last evaluation submitted
 
-    def evaluate() -> None:
+    def gradient_step() -> int:
+        return counters["step"]
+
+    def evaluate(step: int, params) -> None:
         nonlocal last_eval
         if not cfg.eval_episodes:
             return
-        last_eval = gradient_step()
-        schedule.submit(last_eval, seed_axis(state.train.params, 1), [{"env_step": float(state.env_step)}])
-
-    def gradient_step() -> int:
-        return int(state.train.step)
+        last_eval = step
+        schedule.submit(step, seed_axis(params, 1), [{"env_step": float(counters["env_step"])}])
 
     def write_row() -> None:
         """The metrics row of the updates and episodes since the previous one."""
         if not pending_rows and not finished:
             return
         row = {k: float(np.mean([r[k] for r in pending_rows])) for k in (pending_rows[0] if pending_rows else {})}
-        row["env_step"] = float(state.env_step)
+        row["env_step"] = float(counters["env_step"])
         if finished:
             row["online/return"] = float(np.mean([sum(e.step_rewards) for e in finished]))
             row["online/success"] = float(np.mean([e.success for e in finished]))
@@ -267,20 +282,38 @@ def run(cfg, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule, s
         finished.clear()
         timer.update(start=time.perf_counter(), env_steps=0)
 
-    def run_updates() -> None:
+    def dispatch_updates() -> None:
+        """Queue the update blocks owed on the device (JAX dispatches asynchronously: this returns
+        at once, the host goes on while they run)."""
         nonlocal state
-        while int(state.update_debt) >= block:
-            first = gradient_step()
+        while counters["debt"] >= block:
             new_train, metrics = update(state.train, state.buffer)
+            in_flight.append((counters["step"], metrics, new_train.params))
+            counters["step"] += block
+            counters["debt"] -= block
+            state = state.replace(train=new_train, update_debt=jnp.asarray(counters["debt"], jnp.int32))
+
+    def collect_updates() -> None:
+        """Wait for the dispatched blocks; their metrics rows and evaluations, block by block."""
+        while in_flight:
+            first, metrics, params = in_flight.pop(0)
             metrics = {k: np.asarray(v).reshape(-1) for k, v in jax.device_get(metrics).items()}
-            _check_finite(metrics, first, run_dir)
-            state = state.replace(train=new_train, update_debt=state.update_debt - block)
+            check_finite(metrics, first, run_dir)
             pending_rows.append({k: float(np.mean(v)) for k, v in metrics.items()})
-            step = gradient_step()
+            step = first + block
             if step // cfg.log_every > first // cfg.log_every:
-                write_row()
+                write_row_at(step)
             if cfg.eval_every and step // cfg.eval_every > first // cfg.eval_every:
-                evaluate()
+                evaluate(step, params)
+
+    def write_row_at(step: int) -> None:
+        # A block's row is logged at that block's step, even when later blocks are already queued.
+        now = counters["step"]
+        counters["step"] = step
+        try:
+            write_row()
+        finally:
+            counters["step"] = now
 
     def checkpoint_now() -> None:
         write_row()
@@ -288,26 +321,38 @@ def run(cfg, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule, s
         save(run_dir, state)
         save_train(state.train)
 
-    bar = tqdm(total=cfg.online_steps, initial=int(state.env_step), disable=not progress, unit="env step",
+    def act(wave: list[_Episode], obs: np.ndarray) -> np.ndarray:
+        """One chunk per environment, drawn in one batched call (all K envs at once)."""
+        policy = make_seeds_policy(agent, jax.tree_util.tree_map(lambda x: x[None], state.train.params),
+                                   [acting_seed])  # fmt: skip
+        index = np.array([[e.index for e in wave]])
+        chunk_index = np.array([[e.chunks for e in wave]])
+        return policy(obs, index, chunk_index)[0]
+
+    bar = tqdm(total=cfg.online_steps, initial=counters["env_step"], disable=not progress, unit="env step",
                dynamic_ncols=True, desc="online")  # fmt: skip
     last_save = gradient_step()
     try:
-        if int(state.env_step) >= cfg.online_steps:
+        if counters["env_step"] >= cfg.online_steps:
             save_train(state.train)  # resumed after the online checkpoint but maybe before the plain one
-        while int(state.env_step) < cfg.online_steps:
+        while counters["env_step"] < cfg.online_steps:
             first_episode = int(state.episodes)
             resets = envs.reset({k: episode_seed(acting_seed, first_episode + k) for k in range(K)})
             wave = [_Episode(first_episode + k, resets[k], toy_rows, sparse) for k in range(K)]
             obs = np.stack([resets[k] for k in range(K)])[None]
             committed_starts = int(state.buffer.num_starts)
-            while int(state.env_step) < cfg.online_steps and not all(e.done for e in wave):
-                policy = make_seeds_policy(agent, jax.tree_util.tree_map(lambda x: x[None], state.train.params),
-                                           [acting_seed])  # fmt: skip
-                index = np.array([[e.index for e in wave]])
-                chunk_index = np.array([[e.chunks for e in wave]])
-                chunks = policy(obs, index, chunk_index)[0]
+            while counters["env_step"] < cfg.online_steps and not all(e.done for e in wave):
+                # Overlap: the chunks are drawn from the parameters as they are (the updates owed
+                # for the previous round not yet run), then those updates are queued on the device
+                # and run while the workers step the envs. Strict: they ran at the previous
+                # round's end. Either way the updates sample the same buffer (the rows up to the
+                # previous round), so only the acting parameters differ.
+                chunks = act(wave, obs)
+                if not cfg.online_sync:
+                    dispatch_updates()
                 running = [k for k, e in enumerate(wave) if not e.done]
                 outcomes = envs.step_chunks({k: chunks[k] for k in running})
+                collect_updates()
                 steps = 0
                 for k in running:
                     wave[k].add(chunks[k], outcomes[k])
@@ -317,10 +362,19 @@ def run(cfg, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule, s
                         finished.append(wave[k])
                 timer["env_steps"] += steps
                 bar.update(steps)
+                counters["env_step"] += steps
+                counters["debt"] += cfg.utd * steps
                 staged = replay.stage(state.buffer, [e.rows() for e in wave], committed_starts, H)
-                state = state.replace(buffer=staged, env_step=state.env_step + steps,
-                                      update_debt=state.update_debt + cfg.utd * steps)  # fmt: skip
-                run_updates()
+                state = state.replace(buffer=staged, env_step=jnp.asarray(counters["env_step"], jnp.int32),
+                                      update_debt=jnp.asarray(counters["debt"], jnp.int32))  # fmt: skip
+                if cfg.online_sync:
+                    dispatch_updates()
+                    collect_updates()
+            # The updates owed for the wave's last round run on the buffer as it was staged (as
+            # they would strictly), so a wave's end, where checkpoints are taken, has nothing in
+            # flight and the next wave acts with up-to-date parameters.
+            dispatch_updates()
+            collect_updates()
             # The wave's episodes (those stopped by the step budget end there) join the buffer for
             # good, and the staging area is free again.
             played = [e for e in wave if e.steps > 0]
@@ -328,12 +382,12 @@ def run(cfg, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule, s
             if played:
                 state = state.replace(buffer=replay.append(state.buffer, _concat(played), H, block_rows))
             state = state.replace(episodes=state.episodes + K)
-            done = int(state.env_step) >= cfg.online_steps
+            done = counters["env_step"] >= cfg.online_steps
             step = gradient_step()
             stopping = stop is not None and stop.signum is not None and not done
             if stopping or done or (cfg.save_every and step // cfg.save_every > last_save // cfg.save_every):
                 if done and last_eval != step:
-                    evaluate()
+                    evaluate(step, state.train.params)
                 checkpoint_now()
                 last_save = step
             if stopping:  # waves are the online phase's only checkpoint-safe points

@@ -308,7 +308,7 @@ def seed_configs(cfg: TrainConfig, agent_name: str) -> list[TrainConfig]:
 
 def clear_outputs(run_dir: Path) -> None:
     """Remove a previous run's outputs (only with --overwrite) so none is mistaken for this run's."""
-    names = (checkpoint.CHECKPOINT, checkpoint.PREVIOUS, SUMMARY_JSON, CONFIG_JSON, rundir.RESUME_LOG)
+    names = (checkpoint.CHECKPOINT, checkpoint.PREVIOUS, SUMMARY_JSON, CONFIG_JSON, RESUME_LOG)
     for name in (*names, "metrics.csv", "metrics.jsonl", "curves.png"):
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir / ONLINE_DIR, ignore_errors=True)

@@ -100,7 +100,7 @@ def make_multi_update(update, num_steps: int, scan: bool = True):
     `scan=False` dispatches the same jitted update `num_steps` times instead (data and state stay
     on the device; only the dispatch loop is on the host): XLA's CPU backend runs convolutions
     inside a loop body ~20x slower than at top level (measured: 14 s vs 0.7 s per update of the
-    IMPALA encoder at 128x128x6), so image agents on a CPU use it (`lps.encoders.scan_updates`)."""
+    IMPALA encoder at 128x128x6), so image agents on a CPU use it (`lps.agents.encoded.scan_updates`)."""
     if not scan:
         step = jax.jit(update, donate_argnums=0)
 
