@@ -73,6 +73,12 @@ class RobotDataConfig:
     """Skip episodes that fail validation (printing a summary) instead of stopping at the first."""
     cache: bool = True
     """Cache the decoded dataset in DIR/.lps-cache so the next run starts in seconds."""
+    state_column: str = "observation.state"
+    """LeRobot datasets: the table column holding the proprioceptive state."""
+    action_column: str = "action"
+    """LeRobot datasets: the table column holding the action."""
+    failure_episodes: tuple[int, ...] = ()
+    """LeRobot datasets: episode indices that failed (others are successes unless next.success/next.reward say otherwise)."""
 
     def __post_init__(self):
         if self.num_cameras < 1:
@@ -269,7 +275,17 @@ def load_folder(folder: str | os.PathLike, cfg: RobotDataConfig = RobotDataConfi
                 progress: bool = True) -> dict[str, Any]:  # fmt: skip
     """Every episode of `folder` in one row-layout dataset (observations a dict), from the cache
     when the files and options are unchanged. Bad episodes stop the load (naming file and key),
-    or with `cfg.skip_bad` are skipped and listed."""
+    or with `cfg.skip_bad` are skipped and listed. A LeRobot dataset (meta/info.json) is read by
+    `lps.data.lerobot`; every camera it has (or --cameras) is stacked on the channel axis."""
+    from lps.data import lerobot
+
+    if Path(folder).is_dir() and lerobot.is_lerobot(Path(folder)):
+        return load_lerobot(folder, cfg, chunk_len, progress)
+    if Path(folder).is_dir() and not any((Path(folder) / sub).is_dir() for sub in SUBFOLDERS):
+        raise DatasetError(
+            f"{folder}: not a known robot data layout. Known layouts: LeRobot v2.1/v3.0 (meta/info.json), "
+            "HDF5 episodes (success/*.h5, failure/*.h5); see README 'Your own robot data'"
+        )
     paths = episode_paths(folder, cfg)
     cache_path = Path(folder) / CACHE_DIR / f"robot-{_cache_key(paths, cfg, chunk_len)}.npz"
     if cfg.cache and cache_path.exists():
@@ -312,6 +328,84 @@ def load_folder(folder: str | os.PathLike, cfg: RobotDataConfig = RobotDataConfi
         except OSError as e:  # e.g. a read-only dataset folder: train anyway, just without the cache
             print(f"[lps] could not write the cache {cache_path} ({e}); the next run will read the episodes again")
     return dataset
+
+
+def load_lerobot(folder: str | os.PathLike, cfg: RobotDataConfig = RobotDataConfig(), chunk_len: int = 5,
+                 progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    """A local LeRobot dataset in the row layout (cached like an HDF5 folder)."""
+    from lps.data import lerobot
+
+    folder = Path(folder)
+    inputs = sorted(p for p in folder.rglob("*") if p.is_file() and CACHE_DIR not in p.parts)
+    cache_path = folder / CACHE_DIR / f"robot-{_cache_key([(p, True) for p in inputs], cfg, chunk_len)}.npz"
+    if cfg.cache and cache_path.exists():
+        try:
+            cached = _read_cache(cache_path)
+            print(f"[lps] robot data from cache {cache_path} ({cached['info']})")
+            return cached["dataset"]
+        except (OSError, ValueError, KeyError) as e:
+            print(f"[lps] ignoring unreadable cache {cache_path} ({type(e).__name__}: {e}); reading the dataset")
+    raw = lerobot.read_dataset(folder, cfg.state_column, cfg.action_column, cfg.cameras, cfg.failure_episodes)
+    episodes, skipped = [], []
+    for ep in raw["episodes"]:
+        try:
+            episodes.append(build_episode(ep["state"], ep["action"], [ep["images"][c] for c in raw["cameras"]],
+                                          ep["success"], cfg, chunk_len, f"{folder} episode {ep['index']}"))  # fmt: skip
+        except DatasetError as e:
+            if not cfg.skip_bad:
+                raise DatasetError(f"{e}\n(pass --skip-bad to skip bad episodes with a summary instead)") from None
+            skipped.append(str(e))
+    for reason in skipped:
+        print(f"[lps] skipped (--skip-bad): {reason}")
+    if not episodes:
+        raise DatasetError(f"{folder}: every episode was bad; nothing to train on")
+    shapes = {e["observations"]["image"].shape[1:] for e in episodes}
+    if len(shapes) > 1:
+        raise DatasetError(f"{folder}: episodes have different image sizes {sorted(shapes)}; set --image-size to resize them alike")
+    dataset = append_episodes(None, episodes)
+    n_success = sum(bool(e["rewards"][-chunk_len] == cfg.success_reward) for e in episodes)
+    info = (f"LeRobot {raw['version']}, {len(episodes)} episodes ({n_success} success, {len(episodes) - n_success} failure), "
+            f"{len(dataset['actions'])} steps, cameras {raw['cameras']} stacked as image {dataset['observations']['image'].shape[1:]}")  # fmt: skip
+    print(f"[lps] robot data: {info}")
+    if cfg.cache:
+        try:
+            _write_cache(cache_path, dataset, info)
+        except OSError as e:
+            print(f"[lps] could not write the cache {cache_path} ({e}); the next run will read the dataset again")
+    return dataset
+
+
+def build_episode(state: np.ndarray, actions: np.ndarray, frames: list[np.ndarray], success: bool,
+                  cfg: RobotDataConfig, chunk_len: int, where: str) -> dict[str, Any]:  # fmt: skip
+    """Raw arrays of one episode (RGB frames per camera) -> the row layout with the paper's rewards."""
+    length = len(actions)
+    for name, arr in [("state", state), ("action", actions)] + [(f"camera {i}", f) for i, f in enumerate(frames)]:
+        if len(arr) != length:
+            raise DatasetError(f"{where}: {name} has {len(arr)} steps but the action has {length}")
+    for name, arr in (("state", state), ("action", actions)):
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            raise DatasetError(f"{where}: {name} holds NaN/inf at step {int(np.argwhere(bad)[0][0])}")
+    worst = float(np.max(np.abs(actions)))
+    if worst > 1.0 + 1e-5:
+        raise DatasetError(f"{where}: actions must lie in [-1, 1] but reach {worst:.4g}; rescale them first")
+    if length <= chunk_len:
+        raise DatasetError(f"{where}: episode has {length} steps; it needs more than the chunk length {chunk_len}")
+    rgb_cfg = dataclasses.replace(cfg, bgr=False)
+    image = np.concatenate([_to_rgb(f, rgb_cfg) for f in frames], axis=-1)
+    rewards = np.full(length, cfg.step_reward, np.float32)
+    rewards[length - chunk_len] = cfg.success_reward if success else cfg.failure_reward
+    masks = np.ones(length, np.float32)
+    masks[length - chunk_len :] = 0.0
+    terminals = np.zeros(length, bool)
+    terminals[-1] = True
+    return {
+        "observations": {"state": state.astype(np.float32), "image": image},
+        "actions": np.clip(actions, -1.0, 1.0).astype(np.float32),
+        "rewards": rewards,
+        "masks": masks,
+        "terminals": terminals,
+    }
 
 
 def append_episodes(dataset: dict[str, Any] | None, episodes: list[dict[str, Any]]) -> dict[str, Any]:
