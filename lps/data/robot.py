@@ -283,8 +283,8 @@ def load_folder(folder: str | os.PathLike, cfg: RobotDataConfig = RobotDataConfi
         return load_lerobot(folder, cfg, chunk_len, progress)
     if Path(folder).is_dir() and not any((Path(folder) / sub).is_dir() for sub in SUBFOLDERS):
         raise DatasetError(
-            f"{folder}: not a known robot data layout. Known layouts: LeRobot v2.1/v3.0 (meta/info.json), "
-            "HDF5 episodes (success/*.h5, failure/*.h5); see README 'Your own robot data'"
+            f"{folder} holds no episodes in a known robot data layout. Known layouts: LeRobot v2.1/v3.0 "
+            "(meta/info.json), HDF5 episodes (success/*.h5, failure/*.h5); see README 'Your own robot data'"
         )
     paths = episode_paths(folder, cfg)
     cache_path = Path(folder) / CACHE_DIR / f"robot-{_cache_key(paths, cfg, chunk_len)}.npz"

@@ -1,0 +1,124 @@
+"""LeRobot v2.1 / v3.0 datasets written here (tiny parquet tables + H.264 MP4s) and read back."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pyarrow")
+pytest.importorskip("av")
+
+from lps.data import lerobot  # noqa: E402
+from lps.data.robot import RobotDataConfig, load_folder  # noqa: E402
+from lps.data.validate import DatasetError  # noqa: E402
+
+RAW = RobotDataConfig(image_size=0, cache=False)
+
+
+@pytest.mark.parametrize("version", ["v2.1", "v3.0"])
+def test_rows_equal_what_was_written(tmp_path, version):
+    written = lerobot.synthetic_dataset(tmp_path / "ds", version, episodes=3, steps=10)
+    data = load_folder(tmp_path / "ds", RAW, chunk_len=5, progress=False)
+    obs = data["observations"]
+    assert obs["image"].shape == (30, 32, 32, 6) and obs["image"].dtype == np.uint8
+    state = np.concatenate([e["state"] for e in written["episodes"]])
+    action = np.concatenate([e["action"] for e in written["episodes"]])
+    np.testing.assert_array_equal(obs["state"], state)
+    np.testing.assert_array_equal(data["actions"], action)
+    image = np.concatenate([np.concatenate([e["images"][k] for k in written["cameras"]], -1) for e in written["episodes"]])
+    assert np.abs(obs["image"].astype(int) - image).max() <= 6  # codec tolerance (yuv420p)
+    assert data["terminals"].sum() == 3 and data["terminals"][9] and data["rewards"][5] == 0.0
+
+
+def test_cameras_flag_picks_and_orders_cameras_and_cache_matches(tmp_path):
+    written = lerobot.synthetic_dataset(tmp_path / "ds", "v3.0", episodes=2, steps=8)
+    cfg = RobotDataConfig(image_size=16, cameras=("wrist",), num_cameras=1)
+    first = load_folder(tmp_path / "ds", cfg, chunk_len=3, progress=False)
+    assert first["observations"]["image"].shape == (16, 16, 16, 3)
+    wrist = written["episodes"][0]["images"]["observation.images.wrist"][0, 0, 0]
+    assert np.abs(first["observations"]["image"][0, 0, 0].astype(int) - wrist).max() <= 6
+    assert list((tmp_path / "ds" / ".lps-cache").glob("robot-*.npz"))
+    again = load_folder(tmp_path / "ds", cfg, chunk_len=3, progress=False)
+    np.testing.assert_array_equal(again["observations"]["image"], first["observations"]["image"])
+
+
+def test_failure_episodes_flag(tmp_path):
+    lerobot.synthetic_dataset(tmp_path / "ds", "v2.1", episodes=3, steps=8)
+    data = load_folder(tmp_path / "ds", RobotDataConfig(image_size=0, cache=False, failure_episodes=(1,)), 3, False)
+    assert data["rewards"][8 + 5] == -100.0 and data["rewards"][5] == 0.0 and data["rewards"][16 + 5] == 0.0
+
+
+def test_bad_input_is_named(tmp_path):
+    ds = tmp_path / "ds"
+    lerobot.synthetic_dataset(ds, "v2.1", episodes=2, steps=8)
+    with pytest.raises(DatasetError, match="column 'observation.joints' does not exist.*observation.state"):
+        load_folder(ds, RobotDataConfig(image_size=0, cache=False, state_column="observation.joints"), 3, False)
+    with pytest.raises(DatasetError, match="camera 'top' is not a video/image feature"):
+        load_folder(ds, RobotDataConfig(image_size=0, cache=False, cameras=("top",), num_cameras=1), 3, False)
+    video = ds / "videos/chunk-000/observation.images.wrist/episode_000001.mp4"
+    short = lerobot.decode_video(video, 10)[0][:5]
+    lerobot.write_video(video, short, 10)
+    with pytest.raises(DatasetError, match="episode 1, camera 'observation.images.wrist'.*shorter than the table"):
+        load_folder(ds, RAW, 3, False)
+    lerobot.write_video(video, short, 20)
+    with pytest.raises(DatasetError, match="20 fps but meta/info.json says 10"):
+        load_folder(ds, RAW, 3, False)
+    video.unlink()
+    with pytest.raises(DatasetError, match="video file missing"):
+        load_folder(ds, RAW, 3, False)
+
+
+def test_physical_actions_and_nan_state_are_errors(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ds = tmp_path / "ds"
+    lerobot.synthetic_dataset(ds, "v2.1", episodes=1, steps=8)
+    path = ds / "data/chunk-000/episode_000000.parquet"
+    table = pq.read_table(path)
+    state = np.asarray(table.column("observation.state").to_pylist())
+    state[3, 1] = np.nan
+    pq.write_table(table.set_column(0, "observation.state", pa.array(state.tolist())), path)
+    with pytest.raises(DatasetError, match="episode 0: state holds NaN/inf at step 3"):
+        load_folder(ds, RAW, 3, False)
+    action = 5 * np.asarray(table.column("action").to_pylist())
+    pq.write_table(table.set_column(1, "action", pa.array(action.tolist())), path)
+    with pytest.raises(DatasetError, match=r"actions must lie in \[-1, 1\]"):
+        load_folder(ds, RAW, 3, False)
+
+
+def test_unknown_layout_lists_known_ones(tmp_path):
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "x.txt").write_text("x")
+    with pytest.raises(DatasetError, match="holds no episodes in a known robot data layout.*LeRobot.*success/\\*.h5"):
+        load_folder(tmp_path / "junk", RAW, 3, False)
+    (tmp_path / "old" / "meta").mkdir(parents=True)
+    (tmp_path / "old" / "meta" / "info.json").write_text(json.dumps({"codebase_version": "v1.6"}))
+    with pytest.raises(DatasetError, match="v1.6.*not supported"):
+        load_folder(tmp_path / "old", RAW, 3, False)
+
+
+def test_images_stored_in_the_table(tmp_path):
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    ds = tmp_path / "ds"
+    written = lerobot.synthetic_dataset(ds, "v2.1", episodes=1, steps=8, cameras=("front",))
+    shutil.rmtree(ds / "videos")
+    frames = written["episodes"][0]["images"]["observation.images.front"]
+    cells = []
+    for img in frames:
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="PNG")
+        cells.append({"bytes": buf.getvalue(), "path": None})
+    path = ds / "data/chunk-000/episode_000000.parquet"
+    pq.write_table(pq.read_table(path).append_column("observation.images.front", pa.array(cells)), path)
+    info = json.loads((ds / "meta/info.json").read_text())
+    info["features"]["observation.images.front"]["dtype"] = "image"
+    (ds / "meta/info.json").write_text(json.dumps(info))
+    data = load_folder(ds, RAW, 3, False)
+    np.testing.assert_array_equal(data["observations"]["image"], frames)  # PNG is lossless
