@@ -265,7 +265,12 @@ def train(agent_name: str, cfg: TrainConfig, agent_cfg, resume: bool = False) ->
 
 
 def _train(agent_name, cfg, agent_cfg, runs, resume, changes, stop):
-    data = load_data(cfg)
+    if is_robot_dataset(cfg):  # issue 17: normalised robot data; its stats are stored in each run for load_policy
+        from lps.data.robot import load_for_training
+
+        data = load_for_training(cfg.dataset, cfg.robot, cfg.chunk_len, cfg.progress, [run.dir for run in runs])
+    else:
+        data = load_data(cfg)
     if cfg.online_steps:
         online.check_memory(data, cfg)  # refused before the offline steps, not after them
     agent = build(agent_name, cfg, agent_cfg, data)

@@ -122,3 +122,74 @@ def test_images_stored_in_the_table(tmp_path):
     (ds / "meta/info.json").write_text(json.dumps(info))
     data = load_folder(ds, RAW, 3, False)
     np.testing.assert_array_equal(data["observations"]["image"], frames)  # PNG is lossless
+
+
+def test_normalisation_round_trip_and_constant_dims(capsys):
+    from lps.data import normalize
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.uniform(-50, 300, (200, 2)), np.full((200, 1), 7.0)], axis=1).astype(np.float32)
+    for mode in ("minmax", "meanstd", "quantile"):
+        stats = normalize.fit(x, mode, "state")
+        assert stats["constant"] == [2]
+        y = normalize.apply(x, stats)
+        if mode == "minmax":
+            assert np.allclose(y[:, :2].min(0), -1, atol=1e-5) and np.allclose(y[:, :2].max(0), 1, atol=1e-5)
+        if mode == "meanstd":
+            assert np.allclose(y[:, :2].mean(0), 0, atol=1e-4) and np.allclose(y[:, :2].std(0), 1, atol=1e-3)
+        np.testing.assert_array_equal(y[:, 2], 0.0)  # constant: shifted, not divided by zero
+        if mode != "quantile":  # quantile clips the outer 2%
+            np.testing.assert_allclose(normalize.invert(y, stats), x, rtol=1e-5, atol=1e-3)
+    action = normalize.fit(x, "meanstd", "action")  # actions always get a range map into [-1, 1]
+    assert np.abs(normalize.apply(x, action)).max() <= 1.0
+    assert "dimension(s) [2] are constant" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--normalize must be one of none, minmax, meanstd, quantile"):
+        RobotDataConfig(normalize="zscore")
+
+
+def test_normalised_run_acts_and_serves_in_robot_units(tmp_path):
+    """Actions in [10, 30] (robot units): trained with --normalize minmax, load_policy and lps serve
+    answer in [10, 30]; without the stats file (an older run) the same run answers in [-1, 1]."""
+    import threading
+
+    import jax
+
+    import lps
+    from lps import client as C
+    from lps.serve import load_server
+    from tests.helpers import run_cli
+
+    ds = tmp_path / "ds"
+    lerobot.synthetic_dataset(ds, "v3.0", episodes=3, steps=12, size=16, action_offset=20.0, action_scale=10.0)
+    with pytest.raises(DatasetError, match="pass --normalize minmax"):
+        load_folder(ds, RobotDataConfig(image_size=0, cache=False), 3, False)
+    run = tmp_path / "run"
+    small = ["--dit-width", "16", "--dit-depth", "1", "--dit-heads", "2", "--actor-hidden", "16", "--critic-hidden", "16",
+             "--encoder", "impala-small", "--encoder-features", "8"]  # fmt: skip
+    run_cli("train", "--dataset", ds, "--preset", "robot", "--steps", "2", "--log-every", "2", "--batch-size", "4",
+            "--save-every", "2", "--image-size", "0", "--normalize", "minmax", "--chunk-len", "3", "--run-dir", run,
+            "--no-progress", *small, cwd=tmp_path, check=True)  # fmt: skip
+    stats = json.loads((run / "normalization.json").read_text())
+    assert stats["mode"] == "minmax" and len(stats["action"]["offset"]) == 4 and len(stats["state"]["scale"]) == 3
+    policy = lps.load_policy(run)
+    raw = {"observation.state": np.array([1.0, -1.0, 0.5], np.float32),
+           "observation.images.front": np.zeros((16, 16, 3), np.uint8),
+           "observation.images.wrist": np.zeros((16, 16, 3), np.uint8)}  # fmt: skip
+    chunk = policy(raw, key=jax.random.PRNGKey(0))
+    assert chunk.shape == (3, 4) and chunk.min() >= 10.0 - 1e-3 and chunk.max() <= 30.0 + 1e-3
+
+    srv = load_server(run, device="cpu", log_every_s=0.0, log=lambda line: None)
+    ws = srv.start("127.0.0.1", 0)
+    thread = threading.Thread(target=ws.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with C.PolicyClient(f"ws://127.0.0.1:{ws.socket.getsockname()[1]}") as client:
+            served = client.act(raw)
+    finally:
+        ws.shutdown()
+        thread.join(timeout=10)
+    assert served.shape == (3, 4) and served.min() >= 10.0 - 1e-3 and served.max() <= 30.0 + 1e-3
+
+    (run / "normalization.json").unlink()  # a run from before normalisation existed
+    old = lps.load_policy(run)
+    assert old.normalization is None and np.abs(old(raw, key=jax.random.PRNGKey(0))).max() <= 1.0

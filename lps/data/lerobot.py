@@ -260,7 +260,8 @@ def write_video(path: Path, frames: np.ndarray, fps: float, codec: str = "libx26
 
 def synthetic_dataset(folder: str | Path, version: str = "v2.1", episodes: int = 3, steps: int = 12, size: int = 32,
                       cameras: tuple[str, ...] = ("front", "wrist"), fps: int = 10, action_dim: int = 4,
-                      state_dim: int = 3, seed: int = 0, codec: str = "libx264") -> dict[str, Any]:  # fmt: skip
+                      state_dim: int = 3, seed: int = 0, codec: str = "libx264", action_scale: float = 1.0,
+                      action_offset: float = 0.0) -> dict[str, Any]:  # fmt: skip
     """A tiny LeRobot dataset on disk; returns what was written ({state, action, images} per episode)
     so a test can compare. Each frame is one flat colour that changes with the step (codec-friendly)."""
     import pyarrow as pa
@@ -272,7 +273,7 @@ def synthetic_dataset(folder: str | Path, version: str = "v2.1", episodes: int =
     written = []
     for e in range(episodes):
         state = rng.uniform(-2, 2, (steps, state_dim)).astype(np.float32)
-        action = rng.uniform(-1, 1, (steps, action_dim)).astype(np.float32)
+        action = (action_offset + action_scale * rng.uniform(-1, 1, (steps, action_dim))).astype(np.float32)
         images = {}
         for c, key in enumerate(keys):
             colour = np.stack([np.linspace(30, 220, steps), np.full(steps, 60.0 + 40 * c + 20 * e),

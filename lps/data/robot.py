@@ -79,6 +79,9 @@ class RobotDataConfig:
     """LeRobot datasets: the table column holding the action."""
     failure_episodes: tuple[int, ...] = ()
     """LeRobot datasets: episode indices that failed (others are successes unless next.success/next.reward say otherwise)."""
+    normalize: str = "none"
+    """none|minmax|meanstd|quantile: per-dimension state/action stats fitted on the training data, stored
+    in the run and applied by load_policy/serve (actions in the robot's units need one of these)."""
 
     def __post_init__(self):
         if self.num_cameras < 1:
@@ -90,6 +93,9 @@ class RobotDataConfig:
                 f"--cameras names {len(self.cameras)} camera(s) {list(self.cameras)} but --num-cameras is "
                 f"{self.num_cameras}; make them agree"
             )
+        from lps.data.normalize import check_mode
+
+        check_mode(self.normalize)
         if not self.action_keys or not self.state_keys:
             raise ValueError("--action-keys and --state-keys need at least one key each")
 
@@ -149,10 +155,10 @@ def read_episode(path: str | os.PathLike, cfg: RobotDataConfig = RobotDataConfig
     actions = np.concatenate([arrays[k] for k in cfg.action_keys], axis=-1)
     state = np.concatenate([arrays[k] for k in cfg.state_keys], axis=-1)
     worst = float(np.max(np.abs(actions)))
-    if worst > 1.0 + 1e-5:
+    if worst > 1.0 + 1e-5 and cfg.normalize == "none":
         raise DatasetError(
             f"{path}: actions ({', '.join(cfg.action_keys)}) must lie in [-1, 1] but reach {worst:.4g}; "
-            "rescale them when recording"
+            "rescale them when recording, or pass --normalize minmax (or quantile)"
         )
     if length <= chunk_len:
         raise DatasetError(f"{path}: episode has {length} steps; it needs more than the chunk length {chunk_len}")
@@ -170,7 +176,7 @@ def read_episode(path: str | os.PathLike, cfg: RobotDataConfig = RobotDataConfig
     terminals[-1] = True
     return {
         "observations": {"state": state.astype(np.float32), "image": image},
-        "actions": np.clip(actions, -1.0, 1.0).astype(np.float32),
+        "actions": (np.clip(actions, -1.0, 1.0) if cfg.normalize == "none" else actions).astype(np.float32),
         "rewards": rewards,
         "masks": masks,
         "terminals": terminals,
@@ -186,6 +192,16 @@ def droid_obs_to_lps(raw: dict, cfg: RobotDataConfig = RobotDataConfig()) -> dic
         if image.dtype != np.uint8 or image.ndim != 3:
             raise ValueError(f"observation 'image' must be uint8 (H, W, C), got {image.dtype} {image.shape}")
         return {"state": np.asarray(raw["state"], np.float32).reshape(-1), "image": image}
+    if cfg.state_column in raw:  # a LeRobot-style frame: {"observation.state": ..., "observation.images.<cam>": RGB}
+        from lps.data.lerobot import IMAGE_PREFIX
+
+        cams = [c if c in raw else IMAGE_PREFIX + c for c in cfg.cameras] or sorted(k for k in raw if k.startswith(IMAGE_PREFIX))
+        missing = [c for c in cams if c not in raw]
+        if missing or not cams:
+            raise ValueError(f"observation lacks camera(s) {missing or IMAGE_PREFIX + '*'}; it has keys {sorted(raw)}")
+        rgb_cfg = dataclasses.replace(cfg, bgr=False)
+        image = np.concatenate([_to_rgb(np.asarray(raw[c])[None], rgb_cfg)[0] for c in cams], axis=-1)
+        return {"state": np.asarray(raw[cfg.state_column], np.float32).reshape(-1), "image": image}
     state = np.concatenate([np.asarray(_lookup(raw, k), np.float32).reshape(-1) for k in cfg.state_keys])
     group = _lookup(raw, cfg.image_group)
     if not isinstance(group, dict):
@@ -330,6 +346,17 @@ def load_folder(folder: str | os.PathLike, cfg: RobotDataConfig = RobotDataConfi
     return dataset
 
 
+def load_for_training(folder: str | os.PathLike, cfg: RobotDataConfig, chunk_len: int, progress: bool,
+                      run_dirs: list[Path]) -> dict[str, Any]:  # fmt: skip
+    """`load_folder`, normalised with stats fitted on it (`cfg.normalize`), which are stored in each
+    run dir (or removed there for 'none'), then validated: the data a robot run trains on."""
+    from lps.data import normalize
+    from lps.data.validate import validate
+
+    data = normalize.prepare(load_folder(folder, cfg, chunk_len, progress), cfg.normalize, run_dirs)
+    return validate(data, chunk_len, str(folder))
+
+
 def load_lerobot(folder: str | os.PathLike, cfg: RobotDataConfig = RobotDataConfig(), chunk_len: int = 5,
                  progress: bool = True) -> dict[str, Any]:  # fmt: skip
     """A local LeRobot dataset in the row layout (cached like an HDF5 folder)."""
@@ -387,8 +414,11 @@ def build_episode(state: np.ndarray, actions: np.ndarray, frames: list[np.ndarra
         if bad.any():
             raise DatasetError(f"{where}: {name} holds NaN/inf at step {int(np.argwhere(bad)[0][0])}")
     worst = float(np.max(np.abs(actions)))
-    if worst > 1.0 + 1e-5:
-        raise DatasetError(f"{where}: actions must lie in [-1, 1] but reach {worst:.4g}; rescale them first")
+    if worst > 1.0 + 1e-5 and cfg.normalize == "none":
+        raise DatasetError(
+            f"{where}: actions must lie in [-1, 1] but reach {worst:.4g}; pass --normalize minmax (or quantile) "
+            "to train on actions in the robot's units"
+        )
     if length <= chunk_len:
         raise DatasetError(f"{where}: episode has {length} steps; it needs more than the chunk length {chunk_len}")
     rgb_cfg = dataclasses.replace(cfg, bgr=False)
@@ -401,7 +431,7 @@ def build_episode(state: np.ndarray, actions: np.ndarray, frames: list[np.ndarra
     terminals[-1] = True
     return {
         "observations": {"state": state.astype(np.float32), "image": image},
-        "actions": np.clip(actions, -1.0, 1.0).astype(np.float32),
+        "actions": (np.clip(actions, -1.0, 1.0) if cfg.normalize == "none" else actions).astype(np.float32),
         "rewards": rewards,
         "masks": masks,
         "terminals": terminals,
