@@ -156,19 +156,21 @@ def test_normalised_run_acts_and_serves_in_robot_units(tmp_path):
 
     import lps
     from lps import client as C
+    from lps.agents import LPSConfig
     from lps.serve import load_server
-    from tests.helpers import run_cli
+    from lps.train import train
+    from tests import helpers
 
     ds = tmp_path / "ds"
     lerobot.synthetic_dataset(ds, "v3.0", episodes=3, steps=12, size=16, action_offset=20.0, action_scale=10.0)
     with pytest.raises(DatasetError, match="pass --normalize minmax"):
         load_folder(ds, RobotDataConfig(image_size=0, cache=False), 3, False)
     run = tmp_path / "run"
-    small = ["--dit-width", "16", "--dit-depth", "1", "--dit-heads", "2", "--actor-hidden", "16", "--critic-hidden", "16",
-             "--encoder", "impala-small", "--encoder-features", "8"]  # fmt: skip
-    run_cli("train", "--dataset", ds, "--preset", "robot", "--steps", "2", "--log-every", "2", "--batch-size", "4",
-            "--save-every", "2", "--image-size", "0", "--normalize", "minmax", "--chunk-len", "3", "--run-dir", run,
-            "--no-progress", *small, cwd=tmp_path, check=True)  # fmt: skip
+    # In-process, tiny MLP base and IMPALA-small encoder: the point is the units, not the learning.
+    cfg = helpers.toy_config(run, dataset=str(ds), chunk_len=3, steps=2, log_every=2, save_every=2, batch_size=4,
+                             encoder="impala-small", encoder_features=8,
+                             robot=RobotDataConfig(image_size=0, normalize="minmax"))  # fmt: skip
+    train("lps", cfg, LPSConfig(base_hidden=(16,), critic_hidden=(16,), actor_hidden=(16,)))
     stats = json.loads((run / "normalization.json").read_text())
     assert stats["mode"] == "minmax" and len(stats["action"]["offset"]) == 4 and len(stats["state"]["scale"]) == 3
     policy = lps.load_policy(run)
