@@ -195,3 +195,15 @@ def test_normalised_run_acts_and_serves_in_robot_units(tmp_path):
     (run / "normalization.json").unlink()  # a run from before normalisation existed
     old = lps.load_policy(run)
     assert old.normalization is None and np.abs(old(raw, key=jax.random.PRNGKey(0))).max() <= 1.0
+
+
+def test_summary_names_outcomes_cameras_ranges_and_constant_dims(tmp_path):
+    from lps.data.robot import summary
+
+    lerobot.synthetic_dataset(tmp_path / "ds", "v2.1", episodes=3, steps=8, action_offset=5.0)
+    cfg = RobotDataConfig(image_size=0, cache=False, normalize="minmax", failure_episodes=(2,))
+    data = load_folder(tmp_path / "ds", cfg, 3, False)
+    data["observations"]["state"][:, 1] = 0.5
+    text = summary(data, cfg, 3)
+    assert "3 episodes (2 success, 1 failure), 24 steps" in text and "2 camera(s)" in text
+    assert "actions (4,): min [4." in text and "state dimension(s) [1] are constant" in text

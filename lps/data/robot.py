@@ -402,6 +402,24 @@ def load_lerobot(folder: str | os.PathLike, cfg: RobotDataConfig = RobotDataConf
     return dataset
 
 
+def summary(data: dict[str, Any], cfg: RobotDataConfig, chunk_len: int) -> str:
+    """What `lps data robot DIR` prints: steps, episodes, outcomes, image, per-dimension ranges."""
+    obs, actions = data["observations"], data["actions"]
+    ends = np.flatnonzero(data["terminals"])
+    outcome_rows = ends - chunk_len + 1
+    failures = int(np.sum(data["rewards"][outcome_rows] == cfg.failure_reward))
+    lines = [f"[lps] {len(ends)} episodes ({len(ends) - failures} success, {failures} failure), {len(actions)} steps",
+             f"[lps] image {obs['image'].shape[1:]} uint8 ({obs['image'].shape[-1] // 3} camera(s) stacked on channels)"]  # fmt: skip
+    for name, arr in (("state", obs["state"]), ("actions", actions)):
+        lo, hi = arr.min(0), arr.max(0)
+        fmt = lambda v: "[" + ", ".join(f"{x:.4g}" for x in v) + "]"  # noqa: E731
+        lines.append(f"[lps] {name} {arr.shape[1:]}: min {fmt(lo)} max {fmt(hi)}")
+        constant = np.flatnonzero(hi - lo <= 1e-8).tolist()
+        if constant:
+            lines.append(f"[lps]   {name} dimension(s) {constant} are constant (normalisation leaves them unscaled)")
+    return "\n".join(lines)
+
+
 def build_episode(state: np.ndarray, actions: np.ndarray, frames: list[np.ndarray], success: bool,
                   cfg: RobotDataConfig, chunk_len: int, where: str) -> dict[str, Any]:  # fmt: skip
     """Raw arrays of one episode (RGB frames per camera) -> the row layout with the paper's rewards."""
