@@ -207,3 +207,28 @@ def test_summary_names_outcomes_cameras_ranges_and_constant_dims(tmp_path):
     text = summary(data, cfg, 3)
     assert "3 episodes (2 success, 1 failure), 24 steps" in text and "2 camera(s)" in text
     assert "actions (4,): min [4." in text and "state dimension(s) [1] are constant" in text
+
+
+def test_robomimic_file_read_with_filter(tmp_path):
+    import h5py
+
+    rng = np.random.default_rng(0)
+    written = {}
+    with h5py.File(tmp_path / "image.hdf5", "w") as f:
+        data = f.create_group("data")
+        data.attrs["env_args"] = '{"env_name": "Lift"}'
+        for i in range(3):
+            g = data.create_group(f"demo_{i}")
+            written[i] = {"eef": rng.normal(size=(8, 3)).astype(np.float32), "grip": rng.normal(size=(8, 2)).astype(np.float32),
+                          "img": rng.integers(0, 255, (8, 16, 16, 3), dtype=np.uint8),
+                          "actions": rng.uniform(-1, 1, (8, 7)).astype(np.float32)}  # fmt: skip
+            g["actions"] = written[i]["actions"]
+            g["obs/robot0_eef_pos"], g["obs/robot0_gripper_qpos"] = written[i]["eef"], written[i]["grip"]
+            g["obs/agentview_image"] = written[i]["img"]
+        f["mask/train"] = np.array([b"demo_0", b"demo_2"])
+    data = load_folder(tmp_path, RobotDataConfig(image_size=0, cache=False, robomimic_filter="train"), 3, False)
+    np.testing.assert_array_equal(data["actions"], np.concatenate([written[0]["actions"], written[2]["actions"]]))
+    np.testing.assert_array_equal(data["observations"]["state"][:8], np.concatenate([written[0]["eef"], written[0]["grip"]], 1))
+    np.testing.assert_array_equal(data["observations"]["image"][8:], written[2]["img"])
+    with pytest.raises(DatasetError, match="no filter mask/valid; filters there: \\['train'\\]"):
+        load_folder(tmp_path, RobotDataConfig(image_size=0, cache=False, robomimic_filter="valid"), 3, False)

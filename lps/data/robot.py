@@ -79,6 +79,8 @@ class RobotDataConfig:
     """LeRobot datasets: the table column holding the action."""
     failure_episodes: tuple[int, ...] = ()
     """LeRobot datasets: episode indices that failed (others are successes unless next.success/next.reward say otherwise)."""
+    robomimic_filter: str = ""
+    """robomimic files: read only the demos listed in mask/<this> (e.g. train); empty: every demo."""
     normalize: str = "none"
     """none|minmax|meanstd|quantile: per-dimension state/action stats fitted on the training data, stored
     in the run and applied by load_policy/serve (actions in the robot's units need one of these)."""
@@ -295,12 +297,17 @@ def load_folder(folder: str | os.PathLike, cfg: RobotDataConfig = RobotDataConfi
     `lps.data.lerobot`; every camera it has (or --cameras) is stacked on the channel axis."""
     from lps.data import lerobot
 
+    from lps.data import robomimic
+
     if Path(folder).is_dir() and lerobot.is_lerobot(Path(folder)):
         return load_lerobot(folder, cfg, chunk_len, progress)
+    if Path(folder).is_dir() and not (Path(folder) / "success").is_dir() and robomimic.files(Path(folder)):
+        return load_lerobot(folder, cfg, chunk_len, progress, reader="robomimic")
     if Path(folder).is_dir() and not any((Path(folder) / sub).is_dir() for sub in SUBFOLDERS):
         raise DatasetError(
             f"{folder} holds no episodes in a known robot data layout. Known layouts: LeRobot v2.1/v3.0 "
-            "(meta/info.json), HDF5 episodes (success/*.h5, failure/*.h5); see README 'Your own robot data'"
+            "(meta/info.json), robomimic (*.hdf5 with data/demo_N), HDF5 episodes (success/*.h5, failure/*.h5); "
+            "see README 'Your own robot data'"
         )
     paths = episode_paths(folder, cfg)
     cache_path = Path(folder) / CACHE_DIR / f"robot-{_cache_key(paths, cfg, chunk_len)}.npz"
@@ -358,9 +365,10 @@ def load_for_training(folder: str | os.PathLike, cfg: RobotDataConfig, chunk_len
 
 
 def load_lerobot(folder: str | os.PathLike, cfg: RobotDataConfig = RobotDataConfig(), chunk_len: int = 5,
-                 progress: bool = True) -> dict[str, Any]:  # fmt: skip
-    """A local LeRobot dataset in the row layout (cached like an HDF5 folder)."""
-    from lps.data import lerobot
+                 progress: bool = True, reader: str = "lerobot") -> dict[str, Any]:  # fmt: skip
+    """A local LeRobot dataset (or, with reader="robomimic", robomimic files) in the row layout,
+    cached like an HDF5 folder."""
+    from lps.data import lerobot, robomimic
 
     folder = Path(folder)
     inputs = sorted(p for p in folder.rglob("*") if p.is_file() and CACHE_DIR not in p.parts)
@@ -372,7 +380,11 @@ def load_lerobot(folder: str | os.PathLike, cfg: RobotDataConfig = RobotDataConf
             return cached["dataset"]
         except (OSError, ValueError, KeyError) as e:
             print(f"[lps] ignoring unreadable cache {cache_path} ({type(e).__name__}: {e}); reading the dataset")
-    raw = lerobot.read_dataset(folder, cfg.state_column, cfg.action_column, cfg.cameras, cfg.failure_episodes)
+    if reader == "robomimic":
+        state_keys = () if cfg.state_keys == RobotDataConfig.state_keys else cfg.state_keys
+        raw = robomimic.read_dataset(folder, state_keys, cfg.cameras, cfg.robomimic_filter)
+    else:
+        raw = lerobot.read_dataset(folder, cfg.state_column, cfg.action_column, cfg.cameras, cfg.failure_episodes)
     episodes, skipped = [], []
     for ep in raw["episodes"]:
         try:
@@ -391,7 +403,7 @@ def load_lerobot(folder: str | os.PathLike, cfg: RobotDataConfig = RobotDataConf
         raise DatasetError(f"{folder}: episodes have different image sizes {sorted(shapes)}; set --image-size to resize them alike")
     dataset = append_episodes(None, episodes)
     n_success = sum(bool(e["rewards"][-chunk_len] == cfg.success_reward) for e in episodes)
-    info = (f"LeRobot {raw['version']}, {len(episodes)} episodes ({n_success} success, {len(episodes) - n_success} failure), "
+    info = (f"{'LeRobot ' if reader == 'lerobot' else ''}{raw['version']}, {len(episodes)} episodes ({n_success} success, {len(episodes) - n_success} failure), "
             f"{len(dataset['actions'])} steps, cameras {raw['cameras']} stacked as image {dataset['observations']['image'].shape[1:]}")  # fmt: skip
     print(f"[lps] robot data: {info}")
     if cfg.cache:
