@@ -232,3 +232,29 @@ def test_robomimic_file_read_with_filter(tmp_path):
     np.testing.assert_array_equal(data["observations"]["image"][8:], written[2]["img"])
     with pytest.raises(DatasetError, match="no filter mask/valid; filters there: \\['train'\\]"):
         load_folder(tmp_path, RobotDataConfig(image_size=0, cache=False, robomimic_filter="valid"), 3, False)
+
+
+def test_raw_droid_folder_left_half_of_stereo_mp4(tmp_path):
+    import h5py
+
+    rng = np.random.default_rng(0)
+    cfg = RobotDataConfig(image_size=0, cache=False)
+    written = []
+    for sub, steps in (("success", 8), ("failure", 9)):
+        ep = tmp_path / sub / "2024-01-01" / "Mon_Jan__1_10:00:00_2024"
+        action = rng.uniform(-1, 1, (steps, 7)).astype(np.float32)
+        state = rng.normal(size=(steps, 7)).astype(np.float32)
+        (ep / "recordings" / "MP4").mkdir(parents=True)
+        with h5py.File(ep / "trajectory.h5", "w") as f:
+            for keys, arr in ((cfg.action_keys, action), (cfg.state_keys, state)):
+                f[keys[0]], f[keys[1]] = arr[:, :-1], arr[:, -1]
+        left = np.broadcast_to(np.linspace(20, 230, steps)[:, None, None, None], (steps, 16, 16, 3)).astype(np.uint8)
+        stereo = np.concatenate([left, np.full_like(left, 128)], axis=2)  # right half: another image
+        lerobot.write_video(ep / "recordings" / "MP4" / "12345.mp4", stereo, 15)
+        written.append((action, state, left))
+    data = load_folder(tmp_path, cfg, 3, False)
+    np.testing.assert_array_equal(data["actions"], np.concatenate([w[0] for w in written]))
+    np.testing.assert_array_equal(data["observations"]["state"], np.concatenate([w[1] for w in written]))
+    assert data["observations"]["image"].shape == (17, 16, 16, 3)
+    assert np.abs(data["observations"]["image"].astype(int) - np.concatenate([w[2] for w in written])).max() <= 6
+    assert data["rewards"][8 - 3] == 0.0 and data["rewards"][8 + 9 - 3] == -100.0

@@ -303,10 +303,15 @@ def load_folder(folder: str | os.PathLike, cfg: RobotDataConfig = RobotDataConfi
         return load_lerobot(folder, cfg, chunk_len, progress)
     if Path(folder).is_dir() and not (Path(folder) / "success").is_dir() and robomimic.files(Path(folder)):
         return load_lerobot(folder, cfg, chunk_len, progress, reader="robomimic")
+    from lps.data import droid_raw
+
+    if Path(folder).is_dir() and droid_raw.trajectories(Path(folder)):
+        return load_lerobot(folder, cfg, chunk_len, progress, reader="droid_raw")
     if Path(folder).is_dir() and not any((Path(folder) / sub).is_dir() for sub in SUBFOLDERS):
         raise DatasetError(
             f"{folder} holds no episodes in a known robot data layout. Known layouts: LeRobot v2.1/v3.0 "
-            "(meta/info.json), robomimic (*.hdf5 with data/demo_N), HDF5 episodes (success/*.h5, failure/*.h5); "
+            "(meta/info.json), robomimic (*.hdf5 with data/demo_N), raw DROID (success/<date>/<time>/trajectory.h5 + "
+            "recordings/MP4), HDF5 episodes (success/*.h5, failure/*.h5); "
             "see README 'Your own robot data'"
         )
     paths = episode_paths(folder, cfg)
@@ -380,7 +385,11 @@ def load_lerobot(folder: str | os.PathLike, cfg: RobotDataConfig = RobotDataConf
             return cached["dataset"]
         except (OSError, ValueError, KeyError) as e:
             print(f"[lps] ignoring unreadable cache {cache_path} ({type(e).__name__}: {e}); reading the dataset")
-    if reader == "robomimic":
+    if reader == "droid_raw":
+        from lps.data import droid_raw
+
+        raw = droid_raw.read_dataset(folder, cfg.action_keys, cfg.state_keys, cfg.cameras, cfg.include_failure)
+    elif reader == "robomimic":
         state_keys = () if cfg.state_keys == RobotDataConfig.state_keys else cfg.state_keys
         raw = robomimic.read_dataset(folder, state_keys, cfg.cameras, cfg.robomimic_filter)
     else:
