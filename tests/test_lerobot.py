@@ -31,6 +31,12 @@ def test_rows_equal_what_was_written(tmp_path, version):
     assert data["terminals"].sum() == 3 and data["terminals"][9] and data["rewards"][5] == 0.0
 
 
+def test_estimate_counts_frames_and_bytes(tmp_path):
+    lerobot.synthetic_dataset(tmp_path / "ds", "v3.0", episodes=4, steps=8, size=32)
+    line = lerobot.estimate(tmp_path / "ds")
+    assert "64 frames (32 rows x 2 camera(s))" in line and "~0 MiB" in line  # 32 * 32*32*3*2 bytes = 0.19 MiB
+
+
 def test_cameras_flag_picks_and_orders_cameras_and_cache_matches(tmp_path):
     written = lerobot.synthetic_dataset(tmp_path / "ds", "v3.0", episodes=2, steps=8)
     cfg = RobotDataConfig(image_size=16, cameras=("wrist",), num_cameras=1)

@@ -64,6 +64,22 @@ def camera_columns(info: dict[str, Any], cameras: tuple[str, ...]) -> list[str]:
     return out
 
 
+DECODE_FRAMES_PER_S = 1000  # bench/robot_decode.py: H.264 128x128 on one loaded CPU core (PyAV)
+
+
+def estimate(folder: Path, cameras: tuple[str, ...] = ()) -> str:
+    """A line saying how much decoding lies ahead (from info.json's total_frames and shapes)."""
+    info = read_info(folder)
+    rows = int(info.get("total_frames", 0))
+    cams = camera_columns(info, cameras)
+    pixels = sum(int(np.prod(info["features"][c].get("shape", [0]))) for c in cams)
+    if not rows:
+        return f"[lps] decoding {len(cams)} camera(s); info.json gives no total_frames to estimate the time"
+    frames = rows * len(cams)
+    return (f"[lps] decoding {frames} frames ({rows} rows x {len(cams)} camera(s)): ~{rows * pixels / 2**20:.0f} MiB "
+            f"of images in memory and in the cache, roughly {frames / DECODE_FRAMES_PER_S:.0f} s; later runs read the cache")
+
+
 def read_dataset(folder: Path, state_column: str, action_column: str, cameras: tuple[str, ...],
                  failure_episodes: tuple[int, ...] = ()) -> dict[str, Any]:  # fmt: skip
     """{"version", "fps", "cameras", "episodes": [{index, state (T, ds), action (T, da), images
@@ -297,6 +313,7 @@ def synthetic_dataset(folder: str | Path, version: str = "v2.1", episodes: int =
     (folder / "meta").mkdir(parents=True, exist_ok=True)
     if version == "v2.1":
         info = {"codebase_version": "v2.1", "fps": fps, "chunks_size": 1000, "total_episodes": episodes,
+                "total_frames": episodes * steps,
                 "data_path": "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet",
                 "video_path": "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4",
                 "features": features}  # fmt: skip
@@ -311,6 +328,7 @@ def synthetic_dataset(folder: str | Path, version: str = "v2.1", episodes: int =
         (folder / "meta" / "episodes.jsonl").write_text("\n".join(lines) + "\n")
     else:
         info = {"codebase_version": "v3.0", "fps": fps, "chunks_size": 1000, "total_episodes": episodes,
+                "total_frames": episodes * steps,
                 "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
                 "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4",
                 "features": features}  # fmt: skip

@@ -393,6 +393,7 @@ def load_lerobot(folder: str | os.PathLike, cfg: RobotDataConfig = RobotDataConf
         state_keys = () if cfg.state_keys == RobotDataConfig.state_keys else cfg.state_keys
         raw = robomimic.read_dataset(folder, state_keys, cfg.cameras, cfg.robomimic_filter)
     else:
+        print(lerobot.estimate(folder, cfg.cameras))
         raw = lerobot.read_dataset(folder, cfg.state_column, cfg.action_column, cfg.cameras, cfg.failure_episodes)
     episodes, skipped = [], []
     for ep in raw["episodes"]:
