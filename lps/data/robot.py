@@ -29,7 +29,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -81,7 +81,7 @@ class RobotDataConfig:
     """LeRobot datasets: episode indices that failed (others are successes unless next.success/next.reward say otherwise)."""
     robomimic_filter: str = ""
     """robomimic files: read only the demos listed in mask/<this> (e.g. train); empty: every demo."""
-    normalize: str = "none"
+    normalize: Literal["none", "minmax", "meanstd", "quantile"] = "none"
     """none|minmax|meanstd|quantile: per-dimension state/action stats fitted on the training data, stored
     in the run and applied by load_policy/serve (actions in the robot's units need one of these)."""
 
