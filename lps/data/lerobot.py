@@ -132,8 +132,8 @@ def read_dataset(folder: Path, state_column: str, action_column: str, cameras: t
 
 def _episode_tables(folder: Path, info: dict[str, Any], version: str) -> list[tuple[dict, Any]]:
     """(episode metadata, its rows as a pyarrow table) for every episode, in index order."""
-    import pyarrow.parquet as pq
     import pyarrow.compute as pc
+    import pyarrow.parquet as pq
 
     out = []
     if version.startswith("v2"):

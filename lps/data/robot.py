@@ -295,9 +295,7 @@ def load_folder(folder: str | os.PathLike, cfg: RobotDataConfig = RobotDataConfi
     when the files and options are unchanged. Bad episodes stop the load (naming file and key),
     or with `cfg.skip_bad` are skipped and listed. A LeRobot dataset (meta/info.json) is read by
     `lps.data.lerobot`; every camera it has (or --cameras) is stacked on the channel axis."""
-    from lps.data import lerobot
-
-    from lps.data import robomimic
+    from lps.data import lerobot, robomimic
 
     if Path(folder).is_dir() and lerobot.is_lerobot(Path(folder)):
         return load_lerobot(folder, cfg, chunk_len, progress)
