@@ -264,3 +264,13 @@ def test_raw_droid_folder_left_half_of_stereo_mp4(tmp_path):
     assert data["observations"]["image"].shape == (17, 16, 16, 3)
     assert np.abs(data["observations"]["image"].astype(int) - np.concatenate([w[2] for w in written])).max() <= 6
     assert data["rewards"][8 - 3] == 0.0 and data["rewards"][8 + 9 - 3] == -100.0
+
+
+def test_av1_video_lerobots_default_codec(tmp_path):
+    """LeRobot v3.0 encodes AV1 by default: PyAV's wheels encode it (SVT-AV1) and decode it (dav1d)."""
+    written = lerobot.synthetic_dataset(tmp_path / "ds", "v3.0", episodes=2, steps=4, size=64, cameras=("front",),
+                                        codec="libsvtav1")  # fmt: skip
+    data = load_folder(tmp_path / "ds", RAW, 2, False)
+    image = np.concatenate([e["images"]["observation.images.front"] for e in written["episodes"]])
+    assert data["observations"]["image"].shape == (8, 64, 64, 3)
+    assert np.abs(data["observations"]["image"].astype(int) - image).max() <= 8
