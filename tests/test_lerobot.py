@@ -198,6 +198,11 @@ def test_normalised_run_acts_and_serves_in_robot_units(tmp_path):
         thread.join(timeout=10)
     assert served.shape == (3, 4) and served.min() >= 10.0 - 1e-3 and served.max() <= 30.0 + 1e-3
 
+    from lps.offline_eval import evaluate_on_dataset
+
+    scored = evaluate_on_dataset(run, ds)  # held-out rows in robot units, scored in normalised units
+    assert scored["offline/episodes"] == 3 and 0 < scored["offline/action_mse"] < 4
+
     (run / "normalization.json").unlink()  # a run from before normalisation existed
     old = lps.load_policy(run)
     assert old.normalization is None and np.abs(old(raw, key=jax.random.PRNGKey(0))).max() <= 1.0
