@@ -237,9 +237,10 @@ def _data_robot(argv: list[str]) -> int:
                     "`lps train --dataset DIR` will (same flags; --chunk-len sets where the outcome reward goes).")  # fmt: skip
     a = tyro.cli(Args, args=argv, prog="lps data robot")
     data = load_folder(a.folder, a.robot, a.chunk_len)
-    obs = data["observations"]
-    print(f"[lps] {a.folder}: state {obs['state'].shape[1:]}, image {obs['image'].shape[1:]} uint8, "
-          f"actions {data['actions'].shape[1:]}; train with `lps train --dataset {a.folder}`")  # fmt: skip
+    from lps.data.robot import summary
+
+    print(summary(data, a.robot, a.chunk_len))
+    print(f"[lps] train with `lps train --dataset {a.folder}`")
     return 0
 
 

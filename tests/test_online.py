@@ -13,9 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from lps.data import toy
 from lps.agents import LPSConfig
-from lps.data import replay
+from lps.data import replay, toy
 from lps.data.sampler import chunk_starts
 from lps.training import online, rundir
 from lps.training.config import TrainConfig, preset
@@ -230,7 +229,7 @@ def test_online_fine_tuning_raises_the_toy_bandit_return(tmp_path, monkeypatch):
     from lps.agents import config_class
     from lps.data import toy
 
-    def overstated(cfg):
+    def overstated(cfg, run_dirs=()):
         data = toy.make_dataset(cfg.env, seed=cfg.data_seed)
         near = np.linalg.norm(data["actions"] - np.array([-0.7, 0.7]), axis=-1) < 0.25
         data["rewards"] = np.where(near, 1.5, data["rewards"]).astype(np.float32)

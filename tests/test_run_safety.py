@@ -368,7 +368,7 @@ def test_signal_stops_between_dispatches_with_a_checkpoint(tmp_path, monkeypatch
 
 
 def test_signal_before_training_begins_stops_at_once(tmp_path, monkeypatch):
-    def load_data_interrupted(cfg):  # Ctrl-C while data is loaded (or generated, which can take hours)
+    def load_data_interrupted(cfg, run_dirs=()):  # Ctrl-C while data is loaded (or generated, which can take hours)
         os.kill(os.getpid(), signal.SIGINT)
         raise AssertionError("loading went on after Ctrl-C")
 

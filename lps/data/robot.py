@@ -29,7 +29,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -73,6 +73,17 @@ class RobotDataConfig:
     """Skip episodes that fail validation (printing a summary) instead of stopping at the first."""
     cache: bool = True
     """Cache the decoded dataset in DIR/.lps-cache so the next run starts in seconds."""
+    state_column: str = "observation.state"
+    """LeRobot datasets: the table column holding the proprioceptive state."""
+    action_column: str = "action"
+    """LeRobot datasets: the table column holding the action."""
+    failure_episodes: tuple[int, ...] = ()
+    """LeRobot datasets: episode indices that failed (others are successes unless next.success/next.reward say otherwise)."""
+    robomimic_filter: str = ""
+    """robomimic files: read only the demos listed in mask/<this> (e.g. train); empty: every demo."""
+    normalize: Literal["none", "minmax", "meanstd", "quantile"] = "none"
+    """none|minmax|meanstd|quantile: per-dimension state/action stats fitted on the training data, stored
+    in the run and applied by load_policy/serve (actions in the robot's units need one of these)."""
 
     def __post_init__(self):
         if self.num_cameras < 1:
@@ -84,6 +95,9 @@ class RobotDataConfig:
                 f"--cameras names {len(self.cameras)} camera(s) {list(self.cameras)} but --num-cameras is "
                 f"{self.num_cameras}; make them agree"
             )
+        from lps.data.normalize import check_mode
+
+        check_mode(self.normalize)
         if not self.action_keys or not self.state_keys:
             raise ValueError("--action-keys and --state-keys need at least one key each")
 
@@ -143,10 +157,10 @@ def read_episode(path: str | os.PathLike, cfg: RobotDataConfig = RobotDataConfig
     actions = np.concatenate([arrays[k] for k in cfg.action_keys], axis=-1)
     state = np.concatenate([arrays[k] for k in cfg.state_keys], axis=-1)
     worst = float(np.max(np.abs(actions)))
-    if worst > 1.0 + 1e-5:
+    if worst > 1.0 + 1e-5 and cfg.normalize == "none":
         raise DatasetError(
             f"{path}: actions ({', '.join(cfg.action_keys)}) must lie in [-1, 1] but reach {worst:.4g}; "
-            "rescale them when recording"
+            "rescale them when recording, or pass --normalize minmax (or quantile)"
         )
     if length <= chunk_len:
         raise DatasetError(f"{path}: episode has {length} steps; it needs more than the chunk length {chunk_len}")
@@ -164,7 +178,7 @@ def read_episode(path: str | os.PathLike, cfg: RobotDataConfig = RobotDataConfig
     terminals[-1] = True
     return {
         "observations": {"state": state.astype(np.float32), "image": image},
-        "actions": np.clip(actions, -1.0, 1.0).astype(np.float32),
+        "actions": (np.clip(actions, -1.0, 1.0) if cfg.normalize == "none" else actions).astype(np.float32),
         "rewards": rewards,
         "masks": masks,
         "terminals": terminals,
@@ -180,6 +194,16 @@ def droid_obs_to_lps(raw: dict, cfg: RobotDataConfig = RobotDataConfig()) -> dic
         if image.dtype != np.uint8 or image.ndim != 3:
             raise ValueError(f"observation 'image' must be uint8 (H, W, C), got {image.dtype} {image.shape}")
         return {"state": np.asarray(raw["state"], np.float32).reshape(-1), "image": image}
+    if cfg.state_column in raw:  # a LeRobot-style frame: {"observation.state": ..., "observation.images.<cam>": RGB}
+        from lps.data.lerobot import IMAGE_PREFIX
+
+        cams = [c if c in raw else IMAGE_PREFIX + c for c in cfg.cameras] or sorted(k for k in raw if k.startswith(IMAGE_PREFIX))
+        missing = [c for c in cams if c not in raw]
+        if missing or not cams:
+            raise ValueError(f"observation lacks camera(s) {missing or IMAGE_PREFIX + '*'}; it has keys {sorted(raw)}")
+        rgb_cfg = dataclasses.replace(cfg, bgr=False)
+        image = np.concatenate([_to_rgb(np.asarray(raw[c])[None], rgb_cfg)[0] for c in cams], axis=-1)
+        return {"state": np.asarray(raw[cfg.state_column], np.float32).reshape(-1), "image": image}
     state = np.concatenate([np.asarray(_lookup(raw, k), np.float32).reshape(-1) for k in cfg.state_keys])
     group = _lookup(raw, cfg.image_group)
     if not isinstance(group, dict):
@@ -269,7 +293,25 @@ def load_folder(folder: str | os.PathLike, cfg: RobotDataConfig = RobotDataConfi
                 progress: bool = True) -> dict[str, Any]:  # fmt: skip
     """Every episode of `folder` in one row-layout dataset (observations a dict), from the cache
     when the files and options are unchanged. Bad episodes stop the load (naming file and key),
-    or with `cfg.skip_bad` are skipped and listed."""
+    or with `cfg.skip_bad` are skipped and listed. A LeRobot dataset (meta/info.json) is read by
+    `lps.data.lerobot`; every camera it has (or --cameras) is stacked on the channel axis."""
+    from lps.data import lerobot, robomimic
+
+    if Path(folder).is_dir() and lerobot.is_lerobot(Path(folder)):
+        return load_lerobot(folder, cfg, chunk_len, progress)
+    if Path(folder).is_dir() and not (Path(folder) / "success").is_dir() and robomimic.files(Path(folder)):
+        return load_lerobot(folder, cfg, chunk_len, progress, reader="robomimic")
+    from lps.data import droid_raw
+
+    if Path(folder).is_dir() and droid_raw.trajectories(Path(folder)):
+        return load_lerobot(folder, cfg, chunk_len, progress, reader="droid_raw")
+    if Path(folder).is_dir() and not any((Path(folder) / sub).is_dir() for sub in SUBFOLDERS):
+        raise DatasetError(
+            f"{folder} holds no episodes in a known robot data layout. Known layouts: LeRobot v2.1/v3.0 "
+            "(meta/info.json), robomimic (*.hdf5 with data/demo_N), raw DROID (success/<date>/<time>/trajectory.h5 + "
+            "recordings/MP4), HDF5 episodes (success/*.h5, failure/*.h5); "
+            "see README 'Your own robot data'"
+        )
     paths = episode_paths(folder, cfg)
     cache_path = Path(folder) / CACHE_DIR / f"robot-{_cache_key(paths, cfg, chunk_len)}.npz"
     if cfg.cache and cache_path.exists():
@@ -312,6 +354,126 @@ def load_folder(folder: str | os.PathLike, cfg: RobotDataConfig = RobotDataConfi
         except OSError as e:  # e.g. a read-only dataset folder: train anyway, just without the cache
             print(f"[lps] could not write the cache {cache_path} ({e}); the next run will read the episodes again")
     return dataset
+
+
+def load_for_training(folder: str | os.PathLike, cfg: RobotDataConfig, chunk_len: int, progress: bool,
+                      run_dirs: list[Path]) -> dict[str, Any]:  # fmt: skip
+    """`load_folder`, normalised with stats fitted on it (`cfg.normalize`), which are stored in each
+    run dir (or removed there for 'none'), then validated: the data a robot run trains on."""
+    from lps.data import normalize
+    from lps.data.validate import validate
+
+    data = normalize.prepare(load_folder(folder, cfg, chunk_len, progress), cfg.normalize, run_dirs)
+    return validate(data, chunk_len, str(folder))
+
+
+def load_lerobot(folder: str | os.PathLike, cfg: RobotDataConfig = RobotDataConfig(), chunk_len: int = 5,
+                 progress: bool = True, reader: str = "lerobot") -> dict[str, Any]:  # fmt: skip
+    """A local LeRobot dataset (or, with reader="robomimic", robomimic files) in the row layout,
+    cached like an HDF5 folder."""
+    from lps.data import lerobot, robomimic
+
+    folder = Path(folder)
+    inputs = sorted(p for p in folder.rglob("*") if p.is_file() and CACHE_DIR not in p.parts)
+    cache_path = folder / CACHE_DIR / f"robot-{_cache_key([(p, True) for p in inputs], cfg, chunk_len)}.npz"
+    if cfg.cache and cache_path.exists():
+        try:
+            cached = _read_cache(cache_path)
+            print(f"[lps] robot data from cache {cache_path} ({cached['info']})")
+            return cached["dataset"]
+        except (OSError, ValueError, KeyError) as e:
+            print(f"[lps] ignoring unreadable cache {cache_path} ({type(e).__name__}: {e}); reading the dataset")
+    if reader == "droid_raw":
+        from lps.data import droid_raw
+
+        raw = droid_raw.read_dataset(folder, cfg.action_keys, cfg.state_keys, cfg.cameras, cfg.include_failure)
+    elif reader == "robomimic":
+        state_keys = () if cfg.state_keys == RobotDataConfig.state_keys else cfg.state_keys
+        raw = robomimic.read_dataset(folder, state_keys, cfg.cameras, cfg.robomimic_filter)
+    else:
+        print(lerobot.estimate(folder, cfg.cameras))
+        raw = lerobot.read_dataset(folder, cfg.state_column, cfg.action_column, cfg.cameras, cfg.failure_episodes)
+    episodes, skipped = [], []
+    for ep in raw["episodes"]:
+        try:
+            episodes.append(build_episode(ep["state"], ep["action"], [ep["images"][c] for c in raw["cameras"]],
+                                          ep["success"], cfg, chunk_len, f"{folder} episode {ep['index']}"))  # fmt: skip
+        except DatasetError as e:
+            if not cfg.skip_bad:
+                raise DatasetError(f"{e}\n(pass --skip-bad to skip bad episodes with a summary instead)") from None
+            skipped.append(str(e))
+    for reason in skipped:
+        print(f"[lps] skipped (--skip-bad): {reason}")
+    if not episodes:
+        raise DatasetError(f"{folder}: every episode was bad; nothing to train on")
+    shapes = {e["observations"]["image"].shape[1:] for e in episodes}
+    if len(shapes) > 1:
+        raise DatasetError(f"{folder}: episodes have different image sizes {sorted(shapes)}; set --image-size to resize them alike")
+    dataset = append_episodes(None, episodes)
+    n_success = sum(bool(e["rewards"][-chunk_len] == cfg.success_reward) for e in episodes)
+    info = (f"{'LeRobot ' if reader == 'lerobot' else ''}{raw['version']}, {len(episodes)} episodes ({n_success} success, {len(episodes) - n_success} failure), "
+            f"{len(dataset['actions'])} steps, cameras {raw['cameras']} stacked as image {dataset['observations']['image'].shape[1:]}")  # fmt: skip
+    print(f"[lps] robot data: {info}")
+    if cfg.cache:
+        try:
+            _write_cache(cache_path, dataset, info)
+        except OSError as e:
+            print(f"[lps] could not write the cache {cache_path} ({e}); the next run will read the dataset again")
+    return dataset
+
+
+def summary(data: dict[str, Any], cfg: RobotDataConfig, chunk_len: int) -> str:
+    """What `lps data robot DIR` prints: steps, episodes, outcomes, image, per-dimension ranges."""
+    obs, actions = data["observations"], data["actions"]
+    ends = np.flatnonzero(data["terminals"])
+    outcome_rows = ends - chunk_len + 1
+    failures = int(np.sum(data["rewards"][outcome_rows] == cfg.failure_reward))
+    lines = [f"[lps] {len(ends)} episodes ({len(ends) - failures} success, {failures} failure), {len(actions)} steps",
+             f"[lps] image {obs['image'].shape[1:]} uint8 ({obs['image'].shape[-1] // 3} camera(s) stacked on channels)"]  # fmt: skip
+    for name, arr in (("state", obs["state"]), ("actions", actions)):
+        lo, hi = arr.min(0), arr.max(0)
+        fmt = lambda v: "[" + ", ".join(f"{x:.4g}" for x in v) + "]"  # noqa: E731
+        lines.append(f"[lps] {name} {arr.shape[1:]}: min {fmt(lo)} max {fmt(hi)}")
+        constant = np.flatnonzero(hi - lo <= 1e-8).tolist()
+        if constant:
+            lines.append(f"[lps]   {name} dimension(s) {constant} are constant (normalisation leaves them unscaled)")
+    return "\n".join(lines)
+
+
+def build_episode(state: np.ndarray, actions: np.ndarray, frames: list[np.ndarray], success: bool,
+                  cfg: RobotDataConfig, chunk_len: int, where: str) -> dict[str, Any]:  # fmt: skip
+    """Raw arrays of one episode (RGB frames per camera) -> the row layout with the paper's rewards."""
+    length = len(actions)
+    for name, arr in [("state", state), ("action", actions)] + [(f"camera {i}", f) for i, f in enumerate(frames)]:
+        if len(arr) != length:
+            raise DatasetError(f"{where}: {name} has {len(arr)} steps but the action has {length}")
+    for name, arr in (("state", state), ("action", actions)):
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            raise DatasetError(f"{where}: {name} holds NaN/inf at step {int(np.argwhere(bad)[0][0])}")
+    worst = float(np.max(np.abs(actions)))
+    if worst > 1.0 + 1e-5 and cfg.normalize == "none":
+        raise DatasetError(
+            f"{where}: actions must lie in [-1, 1] but reach {worst:.4g}; pass --normalize minmax (or quantile) "
+            "to train on actions in the robot's units"
+        )
+    if length <= chunk_len:
+        raise DatasetError(f"{where}: episode has {length} steps; it needs more than the chunk length {chunk_len}")
+    rgb_cfg = dataclasses.replace(cfg, bgr=False)
+    image = np.concatenate([_to_rgb(f, rgb_cfg) for f in frames], axis=-1)
+    rewards = np.full(length, cfg.step_reward, np.float32)
+    rewards[length - chunk_len] = cfg.success_reward if success else cfg.failure_reward
+    masks = np.ones(length, np.float32)
+    masks[length - chunk_len :] = 0.0
+    terminals = np.zeros(length, bool)
+    terminals[-1] = True
+    return {
+        "observations": {"state": state.astype(np.float32), "image": image},
+        "actions": (np.clip(actions, -1.0, 1.0) if cfg.normalize == "none" else actions).astype(np.float32),
+        "rewards": rewards,
+        "masks": masks,
+        "terminals": terminals,
+    }
 
 
 def append_episodes(dataset: dict[str, Any] | None, episodes: list[dict[str, Any]]) -> dict[str, Any]:

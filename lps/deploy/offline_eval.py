@@ -57,9 +57,14 @@ def evaluate_on_dataset(run_dir, dataset_path, seed: int | None = None) -> dict[
     _, cfg, _, spec = load_config(run_dir)
     policy = load_policy(run_dir, seed=cfg.seed if seed is None else seed)
     if Path(dataset_path).is_dir():
+        from lps.data.normalize import apply_dataset
         from lps.data.robot import load_folder
 
-        data = validate(load_folder(dataset_path, cfg.robot, cfg.chunk_len, cfg.progress), cfg.chunk_len, str(dataset_path))
+        # A normalised run is scored in its normalised units ([-1, 1] actions, like every other run):
+        # the held-out rows get the run's stats and the policy skips its own mapping.
+        raw = load_folder(dataset_path, cfg.robot, cfg.chunk_len, cfg.progress)
+        data = validate(apply_dataset(raw, policy.normalization), cfg.chunk_len, str(dataset_path))
+        policy.normalization = None
     else:
         data = load_own_dataset(dataset_path, cfg.chunk_len)
     if np.shape(data["actions"])[1] != spec.action_dim:

@@ -31,11 +31,13 @@ DEFAULT_EVAL_EPISODES = 50  # the paper's protocol, for runs that never evaluate
 class Policy:
     """A trained agent's acting rule with its parameters bound."""
 
-    def __init__(self, agent, params, seed: int = 0, device: str = "auto", robot=None):
+    def __init__(self, agent, params, seed: int = 0, device: str = "auto", robot=None, normalization=None):
         self.device = acting_device(device)
         self.agent, self.params = agent, jax.device_put(params, self.device)
         self.robot = robot  # the RobotDataConfig the data was read with (robot runs)
         self.spec = agent.spec
+        # Stats fitted on the training data (lps.data.normalize): raw state in, actions out in robot units.
+        self.normalization = normalization
         self._act = jitted_act(agent)
         self._key = jax.random.PRNGKey(seed)
         self._calls = 0
@@ -47,6 +49,10 @@ class Policy:
         obs, key = jax.device_put(obs, self.device), jax.device_put(key, self.device)
         chunk = self._act(self.params, obs, key)
         chunk = np.asarray(chunk).reshape(-1, self.spec.chunk_len, self.spec.action_dim)
+        if self.normalization is not None:
+            from lps.data.normalize import invert
+
+            chunk = invert(chunk, self.normalization["action"])
         return chunk[0] if single else chunk
 
     def _check_obs(self, obs) -> np.ndarray:
@@ -87,6 +93,10 @@ class Policy:
             obs = droid_obs_to_lps(obs, self.robot or RobotDataConfig())
             obs = {k: v[None] for k, v in obs.items()}
         state, image = np.asarray(obs["state"], np.float32), np.asarray(obs["image"])
+        if self.normalization is not None and "state" in self.normalization and state.shape[1:] == (self.spec.obs_dim,):
+            from lps.data.normalize import apply
+
+            state = apply(state, self.normalization["state"])
         if state.shape[1:] != (self.spec.obs_dim,) or image.shape[1:] != tuple(image_shape):
             raise ValueError(
                 f"observation has state {state.shape[1:]} and image {image.shape[1:]}; the policy takes state "
@@ -124,7 +134,9 @@ def load_policy(run_dir: str | Path, seed: int = 0, device: str = "auto") -> Pol
         raise ValueError(f"{run_dir}/config.json has no problem spec; was the run started?")
     agent = build_agent_for(agent_name, cfg, agent_cfg, spec)
     state = checkpoint.restore(run_dir, create_state(agent, make_optimizer(cfg), cfg.seed))
-    return Policy(agent, state.params, seed, device, robot=cfg.robot)
+    from lps.data import normalize
+
+    return Policy(agent, state.params, seed, device, robot=cfg.robot, normalization=normalize.load(run_dir))
 
 
 def evaluate_run(run_dir: str | Path, episodes: int | None = None, seed: int | None = None,

@@ -55,7 +55,7 @@ def train(agent_name: str, cfg: TrainConfig, agent_cfg, resume: bool = False) ->
 
 def _train(agent_name, cfg, agent_cfg, runs, resume, changes, stop):
     # --- build: data, agent, optimiser, state (fresh or resumed), records, evaluation ---
-    data = setup.load_data(cfg)
+    data = setup.load_data(cfg, [run.dir for run in runs])
     if cfg.online_steps:
         online.check_memory(data, cfg)  # refused before the offline steps, not after them
     agent = setup.build(agent_name, cfg, agent_cfg, data)

@@ -1,0 +1,355 @@
+"""LeRobot datasets (v2.1 and v3.0) read from a local folder with pyarrow and PyAV: no torch, no hub.
+
+    v2.1: meta/info.json, meta/episodes.jsonl, data/chunk-XXX/episode_XXXXXX.parquet (one episode
+          per table), videos/chunk-XXX/<camera>/episode_XXXXXX.mp4 (one episode per video)
+    v3.0: meta/info.json, meta/episodes/chunk-XXX/file-XXX.parquet (where each episode lives),
+          data/chunk-XXX/file-XXX.parquet and videos/<camera>/chunk-XXX/file-XXX.mp4 (episodes
+          concatenated; an episode's video span starts at its `videos/<camera>/from_timestamp`)
+
+Rows are matched to video frames by timestamp, as LeRobot does: the frame nearest to the row's
+timestamp (plus the episode's offset in a concatenated v3.0 video), which must lie within a
+quarter of a frame period, else the video is at another fps than info.json says or shorter than
+the table. Cameras stored as images in the table (`dtype: image`) are decoded from their bytes.
+
+Each episode comes back as raw arrays (state, action, RGB frames per camera, success); the reward
+scheme and the row layout are applied by `lps.data.robot`, the same for every format.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lps.data.validate import DatasetError
+
+IMAGE_PREFIX = "observation.images."
+
+
+def is_lerobot(folder: Path) -> bool:
+    return (folder / "meta" / "info.json").is_file()
+
+
+def read_info(folder: Path) -> dict[str, Any]:
+    path = folder / "meta" / "info.json"
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DatasetError(f"{path}: cannot be read as JSON ({e})") from e
+    version = str(info.get("codebase_version", ""))
+    if not (version.startswith("v2") or version.startswith("v3")):
+        raise DatasetError(f"{path}: codebase_version {version!r} is not supported; LeRobot v2.1 and v3.0 are")
+    for key in ("fps", "features", "data_path"):
+        if key not in info:
+            raise DatasetError(f"{path}: lacks '{key}' (is this a LeRobot dataset?)")
+    return info
+
+
+def camera_columns(info: dict[str, Any], cameras: tuple[str, ...]) -> list[str]:
+    """The camera features to stack, in order: the named ones (with or without the
+    'observation.images.' prefix), else every `observation.images.*` feature, sorted."""
+    feats = info["features"]
+    visual = sorted(k for k, v in feats.items() if v.get("dtype") in ("video", "image"))
+    if not cameras:
+        return [k for k in visual if k.startswith(IMAGE_PREFIX)] or visual
+    out = []
+    for cam in cameras:
+        key = cam if cam in feats else IMAGE_PREFIX + cam
+        if key not in feats or feats[key].get("dtype") not in ("video", "image"):
+            raise DatasetError(f"camera '{cam}' is not a video/image feature of this dataset; cameras: {visual}")
+        out.append(key)
+    return out
+
+
+DECODE_FRAMES_PER_S = 1000  # bench/robot_decode.py: H.264 128x128 on one loaded CPU core (PyAV)
+
+
+def estimate(folder: Path, cameras: tuple[str, ...] = ()) -> str:
+    """A line saying how much decoding lies ahead (from info.json's total_frames and shapes)."""
+    info = read_info(folder)
+    rows = int(info.get("total_frames", 0))
+    cams = camera_columns(info, cameras)
+    pixels = sum(int(np.prod(info["features"][c].get("shape", [0]))) for c in cams)
+    if not rows:
+        return f"[lps] decoding {len(cams)} camera(s); info.json gives no total_frames to estimate the time"
+    frames = rows * len(cams)
+    return (f"[lps] decoding {frames} frames ({rows} rows x {len(cams)} camera(s)): ~{rows * pixels / 2**20:.0f} MiB "
+            f"of images in memory and in the cache, roughly {frames / DECODE_FRAMES_PER_S:.0f} s; later runs read the cache")
+
+
+def read_dataset(folder: Path, state_column: str, action_column: str, cameras: tuple[str, ...],
+                 failure_episodes: tuple[int, ...] = ()) -> dict[str, Any]:  # fmt: skip
+    """{"version", "fps", "cameras", "episodes": [{index, state (T, ds), action (T, da), images
+    {camera: (T, H, W, 3) uint8 RGB}, success}]} of a local LeRobot dataset."""
+    info = read_info(folder)
+    fps = float(info["fps"])
+    cams = camera_columns(info, cameras)
+    version = str(info["codebase_version"])
+    tables = _episode_tables(folder, info, version)
+    first = tables[0][1]
+    for col in (state_column, action_column):
+        if col not in first.column_names:
+            raise DatasetError(
+                f"{folder}: column '{col}' does not exist; the table's columns are {first.column_names} "
+                "(choose them with --state-column / --action-column)"
+            )
+    video_cache: dict[Path, tuple[np.ndarray, np.ndarray]] = {}  # a v3.0 file holds many episodes: decode once
+    episodes = []
+    for meta, table in tables:
+        index = int(meta["episode_index"])
+        where = f"{folder} episode {index}"
+        state = _matrix(table, state_column, where)
+        action = _matrix(table, action_column, where)
+        timestamps = np.asarray(table.column("timestamp").to_numpy(), np.float64) if "timestamp" in table.column_names \
+            else np.arange(len(table)) / fps  # fmt: skip
+        images = {}
+        for cam in cams:
+            if info["features"][cam].get("dtype") == "image":
+                images[cam] = _table_images(table, cam, where)
+                continue
+            path = folder / _video_path(info, version, cam, meta)
+            if not path.is_file():
+                raise DatasetError(f"{where}: video file missing: {path}")
+            if path not in video_cache:
+                video_cache.clear()  # keep one file's frames in memory at a time (files are read in order)
+                video_cache[path] = decode_video(path, fps)
+            frames, times = video_cache[path]
+            offset = float(meta.get(f"videos/{cam}/from_timestamp", 0.0))
+            images[cam] = match_frames(frames, times, timestamps + offset, fps, f"{where}, camera '{cam}' ({path})")
+        success = index not in set(failure_episodes)
+        for col in ("next.success", "next.reward"):
+            if success and col in table.column_names:
+                values = np.asarray(table.column(col).to_numpy(zero_copy_only=False), np.float64)
+                if col == "next.success" or np.any(values != 0):  # all-zero rewards say nothing about outcome
+                    success = bool(np.max(values) > 0)
+                break
+        episodes.append({"index": index, "state": state, "action": action, "images": images, "success": success})
+    return {"version": version, "fps": fps, "cameras": cams, "episodes": episodes}
+
+
+def _episode_tables(folder: Path, info: dict[str, Any], version: str) -> list[tuple[dict, Any]]:
+    """(episode metadata, its rows as a pyarrow table) for every episode, in index order."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    out = []
+    if version.startswith("v2"):
+        chunk = int(info.get("chunks_size", 1000))
+        metas = _jsonl(folder / "meta" / "episodes.jsonl")
+        if not metas:  # episodes.jsonl is optional for us: the tables themselves say which episodes exist
+            metas = [{"episode_index": int(p.stem.split("_")[-1])} for p in sorted((folder / "data").glob("chunk-*/episode_*.parquet"))]
+        for m in sorted(metas, key=lambda m: m["episode_index"]):
+            i = int(m["episode_index"])
+            path = folder / info["data_path"].format(episode_chunk=i // chunk, episode_index=i)
+            if not path.is_file():
+                raise DatasetError(f"{folder}: episode {i}'s table is missing: {path}")
+            out.append((m, pq.read_table(path)))
+    else:
+        files = sorted((folder / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
+        if not files:
+            raise DatasetError(f"{folder}: LeRobot v3.0 dataset without meta/episodes/chunk-*/file-*.parquet")
+        metas = [row for f in files for row in pq.read_table(f).to_pylist()]
+        tables: dict[Path, Any] = {}
+        for m in sorted(metas, key=lambda m: m["episode_index"]):
+            path = folder / info["data_path"].format(chunk_index=int(m["data/chunk_index"]), file_index=int(m["data/file_index"]))
+            if path not in tables:
+                if not path.is_file():
+                    raise DatasetError(f"{folder}: episode {m['episode_index']}'s table is missing: {path}")
+                tables[path] = pq.read_table(path)
+            table = tables[path]
+            rows = table.filter(pc.equal(table.column("episode_index"), int(m["episode_index"])))
+            out.append((m, rows))
+    if not out:
+        raise DatasetError(f"{folder}: LeRobot dataset with no episodes")
+    for m, t in out:
+        if len(t) == 0:
+            raise DatasetError(f"{folder}: episode {m['episode_index']} has no rows")
+    return out
+
+
+def _video_path(info: dict[str, Any], version: str, cam: str, meta: dict) -> str:
+    template = info.get("video_path")
+    if not template:
+        raise DatasetError(f"camera '{cam}' is a video feature but info.json has no 'video_path'")
+    if version.startswith("v2"):
+        i = int(meta["episode_index"])
+        return template.format(episode_chunk=i // int(info.get("chunks_size", 1000)), video_key=cam, episode_index=i)
+    return template.format(video_key=cam, chunk_index=int(meta[f"videos/{cam}/chunk_index"]),
+                           file_index=int(meta[f"videos/{cam}/file_index"]))  # fmt: skip
+
+
+def _jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _matrix(table, column: str, where: str) -> np.ndarray:
+    values = table.column(column).to_pylist()
+    try:
+        arr = np.asarray(values, np.float32)
+    except (TypeError, ValueError) as e:
+        raise DatasetError(f"{where}: column '{column}' is not numeric ({e})") from e
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2:
+        raise DatasetError(f"{where}: column '{column}' must hold vectors, got shape {arr.shape}")
+    return arr
+
+
+def _table_images(table, column: str, where: str) -> np.ndarray:
+    from PIL import Image
+
+    frames = []
+    for cell in table.column(column).to_pylist():
+        data = cell.get("bytes") if isinstance(cell, dict) else cell
+        if not data:
+            raise DatasetError(f"{where}: image column '{column}' has a row without image bytes")
+        frames.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+    return np.stack(frames)
+
+
+def decode_video(path: Path, fps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Every frame of `path` as (N, H, W, 3) uint8 RGB and its presentation time in seconds.
+    A stream whose frame rate differs from info.json's `fps` is bad data."""
+    import av
+
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as e:
+        raise DatasetError(f"{path}: cannot be opened as a video ({e})") from e
+    with container:
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate
+        if rate and abs(float(rate) - fps) > 0.01 * fps:
+            raise DatasetError(f"{path}: video is at {float(rate):.3g} fps but meta/info.json says {fps:.3g}")
+        frames, times = [], []
+        for frame in container.decode(stream):
+            frames.append(frame.to_ndarray(format="rgb24"))
+            times.append(float(frame.pts * stream.time_base) if frame.pts is not None else len(times) / fps)
+    if not frames:
+        raise DatasetError(f"{path}: video holds no frames")
+    return np.stack(frames), np.asarray(times)
+
+
+def match_frames(frames: np.ndarray, times: np.ndarray, wanted: np.ndarray, fps: float, where: str) -> np.ndarray:
+    """The frame nearest to each wanted timestamp; each must be within a quarter frame period."""
+    order = np.argsort(times)
+    times, frames = times[order], frames[order]
+    idx = np.clip(np.searchsorted(times, wanted), 1, len(times) - 1) if len(times) > 1 else np.zeros(len(wanted), int)
+    if len(times) > 1:
+        left_closer = np.abs(wanted - times[idx - 1]) <= np.abs(wanted - times[idx])
+        idx = np.where(left_closer, idx - 1, idx)
+    gap = np.abs(times[idx] - wanted)
+    bad = gap > 0.25 / fps
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DatasetError(
+            f"{where}: no frame at timestamp {wanted[i]:.4f}s (nearest {times[idx[i]]:.4f}s; the video spans "
+            f"{times[0]:.4f}-{times[-1]:.4f}s): the video is shorter than the table or at another fps"
+        )
+    return frames[idx]
+
+
+# --- writing tiny datasets (tests, benchmarks) -------------------------------------------------
+
+
+def write_video(path: Path, frames: np.ndarray, fps: float, codec: str = "libx264") -> None:
+    """(N, H, W, 3) uint8 RGB -> an MP4 at `fps` (frame i presented at i / fps)."""
+    import av
+
+    from lps.files import atomic_writer
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_writer(path) as f, av.open(f, "w", format="mp4") as out:
+        stream = out.add_stream(codec, rate=int(fps))
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        if codec == "libx264":
+            stream.options = {"crf": "0", "preset": "ultrafast"}
+        elif codec == "libsvtav1":  # LeRobot's default codec; the fastest preset keeps tests short
+            stream.options = {"preset": "12", "crf": "10"}
+        for img in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")))
+        out.mux(stream.encode(None))
+
+
+def synthetic_dataset(folder: str | Path, version: str = "v2.1", episodes: int = 3, steps: int = 12, size: int = 32,
+                      cameras: tuple[str, ...] = ("front", "wrist"), fps: int = 10, action_dim: int = 4,
+                      state_dim: int = 3, seed: int = 0, codec: str = "libx264", action_scale: float = 1.0,
+                      action_offset: float = 0.0) -> dict[str, Any]:  # fmt: skip
+    """A tiny LeRobot dataset on disk; returns what was written ({state, action, images} per episode)
+    so a test can compare. Each frame is one flat colour that changes with the step (codec-friendly)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    rng = np.random.default_rng(seed)
+    keys = [IMAGE_PREFIX + c for c in cameras]
+    written = []
+    for e in range(episodes):
+        state = rng.uniform(-2, 2, (steps, state_dim)).astype(np.float32)
+        action = (action_offset + action_scale * rng.uniform(-1, 1, (steps, action_dim))).astype(np.float32)
+        images = {}
+        for c, key in enumerate(keys):
+            colour = np.stack([np.linspace(30, 220, steps), np.full(steps, 60.0 + 40 * c + 20 * e),
+                               np.linspace(200, 40, steps)], axis=1).astype(np.uint8)  # fmt: skip
+            images[key] = np.broadcast_to(colour[:, None, None, :], (steps, size, size, 3)).copy()
+        written.append({"state": state, "action": action, "images": images})
+
+    def table(e: int, start: int):
+        n = steps
+        return pa.table({
+            "observation.state": [list(map(float, r)) for r in written[e]["state"]],
+            "action": [list(map(float, r)) for r in written[e]["action"]],
+            "timestamp": (np.arange(n) / fps).astype(np.float32),
+            "frame_index": np.arange(n), "episode_index": np.full(n, e), "index": start + np.arange(n),
+            "task_index": np.zeros(n, np.int64),
+        })  # fmt: skip
+
+    features = {"observation.state": {"dtype": "float32", "shape": [state_dim]},
+                "action": {"dtype": "float32", "shape": [action_dim]}}  # fmt: skip
+    features.update({k: {"dtype": "video", "shape": [size, size, 3]} for k in keys})
+    (folder / "meta").mkdir(parents=True, exist_ok=True)
+    if version == "v2.1":
+        info = {"codebase_version": "v2.1", "fps": fps, "chunks_size": 1000, "total_episodes": episodes,
+                "total_frames": episodes * steps,
+                "data_path": "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet",
+                "video_path": "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4",
+                "features": features}  # fmt: skip
+        lines = []
+        for e in range(episodes):
+            path = folder / f"data/chunk-000/episode_{e:06d}.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(table(e, e * steps), path)
+            for key in keys:
+                write_video(folder / f"videos/chunk-000/{key}/episode_{e:06d}.mp4", written[e]["images"][key], fps, codec)
+            lines.append(json.dumps({"episode_index": e, "tasks": ["task"], "length": steps}))
+        (folder / "meta" / "episodes.jsonl").write_text("\n".join(lines) + "\n")
+    else:
+        info = {"codebase_version": "v3.0", "fps": fps, "chunks_size": 1000, "total_episodes": episodes,
+                "total_frames": episodes * steps,
+                "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
+                "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4",
+                "features": features}  # fmt: skip
+        path = folder / "data/chunk-000/file-000.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.concat_tables([table(e, e * steps) for e in range(episodes)]), path)
+        for key in keys:
+            write_video(folder / f"videos/{key}/chunk-000/file-000.mp4",
+                        np.concatenate([w["images"][key] for w in written]), fps, codec)  # fmt: skip
+        meta = {"episode_index": list(range(episodes)), "length": [steps] * episodes,
+                "data/chunk_index": [0] * episodes, "data/file_index": [0] * episodes,
+                "dataset_from_index": [e * steps for e in range(episodes)],
+                "dataset_to_index": [(e + 1) * steps for e in range(episodes)]}  # fmt: skip
+        for key in keys:
+            meta[f"videos/{key}/chunk_index"] = [0] * episodes
+            meta[f"videos/{key}/file_index"] = [0] * episodes
+            meta[f"videos/{key}/from_timestamp"] = [e * steps / fps for e in range(episodes)]
+            meta[f"videos/{key}/to_timestamp"] = [(e + 1) * steps / fps for e in range(episodes)]
+        (folder / "meta/episodes/chunk-000").mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table(meta), folder / "meta/episodes/chunk-000/file-000.parquet")
+    (folder / "meta" / "info.json").write_text(json.dumps(info, indent=2))
+    return {"fps": fps, "cameras": keys, "episodes": written}

@@ -1,0 +1,70 @@
+"""robomimic HDF5 files read with h5py: `data/demo_N/{actions, obs/<key>, rewards, dones}`.
+
+    DIR/*.hdf5   (every file whose `data` group holds demo_* groups)
+
+The state is every non-image `obs/<key>` (2-D float arrays, sorted by name, concatenated) unless
+--state-keys names them; cameras are the (T, H, W, 3) uint8 `obs/<key>` arrays (e.g.
+`agentview_image`), sorted, unless --cameras names them. `mask/<filter>` (e.g. `train`) selects
+demos with --robomimic-filter. Demos are demonstrations: successes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lps.data.validate import DatasetError
+
+
+def files(folder: Path) -> list[Path]:
+    import h5py
+
+    found = []
+    for path in sorted(folder.glob("*.hdf5")) + sorted(folder.glob("*.h5")):
+        try:
+            with h5py.File(path, "r") as f:
+                if "data" in f and any(k.startswith("demo") for k in f["data"].keys()):
+                    found.append(path)
+        except OSError:
+            continue
+    return found
+
+
+def read_dataset(folder: Path, state_keys: tuple[str, ...], cameras: tuple[str, ...], mask: str = "") -> dict[str, Any]:
+    """{"cameras", "env_args", "episodes": [{index, state, action, images, success}]} of every
+    robomimic file in `folder`."""
+    import h5py
+
+    episodes, cams, env_args = [], None, []
+    for path in files(folder):
+        with h5py.File(path, "r") as f:
+            env_args.append(f["data"].attrs.get("env_args", ""))
+            names = sorted(f["data"].keys(), key=lambda k: int(k.split("_")[-1]) if k.split("_")[-1].isdigit() else k)
+            if mask:
+                if f"mask/{mask}" not in f:
+                    have = sorted(f["mask"].keys()) if "mask" in f else []
+                    raise DatasetError(f"{path}: no filter mask/{mask}; filters there: {have}")
+                names = [n.decode() if isinstance(n, bytes) else str(n) for n in f[f"mask/{mask}"][()]]
+            for name in names:
+                demo = f["data"][name]
+                where = f"{path} {name}"
+                if "obs" not in demo or "actions" not in demo:
+                    raise DatasetError(f"{where}: lacks 'obs' or 'actions'")
+                obs = demo["obs"]
+                images = sorted(k for k in obs if obs[k].ndim == 4 and obs[k].dtype == np.uint8)
+                use_cams = list(cameras) or images
+                keys = list(state_keys) if state_keys else sorted(k for k in obs if k not in images)
+                for k in use_cams + keys:
+                    if k not in obs:
+                        raise DatasetError(f"{where}: no obs/{k}; obs keys there: {sorted(obs.keys())}")
+                cams = cams or use_cams
+                state = np.concatenate([np.asarray(obs[k], np.float32).reshape(len(obs[k]), -1) for k in keys], axis=1)
+                episodes.append({"index": len(episodes), "state": state, "action": np.asarray(demo["actions"], np.float32),
+                                 "images": {c: np.asarray(obs[c]) for c in use_cams}, "success": True})  # fmt: skip
+    if not episodes:
+        raise DatasetError(f"{folder}: no robomimic demos found")
+    if not cams:
+        raise DatasetError(f"{folder}: robomimic demos without image observations; lps robot data needs at least one camera")
+    return {"version": "robomimic", "cameras": cams, "env_args": env_args, "episodes": episodes}

@@ -1,0 +1,281 @@
+"""LeRobot v2.1 / v3.0 datasets written here (tiny parquet tables + H.264 MP4s) and read back."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pyarrow")
+pytest.importorskip("av")
+
+from lps.data import lerobot  # noqa: E402
+from lps.data.robot import RobotDataConfig, load_folder  # noqa: E402
+from lps.data.validate import DatasetError  # noqa: E402
+
+RAW = RobotDataConfig(image_size=0, cache=False)
+
+
+@pytest.mark.parametrize("version", ["v2.1", "v3.0"])
+def test_rows_equal_what_was_written(tmp_path, version):
+    written = lerobot.synthetic_dataset(tmp_path / "ds", version, episodes=3, steps=10)
+    data = load_folder(tmp_path / "ds", RAW, chunk_len=5, progress=False)
+    obs = data["observations"]
+    assert obs["image"].shape == (30, 32, 32, 6) and obs["image"].dtype == np.uint8
+    state = np.concatenate([e["state"] for e in written["episodes"]])
+    action = np.concatenate([e["action"] for e in written["episodes"]])
+    np.testing.assert_array_equal(obs["state"], state)
+    np.testing.assert_array_equal(data["actions"], action)
+    image = np.concatenate([np.concatenate([e["images"][k] for k in written["cameras"]], -1) for e in written["episodes"]])
+    assert np.abs(obs["image"].astype(int) - image).max() <= 6  # codec tolerance (yuv420p)
+    assert data["terminals"].sum() == 3 and data["terminals"][9] and data["rewards"][5] == 0.0
+
+
+def test_estimate_counts_frames_and_bytes(tmp_path):
+    lerobot.synthetic_dataset(tmp_path / "ds", "v3.0", episodes=4, steps=8, size=32)
+    line = lerobot.estimate(tmp_path / "ds")
+    assert "64 frames (32 rows x 2 camera(s))" in line and "~0 MiB" in line  # 32 * 32*32*3*2 bytes = 0.19 MiB
+
+
+def test_cameras_flag_picks_and_orders_cameras_and_cache_matches(tmp_path):
+    written = lerobot.synthetic_dataset(tmp_path / "ds", "v3.0", episodes=2, steps=8)
+    cfg = RobotDataConfig(image_size=16, cameras=("wrist",), num_cameras=1)
+    first = load_folder(tmp_path / "ds", cfg, chunk_len=3, progress=False)
+    assert first["observations"]["image"].shape == (16, 16, 16, 3)
+    wrist = written["episodes"][0]["images"]["observation.images.wrist"][0, 0, 0]
+    assert np.abs(first["observations"]["image"][0, 0, 0].astype(int) - wrist).max() <= 6
+    assert list((tmp_path / "ds" / ".lps-cache").glob("robot-*.npz"))
+    again = load_folder(tmp_path / "ds", cfg, chunk_len=3, progress=False)
+    np.testing.assert_array_equal(again["observations"]["image"], first["observations"]["image"])
+
+
+def test_failure_episodes_flag(tmp_path):
+    lerobot.synthetic_dataset(tmp_path / "ds", "v2.1", episodes=3, steps=8)
+    data = load_folder(tmp_path / "ds", RobotDataConfig(image_size=0, cache=False, failure_episodes=(1,)), 3, False)
+    assert data["rewards"][8 + 5] == -100.0 and data["rewards"][5] == 0.0 and data["rewards"][16 + 5] == 0.0
+
+
+def test_bad_input_is_named(tmp_path):
+    ds = tmp_path / "ds"
+    lerobot.synthetic_dataset(ds, "v2.1", episodes=2, steps=8)
+    with pytest.raises(DatasetError, match="column 'observation.joints' does not exist.*observation.state"):
+        load_folder(ds, RobotDataConfig(image_size=0, cache=False, state_column="observation.joints"), 3, False)
+    with pytest.raises(DatasetError, match="camera 'top' is not a video/image feature"):
+        load_folder(ds, RobotDataConfig(image_size=0, cache=False, cameras=("top",), num_cameras=1), 3, False)
+    video = ds / "videos/chunk-000/observation.images.wrist/episode_000001.mp4"
+    short = lerobot.decode_video(video, 10)[0][:5]
+    lerobot.write_video(video, short, 10)
+    with pytest.raises(DatasetError, match="episode 1, camera 'observation.images.wrist'.*shorter than the table"):
+        load_folder(ds, RAW, 3, False)
+    lerobot.write_video(video, short, 20)
+    with pytest.raises(DatasetError, match="20 fps but meta/info.json says 10"):
+        load_folder(ds, RAW, 3, False)
+    video.unlink()
+    with pytest.raises(DatasetError, match="video file missing"):
+        load_folder(ds, RAW, 3, False)
+
+
+def test_physical_actions_and_nan_state_are_errors(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ds = tmp_path / "ds"
+    lerobot.synthetic_dataset(ds, "v2.1", episodes=1, steps=8)
+    path = ds / "data/chunk-000/episode_000000.parquet"
+    table = pq.read_table(path)
+    state = np.asarray(table.column("observation.state").to_pylist())
+    state[3, 1] = np.nan
+    pq.write_table(table.set_column(0, "observation.state", pa.array(state.tolist())), path)
+    with pytest.raises(DatasetError, match="episode 0: state holds NaN/inf at step 3"):
+        load_folder(ds, RAW, 3, False)
+    action = 5 * np.asarray(table.column("action").to_pylist())
+    pq.write_table(table.set_column(1, "action", pa.array(action.tolist())), path)
+    with pytest.raises(DatasetError, match=r"actions must lie in \[-1, 1\]"):
+        load_folder(ds, RAW, 3, False)
+
+
+def test_unknown_layout_lists_known_ones(tmp_path):
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "x.txt").write_text("x")
+    with pytest.raises(DatasetError, match="holds no episodes in a known robot data layout.*LeRobot.*success/\\*.h5"):
+        load_folder(tmp_path / "junk", RAW, 3, False)
+    (tmp_path / "old" / "meta").mkdir(parents=True)
+    (tmp_path / "old" / "meta" / "info.json").write_text(json.dumps({"codebase_version": "v1.6"}))
+    with pytest.raises(DatasetError, match="v1.6.*not supported"):
+        load_folder(tmp_path / "old", RAW, 3, False)
+
+
+def test_images_stored_in_the_table(tmp_path):
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    ds = tmp_path / "ds"
+    written = lerobot.synthetic_dataset(ds, "v2.1", episodes=1, steps=8, cameras=("front",))
+    shutil.rmtree(ds / "videos")
+    frames = written["episodes"][0]["images"]["observation.images.front"]
+    cells = []
+    for img in frames:
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="PNG")
+        cells.append({"bytes": buf.getvalue(), "path": None})
+    path = ds / "data/chunk-000/episode_000000.parquet"
+    pq.write_table(pq.read_table(path).append_column("observation.images.front", pa.array(cells)), path)
+    info = json.loads((ds / "meta/info.json").read_text())
+    info["features"]["observation.images.front"]["dtype"] = "image"
+    (ds / "meta/info.json").write_text(json.dumps(info))
+    data = load_folder(ds, RAW, 3, False)
+    np.testing.assert_array_equal(data["observations"]["image"], frames)  # PNG is lossless
+
+
+def test_normalisation_round_trip_and_constant_dims(capsys):
+    from lps.data import normalize
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.uniform(-50, 300, (200, 2)), np.full((200, 1), 7.0)], axis=1).astype(np.float32)
+    for mode in ("minmax", "meanstd", "quantile"):
+        stats = normalize.fit(x, mode, "state")
+        assert stats["constant"] == [2]
+        y = normalize.apply(x, stats)
+        if mode == "minmax":
+            assert np.allclose(y[:, :2].min(0), -1, atol=1e-5) and np.allclose(y[:, :2].max(0), 1, atol=1e-5)
+        if mode == "meanstd":
+            assert np.allclose(y[:, :2].mean(0), 0, atol=1e-4) and np.allclose(y[:, :2].std(0), 1, atol=1e-3)
+        np.testing.assert_array_equal(y[:, 2], 0.0)  # constant: shifted, not divided by zero
+        if mode != "quantile":  # quantile clips the outer 2%
+            np.testing.assert_allclose(normalize.invert(y, stats), x, rtol=1e-5, atol=1e-3)
+    action = normalize.fit(x, "meanstd", "action")  # actions always get a range map into [-1, 1]
+    assert np.abs(normalize.apply(x, action)).max() <= 1.0
+    assert "dimension(s) [2] are constant" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--normalize must be one of none, minmax, meanstd, quantile"):
+        RobotDataConfig(normalize="zscore")
+
+
+def test_normalised_run_acts_and_serves_in_robot_units(tmp_path):
+    """Actions in [10, 30] (robot units): trained with --normalize minmax, load_policy and lps serve
+    answer in [10, 30]; without the stats file (an older run) the same run answers in [-1, 1]."""
+    import threading
+
+    import jax
+
+    import lps
+    from lps import client as C
+    from lps.agents import LPSConfig
+    from lps.deploy.serve import load_server
+    from lps.training.loop import train
+    from tests import helpers
+
+    ds = tmp_path / "ds"
+    lerobot.synthetic_dataset(ds, "v3.0", episodes=3, steps=12, size=16, action_offset=20.0, action_scale=10.0)
+    with pytest.raises(DatasetError, match="pass --normalize minmax"):
+        load_folder(ds, RobotDataConfig(image_size=0, cache=False), 3, False)
+    run = tmp_path / "run"
+    # In-process, tiny MLP base and IMPALA-small encoder: the point is the units, not the learning.
+    cfg = helpers.toy_config(run, dataset=str(ds), chunk_len=3, steps=2, log_every=2, save_every=2, batch_size=4,
+                             encoder="impala-small", encoder_features=8,
+                             robot=RobotDataConfig(image_size=0, normalize="minmax"))  # fmt: skip
+    train("lps", cfg, LPSConfig(base_hidden=(16,), critic_hidden=(16,), actor_hidden=(16,)))
+    stats = json.loads((run / "normalization.json").read_text())
+    assert stats["mode"] == "minmax" and len(stats["action"]["offset"]) == 4 and len(stats["state"]["scale"]) == 3
+    policy = lps.load_policy(run)
+    raw = {"observation.state": np.array([1.0, -1.0, 0.5], np.float32),
+           "observation.images.front": np.zeros((16, 16, 3), np.uint8),
+           "observation.images.wrist": np.zeros((16, 16, 3), np.uint8)}  # fmt: skip
+    chunk = policy(raw, key=jax.random.PRNGKey(0))
+    assert chunk.shape == (3, 4) and chunk.min() >= 10.0 - 1e-3 and chunk.max() <= 30.0 + 1e-3
+
+    srv = load_server(run, device="cpu", log_every_s=0.0, log=lambda line: None)
+    ws = srv.start("127.0.0.1", 0)
+    thread = threading.Thread(target=ws.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with C.PolicyClient(f"ws://127.0.0.1:{ws.socket.getsockname()[1]}") as client:
+            served = client.act(raw)
+    finally:
+        ws.shutdown()
+        thread.join(timeout=10)
+    assert served.shape == (3, 4) and served.min() >= 10.0 - 1e-3 and served.max() <= 30.0 + 1e-3
+
+    from lps.deploy.offline_eval import evaluate_on_dataset
+
+    scored = evaluate_on_dataset(run, ds)  # held-out rows in robot units, scored in normalised units
+    assert scored["offline/episodes"] == 3 and 0 < scored["offline/action_mse"] < 4
+
+    (run / "normalization.json").unlink()  # a run from before normalisation existed
+    old = lps.load_policy(run)
+    assert old.normalization is None and np.abs(old(raw, key=jax.random.PRNGKey(0))).max() <= 1.0
+
+
+def test_summary_names_outcomes_cameras_ranges_and_constant_dims(tmp_path):
+    from lps.data.robot import summary
+
+    lerobot.synthetic_dataset(tmp_path / "ds", "v2.1", episodes=3, steps=8, action_offset=5.0)
+    cfg = RobotDataConfig(image_size=0, cache=False, normalize="minmax", failure_episodes=(2,))
+    data = load_folder(tmp_path / "ds", cfg, 3, False)
+    data["observations"]["state"][:, 1] = 0.5
+    text = summary(data, cfg, 3)
+    assert "3 episodes (2 success, 1 failure), 24 steps" in text and "2 camera(s)" in text
+    assert "actions (4,): min [4." in text and "state dimension(s) [1] are constant" in text
+
+
+def test_robomimic_file_read_with_filter(tmp_path):
+    import h5py
+
+    rng = np.random.default_rng(0)
+    written = {}
+    with h5py.File(tmp_path / "image.hdf5", "w") as f:
+        data = f.create_group("data")
+        data.attrs["env_args"] = '{"env_name": "Lift"}'
+        for i in range(3):
+            g = data.create_group(f"demo_{i}")
+            written[i] = {"eef": rng.normal(size=(8, 3)).astype(np.float32), "grip": rng.normal(size=(8, 2)).astype(np.float32),
+                          "img": rng.integers(0, 255, (8, 16, 16, 3), dtype=np.uint8),
+                          "actions": rng.uniform(-1, 1, (8, 7)).astype(np.float32)}  # fmt: skip
+            g["actions"] = written[i]["actions"]
+            g["obs/robot0_eef_pos"], g["obs/robot0_gripper_qpos"] = written[i]["eef"], written[i]["grip"]
+            g["obs/agentview_image"] = written[i]["img"]
+        f["mask/train"] = np.array([b"demo_0", b"demo_2"])
+    data = load_folder(tmp_path, RobotDataConfig(image_size=0, cache=False, robomimic_filter="train"), 3, False)
+    np.testing.assert_array_equal(data["actions"], np.concatenate([written[0]["actions"], written[2]["actions"]]))
+    np.testing.assert_array_equal(data["observations"]["state"][:8], np.concatenate([written[0]["eef"], written[0]["grip"]], 1))
+    np.testing.assert_array_equal(data["observations"]["image"][8:], written[2]["img"])
+    with pytest.raises(DatasetError, match="no filter mask/valid; filters there: \\['train'\\]"):
+        load_folder(tmp_path, RobotDataConfig(image_size=0, cache=False, robomimic_filter="valid"), 3, False)
+
+
+def test_raw_droid_folder_left_half_of_stereo_mp4(tmp_path):
+    import h5py
+
+    rng = np.random.default_rng(0)
+    cfg = RobotDataConfig(image_size=0, cache=False)
+    written = []
+    for sub, steps in (("success", 8), ("failure", 9)):
+        ep = tmp_path / sub / "2024-01-01" / "Mon_Jan__1_10:00:00_2024"
+        action = rng.uniform(-1, 1, (steps, 7)).astype(np.float32)
+        state = rng.normal(size=(steps, 7)).astype(np.float32)
+        (ep / "recordings" / "MP4").mkdir(parents=True)
+        with h5py.File(ep / "trajectory.h5", "w") as f:
+            for keys, arr in ((cfg.action_keys, action), (cfg.state_keys, state)):
+                f[keys[0]], f[keys[1]] = arr[:, :-1], arr[:, -1]
+        left = np.broadcast_to(np.linspace(20, 230, steps)[:, None, None, None], (steps, 16, 16, 3)).astype(np.uint8)
+        stereo = np.concatenate([left, np.full_like(left, 128)], axis=2)  # right half: another image
+        lerobot.write_video(ep / "recordings" / "MP4" / "12345.mp4", stereo, 15)
+        written.append((action, state, left))
+    data = load_folder(tmp_path, cfg, 3, False)
+    np.testing.assert_array_equal(data["actions"], np.concatenate([w[0] for w in written]))
+    np.testing.assert_array_equal(data["observations"]["state"], np.concatenate([w[1] for w in written]))
+    assert data["observations"]["image"].shape == (17, 16, 16, 3)
+    assert np.abs(data["observations"]["image"].astype(int) - np.concatenate([w[2] for w in written])).max() <= 6
+    assert data["rewards"][8 - 3] == 0.0 and data["rewards"][8 + 9 - 3] == -100.0
+
+
+def test_av1_video_lerobots_default_codec(tmp_path):
+    """LeRobot v3.0 encodes AV1 by default: PyAV's wheels encode it (SVT-AV1) and decode it (dav1d)."""
+    written = lerobot.synthetic_dataset(tmp_path / "ds", "v3.0", episodes=2, steps=4, size=64, cameras=("front",),
+                                        codec="libsvtav1")  # fmt: skip
+    data = load_folder(tmp_path / "ds", RAW, 2, False)
+    image = np.concatenate([e["images"]["observation.images.front"] for e in written["episodes"]])
+    assert data["observations"]["image"].shape == (8, 64, 64, 3)
+    assert np.abs(data["observations"]["image"].astype(int) - image).max() <= 8
