@@ -84,11 +84,15 @@ class TrainConfig:
     encoder: EncoderName = "auto"
     """Image encoder: auto = none for state vectors, impala for robot data, impala-small for pixels."""
     encoder_features: int = 512
-    """Width of the image encoder's output features (shared by every network)."""
-    augment_shift: int = 4
-    """Random-shift augmentation of images during training: pad by this many pixels, crop back (0: off)."""
+    """Width of each image encoder's output features (per camera on robot data)."""
+    augment_shift: int = 3
+    """Random-shift augmentation of images during training: pad by this many pixels (edge values),
+    crop back at one offset per sample shared by its observation and next observation (0: off)."""
     augment_prob: float | None = None
-    """Probability that a batch's images are shifted; default 0.5 for pixel tasks (FQL's p_aug), 1 for robot data."""
+    """Probability that a batch's images are shifted; default 0.5 (the release's p_aug, pixels and robot)."""
+    shared_encoder: bool = False
+    """Ours, not the paper's: one image encoder for every network, trained by every loss. Default:
+    one encoder per network plus a Polyak-averaged target encoder, as the release."""
     robot: Annotated[RobotDataConfig, tyro.conf.OmitArgPrefixes] = RobotDataConfig()
     """How a --dataset folder of robot episodes is read."""
     online_steps: int = 0

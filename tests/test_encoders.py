@@ -21,23 +21,62 @@ from lps.generative import GenerativePolicy
 from lps.train import create_state, make_multi_update, make_optimizer, make_update
 
 
-def test_random_shift_is_a_shifted_window_and_seeded():
+def test_random_shift_is_a_shifted_window_of_the_edge_padded_image():
     images = jnp.asarray(np.random.default_rng(0).integers(0, 255, (6, 12, 12, 3)), jnp.uint8)
-    assert E.random_shift(jax.random.PRNGKey(0), images, 0) is images
-    shifted = E.random_shift(jax.random.PRNGKey(0), images, 2)
+    offsets = E.shift_offsets(jax.random.PRNGKey(0), 6, 2)
+    assert E.random_shift(images, offsets, 0) is images
+    shifted = E.random_shift(images, offsets, 2)
     assert shifted.shape == images.shape and shifted.dtype == jnp.uint8
-    np.testing.assert_array_equal(shifted, E.random_shift(jax.random.PRNGKey(0), images, 2))
     padded = np.pad(np.asarray(images), ((0, 0), (2, 2), (2, 2), (0, 0)), mode="edge")
-    for img, pad in zip(np.asarray(shifted), padded):  # each output is some 12x12 window of the padded image
-        windows = [pad[i : i + 12, j : j + 12] for i in range(5) for j in range(5)]
-        assert any(np.array_equal(img, w) for w in windows)
+    for img, pad, (i, j) in zip(np.asarray(shifted), padded, np.asarray(offsets)):  # the window at its offset
+        np.testing.assert_array_equal(img, pad[i : i + 12, j : j + 12])
     assert not np.array_equal(shifted, images)
+
+
+def test_observation_and_next_observation_share_the_shift_and_the_whole_batch_is_shifted_or_not():
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.integers(0, 255, (5, 12, 12, 6)), jnp.uint8)
+    obs = {"state": jnp.ones((5, 2)), "image": images}
+    outcomes = set()
+    for seed in range(12):
+        shifted, next_shifted = E.augment_pair(jax.random.PRNGKey(seed), obs, obs, 3, 0.5)
+        # same input, same per-sample offset: identical outputs (a different draw would differ)
+        np.testing.assert_array_equal(shifted["image"], next_shifted["image"])
+        np.testing.assert_array_equal(shifted["state"], obs["state"])
+        always = E.augment_pair(jax.random.PRNGKey(seed), obs, obs, 3, 1.0)[0]["image"]  # the same offsets
+        assert not np.array_equal(always, images)
+        # the batch as a whole is shifted or left alone, not sample by sample
+        unchanged = np.array_equal(shifted["image"], images)
+        assert unchanged or np.array_equal(shifted["image"], always)
+        outcomes.add(unchanged)
+    assert outcomes == {True, False}, "p_aug 0.5 should both shift and not shift over 12 draws"
+    always, _ = E.augment_pair(jax.random.PRNGKey(0), images, images, 3, 1.0)
+    assert not np.array_equal(always, images)
+    assert E.augment_pair(jax.random.PRNGKey(0), images, images, 3, 0.0)[0] is images
+
+
+def test_impala_head_is_dense_gelu_without_layer_norm_and_each_camera_has_its_own():
+    enc = E.ObservationEncoder("impala-small", 8)
+    obs = {"state": jnp.ones((2, 3)), "image": jnp.zeros((2, 16, 16, 9), jnp.uint8)}
+    params = jax.eval_shape(enc.init, jax.random.PRNGKey(0), obs)["params"]
+    assert sorted(params) == ["camera0", "camera1", "camera2"]
+    assert not any("LayerNorm" in str(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0])
+    assert jax.eval_shape(enc.apply, {"params": params}, obs).shape == (2, 3 * 8 + 3)
+    assert E.feature_dim(Spec(3, 2, 3, 0.99, (16, 16, 9)), "impala-small", 8) == 3 * 8 + 3
+    # a camera's features depend on its own channels only
+    real = enc.init(jax.random.PRNGKey(0), obs)
+    image = np.zeros((2, 16, 16, 9), np.uint8)
+    image[..., 6:] = 200
+    a = enc.apply(real, obs)
+    b = enc.apply(real, {**obs, "image": jnp.asarray(image)})
+    np.testing.assert_allclose(a[:, :16], b[:, :16])
+    assert not np.allclose(a[:, 16:24], b[:, 16:24])
 
 
 @pytest.mark.parametrize(
     "obs, dim",
     [
-        ({"state": jnp.ones((2, 7)), "image": jnp.zeros((2, 16, 16, 6), jnp.uint8)}, 24 + 7),
+        ({"state": jnp.ones((2, 7)), "image": jnp.zeros((2, 16, 16, 6), jnp.uint8)}, 2 * 24 + 7),  # two cameras
         (jnp.zeros((2, 16, 16, 3), jnp.uint8), 24),
         (jnp.ones((2, 5)), 5),
     ],
@@ -85,10 +124,11 @@ def _tiny_config(name):
     return cfg_cls(**overrides)
 
 
-def _encoded(name, monkeypatch):
+def _encoded(name, monkeypatch, **kwargs):
     monkeypatch.setitem(E.ARCHS, "test", ((4,), 1))  # a one-stack encoder keeps compilation short
-    spec = Spec(3, 2, 3, 0.99, (16, 16, 6))
-    return E.EncodedAgent(make_agent(name, _tiny_config(name), Spec(8 + 3, 2, 3, 0.99)), spec, "test", 8, 2), spec
+    spec = Spec(3, 2, 3, 0.99, (16, 16, 6))  # two cameras
+    inner = make_agent(name, _tiny_config(name), Spec(2 * 8 + 3, 2, 3, 0.99))
+    return E.EncodedAgent(inner, spec, "test", 8, 2, **kwargs), spec
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
@@ -108,26 +148,32 @@ def test_every_agent_takes_image_observations(name, monkeypatch):
     grads = jax.eval_shape(
         lambda p, t, b: jax.grad(lambda q: agent.loss(q, t, b, jax.random.PRNGKey(1))[0])(p), params, target, batch
     )
-    assert loss.shape == () and jax.tree_util.tree_structure(grads["encoder"]) == jax.tree_util.tree_structure(params["encoder"])
+    assert loss.shape == ()
+    assert set(agent.encoder_keys) == {f"{net}_encoder" for net in agent.inner.init(jax.random.PRNGKey(0))}
+    for key in agent.encoder_keys:  # one encoder per network
+        assert jax.tree_util.tree_structure(grads[key]) == jax.tree_util.tree_structure(params[key])
+    for net in agent.inner.target_keys:  # and a target encoder beside each target network
+        assert f"{net}_encoder" in agent.target_keys
     chunk = jax.eval_shape(agent.act, params, batch["observations"], jax.random.PRNGKey(2))
     assert chunk.shape == (8, spec.chunk_dim)
 
 
 @pytest.mark.parametrize("name", ["lps", "bc-mf"])
 def test_agents_train_and_act_on_images(name, monkeypatch):
-    """A few scanned updates on {state, image} observations: finite losses, the shared encoder
-    learns, the chunk is in range, and images stay uint8 on the device."""
+    """A few scanned updates on {state, image} observations: finite losses, every network's
+    encoder learns, the chunk is in range, and images stay uint8 on the device."""
     agent, spec = _encoded(name, monkeypatch)
     data = _image_dataset()
     device = to_device(data, spec.chunk_len)
     assert device.observations["image"].dtype == jnp.uint8
     optimizer = make_optimizer(TrainConfig(steps=3))
     state = create_state(agent, optimizer, 0)
-    before = jax.tree_util.tree_map(np.array, state.params["encoder"])
+    before = jax.tree_util.tree_map(np.array, {k: state.params[k] for k in agent.encoder_keys})
     state, metrics = make_multi_update(make_update(agent, optimizer, 8), 3)(state, device)
     assert all(np.isfinite(np.asarray(v)).all() for v in metrics.values()), metrics
-    changed = jax.tree_util.tree_map(lambda a, b: not np.allclose(a, b), before, state.params["encoder"])
-    assert all(jax.tree_util.tree_leaves(changed)), "part of the encoder did not train"
+    for key in agent.encoder_keys:
+        changed = jax.tree_util.tree_map(lambda a, b: not np.allclose(a, b), before[key], state.params[key])
+        assert all(jax.tree_util.tree_leaves(changed)), f"part of {key} did not train"
     obs = jax.tree_util.tree_map(lambda x: jnp.asarray(x[:4]), data["observations"])
     chunk = agent.act(state.params, obs, jax.random.PRNGKey(1))
     assert chunk.shape == (4, spec.chunk_dim) and bool(jnp.all(jnp.abs(chunk) <= 1))
