@@ -99,7 +99,7 @@ def test_spec_and_encoder_resolution():
         E.resolve_encoder("none", spec)
 
 
-def _image_dataset(n_episodes=4, steps=12, size=16):
+def _image_dataset(n_episodes=4, steps=12, size=16, channels=6):
     rng = np.random.default_rng(0)
     n = n_episodes * steps
     terminals = np.zeros(n, bool)
@@ -107,7 +107,7 @@ def _image_dataset(n_episodes=4, steps=12, size=16):
     return {
         "observations": {
             "state": rng.normal(size=(n, 3)).astype(np.float32),
-            "image": rng.integers(0, 255, (n, size, size, 6), dtype=np.uint8),
+            "image": rng.integers(0, 255, (n, size, size, channels), dtype=np.uint8),
         },
         "actions": rng.uniform(-1, 1, (n, 2)).astype(np.float32),
         "rewards": -np.ones(n, np.float32),
@@ -124,10 +124,10 @@ def _tiny_config(name):
     return cfg_cls(**overrides)
 
 
-def _encoded(name, monkeypatch, **kwargs):
+def _encoded(name, monkeypatch, cameras=2, size=16, **kwargs):
     monkeypatch.setitem(E.ARCHS, "test", ((4,), 1))  # a one-stack encoder keeps compilation short
-    spec = Spec(3, 2, 3, 0.99, (16, 16, 6))  # two cameras
-    inner = make_agent(name, _tiny_config(name), Spec(2 * 8 + 3, 2, 3, 0.99))
+    spec = Spec(3, 2, 3, 0.99, (size, size, 3 * cameras))
+    inner = make_agent(name, _tiny_config(name), Spec(cameras * 8 + 3, 2, 3, 0.99))
     return E.EncodedAgent(inner, spec, "test", 8, 2, **kwargs), spec
 
 
@@ -249,3 +249,77 @@ def test_grad_clip_bounds_the_gradient_norm_before_adam():
     with pytest.raises(ValueError, match="--grad-clip"):
         TrainConfig(grad_clip=-1.0)
     assert preset("robot", LPSConfig)[0].grad_clip == 1.0
+
+
+def _image_batch(spec, n=6):
+    from lps.data.sampler import sample_chunks
+
+    data = _image_dataset(size=spec.image_shape[0], channels=spec.image_shape[-1])
+    return sample_chunks(to_device(data, spec.chunk_len), jax.random.PRNGKey(5), n, spec.chunk_len, spec.gamma)
+
+
+def _nonzero(tree) -> bool:
+    return any(bool(jnp.any(g != 0)) for g in jax.tree_util.tree_leaves(tree))
+
+
+@pytest.mark.parametrize("name", ["lps", "lpsd"])
+def test_actor_loss_reaches_no_critic_or_base_parameter_encoders_included(name, monkeypatch):
+    """The latent actor's loss (-Q/|Q| through the frozen base policy) trains the latent actor and
+    its encoder only: the critic's and the base policy's encoders get no gradient from it."""
+    agent, spec = _encoded(name, monkeypatch, cameras=1, size=8)
+    params = agent.init(jax.random.PRNGKey(0))
+    target = {k: params[k] for k in agent.target_keys}
+    batch = _image_batch(spec)
+
+    def actor_loss(p):
+        features = agent.features_by_network(p, target, batch["observations"])
+        return agent.inner.actor_loss(agent._inner_params(p), features, jax.random.PRNGKey(1))[0]
+
+    grads = jax.jit(jax.grad(actor_loss))(params)
+    for key in ("critic", "critic_encoder", "base", "base_encoder"):
+        assert not _nonzero(grads[key]), f"the actor loss trains {key}"
+    assert _nonzero(grads["latent_actor"]) and _nonzero(grads["latent_actor_encoder"])
+    # the whole loss does train the critic's encoder (through the TD loss) and the base's (BC)
+    total = jax.jit(jax.grad(lambda p: agent.loss(p, target, batch, jax.random.PRNGKey(1))[0]))(params)
+    assert _nonzero(total["critic_encoder"]) and _nonzero(total["base_encoder"])
+
+
+def test_target_encoder_moves_by_polyak_only(monkeypatch):
+    agent, spec = _encoded("lps", monkeypatch, cameras=1, size=8)
+    assert agent.target_keys == ("critic", "critic_encoder")
+    optimizer = make_optimizer(TrainConfig(steps=2))
+    state = create_state(agent, optimizer, 0)
+    np.testing.assert_array_equal(*(jax.tree_util.tree_leaves(t)[0] for t in (state.target_params["critic_encoder"],
+                                                                               state.params["critic_encoder"])))  # fmt: skip
+    device = to_device(_image_dataset(size=8, channels=3), spec.chunk_len)
+    before = state.target_params["critic_encoder"]
+    after = make_update(agent, optimizer, 8)(state, device)[0]
+    tau = agent.cfg.tau
+    for old, online, new in zip(*(jax.tree_util.tree_leaves(t) for t in (before, after.params["critic_encoder"],
+                                                                         after.target_params["critic_encoder"]))):  # fmt: skip
+        np.testing.assert_allclose(new, (1 - tau) * old + tau * online, rtol=1e-5, atol=1e-7)
+    assert _nonzero(jax.tree_util.tree_map(lambda a, b: a - b, after.params["critic_encoder"], before))
+    assert not np.allclose(jax.tree_util.tree_leaves(after.target_params["critic_encoder"])[0],
+                           jax.tree_util.tree_leaves(after.params["critic_encoder"])[0])  # fmt: skip
+
+
+def test_shared_encoder_is_one_encoder_for_every_network(monkeypatch):
+    agent, spec = _encoded("lps", monkeypatch, cameras=1, size=8, shared_encoder=True)
+    params = agent.init(jax.random.PRNGKey(0))
+    assert agent.encoder_keys == ("encoder",) and "encoder" in params and "critic_encoder" not in params
+    assert agent.target_keys == ("critic",)
+    target = {k: params[k] for k in agent.target_keys}
+    batch = _image_batch(spec)
+    grads = jax.jit(jax.grad(lambda p: agent.loss(p, target, batch, jax.random.PRNGKey(1))[0]))(params)
+    assert _nonzero(grads["encoder"])
+
+
+def test_checkpoint_of_a_shared_encoder_run_is_refused_with_a_clear_error(tmp_path, monkeypatch):
+    from lps import checkpoint
+
+    old_agent, _ = _encoded("bc-mf", monkeypatch, cameras=1, size=8, shared_encoder=True)  # the layout runs had before
+    new_agent, _ = _encoded("bc-mf", monkeypatch, cameras=1, size=8)
+    optimizer = make_optimizer(TrainConfig(steps=2))
+    checkpoint.save(tmp_path, create_state(old_agent, optimizer, 0))
+    with pytest.raises(ValueError, match="predates per-network image encoders"):
+        checkpoint.restore(tmp_path, create_state(new_agent, optimizer, 0))
