@@ -184,9 +184,12 @@ PRESETS["cpu"] = PRESETS["quick"]
 # The paper's real-robot recipe (public code's DROID script): 10k steps, IMPALA encoder, DiT-S
 # base policy (384 wide, 12 deep, 6 heads), cosine schedule, critic 4x512, latent actor 2x512.
 # Use with `--dataset DIR` (a folder of robot episodes); there is no environment to evaluate in.
+# As the script runs it: p_aug 0.5, one IMPALA per camera (the encoder's rule for {state, image}),
+# images at their recorded size, successful demonstrations only (`--include-failure` opts in).
 PRESETS["robot"] = {
     "train": dict(steps=10_000, log_every=100, eval_every=0, save_every=5000, eval_episodes=0,
-                  lr_schedule="cosine", grad_clip=1.0, encoder="impala"),  # fmt: skip
+                  lr_schedule="cosine", grad_clip=1.0, encoder="impala", augment_prob=0.5,
+                  robot=RobotDataConfig(include_failure=False, image_size=0)),  # fmt: skip
     "agent": dict(base_arch="dit", dit_width=384, dit_depth=12, dit_heads=6, critic_hidden=(512,) * 4,
                   actor_hidden=(512, 512)),  # fmt: skip
 }

@@ -323,3 +323,10 @@ def test_checkpoint_of_a_shared_encoder_run_is_refused_with_a_clear_error(tmp_pa
     checkpoint.save(tmp_path, create_state(old_agent, optimizer, 0))
     with pytest.raises(ValueError, match="predates per-network image encoders"):
         checkpoint.restore(tmp_path, create_state(new_agent, optimizer, 0))
+
+
+def test_robot_preset_is_the_release_recipe():
+    train, _ = preset("robot", LPSConfig)
+    assert train.augment_prob == 0.5 and train.encoder == "impala"
+    assert train.robot.include_failure is False  # successful demonstrations only; failure/ opt-in
+    assert train.robot.image_size == 0  # images at their recorded size
