@@ -21,23 +21,62 @@ from lps.training.config import TrainConfig, preset
 from lps.training.update import create_state, make_multi_update, make_optimizer, make_update
 
 
-def test_random_shift_is_a_shifted_window_and_seeded():
+def test_random_shift_is_a_shifted_window_of_the_edge_padded_image():
     images = jnp.asarray(np.random.default_rng(0).integers(0, 255, (6, 12, 12, 3)), jnp.uint8)
-    assert E.random_shift(jax.random.PRNGKey(0), images, 0) is images
-    shifted = E.random_shift(jax.random.PRNGKey(0), images, 2)
+    offsets = E.shift_offsets(jax.random.PRNGKey(0), 6, 2)
+    assert E.random_shift(images, offsets, 0) is images
+    shifted = E.random_shift(images, offsets, 2)
     assert shifted.shape == images.shape and shifted.dtype == jnp.uint8
-    np.testing.assert_array_equal(shifted, E.random_shift(jax.random.PRNGKey(0), images, 2))
     padded = np.pad(np.asarray(images), ((0, 0), (2, 2), (2, 2), (0, 0)), mode="edge")
-    for img, pad in zip(np.asarray(shifted), padded):  # each output is some 12x12 window of the padded image
-        windows = [pad[i : i + 12, j : j + 12] for i in range(5) for j in range(5)]
-        assert any(np.array_equal(img, w) for w in windows)
+    for img, pad, (i, j) in zip(np.asarray(shifted), padded, np.asarray(offsets)):  # the window at its offset
+        np.testing.assert_array_equal(img, pad[i : i + 12, j : j + 12])
     assert not np.array_equal(shifted, images)
+
+
+def test_observation_and_next_observation_share_the_shift_and_the_whole_batch_is_shifted_or_not():
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.integers(0, 255, (5, 12, 12, 6)), jnp.uint8)
+    obs = {"state": jnp.ones((5, 2)), "image": images}
+    outcomes = set()
+    for seed in range(12):
+        shifted, next_shifted = E.augment_pair(jax.random.PRNGKey(seed), obs, obs, 3, 0.5)
+        # same input, same per-sample offset: identical outputs (a different draw would differ)
+        np.testing.assert_array_equal(shifted["image"], next_shifted["image"])
+        np.testing.assert_array_equal(shifted["state"], obs["state"])
+        always = E.augment_pair(jax.random.PRNGKey(seed), obs, obs, 3, 1.0)[0]["image"]  # the same offsets
+        assert not np.array_equal(always, images)
+        # the batch as a whole is shifted or left alone, not sample by sample
+        unchanged = np.array_equal(shifted["image"], images)
+        assert unchanged or np.array_equal(shifted["image"], always)
+        outcomes.add(unchanged)
+    assert outcomes == {True, False}, "p_aug 0.5 should both shift and not shift over 12 draws"
+    always, _ = E.augment_pair(jax.random.PRNGKey(0), images, images, 3, 1.0)
+    assert not np.array_equal(always, images)
+    assert E.augment_pair(jax.random.PRNGKey(0), images, images, 3, 0.0)[0] is images
+
+
+def test_impala_head_is_dense_gelu_without_layer_norm_and_each_camera_has_its_own():
+    enc = E.ObservationEncoder("impala-small", 8)
+    obs = {"state": jnp.ones((2, 3)), "image": jnp.zeros((2, 16, 16, 9), jnp.uint8)}
+    params = jax.eval_shape(enc.init, jax.random.PRNGKey(0), obs)["params"]
+    assert sorted(params) == ["camera0", "camera1", "camera2"]
+    assert not any("LayerNorm" in str(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0])
+    assert jax.eval_shape(enc.apply, {"params": params}, obs).shape == (2, 3 * 8 + 3)
+    assert E.feature_dim(Spec(3, 2, 3, 0.99, (16, 16, 9)), "impala-small", 8) == 3 * 8 + 3
+    # a camera's features depend on its own channels only
+    real = enc.init(jax.random.PRNGKey(0), obs)
+    image = np.zeros((2, 16, 16, 9), np.uint8)
+    image[..., 6:] = 200
+    a = enc.apply(real, obs)
+    b = enc.apply(real, {**obs, "image": jnp.asarray(image)})
+    np.testing.assert_allclose(a[:, :16], b[:, :16])
+    assert not np.allclose(a[:, 16:24], b[:, 16:24])
 
 
 @pytest.mark.parametrize(
     "obs, dim",
     [
-        ({"state": jnp.ones((2, 7)), "image": jnp.zeros((2, 16, 16, 6), jnp.uint8)}, 24 + 7),
+        ({"state": jnp.ones((2, 7)), "image": jnp.zeros((2, 16, 16, 6), jnp.uint8)}, 2 * 24 + 7),  # two cameras
         (jnp.zeros((2, 16, 16, 3), jnp.uint8), 24),
         (jnp.ones((2, 5)), 5),
     ],
@@ -60,7 +99,7 @@ def test_spec_and_encoder_resolution():
         E.resolve_encoder("none", spec)
 
 
-def _image_dataset(n_episodes=4, steps=12, size=16):
+def _image_dataset(n_episodes=4, steps=12, size=16, channels=6):
     rng = np.random.default_rng(0)
     n = n_episodes * steps
     terminals = np.zeros(n, bool)
@@ -68,7 +107,7 @@ def _image_dataset(n_episodes=4, steps=12, size=16):
     return {
         "observations": {
             "state": rng.normal(size=(n, 3)).astype(np.float32),
-            "image": rng.integers(0, 255, (n, size, size, 6), dtype=np.uint8),
+            "image": rng.integers(0, 255, (n, size, size, channels), dtype=np.uint8),
         },
         "actions": rng.uniform(-1, 1, (n, 2)).astype(np.float32),
         "rewards": -np.ones(n, np.float32),
@@ -85,10 +124,11 @@ def _tiny_config(name):
     return cfg_cls(**overrides)
 
 
-def _encoded(name, monkeypatch):
+def _encoded(name, monkeypatch, cameras=2, size=16, **kwargs):
     monkeypatch.setitem(E.ARCHS, "test", ((4,), 1))  # a one-stack encoder keeps compilation short
-    spec = Spec(3, 2, 3, 0.99, (16, 16, 6))
-    return E.EncodedAgent(make_agent(name, _tiny_config(name), Spec(8 + 3, 2, 3, 0.99)), spec, "test", 8, 2), spec
+    spec = Spec(3, 2, 3, 0.99, (size, size, 3 * cameras))
+    inner = make_agent(name, _tiny_config(name), Spec(cameras * 8 + 3, 2, 3, 0.99))
+    return E.EncodedAgent(inner, spec, "test", 8, 2, **kwargs), spec
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
@@ -108,26 +148,32 @@ def test_every_agent_takes_image_observations(name, monkeypatch):
     grads = jax.eval_shape(
         lambda p, t, b: jax.grad(lambda q: agent.loss(q, t, b, jax.random.PRNGKey(1))[0])(p), params, target, batch
     )
-    assert loss.shape == () and jax.tree_util.tree_structure(grads["encoder"]) == jax.tree_util.tree_structure(params["encoder"])
+    assert loss.shape == ()
+    assert set(agent.encoder_keys) == {f"{net}_encoder" for net in agent.inner.init(jax.random.PRNGKey(0))}
+    for key in agent.encoder_keys:  # one encoder per network
+        assert jax.tree_util.tree_structure(grads[key]) == jax.tree_util.tree_structure(params[key])
+    for net in agent.inner.target_keys:  # and a target encoder beside each target network
+        assert f"{net}_encoder" in agent.target_keys
     chunk = jax.eval_shape(agent.act, params, batch["observations"], jax.random.PRNGKey(2))
     assert chunk.shape == (8, spec.chunk_dim)
 
 
 @pytest.mark.parametrize("name", ["lps", "bc-mf"])
 def test_agents_train_and_act_on_images(name, monkeypatch):
-    """A few scanned updates on {state, image} observations: finite losses, the shared encoder
-    learns, the chunk is in range, and images stay uint8 on the device."""
+    """A few scanned updates on {state, image} observations: finite losses, every network's
+    encoder learns, the chunk is in range, and images stay uint8 on the device."""
     agent, spec = _encoded(name, monkeypatch)
     data = _image_dataset()
     device = to_device(data, spec.chunk_len)
     assert device.observations["image"].dtype == jnp.uint8
     optimizer = make_optimizer(TrainConfig(steps=3))
     state = create_state(agent, optimizer, 0)
-    before = jax.tree_util.tree_map(np.array, state.params["encoder"])
+    before = jax.tree_util.tree_map(np.array, {k: state.params[k] for k in agent.encoder_keys})
     state, metrics = make_multi_update(make_update(agent, optimizer, 8), 3)(state, device)
     assert all(np.isfinite(np.asarray(v)).all() for v in metrics.values()), metrics
-    changed = jax.tree_util.tree_map(lambda a, b: not np.allclose(a, b), before, state.params["encoder"])
-    assert all(jax.tree_util.tree_leaves(changed)), "part of the encoder did not train"
+    for key in agent.encoder_keys:
+        changed = jax.tree_util.tree_map(lambda a, b: not np.allclose(a, b), before[key], state.params[key])
+        assert all(jax.tree_util.tree_leaves(changed)), f"part of {key} did not train"
     obs = jax.tree_util.tree_map(lambda x: jnp.asarray(x[:4]), data["observations"])
     chunk = agent.act(state.params, obs, jax.random.PRNGKey(1))
     assert chunk.shape == (4, spec.chunk_dim) and bool(jnp.all(jnp.abs(chunk) <= 1))
@@ -203,3 +249,84 @@ def test_grad_clip_bounds_the_gradient_norm_before_adam():
     with pytest.raises(ValueError, match="--grad-clip"):
         TrainConfig(grad_clip=-1.0)
     assert preset("robot", LPSConfig)[0].grad_clip == 1.0
+
+
+def _image_batch(spec, n=6):
+    from lps.data.sampler import sample_chunks
+
+    data = _image_dataset(size=spec.image_shape[0], channels=spec.image_shape[-1])
+    return sample_chunks(to_device(data, spec.chunk_len), jax.random.PRNGKey(5), n, spec.chunk_len, spec.gamma)
+
+
+def _nonzero(tree) -> bool:
+    return any(bool(jnp.any(g != 0)) for g in jax.tree_util.tree_leaves(tree))
+
+
+@pytest.mark.parametrize("name", ["lps", "lpsd"])
+def test_actor_loss_reaches_no_critic_or_base_parameter_encoders_included(name, monkeypatch):
+    """The latent actor's loss (-Q/|Q| through the frozen base policy) trains the latent actor and
+    its encoder only: the critic's and the base policy's encoders get no gradient from it."""
+    agent, spec = _encoded(name, monkeypatch, cameras=1, size=8)
+    params = agent.init(jax.random.PRNGKey(0))
+    target = {k: params[k] for k in agent.target_keys}
+    batch = _image_batch(spec)
+
+    def actor_loss(p):
+        features = agent.features_by_network(p, target, batch["observations"])
+        return agent.inner.actor_loss(agent._inner_params(p), features, jax.random.PRNGKey(1))[0]
+
+    grads = jax.jit(jax.grad(actor_loss))(params)
+    for key in ("critic", "critic_encoder", "base", "base_encoder"):
+        assert not _nonzero(grads[key]), f"the actor loss trains {key}"
+    assert _nonzero(grads["latent_actor"]) and _nonzero(grads["latent_actor_encoder"])
+    # the whole loss does train the critic's encoder (through the TD loss) and the base's (BC)
+    total = jax.jit(jax.grad(lambda p: agent.loss(p, target, batch, jax.random.PRNGKey(1))[0]))(params)
+    assert _nonzero(total["critic_encoder"]) and _nonzero(total["base_encoder"])
+
+
+def test_target_encoder_moves_by_polyak_only(monkeypatch):
+    agent, spec = _encoded("lps", monkeypatch, cameras=1, size=8)
+    assert agent.target_keys == ("critic", "critic_encoder")
+    optimizer = make_optimizer(TrainConfig(steps=2))
+    state = create_state(agent, optimizer, 0)
+    np.testing.assert_array_equal(*(jax.tree_util.tree_leaves(t)[0] for t in (state.target_params["critic_encoder"],
+                                                                               state.params["critic_encoder"])))  # fmt: skip
+    device = to_device(_image_dataset(size=8, channels=3), spec.chunk_len)
+    before = state.target_params["critic_encoder"]
+    after = make_update(agent, optimizer, 8)(state, device)[0]
+    tau = agent.cfg.tau
+    for old, online, new in zip(*(jax.tree_util.tree_leaves(t) for t in (before, after.params["critic_encoder"],
+                                                                         after.target_params["critic_encoder"]))):  # fmt: skip
+        np.testing.assert_allclose(new, (1 - tau) * old + tau * online, rtol=1e-5, atol=1e-7)
+    assert _nonzero(jax.tree_util.tree_map(lambda a, b: a - b, after.params["critic_encoder"], before))
+    assert not np.allclose(jax.tree_util.tree_leaves(after.target_params["critic_encoder"])[0],
+                           jax.tree_util.tree_leaves(after.params["critic_encoder"])[0])  # fmt: skip
+
+
+def test_shared_encoder_is_one_encoder_for_every_network(monkeypatch):
+    agent, spec = _encoded("lps", monkeypatch, cameras=1, size=8, shared_encoder=True)
+    params = agent.init(jax.random.PRNGKey(0))
+    assert agent.encoder_keys == ("encoder",) and "encoder" in params and "critic_encoder" not in params
+    assert agent.target_keys == ("critic",)
+    target = {k: params[k] for k in agent.target_keys}
+    batch = _image_batch(spec)
+    grads = jax.jit(jax.grad(lambda p: agent.loss(p, target, batch, jax.random.PRNGKey(1))[0]))(params)
+    assert _nonzero(grads["encoder"])
+
+
+def test_checkpoint_of_a_shared_encoder_run_is_refused_with_a_clear_error(tmp_path, monkeypatch):
+    from lps.training import checkpoint
+
+    old_agent, _ = _encoded("bc-mf", monkeypatch, cameras=1, size=8, shared_encoder=True)  # the layout runs had before
+    new_agent, _ = _encoded("bc-mf", monkeypatch, cameras=1, size=8)
+    optimizer = make_optimizer(TrainConfig(steps=2))
+    checkpoint.save(tmp_path, create_state(old_agent, optimizer, 0))
+    with pytest.raises(ValueError, match="predates per-network image encoders"):
+        checkpoint.restore(tmp_path, create_state(new_agent, optimizer, 0))
+
+
+def test_robot_preset_is_the_release_recipe():
+    train, _ = preset("robot", LPSConfig)
+    assert train.augment_prob == 0.5 and train.encoder == "impala"
+    assert train.robot.include_failure is False  # successful demonstrations only; failure/ opt-in
+    assert train.robot.image_size == 0  # images at their recorded size

@@ -100,10 +100,11 @@ def test_lps_trains_on_pixels_and_evaluates(data_dir, tmp_path, monkeypatch):
     policy = load_policy(tmp_path / "run")
     agent = policy.agent
     assert agent.arch == "impala-small" and agent.spec.image_shape == (64, 64, 3)
-    assert (agent.augment_shift, agent.augment_prob) == (4, 0.5)  # FQL's pixel settings
-    initial = U.create_state(agent, U.make_optimizer(cfg), cfg.seed).params["encoder"]
-    moved = jax.tree_util.tree_map(lambda a, b: float(jnp.abs(a - b).max()), initial, policy.params["encoder"])
-    assert max(jax.tree_util.tree_leaves(moved)) > 0, "the encoder was not trained"
+    assert (agent.augment_shift, agent.augment_prob) == (3, 0.5)  # the release's pixel settings
+    initial = U.create_state(agent, U.make_optimizer(cfg), cfg.seed).params
+    for key in ("critic_encoder", "base_encoder", "latent_actor_encoder"):
+        moved = jax.tree_util.tree_map(lambda a, b: float(jnp.abs(a - b).max()), initial[key], policy.params[key])
+        assert max(jax.tree_util.tree_leaves(moved)) > 0, f"{key} was not trained"
     frame = np.load(data_dir / "visual-cube-single-play-v0.npz")["observations"][0]
     assert policy(frame).shape == (cfg.chunk_len, 5)
 
@@ -132,7 +133,8 @@ def test_every_agent_wraps_an_image_encoder(name):
     batch = sample_chunks(to_device(data, 3), jax.random.PRNGKey(1), 8, 3, 0.99)
     assert batch["observations"].dtype == jnp.uint8
     grads, metrics = jax.eval_shape(jax.grad(agent.loss, has_aux=True), params, target, batch, jax.random.PRNGKey(2))
-    assert jax.tree_util.tree_structure(grads["encoder"]) == jax.tree_util.tree_structure(params["encoder"])
+    for key in agent.encoder_keys:  # one per network
+        assert jax.tree_util.tree_structure(grads[key]) == jax.tree_util.tree_structure(params[key])
     assert metrics, "the loss reports its metrics"
     chunk = jax.eval_shape(agent.act, params, batch["observations"][:4], jax.random.PRNGKey(3))
     assert chunk.shape == (4, spec.chunk_dim)

@@ -18,6 +18,8 @@ from typing import Any, ClassVar, Protocol
 
 import jax
 
+from lps.nets.observations import batch_size, net_obs  # noqa: F401  (what agents read their inputs with)
+
 
 @dataclasses.dataclass(frozen=True)
 class Spec:

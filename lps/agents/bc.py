@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from lps.agents.base import Spec
+from lps.agents.base import Spec, batch_size, net_obs
 from lps.nets import flows
 from lps.nets.generative import BaseNetConfig, GenerativePolicy, Kind
 from lps.nets.latent import Geometry
@@ -59,10 +59,10 @@ class _BC:
         return {"base": self.policy.init(key, self.spec.obs_dim)}
 
     def act(self, params, obs, key):
-        return self.policy.sample(params["base"], obs, self.policy.noise(key, obs.shape[0]))
+        return self.policy.sample(params["base"], net_obs(obs, "base"), self.policy.noise(key, batch_size(obs)))
 
     def bc_loss(self, params, obs, chunk, key):
-        return self.policy.loss(params["base"], obs, chunk, key)
+        return self.policy.loss(params["base"], net_obs(obs, "base"), chunk, key)
 
     def loss(self, params, target_params, batch, key):
         bc_loss = self.bc_loss(params, batch["observations"], batch["actions"], key)

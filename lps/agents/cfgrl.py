@@ -23,7 +23,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from lps.agents.base import Spec, init_module
+from lps.agents.base import Spec, batch_size, init_module, net_obs
 from lps.nets import critic as C
 from lps.nets import flows
 from lps.nets.generative import BaseNetConfig, GenerativePolicy
@@ -94,7 +94,7 @@ class CFGRL:
 
     def v(self, value_params, obs):
         """(num_critics, batch) values."""
-        return self.value.apply({"params": value_params}, obs)[..., 0]
+        return self.value.apply({"params": value_params}, net_obs(obs, "value"))[..., 0]
 
     @staticmethod
     def conditioned(obs, label):
@@ -102,13 +102,13 @@ class CFGRL:
 
     def optimality_labels(self, params, target_params, obs, chunk):
         """Per row, the share of value networks below the target critic: mean_k 1[Qbar(s, a) > V_k(s)]."""
-        q = C.aggregate(C.q_values(self.cfg.critic, target_params["critic"], obs, chunk), self.cfg.critic_agg)
+        q = C.aggregate(C.q_values(self.cfg.critic, target_params["critic"], net_obs(obs, "target_critic"), chunk), self.cfg.critic_agg)
         above = (q[None] - self.v(params["value"], obs) > 0).astype(jnp.float32)
         return jax.lax.stop_gradient(jnp.mean(above, axis=0))
 
     def act(self, params, obs, key):
         def condition(label):
-            return self.policy.bind(params["base"], self.conditioned(obs, label))
+            return self.policy.bind(params["base"], self.conditioned(net_obs(obs, "base"), label))
 
         cond, uncond, w = condition(OPTIMAL), condition(UNCONDITIONAL), self.cfg.guidance
 
@@ -116,31 +116,31 @@ class CFGRL:
             v_u = uncond(z, t, h)
             return v_u + w * (cond(z, t, h) - v_u)
 
-        return jnp.clip(self.policy.raw_sample(guided, self.policy.noise(key, obs.shape[0])), -1.0, 1.0)
+        return jnp.clip(self.policy.raw_sample(guided, self.policy.noise(key, batch_size(obs))), -1.0, 1.0)
 
     def bc_loss(self, params, obs, chunk, key):
         """The unconditional policy's flow-matching loss (the behaviour-cloning part)."""
-        return self.policy.loss(params["base"], self.conditioned(obs, UNCONDITIONAL), chunk, key)
+        return self.policy.loss(params["base"], self.conditioned(net_obs(obs, "base"), UNCONDITIONAL), chunk, key)
 
     def loss(self, params, target_params, batch, key):
         k_noise, k_time = jax.random.split(key)
         obs, chunk = batch["observations"], batch["actions"]
 
         # IQL: each V_k is an upper expectile of the target critic; Q_k bootstraps from V_k.
-        target_q = C.aggregate(C.q_values(self.cfg.critic, target_params["critic"], obs, chunk), self.cfg.critic_agg)
+        target_q = C.aggregate(C.q_values(self.cfg.critic, target_params["critic"], net_obs(obs, "target_critic"), chunk), self.cfg.critic_agg)
         value_loss = expectile_loss(target_q[None] - self.v(params["value"], obs), self.cfg.expectile)
         next_v = self.v(params["value"], batch["next_observations"])
         td_target = C.chunk_target(batch, next_v, self.spec.gamma, self.spec.chunk_len)
-        q = C.q_values(self.cfg.critic, params["critic"], obs, chunk)
+        q = C.q_values(self.cfg.critic, params["critic"], net_obs(obs, "critic"), chunk)
         critic_loss = jnp.mean(jnp.square(q - td_target))
 
         # Conditional pass on positive-advantage rows, unconditional pass on all rows.
         labels = self.optimality_labels(params, target_params, obs, chunk)
-        noise = self.policy.noise(k_noise, obs.shape[0])
-        t = jax.random.uniform(k_time, (obs.shape[0], 1))
+        noise = self.policy.noise(k_noise, batch_size(obs))
+        t = jax.random.uniform(k_time, (batch_size(obs), 1))
 
         def errors(label):
-            net = self.policy.bind(params["base"], self.conditioned(obs, label))
+            net = self.policy.bind(params["base"], self.conditioned(net_obs(obs, "base"), label))
             return flows.flow_matching_errors(net, chunk, noise, t)
 
         guided_loss = jnp.mean(labels * errors(OPTIMAL))

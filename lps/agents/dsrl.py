@@ -23,7 +23,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from lps.agents.base import Spec, init_module
+from lps.agents.base import Spec, batch_size, init_module, net_obs
 from lps.nets import critic as C
 from lps.nets.generative import BaseNetConfig, GenerativePolicy
 from lps.nets.latent import Geometry, actor_latent
@@ -95,15 +95,16 @@ class DSRL:
         }
 
     def latent(self, actor_params, obs):
-        return actor_latent(self.latent_actor.apply({"params": actor_params}, obs), self.cfg.geometry)
+        features = net_obs(obs, "latent_actor")
+        return actor_latent(self.latent_actor.apply({"params": actor_params}, features), self.cfg.geometry)
 
     def bc_loss(self, params, obs, chunk, key):
         """The base policy's flow-matching loss."""
-        return self.base.loss(params["base"], obs, chunk, key)
+        return self.base.loss(params["base"], net_obs(obs, "base"), chunk, key)
 
     def act(self, params, obs, key):
         del key  # deterministic
-        return self.base.sample(params["base"], obs, self.latent(params["latent_actor"], obs))
+        return self.base.sample(params["base"], net_obs(obs, "base"), self.latent(params["latent_actor"], obs))
 
     def loss(self, params, target_params, batch, key):
         k_next, k_bc, k_w = jax.random.split(key, 3)
@@ -114,15 +115,17 @@ class DSRL:
 
         # Latent critic: regress the action critic pulled back through the base policy (a target,
         # so no gradient reaches the action critic or the base policy).
-        w = self.base.noise(k_w, obs.shape[0])
-        pulled_back = C.q_values(self.cfg.critic, params["critic"], obs, self.base.sample(params["base"], obs, w))
+        w = self.base.noise(k_w, batch_size(obs))
+        base_chunk = self.base.sample(params["base"], net_obs(obs, "base", frozen=True), w)
+        pulled_back = C.q_values(self.cfg.critic, params["critic"], net_obs(obs, "critic", frozen=True), base_chunk)
         target = jax.lax.stop_gradient(jnp.mean(pulled_back, axis=0))
-        q_w = C.q_values(self.latent_critic, params["latent_critic"], obs, w)
+        q_w = C.q_values(self.latent_critic, params["latent_critic"], net_obs(obs, "latent_critic"), w)
         latent_critic_loss = C.critic_loss(q_w, target)
 
         # Latent actor against the frozen latent critic.
         z = self.latent(params["latent_actor"], obs)
-        q_z = C.q_values(self.latent_critic, jax.lax.stop_gradient(params["latent_critic"]), obs, z)
+        frozen_latent_critic = jax.lax.stop_gradient(params["latent_critic"])
+        q_z = C.q_values(self.latent_critic, frozen_latent_critic, net_obs(obs, "latent_critic", frozen=True), z)
         actor_loss = C.normalised_q_loss(q_z)
 
         loss = critic_loss + self.cfg.alpha * bc_loss + latent_critic_loss + actor_loss

@@ -2,25 +2,31 @@
 every agent train on them.
 
 An observation is an array (state vectors (B, d), or images (B, H, W, C) uint8) or a dict
-`{"state": (B, d) float32, "image": (B, H, W, C) uint8}` (robot data: cameras stacked on C).
-`ObservationEncoder` turns any of them into a feature vector: images go through an IMPALA
-ResNet, the state is appended as it is.
+`{"state": (B, d) float32, "image": (B, H, W, C) uint8}` (robot data: cameras stacked on C, three
+channels each). `ObservationEncoder` turns any of them into a feature vector: pixel images go
+through one IMPALA ResNet, robot images through one IMPALA per camera (features concatenated),
+and the state is appended as it is.
 
 `EncodedAgent` wraps any agent without the agent knowing: the inner agent is built for the
-feature dimension, the wrapper owns `params["encoder"]`, encodes the batch's observations and
-next observations, and calls the inner agent's loss and acting rule on features. One encoder is
-shared by the critic, the base policy and the latent actor (one CNN pass per image instead of
-one per network). How it is trained, and why:
+feature dimension, and the wrapper encodes the batch and hands the inner agent one feature array
+per network (`{"critic": ..., "base": ..., "latent_actor": ..., "target_critic": ...}`; agents
+read theirs with `lps.agents.base.net_obs`). As in the paper's release (and FQL, Q-chunking):
 
-- every loss of the agent reaches the encoder through the features of the chunk's first
-  observation (critic TD, behaviour cloning, and the policy's -Q/|Q|, which is normalised to a
-  scale of about one, like the other terms);
-- the next observation's features (for the bootstrap target and the policy's next chunk) come
-  from the online encoder under stop_gradient: the TD target stays a target, and no second
-  (Polyak) copy of the CNN is kept or run;
+- every network has its own encoder (`params["<network>_encoder"]`), trained only by the losses
+  that train that network: the actor loss freezes the critic and the base policy together with
+  their encoders, so `-Q/|Q|` cannot change what the critic sees;
+- the target critic has its own encoder, a Polyak-averaged copy of the critic's (it is in
+  `target_keys`, so the trainer averages it with the target critic);
+- the next observation's features reach the losses under stop_gradient (they feed targets only);
 - augmentation (random shift: pad by `shift` pixels with edge values, crop back at a random
-  offset per image) is applied to both observations inside the jitted update, to a whole batch
-  with probability `augment_prob` (FQL's `p_aug`: 0.5 for pixel tasks); acting never augments.
+  offset, the same offset for a sample's observation and next observation) is applied inside the
+  jitted update to a whole batch with probability `augment_prob` (`p_aug`, 0.5); acting never
+  augments.
+
+`shared_encoder=True` (`--shared-encoder`) is ours, not the paper's, and off by default: one
+encoder for every network, trained by every loss (one CNN pass per image instead of one per
+network), next-observation features from the same encoder under stop_gradient. Runs made before
+per-network encoders (one `params["encoder"]`) load only with it.
 """
 
 from __future__ import annotations
@@ -57,8 +63,9 @@ class ResidualBlock(nn.Module):
 
 
 class ImpalaEncoder(nn.Module):
-    """Per stack: 3x3 conv, 3x3 max-pool with stride 2, residual blocks; then a dense feature layer
-    with LayerNorm. Takes uint8 images (B, H, W, C) and scales them to [0, 1] itself."""
+    """Per stack: 3x3 conv, 3x3 max-pool with stride 2, residual blocks; then ReLU, flatten and a
+    dense feature layer with GELU (no LayerNorm, as FQL/Q-chunking/LPS build it). Takes uint8
+    images (B, H, W, C) and scales them to [0, 1] itself."""
 
     stacks: Sequence[int]
     blocks: int
@@ -73,11 +80,12 @@ class ImpalaEncoder(nn.Module):
             for _ in range(self.blocks):
                 x = ResidualBlock(channels)(x)
         x = nn.relu(x).reshape(x.shape[0], -1)
-        return nn.gelu(nn.LayerNorm()(nn.Dense(self.features, kernel_init=default_init())(x)))
+        return nn.gelu(nn.Dense(self.features, kernel_init=default_init())(x))
 
 
 class ObservationEncoder(nn.Module):
-    """Observation (array or {state, image}) -> features (B, F)."""
+    """Observation (array or {state, image}) -> features (B, F). Robot images ({state, image}) hold
+    one camera per 3 channels: each camera gets its own IMPALA, their features are concatenated."""
 
     arch: str
     features: int
@@ -86,20 +94,32 @@ class ObservationEncoder(nn.Module):
     def __call__(self, obs):
         stacks, blocks = ARCHS[self.arch]
         if isinstance(obs, dict):
-            image = ImpalaEncoder(stacks, blocks, self.features)(obs["image"])
-            return jnp.concatenate([image, obs["state"].astype(jnp.float32)], axis=-1)
+            images = obs["image"]
+            cams = cameras(images.shape[-1])
+            per_camera = [ImpalaEncoder(stacks, blocks, self.features, name=f"camera{i}")(images[..., 3 * i : 3 * i + 3])
+                          for i in range(cams)] if cams > 1 else [ImpalaEncoder(stacks, blocks, self.features)(images)]  # fmt: skip
+            return jnp.concatenate([*per_camera, obs["state"].astype(jnp.float32)], axis=-1)
         if obs.ndim == 4:
             return ImpalaEncoder(stacks, blocks, self.features)(obs)
         return obs.astype(jnp.float32)
 
 
-def random_shift(key: jax.Array, images: jax.Array, shift: int) -> jax.Array:
-    """Pad each image by `shift` pixels (edge values) and crop back at a random offset (DrQ)."""
+def cameras(channels: int) -> int:
+    """Cameras in a robot image stacked on the channel axis (three channels each; else one)."""
+    return channels // 3 if channels % 3 == 0 and channels > 3 else 1
+
+
+def shift_offsets(key: jax.Array, batch: int, shift: int) -> jax.Array:
+    """One (row, column) crop offset per sample, in [0, 2 * shift]."""
+    return jax.random.randint(key, (batch, 2), 0, 2 * shift + 1)
+
+
+def random_shift(images: jax.Array, offsets: jax.Array, shift: int) -> jax.Array:
+    """Pad each image by `shift` pixels (edge values) and crop back at its offset (DrQ)."""
     if shift == 0:
         return images
     b, h, w, c = images.shape
     padded = jnp.pad(images, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="edge")
-    offsets = jax.random.randint(key, (b, 2), 0, 2 * shift + 1)
 
     def crop(img, off):
         return jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, c))
@@ -107,11 +127,25 @@ def random_shift(key: jax.Array, images: jax.Array, shift: int) -> jax.Array:
     return jax.vmap(crop)(padded, offsets)
 
 
-def augment(key: jax.Array, obs, shift: int):
+def augment(offsets: jax.Array, obs, shift: int):
     """Random shift of the image part of an observation (state vectors pass through)."""
     if isinstance(obs, dict):
-        return {**obs, "image": random_shift(key, obs["image"], shift)}
-    return random_shift(key, obs, shift) if obs.ndim == 4 else obs
+        return {**obs, "image": random_shift(obs["image"], offsets, shift)}
+    return random_shift(obs, offsets, shift) if obs.ndim == 4 else obs
+
+
+def augment_pair(key: jax.Array, obs, next_obs, shift: int, prob: float):
+    """Shift a batch's observations and next observations by the same per-sample offsets, the
+    whole batch with probability `prob` (else both unchanged)."""
+    if shift == 0 or prob <= 0:
+        return obs, next_obs
+    k_offsets, k_apply = jax.random.split(key)
+    offsets = shift_offsets(k_offsets, jax.tree_util.tree_leaves(obs)[0].shape[0], shift)
+    shifted = augment(offsets, obs, shift), augment(offsets, next_obs, shift)
+    if prob >= 1:
+        return shifted
+    apply = jax.random.bernoulli(k_apply, prob)
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(apply, a, b), shifted, (obs, next_obs))
 
 
 # --- observation specs ------------------------------------------------------------------------
@@ -161,10 +195,18 @@ class EncodedAgent:
     spec: Spec  # of the raw observations (state dim + image shape)
     arch: str = "impala"
     features: int = 512
-    augment_shift: int = 4
-    augment_prob: float = 1.0
+    augment_shift: int = 3
+    augment_prob: float = 0.5
+    shared_encoder: bool = False
+    networks: tuple[str, ...] = ()
+    """The inner agent's networks (its params' keys), each with its own encoder; filled in."""
 
     key_fields: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self):
+        if not self.networks:
+            shapes = jax.eval_shape(self.inner.init, jax.random.PRNGKey(0))
+            object.__setattr__(self, "networks", tuple(sorted(shapes)))
 
     @property
     def name(self) -> str:
@@ -179,8 +221,14 @@ class EncodedAgent:
         return self.inner.cfg
 
     @property
+    def encoder_keys(self) -> tuple[str, ...]:
+        return ("encoder",) if self.shared_encoder else tuple(f"{net}_encoder" for net in self.networks)
+
+    @property
     def target_keys(self) -> tuple[str, ...]:
-        return self.inner.target_keys
+        if self.shared_encoder:
+            return self.inner.target_keys
+        return (*self.inner.target_keys, *(f"{net}_encoder" for net in self.inner.target_keys))
 
     @property
     def encoder(self) -> ObservationEncoder:
@@ -189,37 +237,41 @@ class EncodedAgent:
     def init(self, key):
         k_encoder, k_inner = jax.random.split(key)
         params = dict(self.inner.init(k_inner))
-        params["encoder"] = self.encoder.init(k_encoder, example_observation(self.spec))["params"]
+        example = example_observation(self.spec)
+        for i, name in enumerate(self.encoder_keys):
+            params[name] = self.encoder.init(jax.random.fold_in(k_encoder, i), example)["params"]
         return params
 
-    def encode(self, params, obs):
-        return self.encoder.apply({"params": params["encoder"]}, obs)
+    def encode(self, encoder_params, obs):
+        return self.encoder.apply({"params": encoder_params}, obs)
+
+    def features_by_network(self, params, target_params, obs):
+        """The inner agent's observation: one feature array per network (and per target network);
+        with the shared encoder, the one feature array. Unused entries are pruned by XLA."""
+        if self.shared_encoder:
+            return self.encode(params["encoder"], obs)
+        by_net = {net: self.encode(params[f"{net}_encoder"], obs) for net in self.networks}
+        for net in self.inner.target_keys if target_params is not None else ():
+            by_net[f"target_{net}"] = self.encode(target_params[f"{net}_encoder"], obs)
+        return by_net
 
     def act(self, params, obs, key):
-        return self.inner.act(_without_encoder(params), self.encode(params, obs), key)
+        return self.inner.act(self._inner_params(params), self.features_by_network(params, None, obs), key)
 
     def loss(self, params, target_params, batch, key):
         k_aug, k_inner = jax.random.split(key)
-        n = batch["actions"].shape[0]
-        # Both observations in one encoder call (one augmentation draw per image).
-        both = jax.tree_util.tree_map(
-            lambda a, b: jnp.concatenate([a, b]), batch["observations"], batch["next_observations"]
+        obs, next_obs = augment_pair(
+            k_aug, batch["observations"], batch["next_observations"], self.augment_shift, self.augment_prob
         )
-        if self.augment_prob >= 1:
-            both = augment(k_aug, both, self.augment_shift)
-        elif self.augment_prob > 0:
-            k_aug, k_apply = jax.random.split(k_aug)
-            apply = jax.random.bernoulli(k_apply, self.augment_prob)
-            both = jax.tree_util.tree_map(
-                lambda shifted, plain: jnp.where(apply, shifted, plain), augment(k_aug, both, self.augment_shift), both
-            )
-        features = self.encode(params, both)
         inner_batch = {
             **batch,
-            "observations": features[:n],
-            "next_observations": jax.lax.stop_gradient(features[n:]),
+            "observations": self.features_by_network(params, target_params, obs),
+            "next_observations": jax.lax.stop_gradient(self.features_by_network(params, target_params, next_obs)),
         }
-        return self.inner.loss(_without_encoder(params), target_params, inner_batch, k_inner)
+        return self.inner.loss(self._inner_params(params), target_params, inner_batch, k_inner)
+
+    def _inner_params(self, params: dict) -> dict:
+        return {k: v for k, v in params.items() if k not in self.encoder_keys}
 
 
 def scan_updates(agent) -> bool:
@@ -228,17 +280,14 @@ def scan_updates(agent) -> bool:
     return not (isinstance(agent, EncodedAgent) and jax.default_backend() == "cpu")
 
 
-def _without_encoder(params: dict) -> dict:
-    return {k: v for k, v in params.items() if k != "encoder"}
-
-
 def feature_dim(spec: Spec, arch: str, features: int) -> int:
     del arch
-    return features + spec.obs_dim
+    per_camera = cameras(spec.image_shape[-1]) if spec.obs_dim > 0 else 1  # robot data: one IMPALA per camera
+    return features * per_camera + spec.obs_dim
 
 
 def build_agent(agent_name: str, agent_cfg, spec: Spec, encoder: str = "auto", encoder_features: int = 512,
-                augment_shift: int = 4, augment_prob: float | None = None):  # fmt: skip
+                augment_shift: int = 3, augment_prob: float | None = None, shared_encoder: bool = False):  # fmt: skip
     """The agent for `spec`: the plain agent on state vectors, else wrapped in an `EncodedAgent`."""
     from lps.agents import make_agent
 
@@ -246,7 +295,7 @@ def build_agent(agent_name: str, agent_cfg, spec: Spec, encoder: str = "auto", e
     if arch == "none":
         return make_agent(agent_name, agent_cfg, spec)
     inner_spec = Spec(feature_dim(spec, arch, encoder_features), spec.action_dim, spec.chunk_len, spec.gamma)
-    if augment_prob is None:  # FQL's p_aug for pixel tasks; robot data ({state, image}) every batch
-        augment_prob = 0.5 if spec.obs_dim == 0 else 1.0
+    if augment_prob is None:  # the release's p_aug, pixels and robot alike
+        augment_prob = 0.5
     return EncodedAgent(make_agent(agent_name, agent_cfg, inner_spec), spec, arch, encoder_features, augment_shift,
-                        augment_prob)  # fmt: skip
+                        augment_prob, shared_encoder)  # fmt: skip

@@ -24,7 +24,7 @@ from typing import ClassVar, Literal
 import jax
 import jax.numpy as jnp
 
-from lps.agents.base import Spec, init_module
+from lps.agents.base import Spec, init_module, net_obs
 from lps.nets import critic as C
 from lps.nets import flows
 from lps.nets.generative import BaseNetConfig, GenerativePolicy
@@ -100,10 +100,11 @@ class LPS:
     def latent(self, params, obs, key):
         """The latent the actor picks for `obs` (deterministic: `key` is unused)."""
         del key
-        return actor_latent(self.latent_actor.apply({"params": params["latent_actor"]}, obs), self.cfg.geometry)
+        features = net_obs(obs, "latent_actor")
+        return actor_latent(self.latent_actor.apply({"params": params["latent_actor"]}, features), self.cfg.geometry)
 
     def act(self, params, obs, key):
-        return self.base.sample(params["base"], obs, self.latent(params, obs, key))
+        return self.base.sample(params["base"], net_obs(obs, "base"), self.latent(params, obs, key))
 
     def loss(self, params, target_params, batch, key):
         k_next, k_bc, k_actor = jax.random.split(key, 3)
@@ -122,7 +123,7 @@ class LPS:
 
     def bc_loss(self, params, obs, chunk, key):
         """The base policy's behaviour-cloning loss (MeanFlow, or flow matching for the ablations)."""
-        return self.base.loss(params["base"], obs, chunk, key)
+        return self.base.loss(params["base"], net_obs(obs, "base"), chunk, key)
 
     @property
     def bc_weight(self) -> float:
@@ -131,6 +132,7 @@ class LPS:
     def actor_loss(self, params, obs, key):
         """-Q / |Q| of the steered chunk; the gradient flows through the frozen base policy into l only."""
         frozen = jax.lax.stop_gradient({"base": params["base"], "critic": params["critic"]})
-        steered = self.act({**frozen, "latent_actor": params["latent_actor"]}, obs, key)
-        q = C.q_values(self.cfg.critic, frozen["critic"], obs, steered)
+        # The frozen networks' encoders are frozen with them (no-op on state vectors).
+        steered = self.base.sample(frozen["base"], net_obs(obs, "base", frozen=True), self.latent(params, obs, key))
+        q = C.q_values(self.cfg.critic, frozen["critic"], net_obs(obs, "critic", frozen=True), steered)
         return C.normalised_q_loss(q), {"q/policy": jnp.mean(q)}

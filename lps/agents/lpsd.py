@@ -16,7 +16,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from lps.agents.base import init_module
+from lps.agents.base import batch_size, init_module, net_obs
 from lps.agents.lps import LPS, LPSConfig
 from lps.nets import critic as C
 from lps.nets.latent import actor_latent
@@ -48,17 +48,19 @@ class LPSD(LPS):
         return params
 
     def latent_from_noise(self, actor_params, obs, noise):
-        return actor_latent(self.latent_actor.apply({"params": actor_params}, obs, noise), self.cfg.geometry)
+        features = net_obs(obs, "latent_actor")
+        return actor_latent(self.latent_actor.apply({"params": actor_params}, features, noise), self.cfg.geometry)
 
     def latent(self, params, obs, key):
-        return self.latent_from_noise(params["latent_actor"], obs, self.base.noise(key, obs.shape[0]))
+        return self.latent_from_noise(params["latent_actor"], obs, self.base.noise(key, batch_size(obs)))
 
     def actor_loss(self, params, obs, key):
         frozen = jax.lax.stop_gradient({"base": params["base"], "critic": params["critic"]})
-        noise = self.base.noise(key, obs.shape[0])
-        steered = self.base.sample(frozen["base"], obs, self.latent_from_noise(params["latent_actor"], obs, noise))
-        q = C.q_values(self.cfg.critic, frozen["critic"], obs, steered)
-        distill_loss = jnp.mean(jnp.square(steered - self.base.sample(frozen["base"], obs, noise)))
+        noise = self.base.noise(key, batch_size(obs))
+        base_obs = net_obs(obs, "base", frozen=True)
+        steered = self.base.sample(frozen["base"], base_obs, self.latent_from_noise(params["latent_actor"], obs, noise))
+        q = C.q_values(self.cfg.critic, frozen["critic"], net_obs(obs, "critic", frozen=True), steered)
+        distill_loss = jnp.mean(jnp.square(steered - self.base.sample(frozen["base"], base_obs, noise)))
         return C.normalised_q_loss(q) + self.cfg.alpha * distill_loss, {
             "loss/distill": distill_loss,
             "q/policy": jnp.mean(q),

@@ -18,7 +18,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from lps.agents.base import Spec, init_module
+from lps.agents.base import Spec, batch_size, init_module, net_obs
 from lps.nets import critic as C
 from lps.nets.generative import BaseNetConfig, GenerativePolicy, Kind
 from lps.nets.latent import Geometry
@@ -102,15 +102,15 @@ class QCFQL:
     def raw_one_step_chunk(self, actor_params, obs, noise):
         """The one-step policy's unclipped output: what is distilled (a clipped output would get
         no gradient from the distillation once it leaves [-1, 1], so nothing would pull it back)."""
-        return self.one_step.apply({"params": actor_params}, obs, noise)
+        return self.one_step.apply({"params": actor_params}, net_obs(obs, "actor"), noise)
 
     def act(self, params, obs, key):
-        noise = self.teacher.noise(key, obs.shape[0])
+        noise = self.teacher.noise(key, batch_size(obs))
         return jnp.clip(self.raw_one_step_chunk(params["actor"], obs, noise), -1.0, 1.0)
 
     def bc_loss(self, params, obs, chunk, key):
         """The teacher's behaviour-cloning loss (flow matching or MeanFlow)."""
-        return self.teacher.loss(params["base"], obs, chunk, key)
+        return self.teacher.loss(params["base"], net_obs(obs, "base"), chunk, key)
 
     def loss(self, params, target_params, batch, key):
         k_next, k_bc, k_noise = jax.random.split(key, 3)
@@ -119,13 +119,14 @@ class QCFQL:
         critic_loss, critic_info = C.td_loss(self.cfg, params, target_params, batch, next_chunk, self.spec)
         bc_loss = self.bc_loss(params, obs, batch["actions"], k_bc)
 
-        noise = self.teacher.noise(k_noise, obs.shape[0])
-        target = jax.lax.stop_gradient(self.teacher.sample(params["base"], obs, noise))
+        noise = self.teacher.noise(k_noise, batch_size(obs))
+        teacher_obs = net_obs(obs, "base", frozen=True)
+        target = jax.lax.stop_gradient(self.teacher.sample(params["base"], teacher_obs, noise))
         raw_chunk = self.raw_one_step_chunk(params["actor"], obs, noise)
         distill_loss = jnp.mean(jnp.square(raw_chunk - target))  # FQL's scale: mean over elements
         # The critic is queried where the policy acts: inside the action box.
         chunk = jnp.clip(raw_chunk, -1.0, 1.0)
-        q = C.q_values(self.cfg.critic, jax.lax.stop_gradient(params["critic"]), obs, chunk)
+        q = C.q_values(self.cfg.critic, jax.lax.stop_gradient(params["critic"]), net_obs(obs, "critic", frozen=True), chunk)
         q_loss = C.normalised_q_loss(q)
 
         loss = critic_loss + bc_loss + self.cfg.alpha * distill_loss + q_loss

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from lps.nets.mlp import Ensemble
+from lps.nets.observations import net_obs
 
 Aggregate = Literal["min", "mean"]
 
@@ -79,7 +80,9 @@ class CriticConfig:
 
 def td_loss(cfg: CriticConfig, params, target_params, batch: dict, next_chunk: jnp.ndarray, spec):
     """The critic's loss (on `params["critic"]`) given the policy's chunk at the next observation."""
-    next_q = q_values(cfg.critic, target_params["critic"], batch["next_observations"], next_chunk)
+    # The target critic sees its own (Polyak-averaged) encoder's features under EncodedAgent.
+    next_obs = net_obs(batch["next_observations"], "target_critic")
+    next_q = q_values(cfg.critic, target_params["critic"], next_obs, next_chunk)
     target = chunk_target(batch, aggregate(next_q, cfg.critic_agg), spec.gamma, spec.chunk_len)
-    q = q_values(cfg.critic, params["critic"], batch["observations"], batch["actions"])
+    q = q_values(cfg.critic, params["critic"], net_obs(batch["observations"], "critic"), batch["actions"])
     return critic_loss(q, target), {"q/data": jnp.mean(q), "q/target": jnp.mean(target)}

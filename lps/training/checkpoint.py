@@ -71,7 +71,9 @@ def save(run_dir: str | os.PathLike, state) -> Path:
 
 def _load(path: Path, template):
     try:
-        restored = serialization.from_bytes(template, _unseal(path, path.read_bytes()))
+        payload = _unseal(path, path.read_bytes())
+        _check_encoder_layout(path, template, payload)
+        restored = serialization.from_bytes(template, payload)
     except ValueError as e:
         if str(e).startswith(f"checkpoint {path}"):
             raise
@@ -82,6 +84,23 @@ def _load(path: Path, template):
         if jnp.shape(want) != jnp.shape(got) or jnp.result_type(want) != jnp.result_type(got):
             raise ValueError(f"checkpoint {path} does not match this run's config (network sizes or data dims differ)")
     return restored
+
+
+def _check_encoder_layout(path: Path, template, payload: bytes) -> None:
+    """A clear error for image runs saved before per-network encoders (one `params["encoder"]`
+    with a LayerNorm in the IMPALA head): their parameters cannot be mapped onto today's networks."""
+    params = getattr(template, "params", None)
+    if not isinstance(params, dict) or not any(k.endswith("_encoder") for k in params):
+        return
+    try:
+        saved = serialization.msgpack_restore(payload).get("params", {})
+    except Exception:
+        return  # damaged: from_bytes reports it
+    if "encoder" in saved:
+        raise ValueError(
+            f"checkpoint {path} predates per-network image encoders and the IMPALA head without LayerNorm "
+            "(one shared encoder with LayerNorm); it cannot be loaded by this version: retrain the run"
+        )
 
 
 def exists(run_dir: str | os.PathLike) -> bool:

@@ -89,11 +89,15 @@ class TrainConfig:
     encoder: EncoderName = "auto"
     """Image encoder: auto = none for state vectors, impala for robot data, impala-small for pixels."""
     encoder_features: int = 512
-    """Width of the image encoder's output features (shared by every network)."""
-    augment_shift: int = 4
-    """Random-shift augmentation of images during training: pad by this many pixels, crop back (0: off)."""
+    """Width of each image encoder's output features (per camera on robot data)."""
+    augment_shift: int = 3
+    """Random-shift augmentation of images during training: pad by this many pixels (edge values),
+    crop back at one offset per sample shared by its observation and next observation (0: off)."""
     augment_prob: float | None = None
-    """Probability that a batch's images are shifted; default 0.5 for pixel tasks (FQL's p_aug), 1 for robot data."""
+    """Probability that a batch's images are shifted; default 0.5 (the release's p_aug, pixels and robot)."""
+    shared_encoder: bool = False
+    """Ours, not the paper's: one image encoder for every network, trained by every loss. Default:
+    one encoder per network plus a Polyak-averaged target encoder, as the release."""
     robot: Annotated[RobotDataConfig, tyro.conf.OmitArgPrefixes] = RobotDataConfig()
     """How a --dataset folder of robot episodes is read."""
     online_steps: int = 0
@@ -190,9 +194,12 @@ PRESETS["cpu"] = PRESETS["quick"]
 # The paper's real-robot recipe (public code's DROID script): 10k steps, IMPALA encoder, DiT-S
 # base policy (384 wide, 12 deep, 6 heads), cosine schedule, critic 4x512, latent actor 2x512.
 # Use with `--dataset DIR` (a folder of robot episodes); there is no environment to evaluate in.
+# As the script runs it: p_aug 0.5, one IMPALA per camera (the encoder's rule for {state, image}),
+# images at their recorded size, successful demonstrations only (`--include-failure` opts in).
 PRESETS["robot"] = {
     "train": dict(steps=10_000, log_every=100, eval_every=0, save_every=5000, eval_episodes=0,
-                  lr_schedule="cosine", grad_clip=1.0, encoder="impala"),  # fmt: skip
+                  lr_schedule="cosine", grad_clip=1.0, encoder="impala", augment_prob=0.5,
+                  robot=RobotDataConfig(include_failure=False, image_size=0)),  # fmt: skip
     "agent": dict(base_arch="dit", dit_width=384, dit_depth=12, dit_heads=6, critic_hidden=(512,) * 4,
                   actor_hidden=(512, 512)),  # fmt: skip
 }

@@ -75,4 +75,4 @@ def build(agent_name: str, cfg: TrainConfig, agent_cfg, data: dict[str, np.ndarr
 def build_agent_for(agent_name: str, cfg: TrainConfig, agent_cfg, spec: Spec):
     """The agent for a spec, with the config's image encoder when observations hold images."""
     return build_agent(agent_name, agent_cfg, spec, cfg.encoder, cfg.encoder_features, cfg.augment_shift,
-                       cfg.augment_prob)  # fmt: skip
+                       cfg.augment_prob, cfg.shared_encoder)  # fmt: skip
