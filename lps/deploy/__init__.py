@@ -1,0 +1,1 @@
+"""Running trained policies: serving, the online learner behind the server, the simulated robot."""
