@@ -29,6 +29,7 @@ from lps import client as C
 from lps.agents import LPSConfig
 from lps.data.robot import RobotDataConfig, semi_sparse_labels
 from lps.deploy import learner as L
+from lps.deploy import robot_sim
 from lps.serve import load_server
 from lps.train import train
 
@@ -74,6 +75,21 @@ def start(run_dir, **overrides):
         thread.join(timeout=10)
 
     return srv, learner, f"ws://127.0.0.1:{ws.socket.getsockname()[1]}", stop
+
+
+class DriftEnv:
+    """The smallest gymnasium-style env: 4-D observations drifting with the action, never solved."""
+
+    limit = 9
+
+    def reset(self, seed=None):
+        self.t, self.obs = 0, np.random.default_rng(seed).normal(0, 0.1, OBS_DIM).astype(np.float32)
+        return self.obs, {}
+
+    def step(self, action):
+        self.t += 1
+        self.obs = self.obs + 0.1 * np.resize(action, OBS_DIM).astype(np.float32)
+        return self.obs, -1.0, False, self.t >= self.limit, {"success": False}
 
 
 def play(policy: C.PolicyClient, seed: int, steps: int = 12, success: bool = True, episode_id=None) -> dict:
@@ -152,6 +168,12 @@ def test_learner_trains_swaps_and_refuses_bad_episodes(offline_run, tmp_path):
             assert learner.wait_idle(120)
             assert len(L.episode_files(run / "learner" / "episodes")) == 2
             assert srv.policy_version == 3
+
+            # The simulated robot's loop, on a tiny gymnasium-style env with this policy's observations.
+            results = robot_sim.play_episodes(policy, DriftEnv(), 2, seed=5, log=lambda s: None)
+            assert [r["steps"] for r in results] == [DriftEnv.limit] * 2
+            assert learner.wait_idle(120)
+            assert srv.policy_version == 5 and len(L.episode_files(run / "learner" / "episodes")) == 4
     finally:
         stop()
 
