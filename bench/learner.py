@@ -15,6 +15,7 @@ The ratio busy/idle is the figure to compare (a shared machine makes absolute nu
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import threading
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+# As `lps serve --learn` does: a second host device for the learner (set before JAX starts).
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -65,6 +68,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--utd", type=float, default=1.0)
     p.add_argument("--requests", type=int, default=300)
+    p.add_argument("--update-block", type=int, default=25, help="updates per compiled dispatch")
     a = p.parse_args()
 
     from lps.client import PolicyClient
@@ -74,7 +78,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run = offline_run(Path(tmp))
         srv = load_server(run, device="cpu", log_every_s=0.0, log=lambda s: None)
-        learner = attach(srv, run, LearnerConfig(token="bench", utd=a.utd, update_block=CHUNK * 5), log=lambda s: None)
+        learner = attach(srv, run, LearnerConfig(token="bench", utd=a.utd, update_block=a.update_block), log=lambda s: None)
         ws = srv.start("127.0.0.1", 0)
         threading.Thread(target=ws.serve_forever, daemon=True).start()
         url = f"ws://127.0.0.1:{ws.socket.getsockname()[1]}"

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -407,6 +408,9 @@ def main(argv: list[str]) -> int:
     if a.port:
         _check_port_free(a.host, a.port)  # before the slow part: loading and compiling the policy
     log = lambda s: print(s, flush=True)  # noqa: E731
+    if a.learn and "jax" not in sys.modules and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        # Two host devices: the learner trains on the second, so acting never queues behind an update.
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
     server = load_server(a.run_dir, a.device, a.seed, a.log_every, log=log)
     learner = None
     if a.learn:

@@ -202,11 +202,19 @@ class Learner:
         data_cfg = dataclasses.replace(train_cfg, progress=False, dataset=lcfg.dataset or train_cfg.dataset)
         data = load_data(data_cfg)
         capacity = len(data["actions"]) + lcfg.buffer_rows
-        self.buffer = replay.create(data, self.chunk_len, capacity)
+        # Train on another device than the one acting when there is one (`lps serve --learn` asks
+        # XLA for two host devices): computations on one device run in order, so an update block on
+        # the acting device would hold robot requests until it ends.
+        acting = server.policy.device
+        others = [d for d in jax.devices(acting.platform) if d != acting]
+        self.device = others[0] if others else acting
+        with jax.default_device(self.device):
+            self.buffer = replay.create(data, self.chunk_len, capacity)
         offline = checkpoint.restore(run_dir, create_state(self.agent, optimizer, train_cfg.seed))
         template = LearnerState(offline, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
         resumed = (self.dir / checkpoint.CHECKPOINT).exists() or (self.dir / checkpoint.PREVIOUS).exists()
-        self.state = jax.tree_util.tree_map(jnp.asarray, checkpoint.restore(self.dir, template)) if resumed else template
+        state = checkpoint.restore(self.dir, template) if resumed else template
+        self.state = jax.device_put(jax.tree_util.tree_map(jnp.asarray, state), self.device)
         sampler = replay.make_sampler(lcfg.mix)
         self._update = make_multi_update(make_update(self.agent, optimizer, train_cfg.batch_size, sampler),
                                          lcfg.update_block)  # fmt: skip
@@ -245,7 +253,10 @@ class Learner:
             if episode["id"] in self._ids:
                 return {"type": "episode_ack", "id": episode["id"], "duplicate": True}
             path = self.episodes_dir / episode["outcome"] / f"{self._seq:08d}-{episode['id']}.npz"
-            write_episode_file(path, episode)  # on disk before it counts as received
+            try:
+                write_episode_file(path, episode)  # on disk before it counts as received
+            except OSError as e:
+                raise ValueError(f"the server could not store the episode ({e}); it was not accepted: resend it") from e
             self._seq += 1
             self._ids.add(episode["id"])
             if episode["outcome"] != "aborted":
@@ -260,7 +271,8 @@ class Learner:
 
     def _append(self, path: Path) -> int:
         rows = read_episode_rows(path, self.chunk_len, self.train_cfg.robot)
-        self.buffer = replay.append(self.buffer, rows, self.chunk_len, self.cfg.max_steps)
+        with jax.default_device(self.device):
+            self.buffer = replay.append(self.buffer, rows, self.chunk_len, self.cfg.max_steps)
         return len(rows["actions"])
 
     def train_on(self, path: Path) -> None:
@@ -272,7 +284,8 @@ class Learner:
             train, _ = self._update(train, self.buffer)
             debt -= self.cfg.update_block
             self.updates_run += self.cfg.update_block
-        self.state = LearnerState(train, jnp.asarray(debt, jnp.float32), self.state.episodes_trained + 1)
+        self.state = LearnerState(train, jax.device_put(jnp.asarray(debt, jnp.float32), self.device),
+                                  self.state.episodes_trained + 1)
         version = self._publish()
         checkpoint.save(self.dir, self.state)
         self.log(f"[lps learn] trained on {path.name}: step {int(train.step)}, policy_version {version}")
