@@ -11,6 +11,8 @@
     lps sweep [FILE.yaml|.toml] [--agents A ...] [--tasks T ...] [--seeds 0,1,2] [--grid FIELD=V1,V2 ...]
               [--out DIR] [--workers N] [--ray ADDRESS] [--dry-run] [-- TRAIN ARGS ...]   (resumable grids of runs)
     lps serve RUN_DIR [--host 127.0.0.1] [--port 8000] [--device auto|cpu|gpu]   (policy server for a robot)
+              [--learn --token T [--utd U] [--online-mix balanced|buffer] [--dataset DIR]]   (+ fine-tune on its episodes)
+    lps robot-sim URL --env TASK --episodes N [--token T]   (an OGBench task as the robot of `lps serve --learn`)
     lps serve-replay URL EPISODE [--episode K] [--stride N] [--run RUN_DIR]   (replay a recorded episode, action error)
 
 Every field of the training config and of the chosen agent's config is a flag of `lps train`
@@ -324,6 +326,12 @@ def _serve_replay(argv: list[str]) -> int:
     return replay_main(argv)
 
 
+def _robot_sim(argv: list[str]) -> int:
+    from lps.deploy.robot_sim import main as robot_sim_main
+
+    return robot_sim_main(argv)
+
+
 def _sweep(argv: list[str]) -> int:
     from lps.experiments.sweep import main as sweep_main
 
@@ -340,6 +348,7 @@ COMMANDS = {
     "sweep": _sweep,
     "serve": _serve,
     "serve-replay": _serve_replay,
+    "robot-sim": _robot_sim,
 }
 
 

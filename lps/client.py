@@ -11,15 +11,28 @@ maps {"__ndarray__": True, "data": raw bytes, "dtype": dtype.str, "shape": [...]
 openpi's client uses, so clients written for openpi-style servers can talk to ours; maps in the
 msgpack-numpy package's layout ({"nd": True, "type", "shape", "data"}) are decoded as well.
 
-Requests and replies:
+Requests and replies (every reply but errors carries "policy_version": the weights it came from):
     {"type": "spec"}                  -> {"type": "spec", "observation": ..., "chunk_len": H, "action_dim": A, ...}
     {"obs": array or dict of arrays}  -> {"action": (H, A) float32, "latency_ms": float, "step": n}
+    {"type": "episode", "id", "token", "outcome": "success" | "failure" | "aborted",
+     "observations": (T, ...) array or dict of them, "actions": (T, A), "interventions": (T,) bool}
+                                      -> {"type": "episode_ack", "id", "duplicate": bool, ...}   (`lps serve --learn`)
     anything malformed                -> {"error": "what was wrong"}   (the connection stays open)
+
+Fine-tuning on the robot (a server started with `--learn --token T`):
+    with PolicyClient(url, token=T) as policy:
+        with policy.episode() as ep:
+            chunk = ep.act(obs)                           # then, for each step executed:
+            ep.record(obs, action, intervention=False)    # the action actually executed
+            ...
+            ep.finish(success=True)                       # sent now; resent after a dropped connection
 """
 
 from __future__ import annotations
 
+import os
 import time
+import uuid
 from typing import Any
 
 import msgpack
@@ -97,21 +110,26 @@ def unpack(payload: bytes) -> Any:
 class PolicyClient:
     """A connection to `lps serve`. Not thread-safe: give each thread its own client."""
 
-    def __init__(self, url: str, timeout: float = 60.0, max_message_mb: float = 64.0):
-        from websockets.sync.client import connect
-
-        self.url, self.timeout = url, timeout
+    def __init__(self, url: str, timeout: float = 60.0, max_message_mb: float = 64.0, token: str | None = None):
+        self.url, self.timeout, self.max_message_mb = url, timeout, max_message_mb
+        self.token = token if token is not None else os.environ.get("LPS_TOKEN")  # sent with episodes only
         self.last_latency_ms: float | None = None  # the server's time for the last chunk
         self.last_round_trip_ms: float | None = None  # the client's, network and (de)coding included
+        self.last_policy_version: int | None = None  # the weights the last reply came from
+        self._ws = self._connect()
+        self._spec: dict | None = None
+
+    def _connect(self):
+        from websockets.sync.client import connect
+
         try:
             # Entering the connection is what `with connect(...)` does; the client's own close() and
             # context manager end it (websockets >= 17.1 warns about connections never entered).
-            self._ws = connect(url, open_timeout=timeout, max_size=int(max_message_mb * 2**20)).__enter__()
+            return connect(self.url, open_timeout=self.timeout, max_size=int(self.max_message_mb * 2**20)).__enter__()
         except (OSError, TimeoutError) as e:
             raise ConnectionError(
-                f"cannot reach the policy server at {url} ({e}); is `lps serve` running there?"
+                f"cannot reach the policy server at {self.url} ({e}); is `lps serve` running there?"
             ) from e
-        self._spec: dict | None = None
 
     def _request(self, message: dict) -> dict:
         from websockets.exceptions import ConnectionClosed
@@ -128,6 +146,7 @@ class PolicyClient:
             raise ProtocolError(f"the server sent a {type(reply).__name__}, not a map")
         if "error" in reply:
             raise PolicyServerError(f"policy server at {self.url}: {reply['error']}")
+        self.last_policy_version = reply.get("policy_version", self.last_policy_version)
         return reply
 
     def spec(self) -> dict:
@@ -146,6 +165,31 @@ class PolicyClient:
             raise ProtocolError(f"the server's reply has no 'action' (keys {sorted(reply)})")
         return np.asarray(reply["action"], np.float32)
 
+    def episode(self) -> Episode:
+        """A recorder for one episode, sent to a `--learn` server when it finishes (see module docs)."""
+        return Episode(self)
+
+    def send_episode(self, message: dict, retries: int = 5, backoff_s: float = 0.5) -> dict:
+        """Send one episode message; on a dropped connection reconnect and send it again (the
+        server stores an episode id once, so a resend after a lost reply is no duplicate)."""
+        message = {**message, "type": "episode", "token": self.token or ""}
+        for attempt in range(retries + 1):
+            try:
+                return self._request(message)
+            except (ConnectionError, TimeoutError):
+                if attempt == retries:
+                    raise
+                time.sleep(backoff_s * 2**attempt)
+                try:
+                    self._ws.close()
+                except Exception:  # noqa: BLE001 - the old connection is gone either way
+                    pass
+                try:
+                    self._ws = self._connect()
+                except ConnectionError:
+                    continue  # the server may be restarting: try again after the next wait
+        raise AssertionError("unreachable")
+
     def close(self) -> None:
         self._ws.close()
 
@@ -154,3 +198,62 @@ class PolicyClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class Episode:
+    """One episode's steps as the robot executed them; `finish` sends it (see the module docs).
+    Leaving the `with` block without `finish` (an exception, an emergency stop) sends it as
+    aborted: stored by the server, never trained on."""
+
+    def __init__(self, client: PolicyClient, episode_id: str | None = None):
+        self.client = client
+        self.id = episode_id or uuid.uuid4().hex
+        self.observations: list[Any] = []
+        self.actions: list[np.ndarray] = []
+        self.interventions: list[bool] = []
+        self.reply: dict | None = None
+
+    def act(self, obs) -> np.ndarray:
+        """The served chunk for `obs` (record the steps you execute from it with `record`)."""
+        return self.client.act(obs)
+
+    def record(self, obs, action, intervention: bool = False) -> None:
+        """One executed step: the observation it started from and the action actually executed
+        (the operator's, with `intervention=True`, when a human took over)."""
+        self.observations.append(obs)
+        self.actions.append(np.asarray(action, np.float32).reshape(-1))
+        self.interventions.append(bool(intervention))
+
+    def message(self, outcome: str) -> dict:
+        if not self.actions:
+            raise ValueError("the episode has no recorded steps; call record(obs, action) for each executed step")
+        first = self.observations[0]
+        if isinstance(first, dict):
+            obs = {k: np.stack([np.asarray(o[k]) for o in self.observations]) for k in first}
+        else:
+            obs = np.stack([np.asarray(o) for o in self.observations])
+        return {"id": self.id, "outcome": outcome, "observations": obs, "actions": np.stack(self.actions),
+                "interventions": np.asarray(self.interventions, bool)}  # fmt: skip
+
+    def finish(self, success: bool | None = None, outcome: str | None = None) -> dict:
+        """Send the episode with its outcome (`success=True/False`, or outcome="aborted"); the
+        server's acknowledgement. Raises PolicyServerError if the server refused it."""
+        if self.reply is not None:
+            return self.reply
+        if outcome is None:
+            if success is None:
+                raise ValueError("finish(success=True/False) or finish(outcome='aborted')")
+            outcome = "success" if success else "failure"
+        self.reply = self.client.send_episode(self.message(outcome))
+        return self.reply
+
+    def __enter__(self) -> Episode:
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if self.reply is None and self.actions:
+            try:
+                self.finish(outcome="aborted")
+            except Exception:  # noqa: BLE001 - never hide the exception that ended the episode
+                if exc_type is None:
+                    raise

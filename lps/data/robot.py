@@ -170,19 +170,23 @@ def read_episode(path: str | os.PathLike, cfg: RobotDataConfig = RobotDataConfig
                 f"{path}: '{cfg.image_group}/{key}' must be uint8 (T, H, W, 3 or 4), got {arr.dtype} {arr.shape}"
             )
     image = np.concatenate([_to_rgb(a, cfg) for a in frames], axis=-1)
+    return {
+        "observations": {"state": state.astype(np.float32), "image": image},
+        "actions": (np.clip(actions, -1.0, 1.0) if cfg.normalize == "none" else actions).astype(np.float32),
+        **semi_sparse_labels(length, success, chunk_len, cfg),
+    }
+
+
+def semi_sparse_labels(length: int, success: bool, chunk_len: int, cfg: RobotDataConfig = RobotDataConfig()) -> dict:
+    """Rewards, masks and terminals of one episode of `length` steps (the paper's semi-sparse
+    scheme, see the module docstring): the one labelling of robot episodes, offline and online."""
     rewards = np.full(length, cfg.step_reward, np.float32)
     rewards[length - chunk_len] = cfg.success_reward if success else cfg.failure_reward
     masks = np.ones(length, np.float32)
     masks[length - chunk_len :] = 0.0
     terminals = np.zeros(length, bool)
     terminals[-1] = True
-    return {
-        "observations": {"state": state.astype(np.float32), "image": image},
-        "actions": (np.clip(actions, -1.0, 1.0) if cfg.normalize == "none" else actions).astype(np.float32),
-        "rewards": rewards,
-        "masks": masks,
-        "terminals": terminals,
-    }
+    return {"rewards": rewards, "masks": masks, "terminals": terminals}
 
 
 def droid_obs_to_lps(raw: dict, cfg: RobotDataConfig = RobotDataConfig()) -> dict[str, np.ndarray]:
@@ -461,18 +465,10 @@ def build_episode(state: np.ndarray, actions: np.ndarray, frames: list[np.ndarra
         raise DatasetError(f"{where}: episode has {length} steps; it needs more than the chunk length {chunk_len}")
     rgb_cfg = dataclasses.replace(cfg, bgr=False)
     image = np.concatenate([_to_rgb(f, rgb_cfg) for f in frames], axis=-1)
-    rewards = np.full(length, cfg.step_reward, np.float32)
-    rewards[length - chunk_len] = cfg.success_reward if success else cfg.failure_reward
-    masks = np.ones(length, np.float32)
-    masks[length - chunk_len :] = 0.0
-    terminals = np.zeros(length, bool)
-    terminals[-1] = True
     return {
         "observations": {"state": state.astype(np.float32), "image": image},
         "actions": (np.clip(actions, -1.0, 1.0) if cfg.normalize == "none" else actions).astype(np.float32),
-        "rewards": rewards,
-        "masks": masks,
-        "terminals": terminals,
+        **semi_sparse_labels(length, success, chunk_len, cfg),
     }
 
 

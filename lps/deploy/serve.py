@@ -10,7 +10,10 @@ keys, NaN/inf values) gets an `{"error": ...}` reply and the connection keeps be
 `--log-every` seconds with traffic the server prints the number of chunks served and the p50/p99
 of their latency; `GET /health` answers the spec as JSON for load balancers and humans.
 
-There is no authentication: bind to 127.0.0.1 (the default) or a trusted robot network only.
+Serving chunks has no authentication: bind to 127.0.0.1 (the default) or a trusted robot network
+only. With `--learn` the server also accepts finished episodes and fine-tunes on them
+(`lps.deploy.learner`); those need the `--token` (or $LPS_TOKEN), without which it refuses to start.
+Every reply carries the `policy_version` of the weights that produced it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -178,6 +183,9 @@ class PolicyServer:
         self.log, self.log_every_s = log, log_every_s
         self.latency = LatencyLog(log)
         self._policy_lock = threading.Lock()
+        # Bumped by every weight swap (`swap_params`); every reply names the weights it came from.
+        self.policy_version = 0
+        self.learner = None  # an lps.deploy.learner.Learner when serving with --learn
         self.spec_message = {
             "type": "spec",
             "observation": self.obs_spec,
@@ -208,7 +216,11 @@ class PolicyServer:
                 raise ProtocolError(f"a request is a msgpack map, got {type(request).__name__}")
             kind = request.get("type", "act" if "obs" in request else None)
             if kind == "spec":
-                return pack(self.spec_message), False
+                return pack({**self.spec_message, "policy_version": self.policy_version}), False
+            if kind == "episode":
+                if self.learner is None:
+                    raise ProtocolError("this server does not learn from episodes; start it with `lps serve RUN --learn`")
+                return pack({**self.learner.receive(request), "policy_version": self.policy_version}), False
             if kind != "act" or "obs" not in request:
                 raise ProtocolError(
                     f"unknown request with keys {sorted(map(str, request))}: send {{'obs': observation}} for an "
@@ -220,7 +232,7 @@ class PolicyServer:
             return self._error(f"bad request: {e}"), False
         try:
             with self._policy_lock:
-                chunk = np.asarray(self.policy(obs), np.float32)
+                chunk, version = np.asarray(self.policy(obs), np.float32), self.policy_version
         except (ValueError, TypeError, KeyError) as e:
             return self._error(f"observation rejected by the policy: {type(e).__name__}: {e}"), False
         except Exception as e:  # noqa: BLE001 - a robot must get an answer, and the server must live on
@@ -228,7 +240,14 @@ class PolicyServer:
             return self._error(f"the policy failed on this observation ({type(e).__name__}: {e})"), False
         latency_ms = 1e3 * (time.perf_counter() - start)
         self.latency.record(latency_ms)
-        return pack({"action": chunk, "latency_ms": latency_ms, "step": step}), True
+        return pack({"action": chunk, "latency_ms": latency_ms, "step": step, "policy_version": version}), True
+
+    def swap_params(self, params) -> int:
+        """Serve `params` from the next request on (waits for at most the policy call in flight)."""
+        with self._policy_lock:
+            self.policy.params = params
+            self.policy_version += 1
+            return self.policy_version
 
     def _error(self, message: str) -> bytes:
         self.latency.record(None)
@@ -366,13 +385,54 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the acting noise (stochastic agents)")
     p.add_argument("--log-every", type=float, default=10.0, help="seconds between latency summaries (0: off)")
     p.add_argument("--max-message-mb", type=float, default=64.0, help="largest request accepted, in MiB")
+    learn = p.add_argument_group("learning from the robot's episodes (see lps.deploy.learner)")
+    learn.add_argument("--learn", action="store_true", help="accept finished episodes and fine-tune on them online")
+    learn.add_argument("--token", default=None, help="episodes are accepted only with this token (default: $LPS_TOKEN)")
+    learn.add_argument("--dataset", default=None, help="offline data of the balanced batches (default: the run's)")
+    learn.add_argument("--utd", type=float, default=1.0, help="gradient updates per received step")
+    learn.add_argument("--online-mix", choices=["balanced", "buffer"], default="balanced",
+                       help="balanced: half offline, half online batches (paper); buffer: uniform over both")
+    learn.add_argument("--buffer-rows", type=int, default=100_000, help="online rows the replay buffer holds")
+    learn.add_argument("--max-steps", type=int, default=2000, help="longest episode accepted")
+    learn.add_argument("--update-block", type=int, default=50, help="updates per compiled dispatch")
     a = p.parse_args(argv)
+    token = a.token or os.environ.get("LPS_TOKEN")
+    if a.learn and not token:
+        where = "on " + a.host + (" (reachable from other machines)" if not _is_loopback(a.host) else "")
+        p.error(f"--learn accepts data that changes the policy, so it needs a token; refusing to start {where} "
+                "without one: pass --token T or set LPS_TOKEN")  # fmt: skip
     if not 0 <= a.port < 65536:
         p.error(f"--port must be in 0..65535, got {a.port}")
     if a.max_message_mb <= 0:
         p.error("--max-message-mb must be positive")
     if a.port:
         _check_port_free(a.host, a.port)  # before the slow part: loading and compiling the policy
-    server = load_server(a.run_dir, a.device, a.seed, a.log_every, log=lambda s: print(s, flush=True))
-    serve_forever(server, a.host, a.port, a.max_message_mb)
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    if a.learn and "jax" not in sys.modules and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        # Two host devices: the learner trains on the second, so acting never queues behind an update.
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
+    server = load_server(a.run_dir, a.device, a.seed, a.log_every, log=log)
+    learner = None
+    if a.learn:
+        from lps.deploy.learner import LearnerConfig, attach
+
+        lcfg = LearnerConfig(token=token, utd=a.utd, mix=a.online_mix, buffer_rows=a.buffer_rows,
+                             max_steps=a.max_steps, update_block=a.update_block, dataset=a.dataset)  # fmt: skip
+        learner = attach(server, a.run_dir, lcfg, log=log)
+    try:
+        serve_forever(server, a.host, a.port, a.max_message_mb)
+    finally:
+        if learner is not None:
+            learner.close()
     return 0
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,334 @@
+"""Online fine-tuning behind the policy server: `lps serve RUN --learn [--token T] [--utd U]`.
+
+The server answers action requests as always; the robot also sends each finished episode (see
+`lps.client.Episode` and docs: "Fine-tuning on a robot"). For an accepted episode the learner
+
+1. validates it (outcome, shapes and dtypes against the served spec, finite values, actions in
+   [-1, 1], length limits) and refuses a bad one with an error naming the problem;
+2. writes it to disk before anything else, atomically, as one file
+   `<run>/learner/episodes/<outcome>/<seq>-<episode id>.npz` (seq: arrival order), so a crash never
+   loses a rollout and a retried send is recognised by its id (never stored twice);
+3. in a background thread: labels its rows with the offline robot scheme
+   (`lps.data.robot.semi_sparse_labels`), appends them to the replay buffer (`lps.data.replay`:
+   the offline data first, then the online episodes in arrival order), runs `utd x steps` updates
+   (`lps.training.update.make_update` with the buffer's balanced or uniform sampler, in compiled blocks of
+   `--update-block` steps; the remainder carries to the next episode), swaps the served weights
+   (`PolicyServer.swap_params`: the `policy_version` of every reply goes up) and checkpoints.
+
+Aborted episodes are stored (under `aborted/`) but never trained on: they have no outcome to label.
+
+Resume. The checkpoint `<run>/learner/checkpoint.msgpack` holds the training state, the update
+remainder and the number of episodes trained on; the buffer is held by reference: it is rebuilt
+from the offline data and the first `episodes_trained` episode files in arrival order, exactly as
+it was, and every later file (arrived, maybe half trained on when the process died) is queued and
+trained on again from the checkpoint. Updates are a pure function of (state, buffer), so a learner
+killed at any point and restarted ends with the weights and buffer rows of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import queue
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from lps.client import ProtocolError
+from lps.data import replay
+from lps.data.robot import semi_sparse_labels
+from lps.training import checkpoint
+
+LEARNER_DIR = "learner"
+EPISODES_DIR = "episodes"
+OUTCOMES = ("success", "failure", "aborted")
+EPISODE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnerConfig:
+    token: str
+    """Episodes are accepted only from clients presenting this token."""
+    utd: float = 1.0
+    """Gradient updates per received environment step (the paper's recipe: U x episode steps)."""
+    mix: str = "balanced"
+    """Batches: balanced = half offline, half online (the paper's robot recipe); buffer = uniform."""
+    buffer_rows: int = 100_000
+    """Online rows the replay buffer holds (beside the offline data)."""
+    max_steps: int = 2000
+    """Longest episode accepted."""
+    update_block: int = 50
+    """Updates per compiled dispatch (the remainder of an episode's updates carries over)."""
+    dataset: str | None = None
+    """The offline data of the balanced batches (default: the run's own --dataset / task data)."""
+
+    def __post_init__(self):
+        if not self.token:
+            raise ValueError("the learner needs a token (--token or $LPS_TOKEN): it accepts data that changes the policy")
+        if self.utd <= 0 or self.update_block < 1 or self.max_steps < 2 or self.buffer_rows < 1:
+            raise ValueError("--utd must be > 0, --update-block, --max-steps and --buffer-rows positive")
+        if self.mix not in replay.MIXES:
+            raise ValueError(f"--online-mix must be one of {', '.join(replay.MIXES)}, not {self.mix!r}")
+
+
+class LearnerState(struct.PyTreeNode):
+    train: Any  # lps.training.update.TrainState
+    update_debt: jax.Array  # float32: updates owed to received steps, below one block
+    episodes_trained: jax.Array  # int32: episode files (arrival order) in the buffer and trained on
+
+
+# --- episodes: validation and files ---------------------------------------------------------
+
+
+def _leaves(spec: dict) -> dict[str, dict]:
+    """{"": spec} for an array spec, {"state": ..., "image": ...} for a dict of array specs."""
+    if "shape" in spec and not isinstance(spec["shape"], dict):
+        return {"": spec}
+    return dict(spec)
+
+
+def validate_episode(request: dict, obs_spec: dict, action_dim: int, chunk_len: int, max_steps: int) -> dict:
+    """The episode of an `{"type": "episode", ...}` request as host arrays, or a ValueError naming
+    what is wrong: {"id", "outcome", "observations" (array or dict of (T, ...) arrays),
+    "actions" (T, A) float32, "interventions" (T,) bool}."""
+    episode_id = request.get("id")
+    if not isinstance(episode_id, str) or not EPISODE_ID.match(episode_id):
+        raise ValueError(f"'id' must be a string of 1-64 letters, digits, '-' or '_' (got {episode_id!r})")
+    outcome = request.get("outcome")
+    if outcome not in OUTCOMES:
+        raise ValueError(f"'outcome' must be one of {', '.join(OUTCOMES)}, got {outcome!r}")
+    actions = request.get("actions")
+    if not isinstance(actions, np.ndarray) or actions.dtype.kind != "f" or actions.ndim != 2:
+        raise ValueError(f"'actions' must be a float array (steps, {action_dim})")
+    steps = len(actions)
+    if actions.shape[1] != action_dim:
+        raise ValueError(f"'actions' has {actions.shape[1]} dims per step; the policy's actions have {action_dim}")
+    if not np.isfinite(actions).all():
+        raise ValueError(f"'actions' holds NaN/inf at step {int(np.argwhere(~np.isfinite(actions))[0][0])}")
+    worst = float(np.max(np.abs(actions))) if steps else 0.0
+    if worst > 1.0 + 1e-5:
+        raise ValueError(f"'actions' must lie in [-1, 1] (the policy's range) but reach {worst:.4g}")
+    if outcome != "aborted" and steps <= chunk_len:
+        raise ValueError(f"the episode has {steps} steps; a trainable one needs more than the chunk length {chunk_len}")
+    if steps > max_steps:
+        raise ValueError(f"the episode has {steps} steps; this learner accepts at most {max_steps} (--max-steps)")
+    flags = request.get("interventions", np.zeros(steps, bool))
+    flags = np.asarray(flags)
+    if flags.shape != (steps,) or flags.dtype.kind not in "biu":
+        raise ValueError(f"'interventions' must be {steps} booleans (one per step), got shape {list(flags.shape)}")
+    raw = request.get("observations")
+    specs = _leaves(obs_spec)
+    if list(specs) == [""]:
+        observations = _check_obs_column(raw, specs[""], steps, "observations")
+        return {"id": episode_id, "outcome": outcome, "observations": observations,
+                "actions": actions.astype(np.float32), "interventions": flags.astype(bool)}  # fmt: skip
+    if not isinstance(raw, dict) or sorted(map(str, raw)) != sorted(specs):
+        got = sorted(map(str, raw)) if isinstance(raw, dict) else type(raw).__name__
+        raise ValueError(f"'observations' must be a dict with keys {sorted(specs)}, got {got}")
+    observations = {k: _check_obs_column(raw[k], sub, steps, f"observations.{k}") for k, sub in specs.items()}
+    return {"id": episode_id, "outcome": outcome, "observations": observations,
+            "actions": actions.astype(np.float32), "interventions": flags.astype(bool)}  # fmt: skip
+
+
+def _check_obs_column(arr: Any, spec: dict, steps: int, where: str) -> np.ndarray:
+    shape = (steps, *spec["shape"])
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
+        raise ValueError(f"'{where}' must be a numeric array of shape {list(shape)}")
+    if arr.shape != shape:
+        raise ValueError(f"'{where}' must have shape {list(shape)} (one observation per step), got {list(arr.shape)}")
+    if spec.get("dtype") == "uint8" and arr.dtype != np.uint8:
+        raise ValueError(f"'{where}' must be uint8, got {arr.dtype}")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise ValueError(f"'{where}' holds NaN/inf values")
+    return arr.astype(np.uint8 if spec.get("dtype") == "uint8" else np.float32)
+
+
+def write_episode_file(path: Path, episode: dict) -> None:
+    """One episode as an npz, written to a temporary file and renamed (never half a file)."""
+    obs = episode["observations"]
+    arrays = {f"observations/{k}": v for k, v in obs.items()} if isinstance(obs, dict) else {"observations": obs}
+    arrays.update(actions=episode["actions"], interventions=episode["interventions"],
+                  outcome=np.array(episode["outcome"]), id=np.array(episode["id"]))  # fmt: skip
+    with checkpoint.atomic_writer(path) as f:
+        np.savez(f, **arrays)
+
+
+def read_episode_rows(path: Path, chunk_len: int, robot_cfg) -> dict:
+    """An episode file in the row layout, labelled exactly as offline robot episodes are."""
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    if "observations" in arrays:
+        obs = arrays["observations"].astype(np.float32)
+    else:
+        obs = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("observations/")}
+    steps = len(arrays["actions"])
+    labels = semi_sparse_labels(steps, str(arrays["outcome"]) == "success", chunk_len, robot_cfg)
+    return {"observations": obs, "actions": arrays["actions"].astype(np.float32), **labels}
+
+
+def episode_files(folder: Path) -> list[Path]:
+    """The trainable (success/failure) episode files in arrival order."""
+    files = [p for sub in ("success", "failure") for p in (folder / sub).glob("*.npz")]
+    return sorted(files, key=lambda p: p.name)
+
+
+# --- the learner ----------------------------------------------------------------------------
+
+
+class Learner:
+    """Receives episodes (any connection thread), trains on them in its own thread, and swaps the
+    weights the `server` serves after each one."""
+
+    def __init__(self, server, run_dir: str | Path, lcfg: LearnerConfig, log=print):
+        from lps.training.config import load_config
+        from lps.training.setup import build_agent_for, load_data  # fmt: skip
+        from lps.training.update import create_state, make_multi_update, make_optimizer, make_update
+
+        self.server, self.cfg, self.log = server, lcfg, log
+        self.run_dir = Path(run_dir)
+        self.dir = self.run_dir / LEARNER_DIR
+        self.episodes_dir = self.dir / EPISODES_DIR
+        agent_name, train_cfg, agent_cfg, spec = load_config(run_dir)
+        self.train_cfg = train_cfg
+        self.agent = build_agent_for(agent_name, train_cfg, agent_cfg, spec)
+        optimizer = make_optimizer(train_cfg)
+        self.chunk_len = spec.chunk_len
+        data_cfg = dataclasses.replace(train_cfg, progress=False, dataset=lcfg.dataset or train_cfg.dataset)
+        data = load_data(data_cfg)
+        capacity = len(data["actions"]) + lcfg.buffer_rows
+        # Train on another device than the one acting when there is one (`lps serve --learn` asks
+        # XLA for two host devices): computations on one device run in order, so an update block on
+        # the acting device would hold robot requests until it ends.
+        acting = server.policy.device
+        others = [d for d in jax.devices(acting.platform) if d != acting]
+        self.device = others[0] if others else acting
+        with jax.default_device(self.device):
+            self.buffer = replay.create(data, self.chunk_len, capacity)
+        offline = checkpoint.restore(run_dir, create_state(self.agent, optimizer, train_cfg.seed))
+        template = LearnerState(offline, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+        resumed = (self.dir / checkpoint.CHECKPOINT).exists() or (self.dir / checkpoint.PREVIOUS).exists()
+        state = checkpoint.restore(self.dir, template) if resumed else template
+        self.state = jax.device_put(jax.tree_util.tree_map(jnp.asarray, state), self.device)
+        sampler = replay.make_sampler(lcfg.mix)
+        self._update = make_multi_update(make_update(self.agent, optimizer, train_cfg.batch_size, sampler),
+                                         lcfg.update_block)  # fmt: skip
+        # Rebuild the buffer: the episodes already trained on, in arrival order; queue the rest.
+        files = episode_files(self.episodes_dir)
+        trained = int(self.state.episodes_trained)
+        for path in files[:trained]:
+            self._append(path)
+        self._queue: queue.Queue[Path] = queue.Queue()
+        for path in files[trained:]:
+            self._queue.put(path)
+        stored = [p for sub in OUTCOMES for p in (self.episodes_dir / sub).glob("*.npz")]
+        self._ids = {p.stem.split("-", 1)[1] for p in stored}
+        self._seq = 1 + max((int(p.stem.split("-", 1)[0]) for p in stored), default=-1)
+        self._lock = threading.Lock()  # file names and ids, across connection threads
+        self._stop = threading.Event()
+        self._idle = threading.Event()
+        self.updates_run = 0
+        if resumed or files:
+            log(f"[lps learn] resumed: {trained} episode(s) in the buffer, {len(files) - trained} to train on, "
+                f"step {int(self.state.train.step)}")  # fmt: skip
+        self._publish()
+        self._thread = threading.Thread(target=self._train_loop, name="lps-learner", daemon=True)
+        self._thread.start()
+
+    # --- receiving (connection threads) ---
+
+    def receive(self, request: dict) -> dict:
+        """Validate, store and queue one episode; the reply's fields (ValueError for a bad one)."""
+        if not hmac.compare_digest(str(request.get("token", "")).encode(), self.cfg.token.encode()):
+            raise ProtocolError("episode refused: missing or wrong 'token' (start the client with the server's --token)")
+        spec = self.server.spec_message
+        episode = validate_episode(request, spec["observation"], spec["action_dim"], self.chunk_len,
+                                   self.cfg.max_steps)  # fmt: skip
+        with self._lock:
+            if episode["id"] in self._ids:
+                return {"type": "episode_ack", "id": episode["id"], "duplicate": True}
+            path = self.episodes_dir / episode["outcome"] / f"{self._seq:08d}-{episode['id']}.npz"
+            try:
+                write_episode_file(path, episode)  # on disk before it counts as received
+            except OSError as e:
+                raise ValueError(f"the server could not store the episode ({e}); it was not accepted: resend it") from e
+            self._seq += 1
+            self._ids.add(episode["id"])
+            if episode["outcome"] != "aborted":
+                self._idle.clear()
+                self._queue.put(path)
+        steps = len(episode["actions"])
+        self.log(f"[lps learn] episode {episode['id']}: {episode['outcome']}, {steps} steps -> {path.name}")
+        return {"type": "episode_ack", "id": episode["id"], "duplicate": False, "steps": steps,
+                "trained": episode["outcome"] != "aborted", "queued": self._queue.qsize()}  # fmt: skip
+
+    # --- training (its own thread) ---
+
+    def _append(self, path: Path) -> int:
+        rows = read_episode_rows(path, self.chunk_len, self.train_cfg.robot)
+        with jax.default_device(self.device):
+            self.buffer = replay.append(self.buffer, rows, self.chunk_len, self.cfg.max_steps)
+        return len(rows["actions"])
+
+    def train_on(self, path: Path) -> None:
+        """One episode: into the buffer, its updates, the swap, the checkpoint."""
+        steps = self._append(path)
+        debt = float(self.state.update_debt) + self.cfg.utd * steps
+        train = self.state.train
+        while debt >= self.cfg.update_block:
+            train, _ = self._update(train, self.buffer)
+            debt -= self.cfg.update_block
+            self.updates_run += self.cfg.update_block
+        self.state = LearnerState(train, jax.device_put(jnp.asarray(debt, jnp.float32), self.device),
+                                  self.state.episodes_trained + 1)
+        version = self._publish()
+        checkpoint.save(self.dir, self.state)
+        self.log(f"[lps learn] trained on {path.name}: step {int(train.step)}, policy_version {version}")
+
+    def _publish(self) -> int:
+        # A copy on the acting device: the next update donates (frees) the training state's buffers.
+        params = jax.device_put(jax.tree_util.tree_map(jnp.copy, self.state.train.params), self.server.policy.device)
+        return self.server.swap_params(params)
+
+    def _train_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                path = self._queue.get(timeout=0.05)
+            except queue.Empty:
+                self._idle.set()
+                continue
+            try:
+                self.train_on(path)
+            except Exception as e:  # noqa: BLE001 - the server must keep serving; the episode stays on disk
+                import traceback
+
+                self.log(f"[lps learn] training on {path.name} failed (it stays on disk; restart to retry):\n"
+                         f"{traceback.format_exc()}")  # fmt: skip
+                self._stop.set()
+                raise e
+
+    def wait_idle(self, timeout: float = 300.0) -> bool:
+        """Block until every queued episode is trained on (tests, benchmarks)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._queue.empty() and self._idle.wait(0.05) and self._queue.empty():
+                return True
+        return False
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+
+def attach(server, run_dir, lcfg: LearnerConfig, log=print) -> Learner:
+    """Make `server` (an lps.deploy.serve.PolicyServer) learn from the episodes it receives."""
+    learner = Learner(server, run_dir, lcfg, log)
+    server.learner = learner
+    server.spec_message["learning"] = {"utd": lcfg.utd, "online_mix": lcfg.mix, "max_steps": lcfg.max_steps}
+    return learner

@@ -1,0 +1,254 @@
+"""`lps serve --learn`: online fine-tuning on episodes a robot sends over the serving protocol.
+
+A tiny LPS policy trained offline on a small npz dataset is served with a learner on 127.0.0.1
+(a free port, in this process); a client records episodes with `PolicyClient.episode()`. The
+tests check that the policy version rises and served actions change after an episode, that the
+episode file is written and labelled as offline robot data, that a client without the token and
+a malformed episode are refused with the connection still served (and the next good episode is
+accepted), that a resent episode id is not stored twice, that a learner killed with SIGKILL and
+restarted ends with the buffer rows and weights of an uninterrupted one, and that `lps serve
+--learn` refuses to start without a token.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import helpers
+import jax
+import numpy as np
+import pytest
+
+from lps import client as C
+from lps.agents import LPSConfig
+from lps.data.robot import RobotDataConfig, semi_sparse_labels
+from lps.deploy import learner as L
+from lps.deploy import robot_sim
+from lps.deploy.serve import load_server
+from lps.training.loop import train
+
+OBS_DIM, ACTION_DIM, CHUNK = 4, 2, 3
+EPISODES, STEPS = 6, 20
+SMALL = LPSConfig(base_hidden=(16, 16), critic_hidden=(16, 16), actor_hidden=(8,))
+TOKEN = "secret-test-token"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_dataset(path) -> None:
+    rng = np.random.default_rng(0)
+    rows = EPISODES * STEPS
+    obs = np.cumsum(rng.normal(0, 0.1, (rows, OBS_DIM)), axis=0).astype(np.float32)
+    actions = np.tanh(obs[:, :ACTION_DIM] + rng.normal(0, 0.05, (rows, ACTION_DIM))).astype(np.float32)
+    terminals = np.zeros(rows, np.float32)
+    terminals[STEPS - 1 :: STEPS] = 1
+    np.savez(path, observations=obs, actions=actions, rewards=-np.ones(rows, np.float32), terminals=terminals)
+
+
+@pytest.fixture(scope="module")
+def offline_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("learn")
+    write_dataset(d / "demos.npz")
+    cfg = helpers.toy_config(d / "run", dataset=str(d / "demos.npz"), chunk_len=CHUNK, steps=20, save_every=20,
+                             log_every=20, batch_size=16)  # fmt: skip
+    train("lps", cfg, SMALL)
+    return d / "run"
+
+
+def start(run_dir, **overrides):
+    """A learning server on a free port in a thread; (server, learner, url, stop)."""
+    srv = load_server(run_dir, device="cpu", log_every_s=0.0, log=lambda s: None)
+    lcfg = L.LearnerConfig(token=TOKEN, update_block=10, buffer_rows=2000, max_steps=200, **overrides)
+    learner = L.attach(srv, run_dir, lcfg, log=lambda s: None)
+    ws = srv.start("127.0.0.1", 0)
+    thread = threading.Thread(target=ws.serve_forever, daemon=True)
+    thread.start()
+
+    def stop():
+        learner.close()
+        ws.shutdown()
+        thread.join(timeout=10)
+
+    return srv, learner, f"ws://127.0.0.1:{ws.socket.getsockname()[1]}", stop
+
+
+class DriftEnv:
+    """The smallest gymnasium-style env: 4-D observations drifting with the action, never solved."""
+
+    limit = 9
+
+    def reset(self, seed=None):
+        self.t, self.obs = 0, np.random.default_rng(seed).normal(0, 0.1, OBS_DIM).astype(np.float32)
+        return self.obs, {}
+
+    def step(self, action):
+        self.t += 1
+        self.obs = self.obs + 0.1 * np.resize(action, OBS_DIM).astype(np.float32)
+        return self.obs, -1.0, False, self.t >= self.limit, {"success": False}
+
+
+def play(policy: C.PolicyClient, seed: int, steps: int = 12, success: bool = True, episode_id=None) -> dict:
+    rng = np.random.default_rng(seed)
+    with C.Episode(policy, episode_id) as ep:
+        obs = rng.normal(0, 0.1, OBS_DIM).astype(np.float32)
+        while len(ep.actions) < steps:
+            chunk = ep.act(obs)
+            for action in chunk:
+                if len(ep.actions) == steps:
+                    break
+                ep.record(obs, action, intervention=len(ep.actions) % 5 == 0)
+                obs = (obs + 0.05 * rng.normal(size=OBS_DIM)).astype(np.float32)
+        return ep.finish(success=success)
+
+
+def test_learner_trains_swaps_and_refuses_bad_episodes(offline_run, tmp_path):
+    run = helpers.copy_run(offline_run, tmp_path / "run")
+    srv, learner, url, stop = start(run)
+    try:
+        obs = np.zeros(OBS_DIM, np.float32)
+        key = jax.random.PRNGKey(3)
+        before = srv.policy(obs, key=key)
+        with C.PolicyClient(url, token=TOKEN) as policy:
+            assert policy.spec()["policy_version"] == 1  # the offline weights, published at start
+            policy.act(obs)
+            assert policy.last_policy_version == 1
+            ack = play(policy, 0, success=True)
+            assert ack["type"] == "episode_ack" and not ack["duplicate"] and ack["steps"] == 12
+            assert learner.wait_idle(120)
+            policy.act(obs)
+            assert policy.last_policy_version == 2
+            assert learner.updates_run == 10  # 12 steps x UTD 1 in blocks of 10; 2 carried over
+            after = srv.policy(obs, key=key)
+            assert not np.allclose(before, after), "the served actions did not change after an update"
+
+            # The episode file, labelled as offline robot data is.
+            files = L.episode_files(run / "learner" / "episodes")
+            assert [p.parent.name for p in files] == ["success"]
+            rows = L.read_episode_rows(files[0], CHUNK, RobotDataConfig())
+            expected = semi_sparse_labels(12, True, CHUNK)
+            for k in ("rewards", "masks", "terminals"):
+                np.testing.assert_array_equal(rows[k], expected[k])
+            assert int(learner.buffer.num_rows) == EPISODES * STEPS + 12
+
+            # Without the token: refused, connection still served.
+            with C.PolicyClient(url, token="wrong") as intruder:
+                with pytest.raises(C.PolicyServerError, match="token"):
+                    play(intruder, 1)
+                intruder.act(obs)
+            # Malformed: actions out of range, NaN observations, wrong shapes; then a good one.
+            ep = C.Episode(policy)
+            for t in range(8):
+                ep.record(np.zeros(OBS_DIM, np.float32), np.full(ACTION_DIM, 3.0))
+            with pytest.raises(C.PolicyServerError, match=r"\[-1, 1\]"):
+                ep.finish(success=True)
+            bad = C.Episode(policy)
+            for t in range(8):
+                bad.record(np.full(OBS_DIM, np.nan, np.float32), np.zeros(ACTION_DIM))
+            with pytest.raises(C.PolicyServerError, match="NaN"):
+                bad.finish(success=False)
+            wrong = C.Episode(policy)
+            for t in range(8):
+                wrong.record(np.zeros(OBS_DIM + 1, np.float32), np.zeros(ACTION_DIM))
+            with pytest.raises(C.PolicyServerError, match=r"shape \[8, 4\]"):
+                wrong.finish(success=False)
+            short = C.Episode(policy)
+            short.record(np.zeros(OBS_DIM, np.float32), np.zeros(ACTION_DIM))
+            with pytest.raises(C.PolicyServerError, match="chunk length"):
+                short.finish(success=False)
+            ack = play(policy, 2, success=False)
+            assert not ack["duplicate"]
+            # The same id again (a resend after a lost reply): acknowledged, not stored twice.
+            again = play(policy, 2, success=False, episode_id=ack["id"])
+            assert again["duplicate"]
+            assert learner.wait_idle(120)
+            assert len(L.episode_files(run / "learner" / "episodes")) == 2
+            assert srv.policy_version == 3
+
+            # The simulated robot's loop, on a tiny gymnasium-style env with this policy's observations.
+            results = robot_sim.play_episodes(policy, DriftEnv(), 2, seed=5, log=lambda s: None)
+            assert [r["steps"] for r in results] == [DriftEnv.limit] * 2
+            assert learner.wait_idle(120)
+            assert srv.policy_version == 5 and len(L.episode_files(run / "learner" / "episodes")) == 4
+    finally:
+        stop()
+
+
+def _serve_cmd(run, port, *extra):
+    return [sys.executable, "-m", "lps.cli", "serve", str(run), "--learn", "--port", str(port), "--device", "cpu",
+            "--log-every", "0", "--update-block", "10", "--buffer-rows", "2000", "--max-steps", "200", *extra]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_learn_refuses_to_start_without_token(offline_run):
+    env = {k: v for k, v in os.environ.items() if k != "LPS_TOKEN"} | {"JAX_PLATFORMS": "cpu"}
+    out = subprocess.run(_serve_cmd(offline_run, _free_port(), "--host", "0.0.0.0"), cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode != 0 and "token" in out.stderr and "0.0.0.0" in out.stderr
+
+
+def test_kill_9_and_restart_equals_uninterrupted(offline_run, tmp_path):
+    """Three episodes into a learner subprocess, SIGKILL right after the third is acknowledged
+    (its training maybe not done), restart: the buffer and weights equal an in-process learner's
+    that trained on the same three episodes without interruption."""
+    killed = helpers.copy_run(offline_run, tmp_path / "killed")
+    port = _free_port()
+    env = os.environ | {"JAX_PLATFORMS": "cpu", "LPS_TOKEN": TOKEN}
+    proc = subprocess.Popen(_serve_cmd(killed, port), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        url = f"ws://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                policy = C.PolicyClient(url, timeout=60, token=TOKEN)
+                break
+            except ConnectionError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else ""
+                time.sleep(0.3)
+        with policy:
+            ids = [play(policy, 10 + i, steps=12 + i, success=i != 1)["id"] for i in range(3)]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert len(L.episode_files(killed / "learner" / "episodes")) == 3
+
+    # Restart in-process: the buffer is rebuilt and the rest trained on.
+    srv, resumed, _, stop = start(killed)
+    try:
+        assert resumed.wait_idle(120)
+    finally:
+        stop()
+    # Uninterrupted: the same three episode files trained on in one go.
+    clean = helpers.copy_run(offline_run, tmp_path / "clean")
+    for path in L.episode_files(killed / "learner" / "episodes"):
+        dest = clean / "learner" / "episodes" / path.parent.name / path.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(path.read_bytes())
+    srv2, fresh, _, stop2 = start(clean)
+    try:
+        assert fresh.wait_idle(120)
+    finally:
+        stop2()
+    assert sorted(p.stem.split("-", 1)[1] for p in L.episode_files(killed / "learner" / "episodes")) == sorted(ids)
+    assert int(resumed.state.episodes_trained) == int(fresh.state.episodes_trained) == 3
+    assert int(resumed.state.train.step) == int(fresh.state.train.step)
+    n = int(fresh.buffer.num_rows)
+    assert int(resumed.buffer.num_rows) == n == EPISODES * STEPS + 12 + 13 + 14
+    np.testing.assert_array_equal(np.asarray(resumed.buffer.observations[:n]), np.asarray(fresh.buffer.observations[:n]))
+    np.testing.assert_array_equal(np.asarray(resumed.buffer.rewards[:n]), np.asarray(fresh.buffer.rewards[:n]))
+    for a, b in zip(jax.tree_util.tree_leaves(resumed.state.train.params), jax.tree_util.tree_leaves(fresh.state.train.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
