@@ -66,7 +66,7 @@ def main() -> None:
     p.add_argument("--only", nargs="*", choices=["render", "step", "generate"], default=["render", "step", "generate"])
     a = p.parse_args()
 
-    tasks._require_ogbench()
+    tasks.require_ogbench()
     backend = require_renderer(a.env)
     env_id = f"{a.env}-singletask-task1-v0"
     print(json.dumps({"backend": backend, "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)}))

@@ -22,7 +22,8 @@ from typing import Literal
 
 import numpy as np
 
-from lps.data.generate import DATA_ENVS, ENVS, VISUAL_ENVS, dataset_paths, generate, require_ogbench  # noqa: F401  (tasks.ENVS)
+from lps.data import generate as play_data  # its functions looked up at call time (tests replace them)
+from lps.data.generate import DATA_ENVS, ENVS, VISUAL_ENVS, require_ogbench  # noqa: F401  (tasks.ENVS)
 from lps.data.render import image_shape, is_visual, state_env
 from lps.data.validate import DatasetError, read_npz, validate
 
@@ -94,11 +95,11 @@ def relabel(task: Task, raw: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndar
 
 def ensure_generated(env: str, data_dir: Path, episodes: int, seed: int = 0, workers: int | None = None) -> Path:
     """The train file of `env`'s play data, generating it first if it is missing."""
-    train_path, _ = dataset_paths(env, data_dir)
+    train_path, _ = play_data.dataset_paths(env, data_dir)
     if not train_path.exists():
         print(f"[lps] no {env} play data in {data_dir}: generating {episodes} episodes first")
         require_ogbench()
-        generate(env, data_dir, episodes=episodes, seed=seed, workers=workers, overwrite=True)
+        play_data.generate(env, data_dir, episodes=episodes, seed=seed, workers=workers, overwrite=True)
     return train_path
 
 

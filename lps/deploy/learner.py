@@ -44,6 +44,7 @@ from flax import struct
 from lps.client import ProtocolError
 from lps.data import replay
 from lps.data.robot import semi_sparse_labels
+from lps.files import atomic_writer
 from lps.training import checkpoint
 
 LEARNER_DIR = "learner"
@@ -156,7 +157,7 @@ def write_episode_file(path: Path, episode: dict) -> None:
     arrays = {f"observations/{k}": v for k, v in obs.items()} if isinstance(obs, dict) else {"observations": obs}
     arrays.update(actions=episode["actions"], interventions=episode["interventions"],
                   outcome=np.array(episode["outcome"]), id=np.array(episode["id"]))  # fmt: skip
-    with checkpoint.atomic_writer(path) as f:
+    with atomic_writer(path) as f:
         np.savez(f, **arrays)
 
 
