@@ -141,7 +141,8 @@ def _train(agent_name, cfg, agent_cfg, runs, resume, changes, stop):
     # --- summaries ---
     elapsed = time.perf_counter() - start
     steps_run = (int(state.step) if cfg.online_steps else step) - start_step  # online: its updates too
-    summaries = [_write_summary(agent_name, run, cfg, steps_run, elapsed, int(state.step)) for run in runs]
+    gradient_steps = int(state.step) if cfg.online_steps else step  # online: one seed, its updates too
+    summaries = [_write_summary(agent_name, run, cfg, steps_run, elapsed, gradient_steps) for run in runs]
     return summaries if cfg.seeds else summaries[0]
 
 
