@@ -109,6 +109,10 @@ def play(policy: C.PolicyClient, seed: int, steps: int = 12, success: bool = Tru
 def test_learner_trains_swaps_and_refuses_bad_episodes(offline_run, tmp_path):
     run = helpers.copy_run(offline_run, tmp_path / "run")
     srv, learner, url, stop = start(run)
+    swapped_ready = []  # the learner swaps in weights already computed, never ones still in flight
+    swap = srv.swap_params
+    srv.swap_params = lambda p: (swapped_ready.append(all(x.is_ready() for x in jax.tree_util.tree_leaves(p))),
+                                 swap(p))[1]  # fmt: skip
     try:
         obs = np.zeros(OBS_DIM, np.float32)
         key = jax.random.PRNGKey(3)
@@ -174,6 +178,7 @@ def test_learner_trains_swaps_and_refuses_bad_episodes(offline_run, tmp_path):
             assert [r["steps"] for r in results] == [DriftEnv.limit] * 2
             assert learner.wait_idle(120)
             assert srv.policy_version == 5 and len(L.episode_files(run / "learner" / "episodes")) == 4
+            assert swapped_ready == [True] * 4
     finally:
         stop()
 

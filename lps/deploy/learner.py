@@ -294,8 +294,10 @@ class Learner:
 
     def _publish(self) -> int:
         # A copy on the acting device: the next update donates (frees) the training state's buffers.
+        # Wait for it here, in the training thread: dispatch is asynchronous, and weights swapped in
+        # before the updates behind them finish would hold every robot request until they do.
         params = jax.device_put(jax.tree_util.tree_map(jnp.copy, self.state.train.params), self.server.policy.device)
-        return self.server.swap_params(params)
+        return self.server.swap_params(jax.block_until_ready(params))
 
     def _train_loop(self) -> None:
         while not self._stop.is_set():
