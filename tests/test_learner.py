@@ -92,6 +92,16 @@ class DriftEnv:
         return self.obs, -1.0, False, self.t >= self.limit, {"success": False}
 
 
+class ZeroOperator:
+    """A scripted operator that holds the arm still (its steps are easy to tell apart)."""
+
+    def reset(self, obs, info):
+        pass
+
+    def act(self, obs, info):
+        return np.zeros(ACTION_DIM, np.float32)
+
+
 def play(policy: C.PolicyClient, seed: int, steps: int = 12, success: bool = True, episode_id=None) -> dict:
     rng = np.random.default_rng(seed)
     with C.Episode(policy, episode_id) as ep:
@@ -174,10 +184,22 @@ def test_learner_trains_swaps_and_refuses_bad_episodes(offline_run, tmp_path):
             assert srv.policy_version == 3
 
             # The simulated robot's loop, on a tiny gymnasium-style env with this policy's observations.
-            results = robot_sim.play_episodes(policy, DriftEnv(), 2, seed=5, log=lambda s: None)
+            # An operator takes over about half the chunks; every episode is also recorded.
+            recorder = robot_sim.Recorder(tmp_path / "sim.npz", CHUNK, log=lambda s: None)
+            results = robot_sim.play_episodes(policy, DriftEnv(), 2, seed=5, log=lambda s: None, operator=ZeroOperator(),
+                                              intervene_prob=0.5, recorder=recorder, chunk_len=CHUNK)  # fmt: skip
             assert [r["steps"] for r in results] == [DriftEnv.limit] * 2
             assert learner.wait_idle(120)
             assert srv.policy_version == 5 and len(L.episode_files(run / "learner" / "episodes")) == 4
+            sent = [np.load(p) for p in L.episode_files(run / "learner" / "episodes")[2:]]
+            flags = np.concatenate([f["interventions"] for f in sent])
+            assert 0 < flags.sum() < len(flags) and sum(r["interventions"] for r in results) == flags.sum()
+            actions = np.concatenate([f["actions"] for f in sent])
+            np.testing.assert_array_equal(actions[flags], 0.0)  # the operator's actions, as executed
+            recorded = np.load(tmp_path / "sim.npz")
+            np.testing.assert_array_equal(recorded["interventions"], flags)
+            np.testing.assert_array_equal(recorded["actions"], actions)
+            np.testing.assert_array_equal(recorded["rewards"], np.concatenate([semi_sparse_labels(DriftEnv.limit, False, CHUNK)["rewards"]] * 2))
             assert swapped_ready == [True] * 4
     finally:
         stop()
