@@ -118,11 +118,12 @@ class Recorder:
 
 def play_episodes(policy: PolicyClient | None, env, episodes: int, seed: int = 0, max_steps: int | None = None,
                   log=print, operator=None, intervene_prob: float = 0.0, recorder: Recorder | None = None,
-                  chunk_len: int = DEFAULT_CHUNK_LEN) -> list[dict]:  # fmt: skip
+                  chunk_len: int = DEFAULT_CHUNK_LEN, send: bool = True) -> list[dict]:  # fmt: skip
     """Play `episodes` episodes of a gymnasium-style `env` (reset(seed=) -> (obs, info); step(a) ->
     (obs, reward, terminated, truncated, info) with info["success"]) through the served `policy`
     (None: the `operator` plays every step), each sent to the server on its end and added to the
-    `recorder`. With an `operator` and `intervene_prob` p, each chunk is the operator's with
+    `recorder` (`send=False`: kept from the server, to measure the served policy without training
+    it). With an `operator` and `intervene_prob` p, each chunk is the operator's with
     probability p. Returns one {"success", "steps", "interventions", "policy_version", "ack"} per episode."""
     if policy is None and operator is None:
         raise ValueError("play_episodes needs a served policy, an operator, or both")
@@ -137,7 +138,8 @@ def play_episodes(policy: PolicyClient | None, env, episodes: int, seed: int = 0
         success, steps, done = False, 0, False
         ep = Episode(policy)
         # Sent as aborted if the env or the server fails mid-episode; a scripted one has no server.
-        with ep if policy is not None else contextlib.nullcontext():
+        sending = policy is not None and send
+        with ep if sending else contextlib.nullcontext():
             while not done:
                 takeover = operator is not None and (policy is None or rng.random() < intervene_prob)
                 chunk = None if takeover else ep.act(_observation(obs))
@@ -150,7 +152,7 @@ def play_episodes(policy: PolicyClient | None, env, episodes: int, seed: int = 0
                     done = terminated or truncated or success or (max_steps is not None and steps >= max_steps)
                     if done:
                         break
-            ack = ep.finish(success=success) if policy is not None else None
+            ack = ep.finish(success=success) if sending else None
             if recorder is not None:
                 recorder.add(ep.message("success" if success else "failure"), success)
         version = policy.last_policy_version if policy is not None else None
@@ -192,6 +194,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--intervene-prob", type=float, default=0.0,
                    help="probability that the scripted operator takes over a chunk (single-cube tasks)")
     p.add_argument("--scripted", action="store_true", help="the scripted operator plays every step (demonstrations)")
+    p.add_argument("--no-send", action="store_true",
+                   help="keep the episodes from the server: measure the served policy's success without training it")
     p.add_argument("--record", default=None, metavar="FILE.npz", help="add every episode to this dataset file")
     p.add_argument("--chunk-len", type=int, default=None,
                    help=f"chunk length of the recording's labels (default: the server's; {DEFAULT_CHUNK_LEN} with --scripted)")
@@ -216,7 +220,8 @@ def main(argv: list[str]) -> int:
                 chunk_len = a.chunk_len or int(policy.spec()["chunk_len"])
                 recorder = Recorder(a.record, chunk_len) if a.record else None
                 results = play_episodes(policy, env, a.episodes, a.seed, a.max_steps, operator=operator,
-                                        intervene_prob=a.intervene_prob, recorder=recorder, chunk_len=chunk_len)  # fmt: skip
+                                        intervene_prob=a.intervene_prob, recorder=recorder, chunk_len=chunk_len,
+                                        send=not a.no_send)  # fmt: skip
     finally:
         env.close()
     rate = np.mean([r["success"] for r in results])
