@@ -200,7 +200,7 @@ PRESETS["robot"] = {
     "train": dict(steps=10_000, log_every=100, eval_every=0, save_every=5000, eval_episodes=0,
                   lr_schedule="cosine", grad_clip=1.0, encoder="impala", augment_prob=0.5,
                   robot=RobotDataConfig(include_failure=False, image_size=0)),  # fmt: skip
-    "agent": dict(base_arch="dit", dit_width=384, dit_depth=12, dit_heads=6, critic_hidden=(512,) * 4,
+    "agent": dict(base_arch="mfdit", dit_width=384, dit_depth=12, dit_heads=6, critic_hidden=(512,) * 4,
                   actor_hidden=(512, 512)),  # fmt: skip
 }
 # Pixel tasks on a CPU, a smoke-scale run: every frame is rendered in software (~8 frames/s per
