@@ -12,7 +12,8 @@
               [--out DIR] [--workers N] [--ray ADDRESS] [--dry-run] [-- TRAIN ARGS ...]   (resumable grids of runs)
     lps serve RUN_DIR [--host 127.0.0.1] [--port 8000] [--device auto|cpu|gpu]   (policy server for a robot)
               [--learn --token T [--utd U] [--online-mix balanced|buffer] [--dataset DIR]]   (+ fine-tune on its episodes)
-    lps robot-sim URL --env TASK --episodes N [--token T]   (an OGBench task as the robot of `lps serve --learn`)
+    lps robot-sim [URL] --env TASK --episodes N [--token T] [--intervene-prob P] [--scripted] [--record F.npz]
+                                                              (an OGBench task as the robot of `lps serve --learn`)
     lps serve-replay URL EPISODE [--episode K] [--stride N] [--run RUN_DIR]   (replay a recorded episode, action error)
 
 Every field of the training config and of the chosen agent's config is a flag of `lps train`

@@ -58,8 +58,9 @@ class RobotDataConfig:
     camera_suffix: str = "_left"
     num_cameras: int = 2
     """Cameras every episode must have (an episode with another count is bad data)."""
-    image_size: int = 128
-    """Resize every camera image to this square size on load (0 keeps the recorded size)."""
+    image_size: int = 0
+    """Resize every camera image to this square size on load; 0 (default) keeps the recorded size, as
+    the public release does (raw DROID's 1280x720 MP4s want e.g. --image-size 128)."""
     bgr: bool = True
     """Recorded images are BGR(A), as DROID's cameras write them; convert to RGB (alpha is dropped)."""
     step_reward: float = -1.0
@@ -150,31 +151,18 @@ def read_episode(path: str | os.PathLike, cfg: RobotDataConfig = RobotDataConfig
             raise DatasetError(
                 f"{path}: length mismatch: '{key}' has {len(arr)} steps but '{cfg.action_keys[0]}' has {length}"
             )
-    for key in cfg.action_keys + cfg.state_keys:
+    for key in cfg.action_keys + cfg.state_keys:  # named by key here; build_episode knows only the columns
         bad = ~np.isfinite(arrays[key])
         if bad.any():
             raise DatasetError(f"{path}: '{key}' holds NaN/inf at step {int(np.argwhere(bad)[0][0])}")
-    actions = np.concatenate([arrays[k] for k in cfg.action_keys], axis=-1)
-    state = np.concatenate([arrays[k] for k in cfg.state_keys], axis=-1)
-    worst = float(np.max(np.abs(actions)))
-    if worst > 1.0 + 1e-5 and cfg.normalize == "none":
-        raise DatasetError(
-            f"{path}: actions ({', '.join(cfg.action_keys)}) must lie in [-1, 1] but reach {worst:.4g}; "
-            "rescale them when recording, or pass --normalize minmax (or quantile)"
-        )
-    if length <= chunk_len:
-        raise DatasetError(f"{path}: episode has {length} steps; it needs more than the chunk length {chunk_len}")
     for key, arr in zip(cams, frames):
         if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] not in (3, 4):
             raise DatasetError(
                 f"{path}: '{cfg.image_group}/{key}' must be uint8 (T, H, W, 3 or 4), got {arr.dtype} {arr.shape}"
             )
-    image = np.concatenate([_to_rgb(a, cfg) for a in frames], axis=-1)
-    return {
-        "observations": {"state": state.astype(np.float32), "image": image},
-        "actions": (np.clip(actions, -1.0, 1.0) if cfg.normalize == "none" else actions).astype(np.float32),
-        **semi_sparse_labels(length, success, chunk_len, cfg),
-    }
+    actions = np.concatenate([arrays[k] for k in cfg.action_keys], axis=-1)
+    state = np.concatenate([arrays[k] for k in cfg.state_keys], axis=-1)
+    return build_episode(state, actions, frames, success, cfg, chunk_len, f"{path}", bgr=cfg.bgr)
 
 
 def semi_sparse_labels(length: int, success: bool, chunk_len: int, cfg: RobotDataConfig = RobotDataConfig()) -> dict:
@@ -368,7 +356,24 @@ def load_for_training(folder: str | os.PathLike, cfg: RobotDataConfig, chunk_len
     from lps.data.validate import validate
 
     data = normalize.prepare(load_folder(folder, cfg, chunk_len, progress), cfg.normalize, run_dirs)
+    _record_source(Path(folder), run_dirs)
     return validate(data, chunk_len, str(folder))
+
+
+DATASET_JSON = "dataset.json"  # beside config.json: what the run's dataset says of itself
+
+
+def _record_source(folder: Path, run_dirs: list[Path]) -> None:
+    """robomimic files carry `env_args` (how to rebuild their simulator, e.g. to evaluate the
+    policy there): the run keeps them in DATASET_JSON."""
+    from lps.data import robomimic
+    from lps.files import write_json
+
+    if (folder / "success").is_dir() or not folder.is_dir() or not robomimic.files(folder):
+        return
+    record = {"format": "robomimic", "folder": str(folder), "env_args": robomimic.env_args(folder)}
+    for run_dir in run_dirs:
+        write_json(Path(run_dir) / DATASET_JSON, record)
 
 
 def load_lerobot(folder: str | os.PathLike, cfg: RobotDataConfig = RobotDataConfig(), chunk_len: int = 5,
@@ -445,8 +450,9 @@ def summary(data: dict[str, Any], cfg: RobotDataConfig, chunk_len: int) -> str:
 
 
 def build_episode(state: np.ndarray, actions: np.ndarray, frames: list[np.ndarray], success: bool,
-                  cfg: RobotDataConfig, chunk_len: int, where: str) -> dict[str, Any]:  # fmt: skip
-    """Raw arrays of one episode (RGB frames per camera) -> the row layout with the paper's rewards."""
+                  cfg: RobotDataConfig, chunk_len: int, where: str, bgr: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Raw arrays of one episode (frames per camera: RGB, or BGR(A) with `bgr`) -> the row layout
+    with the paper's rewards: the one place every format's episodes are checked and labelled."""
     length = len(actions)
     for name, arr in [("state", state), ("action", actions)] + [(f"camera {i}", f) for i, f in enumerate(frames)]:
         if len(arr) != length:
@@ -458,12 +464,12 @@ def build_episode(state: np.ndarray, actions: np.ndarray, frames: list[np.ndarra
     worst = float(np.max(np.abs(actions)))
     if worst > 1.0 + 1e-5 and cfg.normalize == "none":
         raise DatasetError(
-            f"{where}: actions must lie in [-1, 1] but reach {worst:.4g}; pass --normalize minmax (or quantile) "
-            "to train on actions in the robot's units"
+            f"{where}: actions must lie in [-1, 1] but reach {worst:.4g}; rescale them when recording, or pass "
+            "--normalize minmax (or quantile) to train on actions in the robot's units"
         )
     if length <= chunk_len:
         raise DatasetError(f"{where}: episode has {length} steps; it needs more than the chunk length {chunk_len}")
-    rgb_cfg = dataclasses.replace(cfg, bgr=False)
+    rgb_cfg = dataclasses.replace(cfg, bgr=bgr)
     image = np.concatenate([_to_rgb(f, rgb_cfg) for f in frames], axis=-1)
     return {
         "observations": {"state": state.astype(np.float32), "image": image},

@@ -118,6 +118,10 @@ class TrainConfig:
     online_mix: Literal["buffer", "balanced"] = "buffer"
     """Online batches: buffer = uniform over offline and online chunks (Q-chunking's single
     buffer); balanced = half offline, half online (the paper's robot recipe)."""
+    online_start_steps: int | None = None
+    """Online: environment steps played before the first online update (Q-chunking's
+    `start_training`). Default: 5,000 on OGBench tasks, as Q-chunking runs offline-to-online; 0 on
+    the toy bandits."""
 
     def __post_init__(self):
         positive = ("steps", "batch_size", "chunk_len", "log_every", "episodes", "encoder_features")
@@ -133,6 +137,8 @@ class TrainConfig:
                     f"--{_flag(name)} ({getattr(self, name)}) must be a multiple of --log-every ({self.log_every}): "
                     "evaluation and checkpoints happen between device dispatches"
                 )
+        if self.online_start_steps is not None and self.online_start_steps < 0:
+            raise ValueError(f"--online-start-steps must be >= 0, got {self.online_start_steps}")
         for name in ("online_steps",):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")

@@ -5,7 +5,8 @@ After the offline steps the run goes on in the live environment: `--online-envs 
 their rows go to the replay buffer as they are played (`lps.data.replay`: the offline data
 plus the online rows, on the device; an episode's chunks are sampled as soon as they fit), and
 the same pure, scanned update as offline training (`lps.training.update.make_update`, with the buffer's
-sampler) runs `--utd` gradient steps per environment step.
+sampler) runs `--utd` gradient steps per environment step, once `--online-start-steps` steps
+(Q-chunking's 5,000 on OGBench tasks) have been played.
 
 Rewards and masks online are labelled exactly as the offline data was (`lps.data.tasks`): row t's
 reward is the task reward of the state at row t (OGBench relabels each row from its own qpos),
@@ -239,6 +240,7 @@ def run(cfg, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule, s
     max_len = max_episode_steps(env)
     block_rows = K * (max_len + 1)
     block = cfg.utd * K * H  # updates per compiled dispatch
+    start_steps_ = start_steps(cfg)
     sampler = replay.make_sampler(cfg.online_mix)
     update = make_multi_update(make_update(agent, optimizer, cfg.batch_size, sampler), block)
     acting_seed = online_seed(cfg.seed)
@@ -362,8 +364,8 @@ def run(cfg, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule, s
                         finished.append(wave[k])
                 timer["env_steps"] += steps
                 bar.update(steps)
+                counters["debt"] += cfg.utd * owed_steps(counters["env_step"], steps, start_steps_)
                 counters["env_step"] += steps
-                counters["debt"] += cfg.utd * steps
                 staged = replay.stage(state.buffer, [e.rows() for e in wave], committed_starts, H)
                 state = state.replace(buffer=staged, env_step=jnp.asarray(counters["env_step"], jnp.int32),
                                       update_debt=jnp.asarray(counters["debt"], jnp.int32))  # fmt: skip
@@ -396,6 +398,24 @@ def run(cfg, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule, s
         envs.close()
         bar.close()
     return state
+
+
+QCHUNKING_START_STEPS = 5_000  # Q-chunking's `start_training` (REFERENCE.md §5)
+
+
+def start_steps(cfg) -> int:
+    """Online env steps before the first update: --online-start-steps, else Q-chunking's 5,000 on
+    OGBench tasks and 0 on the toy bandits (one-step episodes, a few hundred online steps)."""
+    from lps.data import toy
+
+    if cfg.online_start_steps is not None:
+        return cfg.online_start_steps
+    return 0 if toy.is_toy(cfg.env) else QCHUNKING_START_STEPS
+
+
+def owed_steps(env_step: int, steps: int, start: int) -> int:
+    """Of `steps` env steps played from `env_step` on, those past the first `start` (which owe updates)."""
+    return max(0, env_step + steps - start) - max(0, env_step - start)
 
 
 def _sparse(cfg) -> bool:
