@@ -21,7 +21,6 @@ import numpy as np
 
 from lps.agents import check_agent, resolve_config
 from lps.agents.encoded import scan_updates
-from lps.data.render import check_image_size
 from lps.data.sampler import to_device
 from lps.files import write_json
 from lps.training import checkpoint, online, rundir, setup
@@ -197,13 +196,9 @@ class _Evaluation:
         self.runs = runs
         self.last: list[dict] = []
         evaluator = setup.make_evaluator(cfg, len(runs))
-        if evaluator is not None:
-            check_image_size(agent.spec.image_shape, getattr(evaluator, "obs_shape", None), cfg.env)
-        if evaluator is not None and getattr(evaluator, "obs_dim", agent.spec.obs_dim) != agent.spec.obs_dim:
-            print(f"[lps] evaluation disabled: {cfg.env} observations have {evaluator.obs_dim} dims, the data "
-                  f"{agent.spec.obs_dim}; pass the matching --env or --eval-episodes 0")  # fmt: skip
-            evaluator.close()
-            evaluator = None
+        if evaluator is not None:  # refused now, not after the training
+            setup.check_fits_env(evaluator, agent.spec, cfg.env,
+                                 "pass the --env the data was recorded in, or --eval-episodes 0 to train without evaluation")  # fmt: skip
         self.validator = Validator(cfg, agent)
         rebuild = (lambda: setup.make_evaluator(cfg, len(runs))) if evaluator is not None else None
         self.schedule = EvaluationSchedule(

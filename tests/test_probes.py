@@ -1,0 +1,166 @@
+"""Faults a new user's probes found (issue 20), each refused with a message that names what is wrong.
+
+Policies here are built from freshly initialised parameters (no training): what is checked is the
+path from an observation to an action, not what was learned.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from lps import client as C
+from lps.agents import LPSConfig, Spec
+from lps.agents.encoded import build_agent
+from lps.data.validate import DatasetError, validate
+from lps.deploy.policy import NonFiniteActionError, Policy
+from lps.deploy.serve import PolicyServer
+
+SMALL = LPSConfig(base_hidden=(16,), critic_hidden=(16,), actor_hidden=(8,))
+ROBOT_SPEC = Spec(obs_dim=3, action_dim=2, chunk_len=2, image_shape=(8, 8, 3))
+
+
+def make_policy(spec: Spec, **encoder) -> Policy:
+    agent = build_agent("lps", SMALL, spec, **encoder)
+    return Policy(agent, jax.jit(agent.init)(jax.random.PRNGKey(0)), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def vector_policy():
+    return make_policy(Spec(obs_dim=4, action_dim=2, chunk_len=3))
+
+
+class ShapeOnly(Policy):
+    """A Policy's observation checks without an agent: every refusal here comes before acting."""
+
+    def __init__(self, spec: Spec):
+        self.spec, self.robot, self.normalization, self.max_batch = spec, None, None, None
+
+
+@pytest.fixture(scope="module")
+def robot_policy():
+    return ShapeOnly(ROBOT_SPEC)
+
+
+def robot_obs(batch: int | None = None, images: int | None = None) -> dict:
+    state = np.zeros((3,) if batch is None else (batch, 3), np.float32)
+    image_rows = () if batch is None else (batch if images is None else images,)
+    return {"state": state, "image": np.zeros((*image_rows, 8, 8, 3), np.uint8)}
+
+
+# --- 1. no entry point takes a non-finite observation or gives a non-finite action -----------
+
+
+def test_robot_policy_refuses_nan_state(robot_policy):
+    for obs in (robot_obs(), robot_obs(batch=2)):
+        obs["state"][..., 1] = np.nan
+        with pytest.raises(ValueError, match="'state' holds NaN or inf"):
+            robot_policy(obs)
+    float_image = {**robot_obs(), "image": np.full((8, 8, 3), np.nan, np.float32)}
+    with pytest.raises(ValueError, match="uint8"):
+        robot_policy(float_image)
+
+
+def test_image_only_policy_refuses_float_pixels():
+    pixels = ShapeOnly(Spec(obs_dim=0, action_dim=2, chunk_len=2, image_shape=(8, 8, 3)))
+    with pytest.raises(ValueError, match="uint8 pixels, got float32"):
+        pixels(np.full((8, 8, 3), np.nan, np.float32))
+
+
+def test_nan_weights_never_become_an_action(vector_policy):
+    broken = Policy(vector_policy.agent, jax.tree_util.tree_map(lambda x: x * np.nan, vector_policy.params), device="cpu")
+    with pytest.raises(NonFiniteActionError, match="no action is returned"):
+        broken(np.zeros(4, np.float32))
+    srv = PolicyServer(broken, log_every_s=0.0, log=lambda s: None)
+    reply = C.unpack(srv.respond(C.pack({"obs": np.zeros(4, np.float32)}), 1)[0])
+    assert "action" not in reply and "NaN/inf actions" in reply["error"]
+
+
+# --- 2. a robot batch whose state and image batch sizes differ ---------------------------------
+
+
+def test_robot_batch_with_different_leading_axes(robot_policy):
+    with pytest.raises(ValueError, match=r"2 states \(leading axis of 'state'\) but 3 images"):
+        robot_policy(robot_obs(batch=2, images=3))
+    batch, single = robot_policy._batch(robot_obs(batch=2))
+    assert batch["state"].shape == (2, 3) and batch["image"].shape == (2, 8, 8, 3) and not single
+
+
+# --- 3. one client cannot make the server compile without bound --------------------------------
+
+
+def test_batches_are_padded_to_powers_of_two(vector_policy):
+    obs = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    key = jax.random.PRNGKey(3)
+    before = vector_policy._act._cache_size()
+    chunks = {n: vector_policy(obs[:n], key=key) for n in (5, 6, 7, 8)}
+    assert vector_policy._act._cache_size() - before <= 1  # one program, for 8
+    assert all(chunk.shape == (n, 3, 2) for n, chunk in chunks.items())
+    np.testing.assert_allclose(chunks[5], chunks[7][:5], rtol=1e-6)  # padding rows change nothing
+
+
+def test_server_refuses_batches_above_max_batch_and_compiles_outside_the_policy_lock(vector_policy):
+    class Watched:  # the policy, noting whether the policy lock is held at each call
+        def __init__(self):
+            self.spec, self.calls = vector_policy.spec, []
+
+        def __call__(self, obs, key=None):
+            self.calls.append((len(obs), srv._policy_lock.locked()))
+            return vector_policy(obs, key=key)
+
+    srv = PolicyServer(Watched(), log_every_s=0.0, log=lambda s: None, max_batch=8)
+    reply = C.unpack(srv.respond(C.pack({"obs": np.zeros((9, 4), np.float32)}), 1)[0])
+    assert "larger than this server's --max-batch 8" in reply["error"]
+    for size in (3, 4, 3):
+        reply = C.unpack(srv.respond(C.pack({"obs": np.zeros((size, 4), np.float32)}), 1)[0])
+        assert reply["action"].shape == (size, 3, 2)
+    # The bucket of 4 is compiled once, first, without the lock every client waits on.
+    assert srv.policy.calls == [(4, False), (3, True), (4, True), (3, True)]
+    assert srv._compiled_buckets == {1, 4}
+
+
+# --- 4. robot_data in the spec only for robot-data runs ---------------------------------------
+
+
+def test_spec_reports_robot_data_only_for_dict_observations(vector_policy):
+    from lps.deploy.policy import robot_settings
+    from lps.training.config import TrainConfig
+
+    cfg = TrainConfig(env="toy-bandit")
+    assert robot_settings(cfg, vector_policy.spec) is None
+    assert robot_settings(cfg, Spec(obs_dim=0, action_dim=2, image_shape=(8, 8, 3))) is None  # pixels
+    assert robot_settings(cfg, ROBOT_SPEC) == cfg.robot
+    spec = C.unpack(PolicyServer(vector_policy, log_every_s=0.0, log=lambda s: None).respond(C.pack({"type": "spec"}), 1)[0])
+    assert "robot_data" not in spec
+
+
+# --- 6. datasets: zero widths, terminals that are not 0/1, float32 overflow -------------------
+
+
+def rows(n=12, obs_dim=3, action_dim=2) -> dict:
+    terminals = np.zeros(n, np.float32)
+    terminals[5::6] = 1
+    return {"observations": np.zeros((n, obs_dim), np.float32), "actions": np.zeros((n, action_dim), np.float32),
+            "terminals": terminals, "rewards": np.zeros(n, np.float32), "masks": np.ones(n, np.float32)}  # fmt: skip
+
+
+@pytest.mark.parametrize("key, change, message", [
+    ("observations", lambda d: np.zeros((12, 0)), r"'observations' has width 0"),
+    ("actions", lambda d: np.zeros((12, 0)), r"'actions' has width 0"),
+    ("terminals", lambda d: np.where(np.arange(12) == 2, 2.0, d["terminals"]), r"'terminals' must be 0 or 1 .* row 2"),
+    ("terminals", lambda d: np.where(np.arange(12) == 4, np.nan, d["terminals"]), r"'terminals' must be 0 or 1 .* row 4"),
+    ("rewards", lambda d: np.where(np.arange(12) == 7, 1e300, 0.0), r"'rewards' .* beyond float32's range.* row 7"),
+    ("observations", lambda d: np.where(np.arange(36).reshape(12, 3) == 30, -1e39, 0.0),
+     r"'observations' .* beyond float32's range.* row 10"),
+])  # fmt: skip
+def test_dataset_values_name_key_row_and_rule(key, change, message):
+    data = rows()
+    data[key] = change(data)
+    with pytest.raises(DatasetError, match=message):
+        validate(data, chunk_len=2)
+
+
+def test_image_only_datasets_still_have_an_empty_state():
+    data = {**rows(), "observations": np.zeros((12, 8, 8, 3), np.uint8)}
+    assert validate(data, chunk_len=2)["observations"].shape == (12, 8, 8, 3)
