@@ -16,6 +16,7 @@ from lps.agents.encoded import build_agent
 from lps.data.validate import DatasetError, validate
 from lps.deploy.policy import NonFiniteActionError, Policy
 from lps.deploy.serve import PolicyServer
+from lps.training.config import TrainConfig
 
 SMALL = LPSConfig(base_hidden=(16,), critic_hidden=(16,), actor_hidden=(8,))
 ROBOT_SPEC = Spec(obs_dim=3, action_dim=2, chunk_len=2, image_shape=(8, 8, 3))
@@ -164,3 +165,116 @@ def test_dataset_values_name_key_row_and_rule(key, change, message):
 def test_image_only_datasets_still_have_an_empty_state():
     data = {**rows(), "observations": np.zeros((12, 8, 8, 3), np.uint8)}
     assert validate(data, chunk_len=2)["observations"].shape == (12, 8, 8, 3)
+
+
+# --- 5. data that is not the evaluation env's, refused before training ------------------------
+
+
+def test_evaluation_env_of_another_width_is_refused_naming_both_sizes():
+    from lps.data.toy import ToyEvaluator
+    from lps.training.setup import check_fits_env
+
+    closed = []
+    evaluator = ToyEvaluator("toy-bandit")
+    evaluator.close = lambda: closed.append(1)
+    with pytest.raises(ValueError, match=r"toy-bandit observations have 1 dims but .* have 4.*--eval-episodes 0"):
+        check_fits_env(evaluator, Spec(obs_dim=4, action_dim=2), "toy-bandit", "or --eval-episodes 0")
+    assert closed == [1]
+    check_fits_env(evaluator, Spec(obs_dim=1, action_dim=2), "toy-bandit", "")  # the toy's own width
+
+
+# --- 7. online settings bounded, and a signal acts within a dispatch ----------------------------
+
+
+def test_online_utd_and_envs_are_bounded():
+    from lps.training.config import TrainConfig
+
+    with pytest.raises(ValueError, match=r"--utd 100000000 is above 1000"):
+        TrainConfig(utd=10**8)
+    with pytest.raises(ValueError, match=r"--online-envs 100000 is above 256: each environment"):
+        TrainConfig(online_envs=100_000)
+
+
+def test_online_dispatches_are_at_most_log_every_updates():
+    from lps.training.online import dispatch_unit
+
+    assert dispatch_unit(20, 1000) == 20 and dispatch_unit(4000, 100) == 100 and dispatch_unit(4000, 300) == 250
+    assert dispatch_unit(7, 5) == 1 and dispatch_unit(10**8 * 20, 1000) == 1000
+
+
+def test_signal_in_a_wave_stops_after_the_running_dispatch(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import helpers
+
+    from lps.training import update as update_module
+    from lps.training.loop import train
+    from lps.training.rundir import TrainingInterrupted
+
+    real, dispatches = update_module.make_multi_update, []
+
+    def counted(update, n, scan=True):
+        compiled = real(update, n, scan)
+
+        def call(*args):
+            dispatches.append(n)
+            if len(dispatches) == 3:  # the 1st of the 2nd wave's 2 dispatches of 50 updates
+                os.kill(os.getpid(), signal.SIGINT)
+            return compiled(*args)
+
+        return call
+
+    monkeypatch.setattr(update_module, "make_multi_update", counted)  # the online phase's import
+    cfg = helpers.toy_config(tmp_path / "run", steps=50, log_every=50, save_every=50, online_steps=40, online_envs=4,
+                             utd=25, online_workers=0, batch_size=16)  # fmt: skip
+    with pytest.raises(TrainingInterrupted, match=r"during a wave .* dropped .* env step 4 \(gradient step 150\)"):
+        train("lps", cfg, SMALL)
+    assert dispatches == [50] * 3  # nothing dispatched after the signal: not the rest of its wave
+
+
+# --- 12, 16. resuming a finished run, a changed online flag, the final line of an online run ---
+
+
+def fake_run(run_dir, summary: dict | None = None, online_checkpoint: bool = False, **cfg_fields):
+    """A run directory as `rundir.prepare` sees it: config, a checkpoint file, maybe a summary."""
+    import json
+
+    from lps.agents import resolve_config
+    from lps.training.config import save_config
+
+    cfg = TrainConfig(env="toy-bandit", run_dir=str(run_dir), chunk_len=1, progress=False, **cfg_fields)
+    run_dir.mkdir(parents=True)
+    save_config(run_dir, "lps", cfg, resolve_config("lps", SMALL, cfg.env), Spec(obs_dim=1, action_dim=2, chunk_len=1))
+    (run_dir / "checkpoint.msgpack").write_bytes(b"not read by these checks")
+    if online_checkpoint:
+        (run_dir / "online").mkdir()
+        (run_dir / "online" / "checkpoint.msgpack").write_bytes(b"not read either")
+    if summary is not None:
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+    return cfg
+
+
+def test_resuming_a_finished_run_changes_nothing(tmp_path, capsys):
+    import dataclasses
+
+    from lps.training.loop import train
+
+    summary = {"steps": 2000, "online_env_steps": 40, "wall_time_s": 12.5, "steps_per_sec": 300.0}
+    cfg = fake_run(tmp_path / "run", summary, online_checkpoint=True, steps=2000, online_steps=40)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
+    assert train("lps", cfg, SMALL, resume=True) == summary
+    assert "already finished (2000 steps, 40 online env steps): nothing to do" in capsys.readouterr().out
+    after = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file() and p.name != ".lock"}
+    assert after == {k: v for k, v in before.items() if k != ".lock"}
+    # A changed --online-envs is named first, before any checkpoint is read.
+    with pytest.raises(ValueError, match=r"^\S+ online phase began with --online-envs 4, not 8: .* resume with --online-envs 4"):
+        train("lps", dataclasses.replace(cfg, online_envs=8), SMALL, resume=True)
+
+
+def test_final_line_of_an_online_run_counts_its_online_updates():
+    from lps.training.loop import _summary_line
+
+    s = {"agent": "lps", "env": "toy-bandit", "seed": 0, "steps": 100, "wall_time_s": 61, "steps_per_sec": 8.2,
+         "final_success": None, "run_dir": "r", "online_env_steps": 40, "gradient_steps": 500}  # fmt: skip
+    assert "500 gradient steps (100 offline, 400 online over 40 env steps) in 1m01s" in _summary_line(s)

@@ -20,6 +20,8 @@ from lps.data.robot import RobotDataConfig
 from lps.data.tasks import RewardMode
 from lps.files import user_path, write_json
 
+MAX_UTD = 1000  # gradient updates per online environment step
+MAX_ONLINE_ENVS = 256  # environments played side by side online
 CONFIG_JSON = "config.json"  # <run>/config.json: agent, train and agent configs, observation spec
 
 
@@ -139,6 +141,12 @@ class TrainConfig:
         for name in ("online_envs", "utd"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{_flag(name)} must be positive, got {getattr(self, name)}")
+        if self.utd > MAX_UTD:
+            raise ValueError(f"--utd {self.utd} is above {MAX_UTD}: every environment step would wait for that many "
+                             "gradient steps (published recipes use 1 to 20)")  # fmt: skip
+        if self.online_envs > MAX_ONLINE_ENVS:
+            raise ValueError(f"--online-envs {self.online_envs} is above {MAX_ONLINE_ENVS}: each environment holds "
+                             "~150 MB and a worker slot, and its episodes start in one wave")  # fmt: skip
         if self.online_workers is not None and self.online_workers < 0:
             raise ValueError(f"--online-workers must be >= 0 (0: in the training process), got {self.online_workers}")
         if self.eval_workers is not None and self.eval_workers < 0:

@@ -49,6 +49,12 @@ def train(agent_name: str, cfg: TrainConfig, agent_cfg, resume: bool = False) ->
     online.check_config(cfg, len(runs))
     with rundir.claim([run.dir for run in runs]), rundir.StopOnSignal() as stop:
         resume, changes = rundir.prepare(runs, agent_name, resolve_config(agent_name, agent_cfg, cfg.env), resume)
+        finished = [rundir.finished_summary(run.dir, run.cfg) for run in runs] if resume else [None]
+        if all(finished):  # nothing to train: its files stay as they are
+            print(f"[lps] {', '.join(str(r.dir) for r in runs)} already finished ({cfg.steps} steps"
+                  + (f", {cfg.online_steps} online env steps" if cfg.online_steps else "")
+                  + "): nothing to do; pass a larger --steps (or --online-steps) to train further")  # fmt: skip
+            return finished if cfg.seeds else finished[0]
         return _train(agent_name, cfg, agent_cfg, runs, resume, changes, stop)
 
 
@@ -276,7 +282,11 @@ def _summary_line(s: dict) -> str:
         if s["final_success"] is not None
         else "no evaluation"
     )
+    steps = f"{s['steps']} steps"
+    if "online_env_steps" in s:  # the online updates count too
+        steps = (f"{s['gradient_steps']} gradient steps ({s['steps']} offline, {s['gradient_steps'] - s['steps']} "
+                 f"online over {s['online_env_steps']} env steps)")  # fmt: skip
     return (
-        f"[lps] done: {s['agent']} on {s['env']} seed {s['seed']}: {s['steps']} steps in {minutes}m{seconds:02d}s "
+        f"[lps] done: {s['agent']} on {s['env']} seed {s['seed']}: {steps} in {minutes}m{seconds:02d}s "
         f"({s['steps_per_sec']:.0f} steps/s), {result}; outputs in {s['run_dir']}"
     )

@@ -164,6 +164,17 @@ def check_resume(run_dir: Path, agent_name: str, cfg, agent_cfg) -> list[dict]:
         for f in dataclasses.fields(agent_cfg)
         if getattr(old_agent_cfg, f.name) != getattr(agent_cfg, f.name)
     ]
+    if checkpoint.exists(Path(run_dir) / ONLINE_DIR):
+        # The online checkpoint's buffer and wave layout are sized by these: named before any
+        # restore could fail on mismatching array shapes.
+        for name in ("online_envs", "online_steps"):
+            if getattr(old_cfg, name) != getattr(cfg, name):
+                flag = f"--{name.replace('_', '-')}"
+                raise ValueError(
+                    f"{run_dir}'s online phase began with {flag} {getattr(old_cfg, name)}, not {getattr(cfg, name)}: "
+                    f"its online checkpoint (replay buffer, waves of environments) is sized by it; resume with "
+                    f"{flag} {getattr(old_cfg, name)}"
+                )
     if fixed:
         changes = "; ".join(f"{flag} {old!r} -> {new!r}" for flag, old, new in fixed)
         raise ValueError(
@@ -211,6 +222,17 @@ def prepare(runs, agent_name: str, agent_cfg, resume: bool) -> tuple[bool, list[
     return True, changes
 
 
+def finished_summary(run_dir: Path, cfg) -> dict | None:
+    """The run's summary if it already finished what `cfg` asks (its --steps and --online-steps),
+    else None: a resume then has nothing to do."""
+    try:
+        summary = json.loads((Path(run_dir) / SUMMARY_JSON).read_text())
+    except (OSError, ValueError):
+        return None
+    done = summary.get("steps") == cfg.steps and summary.get("online_env_steps", 0) == cfg.online_steps
+    return summary if isinstance(summary, dict) and done else None
+
+
 def record_changes(run_dir: Path, step: int, changes: list[dict]) -> None:
     """Append a resume's changed settings to the run's resume log, and say so."""
     if not changes:
@@ -235,8 +257,9 @@ def check_resume_steps(steps: int, checkpoint_step: int, run_dirs: list[Path]) -
 
 class StopOnSignal:
     """Within the block, once `armed` (the training loop has begun), SIGINT and SIGTERM only set
-    `signum`: the loop checks it between device dispatches (the online phase: between waves of
-    episodes), writes a checkpoint and stops. Before that (loading or generating data) and on a
+    `signum`: the loop checks it between device dispatches, writes a checkpoint and stops (the
+    online phase stops between dispatches too, dropping the wave in progress: its checkpoints are
+    taken between waves). Before that (loading or generating data) and on a
     second signal they act as usual, at once. Outside the main thread (where handlers cannot be
     installed) it does nothing."""
 
@@ -254,7 +277,8 @@ class StopOnSignal:
             return
         self.signum = signum
         message = (f"\n[lps] {signal.Signals(signum).name} received: stopping with a checkpoint after the "
-                   "current dispatch (online: wave of episodes); send it again to stop at once\n")  # fmt: skip
+                   "current dispatch (online: the wave in progress is dropped, the checkpoint at its start stands); "
+                   "send it again to stop at once\n")  # fmt: skip
         try:  # os.write, not print: a handler that prints while the loop prints raises a reentrancy error
             os.write(2, message.encode())
         except OSError:
