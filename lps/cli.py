@@ -46,6 +46,12 @@ def _train(argv: list[str]) -> int:
     pre.add_argument("--resume", default=None)
     pre.add_argument("--run-dir", default=None)
     known, _ = pre.parse_known_args(argv)
+    presets = _flag_values(argv, "--preset")
+    if len(presets) > 1:
+        raise ValueError(
+            f"--preset is given {len(presets)} times ({', '.join(presets)}); give one: a preset sets many fields at "
+            "once, and single flags after it override them"
+        )
 
     if known.resume is not None:
         resume = _resume_target(known.resume, known.run_dir)
@@ -105,6 +111,12 @@ def _resume_target(resume: str, run_dir: str | None) -> str:
             "drop --run-dir (to start a new run elsewhere, leave out --resume)"
         )
     return resume
+
+
+def _flag_values(argv: list[str], flag: str) -> list[str]:
+    """The values given to `flag` (as `flag VALUE` or `flag=VALUE`), in order."""
+    return [arg.split("=", 1)[1] if arg != flag else argv[i + 1]
+            for i, arg in enumerate(argv) if arg.startswith(flag + "=") or (arg == flag and i + 1 < len(argv))]  # fmt: skip
 
 
 def _drop_flag(argv: list[str], flag: str) -> list[str]:

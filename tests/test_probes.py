@@ -278,3 +278,27 @@ def test_final_line_of_an_online_run_counts_its_online_updates():
     s = {"agent": "lps", "env": "toy-bandit", "seed": 0, "steps": 100, "wall_time_s": 61, "steps_per_sec": 8.2,
          "final_success": None, "run_dir": "r", "online_env_steps": 40, "gradient_steps": 500}  # fmt: skip
     assert "500 gradient steps (100 offline, 400 online over 40 env steps) in 1m01s" in _summary_line(s)
+
+
+# --- 8, 15. the command line: two presets, an unknown --env ------------------------------------
+
+
+def test_two_presets_are_refused(capsys):
+    from lps.cli import main
+
+    assert main(["train", "--preset", "quick", "--preset=toy"]) == 1
+    assert "--preset is given 2 times (quick, toy); give one" in capsys.readouterr().err
+
+
+def test_unknown_env_leaves_no_folders_behind(tmp_path, monkeypatch):
+    from lps.training.loop import train
+
+    monkeypatch.chdir(tmp_path)
+    cfg = TrainConfig(env="nosuch-env", data_dir=str(tmp_path / "data"), progress=False)
+    with pytest.raises(ValueError, match="unknown task 'nosuch-env'"):
+        train("lps", cfg, SMALL)
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "runs" / "mine").mkdir(parents=True)  # folders that were there stay
+    with pytest.raises(ValueError, match="unknown task"):
+        train("lps", cfg, SMALL)
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["mine"]

@@ -111,12 +111,31 @@ def _holder(text: str) -> str:
         return "holder unknown"
 
 
-def _remove_if_unused(run_dir: Path) -> None:
+def _remove_if_unused(run_dir: Path, created_from: Path) -> None:
     """Remove a run directory this process created if it holds nothing but its lock file (the
-    lock is still held here, so no other trainer is using it)."""
-    if [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:
-        (run_dir / LOCK_FILE).unlink()
-        run_dir.rmdir()
+    lock is still held here, so no other trainer is using it), and the folders above it that
+    this process created (from `created_from` down), if that leaves them empty."""
+    if [p.name for p in run_dir.iterdir()] != [LOCK_FILE]:
+        return
+    (run_dir / LOCK_FILE).unlink()
+    run_dir.rmdir()
+    for parent in run_dir.parents:
+        if parent == created_from.parent:
+            break
+        try:
+            parent.rmdir()  # only if empty: another run may have appeared beside ours
+        except OSError:
+            break
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of `path` (itself included) that does not exist yet, or None."""
+    missing = None
+    for p in (path, *path.parents):
+        if p.exists():
+            break
+        missing = p
+    return missing
 
 
 def remove_leftover_temp_files(run_dir: str | os.PathLike) -> list[Path]:
@@ -135,10 +154,10 @@ def claim(run_dirs: list[Path]) -> Iterator[None]:
     """Hold the lock of every run directory for the life of the block; tidy what a killed run left."""
     with contextlib.ExitStack() as stack:
         for run_dir in run_dirs:
-            created = not Path(run_dir).exists()
+            created_from = _first_missing(Path(run_dir))
             stack.enter_context(lock(run_dir))
-            if created:  # a start refused before writing anything leaves no folder behind
-                stack.callback(_remove_if_unused, Path(run_dir))
+            if created_from is not None:  # a start refused before writing anything leaves no folder behind
+                stack.callback(_remove_if_unused, Path(run_dir), created_from)
             removed = remove_leftover_temp_files(run_dir)
             if removed:
                 print(f"[lps] removed {len(removed)} unfinished temporary file(s) left in {run_dir} by a killed run")
