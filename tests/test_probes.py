@@ -252,6 +252,8 @@ def fake_run(run_dir, summary: dict | None = None, online_checkpoint: bool = Fal
         (run_dir / "online" / "checkpoint.msgpack").write_bytes(b"not read either")
     if summary is not None:
         (run_dir / "summary.json").write_text(json.dumps(summary))
+        final = {"step": summary.get("gradient_steps", cfg.steps), "eval/success": 0.5}
+        (run_dir / "metrics.jsonl").write_text(json.dumps(final) + "\n")
     return cfg
 
 
@@ -260,7 +262,7 @@ def test_resuming_a_finished_run_changes_nothing(tmp_path, capsys):
 
     from lps.training.loop import train
 
-    summary = {"steps": 2000, "online_env_steps": 40, "wall_time_s": 12.5, "steps_per_sec": 300.0}
+    summary = {"steps": 2000, "online_env_steps": 40, "gradient_steps": 2040, "wall_time_s": 12.5, "steps_per_sec": 300.0}
     cfg = fake_run(tmp_path / "run", summary, online_checkpoint=True, steps=2000, online_steps=40)
     before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
     assert train("lps", cfg, SMALL, resume=True) == summary
@@ -302,3 +304,43 @@ def test_unknown_env_leaves_no_folders_behind(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="unknown task"):
         train("lps", cfg, SMALL)
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["mine"]
+
+
+# --- 9. an env pool that broke while idle: that evaluation is marked failed, the next gets a fresh pool
+
+
+def test_overlapped_evaluation_after_a_failed_one_gets_a_fresh_pool():
+    from lps.training.eval_schedule import EvaluationSchedule
+    from lps.training.evaluate import EvaluationFailed
+
+    pools = []
+
+    class Pool:  # the first pool's worker died while idle: its evaluation fails at start-up
+        def __init__(self):
+            self.broken, self.closed = not pools, False
+            pools.append(self)
+
+        def run_seeds(self, policy, seeds, episodes, cancel=None):
+            if self.broken:
+                raise EvaluationFailed("evaluation failed at start-up: env worker 1 died (exit code -9) before reset")
+            return [{"eval/success": 0.5}]
+
+        def close(self):
+            self.closed = True
+
+    class Agent:
+        spec = Spec(obs_dim=1, action_dim=1, chunk_len=1)
+
+    class Log:
+        rows = []
+
+        def log(self, step, row):
+            self.rows.append((step, row))
+
+    log = Log()
+    schedule = EvaluationSchedule(Pool(), Pool, Agent(), [0], 2, [log], overlap=True)
+    schedule.submit(10, {})
+    schedule.submit(20, {})  # the failure of step 10 is taken first, then a fresh pool evaluates
+    schedule.finish()
+    assert log.rows == [(10, {"eval/failed": 1.0}), (20, {"eval/success": 0.5})]
+    assert len(pools) == 2 and pools[0].closed

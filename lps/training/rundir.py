@@ -248,8 +248,21 @@ def finished_summary(run_dir: Path, cfg) -> dict | None:
         summary = json.loads((Path(run_dir) / SUMMARY_JSON).read_text())
     except (OSError, ValueError):
         return None
-    done = summary.get("steps") == cfg.steps and summary.get("online_env_steps", 0) == cfg.online_steps
-    return summary if isinstance(summary, dict) and done else None
+    if not isinstance(summary, dict):
+        return None
+    if summary.get("steps") != cfg.steps or summary.get("online_env_steps", 0) != cfg.online_steps:
+        return None
+    if cfg.eval_episodes:  # the final evaluation too: a resume re-runs it when its row is missing
+        from lps.training.runlog import METRICS_JSONL, read_rows
+
+        last = summary.get("gradient_steps", cfg.steps)
+        try:
+            rows = read_rows(Path(run_dir) / METRICS_JSONL)
+        except (OSError, ValueError):
+            return None
+        if not any(r.get("step") == last and ("eval/success" in r or "eval/failed" in r) for r in rows):
+            return None
+    return summary
 
 
 def record_changes(run_dir: Path, step: int, changes: list[dict]) -> None:
