@@ -344,3 +344,26 @@ def test_overlapped_evaluation_after_a_failed_one_gets_a_fresh_pool():
     schedule.finish()
     assert log.rows == [(10, {"eval/failed": 1.0}), (20, {"eval/success": 0.5})]
     assert len(pools) == 2 and pools[0].closed
+
+
+# --- 11, 13. lps report beside unreadable runs ------------------------------------------------
+
+
+def test_report_skips_unreadable_configs_beside_good_runs(tmp_path, capsys):
+    import json
+
+    from lps.experiments.report import collect
+
+    def run(name: str, config: bytes) -> None:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_bytes(config)
+        (tmp_path / name / "metrics.jsonl").write_text('{"step": 100, "eval/success": 0.5}\n[1, 2]\n')
+
+    run("good", json.dumps({"agent": "lps", "train": {"env": "toy-bandit", "seed": 0}}).encode())
+    run("binary", bytes(range(256)))
+    run("garbage", b"{not json")
+    run("list-train", json.dumps({"agent": "lps", "train": [1]}).encode())
+    assert [r.run_dir.name for r in collect(tmp_path)] == ["good"]
+    err = capsys.readouterr().err
+    for name, why in (("binary", "UnicodeDecodeError"), ("garbage", "JSONDecodeError"), ("list-train", "TypeError")):
+        assert f"skipping {tmp_path / name}: unreadable config.json or metrics.jsonl ({why}" in err
