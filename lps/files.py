@@ -30,9 +30,12 @@ def atomic_writer(path: str | os.PathLike):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno is not None and e.filename is None:
+            # A failed write or sync (a full disk) names no file by itself: name the one being written.
+            raise OSError(e.errno, e.strerror, os.fspath(path)) from e
         raise
 
 

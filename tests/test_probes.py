@@ -367,3 +367,57 @@ def test_report_skips_unreadable_configs_beside_good_runs(tmp_path, capsys):
     err = capsys.readouterr().err
     for name, why in (("binary", "UnicodeDecodeError"), ("garbage", "JSONDecodeError"), ("list-train", "TypeError")):
         assert f"skipping {tmp_path / name}: unreadable config.json or metrics.jsonl ({why}" in err
+
+
+# --- 13. one line that names the file, instead of a traceback -----------------------------------
+
+
+def test_sweep_files_that_cannot_be_read_are_named(tmp_path):
+    from lps.experiments.sweep import load_spec, parse_args
+
+    (tmp_path / "bad.yaml").write_text("agents: [lps\ntasks: x\n")
+    with pytest.raises(ValueError, match=r"bad.yaml is not valid YAML: .*line"):
+        load_spec(tmp_path / "bad.yaml")
+    (tmp_path / "no-tasks.toml").write_text('agents = ["lps"]\n')
+    with pytest.raises(ValueError, match=r"no-tasks.toml: the sweep names no tasks; add them"):
+        load_spec(tmp_path / "no-tasks.toml")
+    spec, _ = parse_args([str(tmp_path / "no-tasks.toml"), "--tasks", "toy-bandit"])  # a flag may add them
+    assert spec.tasks == ["toy-bandit"] and spec.agents == ["lps"]
+    (tmp_path / "list.yaml").write_text("- lps\n")
+    with pytest.raises(ValueError, match="holds a mapping of keys"):
+        load_spec(tmp_path / "list.yaml")
+
+
+def test_serve_replay_with_a_bad_address_is_one_line(tmp_path, capsys):
+    from lps.cli import main
+
+    assert main(["serve-replay", "notaurl", str(tmp_path / "episode.npz")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "'notaurl' is not a websocket address" in err and "ws://HOST:PORT" in err and len(err.splitlines()) == 1
+
+
+def test_damaged_config_json_is_named(tmp_path):
+    from lps.training.config import load_config
+
+    for content in (b"{not json", bytes(range(256)), b'{"agent": "lps"}'):
+        (tmp_path / "config.json").write_bytes(content)
+        with pytest.raises(ValueError, match=rf"{tmp_path / 'config.json'} is damaged or not a run's config"):
+            load_config(tmp_path)
+
+
+def test_a_full_disk_names_the_file_being_written(tmp_path, monkeypatch, capsys):
+    import errno
+    import os
+
+    from lps import cli
+    from lps.files import atomic_write
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError) as caught:
+        atomic_write(tmp_path / "metrics.jsonl", "{}\n")
+    assert caught.value.filename == str(tmp_path / "metrics.jsonl") and not list(tmp_path.iterdir())
+    assert cli._os_error(caught.value) == (f"No space left on device: {tmp_path / 'metrics.jsonl'} (the disk is full: "
+                                           "free some space; files written before stay intact, so resume after)")

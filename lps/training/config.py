@@ -312,12 +312,19 @@ def load_config(run_dir: str | Path) -> tuple[str, TrainConfig, Any, Spec | None
     path = Path(run_dir) / CONFIG_JSON
     if not path.exists():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no {CONFIG_JSON})")
-    record = json.loads(path.read_text())
-    agent_name = record["agent"]
-    spec = Spec(**record["spec"]) if "spec" in record else None
-    return (
-        agent_name,
-        from_dict(TrainConfig, record["train"]),
-        from_dict(config_class(agent_name), record["agent_config"]),
-        spec,
-    )
+    try:
+        record = json.loads(path.read_text())
+        agent_name = record["agent"]
+        spec = Spec(**record["spec"]) if "spec" in record else None
+        return (
+            agent_name,
+            from_dict(TrainConfig, record["train"]),
+            from_dict(config_class(agent_name), record["agent_config"]),
+            spec,
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # UnicodeDecodeError, JSONDecodeError too
+        what = f"missing key {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+        raise ValueError(
+            f"{path} is damaged or not a run's config ({what}); restore it from a copy, or start the run afresh "
+            "with --overwrite"
+        ) from None
