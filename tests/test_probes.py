@@ -421,3 +421,19 @@ def test_a_full_disk_names_the_file_being_written(tmp_path, monkeypatch, capsys)
     assert caught.value.filename == str(tmp_path / "metrics.jsonl") and not list(tmp_path.iterdir())
     assert cli._os_error(caught.value) == (f"No space left on device: {tmp_path / 'metrics.jsonl'} (the disk is full: "
                                            "free some space; files written before stay intact, so resume after)")
+
+
+# --- 14. the --skip-bad hint of a bad robot episode holds for every command that reads a folder --
+
+
+def test_every_command_reading_robot_folders_takes_skip_bad(monkeypatch, capsys):
+    from lps import cli
+    from lps.deploy import offline_eval, serve
+
+    calls = []
+    monkeypatch.setattr(offline_eval, "evaluate_on_dataset", lambda *a, **kw: calls.append(kw) or {"offline/mse": 0.0})
+    assert cli.main(["eval", "run", "--dataset", "held-out", "--skip-bad"]) == 0
+    assert calls == [{"seed": None, "skip_bad": True}]
+    with pytest.raises(SystemExit):
+        serve.main(["--help"])
+    assert "--skip-bad" in capsys.readouterr().out  # lps serve --learn --dataset DIR

@@ -445,6 +445,7 @@ def main(argv: list[str]) -> int:
     learn.add_argument("--learn", action="store_true", help="accept finished episodes and fine-tune on them online")
     learn.add_argument("--token", default=None, help="episodes are accepted only with this token (default: $LPS_TOKEN)")
     learn.add_argument("--dataset", default=None, help="offline data of the balanced batches (default: the run's)")
+    learn.add_argument("--skip-bad", action="store_true", help="skip bad episodes of the --dataset folder (listed)")
     learn.add_argument("--utd", type=float, default=1.0, help="gradient updates per received step")
     learn.add_argument("--online-mix", choices=["balanced", "buffer"], default="balanced",
                        help="balanced: half offline, half online batches (paper); buffer: uniform over both")
@@ -475,7 +476,8 @@ def main(argv: list[str]) -> int:
         from lps.deploy.learner import LearnerConfig, attach
 
         lcfg = LearnerConfig(token=token, utd=a.utd, mix=a.online_mix, buffer_rows=a.buffer_rows,
-                             max_steps=a.max_steps, update_block=a.update_block, dataset=a.dataset)  # fmt: skip
+                             max_steps=a.max_steps, update_block=a.update_block, dataset=a.dataset,
+                             skip_bad=a.skip_bad)  # fmt: skip
         learner = attach(server, a.run_dir, lcfg, log=log)
     try:
         serve_forever(server, a.host, a.port, a.max_message_mb)
