@@ -437,3 +437,22 @@ def test_every_command_reading_robot_folders_takes_skip_bad(monkeypatch, capsys)
     with pytest.raises(SystemExit):
         serve.main(["--help"])
     assert "--skip-bad" in capsys.readouterr().out  # lps serve --learn --dataset DIR
+
+
+# --- 10. a damaged robot-data cache is ignored, said so, and rebuilt ----------------------------
+
+
+def test_truncated_robot_cache_is_rebuilt(tmp_path, capsys):
+    pytest.importorskip("h5py")
+    from lps.data import robot
+
+    folder = robot.synthetic_folder(tmp_path / "demos", success=2, failure=0, steps=8, size=8)
+    cfg = robot.RobotDataConfig(image_size=8)
+    first = robot.load_folder(folder, cfg, chunk_len=2, progress=False)
+    (cache,) = (folder / robot.CACHE_DIR).glob("robot-*.npz")
+    cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])  # a copy cut short
+    capsys.readouterr()
+    again = robot.load_folder(folder, cfg, chunk_len=2, progress=False)
+    assert f"ignoring unreadable cache {cache} (ValueError: BadZipFile" in capsys.readouterr().out
+    np.testing.assert_array_equal(again["actions"], first["actions"])
+    assert robot._read_cache(cache)["dataset"]["actions"].shape == first["actions"].shape  # rebuilt whole
