@@ -421,6 +421,11 @@ def test_a_full_disk_names_the_file_being_written(tmp_path, monkeypatch, capsys)
     assert caught.value.filename == str(tmp_path / "metrics.jsonl") and not list(tmp_path.iterdir())
     assert cli._os_error(caught.value) == (f"No space left on device: {tmp_path / 'metrics.jsonl'} (the disk is full: "
                                            "free some space; files written before stay intact, so resume after)")
+    from lps.files import naming
+
+    with pytest.raises(OSError) as caught, naming(tmp_path / "metrics.jsonl"):  # as the metrics log appends
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert caught.value.filename == str(tmp_path / "metrics.jsonl")
 
 
 # --- 14. the --skip-bad hint of a bad robot episode holds for every command that reads a folder --
