@@ -183,6 +183,19 @@ def test_evaluation_env_of_another_width_is_refused_naming_both_sizes():
     check_fits_env(evaluator, Spec(obs_dim=1, action_dim=2), "toy-bandit", "")  # the toy's own width
 
 
+def test_training_on_data_of_another_width_is_refused_before_any_step(tmp_path):
+    import helpers
+
+    from lps.training.loop import train
+
+    data = rows(n=60, obs_dim=4)
+    np.savez(tmp_path / "four.npz", **data)
+    cfg = helpers.toy_config(tmp_path / "run", dataset=str(tmp_path / "four.npz"), eval_episodes=10, batch_size=8)
+    with pytest.raises(ValueError, match=r"toy-bandit observations have 1 dims but .* have 4: .*--eval-episodes 0"):
+        train("lps", cfg, SMALL)
+    assert not (tmp_path / "run" / "checkpoint.msgpack").exists()
+
+
 # --- 7. online settings bounded, and a signal acts within a dispatch ----------------------------
 
 
