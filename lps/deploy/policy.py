@@ -12,6 +12,10 @@ large batches (thousands of observations per call), where the GPU's throughput w
 A policy trained on robot data takes one observation as the robot stack produces it (DROID's
 `{"robot_state": ..., "image": {cam: BGRA}}`), our `{"state", "image"}` dict, or a batch of the
 latter (leading axis on both); images are converted and resized exactly as in training.
+
+Every call refuses non-finite observations and never returns a non-finite action (damaged weights
+raise `NonFiniteActionError`). A batch is padded to the next power of two, so callers sending many
+batch sizes compile a few programs rather than one per size.
 """
 
 from __future__ import annotations

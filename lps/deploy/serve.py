@@ -6,7 +6,9 @@ Websockets with msgpack messages carrying numpy arrays (the wire format and the 
 in `lps.client`, which needs no JAX). Each connection is served by its own thread; the policy call
 itself is serialised by one lock, so several clients at once get correct chunks in arrival order.
 A malformed request (undecodable bytes, unknown keys, an observation of the wrong shape, type or
-keys, NaN/inf values) gets an `{"error": ...}` reply and the connection keeps being served. Every
+keys, NaN/inf values, more than `--max-batch` observations) gets an `{"error": ...}` reply and the
+connection keeps being served. Batches are padded to powers of two (lps.deploy.policy), and a new
+size is compiled outside the policy lock, so no client can stall the others by sending many. Every
 `--log-every` seconds with traffic the server prints the number of chunks served and the p50/p99
 of their latency; `GET /health` answers the spec as JSON for load balancers and humans.
 
