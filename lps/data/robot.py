@@ -523,8 +523,18 @@ def _write_cache(path: Path, dataset: dict[str, Any], info: str) -> None:
 
 
 def _read_cache(path: Path) -> dict[str, Any]:
-    with np.load(path, allow_pickle=False) as f:
-        arrays = {k: f[k] for k in f.files}
+    """The cached dataset; a ValueError (or OSError, KeyError) for a cache that cannot be trusted."""
+    import zipfile
+    import zlib
+
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (zipfile.BadZipFile, EOFError, zlib.error) as e:  # truncated or overwritten
+        raise ValueError(f"{type(e).__name__}: {e}") from e
+    missing = {"actions", "terminals", "rewards", "masks", "info"} - set(arrays)
+    if missing:
+        raise KeyError(f"no {sorted(missing)} in the cache")
     dataset = {k: v for k, v in arrays.items() if "/" not in k and k != "info"}
     dataset["observations"] = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("observations/")}
     return {"dataset": dataset, "info": str(arrays["info"])}

@@ -69,6 +69,8 @@ class LearnerConfig:
     """Updates per compiled dispatch (the remainder of an episode's updates carries over)."""
     dataset: str | None = None
     """The offline data of the balanced batches (default: the run's own --dataset / task data)."""
+    skip_bad: bool = False
+    """Skip bad episodes of a --dataset folder (listed) instead of refusing it."""
 
     def __post_init__(self):
         if not self.token:
@@ -201,7 +203,9 @@ class Learner:
         self.agent = build_agent_for(agent_name, train_cfg, agent_cfg, spec)
         optimizer = make_optimizer(train_cfg)
         self.chunk_len = spec.chunk_len
-        data_cfg = dataclasses.replace(train_cfg, progress=False, dataset=lcfg.dataset or train_cfg.dataset)
+        robot = dataclasses.replace(train_cfg.robot, skip_bad=train_cfg.robot.skip_bad or lcfg.skip_bad)
+        data_cfg = dataclasses.replace(train_cfg, progress=False, dataset=lcfg.dataset or train_cfg.dataset,
+                                       robot=robot)  # fmt: skip
         data = load_data(data_cfg)
         capacity = len(data["actions"]) + lcfg.buffer_rows
         # Train on another device than the one acting when there is one (`lps serve --learn` asks

@@ -20,6 +20,8 @@ from lps.data.robot import RobotDataConfig
 from lps.data.tasks import RewardMode
 from lps.files import user_path, write_json
 
+MAX_UTD = 1000  # gradient updates per online environment step
+MAX_ONLINE_ENVS = 256  # environments played side by side online
 CONFIG_JSON = "config.json"  # <run>/config.json: agent, train and agent configs, observation spec
 
 
@@ -145,6 +147,12 @@ class TrainConfig:
         for name in ("online_envs", "utd"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{_flag(name)} must be positive, got {getattr(self, name)}")
+        if self.utd > MAX_UTD:
+            raise ValueError(f"--utd {self.utd} is above {MAX_UTD}: every environment step would wait for that many "
+                             "gradient steps (published recipes use 1 to 20)")  # fmt: skip
+        if self.online_envs > MAX_ONLINE_ENVS:
+            raise ValueError(f"--online-envs {self.online_envs} is above {MAX_ONLINE_ENVS}: each environment holds "
+                             "~150 MB and a worker slot, and its episodes start in one wave")  # fmt: skip
         if self.online_workers is not None and self.online_workers < 0:
             raise ValueError(f"--online-workers must be >= 0 (0: in the training process), got {self.online_workers}")
         if self.eval_workers is not None and self.eval_workers < 0:
@@ -310,12 +318,19 @@ def load_config(run_dir: str | Path) -> tuple[str, TrainConfig, Any, Spec | None
     path = Path(run_dir) / CONFIG_JSON
     if not path.exists():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no {CONFIG_JSON})")
-    record = json.loads(path.read_text())
-    agent_name = record["agent"]
-    spec = Spec(**record["spec"]) if "spec" in record else None
-    return (
-        agent_name,
-        from_dict(TrainConfig, record["train"]),
-        from_dict(config_class(agent_name), record["agent_config"]),
-        spec,
-    )
+    try:
+        record = json.loads(path.read_text())
+        agent_name = record["agent"]
+        spec = Spec(**record["spec"]) if "spec" in record else None
+        return (
+            agent_name,
+            from_dict(TrainConfig, record["train"]),
+            from_dict(config_class(agent_name), record["agent_config"]),
+            spec,
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # UnicodeDecodeError, JSONDecodeError too
+        what = f"missing key {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+        raise ValueError(
+            f"{path} is damaged or not a run's config ({what}); restore it from a copy, or start the run afresh "
+            "with --overwrite"
+        ) from None
