@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shutil
 import sys
 import threading
 import time
@@ -33,13 +34,20 @@ TASK = "cube-single-play-singletask-task1-v0"
 TOKEN = "bench-robot-loop"
 
 
+LOG_EVERY = 50
+
+
 def offline(demos: Path, run: Path, steps: int, seed: int) -> Path:
+    """An offline LPS run of `steps` (rounded up to a multiple of LOG_EVERY), reused if finished."""
     from lps.agents import LPSConfig
     from lps.training.config import preset
     from lps.training.loop import train
 
+    if (run / "summary.json").exists():
+        return run
+    steps = -(-steps // LOG_EVERY) * LOG_EVERY
     cfg, agent_cfg = preset("quick", LPSConfig)
-    cfg = dataclasses.replace(cfg, env=TASK, dataset=str(demos), steps=steps, save_every=steps, log_every=max(1, steps // 4),
+    cfg = dataclasses.replace(cfg, env=TASK, dataset=str(demos), steps=steps, save_every=steps, log_every=LOG_EVERY,
                               eval_every=0, eval_episodes=0, run_dir=str(run), seed=seed, progress=False)  # fmt: skip
     train("lps", cfg, agent_cfg)
     return run
@@ -102,6 +110,7 @@ def main() -> None:
     for seed in map(int, a.seeds.split(",")):
         t0 = time.perf_counter()
         run = offline(demos, out / f"lps-seed{seed}", a.offline_steps, seed)
+        shutil.rmtree(run / "learner", ignore_errors=True)  # the online phase starts from the offline weights
         url, srv, learner, stop = serving(run, learn=True)
         try:
             before = success(url, env, a.eval_episodes, a.max_steps)
@@ -113,17 +122,18 @@ def main() -> None:
             updates = int(learner.state.train.step)
         finally:
             stop()
+        online_rate = float(np.mean([r["success"] for r in online]))
+        print(f"seed {seed}: success before {before:.2f} -> after {after:.2f} ({a.online_episodes} online episodes, "
+              f"success while learning {online_rate:.2f}, {updates} gradient steps in all)", flush=True)  # fmt: skip
         control_run = offline(demos, out / f"control-seed{seed}", updates, seed)
         url, _, _, stop = serving(control_run, learn=False)
         try:
             control = success(url, env, a.eval_episodes, a.max_steps)
         finally:
             stop()
-        online_rate = float(np.mean([r["success"] for r in online]))
         rows.append((before, after, control, online_rate))
-        print(f"seed {seed}: success before {before:.2f} -> after {after:.2f} ({a.online_episodes} online episodes, "
-              f"success while learning {online_rate:.2f}, {updates} gradient steps in all); offline-only control "
-              f"with {updates} steps {control:.2f}  [{time.perf_counter() - t0:.0f} s]", flush=True)  # fmt: skip
+        print(f"seed {seed}: offline-only control with {updates} steps (rounded up to a multiple of {LOG_EVERY}): "
+              f"{control:.2f}  [{time.perf_counter() - t0:.0f} s]", flush=True)  # fmt: skip
     env.close()
     mean = np.mean(rows, axis=0)
     print(f"mean over {len(rows)} seeds: before {mean[0]:.2f}, after {mean[1]:.2f}, offline-only control {mean[2]:.2f} "
