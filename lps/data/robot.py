@@ -349,13 +349,14 @@ def load_folder(folder: str | os.PathLike, cfg: RobotDataConfig = RobotDataConfi
 
 
 def load_for_training(folder: str | os.PathLike, cfg: RobotDataConfig, chunk_len: int, progress: bool,
-                      run_dirs: list[Path]) -> dict[str, Any]:  # fmt: skip
+                      run_dirs: list[Path], stats: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """`load_folder`, normalised with stats fitted on it (`cfg.normalize`), which are stored in each
-    run dir (or removed there for 'none'), then validated: the data a robot run trains on."""
+    run dir (or removed there for 'none'), then validated: the data a robot run trains on. Given
+    `stats` (a trained run's), those are applied and nothing is stored."""
     from lps.data import normalize
     from lps.data.validate import validate
 
-    data = normalize.prepare(load_folder(folder, cfg, chunk_len, progress), cfg.normalize, run_dirs)
+    data = normalize.prepare(load_folder(folder, cfg, chunk_len, progress), cfg.normalize, run_dirs, stats)
     _record_source(Path(folder), run_dirs)
     return validate(data, chunk_len, str(folder))
 
@@ -558,6 +559,61 @@ def write_episode(path: str | os.PathLike, actions: np.ndarray, state: np.ndarra
             f[keys[1]] = arr[:, -1]
         for cam, frames in images.items():
             f[f"{cfg.image_group}/{cam}"] = frames
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeLayout:
+    """How one HDF5 folder's episodes hold their columns: (key, width, 1-D?) of every action and
+    state key, in order, and the camera names; read from one of its files (`layout_of`)."""
+
+    action: tuple[tuple[str, int, bool], ...]
+    state: tuple[tuple[str, int, bool], ...]
+    cameras: tuple[str, ...]
+
+
+def layout_of(folder: str | os.PathLike, cfg: RobotDataConfig) -> EpisodeLayout:
+    """The layout of the first episode of an HDF5 robot folder (DatasetError if it has none)."""
+    import h5py
+
+    path = episode_paths(folder, dataclasses.replace(cfg, include_failure=True))[0][0]
+    with h5py.File(path, "r") as f:
+        def columns(keys):
+            shapes = [f[k].shape for k in keys if k in f]
+            if len(shapes) != len(keys):
+                raise DatasetError(f"{path}: lacks one of {list(keys)}")
+            return tuple((k, 1 if len(s) == 1 else int(s[1]), len(s) == 1) for k, s in zip(keys, shapes))
+
+        return EpisodeLayout(columns(cfg.action_keys), columns(cfg.state_keys), tuple(_camera_keys(f, path, cfg)))
+
+
+def write_rows_episode(path: str | os.PathLike, layout: EpisodeLayout, state: np.ndarray, actions: np.ndarray,
+                       image: np.ndarray, cfg: RobotDataConfig, extra: dict[str, np.ndarray] | None = None,
+                       attrs: dict[str, str] | None = None) -> None:  # fmt: skip
+    """An episode in the row layout (state (T, ds), actions (T, da), image (T, H, W, 3 x cameras)
+    RGB) written back in its folder's own HDF5 layout, so `read_episode` reads what was written:
+    columns split by the layout's keys, each camera's frames under its name (BGR when the folder's
+    are). `extra` arrays go under `lps/`, `attrs` on the file. Temporary file, then rename."""
+    import h5py
+
+    from lps.files import atomic_writer
+
+    widths = [w for _, w, _ in layout.action], [w for _, w, _ in layout.state]
+    if sum(widths[0]) != actions.shape[1] or sum(widths[1]) != state.shape[1] or image.shape[-1] != 3 * len(layout.cameras):
+        raise ValueError(f"the episode's columns (actions {actions.shape[1]}, state {state.shape[1]}, image "
+                         f"{image.shape[-1]} channels) do not fit the folder's layout {layout}")  # fmt: skip
+    with atomic_writer(path) as file, h5py.File(file, "w") as f:
+        for columns, arr in ((layout.action, actions), (layout.state, state)):
+            start = 0
+            for key, width, flat in columns:
+                part = arr[:, start : start + width]
+                f[key] = part[:, 0] if flat else part
+                start += width
+        for i, cam in enumerate(layout.cameras):
+            frames = image[..., 3 * i : 3 * i + 3]
+            f[f"{cfg.image_group}/{cam}"] = frames[..., ::-1] if cfg.bgr else frames
+        for key, arr in (extra or {}).items():
+            f[f"lps/{key}"] = arr
+        f.attrs.update(attrs or {})
 
 
 def synthetic_folder(folder: str | os.PathLike, success: int = 5, failure: int = 2, steps: int = 40,

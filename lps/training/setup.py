@@ -21,14 +21,14 @@ from lps.training.config import TrainConfig, is_robot_dataset
 from lps.training.evaluate import DEFAULT_POOL, Evaluator, make_seeds_policy
 
 
-def load_data(cfg: TrainConfig, run_dirs: list[Path] = ()) -> dict[str, np.ndarray]:
+def load_data(cfg: TrainConfig, run_dirs: list[Path] = (), stats: dict | None = None) -> dict[str, np.ndarray]:
     """The row-layout training dataset the config asks for, validated. A robot folder is
     normalised (`--normalize`) with statistics fitted on it, which are stored in each of
-    `run_dirs` for `lps.load_policy` to apply."""
+    `run_dirs` for `lps.load_policy` to apply; or with a trained run's `stats` (its learner)."""
     if cfg.dataset is not None and Path(cfg.dataset).is_dir():
         from lps.data.robot import load_for_training
 
-        return load_for_training(cfg.dataset, cfg.robot, cfg.chunk_len, cfg.progress, list(run_dirs))
+        return load_for_training(cfg.dataset, cfg.robot, cfg.chunk_len, cfg.progress, list(run_dirs), stats)
     if cfg.dataset is not None:
         return load_own_dataset(cfg.dataset, cfg.chunk_len)
     if toy.is_toy(cfg.env):
