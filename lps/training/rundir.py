@@ -44,7 +44,7 @@ MAY_CHANGE = frozenset(
 # printed), so a reader of the run sees that its later steps were trained differently. The online
 # ones let an offline run gain an online phase; once that phase has begun, its own checkpoint
 # refuses a different number of environments (lps.training.online).
-RECORDED_CHANGES = frozenset({"batch_size", "lr", "utd", "online_mix", "online_envs"})
+RECORDED_CHANGES = frozenset({"batch_size", "lr", "utd", "online_mix", "online_envs", "online_start_steps"})
 
 
 class RunDirLocked(RuntimeError):
