@@ -37,6 +37,14 @@ def time_embedding(t: jnp.ndarray, dim: int, max_period: float = 10_000.0) -> jn
     return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
 
 
+def split_chunk(z: jnp.ndarray, tokens: int) -> jnp.ndarray:
+    """(B, H*A) -> (B, H, A): one token per action of the chunk."""
+    batch, dim = z.shape
+    if dim % tokens:
+        raise ValueError(f"a chunk of {dim} numbers does not split into {tokens} tokens")
+    return z.reshape(batch, tokens, dim // tokens)
+
+
 def _modulate(x, shift, scale):
     return x * (1.0 + scale[:, None]) + shift[:, None]
 
@@ -70,9 +78,7 @@ class DiT(nn.Module):
     @nn.compact
     def __call__(self, cond, z, t, h):
         batch, dim = z.shape
-        if dim % self.tokens:
-            raise ValueError(f"a chunk of {dim} numbers does not split into {self.tokens} tokens")
-        x = nn.Dense(self.width, kernel_init=default_init())(z.reshape(batch, self.tokens, dim // self.tokens))
+        x = nn.Dense(self.width, kernel_init=default_init())(split_chunk(z, self.tokens))
         x = x + self.param("position", nn.initializers.normal(0.02), (1, self.tokens, self.width))
         c = nn.Dense(self.width, kernel_init=default_init())(cond)
         for name, s in (("t", t), ("h", h)):
@@ -164,12 +170,10 @@ class MeanFlowDiT(nn.Module):
     @nn.compact
     def __call__(self, cond, z, t, h):
         batch, dim = z.shape
-        if dim % self.tokens:
-            raise ValueError(f"a chunk of {dim} numbers does not split into {self.tokens} tokens")
         split = cond.shape[-1] - self.state_dim
         parts = [cond[:, :split], cond[:, split:]] if 0 < self.state_dim < cond.shape[-1] else [cond]
         observation = [nn.Dense(self.width, kernel_init=small_kaiming())(p)[:, None] for p in parts]
-        actions = nn.Dense(self.width, kernel_init=small_kaiming())(z.reshape(batch, self.tokens, dim // self.tokens))
+        actions = nn.Dense(self.width, kernel_init=small_kaiming())(split_chunk(z, self.tokens))
         x = jnp.concatenate([*observation, actions], axis=1)
         x = x + self.param("pos_embed", nn.initializers.normal(0.005), (1, x.shape[1], self.width))
         c = TimeEmbedder(self.width, name="t_embedder")(t) + TimeEmbedder(self.width, name="h_embedder")(h)
