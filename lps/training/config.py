@@ -19,6 +19,7 @@ from lps.agents.encoded import EncoderName
 from lps.data.robot import RobotDataConfig
 from lps.data.tasks import RewardMode
 from lps.files import user_path, write_json
+from lps.training.distributed import DistributedConfig
 
 CONFIG_JSON = "config.json"  # <run>/config.json: agent, train and agent configs, observation spec
 
@@ -118,6 +119,9 @@ class TrainConfig:
     online_mix: Literal["buffer", "balanced"] = "buffer"
     """Online batches: buffer = uniform over offline and online chunks (Q-chunking's single
     buffer); balanced = half offline, half online (the paper's robot recipe)."""
+    distributed: Annotated[DistributedConfig, tyro.conf.OmitArgPrefixes] = DistributedConfig()
+    """Several devices and hosts: --devices, --device-axis, --shard-params, --data-placement and the
+    multi-host flags (README, "Training on several GPUs and hosts")."""
 
     def __post_init__(self):
         positive = ("steps", "batch_size", "chunk_len", "log_every", "episodes", "encoder_features")
