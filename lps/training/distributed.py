@@ -301,6 +301,7 @@ def select_devices(requested: int | str) -> list:
 def _shard_data(placement: str, devices: list, data_bytes: int) -> bool:
     if placement != "auto":
         return placement == "sharded"
-    stats = devices[0].memory_stats() if hasattr(devices[0], "memory_stats") else None
+    local = next(d for d in devices if d.process_index == jax.process_index())  # others' stats are not ours to read
+    stats = local.memory_stats()
     limit = (stats or {}).get("bytes_limit")
     return bool(limit) and data_bytes > REPLICATED_DATA_SHARE * limit

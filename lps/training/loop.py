@@ -61,7 +61,7 @@ def train(agent_name: str, cfg: TrainConfig, agent_cfg, resume: bool = False) ->
 def _train(agent_name, cfg, agent_cfg, runs, resume, changes, stop):
     # --- build: devices, data, agent, optimiser, state (fresh or resumed), records, evaluation ---
     layout = distributed.make_layout(cfg.distributed, len(runs), cfg.batch_size)  # None: one device
-    data = setup.load_data(cfg, [run.dir for run in runs])
+    data = setup.load_data(cfg, [run.dir for run in runs] if distributed.is_writer() else [])  # stats: one writer
     if cfg.online_steps:
         online.check_memory(data, cfg)  # refused before the offline steps, not after them
     agent = setup.build(agent_name, cfg, agent_cfg, data)
