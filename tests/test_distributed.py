@@ -96,6 +96,11 @@ def _child(root: Path) -> dict:
         rows, params = run(name, distributed=dist)
         report[name] = {"rows": _rows_close(rows, one_rows), "params": _close(params["params"], one_params["params"]),
                         "opt_state": _close(params["opt_state"], one_params["opt_state"])}  # fmt: skip
+    # A policy trained on 4 devices (parameters split over them) loads and acts on one.
+    import lps
+
+    chunk = lps.load_policy(root / "four-fsdp")(toy.make_dataset("toy-bandit", seed=1)["observations"][0])
+    report["policy"] = bool(np.all(np.isfinite(chunk))) and chunk.ndim == 2
     # Trained on 4 devices for half the steps, resumed on 1: the checkpoint holds no device layout.
     run("four-then-one", steps=STEPS // 2, distributed=DistributedConfig(devices=4))
     rows, params = run("four-then-one", resume=True)
@@ -109,7 +114,7 @@ def _child(root: Path) -> dict:
     report["seeds_axis"] = make_layout(DistributedConfig(devices=2), 2, BATCH).axis
     fsdp = make_layout(DistributedConfig(devices=4, shard_params=True), 1, BATCH)
     weights = {"kernel": np.zeros(HIDDEN), "wide": np.zeros((8, 1024)), "bias": np.zeros(HIDDEN[1]), "odd": np.zeros((5, 4099))}
-    report["fsdp_specs"] = {k: str(v.spec) for k, v in fsdp.state_shardings(weights).items()}
+    report["fsdp_specs"] = {k: list(v.spec) for k, v in fsdp.state_shardings(weights).items()}
     errors = {}
     for key, (dist, seeds, batch) in {
         "too_many": (DistributedConfig(devices=8), 1, BATCH),
@@ -126,12 +131,13 @@ def _child(root: Path) -> dict:
 
 def _checked(report: dict) -> None:
     assert report["evaluated"], report["evaluated"]
+    assert report["policy"]
     for name in ("two", "four-fsdp", "resumed", "seeds"):
         assert all(report[name].values()), (name, report[name])
     assert report["seeds_axis"] == "seeds"  # the default with 2 seeds on 2 devices
     # FSDP splits the largest dimension the device count divides; small or indivisible arrays stay whole.
-    assert report["fsdp_specs"] == {"kernel": "PartitionSpec('devices',)", "wide": "PartitionSpec(None, 'devices')",
-                                    "bias": "PartitionSpec()", "odd": "PartitionSpec()"}, report["fsdp_specs"]  # fmt: skip
+    specs = {"kernel": ["devices"], "wide": [None, "devices"], "bias": [], "odd": []}
+    assert report["fsdp_specs"] == specs, report["fsdp_specs"]
     errors = report["errors"]
     assert errors["too_many"].startswith("--devices 8: only 4 cpu device(s) are present"), errors
     assert "--batch-size 18 is not divisible by --devices 4" in errors["batch"], errors

@@ -311,9 +311,12 @@ def load_config(run_dir: str | Path) -> tuple[str, TrainConfig, Any, Spec | None
     record = json.loads(path.read_text())
     agent_name = record["agent"]
     spec = Spec(**record["spec"]) if "spec" in record else None
+    # Where a run trained (devices, hosts) says nothing about where it resumes or is loaded: a
+    # recorded coordinator or device count would tie it to that machine. Resumes take the flags given.
+    train = dataclasses.replace(from_dict(TrainConfig, record["train"]), distributed=DistributedConfig())
     return (
         agent_name,
-        from_dict(TrainConfig, record["train"]),
+        train,
         from_dict(config_class(agent_name), record["agent_config"]),
         spec,
     )
