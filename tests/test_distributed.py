@@ -8,7 +8,6 @@ that child, and prints what it measured as one JSON line. The multi-host check s
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import socket
@@ -113,7 +112,8 @@ def _child(root: Path) -> dict:
     report["seeds"] = {"rows": _rows_close(rows, one_rows), "params": _close(params["params"], one_params["params"])}
     report["seeds_axis"] = make_layout(DistributedConfig(devices=2), 2, BATCH).axis
     fsdp = make_layout(DistributedConfig(devices=4, shard_params=True), 1, BATCH)
-    weights = {"kernel": np.zeros(HIDDEN), "wide": np.zeros((8, 1024)), "bias": np.zeros(HIDDEN[1]), "odd": np.zeros((5, 4099))}
+    weights = {"kernel": np.zeros(HIDDEN), "wide": np.zeros((8, 1024)), "bias": np.zeros(HIDDEN[1]),
+               "odd": np.zeros((5, 4099))}  # fmt: skip
     report["fsdp_specs"] = {k: list(v.spec) for k, v in fsdp.state_shardings(weights).items()}
     errors = {}
     for key, (dist, seeds, batch) in {
