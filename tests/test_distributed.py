@@ -51,10 +51,22 @@ def _close(a, b, rtol=2e-5, atol=1e-6) -> bool:
     )
 
 
+def _by_step(rows: list[dict]) -> dict[int, dict]:
+    """The metrics at each step (training's row and an evaluation's row of one step merged)."""
+    merged: dict[int, dict] = {}
+    for row in rows:
+        merged.setdefault(row["step"], {}).update(row)
+    return merged
+
+
 def _rows_close(a: list[dict], b: list[dict]) -> bool:
-    """The same metrics rows; an episode's success may flip on a float's last bit, so rates get 1 %."""
-    return [r.keys() for r in a] == [r.keys() for r in b] and all(
-        np.isclose(x[k], y[k], rtol=2e-5, atol=0.01 if k.startswith("eval/") else 1e-6) for x, y in zip(a, b) for k in x
+    """`a`'s metrics are those of `b` at the same steps (`b` may have more, e.g. an evaluation's); an
+    episode's success may flip on a float's last bit, so rates get 1 %."""
+    a, b = _by_step(a), _by_step(b)
+    return a.keys() == b.keys() and all(
+        k in b[step] and np.isclose(v, b[step][k], rtol=2e-5, atol=0.01 if k.startswith("eval/") else 1e-6)
+        for step, row in a.items()
+        for k, v in row.items()
     )
 
 
@@ -74,38 +86,40 @@ def _child(root: Path) -> dict:
     agent_cls = config_class(AGENT)
     agent_cfg = agent_cls(**agent_overrides({"hidden": HIDDEN}, agent_cls))
 
-    # Each run ends with an evaluation (episodes and validation metrics) of its sharded state.
+    # The reference run and the FSDP one end with an evaluation (episodes and validation metrics).
     root.mkdir(parents=True, exist_ok=True)
     np.savez(root / "val.npz", **toy.make_dataset("toy-bandit", seed=1))
-    evaluated = dict(eval_episodes=200, val_dataset=str(root / "val.npz"))
+    evaluated = dict(eval_episodes=50, val_dataset=str(root / "val.npz"))
 
     def run(name: str, resume: bool = False, **kw):
-        small = dict(steps=STEPS, log_every=LOG_EVERY, save_every=LOG_EVERY, batch_size=BATCH, **evaluated)
+        small = dict(steps=STEPS, log_every=LOG_EVERY, save_every=LOG_EVERY, batch_size=BATCH)
         cfg = helpers.toy_config(root / name, **{**small, **kw})
         train(AGENT, cfg, agent_cfg, resume=resume)
         return None if "seeds" in kw else _final(root / name)
 
     report: dict = {}
-    one_rows, one_params = run("one")
-    report["evaluated"] = sorted(k for k in one_rows[-1] if k.startswith(("eval/", "val/")))
-    for name, dist in {
-        "two": DistributedConfig(devices=2),
-        "four-fsdp": DistributedConfig(devices="all", shard_params=True, data_placement="sharded"),
+    one_rows, one_params = run("one", **evaluated)
+    report["evaluated"] = sorted(k for k in _by_step(one_rows)[STEPS] if k.startswith(("eval/", "val/")))
+    for name, kw in {
+        "two": dict(distributed=DistributedConfig(devices=2)),
+        "four-fsdp-evaluated": dict(distributed=DistributedConfig(devices="all", shard_params=True,
+                                                                  data_placement="sharded"), **evaluated),
     }.items():
-        rows, params = run(name, distributed=dist)
+        rows, params = run(name, **kw)
+        same_keys = _by_step(rows)[STEPS].keys() == _by_step(one_rows)[STEPS].keys()
         report[name] = {"rows": _rows_close(rows, one_rows), "params": _close(params["params"], one_params["params"]),
-                        "opt_state": _close(params["opt_state"], one_params["opt_state"])}  # fmt: skip
+                        "opt_state": _close(params["opt_state"], one_params["opt_state"]),
+                        "evaluated": "evaluated" not in name or same_keys}  # fmt: skip
     # A policy trained on 4 devices (parameters split over them) loads and acts on one.
     import lps
 
-    chunk = lps.load_policy(root / "four-fsdp")(toy.make_dataset("toy-bandit", seed=1)["observations"][0])
+    policy = lps.load_policy(root / "four-fsdp-evaluated")
+    chunk = policy(toy.make_dataset("toy-bandit", seed=1)["observations"][0])
     report["policy"] = bool(np.all(np.isfinite(chunk))) and chunk.ndim == 2
     # Trained on 4 devices for half the steps, resumed on 1: the checkpoint holds no device layout.
     run("four-then-one", steps=STEPS // 2, distributed=DistributedConfig(devices=4))
     rows, params = run("four-then-one", resume=True)
-    # (its half run evaluated at its own end, step 10: the rows compared are the last ones)
-    report["resumed"] = {"rows": _rows_close(rows[-1:], one_rows[-1:]),
-                         "params": _close(params["params"], one_params["params"])}  # fmt: skip
+    report["resumed"] = {"rows": _rows_close(rows, one_rows), "params": _close(params["params"], one_params["params"])}
     # Two seeds, one per device: seed 0's numbers are those of seed 0 trained alone.
     run("seeds-two", seeds=(0, 1), distributed=DistributedConfig(devices=2))
     rows, params = _final(root / "seeds-two" / "seed0")
@@ -132,7 +146,7 @@ def _child(root: Path) -> dict:
 def _checked(report: dict) -> None:
     assert report["evaluated"], report["evaluated"]
     assert report["policy"]
-    for name in ("two", "four-fsdp", "resumed", "seeds"):
+    for name in ("two", "four-fsdp-evaluated", "resumed", "seeds"):
         assert all(report[name].values()), (name, report[name])
     assert report["seeds_axis"] == "seeds"  # the default with 2 seeds on 2 devices
     # FSDP splits the largest dimension the device count divides; small or indivisible arrays stay whole.
@@ -144,46 +158,52 @@ def _checked(report: dict) -> None:
     assert "seed count (2) to be a multiple of --devices (4)" in errors["seeds"], errors
 
 
-def test_one_two_four_devices_train_the_same_numbers(tmp_path):
-    out = subprocess.run([sys.executable, __file__, str(tmp_path)], env=_env(4), capture_output=True, text=True,
-                         timeout=300)  # fmt: skip
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    _checked(json.loads(out.stdout.strip().splitlines()[-1]))
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("localhost", 0))
         return s.getsockname()[1]
 
 
-def test_two_processes_train_as_one_and_only_process_0_writes(tmp_path):
+def test_devices_and_hosts_train_the_numbers_of_one_device(tmp_path):
+    """The 4-device child, and two `lps train` processes of 2 devices each joined over localhost
+    (run side by side: each jax start costs seconds), against the child's one-device run."""
+    child = subprocess.Popen([sys.executable, __file__, str(tmp_path / "child")], env=_env(4), text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
     port, run_dir = _free_port(), tmp_path / "hosts"
     args = [sys.executable, "-m", "lps.cli", "train", "--agent", AGENT, "--preset", "toy", "--steps", STEPS,
             "--log-every", LOG_EVERY, "--save-every", LOG_EVERY, "--eval-every", 0, "--eval-episodes", 0,
             "--batch-size", BATCH, "--base-hidden", *HIDDEN, "--run-dir", run_dir, "--no-progress", "--devices", "all",
             "--coordinator-address", f"localhost:{port}", "--num-processes", 2]  # fmt: skip
     env = dict(_env(2), OGBENCH_DATA_DIR=str(tmp_path / "ogbench-data"))
-    procs = [subprocess.Popen([*map(str, args), "--process-id", str(i)], env=env, cwd=tmp_path, text=True,
+    hosts = [subprocess.Popen([*map(str, args), "--process-id", str(i)], env=env, cwd=tmp_path, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]  # fmt: skip
-    outs = [p.communicate(timeout=240)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-3000:] for o in outs)
-    assert "process 1 of 2: 2 local device(s), 4 in all" in outs[1]
-    assert "[lps] done" in outs[0] and "[lps] done" not in outs[1]  # the summary is process 0's
+    outs = [p.communicate(timeout=300)[0] for p in (child, *hosts)]
+    assert [p.returncode for p in (child, *hosts)] == [0, 0, 0], "\n".join(o[-3000:] for o in outs)
+    _checked(json.loads(outs[0].strip().splitlines()[-1]))
 
-    # The same run on one device in this process: the same numbers, and one row per step (not two).
-    from lps.agents import config_class
-    from lps.training.config import agent_overrides
-    from lps.training.loop import train
-
-    agent_cls = config_class(AGENT)
-    cfg = helpers.toy_config(tmp_path / "one", steps=STEPS, log_every=LOG_EVERY, save_every=LOG_EVERY,
-                             batch_size=BATCH)  # fmt: skip
-    train(AGENT, cfg, agent_cls(**agent_overrides({"hidden": HIDDEN}, agent_cls)))
-    (rows, params), (one_rows, one_params) = _final(run_dir), _final(tmp_path / "one")
-    assert [r["step"] for r in rows] == [LOG_EVERY, STEPS]
+    assert "process 1 of 2: 2 local device(s), 4 in all" in outs[2]
+    assert "[lps] done" in outs[1] and "[lps] done" not in outs[2]  # the summary is process 0's
+    (rows, params), (one_rows, one_params) = _final(run_dir), _final(tmp_path / "child" / "one")
+    assert [r["step"] for r in rows] == [LOG_EVERY, STEPS]  # one row per step, not one per process
     assert _rows_close(rows, one_rows)
     assert _close(params["params"], one_params["params"])
+
+
+def test_launchers_and_flags():
+    import pytest
+
+    from lps.training.distributed import DistributedConfig, launcher
+
+    assert launcher({}) is None
+    assert launcher({"SLURM_STEP_NUM_TASKS": "4", "SLURM_PROCID": "2"}) == "SLURM"
+    assert launcher({"SLURM_NTASKS": "4", "SLURM_PROCID": "0"}) is None  # a job's batch script: one process
+    assert launcher({"OMPI_COMM_WORLD_SIZE": "2"}) == "Open MPI"
+    with pytest.raises(ValueError, match="--devices must be a positive count or 'all', got 0"):
+        DistributedConfig(devices=0)
+    with pytest.raises(ValueError, match="--coordinator-address, --num-processes and --process-id go together"):
+        DistributedConfig(coordinator_address="host0:1234")
+    with pytest.raises(ValueError, match=r"--process-id must be in \[0, --num-processes\) = \[0, 2\), got 2"):
+        DistributedConfig(coordinator_address="host0:1234", num_processes=2, process_id=2)
 
 
 if __name__ == "__main__":

@@ -86,7 +86,8 @@ class DistributedConfig:
 
 def launcher(environ=os.environ) -> str | None:
     """The cluster launcher that started this process as one of several, if any."""
-    if int(environ.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_PROCID" in environ:
+    # The step's task count, not the job's: a batch script of a many-task job is one process.
+    if int(environ.get("SLURM_STEP_NUM_TASKS", "1") or 1) > 1 and "SLURM_PROCID" in environ:
         return "SLURM"
     if int(environ.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1:
         return "Open MPI"

@@ -233,16 +233,15 @@ class _Evaluation:
 
     def __call__(self, step: int, state) -> None:
         n = len(self.runs)
+        params, target = state.params, state.target_params
         if self.layout is not None:  # on several devices: one host copy for the whole evaluation
-            state = distributed.gather(state)
+            params, target = distributed.gather((params, target))
         extra_rows: list[dict] = [
             # the validation split's val/ metrics (lps.training.validation)
-            self.validator(_per_seed(state.params, i, n), _per_seed(state.target_params, i, n))
-            if self.validator.active
-            else {}
+            self.validator(_per_seed(params, i, n), _per_seed(target, i, n)) if self.validator.active else {}
             for i in range(n)
         ]
-        self.schedule.submit(step, seed_axis(state.params, n), extra_rows)
+        self.schedule.submit(step, seed_axis(params, n), extra_rows)
 
     def _after(self, step: int, results: list[dict]) -> None:
         self.last = results
