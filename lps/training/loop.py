@@ -6,7 +6,10 @@ Each part is one call into its own module: the update (`update`), the run direct
 records (`rundir`, `runlog`, `checkpoint`), evaluation and its schedule (`eval_schedule`), the
 validation metrics (`validation`) and, with `--online-steps`, the online phase (`online`), which
 continues from the offline state. Seeds are a leading axis of the state (vmapped): several seeds
-share one compiled program and one dataset, and each keeps its own run directory.
+share one compiled program and one dataset, and each keeps its own run directory. With
+`--devices N` (`distributed`) the state and the dataset are placed on a device mesh once, and
+gathered to the host once per evaluation and per checkpoint; on several hosts only process 0
+writes the run directory.
 """
 
 from __future__ import annotations
