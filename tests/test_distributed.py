@@ -173,7 +173,8 @@ def test_devices_and_hosts_train_the_numbers_of_one_device(tmp_path):
     args = [sys.executable, "-m", "lps.cli", "train", "--agent", AGENT, "--preset", "toy", "--steps", STEPS,
             "--log-every", LOG_EVERY, "--save-every", LOG_EVERY, "--eval-every", 0, "--eval-episodes", 0,
             "--batch-size", BATCH, "--base-hidden", *HIDDEN, "--run-dir", run_dir, "--no-progress", "--devices", "all",
-            "--coordinator-address", f"localhost:{port}", "--num-processes", 2]  # fmt: skip
+            "--coordinator-address", f"localhost:{port}", "--num-processes", 2,
+            "--shard-params", "--data-placement", "sharded"]  # each host places its block of each array  # fmt: skip
     env = dict(_env(2), OGBENCH_DATA_DIR=str(tmp_path / "ogbench-data"))
     hosts = [subprocess.Popen([*map(str, args), "--process-id", str(i)], env=env, cwd=tmp_path, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]  # fmt: skip

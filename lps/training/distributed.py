@@ -217,21 +217,22 @@ def _pad_rows(x: np.ndarray, pad: int) -> np.ndarray:
     return np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
 
 
-def process_rows(sharding: NamedSharding, shape: tuple[int, ...]) -> slice:
-    """The rows of a global array of `shape` that this process's devices hold under `sharding`
-    (all of them when the rows are not split, or with one process)."""
-    index_map = sharding.addressable_devices_indices_map(shape)
-    starts = [index[0].start or 0 for index in index_map.values()]
-    stops = [shape[0] if index[0].stop is None else index[0].stop for index in index_map.values()]
-    return slice(min(starts), max(stops))
+def process_block(sharding: NamedSharding, shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """The block of a global array of `shape` that this process's devices hold under `sharding`:
+    per dimension, from the first to the last index they hold (everything when nothing is split,
+    or with one process). A process's devices are contiguous on the mesh, so this is exactly its part."""
+    indices = list(sharding.addressable_devices_indices_map(shape).values())
+    return tuple(
+        slice(min(index[d].indices(size)[0] for index in indices), max(index[d].indices(size)[1] for index in indices))
+        for d, size in enumerate(shape)
+    )
 
 
 def _place(x, sharding: NamedSharding) -> jax.Array:
     x = np.asarray(x)
     if jax.process_count() == 1:
         return jax.device_put(x, sharding)
-    local = x[process_rows(sharding, x.shape)] if x.ndim else x
-    return jax.make_array_from_process_local_data(sharding, local, x.shape)
+    return jax.make_array_from_process_local_data(sharding, x[process_block(sharding, x.shape)], x.shape)
 
 
 def gather(tree):
