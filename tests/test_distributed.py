@@ -124,6 +124,11 @@ def _child(root: Path) -> dict:
     run("seeds-two", seeds=(0, 1), distributed=DistributedConfig(devices=2))
     rows, params = _final(root / "seeds-two" / "seed0")
     report["seeds"] = {"rows": _rows_close(rows, one_rows), "params": _close(params["params"], one_params["params"])}
+    # The online phase runs on one device, from the offline state gathered off two.
+    summary = train(AGENT, helpers.toy_config(root / "online", steps=LOG_EVERY, log_every=LOG_EVERY, batch_size=BATCH,
+                                              save_every=LOG_EVERY, online_steps=16, online_envs=4, online_workers=0,
+                                              distributed=DistributedConfig(devices=2)), agent_cfg)  # fmt: skip
+    report["online"] = summary["gradient_steps"] == LOG_EVERY + 16
     report["seeds_axis"] = make_layout(DistributedConfig(devices=2), 2, BATCH).axis
     fsdp = make_layout(DistributedConfig(devices=4, shard_params=True), 1, BATCH)
     weights = {"kernel": np.zeros(HIDDEN), "wide": np.zeros((8, 1024)), "bias": np.zeros(HIDDEN[1]),
@@ -145,7 +150,7 @@ def _child(root: Path) -> dict:
 
 def _checked(report: dict) -> None:
     assert report["evaluated"], report["evaluated"]
-    assert report["policy"]
+    assert report["policy"] and report["online"]
     for name in ("two", "four-fsdp-evaluated", "resumed", "seeds"):
         assert all(report[name].values()), (name, report[name])
     assert report["seeds_axis"] == "seeds"  # the default with 2 seeds on 2 devices
