@@ -121,14 +121,6 @@ def is_writer() -> bool:
     return jax.process_index() == 0
 
 
-def sync(name: str) -> None:
-    """Wait until every process gets here (nothing to wait for with one)."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
-
-
 # --- the layout -----------------------------------------------------------------------------
 
 
