@@ -53,7 +53,7 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--rows", type=int, default=2000, help="dataset rows on the device")
     p.add_argument("--encoder", default="impala", choices=["impala", "impala-small"])
-    p.add_argument("--base-arch", default="dit", choices=["dit", "mlp"])
+    p.add_argument("--base-arch", default="mfdit", choices=["mfdit", "dit", "mlp"])
     p.add_argument("--dit-width", type=int, default=384)
     p.add_argument("--dit-depth", type=int, default=12)
     p.add_argument("--dit-heads", type=int, default=6)
@@ -86,7 +86,7 @@ def main() -> None:
         "batch_size": a.batch_size,
         "image": list(image_shape),
         "encoder": a.encoder,
-        "base": f"{a.base_arch} {a.dit_width}x{a.dit_depth}x{a.dit_heads}" if a.base_arch == "dit" else "mlp",
+        "base": f"{a.base_arch} {a.dit_width}x{a.dit_depth}x{a.dit_heads}" if a.base_arch != "mlp" else "mlp",
         "params_M": round(params / 1e6, 2),
         "compile_s": round(compile_s, 1),
         "peak_memory_GiB": round(peak / 2**30, 3) if peak is not None else None,

@@ -1,7 +1,7 @@
 """The `lps` command.
 
     lps train [--agent lps] [--preset paper|quick|toy] [--seeds 0,1,2] [--resume RUN_DIR] [--any-config-field VALUE ...]
-    lps eval RUN_DIR [--episodes K] [--seed S] [--workers W] [--dataset DIR|FILE.npz]   (--dataset: action error on held-out episodes)
+    lps eval RUN_DIR [--episodes K] [--seed S] [--workers W] [--dataset DIR|FILE.npz [--skip-bad]]   (--dataset: action error on held-out episodes)
     lps data generate ENV [--episodes N] [--seed S] [--workers W] [--data-dir DIR] [--overwrite]
     lps data prepare TASK --out FILE.npz     (a relabelled npz that trains without OGBench installed)
     lps data robot DIR [--image-size 128] [--skip-bad] [...]   (check + cache a folder of robot episodes)
@@ -12,7 +12,8 @@
               [--out DIR] [--workers N] [--ray ADDRESS] [--dry-run] [-- TRAIN ARGS ...]   (resumable grids of runs)
     lps serve RUN_DIR [--host 127.0.0.1] [--port 8000] [--device auto|cpu|gpu]   (policy server for a robot)
               [--learn --token T [--utd U] [--online-mix balanced|buffer] [--dataset DIR]]   (+ fine-tune on its episodes)
-    lps robot-sim URL --env TASK --episodes N [--token T]   (an OGBench task as the robot of `lps serve --learn`)
+    lps robot-sim [URL] --env TASK --episodes N [--token T] [--intervene-prob P] [--scripted] [--record F.npz]
+                                                              (an OGBench task as the robot of `lps serve --learn`)
     lps serve-replay URL EPISODE [--episode K] [--stride N] [--run RUN_DIR]   (replay a recorded episode, action error)
 
 Every field of the training config and of the chosen agent's config is a flag of `lps train`
@@ -46,6 +47,12 @@ def _train(argv: list[str]) -> int:
     pre.add_argument("--resume", default=None)
     pre.add_argument("--run-dir", default=None)
     known, _ = pre.parse_known_args(argv)
+    presets = _flag_values(argv, "--preset")
+    if len(presets) > 1:
+        raise ValueError(
+            f"--preset is given {len(presets)} times ({', '.join(presets)}); give one: a preset sets many fields at "
+            "once, and single flags after it override them"
+        )
 
     if known.resume is not None:
         resume = _resume_target(known.resume, known.run_dir)
@@ -107,6 +114,12 @@ def _resume_target(resume: str, run_dir: str | None) -> str:
     return resume
 
 
+def _flag_values(argv: list[str], flag: str) -> list[str]:
+    """The values given to `flag` (as `flag VALUE` or `flag=VALUE`), in order."""
+    return [arg.split("=", 1)[1] if arg != flag else argv[i + 1]
+            for i, arg in enumerate(argv) if arg.startswith(flag + "=") or (arg == flag and i + 1 < len(argv))]  # fmt: skip
+
+
 def _drop_flag(argv: list[str], flag: str) -> list[str]:
     """`argv` without `flag` and its value (given as `flag VALUE` or `flag=VALUE`)."""
     out, skip = [], False
@@ -145,7 +158,10 @@ def _eval(argv: list[str]) -> int:
     p.add_argument("--workers", type=int, default=None, help="env worker processes (default: one per core; 0: none)")
     p.add_argument("--dataset", default=None,
                    help="held-out recorded episodes (robot folder or npz): report the action error instead of rolling out")  # fmt: skip
+    p.add_argument("--skip-bad", action="store_true", help="with --dataset DIR: skip bad episodes (listed)")
     a = p.parse_args(argv)
+    if a.skip_bad and a.dataset is None:
+        p.error("--skip-bad applies to the episodes of --dataset; give --dataset DIR")
     if a.episodes is not None and a.episodes < 1:
         p.error("--episodes must be at least 1")
     if a.workers is not None and a.workers < 0:
@@ -153,7 +169,7 @@ def _eval(argv: list[str]) -> int:
     if a.dataset is not None:
         from lps.deploy.offline_eval import evaluate_on_dataset
 
-        result = evaluate_on_dataset(a.run_dir, a.dataset, seed=a.seed)
+        result = evaluate_on_dataset(a.run_dir, a.dataset, seed=a.seed, skip_bad=a.skip_bad)
         print(" ".join(f"{k}={v:.4g}" for k, v in result.items()))
         return 0
     from lps.deploy.policy import evaluate_run

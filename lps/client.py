@@ -120,13 +120,18 @@ class PolicyClient:
         self._spec: dict | None = None
 
     def _connect(self):
+        from websockets.exceptions import InvalidURI, WebSocketException
         from websockets.sync.client import connect
 
         try:
             # Entering the connection is what `with connect(...)` does; the client's own close() and
             # context manager end it (websockets >= 17.1 warns about connections never entered).
             return connect(self.url, open_timeout=self.timeout, max_size=int(self.max_message_mb * 2**20)).__enter__()
-        except (OSError, TimeoutError) as e:
+        except InvalidURI as e:
+            raise ValueError(
+                f"{self.url!r} is not a websocket address ({e}); give ws://HOST:PORT, as `lps serve` prints it"
+            ) from None
+        except (OSError, TimeoutError, WebSocketException) as e:  # e.g. an HTTP server that is not lps serve
             raise ConnectionError(
                 f"cannot reach the policy server at {self.url} ({e}); is `lps serve` running there?"
             ) from e

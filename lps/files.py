@@ -15,6 +15,18 @@ from typing import Any
 
 
 @contextlib.contextmanager
+def naming(path: str | os.PathLike):
+    """An OSError raised in the block that names no file (a failed write or sync on a full disk)
+    is raised again naming `path`, the file being written."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno is not None and e.filename is None:
+            raise OSError(e.errno, e.strerror, os.fspath(path)) from e
+        raise
+
+
+@contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike):
     """A binary file object whose contents replace `path` only if the block completes: written to a
     temporary file beside it, synced, then renamed (large outputs can stream into it)."""
@@ -33,7 +45,8 @@ def atomic_writer(path: str | os.PathLike):
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+        with naming(path):
+            raise
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:

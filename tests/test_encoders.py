@@ -179,15 +179,20 @@ def test_agents_train_and_act_on_images(name, monkeypatch):
     assert chunk.shape == (4, spec.chunk_dim) and bool(jnp.all(jnp.abs(chunk) <= 1))
 
 
-def test_dit_base_policy_fits_conditional_chunks():
-    """MeanFlow with a DiT network learns two observation-dependent chunks (one-step sampling)."""
+@pytest.mark.parametrize("arch", ["dit", "mfdit"])
+def test_dit_base_policy_fits_conditional_chunks(arch):
+    """MeanFlow with either DiT learns two observation-dependent chunks (one-step sampling)."""
     from lps.nets.generative import DiTSpec
 
-    policy = GenerativePolicy((), 3 * 2, "meanflow", dit=DiTSpec(3, 32, 2, 2))
+    # mfdit: the observation's last number is its "state" token, the first its "image features" token.
+    policy = GenerativePolicy((), 3 * 2, "meanflow", dit=DiTSpec(3, 32, 1, 2, arch, state_dim=1))
     obs = jnp.array([[1.0, 0.0], [0.0, 1.0]]).repeat(8, axis=0)
     chunks = jnp.array([[0.5] * 6, [-0.5, 0.5] * 3]).repeat(8, axis=0)
     params = policy.init(jax.random.PRNGKey(0), 2)
-    assert params["position"].shape == (1, 3, 32)
+    if arch == "dit":
+        assert params["position"].shape == (1, 3, 32)
+    else:
+        assert params["pos_embed"].shape == (1, 2 + 3, 32)  # image token, state token, H action tokens
     opt = optax.adam(1e-3)
 
     def step(carry, key):
@@ -203,6 +208,29 @@ def test_dit_base_policy_fits_conditional_chunks():
     train = jax.jit(lambda p, s: jax.lax.scan(step, (p, s), jax.random.split(jax.random.PRNGKey(1), 300))[0][0])
     start, trained = error(params), train(params, opt.init(params))
     assert error(trained) < 0.1 < start
+
+
+def test_release_dit_matches_the_release_recipe():
+    """MFDiT_REAL as read: zero output at init (zero final layer and gates), qkv bias and qk-norm,
+    adaLN from the time embeddings only (the observation enters as tokens), 256 frequencies."""
+    from lps.nets.dit import MeanFlowDiT
+
+    net = MeanFlowDiT(tokens=3, width=32, depth=2, heads=2, state_dim=2)
+    cond, z, t = jnp.ones((4, 7)), jnp.ones((4, 6)), jnp.full((4, 1), 0.5)
+    params = net.init(jax.random.PRNGKey(0), cond, z, t, t)["params"]
+    np.testing.assert_array_equal(net.apply({"params": params}, cond, z, t, t), 0.0)
+    block = params["MeanFlowDiTBlock_0"]
+    assert block["QKNormAttention_0"]["qkv"]["bias"].shape == (96,)
+    assert {"q_norm", "k_norm"} <= set(block["QKNormAttention_0"])
+    assert params["t_embedder"]["Dense_0"]["kernel"].shape == (256, 32)
+    assert params["Dense_0"]["kernel"].shape == (5, 32) and params["Dense_1"]["kernel"].shape == (2, 32)
+    # The observation reaches the action tokens only through attention: open the first block's
+    # gates and the output layer, and a changed state changes the chunk.
+    bumped = jax.tree_util.tree_map(lambda x: x, params)
+    bumped["MeanFlowDiTBlock_0"]["Dense_0"]["bias"] = jnp.ones_like(block["Dense_0"]["bias"])
+    bumped["Dense_4"]["kernel"] = jnp.ones_like(params["Dense_4"]["kernel"])
+    a, b = (net.apply({"params": bumped}, c, z, t, t) for c in (cond, cond.at[:, -1].set(-1.0)))
+    assert not np.allclose(a, b)
 
 
 def test_dit_config_is_checked():

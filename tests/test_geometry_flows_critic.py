@@ -101,3 +101,32 @@ def test_critic_target_by_hand():
     assert C.aggregate(q, "min").tolist() == [1.0, 2.0]
     np.testing.assert_allclose(C.critic_loss(q, jnp.array([1.0, 2.0])), (0 + 0 + 4 + 4) / 4)
     np.testing.assert_allclose(C.polyak({"w": jnp.array(0.0)}, {"w": jnp.array(1.0)}, 0.1)["w"], 0.1)
+
+
+def test_release_velocity_tangent_differs_from_ours_as_the_release_computes_it():
+    """velocity-release: du/dt taken along (v, 0, 1) on (z, t, r), the public code's tangent."""
+    key = jax.random.PRNGKey(0)
+    b, d = 5, 6
+    x = jax.random.uniform(key, (b, d), minval=-1, maxval=1)
+    e = sphere_project(jax.random.normal(jax.random.PRNGKey(1), (b, d)))
+    tk, rk = flows.sample_meanflow_times(key, b)
+    z, v = (1 - tk) * x + tk * e, e - x
+    u_fn = flows.average_velocity(_toy_net, "velocity-release")
+    u, du = jax.jvp(u_fn, (z, tk, rk), (v, jnp.zeros_like(tk), jnp.ones_like(rk)))
+    release = flows.meanflow_loss(_toy_net, x, e, key, "velocity-release")
+    np.testing.assert_allclose(release, flows.adaptive_l2(u - (v - jnp.clip(tk - rk, 0, 1) * du)), rtol=1e-5)
+    assert not np.isclose(release, flows.meanflow_loss(_toy_net, x, e, key, "velocity"))
+    # Sampling is the velocity parameterisation's.
+    np.testing.assert_array_equal(flows.meanflow_sample(_toy_net, e, "velocity-release"),
+                                  flows.meanflow_sample(_toy_net, e, "velocity"))  # fmt: skip
+
+
+def test_release_switches_of_the_comparison_set():
+    from lps.agents import DSRLConfig, LPSConfig, QCFQLConfig, QCMFQLConfig, Spec, make_agent
+
+    spec = Spec(3, 2, 3)
+    assert make_agent("dsrl-na", DSRLConfig(release_actor=True), spec).cfg.actor_hidden == (512,) * 4
+    assert make_agent("dsrl-na", DSRLConfig(), spec).cfg.actor_hidden == (256, 256)
+    assert make_agent("lps", LPSConfig(backbone="fm-1step", release_actor=True), spec).cfg.actor_hidden == (512,) * 4
+    assert make_agent("lps", LPSConfig(release_actor=True), spec).cfg.actor_hidden == (256, 256)
+    assert QCFQLConfig().clip_critic_input and not QCMFQLConfig().clip_critic_input

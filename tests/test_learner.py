@@ -92,6 +92,16 @@ class DriftEnv:
         return self.obs, -1.0, False, self.t >= self.limit, {"success": False}
 
 
+class ZeroOperator:
+    """A scripted operator that holds the arm still (its steps are easy to tell apart)."""
+
+    def reset(self, obs, info):
+        pass
+
+    def act(self, obs, info):
+        return np.zeros(ACTION_DIM, np.float32)
+
+
 def play(policy: C.PolicyClient, seed: int, steps: int = 12, success: bool = True, episode_id=None) -> dict:
     rng = np.random.default_rng(seed)
     with C.Episode(policy, episode_id) as ep:
@@ -109,6 +119,10 @@ def play(policy: C.PolicyClient, seed: int, steps: int = 12, success: bool = Tru
 def test_learner_trains_swaps_and_refuses_bad_episodes(offline_run, tmp_path):
     run = helpers.copy_run(offline_run, tmp_path / "run")
     srv, learner, url, stop = start(run)
+    swapped_ready = []  # the learner swaps in weights already computed, never ones still in flight
+    swap = srv.swap_params
+    srv.swap_params = lambda p: (swapped_ready.append(all(x.is_ready() for x in jax.tree_util.tree_leaves(p))),
+                                 swap(p))[1]  # fmt: skip
     try:
         obs = np.zeros(OBS_DIM, np.float32)
         key = jax.random.PRNGKey(3)
@@ -170,10 +184,23 @@ def test_learner_trains_swaps_and_refuses_bad_episodes(offline_run, tmp_path):
             assert srv.policy_version == 3
 
             # The simulated robot's loop, on a tiny gymnasium-style env with this policy's observations.
-            results = robot_sim.play_episodes(policy, DriftEnv(), 2, seed=5, log=lambda s: None)
+            # An operator takes over about half the chunks; every episode is also recorded.
+            recorder = robot_sim.Recorder(tmp_path / "sim.npz", CHUNK, log=lambda s: None)
+            results = robot_sim.play_episodes(policy, DriftEnv(), 2, seed=5, log=lambda s: None, operator=ZeroOperator(),
+                                              intervene_prob=0.5, recorder=recorder, chunk_len=CHUNK)  # fmt: skip
             assert [r["steps"] for r in results] == [DriftEnv.limit] * 2
             assert learner.wait_idle(120)
             assert srv.policy_version == 5 and len(L.episode_files(run / "learner" / "episodes")) == 4
+            sent = [np.load(p) for p in L.episode_files(run / "learner" / "episodes")[2:]]
+            flags = np.concatenate([f["interventions"] for f in sent])
+            assert 0 < flags.sum() < len(flags) and sum(r["interventions"] for r in results) == flags.sum()
+            actions = np.concatenate([f["actions"] for f in sent])
+            np.testing.assert_array_equal(actions[flags], 0.0)  # the operator's actions, as executed
+            recorded = np.load(tmp_path / "sim.npz")
+            np.testing.assert_array_equal(recorded["interventions"], flags)
+            np.testing.assert_array_equal(recorded["actions"], actions)
+            np.testing.assert_array_equal(recorded["rewards"], np.concatenate([semi_sparse_labels(DriftEnv.limit, False, CHUNK)["rewards"]] * 2))
+            assert swapped_ready == [True] * 4
     finally:
         stop()
 
@@ -252,3 +279,42 @@ def test_kill_9_and_restart_equals_uninterrupted(offline_run, tmp_path):
     np.testing.assert_array_equal(np.asarray(resumed.buffer.rewards[:n]), np.asarray(fresh.buffer.rewards[:n]))
     for a, b in zip(jax.tree_util.tree_leaves(resumed.state.train.params), jax.tree_util.tree_leaves(fresh.state.train.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_robot_folder_episodes_are_written_in_the_folders_own_layout(tmp_path):
+    """A run on an HDF5 robot folder: the learner's episode files are episodes of that folder's
+    layout (so RUN/learner/episodes reads as a dataset), normalised on reading when the run is."""
+    import dataclasses
+
+    from lps.data import normalize
+    from lps.data.robot import load_folder, synthetic_folder
+    from lps.training.config import TrainConfig
+
+    folder = synthetic_folder(tmp_path / "demos", success=2, failure=0, steps=10, size=8)
+    cfg = RobotDataConfig(cache=False)
+    data_cfg = TrainConfig(dataset=str(folder), robot=cfg)
+    layout = L._hdf5_layout(data_cfg)
+    assert [k for k, _, _ in layout.action] == list(cfg.action_keys) and len(layout.cameras) == 2
+    assert L._hdf5_layout(dataclasses.replace(data_cfg, dataset=str(tmp_path / "demos.npz"))) is None
+
+    rng = np.random.default_rng(0)
+    sent = {"id": "ep1", "outcome": "success", "actions": rng.uniform(-3, 3, (9, 7)).astype(np.float32),
+            "interventions": np.arange(9) % 2 == 0,
+            "observations": {"state": rng.normal(size=(9, 7)).astype(np.float32),
+                             "image": rng.integers(0, 255, (9, 8, 8, 6), dtype=np.uint8)}}  # fmt: skip
+    spec = {"state": {"shape": [7]}, "image": {"shape": [8, 8, 6], "dtype": "uint8"}}
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        L.validate_episode(sent, spec, 7, CHUNK, 100)
+    episode = L.validate_episode(sent, spec, 7, CHUNK, 100, robot_units=True)  # a normalised run's
+    path = tmp_path / "episodes" / "success" / "00000000-ep1.h5"
+    L.write_episode_file(path, episode, layout, cfg)
+    assert L.episode_files(tmp_path / "episodes") == [path]
+
+    back = load_folder(tmp_path / "episodes", dataclasses.replace(cfg, normalize="minmax"), CHUNK, False)
+    np.testing.assert_array_equal(back["observations"]["image"], sent["observations"]["image"])
+    np.testing.assert_allclose(back["observations"]["state"], sent["observations"]["state"])
+    np.testing.assert_allclose(back["actions"], sent["actions"])
+    stats = {"mode": "minmax", "action": normalize.fit(sent["actions"], "minmax", "action")}
+    rows = L.read_episode_rows(path, CHUNK, dataclasses.replace(cfg, normalize="minmax"), stats)
+    assert rows["actions"].min() >= -1 and rows["actions"].max() <= 1
+    np.testing.assert_array_equal(rows["rewards"], semi_sparse_labels(9, True, CHUNK)["rewards"])

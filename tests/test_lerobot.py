@@ -243,6 +243,15 @@ def test_robomimic_file_read_with_filter(tmp_path):
     np.testing.assert_array_equal(data["observations"]["image"][8:], written[2]["img"])
     with pytest.raises(DatasetError, match="no filter mask/valid; filters there: \\['train'\\]"):
         load_folder(tmp_path, RobotDataConfig(image_size=0, cache=False, robomimic_filter="valid"), 3, False)
+    # A run on robomimic files keeps their env_args beside its config.
+    import json
+
+    from lps.data.robot import DATASET_JSON, load_for_training
+
+    run = tmp_path / "run"
+    run.mkdir()
+    load_for_training(tmp_path, RobotDataConfig(image_size=0, cache=False), 3, False, [run])
+    assert json.loads((run / DATASET_JSON).read_text())["env_args"] == {"image.hdf5": {"env_name": "Lift"}}
 
 
 def test_raw_droid_folder_left_half_of_stereo_mp4(tmp_path):

@@ -427,3 +427,18 @@ def test_overlap_resumes_exactly_with_multi_round_episodes(tmp_path, monkeypatch
         strict_rows = rows_of(strict_cfg.run_dir)
         assert [r["step"] for r in strict_rows] == [r["step"] for r in rows]
         assert strict_rows != rows
+
+
+def test_online_start_steps_owe_no_updates_before_the_warm_up(tmp_path):
+    from lps.training import online
+
+    train("lps", toy_online_config(tmp_path / "run", online_start_steps=96), SMALL)
+    assert rows_of(tmp_path / "run")[-1]["step"] == 100 + (192 - 96)  # offline + utd x steps past the warm-up
+
+    assert [online.owed_steps(e, 10, 25) for e in (0, 10, 20, 30)] == [0, 0, 5, 10]
+    assert online.start_steps(toy_online_config("unused")) == 0  # toy bandits: no warm-up
+    ogbench = TrainConfig(env="cube-single-play-singletask-task1-v0")
+    assert online.start_steps(ogbench) == online.QCHUNKING_START_STEPS == 5000
+    assert online.start_steps(dataclasses.replace(ogbench, online_start_steps=7)) == 7
+    with pytest.raises(ValueError, match="--online-start-steps"):
+        TrainConfig(online_start_steps=-1)

@@ -190,7 +190,7 @@ def test_train_eval_and_load_policy_end_to_end(folder, tmp_path):
             timeout=420)  # fmt: skip  # one IMPALA per camera and per network: compilation takes minutes on a loaded CPU
     config = json.loads((run / "config.json").read_text())
     assert config["spec"]["image_shape"] == [32, 32, 6] and config["spec"]["obs_dim"] == 7
-    assert config["agent_config"]["base_arch"] == "dit" and config["train"]["lr_schedule"] == "cosine"
+    assert config["agent_config"]["base_arch"] == "mfdit" and config["train"]["lr_schedule"] == "cosine"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss/critic" in r] == [3, 6]
 

@@ -585,8 +585,8 @@ def test_relative_dataset_resumes_from_another_folder(tmp_path, monkeypatch):
     train("lps", toy_config("~/run", dataset="mine.npz", steps=100, batch_size=16), TINY)
     assert config_of(tmp_path / "run")["train"]["dataset"] == str(work / "mine.npz")
     monkeypatch.chdir(tmp_path)
-    assert cli.main(["train", "--resume", "~/run"]) == 0  # the dataset is found from here; nothing left to train
-    assert steps_logged(tmp_path / "run") == [100]
+    assert cli.main(["train", "--resume", "~/run", "--steps", "200"]) == 0  # the dataset is found from here
+    assert steps_logged(tmp_path / "run") == [100, 200]
     assert lps.load_policy("~/run")(np.zeros(1)).shape == (1, 2)
 
 
@@ -600,6 +600,7 @@ def test_group_resume_names_a_seed_without_config(finished, tmp_path, monkeypatc
         record = config_of(seed_dir)
         record["train"].update(seed=seed, run_dir=str(seed_dir))
         (seed_dir / C.CONFIG_JSON).write_text(json.dumps(record))
+        (seed_dir / "summary.json").unlink()  # killed after its last checkpoint: a resume has work left
     (group / "seed2").mkdir()  # a seed that died before writing its config
     monkeypatch.chdir(tmp_path)
     assert cli.main(["train", "--resume", str(group)]) == 0

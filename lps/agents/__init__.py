@@ -45,11 +45,14 @@ def config_class(name: str) -> type:
 
 def published_defaults(name: str, cfg):
     """Fill config fields whose default depends on the agent's other settings but not on the task:
-    the critic's target aggregation (`critic_agg`), min or mean as the agent's source publishes it."""
+    the critic's target aggregation (`critic_agg`), min or mean as the agent's source publishes it;
+    with `release_actor`, the latent actor's widths as the public release builds them."""
     check_agent(name)
     agent_cls = REGISTRY[name][0]
     if getattr(cfg, "critic_agg", "") is None:
         cfg = dataclasses.replace(cfg, critic_agg=agent_cls.default_critic_agg(cfg))
+    if getattr(cfg, "release_actor", False):  # the latent actor's widths as the public release builds them
+        cfg = dataclasses.replace(cfg, actor_hidden=agent_cls.release_actor_hidden(cfg))
     return cfg
 
 

@@ -35,7 +35,9 @@ class DSRLConfig(C.CriticConfig, BaseNetConfig):
     base_hidden: tuple[int, ...] = (512, 512, 512, 512)
     """Base policy MLP widths."""
     actor_hidden: tuple[int, ...] = (256, 256)
-    """Latent actor MLP widths: 2x256 as the paper states (the public code builds 4x512)."""
+    """Latent actor MLP widths: 2x256 as the paper states (the public code builds 4x512: --release-actor)."""
+    release_actor: bool = False
+    """Set --actor-hidden to 4x512, as the public release builds DSRL-NA's latent actor (the paper's DSRL curves)."""
     latent_critic_hidden: tuple[int, ...] = (256, 256, 256, 256)
     """Latent critic Q_W MLP widths (GELU + LayerNorm)."""
     alpha: float = 1.0
@@ -59,11 +61,15 @@ class DSRL:
     alpha_is_no_op: ClassVar[bool] = True
     notes: ClassVar[tuple[str, ...]] = (
         "alpha is a no-op (it scales the BC loss alone, and Adam ignores a constant loss scale)",
-        "latent actor 2x256 as the paper states; the public code builds 4x512 (--actor-hidden 512 512 512 512)",
+        "latent actor 2x256 as the paper states; the public code builds 4x512 (--release-actor), whence the paper's DSRL curves",
         "the latent critic's target is a stop-gradient: its loss trains Q_W only (in the public code it "
         "also trains the action critic)",
         "critic_agg mean, as in the public release",
     )
+
+    @classmethod
+    def release_actor_hidden(cls, cfg) -> tuple[int, ...]:
+        return (512, 512, 512, 512)
 
     @classmethod
     def default_critic_agg(cls, cfg) -> C.Aggregate:

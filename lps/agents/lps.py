@@ -40,6 +40,9 @@ class LPSConfig(C.CriticConfig, BaseNetConfig):
     """Base policy MLP widths (GELU, no LayerNorm)."""
     actor_hidden: tuple[int, ...] = (256, 256)
     """Latent actor MLP widths."""
+    release_actor: bool = False
+    """Set --actor-hidden as the public release builds it: 4x512 for the flow-matching ablations
+    (fm-10step, fm-1step: the paper's FM-LPS / FM-1step curves), 2x256 for LPS proper."""
     alpha: float = 1.0
     """Weight of the base policy's BC loss. A no-op under Adam: no other loss trains the base policy,
     and Adam's step is unchanged by a constant loss scale."""
@@ -68,11 +71,18 @@ class LPS:
         "update does not change when a loss is multiplied by a constant; runs with any alpha > 0 match",
         "critic_agg: min with the MeanFlow backbone (the public release); mean for the flow-matching "
         "ablations (fm-10step, fm-1step), as there",
+        "latent actor 2x256; the public code builds the flow-matching ablations' at 4x512 (--release-actor)",
+        "parameterisation velocity differentiates u along the exact path tangent (v, 1, 0) on (z, t, r); "
+        "velocity-release uses the public code's (v, 0, 1), which drops the t-derivative",
     )
 
     @classmethod
     def default_critic_agg(cls, cfg) -> C.Aggregate:
         return "min" if cfg.backbone == "meanflow" else "mean"
+
+    @classmethod
+    def release_actor_hidden(cls, cfg) -> tuple[int, ...]:
+        return (256, 256) if cfg.backbone == "meanflow" else (512, 512, 512, 512)
 
     @property
     def base(self) -> GenerativePolicy:

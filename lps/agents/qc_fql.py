@@ -45,6 +45,9 @@ class QCFQLConfig(C.CriticConfig, BaseNetConfig):
     """Euler steps of the teacher."""
     geometry: Geometry = "normal"
     """Noise distribution of the teacher and the one-step policy."""
+    clip_critic_input: bool = True
+    """Clip the one-step policy's chunk to [-1, 1] before the critic scores it in the actor loss
+    (QC-FQL and Q-chunking do; the public release's QC-MFQL does not)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,8 +127,9 @@ class QCFQL:
         target = jax.lax.stop_gradient(self.teacher.sample(params["base"], teacher_obs, noise))
         raw_chunk = self.raw_one_step_chunk(params["actor"], obs, noise)
         distill_loss = jnp.mean(jnp.square(raw_chunk - target))  # FQL's scale: mean over elements
-        # The critic is queried where the policy acts: inside the action box.
-        chunk = jnp.clip(raw_chunk, -1.0, 1.0)
+        # The critic is queried where the policy acts, inside the action box (unless configured
+        # as the release's QC-MFQL, which scores the raw output).
+        chunk = jnp.clip(raw_chunk, -1.0, 1.0) if self.cfg.clip_critic_input else raw_chunk
         q = C.q_values(self.cfg.critic, jax.lax.stop_gradient(params["critic"]), net_obs(obs, "critic", frozen=True), chunk)
         q_loss = C.normalised_q_loss(q)
 

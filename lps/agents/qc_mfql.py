@@ -23,6 +23,9 @@ class QCMFQLConfig(QCFQLConfig):
     alpha separately and did not publish it: choose it with an alpha sweep."""
     parameterisation: flows.Parameterisation = "action"
     """MeanFlow teacher output: the clean chunk (noise-to-action) or the average velocity."""
+    clip_critic_input: bool = False
+    """As the public release: the critic scores the one-step policy's unclipped chunk in the actor
+    loss (QC-FQL clips it; --clip-critic-input does here too)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +38,8 @@ class QCMFQL(QCFQL):
         "alpha default is borrowed from QC-FQL's per-environment table: the LPS paper tuned QC-MFQL's "
         "alpha separately and did not publish the values, so choose it with an alpha sweep (README)",
         "critic_agg min, as in the public release",
+        "the actor loss's critic scores the unclipped one-step chunk, as in the public release "
+        "(--clip-critic-input clips it as QC-FQL does)",
     )
     teacher_kind: ClassVar[Kind] = "meanflow"
 

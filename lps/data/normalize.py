@@ -104,9 +104,11 @@ def load(run_dir: str | Path) -> dict[str, Any] | None:
     return stats
 
 
-def prepare(data: dict[str, Any], mode: str, run_dirs: list[Path]) -> dict[str, Any]:
-    """Fit on the training data, store the stats in every run dir, return the normalised data."""
-    stats = fit_dataset(data, mode)
-    for run_dir in run_dirs:
-        save(run_dir, stats)
+def prepare(data: dict[str, Any], mode: str, run_dirs: list[Path], stats: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fit on the training data, store the stats in every run dir, return the normalised data.
+    Given `stats` (a trained run's: its learner's offline data), apply those instead of fitting."""
+    if stats is None:
+        stats = fit_dataset(data, mode)
+        for run_dir in run_dirs:
+            save(run_dir, stats)
     return apply_dataset(data, stats)

@@ -32,6 +32,25 @@ def files(folder: Path) -> list[Path]:
     return found
 
 
+def env_args(folder: Path) -> dict[str, Any]:
+    """{file name: its `data` group's env_args (the JSON robomimic records to rebuild the
+    simulator), parsed where it parses}: what a run on these files records beside its config."""
+    import json
+
+    import h5py
+
+    out = {}
+    for path in files(folder):
+        with h5py.File(path, "r") as f:
+            raw = f["data"].attrs.get("env_args", "")
+        raw = raw.decode() if isinstance(raw, bytes) else str(raw)
+        try:
+            out[path.name] = json.loads(raw) if raw else None
+        except json.JSONDecodeError:
+            out[path.name] = raw
+    return out
+
+
 def read_dataset(folder: Path, state_keys: tuple[str, ...], cameras: tuple[str, ...], mask: str = "") -> dict[str, Any]:
     """{"cameras", "env_args", "episodes": [{index, state, action, images, success}]} of every
     robomimic file in `folder`."""

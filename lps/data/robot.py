@@ -58,8 +58,9 @@ class RobotDataConfig:
     camera_suffix: str = "_left"
     num_cameras: int = 2
     """Cameras every episode must have (an episode with another count is bad data)."""
-    image_size: int = 128
-    """Resize every camera image to this square size on load (0 keeps the recorded size)."""
+    image_size: int = 0
+    """Resize every camera image to this square size on load; 0 (default) keeps the recorded size, as
+    the public release does (raw DROID's 1280x720 MP4s want e.g. --image-size 128)."""
     bgr: bool = True
     """Recorded images are BGR(A), as DROID's cameras write them; convert to RGB (alpha is dropped)."""
     step_reward: float = -1.0
@@ -150,31 +151,18 @@ def read_episode(path: str | os.PathLike, cfg: RobotDataConfig = RobotDataConfig
             raise DatasetError(
                 f"{path}: length mismatch: '{key}' has {len(arr)} steps but '{cfg.action_keys[0]}' has {length}"
             )
-    for key in cfg.action_keys + cfg.state_keys:
+    for key in cfg.action_keys + cfg.state_keys:  # named by key here; build_episode knows only the columns
         bad = ~np.isfinite(arrays[key])
         if bad.any():
             raise DatasetError(f"{path}: '{key}' holds NaN/inf at step {int(np.argwhere(bad)[0][0])}")
-    actions = np.concatenate([arrays[k] for k in cfg.action_keys], axis=-1)
-    state = np.concatenate([arrays[k] for k in cfg.state_keys], axis=-1)
-    worst = float(np.max(np.abs(actions)))
-    if worst > 1.0 + 1e-5 and cfg.normalize == "none":
-        raise DatasetError(
-            f"{path}: actions ({', '.join(cfg.action_keys)}) must lie in [-1, 1] but reach {worst:.4g}; "
-            "rescale them when recording, or pass --normalize minmax (or quantile)"
-        )
-    if length <= chunk_len:
-        raise DatasetError(f"{path}: episode has {length} steps; it needs more than the chunk length {chunk_len}")
     for key, arr in zip(cams, frames):
         if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] not in (3, 4):
             raise DatasetError(
                 f"{path}: '{cfg.image_group}/{key}' must be uint8 (T, H, W, 3 or 4), got {arr.dtype} {arr.shape}"
             )
-    image = np.concatenate([_to_rgb(a, cfg) for a in frames], axis=-1)
-    return {
-        "observations": {"state": state.astype(np.float32), "image": image},
-        "actions": (np.clip(actions, -1.0, 1.0) if cfg.normalize == "none" else actions).astype(np.float32),
-        **semi_sparse_labels(length, success, chunk_len, cfg),
-    }
+    actions = np.concatenate([arrays[k] for k in cfg.action_keys], axis=-1)
+    state = np.concatenate([arrays[k] for k in cfg.state_keys], axis=-1)
+    return build_episode(state, actions, frames, success, cfg, chunk_len, f"{path}", bgr=cfg.bgr)
 
 
 def semi_sparse_labels(length: int, success: bool, chunk_len: int, cfg: RobotDataConfig = RobotDataConfig()) -> dict:
@@ -361,14 +349,32 @@ def load_folder(folder: str | os.PathLike, cfg: RobotDataConfig = RobotDataConfi
 
 
 def load_for_training(folder: str | os.PathLike, cfg: RobotDataConfig, chunk_len: int, progress: bool,
-                      run_dirs: list[Path]) -> dict[str, Any]:  # fmt: skip
+                      run_dirs: list[Path], stats: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """`load_folder`, normalised with stats fitted on it (`cfg.normalize`), which are stored in each
-    run dir (or removed there for 'none'), then validated: the data a robot run trains on."""
+    run dir (or removed there for 'none'), then validated: the data a robot run trains on. Given
+    `stats` (a trained run's), those are applied and nothing is stored."""
     from lps.data import normalize
     from lps.data.validate import validate
 
-    data = normalize.prepare(load_folder(folder, cfg, chunk_len, progress), cfg.normalize, run_dirs)
+    data = normalize.prepare(load_folder(folder, cfg, chunk_len, progress), cfg.normalize, run_dirs, stats)
+    _record_source(Path(folder), run_dirs)
     return validate(data, chunk_len, str(folder))
+
+
+DATASET_JSON = "dataset.json"  # beside config.json: what the run's dataset says of itself
+
+
+def _record_source(folder: Path, run_dirs: list[Path]) -> None:
+    """robomimic files carry `env_args` (how to rebuild their simulator, e.g. to evaluate the
+    policy there): the run keeps them in DATASET_JSON."""
+    from lps.data import robomimic
+    from lps.files import write_json
+
+    if (folder / "success").is_dir() or not folder.is_dir() or not robomimic.files(folder):
+        return
+    record = {"format": "robomimic", "folder": str(folder), "env_args": robomimic.env_args(folder)}
+    for run_dir in run_dirs:
+        write_json(Path(run_dir) / DATASET_JSON, record)
 
 
 def load_lerobot(folder: str | os.PathLike, cfg: RobotDataConfig = RobotDataConfig(), chunk_len: int = 5,
@@ -445,8 +451,9 @@ def summary(data: dict[str, Any], cfg: RobotDataConfig, chunk_len: int) -> str:
 
 
 def build_episode(state: np.ndarray, actions: np.ndarray, frames: list[np.ndarray], success: bool,
-                  cfg: RobotDataConfig, chunk_len: int, where: str) -> dict[str, Any]:  # fmt: skip
-    """Raw arrays of one episode (RGB frames per camera) -> the row layout with the paper's rewards."""
+                  cfg: RobotDataConfig, chunk_len: int, where: str, bgr: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Raw arrays of one episode (frames per camera: RGB, or BGR(A) with `bgr`) -> the row layout
+    with the paper's rewards: the one place every format's episodes are checked and labelled."""
     length = len(actions)
     for name, arr in [("state", state), ("action", actions)] + [(f"camera {i}", f) for i, f in enumerate(frames)]:
         if len(arr) != length:
@@ -458,12 +465,12 @@ def build_episode(state: np.ndarray, actions: np.ndarray, frames: list[np.ndarra
     worst = float(np.max(np.abs(actions)))
     if worst > 1.0 + 1e-5 and cfg.normalize == "none":
         raise DatasetError(
-            f"{where}: actions must lie in [-1, 1] but reach {worst:.4g}; pass --normalize minmax (or quantile) "
-            "to train on actions in the robot's units"
+            f"{where}: actions must lie in [-1, 1] but reach {worst:.4g}; rescale them when recording, or pass "
+            "--normalize minmax (or quantile) to train on actions in the robot's units"
         )
     if length <= chunk_len:
         raise DatasetError(f"{where}: episode has {length} steps; it needs more than the chunk length {chunk_len}")
-    rgb_cfg = dataclasses.replace(cfg, bgr=False)
+    rgb_cfg = dataclasses.replace(cfg, bgr=bgr)
     image = np.concatenate([_to_rgb(f, rgb_cfg) for f in frames], axis=-1)
     return {
         "observations": {"state": state.astype(np.float32), "image": image},
@@ -517,8 +524,18 @@ def _write_cache(path: Path, dataset: dict[str, Any], info: str) -> None:
 
 
 def _read_cache(path: Path) -> dict[str, Any]:
-    with np.load(path, allow_pickle=False) as f:
-        arrays = {k: f[k] for k in f.files}
+    """The cached dataset; a ValueError (or OSError, KeyError) for a cache that cannot be trusted."""
+    import zipfile
+    import zlib
+
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (zipfile.BadZipFile, EOFError, zlib.error) as e:  # truncated or overwritten
+        raise ValueError(f"{type(e).__name__}: {e}") from e
+    missing = {"actions", "terminals", "rewards", "masks", "info"} - set(arrays)
+    if missing:
+        raise KeyError(f"no {sorted(missing)} in the cache")
     dataset = {k: v for k, v in arrays.items() if "/" not in k and k != "info"}
     dataset["observations"] = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("observations/")}
     return {"dataset": dataset, "info": str(arrays["info"])}
@@ -542,6 +559,61 @@ def write_episode(path: str | os.PathLike, actions: np.ndarray, state: np.ndarra
             f[keys[1]] = arr[:, -1]
         for cam, frames in images.items():
             f[f"{cfg.image_group}/{cam}"] = frames
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeLayout:
+    """How one HDF5 folder's episodes hold their columns: (key, width, 1-D?) of every action and
+    state key, in order, and the camera names; read from one of its files (`layout_of`)."""
+
+    action: tuple[tuple[str, int, bool], ...]
+    state: tuple[tuple[str, int, bool], ...]
+    cameras: tuple[str, ...]
+
+
+def layout_of(folder: str | os.PathLike, cfg: RobotDataConfig) -> EpisodeLayout:
+    """The layout of the first episode of an HDF5 robot folder (DatasetError if it has none)."""
+    import h5py
+
+    path = episode_paths(folder, dataclasses.replace(cfg, include_failure=True))[0][0]
+    with h5py.File(path, "r") as f:
+        def columns(keys):
+            shapes = [f[k].shape for k in keys if k in f]
+            if len(shapes) != len(keys):
+                raise DatasetError(f"{path}: lacks one of {list(keys)}")
+            return tuple((k, 1 if len(s) == 1 else int(s[1]), len(s) == 1) for k, s in zip(keys, shapes))
+
+        return EpisodeLayout(columns(cfg.action_keys), columns(cfg.state_keys), tuple(_camera_keys(f, path, cfg)))
+
+
+def write_rows_episode(path: str | os.PathLike, layout: EpisodeLayout, state: np.ndarray, actions: np.ndarray,
+                       image: np.ndarray, cfg: RobotDataConfig, extra: dict[str, np.ndarray] | None = None,
+                       attrs: dict[str, str] | None = None) -> None:  # fmt: skip
+    """An episode in the row layout (state (T, ds), actions (T, da), image (T, H, W, 3 x cameras)
+    RGB) written back in its folder's own HDF5 layout, so `read_episode` reads what was written:
+    columns split by the layout's keys, each camera's frames under its name (BGR when the folder's
+    are). `extra` arrays go under `lps/`, `attrs` on the file. Temporary file, then rename."""
+    import h5py
+
+    from lps.files import atomic_writer
+
+    widths = [w for _, w, _ in layout.action], [w for _, w, _ in layout.state]
+    if sum(widths[0]) != actions.shape[1] or sum(widths[1]) != state.shape[1] or image.shape[-1] != 3 * len(layout.cameras):
+        raise ValueError(f"the episode's columns (actions {actions.shape[1]}, state {state.shape[1]}, image "
+                         f"{image.shape[-1]} channels) do not fit the folder's layout {layout}")  # fmt: skip
+    with atomic_writer(path) as file, h5py.File(file, "w") as f:
+        for columns, arr in ((layout.action, actions), (layout.state, state)):
+            start = 0
+            for key, width, flat in columns:
+                part = arr[:, start : start + width]
+                f[key] = part[:, 0] if flat else part
+                start += width
+        for i, cam in enumerate(layout.cameras):
+            frames = image[..., 3 * i : 3 * i + 3]
+            f[f"{cfg.image_group}/{cam}"] = frames[..., ::-1] if cfg.bgr else frames
+        for key, arr in (extra or {}).items():
+            f[f"lps/{key}"] = arr
+        f.attrs.update(attrs or {})
 
 
 def synthetic_folder(folder: str | os.PathLike, success: int = 5, failure: int = 2, steps: int = 40,

@@ -152,6 +152,7 @@ class ToyEvaluator:
     def __init__(self, env: str = TOY_ENV):
         self.task = task_of(env)
         self.reference = self.task.sample(np.random.default_rng(12345), REFERENCE_SAMPLES)
+        self.obs_dim = 1  # the bandit's observation is one constant zero
 
     def run_seeds(self, policy, seeds: list[int], episodes: int = 1000, cancel=None) -> list[dict[str, float]]:
         """One batched call of the SeedsPolicy (see lps.training.evaluate): episode i is the policy's i-th sample."""

@@ -45,15 +45,19 @@ def read_npz(path: str | os.PathLike, required: Iterable[str]) -> dict[str, np.n
     return arrays
 
 
-def validate(dataset: dict[str, np.ndarray], chunk_len: int, source: str = "dataset") -> dict[str, np.ndarray]:
-    """Check shapes, values and episode structure; return the dataset with canonical dtypes."""
+def validate(dataset: dict[str, np.ndarray], chunk_len: int, source: str = "dataset",
+             images_beside: bool = False) -> dict[str, np.ndarray]:  # fmt: skip
+    """Check shapes, values and episode structure; return the dataset with canonical dtypes.
+    `images_beside`: the observations checked here are the state part of image observations,
+    which may be empty."""
     obs = dataset["observations"]
     if isinstance(obs, dict):  # {state, image}: check the leaves, then the rest as for arrays
-        return {**validate({**dataset, "observations": obs["state"]}, chunk_len, source),
+        return {**validate({**dataset, "observations": obs["state"]}, chunk_len, source, images_beside=True),
                 "observations": _validate_obs_dict(obs, len(dataset["actions"]), source)}  # fmt: skip
     if np.ndim(obs) == 4:  # images only (pixel tasks): check them, then the rest with an empty state
         images = _validate_images(obs, len(dataset["actions"]), source)
-        rest = validate({**dataset, "observations": np.zeros((len(images), 0), np.float32)}, chunk_len, source)
+        empty = np.zeros((len(images), 0), np.float32)
+        rest = validate({**dataset, "observations": empty}, chunk_len, source, images_beside=True)
         return {**rest, "observations": images}
     for key in ("observations", "actions", "terminals", "rewards", "masks"):
         arr = np.asarray(dataset[key])
@@ -68,6 +72,11 @@ def validate(dataset: dict[str, np.ndarray], chunk_len: int, source: str = "data
         raise DatasetError(
             f"{source}: observations and actions must be 2-D (rows, dim), got {obs.shape} and {actions.shape}"
         )
+    for key, arr in (("observations", obs), ("actions", actions)):
+        if arr.shape[1] == 0 and not (key == "observations" and images_beside):
+            raise DatasetError(
+                f"{source}: '{key}' has width 0 (shape {arr.shape}); every row needs at least one {key[:-1]} value"
+            )
     n = len(obs)
     for key in ("actions", "terminals", "rewards", "masks"):
         if len(dataset[key]) != n:
@@ -80,6 +89,23 @@ def validate(dataset: dict[str, np.ndarray], chunk_len: int, source: str = "data
             row = int(np.argwhere(bad)[0][0])
             raise DatasetError(
                 f"{source}: '{key}' holds {int(bad.sum())} NaN/inf value(s), first at row {row}; clean the data"
+            )
+        # Training reads float32: a finite float64 beyond its range would become inf there.
+        too_large = np.abs(dataset[key]) > np.finfo(np.float32).max
+        if too_large.any():
+            row = int(np.argwhere(too_large)[0][0])
+            raise DatasetError(
+                f"{source}: '{key}' holds {int(too_large.sum())} value(s) beyond float32's range "
+                f"(|x| > {np.finfo(np.float32).max:.3g}), first at row {row}; rescale the data"
+            )
+    raw_terminals = np.asarray(dataset["terminals"])
+    if raw_terminals.dtype != bool:
+        not_binary = ~np.isin(raw_terminals, (0, 1))  # NaN is neither
+        if not_binary.any():
+            row = int(np.argwhere(not_binary)[0][0])
+            raise DatasetError(
+                f"{source}: 'terminals' must be 0 or 1 (1 on the last row of each episode) but row {row} holds "
+                f"{raw_terminals[row]!r} ({int(not_binary.sum())} such rows)"
             )
     worst = float(np.max(np.abs(actions))) if actions.size else 0.0
     if worst > 1.0 + ACTION_TOLERANCE:

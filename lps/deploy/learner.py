@@ -4,12 +4,18 @@ The server answers action requests as always; the robot also sends each finished
 `lps.client.Episode` and docs: "Fine-tuning on a robot"). For an accepted episode the learner
 
 1. validates it (outcome, shapes and dtypes against the served spec, finite values, actions in
-   [-1, 1], length limits) and refuses a bad one with an error naming the problem;
+   [-1, 1] unless the run is normalised, length limits) and refuses a bad one with an error
+   naming the problem;
 2. writes it to disk before anything else, atomically, as one file
-   `<run>/learner/episodes/<outcome>/<seq>-<episode id>.npz` (seq: arrival order), so a crash never
-   loses a rollout and a retried send is recognised by its id (never stored twice);
+   `<run>/learner/episodes/<outcome>/<seq>-<episode id>.h5|.npz` (seq: arrival order), so a crash
+   never loses a rollout and a retried send is recognised by its id (never stored twice). When the
+   offline data is an HDF5 robot folder the file is an episode in that folder's own layout (its
+   keys, widths and camera names), so `<run>/learner/episodes` is itself a robot dataset
+   (`--dataset` reads it); otherwise an npz of the observations, actions and flags. The episode is
+   kept as the robot sent it, in the robot's units;
 3. in a background thread: labels its rows with the offline robot scheme
-   (`lps.data.robot.semi_sparse_labels`), appends them to the replay buffer (`lps.data.replay`:
+   (`lps.data.robot.semi_sparse_labels`), normalises them with the run's statistics when it has
+   them (`lps.data.normalize`, as its offline data was), appends them to the replay buffer (`lps.data.replay`:
    the offline data first, then the online episodes in arrival order), runs `utd x steps` updates
    (`lps.training.update.make_update` with the buffer's balanced or uniform sampler, in compiled blocks of
    `--update-block` steps; the remainder carries to the next episode), swaps the served weights
@@ -42,7 +48,7 @@ import numpy as np
 from flax import struct
 
 from lps.client import ProtocolError
-from lps.data import replay
+from lps.data import normalize, replay
 from lps.data.robot import semi_sparse_labels
 from lps.files import atomic_writer
 from lps.training import checkpoint
@@ -69,6 +75,8 @@ class LearnerConfig:
     """Updates per compiled dispatch (the remainder of an episode's updates carries over)."""
     dataset: str | None = None
     """The offline data of the balanced batches (default: the run's own --dataset / task data)."""
+    skip_bad: bool = False
+    """Skip bad episodes of a --dataset folder (listed) instead of refusing it."""
 
     def __post_init__(self):
         if not self.token:
@@ -95,10 +103,12 @@ def _leaves(spec: dict) -> dict[str, dict]:
     return dict(spec)
 
 
-def validate_episode(request: dict, obs_spec: dict, action_dim: int, chunk_len: int, max_steps: int) -> dict:
+def validate_episode(request: dict, obs_spec: dict, action_dim: int, chunk_len: int, max_steps: int,
+                     robot_units: bool = False) -> dict:  # fmt: skip
     """The episode of an `{"type": "episode", ...}` request as host arrays, or a ValueError naming
     what is wrong: {"id", "outcome", "observations" (array or dict of (T, ...) arrays),
-    "actions" (T, A) float32, "interventions" (T,) bool}."""
+    "actions" (T, A) float32, "interventions" (T,) bool}. `robot_units`: a normalised run's
+    episode, in the robot's units (no [-1, 1] range to check)."""
     episode_id = request.get("id")
     if not isinstance(episode_id, str) or not EPISODE_ID.match(episode_id):
         raise ValueError(f"'id' must be a string of 1-64 letters, digits, '-' or '_' (got {episode_id!r})")
@@ -113,7 +123,7 @@ def validate_episode(request: dict, obs_spec: dict, action_dim: int, chunk_len: 
         raise ValueError(f"'actions' has {actions.shape[1]} dims per step; the policy's actions have {action_dim}")
     if not np.isfinite(actions).all():
         raise ValueError(f"'actions' holds NaN/inf at step {int(np.argwhere(~np.isfinite(actions))[0][0])}")
-    worst = float(np.max(np.abs(actions))) if steps else 0.0
+    worst = float(np.max(np.abs(actions))) if steps and not robot_units else 0.0
     if worst > 1.0 + 1e-5:
         raise ValueError(f"'actions' must lie in [-1, 1] (the policy's range) but reach {worst:.4g}")
     if outcome != "aborted" and steps <= chunk_len:
@@ -151,8 +161,17 @@ def _check_obs_column(arr: Any, spec: dict, steps: int, where: str) -> np.ndarra
     return arr.astype(np.uint8 if spec.get("dtype") == "uint8" else np.float32)
 
 
-def write_episode_file(path: Path, episode: dict) -> None:
-    """One episode as an npz, written to a temporary file and renamed (never half a file)."""
+def write_episode_file(path: Path, episode: dict, layout=None, robot_cfg=None) -> None:
+    """One episode, written to a temporary file and renamed (never half a file): in the offline
+    HDF5 folder's own layout (`layout`, a `lps.data.robot.EpisodeLayout`) for a .h5 path, else
+    an npz."""
+    if path.suffix == ".h5":
+        from lps.data.robot import write_rows_episode
+
+        obs = episode["observations"]
+        write_rows_episode(path, layout, obs["state"], episode["actions"], obs["image"], robot_cfg,
+                           {"interventions": episode["interventions"]}, {"id": episode["id"], "outcome": episode["outcome"]})  # fmt: skip
+        return
     obs = episode["observations"]
     arrays = {f"observations/{k}": v for k, v in obs.items()} if isinstance(obs, dict) else {"observations": obs}
     arrays.update(actions=episode["actions"], interventions=episode["interventions"],
@@ -161,8 +180,15 @@ def write_episode_file(path: Path, episode: dict) -> None:
         np.savez(f, **arrays)
 
 
-def read_episode_rows(path: Path, chunk_len: int, robot_cfg) -> dict:
-    """An episode file in the row layout, labelled exactly as offline robot episodes are."""
+def read_episode_rows(path: Path, chunk_len: int, robot_cfg, stats: dict | None = None) -> dict:
+    """An episode file in the row layout, labelled exactly as offline robot episodes are (and
+    normalised with the run's `stats`, as its offline data was)."""
+    from lps.data import normalize
+
+    if path.suffix == ".h5":
+        from lps.data.robot import read_episode
+
+        return normalize.apply_dataset(read_episode(path, robot_cfg, chunk_len), stats)
     with np.load(path, allow_pickle=False) as f:
         arrays = {k: f[k] for k in f.files}
     if "observations" in arrays:
@@ -171,13 +197,22 @@ def read_episode_rows(path: Path, chunk_len: int, robot_cfg) -> dict:
         obs = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("observations/")}
     steps = len(arrays["actions"])
     labels = semi_sparse_labels(steps, str(arrays["outcome"]) == "success", chunk_len, robot_cfg)
-    return {"observations": obs, "actions": arrays["actions"].astype(np.float32), **labels}
+    rows = {"observations": obs, "actions": arrays["actions"].astype(np.float32), **labels}
+    return normalize.apply_dataset(rows, stats) if stats is not None else rows
+
+
+EPISODE_SUFFIXES = (".npz", ".h5")
+
+
+def stored_files(folder: Path, outcomes=OUTCOMES) -> list[Path]:
+    """The episode files under `folder`'s outcome subfolders, in arrival order (their seq prefix)."""
+    files = [p for sub in outcomes for p in (folder / sub).glob("*") if p.suffix in EPISODE_SUFFIXES]
+    return sorted(files, key=lambda p: p.name)
 
 
 def episode_files(folder: Path) -> list[Path]:
     """The trainable (success/failure) episode files in arrival order."""
-    files = [p for sub in ("success", "failure") for p in (folder / sub).glob("*.npz")]
-    return sorted(files, key=lambda p: p.name)
+    return stored_files(folder, ("success", "failure"))
 
 
 # --- the learner ----------------------------------------------------------------------------
@@ -201,8 +236,14 @@ class Learner:
         self.agent = build_agent_for(agent_name, train_cfg, agent_cfg, spec)
         optimizer = make_optimizer(train_cfg)
         self.chunk_len = spec.chunk_len
-        data_cfg = dataclasses.replace(train_cfg, progress=False, dataset=lcfg.dataset or train_cfg.dataset)
-        data = load_data(data_cfg)
+        robot = dataclasses.replace(train_cfg.robot, skip_bad=train_cfg.robot.skip_bad or lcfg.skip_bad)
+        data_cfg = dataclasses.replace(train_cfg, progress=False, dataset=lcfg.dataset or train_cfg.dataset,
+                                       robot=robot)  # fmt: skip
+        # A normalised run: episodes arrive in the robot's units and train normalised with the
+        # run's own statistics, as the offline data (normalised here with those too) did.
+        self.stats = normalize.load(run_dir)
+        data = load_data(data_cfg, stats=self.stats)
+        self.layout = _hdf5_layout(data_cfg)
         capacity = len(data["actions"]) + lcfg.buffer_rows
         # Train on another device than the one acting when there is one (`lps serve --learn` asks
         # XLA for two host devices): computations on one device run in order, so an update block on
@@ -228,7 +269,7 @@ class Learner:
         self._queue: queue.Queue[Path] = queue.Queue()
         for path in files[trained:]:
             self._queue.put(path)
-        stored = [p for sub in OUTCOMES for p in (self.episodes_dir / sub).glob("*.npz")]
+        stored = stored_files(self.episodes_dir)
         self._ids = {p.stem.split("-", 1)[1] for p in stored}
         self._seq = 1 + max((int(p.stem.split("-", 1)[0]) for p in stored), default=-1)
         self._lock = threading.Lock()  # file names and ids, across connection threads
@@ -250,13 +291,14 @@ class Learner:
             raise ProtocolError("episode refused: missing or wrong 'token' (start the client with the server's --token)")
         spec = self.server.spec_message
         episode = validate_episode(request, spec["observation"], spec["action_dim"], self.chunk_len,
-                                   self.cfg.max_steps)  # fmt: skip
+                                   self.cfg.max_steps, robot_units=self.stats is not None)  # fmt: skip
         with self._lock:
             if episode["id"] in self._ids:
                 return {"type": "episode_ack", "id": episode["id"], "duplicate": True}
-            path = self.episodes_dir / episode["outcome"] / f"{self._seq:08d}-{episode['id']}.npz"
+            suffix = ".h5" if self.layout is not None else ".npz"
+            path = self.episodes_dir / episode["outcome"] / f"{self._seq:08d}-{episode['id']}{suffix}"
             try:
-                write_episode_file(path, episode)  # on disk before it counts as received
+                write_episode_file(path, episode, self.layout, self.train_cfg.robot)  # on disk before it counts as received
             except OSError as e:
                 raise ValueError(f"the server could not store the episode ({e}); it was not accepted: resend it") from e
             self._seq += 1
@@ -272,7 +314,7 @@ class Learner:
     # --- training (its own thread) ---
 
     def _append(self, path: Path) -> int:
-        rows = read_episode_rows(path, self.chunk_len, self.train_cfg.robot)
+        rows = read_episode_rows(path, self.chunk_len, self.train_cfg.robot, self.stats)
         with jax.default_device(self.device):
             self.buffer = replay.append(self.buffer, rows, self.chunk_len, self.cfg.max_steps)
         return len(rows["actions"])
@@ -294,8 +336,10 @@ class Learner:
 
     def _publish(self) -> int:
         # A copy on the acting device: the next update donates (frees) the training state's buffers.
+        # Wait for it here, in the training thread: dispatch is asynchronous, and weights swapped in
+        # before the updates behind them finish would hold every robot request until they do.
         params = jax.device_put(jax.tree_util.tree_map(jnp.copy, self.state.train.params), self.server.policy.device)
-        return self.server.swap_params(params)
+        return self.server.swap_params(jax.block_until_ready(params))
 
     def _train_loop(self) -> None:
         while not self._stop.is_set():
@@ -325,6 +369,18 @@ class Learner:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=60)
+
+
+def _hdf5_layout(data_cfg):
+    """The layout of the offline data's episodes when it is an HDF5 robot folder (the learner
+    writes its episodes the same way, so its folder is a dataset like the offline one), else None
+    (npz episode files: other formats' layouts are tables and videos)."""
+    from lps.data import robot
+
+    folder = Path(data_cfg.dataset) if data_cfg.dataset else None
+    if folder is None or not (folder / "success").is_dir() or not any((folder / "success").glob("*.h5")):
+        return None
+    return robot.layout_of(folder, data_cfg.robot)
 
 
 def attach(server, run_dir, lcfg: LearnerConfig, log=print) -> Learner:

@@ -43,10 +43,10 @@ def action_error(policy, dataset: dict, batch_size: int = 256) -> dict[str, floa
     }
 
 
-def evaluate_on_dataset(run_dir, dataset_path, seed: int | None = None) -> dict[str, float]:
+def evaluate_on_dataset(run_dir, dataset_path, seed: int | None = None, skip_bad: bool = False) -> dict[str, float]:
     """A run's policy against held-out recorded episodes (a robot folder, read with the run's
-    loader options, or a row-layout npz); the numbers are also written to the run's
-    `offline-eval.json`."""
+    loader options, bad episodes skipped with `skip_bad`, or a row-layout npz); the numbers are
+    also written to the run's `offline-eval.json`."""
     from pathlib import Path
 
     from lps.data.validate import load_own_dataset, validate
@@ -62,7 +62,10 @@ def evaluate_on_dataset(run_dir, dataset_path, seed: int | None = None) -> dict[
 
         # A normalised run is scored in its normalised units ([-1, 1] actions, like every other run):
         # the held-out rows get the run's stats and the policy skips its own mapping.
-        raw = load_folder(dataset_path, cfg.robot, cfg.chunk_len, cfg.progress)
+        import dataclasses
+
+        robot = dataclasses.replace(cfg.robot, skip_bad=cfg.robot.skip_bad or skip_bad)
+        raw = load_folder(dataset_path, robot, cfg.chunk_len, cfg.progress)
         data = validate(apply_dataset(raw, policy.normalization), cfg.chunk_len, str(dataset_path))
         policy.normalization = None
     else:

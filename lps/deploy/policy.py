@@ -12,6 +12,10 @@ large batches (thousands of observations per call), where the GPU's throughput w
 A policy trained on robot data takes one observation as the robot stack produces it (DROID's
 `{"robot_state": ..., "image": {cam: BGRA}}`), our `{"state", "image"}` dict, or a batch of the
 latter (leading axis on both); images are converted and resized exactly as in training.
+
+Every call refuses non-finite observations and never returns a non-finite action (damaged weights
+raise `NonFiniteActionError`). A batch is padded to the next power of two, so callers sending many
+batch sizes compile a few programs rather than one per size.
 """
 
 from __future__ import annotations
@@ -28,6 +32,10 @@ from lps.training.update import jitted_act
 DEFAULT_EVAL_EPISODES = 50  # the paper's protocol, for runs that never evaluated while training
 
 
+class NonFiniteActionError(RuntimeError):
+    """The acting rule returned NaN/inf: the chunk is withheld rather than sent to a robot."""
+
+
 class Policy:
     """A trained agent's acting rule with its parameters bound."""
 
@@ -41,18 +49,34 @@ class Policy:
         self._act = jitted_act(agent)
         self._key = jax.random.PRNGKey(seed)
         self._calls = 0
+        self.max_batch: int | None = None  # larger batches are refused (set by `lps serve --max-batch`)
 
     def __call__(self, obs, key: jax.Array | None = None) -> np.ndarray:
         obs, single = self._batch(obs)
+        size = batch_size(obs)
+        if self.max_batch is not None and size > self.max_batch:
+            raise ValueError(
+                f"a batch of {size} observations is larger than this policy takes (max_batch {self.max_batch}, "
+                f"`lps serve --max-batch`): send at most {self.max_batch} per call"
+            )
         if key is None:
             key, self._calls = jax.random.fold_in(self._key, self._calls), self._calls + 1
+        # Batches are padded to a power of two, so a stream of different batch sizes compiles at
+        # most log2(largest) + 1 programs instead of one per size (each compile stalls every caller).
+        obs = pad_batch(obs, bucket_size(size))
         obs, key = jax.device_put(obs, self.device), jax.device_put(key, self.device)
         chunk = self._act(self.params, obs, key)
-        chunk = np.asarray(chunk).reshape(-1, self.spec.chunk_len, self.spec.action_dim)
+        chunk = np.asarray(chunk).reshape(-1, self.spec.chunk_len, self.spec.action_dim)[:size]
         if self.normalization is not None:
             from lps.data.normalize import invert
 
             chunk = invert(chunk, self.normalization["action"])
+        if not np.isfinite(chunk).all():
+            # Never a command for a robot: the observations were finite, so the weights are not.
+            raise NonFiniteActionError(
+                f"the policy produced NaN/inf actions for finite observations (first at "
+                f"{np.argwhere(~np.isfinite(chunk))[0].tolist()}): its parameters are damaged; no action is returned"
+            )
         return chunk[0] if single else chunk
 
     def _check_obs(self, obs) -> np.ndarray:
@@ -81,9 +105,9 @@ class Policy:
             obs = self._check_obs(obs)
             return np.atleast_2d(obs), obs.ndim == 1
         if self.spec.obs_dim == 0:  # image-only observations (pixel tasks)
-            obs = np.asarray(obs)
-            single = obs.ndim == 3
-            return jnp.asarray(obs[None] if single else obs, jnp.uint8), single
+            image = _check_image(obs, image_shape, "observation")
+            single = image.ndim == 3
+            return jnp.asarray(image[None] if single else image), single
         if not isinstance(obs, dict):
             raise ValueError("this policy takes a dict observation ({state, image}, or the robot's raw dict)")
         single = not ("state" in obs and np.ndim(obs["state"]) == 2)
@@ -92,17 +116,67 @@ class Policy:
 
             obs = droid_obs_to_lps(obs, self.robot or RobotDataConfig())
             obs = {k: v[None] for k, v in obs.items()}
-        state, image = np.asarray(obs["state"], np.float32), np.asarray(obs["image"])
-        if self.normalization is not None and "state" in self.normalization and state.shape[1:] == (self.spec.obs_dim,):
-            from lps.data.normalize import apply
-
-            state = apply(state, self.normalization["state"])
+        try:
+            state = np.asarray(obs["state"], np.float32)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"observation 'state' is not an array of real numbers ({e})") from None
+        image = _check_image(obs["image"], image_shape, "observation 'image'", batched=True)
         if state.shape[1:] != (self.spec.obs_dim,) or image.shape[1:] != tuple(image_shape):
             raise ValueError(
                 f"observation has state {state.shape[1:]} and image {image.shape[1:]}; the policy takes state "
                 f"({self.spec.obs_dim},) and image {tuple(image_shape)} uint8"
             )
-        return {"state": jnp.asarray(state), "image": jnp.asarray(image, jnp.uint8)}, single
+        if len(state) != len(image):
+            raise ValueError(
+                f"observation batch has {len(state)} states (leading axis of 'state') but {len(image)} images "
+                "(leading axis of 'image'): both need one entry per observation"
+            )
+        if not len(state):
+            raise ValueError("observation batch is empty; send at least one observation")
+        if not np.isfinite(state).all():
+            raise ValueError(
+                f"observation 'state' holds NaN or inf values at {np.argwhere(~np.isfinite(state))[0].tolist()}"
+            )
+        if self.normalization is not None and "state" in self.normalization:
+            from lps.data.normalize import apply
+
+            state = apply(state, self.normalization["state"])
+        return {"state": jnp.asarray(state), "image": jnp.asarray(image)}, single
+
+
+def _check_image(image, image_shape, what: str, batched: bool = False) -> np.ndarray:
+    """A uint8 image (or batch of them, leading axis) as the policy takes it, or a ValueError
+    naming what differs: other dtypes are refused rather than cast (a float NaN would wrap to
+    an arbitrary pixel value)."""
+    arr = np.asarray(image)
+    shape = tuple(image_shape)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"{what} must be uint8 pixels, got {arr.dtype}")
+    if arr.shape[-len(shape):] != shape or arr.ndim not in ((len(shape) + 1,) if batched else (len(shape), len(shape) + 1)):
+        raise ValueError(f"{what} has shape {arr.shape}; the policy takes {shape} (or a batch (B, *{shape}))")
+    if arr.ndim > len(shape) and not len(arr):
+        raise ValueError(f"{what} batch is empty; send at least one observation")
+    return arr
+
+
+def batch_size(obs) -> int:
+    """Observations in a batch as `_batch` returns it (an array, or a {state, image} dict)."""
+    return len(obs["state"]) if isinstance(obs, dict) else len(obs)
+
+
+def bucket_size(size: int) -> int:
+    """The power of two a batch of `size` is padded to (1, 2, 4, 8, ...)."""
+    return 1 << max(size - 1, 0).bit_length()
+
+
+def pad_batch(obs, size: int):
+    """The batch with its last observation repeated up to `size` rows (their actions are dropped)."""
+
+    def pad(x):
+        missing = size - len(x)
+        return x if missing == 0 else jnp.concatenate([x, jnp.repeat(x[-1:], missing, axis=0)])
+
+    return jax.tree_util.tree_map(pad, obs)
 
 
 def acting_device(device: str = "auto") -> jax.Device:
@@ -136,7 +210,15 @@ def load_policy(run_dir: str | Path, seed: int = 0, device: str = "auto") -> Pol
     state = checkpoint.restore(run_dir, create_state(agent, make_optimizer(cfg), cfg.seed))
     from lps.data import normalize
 
-    return Policy(agent, state.params, seed, device, robot=cfg.robot, normalization=normalize.load(run_dir))
+    return Policy(agent, state.params, seed, device, robot=robot_settings(cfg, spec),
+                  normalization=normalize.load(run_dir))  # fmt: skip
+
+
+def robot_settings(cfg, spec):
+    """The RobotDataConfig a run's episodes were read with, or None: only runs on robot episodes
+    ({state, image} observations) have one; any other run's config holds its defaults, which
+    describe nothing it saw."""
+    return cfg.robot if spec.image_shape is not None and spec.obs_dim > 0 else None
 
 
 def evaluate_run(run_dir: str | Path, episodes: int | None = None, seed: int | None = None,
@@ -145,10 +227,9 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None, seed: int | N
     whatever the number of env `workers`: default one per core, 0 for none)."""
     import dataclasses
 
-    from lps.data.render import check_image_size
     from lps.files import user_path
     from lps.training.config import load_config
-    from lps.training.setup import make_evaluator, make_policy_fn
+    from lps.training.setup import check_fits_env, make_evaluator, make_policy_fn
 
     run_dir = user_path(run_dir)
     _, cfg, _, _ = load_config(run_dir)
@@ -169,17 +250,9 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None, seed: int | N
     evaluator = make_evaluator(dataclasses.replace(cfg, eval_episodes=max(episodes, 1), eval_workers=workers))
     if evaluator is None:
         raise RuntimeError("no environment to evaluate in (is OGBench installed?)")
-    try:
-        check_image_size(policy.spec.image_shape, getattr(evaluator, "obs_shape", None), cfg.env)
-    except ValueError:
-        evaluator.close()
-        raise
-    if getattr(evaluator, "obs_dim", policy.spec.obs_dim) != policy.spec.obs_dim:
-        evaluator.close()
-        raise ValueError(
-            f"{cfg.env} observations have {evaluator.obs_dim} dims but the policy takes {policy.spec.obs_dim}: "
-            "the run was trained for another environment"
-        )
+    check_fits_env(evaluator, policy.spec, cfg.env,
+                   "the run was trained on data of another environment (its recorded --env is not the data's); "
+                   "score it on held-out episodes with `lps eval RUN --dataset FILE`")  # fmt: skip
     try:
         return evaluator.run(make_policy_fn(policy.agent, policy.params, seed), episodes, seed=seed)
     finally:

@@ -1,49 +1,174 @@
-"""`lps robot-sim URL --env TASK --episodes N [--token T]`: a simulated robot for `lps serve --learn`.
+"""`lps robot-sim [URL] --env TASK --episodes N`: a simulated robot for `lps serve --learn`.
 
 It speaks exactly the robot's protocol (`lps.client.PolicyClient` and its episode recorder): an
 OGBench task plays the role of the robot, each chunk the server sends is executed open-loop step
 by step, every executed step is recorded, and the episode is sent with the environment's success
-label when it ends (success, or the time limit: failure). So the whole loop - offline training,
-serving, online fine-tuning on the "robot" - runs on one machine without hardware.
+label when it ends (success, or the time limit: failure). So the whole loop - demonstrations,
+offline training, serving, online fine-tuning on the "robot" - runs on one machine without hardware.
+
+Two more parts of a real robot's life:
+- an operator (`--intervene-prob p`): before each chunk, with probability p, a scripted operator
+  (OGBench's closed-loop cube oracle, told the task's goal) takes over for one chunk's worth of
+  steps; those steps are recorded with `intervention=True` and the operator's actions, as a
+  teleoperated takeover is. `--scripted` lets the operator play every step (demonstrations; no
+  server needed).
+- a recorder (`--record FILE.npz`): every finished episode is added to a dataset in the row layout
+  `lps train --dataset FILE.npz` reads (observations, actions, rewards, masks, terminals, plus
+  per-row `success` and `interventions`), labelled with the robot data's semi-sparse scheme
+  (`lps.data.robot.semi_sparse_labels`), as the learner labels what it receives. The file is
+  rewritten atomically after each episode (a kill loses at most the episode being played) and an
+  existing file is appended to.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+from pathlib import Path
 
 import numpy as np
 
-from lps.client import PolicyClient
+from lps.client import Episode, PolicyClient
+
+DEFAULT_CHUNK_LEN = 5  # the labels' chunk length of a --scripted recording (the paper's H)
 
 
-def play_episodes(policy: PolicyClient, env, episodes: int, seed: int = 0, max_steps: int | None = None,
-                  log=print) -> list[dict]:  # fmt: skip
+# --- the scripted operator ------------------------------------------------------------------
+
+
+class CubeOperator:
+    """OGBench's Markov cube oracle, acting in a single-cube task: the oracle was written for play
+    data, where the env tells it the target block and pose; in a task the target is the task's goal
+    (the env's target mocap body), so it is filled in here. Closed-loop: it reacts to the current
+    state, so it can take over mid-episode."""
+
+    def __init__(self, env):
+        try:
+            from ogbench.manipspace import lie
+            from ogbench.manipspace.oracles.markov.cube_markov import CubeMarkovOracle
+        except ImportError as e:
+            raise ImportError(f'the scripted operator needs OGBench: pip install "lps[ogbench]" ({e})') from e
+        self._env, self._lie = env.unwrapped, lie
+        if getattr(self._env, "_num_cubes", None) != 1:
+            raise ValueError("the scripted operator (--scripted, --intervene-prob) plays single-cube tasks only, "
+                             "e.g. cube-single-play-singletask-task1-v0")  # fmt: skip
+        self._oracle = CubeMarkovOracle(env=env)
+
+    def _with_goal(self, info: dict) -> dict:
+        target = self._env._cube_target_mocap_ids[0]
+        yaw = self._lie.SO3(wxyz=self._env._data.mocap_quat[target]).compute_yaw_radians()
+        return {**info, "privileged/target_block": 0, "privileged/target_block_pos": self._env._data.mocap_pos[target].copy(),
+                "privileged/target_block_yaw": np.array([yaw])}  # fmt: skip
+
+    def reset(self, obs, info: dict) -> None:
+        self._oracle.reset(obs, self._with_goal(info))
+
+    def act(self, obs, info: dict) -> np.ndarray:
+        return np.clip(np.asarray(self._oracle.select_action(obs, self._with_goal(info)), np.float32), -1.0, 1.0)
+
+
+# --- the recorder ---------------------------------------------------------------------------
+
+
+class Recorder:
+    """Finished episodes as one row-layout dataset file (see the module docstring)."""
+
+    KEYS = ("observations", "actions", "rewards", "masks", "terminals", "success", "interventions")
+
+    def __init__(self, path: str | os.PathLike, chunk_len: int, log=print):
+        self.path, self.chunk_len = Path(path), chunk_len
+        if self.path.suffix != ".npz":
+            raise ValueError(f"--record must name an .npz file (what `lps train --dataset` reads), got {self.path}")
+        self.columns: dict[str, list[np.ndarray]] = {k: [] for k in self.KEYS}
+        if self.path.exists():
+            with np.load(self.path, allow_pickle=False) as f:
+                missing = [k for k in self.KEYS if k not in f.files]
+                if missing:
+                    raise ValueError(f"{self.path} exists but is not a robot-sim recording (no {missing}); "
+                                     "choose another --record file")  # fmt: skip
+                for k in self.KEYS:
+                    self.columns[k].append(f[k])
+            log(f"[lps robot-sim] appending to {self.path} ({self.episodes} episodes there)")
+
+    @property
+    def episodes(self) -> int:
+        return int(sum(np.sum(t) for t in self.columns["terminals"]))
+
+    def add(self, message: dict, success: bool) -> None:
+        """One finished episode (an `Episode.message`), then the whole file rewritten atomically."""
+        from lps.data.robot import semi_sparse_labels
+        from lps.files import atomic_writer
+
+        steps = len(message["actions"])
+        if steps <= self.chunk_len:
+            return  # too short to label (and to train on): as the learner refuses it
+        labels = semi_sparse_labels(steps, success, self.chunk_len)
+        row = {"observations": message["observations"], "actions": message["actions"], **labels,
+               "success": np.full(steps, success), "interventions": message["interventions"]}  # fmt: skip
+        for k in self.KEYS:
+            self.columns[k].append(np.asarray(row[k]))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_writer(self.path) as f:
+            np.savez(f, **{k: np.concatenate(v) for k, v in self.columns.items()})
+
+
+# --- playing episodes -----------------------------------------------------------------------
+
+
+def play_episodes(policy: PolicyClient | None, env, episodes: int, seed: int = 0, max_steps: int | None = None,
+                  log=print, operator=None, intervene_prob: float = 0.0, recorder: Recorder | None = None,
+                  chunk_len: int = DEFAULT_CHUNK_LEN, send: bool = True) -> list[dict]:  # fmt: skip
     """Play `episodes` episodes of a gymnasium-style `env` (reset(seed=) -> (obs, info); step(a) ->
-    (obs, reward, terminated, truncated, info) with info["success"]) through the served policy;
-    each is sent on its end. Returns one {"success", "steps", "policy_version", "ack"} per episode."""
+    (obs, reward, terminated, truncated, info) with info["success"]) through the served `policy`
+    (None: the `operator` plays every step), each sent to the server on its end and added to the
+    `recorder` (`send=False`: kept from the server, to measure the served policy without training
+    it). With an `operator` and `intervene_prob` p, each chunk is the operator's with
+    probability p. Returns one {"success", "steps", "interventions", "policy_version", "ack"} per episode."""
+    if policy is None and operator is None:
+        raise ValueError("play_episodes needs a served policy, an operator, or both")
+    if not 0.0 <= intervene_prob <= 1.0:
+        raise ValueError(f"--intervene-prob must lie in [0, 1], got {intervene_prob}")
+    rng = np.random.default_rng(seed)  # the operator's takeover draws: reproducible per seed
     results = []
     for i in range(episodes):
-        obs, _ = env.reset(seed=seed + i)
-        success, steps = False, 0
-        with policy.episode() as ep:
-            done = False
+        obs, info = env.reset(seed=seed + i)
+        if operator is not None:
+            operator.reset(obs, info)
+        success, steps, done = False, 0, False
+        ep = Episode(policy)
+        # Sent as aborted if the env or the server fails mid-episode; a scripted one has no server.
+        sending = policy is not None and send
+        with ep if sending else contextlib.nullcontext():
             while not done:
-                chunk = ep.act(np.asarray(obs, np.float32))
-                for action in chunk:
-                    action = np.clip(action, -1.0, 1.0)
-                    ep.record(np.asarray(obs, np.float32), action)
+                takeover = operator is not None and (policy is None or rng.random() < intervene_prob)
+                chunk = None if takeover else ep.act(_observation(obs))
+                for k in range(chunk_len if takeover else len(chunk)):
+                    action = operator.act(obs, info) if takeover else np.clip(chunk[k], -1.0, 1.0)
+                    ep.record(_observation(obs), action, intervention=takeover)
                     obs, _, terminated, truncated, info = env.step(action)
                     steps += 1
                     success = bool(info.get("success", False))
                     done = terminated or truncated or success or (max_steps is not None and steps >= max_steps)
                     if done:
                         break
-            ack = ep.finish(success=success)
-        results.append({"success": success, "steps": steps, "policy_version": policy.last_policy_version, "ack": ack})
-        log(f"[lps robot-sim] episode {i + 1}/{episodes}: {'success' if success else 'failure'} in {steps} steps, "
-            f"policy_version {policy.last_policy_version}")  # fmt: skip
+            ack = ep.finish(success=success) if sending else None
+            if recorder is not None:
+                recorder.add(ep.message("success" if success else "failure"), success)
+        version = policy.last_policy_version if policy is not None else None
+        results.append({"success": success, "steps": steps, "interventions": int(np.sum(ep.interventions)),
+                        "policy_version": version, "ack": ack})  # fmt: skip
+        took = f", operator {results[-1]['interventions']} steps" if operator is not None and policy is not None else ""
+        served = f", policy_version {version}" if policy is not None else ""
+        log(f"[lps robot-sim] episode {i + 1}/{episodes}: {'success' if success else 'failure'} in {steps} steps"
+            f"{took}{served}")  # fmt: skip
     return results
+
+
+def _observation(obs) -> np.ndarray:
+    """What the policy takes: float32 state vectors, uint8 images as rendered."""
+    obs = np.asarray(obs)
+    return obs if obs.dtype == np.uint8 else obs.astype(np.float32)
 
 
 def make_env(task: str):
@@ -60,21 +185,47 @@ def make_env(task: str):
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="lps robot-sim", description="A simulated robot for `lps serve --learn`.")
-    p.add_argument("url", help="the server, e.g. ws://127.0.0.1:8000")
+    p.add_argument("url", nargs="?", default=None, help="the server, e.g. ws://127.0.0.1:8000 (not with --scripted)")
     p.add_argument("--env", required=True, help="OGBench task playing the robot, e.g. cube-single-play-singletask-task1-v0")
-    p.add_argument("--episodes", type=int, default=10, help="episodes to play and send")
+    p.add_argument("--episodes", type=int, default=10, help="episodes to play (and send)")
     p.add_argument("--token", default=None, help="the server's --token (default: $LPS_TOKEN)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first episode's reset")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first episode's reset (and of the operator's draws)")
+    p.add_argument("--max-steps", type=int, default=None, help="end an episode (as a failure) after this many steps")
+    p.add_argument("--intervene-prob", type=float, default=0.0,
+                   help="probability that the scripted operator takes over a chunk (single-cube tasks)")
+    p.add_argument("--scripted", action="store_true", help="the scripted operator plays every step (demonstrations)")
+    p.add_argument("--no-send", action="store_true",
+                   help="keep the episodes from the server: measure the served policy's success without training it")
+    p.add_argument("--record", default=None, metavar="FILE.npz", help="add every episode to this dataset file")
+    p.add_argument("--chunk-len", type=int, default=None,
+                   help=f"chunk length of the recording's labels (default: the server's; {DEFAULT_CHUNK_LEN} with --scripted)")
     a = p.parse_args(argv)
     if a.episodes < 1:
         p.error("--episodes must be at least 1")
+    if a.scripted == (a.url is not None):
+        p.error("give the server's URL, or --scripted to let the scripted operator play without one")
+    if not 0.0 <= a.intervene_prob <= 1.0:
+        p.error(f"--intervene-prob must lie in [0, 1], got {a.intervene_prob}")
+    if a.scripted and a.record is None:
+        p.error("--scripted plays without a server: add --record FILE.npz to keep its episodes")
     env = make_env(a.env)
+    operator = CubeOperator(env) if a.scripted or a.intervene_prob > 0 else None
     try:
-        with PolicyClient(a.url, token=a.token or os.environ.get("LPS_TOKEN")) as policy:
-            results = play_episodes(policy, env, a.episodes, a.seed)
+        if a.scripted:
+            recorder = Recorder(a.record, a.chunk_len or DEFAULT_CHUNK_LEN) if a.record else None
+            results = play_episodes(None, env, a.episodes, a.seed, a.max_steps, operator=operator, recorder=recorder,
+                                    chunk_len=a.chunk_len or DEFAULT_CHUNK_LEN)  # fmt: skip
+        else:
+            with PolicyClient(a.url, token=a.token or os.environ.get("LPS_TOKEN")) as policy:
+                chunk_len = a.chunk_len or int(policy.spec()["chunk_len"])
+                recorder = Recorder(a.record, chunk_len) if a.record else None
+                results = play_episodes(policy, env, a.episodes, a.seed, a.max_steps, operator=operator,
+                                        intervene_prob=a.intervene_prob, recorder=recorder, chunk_len=chunk_len,
+                                        send=not a.no_send)  # fmt: skip
     finally:
         env.close()
     rate = np.mean([r["success"] for r in results])
-    print(f"[lps robot-sim] {len(results)} episodes, success {rate:.2f}, final policy_version "
-          f"{results[-1]['policy_version']}")  # fmt: skip
+    tail = f", final policy_version {results[-1]['policy_version']}" if not a.scripted else ""
+    where = f"; recorded in {a.record}" if a.record else ""
+    print(f"[lps robot-sim] {len(results)} episodes, success {rate:.2f}{tail}{where}")
     return 0

@@ -6,7 +6,9 @@ Websockets with msgpack messages carrying numpy arrays (the wire format and the 
 in `lps.client`, which needs no JAX). Each connection is served by its own thread; the policy call
 itself is serialised by one lock, so several clients at once get correct chunks in arrival order.
 A malformed request (undecodable bytes, unknown keys, an observation of the wrong shape, type or
-keys, NaN/inf values) gets an `{"error": ...}` reply and the connection keeps being served. Every
+keys, NaN/inf values, more than `--max-batch` observations) gets an `{"error": ...}` reply and the
+connection keeps being served. Batches are padded to powers of two (lps.deploy.policy), and a new
+size is compiled outside the policy lock, so no client can stall the others by sending many. Every
 `--log-every` seconds with traffic the server prints the number of chunks served and the p50/p99
 of their latency; `GET /health` answers the spec as JSON for load balancers and humans.
 
@@ -36,6 +38,7 @@ import numpy as np
 from lps.client import ProtocolError, pack, unpack
 
 HEALTH_PATHS = ("/health", "/healthz")
+DEFAULT_MAX_BATCH = 256  # observations per request: bounds the programs a client can make the server compile
 
 
 # --- observations ---------------------------------------------------------------------------
@@ -65,6 +68,25 @@ def example_observation(spec: dict) -> Any:
     if _is_array_spec(spec):
         return np.zeros(spec["shape"], spec.get("dtype", "float32"))
     return {key: example_observation(sub) for key, sub in spec.items()}
+
+
+def example_batch(spec: dict, size: int) -> Any:
+    """Zeros shaped like a batch of `size` observations of the spec."""
+    if _is_array_spec(spec):
+        return np.zeros([size, *spec["shape"]], spec.get("dtype", "float32"))
+    return {key: example_batch(sub, size) for key, sub in spec.items()}
+
+
+def request_batch_size(obs: Any, spec: dict) -> int:
+    """Observations in a request that passed `check_observation`: 1, or the leading axis of a batch
+    (of the array, or of a dict's 'state')."""
+    if _is_array_spec(spec):
+        arr = np.asarray(obs)
+        return len(arr) if arr.ndim == len(spec["shape"]) + 1 else 1
+    state, state_spec = (obs.get("state"), spec.get("state")) if isinstance(obs, dict) else (None, None)
+    if _is_array_spec(state_spec) and state is not None and np.ndim(state) == len(state_spec["shape"]) + 1:
+        return len(state)
+    return 1
 
 
 def check_observation(obs: Any, spec: dict, where: str = "obs") -> None:
@@ -177,9 +199,19 @@ class PolicyServer:
     `respond(payload, step)` turns one request's bytes into the reply's bytes and is what every
     connection thread calls; the network part is `start`."""
 
-    def __init__(self, policy, info: dict | None = None, log_every_s: float = 10.0, log=print):
+    def __init__(self, policy, info: dict | None = None, log_every_s: float = 10.0, log=print,
+                 max_batch: int = DEFAULT_MAX_BATCH):  # fmt: skip
+        if max_batch < 1:
+            raise ValueError(f"--max-batch must be at least 1, got {max_batch}")
         self.policy = policy
         self.obs_spec = observation_spec(policy)
+        self.max_batch = max_batch
+        if hasattr(policy, "max_batch"):
+            policy.max_batch = max_batch
+        # Batch sizes whose program is compiled (a Policy pads a batch to a power of two); a new one
+        # is compiled under its own lock, outside the policy lock, so other clients keep being served.
+        self._compiled_buckets = {1}
+        self._compile_lock = threading.Lock()
         self.log, self.log_every_s = log, log_every_s
         self.latency = LatencyLog(log)
         self._policy_lock = threading.Lock()
@@ -228,9 +260,16 @@ class PolicyServer:
                 )
             obs = request["obs"]
             check_observation(obs, self.obs_spec)
+            size = request_batch_size(obs, self.obs_spec)
+            if size > self.max_batch:
+                raise ValueError(
+                    f"a batch of {size} observations is larger than this server's --max-batch {self.max_batch}: "
+                    f"send at most {self.max_batch} per request"
+                )
         except (ValueError, TypeError, KeyError, RecursionError) as e:  # ProtocolError is a ValueError
             return self._error(f"bad request: {e}"), False
         try:
+            self._compile_bucket(size)
             with self._policy_lock:
                 chunk, version = np.asarray(self.policy(obs), np.float32), self.policy_version
         except (ValueError, TypeError, KeyError) as e:
@@ -241,6 +280,21 @@ class PolicyServer:
         latency_ms = 1e3 * (time.perf_counter() - start)
         self.latency.record(latency_ms)
         return pack({"action": chunk, "latency_ms": latency_ms, "step": step, "policy_version": version}), True
+
+    def _compile_bucket(self, size: int) -> None:
+        """Compile the program of a new batch bucket without holding the policy lock (compiling takes
+        from 0.1 s to seconds; other clients' requests go on meanwhile). At most log2(--max-batch) + 1
+        programs exist, so no client can make the server compile without bound."""
+        bucket = 1 << max(size - 1, 0).bit_length()
+        if bucket in self._compiled_buckets:
+            return
+        import jax
+
+        with self._compile_lock:
+            if bucket not in self._compiled_buckets:
+                key = jax.random.fold_in(jax.random.PRNGKey(0), 0)  # leaves the policy's noise sequence alone
+                self.policy(example_batch(self.obs_spec, bucket), key=key)
+                self._compiled_buckets.add(bucket)
 
     def swap_params(self, params) -> int:
         """Serve `params` from the next request on (waits for at most the policy call in flight)."""
@@ -314,7 +368,8 @@ def pick_device(name: str):
         raise RuntimeError(f"--device {name}: JAX has no such device ({e}); {hint} or use --device auto") from e
 
 
-def load_server(run_dir: str | Path, device: str = "auto", seed: int = 0, log_every_s: float = 10.0, log=print):
+def load_server(run_dir: str | Path, device: str = "auto", seed: int = 0, log_every_s: float = 10.0, log=print,
+                max_batch: int = DEFAULT_MAX_BATCH):  # fmt: skip
     """The run's policy on the chosen device, compiled, wrapped in a PolicyServer."""
     import jax
 
@@ -327,7 +382,7 @@ def load_server(run_dir: str | Path, device: str = "auto", seed: int = 0, log_ev
         policy = load_policy(run_dir, seed)
     policy.params = jax.device_put(policy.params, dev)  # committed: every call runs on `dev`
     info = {"agent": agent_name, "run": str(run_dir), "device": str(dev)}
-    server = PolicyServer(policy, info, log_every_s, log)
+    server = PolicyServer(policy, info, log_every_s, log, max_batch)
     start = time.perf_counter()
     server.warm_up()
     log(f"[lps serve] {agent_name} policy from {run_dir} on {dev}, compiled in {time.perf_counter() - start:.1f} s")
@@ -385,10 +440,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the acting noise (stochastic agents)")
     p.add_argument("--log-every", type=float, default=10.0, help="seconds between latency summaries (0: off)")
     p.add_argument("--max-message-mb", type=float, default=64.0, help="largest request accepted, in MiB")
+    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
+                   help="most observations per request; batches are padded to powers of two up to it, each "
+                        "compiled on first use, so clients cannot make the server compile without bound")  # fmt: skip
     learn = p.add_argument_group("learning from the robot's episodes (see lps.deploy.learner)")
     learn.add_argument("--learn", action="store_true", help="accept finished episodes and fine-tune on them online")
     learn.add_argument("--token", default=None, help="episodes are accepted only with this token (default: $LPS_TOKEN)")
     learn.add_argument("--dataset", default=None, help="offline data of the balanced batches (default: the run's)")
+    learn.add_argument("--skip-bad", action="store_true", help="skip bad episodes of the --dataset folder (listed)")
     learn.add_argument("--utd", type=float, default=1.0, help="gradient updates per received step")
     learn.add_argument("--online-mix", choices=["balanced", "buffer"], default="balanced",
                        help="balanced: half offline, half online batches (paper); buffer: uniform over both")
@@ -405,19 +464,22 @@ def main(argv: list[str]) -> int:
         p.error(f"--port must be in 0..65535, got {a.port}")
     if a.max_message_mb <= 0:
         p.error("--max-message-mb must be positive")
+    if a.max_batch < 1:
+        p.error(f"--max-batch must be at least 1, got {a.max_batch}")
     if a.port:
         _check_port_free(a.host, a.port)  # before the slow part: loading and compiling the policy
     log = lambda s: print(s, flush=True)  # noqa: E731
     if a.learn and "jax" not in sys.modules and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
         # Two host devices: the learner trains on the second, so acting never queues behind an update.
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
-    server = load_server(a.run_dir, a.device, a.seed, a.log_every, log=log)
+    server = load_server(a.run_dir, a.device, a.seed, a.log_every, log=log, max_batch=a.max_batch)
     learner = None
     if a.learn:
         from lps.deploy.learner import LearnerConfig, attach
 
         lcfg = LearnerConfig(token=token, utd=a.utd, mix=a.online_mix, buffer_rows=a.buffer_rows,
-                             max_steps=a.max_steps, update_block=a.update_block, dataset=a.dataset)  # fmt: skip
+                             max_steps=a.max_steps, update_block=a.update_block, dataset=a.dataset,
+                             skip_bad=a.skip_bad)  # fmt: skip
         learner = attach(server, a.run_dir, lcfg, log=log)
     try:
         serve_forever(server, a.host, a.port, a.max_message_mb)

@@ -99,16 +99,22 @@ def collect(root: str | Path) -> list[Run]:
         try:
             record = json.loads(config_path.read_text())
             agent, train = record["agent"], record["train"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            _warn(f"skipping {run_dir}: unreadable config.json")
+            if not isinstance(train, dict):
+                raise TypeError(f"'train' is a {type(train).__name__}, not a mapping")
+            lines = (run_dir / "metrics.jsonl").read_text(errors="replace").splitlines()
+        except (OSError, ValueError, KeyError, TypeError) as e:  # UnicodeDecodeError is a ValueError
+            what = f"missing key {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+            _warn(f"skipping {run_dir}: unreadable {config_path.name} or metrics.jsonl ({what})")
             continue
         evals: dict[int, float] = {}
         val: dict[str, dict[int, float]] = {}
         env_steps: dict[int, float] = {}
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        for line in lines:
             try:  # a run still being written may end in a partial line
                 row = json.loads(line)
             except json.JSONDecodeError:
+                continue
+            if not isinstance(row, dict) or not isinstance(row.get("step"), (int, float)):
                 continue
             value = row.get("eval/success")
             if value is not None and math.isfinite(value):

@@ -379,24 +379,45 @@ def format_table(results: list[Result]) -> str:
 
 def load_spec(path: str | Path) -> SweepSpec:
     """A sweep from a YAML or TOML file with the keys of SweepSpec."""
+    data = read_spec_file(path)
+    missing = [key for key in ("agents", "tasks") if not data.get(key)]
+    if missing:
+        raise ValueError(f"{path}: the sweep names no {' and no '.join(missing)}; add them to the file")
+    return SweepSpec(**data)
+
+
+def read_spec_file(path: str | Path) -> dict:
+    """The keys of a YAML or TOML sweep file, checked against SweepSpec's (flags may add the rest)."""
     path = Path(path)
+    if path.suffix not in (".toml", ".yaml", ".yml"):
+        raise ValueError(f"{path}: a sweep file is .yaml, .yml or .toml")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not a text file ({e})") from None
     if path.suffix == ".toml":
-        data = tomllib.loads(path.read_text())
-    elif path.suffix in (".yaml", ".yml"):
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"{path} is not valid TOML: {e}") from None
+    else:
         try:
             import yaml
         except ImportError as e:
             raise ImportError('YAML sweep files need PyYAML: pip install "lps[sweep]"') from e
-        data = yaml.safe_load(path.read_text()) or {}
-    else:
-        raise ValueError(f"{path}: a sweep file is .yaml, .yml or .toml")
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:  # its message says where the syntax breaks
+            raise ValueError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a sweep file holds a mapping of keys (agents, tasks, ...), got a {type(data).__name__}")
     unknown = set(data) - {f.name for f in dataclasses.fields(SweepSpec)}
     if unknown:
         raise ValueError(
             f"{path}: unknown key(s) {sorted(unknown)}; "
             "keys: agents, tasks, seeds, grid, variants, train_args, out, workers"
         )
-    return SweepSpec(**data)
+    return data
 
 
 def parse_args(argv: list[str]):
@@ -429,7 +450,7 @@ def parse_args(argv: list[str]):
         p.error("give a sweep file or --suite, not both")
     if a.gpus < 0:
         p.error(f"--gpus must be >= 0, got {a.gpus}")
-    data = dataclasses.asdict(load_spec(a.file)) if a.file else {}
+    data = read_spec_file(a.file) if a.file else {}
     if a.suite:
         from lps.experiments.suites import get_suite
 

@@ -1,10 +1,20 @@
-"""A diffusion transformer (DiT) over an action chunk: the LPS paper's real-robot base policy.
+"""Diffusion transformers (DiT) over an action chunk: the LPS paper's real-robot base policy.
 
-The chunk's H actions are H tokens. Each block is self-attention then an MLP, both with
-adaptive LayerNorm (adaLN-Zero, Peebles & Xie 2023): a conditioning vector c (observation
-features + sinusoidal embeddings of t and h) sets each block's shift, scale and gate, the gates
-starting at zero so every block starts as the identity. Same call signature as the MLP it
-replaces, `net(cond, z, t, h) -> chunk (B, H * A)`, so flows and agents do not change.
+Two of them, with the call signature of the MLP they replace, `net(cond, z, t, h) -> chunk
+(B, H * A)`, so flows and agents do not change:
+
+- `MeanFlowDiT` (`--base-arch mfdit`, the robot preset's): the public release's `MFDiT_REAL`
+  as read. Tokens are [observation tokens, H action tokens]: the image features are one token and
+  the state another (`state_dim` > 0), or the whole observation one token. Each block is
+  attention then an MLP with adaLN (shift, scale, gate) set by the embeddings of t and h = t - r
+  only; RMSNorm scaled by sqrt(dim), qk-norm and a qkv bias; every block's update scaled by 0.1
+  (`x + 0.1 (block(x) - x)`); linear layers start at a 0.01-scale Kaiming init, the adaLN and
+  output layers at zero; 256 sinusoidal frequencies; the output is read from the last H tokens.
+- `DiT` (`--base-arch dit`, ours): only the H action tokens; the observation enters through the
+  adaLN-Zero conditioning vector (observation features + embeddings of t and h, Peebles & Xie
+  2023), LayerNorm, a learned position per action token.
+
+Both start as the identity in every block (zero gates), so a deep one trains from the start.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from __future__ import annotations
 import math
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from lps.nets.mlp import default_init
@@ -72,3 +83,99 @@ class DiT(nn.Module):
         shift, scale = jnp.split(nn.Dense(2 * self.width, kernel_init=nn.initializers.zeros)(nn.silu(c)), 2, axis=-1)
         x = _modulate(nn.LayerNorm(use_bias=False, use_scale=False)(x), shift, scale)
         return nn.Dense(dim // self.tokens, kernel_init=default_init())(x).reshape(batch, dim)
+
+
+# --- the public release's MeanFlow DiT (MFDiT_REAL) ------------------------------------------
+
+
+def small_kaiming(scale: float = 0.01):
+    """The release's init of every linear layer: a Kaiming (fan-in) normal at 0.01 of its variance."""
+    return nn.initializers.variance_scaling(scale, "fan_in", "truncated_normal")
+
+
+class ScaledRMSNorm(nn.Module):
+    """RMSNorm whose output has RMS sqrt(dim) (times a learned gain), as the release scales it."""
+
+    eps: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x):
+        dim = x.shape[-1]
+        gain = self.param("g", nn.initializers.ones, (dim,))
+        return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps) * math.sqrt(dim) * gain
+
+
+class TimeEmbedder(nn.Module):
+    """256 sinusoidal frequencies of a time -> Dense -> SiLU -> Dense."""
+
+    width: int
+    frequencies: int = 256
+
+    @nn.compact
+    def __call__(self, t):
+        hidden = nn.Dense(self.width, kernel_init=small_kaiming())(time_embedding(t, self.frequencies))
+        return nn.Dense(self.width, kernel_init=small_kaiming())(nn.silu(hidden))
+
+
+class QKNormAttention(nn.Module):
+    heads: int
+
+    @nn.compact
+    def __call__(self, x):
+        batch, length, width = x.shape
+        head_dim = width // self.heads
+        qkv = nn.Dense(3 * width, use_bias=True, kernel_init=small_kaiming(), name="qkv")(x)
+        q, k, v = jnp.moveaxis(qkv.reshape(batch, length, 3, self.heads, head_dim), 2, 0)
+        q, k = ScaledRMSNorm(name="q_norm")(q), ScaledRMSNorm(name="k_norm")(k)
+        weights = jax.nn.softmax(jnp.einsum("blhd,bmhd->bhlm", q, k) / math.sqrt(head_dim), axis=-1)
+        out = jnp.einsum("bhlm,bmhd->blhd", weights, v).reshape(batch, length, width)
+        return nn.Dense(width, kernel_init=small_kaiming(), name="proj")(out)
+
+
+class MeanFlowDiTBlock(nn.Module):
+    heads: int
+    mlp_ratio: float = 4.0
+
+    @nn.compact
+    def __call__(self, x, c):
+        width = x.shape[-1]
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = jnp.split(
+            nn.Dense(6 * width, kernel_init=nn.initializers.zeros)(nn.silu(c)), 6, axis=-1
+        )
+        x = x + gate_a[:, None] * QKNormAttention(self.heads)(_modulate(ScaledRMSNorm()(x), shift_a, scale_a))
+        y = _modulate(ScaledRMSNorm()(x), shift_m, scale_m)
+        y = nn.Dense(int(self.mlp_ratio * width), kernel_init=small_kaiming())(y)
+        y = nn.Dense(width, kernel_init=small_kaiming())(nn.gelu(y, approximate=True))
+        return x + gate_m[:, None] * y
+
+
+class MeanFlowDiT(nn.Module):
+    """`(cond (B, c), z (B, H*A), t (B, 1), h (B, 1)) -> (B, H*A)`: the release's MFDiT_REAL.
+    `state_dim` > 0: the last `state_dim` numbers of `cond` are the state (one token) and the rest
+    the image features (another), as `EncodedAgent` concatenates them."""
+
+    tokens: int
+    width: int = 384
+    depth: int = 12
+    heads: int = 6
+    state_dim: int = 0
+    residual_scale: float = 0.1
+
+    @nn.compact
+    def __call__(self, cond, z, t, h):
+        batch, dim = z.shape
+        if dim % self.tokens:
+            raise ValueError(f"a chunk of {dim} numbers does not split into {self.tokens} tokens")
+        split = cond.shape[-1] - self.state_dim
+        parts = [cond[:, :split], cond[:, split:]] if 0 < self.state_dim < cond.shape[-1] else [cond]
+        observation = [nn.Dense(self.width, kernel_init=small_kaiming())(p)[:, None] for p in parts]
+        actions = nn.Dense(self.width, kernel_init=small_kaiming())(z.reshape(batch, self.tokens, dim // self.tokens))
+        x = jnp.concatenate([*observation, actions], axis=1)
+        x = x + self.param("pos_embed", nn.initializers.normal(0.005), (1, x.shape[1], self.width))
+        c = TimeEmbedder(self.width, name="t_embedder")(t) + TimeEmbedder(self.width, name="h_embedder")(h)
+        for _ in range(self.depth):
+            x = x + self.residual_scale * (MeanFlowDiTBlock(self.heads)(x, c) - x)
+        shift, scale = jnp.split(nn.Dense(2 * self.width, kernel_init=nn.initializers.zeros)(nn.silu(c)), 2, axis=-1)
+        x = _modulate(ScaledRMSNorm()(x), shift, scale)
+        out = nn.Dense(dim // self.tokens, kernel_init=nn.initializers.zeros)(x[:, -self.tokens :])
+        return out.reshape(batch, dim)

@@ -8,10 +8,14 @@ Every function takes the network as a callable `net(z, t, h) -> output` with the
 (and parameters) already bound, so the same code serves any conditioning.
 
 - MeanFlow learns the *average* velocity `u(z, t, r)` over [r, t], so that one step
-  `z_r = z_t - (t - r) u` jumps from noise to data. Two parameterisations:
+  `z_r = z_t - (t - r) u` jumps from noise to data. Parameterisations:
   `action` (noise-to-action, LPS's default): the network predicts the clean chunk `x_hat` and
   `u = z - x_hat`, so one-step sampling is a single network call returning `x_hat`;
-  `velocity` (original MeanFlow): the network predicts `u` itself.
+  `velocity` (original MeanFlow): the network predicts `u` itself;
+  `velocity-release`: the same network, trained as the public release's "velocity" ablation
+  does, with the JVP tangent (v, 0, 1) on (z, t, r) instead of the path's (v, 1, 0): its du/dt
+  misses the t-derivative and adds the r-derivative (kept to reproduce the paper's curve; ours is
+  `velocity`).
 - Flow matching learns the instantaneous velocity and samples with Euler steps.
 """
 
@@ -23,8 +27,8 @@ import jax
 import jax.numpy as jnp
 
 Net = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
-Parameterisation = Literal["action", "velocity"]
-PARAMETERISATIONS: tuple[str, ...] = ("action", "velocity")
+Parameterisation = Literal["action", "velocity", "velocity-release"]
+PARAMETERISATIONS: tuple[str, ...] = ("action", "velocity", "velocity-release")
 
 # MeanFlow time sampling and loss weighting (REFERENCE.md §1.2).
 LOGIT_MEAN, LOGIT_STD = -0.4, 1.0
@@ -72,7 +76,11 @@ def meanflow_loss(
     z = (1.0 - t) * x + t * noise
     v = noise - x
     u_fn = average_velocity(net, parameterisation)
-    u, du_dt = jax.jvp(u_fn, (z, t, r), (v, jnp.ones_like(t), jnp.zeros_like(r)))
+    if parameterisation == "velocity-release":  # the release's tangent, see the module docstring
+        tangent = (v, jnp.zeros_like(t), jnp.ones_like(r))
+    else:  # along the path: dz/dt = v, dt/dt = 1, dr/dt = 0
+        tangent = (v, jnp.ones_like(t), jnp.zeros_like(r))
+    u, du_dt = jax.jvp(u_fn, (z, t, r), tangent)
     target = jax.lax.stop_gradient(v - jnp.clip(t - r, 0.0, 1.0) * du_dt)
     return adaptive_l2(u - target)
 

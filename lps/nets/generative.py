@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from lps.nets import flows
-from lps.nets.dit import DiT
+from lps.nets.dit import DiT, MeanFlowDiT
 from lps.nets.latent import Geometry, sample_latent
 from lps.nets.mlp import ConcatMLP
 
@@ -36,14 +36,17 @@ class DiTSpec:
     width: int = 256
     depth: int = 4
     heads: int = 4
+    arch: Literal["mfdit", "dit"] = "dit"
+    state_dim: int = 0  # mfdit: the state's share of the observation features (its own token)
 
 
 @dataclasses.dataclass(frozen=True)
 class BaseNetConfig:
     """The base (generative) policy's network, mixed into every agent config that has one."""
 
-    base_arch: Literal["mlp", "dit"] = "mlp"
-    """Base policy network: an MLP over [s, z, t, h] (--base-hidden), or a DiT over the chunk's H tokens."""
+    base_arch: Literal["mlp", "mfdit", "dit"] = "mlp"
+    """Base policy network: an MLP over [s, z, t, h] (--base-hidden); mfdit: the public release's MeanFlow
+    DiT (observation and H action tokens, the robot preset's); dit: ours (H action tokens, observation via adaLN)."""
     dit_width: int = 256
     dit_depth: int = 4
     """DiT blocks."""
@@ -57,7 +60,9 @@ class BaseNetConfig:
                 f"--dit-width ({self.dit_width}), --dit-depth ({self.dit_depth}) and --dit-heads ({self.dit_heads}) "
                 "must be positive, with the width a multiple of the heads"
             )
-        return DiTSpec(spec.chunk_len, self.dit_width, self.dit_depth, self.dit_heads)
+        # The release's DiT gives the state its own token when it stands beside image features.
+        state_dim = spec.obs_dim if spec.image_shape is not None else 0
+        return DiTSpec(spec.chunk_len, self.dit_width, self.dit_depth, self.dit_heads, self.base_arch, state_dim)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +77,8 @@ class GenerativePolicy:
 
     @property
     def net(self) -> ConcatMLP | DiT:
+        if self.dit is not None and self.dit.arch == "mfdit":
+            return MeanFlowDiT(self.dit.tokens, self.dit.width, self.dit.depth, self.dit.heads, self.dit.state_dim)
         if self.dit is not None:
             return DiT(self.dit.tokens, self.dit.width, self.dit.depth, self.dit.heads)
         return ConcatMLP(tuple(self.hidden), self.chunk_dim)

@@ -21,6 +21,8 @@ from lps.data.tasks import RewardMode
 from lps.files import user_path, write_json
 from lps.training.distributed import DistributedConfig
 
+MAX_UTD = 1000  # gradient updates per online environment step
+MAX_ONLINE_ENVS = 256  # environments played side by side online
 CONFIG_JSON = "config.json"  # <run>/config.json: agent, train and agent configs, observation spec
 
 
@@ -119,6 +121,10 @@ class TrainConfig:
     online_mix: Literal["buffer", "balanced"] = "buffer"
     """Online batches: buffer = uniform over offline and online chunks (Q-chunking's single
     buffer); balanced = half offline, half online (the paper's robot recipe)."""
+    online_start_steps: int | None = None
+    """Online: environment steps played before the first online update (Q-chunking's
+    `start_training`). Default: 5,000 on OGBench tasks, as Q-chunking runs offline-to-online; 0 on
+    the toy bandits."""
     distributed: Annotated[DistributedConfig, tyro.conf.OmitArgPrefixes] = DistributedConfig()
     """Several devices and hosts: --devices, --device-axis, --shard-params, --data-placement and the
     multi-host flags (README, "Training on several GPUs and hosts")."""
@@ -137,12 +143,20 @@ class TrainConfig:
                     f"--{_flag(name)} ({getattr(self, name)}) must be a multiple of --log-every ({self.log_every}): "
                     "evaluation and checkpoints happen between device dispatches"
                 )
+        if self.online_start_steps is not None and self.online_start_steps < 0:
+            raise ValueError(f"--online-start-steps must be >= 0, got {self.online_start_steps}")
         for name in ("online_steps",):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
         for name in ("online_envs", "utd"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{_flag(name)} must be positive, got {getattr(self, name)}")
+        if self.utd > MAX_UTD:
+            raise ValueError(f"--utd {self.utd} is above {MAX_UTD}: every environment step would wait for that many "
+                             "gradient steps (published recipes use 1 to 20)")  # fmt: skip
+        if self.online_envs > MAX_ONLINE_ENVS:
+            raise ValueError(f"--online-envs {self.online_envs} is above {MAX_ONLINE_ENVS}: each environment holds "
+                             "~150 MB and a worker slot, and its episodes start in one wave")  # fmt: skip
         if self.online_workers is not None and self.online_workers < 0:
             raise ValueError(f"--online-workers must be >= 0 (0: in the training process), got {self.online_workers}")
         if self.eval_workers is not None and self.eval_workers < 0:
@@ -204,7 +218,7 @@ PRESETS["robot"] = {
     "train": dict(steps=10_000, log_every=100, eval_every=0, save_every=5000, eval_episodes=0,
                   lr_schedule="cosine", grad_clip=1.0, encoder="impala", augment_prob=0.5,
                   robot=RobotDataConfig(include_failure=False, image_size=0)),  # fmt: skip
-    "agent": dict(base_arch="dit", dit_width=384, dit_depth=12, dit_heads=6, critic_hidden=(512,) * 4,
+    "agent": dict(base_arch="mfdit", dit_width=384, dit_depth=12, dit_heads=6, critic_hidden=(512,) * 4,
                   actor_hidden=(512, 512)),  # fmt: skip
 }
 # Pixel tasks on a CPU, a smoke-scale run: every frame is rendered in software (~8 frames/s per
@@ -308,15 +322,22 @@ def load_config(run_dir: str | Path) -> tuple[str, TrainConfig, Any, Spec | None
     path = Path(run_dir) / CONFIG_JSON
     if not path.exists():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no {CONFIG_JSON})")
-    record = json.loads(path.read_text())
-    agent_name = record["agent"]
-    spec = Spec(**record["spec"]) if "spec" in record else None
-    # Where a run trained (devices, hosts) says nothing about where it resumes or is loaded: a
-    # recorded coordinator or device count would tie it to that machine. Resumes take the flags given.
-    train = dataclasses.replace(from_dict(TrainConfig, record["train"]), distributed=DistributedConfig())
-    return (
-        agent_name,
-        train,
-        from_dict(config_class(agent_name), record["agent_config"]),
-        spec,
-    )
+    try:
+        record = json.loads(path.read_text())
+        agent_name = record["agent"]
+        spec = Spec(**record["spec"]) if "spec" in record else None
+        # Where a run trained (devices, hosts) says nothing about where it resumes or is loaded: a
+        # recorded coordinator or device count would tie it to that machine. Resumes take the flags given.
+        train = dataclasses.replace(from_dict(TrainConfig, record["train"]), distributed=DistributedConfig())
+        return (
+            agent_name,
+            train,
+            from_dict(config_class(agent_name), record["agent_config"]),
+            spec,
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # UnicodeDecodeError, JSONDecodeError too
+        what = f"missing key {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+        raise ValueError(
+            f"{path} is damaged or not a run's config ({what}); restore it from a copy, or start the run afresh "
+            "with --overwrite"
+        ) from None

@@ -73,6 +73,9 @@ class EvaluationSchedule:
         """Evaluate `params` (leading seed axis, one entry per seed) as the evaluation of `step`;
         `extra_rows` (one dict per seed) are written in the same row as that seed's results."""
         extra_rows = extra_rows or [{} for _ in self.seeds]
+        # The evaluation in flight first: if it failed, its pool is discarded there, and this one
+        # must then start a fresh pool rather than run on none.
+        self.wait()
         if self.evaluator is None and self.make_evaluator is not None and not self._rebuild():
             self._write(step, [{**x, "eval/failed": 1.0} for x in extra_rows])
             return
@@ -83,7 +86,6 @@ class EvaluationSchedule:
         if not self.overlap:
             self._complete(step, extra_rows, *self._evaluate(params, None))
             return
-        self.wait()
         import jax
 
         snapshot = jax.device_get(params)  # the host copy; training may now overwrite the device's

@@ -26,7 +26,6 @@ import numpy as np
 
 from lps.agents import check_agent, resolve_config
 from lps.agents.encoded import scan_updates
-from lps.data.render import check_image_size
 from lps.data.sampler import chunk_arrays, to_device
 from lps.files import write_json
 from lps.training import checkpoint, distributed, online, rundir, setup
@@ -58,6 +57,12 @@ def train(agent_name: str, cfg: TrainConfig, agent_cfg, resume: bool = False) ->
     claim = rundir.claim([run.dir for run in runs]) if distributed.is_writer() else contextlib.nullcontext()
     with claim, rundir.StopOnSignal() as stop:
         resume, changes = rundir.prepare(runs, agent_name, resolve_config(agent_name, agent_cfg, cfg.env), resume)
+        finished = [rundir.finished_summary(run.dir, run.cfg) for run in runs] if resume else [None]
+        if all(finished):  # nothing to train: its files stay as they are
+            print(f"[lps] {', '.join(str(r.dir) for r in runs)} already finished ({cfg.steps} steps"
+                  + (f", {cfg.online_steps} online env steps" if cfg.online_steps else "")
+                  + "): nothing to do; pass a larger --steps (or --online-steps) to train further")  # fmt: skip
+            return finished if cfg.seeds else finished[0]
         return _train(agent_name, cfg, agent_cfg, runs, resume, changes, stop)
 
 
@@ -220,13 +225,9 @@ class _Evaluation:
         self.last: list[dict] = []
         # Episodes are played by the process that writes them (the others' results would be dropped).
         evaluator = setup.make_evaluator(cfg, len(runs)) if distributed.is_writer() else None
-        if evaluator is not None:
-            check_image_size(agent.spec.image_shape, getattr(evaluator, "obs_shape", None), cfg.env)
-        if evaluator is not None and getattr(evaluator, "obs_dim", agent.spec.obs_dim) != agent.spec.obs_dim:
-            print(f"[lps] evaluation disabled: {cfg.env} observations have {evaluator.obs_dim} dims, the data "
-                  f"{agent.spec.obs_dim}; pass the matching --env or --eval-episodes 0")  # fmt: skip
-            evaluator.close()
-            evaluator = None
+        if evaluator is not None:  # refused now, not after the training
+            setup.check_fits_env(evaluator, agent.spec, cfg.env,
+                                 "pass the --env the data was recorded in, or --eval-episodes 0 to train without evaluation")  # fmt: skip
         self.validator = Validator(cfg, agent)
         rebuild = (lambda: setup.make_evaluator(cfg, len(runs))) if evaluator is not None else None
         self.schedule = EvaluationSchedule(
@@ -310,7 +311,11 @@ def _summary_line(s: dict) -> str:
         if s["final_success"] is not None
         else "no evaluation"
     )
+    steps = f"{s['steps']} steps"
+    if "online_env_steps" in s:  # the online updates count too
+        steps = (f"{s['gradient_steps']} gradient steps ({s['steps']} offline, {s['gradient_steps'] - s['steps']} "
+                 f"online over {s['online_env_steps']} env steps)")  # fmt: skip
     return (
-        f"[lps] done: {s['agent']} on {s['env']} seed {s['seed']}: {s['steps']} steps in {minutes}m{seconds:02d}s "
+        f"[lps] done: {s['agent']} on {s['env']} seed {s['seed']}: {steps} in {minutes}m{seconds:02d}s "
         f"({s['steps_per_sec']:.0f} steps/s), {result}; outputs in {s['run_dir']}"
     )

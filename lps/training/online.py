@@ -5,7 +5,8 @@ After the offline steps the run goes on in the live environment: `--online-envs 
 their rows go to the replay buffer as they are played (`lps.data.replay`: the offline data
 plus the online rows, on the device; an episode's chunks are sampled as soon as they fit), and
 the same pure, scanned update as offline training (`lps.training.update.make_update`, with the buffer's
-sampler) runs `--utd` gradient steps per environment step.
+sampler) runs `--utd` gradient steps per environment step, once `--online-start-steps` steps
+(Q-chunking's 5,000 on OGBench tasks) have been played.
 
 Rewards and masks online are labelled exactly as the offline data was (`lps.data.tasks`): row t's
 reward is the task reward of the state at row t (OGBench relabels each row from its own qpos),
@@ -44,6 +45,7 @@ average the episodes finished since the previous row.
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -55,7 +57,7 @@ from flax import struct
 
 from lps.data import replay
 from lps.training import checkpoint, distributed
-from lps.training.rundir import ONLINE_DIR
+from lps.training.rundir import ONLINE_DIR, TrainingInterrupted
 
 
 class OnlineState(struct.PyTreeNode):
@@ -201,6 +203,13 @@ def restore(run_dir: str | Path, train_state, data: dict[str, np.ndarray], cfg) 
         ) from e
 
 
+def dispatch_unit(block: int, most: int) -> int:
+    """The updates of one device dispatch: the largest divisor of `block` (the updates owed per
+    round) that is at most `most` (--log-every)."""
+    divisors = {d for i in range(1, int(block**0.5) + 1) if block % i == 0 for d in (i, block // i)}
+    return max(d for d in divisors if d <= most)
+
+
 def save(run_dir: str | Path, state: OnlineState) -> None:
     checkpoint.save(Path(run_dir) / ONLINE_DIR, state)
 
@@ -226,7 +235,9 @@ def run(cfg, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule, s
     `schedule` is the run's `lps.training.eval_schedule.EvaluationSchedule` (evaluations every
     --eval-every gradient steps go on, and at the end); `save_train(train_state)` writes the plain
     checkpoint and config. `stop` (the run's `lps.training.rundir.StopOnSignal`): after a SIGINT/SIGTERM
-    the current wave is played to its end, checkpointed, and `TrainingInterrupted` is raised."""
+    the wave in progress is dropped (a checkpoint exists only at a wave's end, where resume is exact)
+    and `TrainingInterrupted` is raised after the dispatch running; a signal between waves
+    checkpoints first."""
     from tqdm import tqdm
 
     from lps.data import toy
@@ -240,9 +251,12 @@ def run(cfg, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule, s
     K, H = cfg.online_envs, agent.spec.chunk_len
     max_len = max_episode_steps(env)
     block_rows = K * (max_len + 1)
-    block = cfg.utd * K * H  # updates per compiled dispatch
+    block = cfg.utd * K * H  # updates owed per round of K chunks
+    # A dispatch holds at most --log-every updates, as offline: a signal is noticed between dispatches.
+    unit = dispatch_unit(block, cfg.log_every)
+    start_steps_ = start_steps(cfg)
     sampler = replay.make_sampler(cfg.online_mix)
-    update = make_multi_update(make_update(agent, optimizer, cfg.batch_size, sampler), block)
+    update = make_multi_update(make_update(agent, optimizer, cfg.batch_size, sampler), unit)
     acting_seed = online_seed(cfg.seed)
     envs = make_envs(cfg, env)
     if envs.obs_dim != agent.spec.obs_dim:
@@ -257,6 +271,7 @@ def run(cfg, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule, s
     # while an update block runs (int(state.train.step) would).
     counters = {"step": int(state.train.step), "env_step": int(state.env_step), "debt": int(state.update_debt)}
     last_eval = -1  # the gradient step of the last evaluation submitted
+    saved = {"env_step": counters["env_step"], "step": counters["step"]}  # where a resume would start
 
     def gradient_step() -> int:
         return counters["step"]
@@ -286,23 +301,39 @@ def run(cfg, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule, s
 
     def dispatch_updates() -> None:
         """Queue the update blocks owed on the device (JAX dispatches asynchronously: this returns
-        at once, the host goes on while they run)."""
+        at once, the host goes on while they run). At most two dispatches wait on the device, so a
+        signal stops the run after the one running, whatever --utd and --online-envs are."""
         nonlocal state
         while counters["debt"] >= block:
-            new_train, metrics = update(state.train, state.buffer)
-            in_flight.append((counters["step"], metrics, new_train.params))
-            counters["step"] += block
+            for _ in range(block // unit):
+                if len(in_flight) >= 2:
+                    collect_updates(keep=1)
+                check_stop()
+                new_train, metrics = update(state.train, state.buffer)
+                in_flight.append((counters["step"], metrics, new_train.params))
+                counters["step"] += unit
+                state = state.replace(train=new_train)
             counters["debt"] -= block
-            state = state.replace(train=new_train, update_debt=jnp.asarray(counters["debt"], jnp.int32))
+            state = state.replace(update_debt=jnp.asarray(counters["debt"], jnp.int32))
 
-    def collect_updates() -> None:
-        """Wait for the dispatched blocks; their metrics rows and evaluations, block by block."""
-        while in_flight:
+    def check_stop() -> None:
+        """After a signal, within a wave: its episodes are dropped (checkpoints exist only at wave
+        ends, where resume is exact) and the run stops now rather than after the wave."""
+        if stop is not None and stop.signum is not None:
+            raise TrainingInterrupted(stop.signum, (
+                f"stopped by {signal.Signals(stop.signum).name} during a wave of online episodes; the wave is "
+                f"dropped and the checkpoint at env step {saved['env_step']} (gradient step {saved['step']}) "
+                f"stands; continue with `lps train --resume {run_dir}`"))  # fmt: skip
+
+    def collect_updates(keep: int = 0) -> None:
+        """Wait for the dispatched blocks (all but the last `keep`); their metrics rows and evaluations,
+        block by block."""
+        while len(in_flight) > keep:
             first, metrics, params = in_flight.pop(0)
             metrics = {k: np.asarray(v).reshape(-1) for k, v in jax.device_get(metrics).items()}
             check_finite(metrics, first, run_dir)
             pending_rows.append({k: float(np.mean(v)) for k, v in metrics.items()})
-            step = first + block
+            step = first + unit
             if step // cfg.log_every > first // cfg.log_every:
                 write_row_at(step)
             if cfg.eval_every and step // cfg.eval_every > first // cfg.eval_every:
@@ -322,6 +353,7 @@ def run(cfg, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule, s
         schedule.wait_before(gradient_step())
         save(run_dir, state)
         save_train(state.train)
+        saved.update(env_step=counters["env_step"], step=gradient_step())
 
     def act(wave: list[_Episode], obs: np.ndarray) -> np.ndarray:
         """One chunk per environment, drawn in one batched call (all K envs at once)."""
@@ -344,6 +376,7 @@ def run(cfg, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule, s
             obs = np.stack([resets[k] for k in range(K)])[None]
             committed_starts = int(state.buffer.num_starts)
             while counters["env_step"] < cfg.online_steps and not all(e.done for e in wave):
+                check_stop()
                 # Overlap: the chunks are drawn from the parameters as they are (the updates owed
                 # for the previous round not yet run), then those updates are queued on the device
                 # and run while the workers step the envs. Strict: they ran at the previous
@@ -364,8 +397,8 @@ def run(cfg, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule, s
                         finished.append(wave[k])
                 timer["env_steps"] += steps
                 bar.update(steps)
+                counters["debt"] += cfg.utd * owed_steps(counters["env_step"], steps, start_steps_)
                 counters["env_step"] += steps
-                counters["debt"] += cfg.utd * steps
                 staged = replay.stage(state.buffer, [e.rows() for e in wave], committed_starts, H)
                 state = state.replace(buffer=staged, env_step=jnp.asarray(counters["env_step"], jnp.int32),
                                       update_debt=jnp.asarray(counters["debt"], jnp.int32))  # fmt: skip
@@ -398,6 +431,24 @@ def run(cfg, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule, s
         envs.close()
         bar.close()
     return state
+
+
+QCHUNKING_START_STEPS = 5_000  # Q-chunking's `start_training` (REFERENCE.md §5)
+
+
+def start_steps(cfg) -> int:
+    """Online env steps before the first update: --online-start-steps, else Q-chunking's 5,000 on
+    OGBench tasks and 0 on the toy bandits (one-step episodes, a few hundred online steps)."""
+    from lps.data import toy
+
+    if cfg.online_start_steps is not None:
+        return cfg.online_start_steps
+    return 0 if toy.is_toy(cfg.env) else QCHUNKING_START_STEPS
+
+
+def owed_steps(env_step: int, steps: int, start: int) -> int:
+    """Of `steps` env steps played from `env_step` on, those past the first `start` (which owe updates)."""
+    return max(0, env_step + steps - start) - max(0, env_step - start)
 
 
 def _sparse(cfg) -> bool:

@@ -112,12 +112,31 @@ def _holder(text: str) -> str:
         return "holder unknown"
 
 
-def _remove_if_unused(run_dir: Path) -> None:
+def _remove_if_unused(run_dir: Path, created_from: Path) -> None:
     """Remove a run directory this process created if it holds nothing but its lock file (the
-    lock is still held here, so no other trainer is using it)."""
-    if [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:
-        (run_dir / LOCK_FILE).unlink()
-        run_dir.rmdir()
+    lock is still held here, so no other trainer is using it), and the folders above it that
+    this process created (from `created_from` down), if that leaves them empty."""
+    if [p.name for p in run_dir.iterdir()] != [LOCK_FILE]:
+        return
+    (run_dir / LOCK_FILE).unlink()
+    run_dir.rmdir()
+    for parent in run_dir.parents:
+        if parent == created_from.parent:
+            break
+        try:
+            parent.rmdir()  # only if empty: another run may have appeared beside ours
+        except OSError:
+            break
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of `path` (itself included) that does not exist yet, or None."""
+    missing = None
+    for p in (path, *path.parents):
+        if p.exists():
+            break
+        missing = p
+    return missing
 
 
 def remove_leftover_temp_files(run_dir: str | os.PathLike) -> list[Path]:
@@ -136,10 +155,10 @@ def claim(run_dirs: list[Path]) -> Iterator[None]:
     """Hold the lock of every run directory for the life of the block; tidy what a killed run left."""
     with contextlib.ExitStack() as stack:
         for run_dir in run_dirs:
-            created = not Path(run_dir).exists()
+            created_from = _first_missing(Path(run_dir))
             stack.enter_context(lock(run_dir))
-            if created:  # a start refused before writing anything leaves no folder behind
-                stack.callback(_remove_if_unused, Path(run_dir))
+            if created_from is not None:  # a start refused before writing anything leaves no folder behind
+                stack.callback(_remove_if_unused, Path(run_dir), created_from)
             removed = remove_leftover_temp_files(run_dir)
             if removed:
                 print(f"[lps] removed {len(removed)} unfinished temporary file(s) left in {run_dir} by a killed run")
@@ -165,6 +184,17 @@ def check_resume(run_dir: Path, agent_name: str, cfg, agent_cfg) -> list[dict]:
         for f in dataclasses.fields(agent_cfg)
         if getattr(old_agent_cfg, f.name) != getattr(agent_cfg, f.name)
     ]
+    if checkpoint.exists(Path(run_dir) / ONLINE_DIR):
+        # The online checkpoint's buffer and wave layout are sized by these: named before any
+        # restore could fail on mismatching array shapes.
+        for name in ("online_envs", "online_steps"):
+            if getattr(old_cfg, name) != getattr(cfg, name):
+                flag = f"--{name.replace('_', '-')}"
+                raise ValueError(
+                    f"{run_dir}'s online phase began with {flag} {getattr(old_cfg, name)}, not {getattr(cfg, name)}: "
+                    f"its online checkpoint (replay buffer, waves of environments) is sized by it; resume with "
+                    f"{flag} {getattr(old_cfg, name)}"
+                )
     if fixed:
         changes = "; ".join(f"{flag} {old!r} -> {new!r}" for flag, old, new in fixed)
         raise ValueError(
@@ -212,6 +242,30 @@ def prepare(runs, agent_name: str, agent_cfg, resume: bool) -> tuple[bool, list[
     return True, changes
 
 
+def finished_summary(run_dir: Path, cfg) -> dict | None:
+    """The run's summary if it already finished what `cfg` asks (its --steps and --online-steps),
+    else None: a resume then has nothing to do."""
+    try:
+        summary = json.loads((Path(run_dir) / SUMMARY_JSON).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict):
+        return None
+    if summary.get("steps") != cfg.steps or summary.get("online_env_steps", 0) != cfg.online_steps:
+        return None
+    if cfg.eval_episodes:  # the final evaluation too: a resume re-runs it when its row is missing
+        from lps.training.runlog import METRICS_JSONL, read_rows
+
+        last = summary.get("gradient_steps", cfg.steps)
+        try:
+            rows = read_rows(Path(run_dir) / METRICS_JSONL)
+        except (OSError, ValueError):
+            return None
+        if not any(r.get("step") == last and ("eval/success" in r or "eval/failed" in r) for r in rows):
+            return None
+    return summary
+
+
 def record_changes(run_dir: Path, step: int, changes: list[dict]) -> None:
     """Append a resume's changed settings to the run's resume log, and say so."""
     if not changes:
@@ -236,8 +290,9 @@ def check_resume_steps(steps: int, checkpoint_step: int, run_dirs: list[Path]) -
 
 class StopOnSignal:
     """Within the block, once `armed` (the training loop has begun), SIGINT and SIGTERM only set
-    `signum`: the loop checks it between device dispatches (the online phase: between waves of
-    episodes), writes a checkpoint and stops. Before that (loading or generating data) and on a
+    `signum`: the loop checks it between device dispatches, writes a checkpoint and stops (the
+    online phase stops between dispatches too, dropping the wave in progress: its checkpoints are
+    taken between waves). Before that (loading or generating data) and on a
     second signal they act as usual, at once. Outside the main thread (where handlers cannot be
     installed) it does nothing."""
 
@@ -255,7 +310,8 @@ class StopOnSignal:
             return
         self.signum = signum
         message = (f"\n[lps] {signal.Signals(signum).name} received: stopping with a checkpoint after the "
-                   "current dispatch (online: wave of episodes); send it again to stop at once\n")  # fmt: skip
+                   "current dispatch (online: the wave in progress is dropped, the checkpoint at its start stands); "
+                   "send it again to stop at once\n")  # fmt: skip
         try:  # os.write, not print: a handler that prints while the loop prints raises a reentrancy error
             os.write(2, message.encode())
         except OSError:

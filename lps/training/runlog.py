@@ -12,7 +12,7 @@ import json
 import math
 from pathlib import Path
 
-from lps.files import atomic_write
+from lps.files import atomic_write, naming
 
 METRICS_JSONL, METRICS_CSV, CURVE_PNG = "metrics.jsonl", "metrics.csv", "curves.png"
 
@@ -76,7 +76,7 @@ class RunLog:
         row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
         self.rows.append(row)
         if self.writes:
-            with open(self.dir / METRICS_JSONL, "a") as f:
+            with naming(self.dir / METRICS_JSONL), open(self.dir / METRICS_JSONL, "a") as f:
                 f.write(json.dumps(row) + "\n")
         # The CSV header is the union of all keys seen, so it is rewritten whole (it is small).
         self._rewrite()

@@ -14,21 +14,21 @@ import numpy as np
 from lps.agents import Spec, resolve_config
 from lps.agents.encoded import build_agent, observation_spec
 from lps.data import tasks, toy
-from lps.data.render import is_visual, require_renderer
+from lps.data.render import check_image_size, is_visual, require_renderer
 from lps.data.validate import load_own_dataset, validate
 from lps.host import available_cores
 from lps.training.config import TrainConfig, is_robot_dataset
 from lps.training.evaluate import DEFAULT_POOL, Evaluator, make_seeds_policy
 
 
-def load_data(cfg: TrainConfig, run_dirs: list[Path] = ()) -> dict[str, np.ndarray]:
+def load_data(cfg: TrainConfig, run_dirs: list[Path] = (), stats: dict | None = None) -> dict[str, np.ndarray]:
     """The row-layout training dataset the config asks for, validated. A robot folder is
     normalised (`--normalize`) with statistics fitted on it, which are stored in each of
-    `run_dirs` for `lps.load_policy` to apply."""
+    `run_dirs` for `lps.load_policy` to apply; or with a trained run's `stats` (its learner)."""
     if cfg.dataset is not None and Path(cfg.dataset).is_dir():
         from lps.data.robot import load_for_training
 
-        return load_for_training(cfg.dataset, cfg.robot, cfg.chunk_len, cfg.progress, list(run_dirs))
+        return load_for_training(cfg.dataset, cfg.robot, cfg.chunk_len, cfg.progress, list(run_dirs), stats)
     if cfg.dataset is not None:
         return load_own_dataset(cfg.dataset, cfg.chunk_len)
     if toy.is_toy(cfg.env):
@@ -53,6 +53,22 @@ def make_evaluator(cfg: TrainConfig, num_seeds: int = 1):
     except ImportError as e:
         print(f"[lps] evaluation disabled: {e}")
         return None
+
+
+def check_fits_env(evaluator, spec: Spec, env: str, fix: str) -> None:
+    """Refuse (closing `evaluator`) a policy whose observations are not the environment's: acting on
+    them would fail only at the first evaluation, after the training. `fix` says what to do."""
+    try:
+        check_image_size(spec.image_shape, getattr(evaluator, "obs_shape", None), env)
+        env_dim = getattr(evaluator, "obs_dim", None)
+        if env_dim is not None and env_dim != spec.obs_dim:
+            raise ValueError(
+                f"{env} observations have {env_dim} dims but the data's (the policy's) have {spec.obs_dim}: "
+                f"evaluating in {env} cannot work; {fix}"
+            )
+    except ValueError:
+        evaluator.close()
+        raise
 
 
 def overlap_evaluation(cfg: TrainConfig) -> bool:
