@@ -13,6 +13,11 @@
   loop, single-process (`--eval-workers 0`) against the worker pool (`--eval-workers 2`), and
   against a naive loop calling the policy at every step (one episode at a time) and the
   environment stepped alone with random actions.
+- devices: updates/s of one global batch split over 1, 2, 4 ... devices (`lps train --devices N`,
+  data parallel, dataset replicated), and the scaling efficiency rate(N) / (N * rate(1)); with
+  `--batch-per-device` the global batch grows with N instead (weak scaling). On a CPU, force host
+  devices to check the sharded program and its overhead (not a speed-up: they share the cores):
+      XLA_FLAGS=--xla_force_host_platform_device_count=4 python bench/throughput.py --only devices
 - memory: peak device memory of the training update per agent (the paper's Figure 11): on a GPU
   the allocator's peak; on a CPU XLA's memory analysis of the compiled update.
 Timings on a shared machine are noisy: compare figures from one run.
@@ -29,7 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lps.agents import REGISTRY, Spec, config_class, make_agent, resolve_config
-from lps.data.sampler import to_device
+from lps.data.sampler import chunk_arrays, to_device
+from lps.training import distributed
 from lps.training.config import TrainConfig, agent_overrides
 from lps.training.update import create_state, make_multi_update, make_optimizer, make_seeds_update, stack_seeds
 
@@ -76,6 +82,33 @@ def bench_update(name: str, size: str, steps_per_call: int, repeats: int, seeds:
         state, m = multi(state, data)
         jax.block_until_ready(m)
         rates.append(seeds * steps_per_call / (time.perf_counter() - t))
+    return statistics.median(rates)
+
+
+def bench_devices(name: str, size: str, steps_per_call: int, repeats: int, devices: int, batch_size: int,
+                  shard_params: bool = False) -> float:  # fmt: skip
+    """Updates/s of the trainer's update with its batch of `batch_size` split over `devices`
+    devices, compiled as `lps train --devices N` compiles it (`lps.training.distributed`)."""
+    agent = agent_for(name, size)
+    optimizer = make_optimizer(TrainConfig())
+    dataset = synthetic_dataset()
+    layout = distributed.make_layout(distributed.DistributedConfig(devices, shard_params=shard_params), 1, batch_size)
+    state = create_state(agent, optimizer, 0)
+    if layout is None:
+        data, shardings, batch_sharding = to_device(dataset, CHUNK), None, None
+    else:
+        data, state = layout.place_data(chunk_arrays(dataset, CHUNK)), layout.place_state(state)
+        shardings, batch_sharding = layout.update_shardings(state, data), layout.batch_sharding
+    update = make_seeds_update(agent, optimizer, batch_size, 1, batch_sharding)
+    multi = make_multi_update(update, steps_per_call, shardings=shardings)
+    state, m = multi(state, data)  # compile
+    jax.block_until_ready(m)
+    rates = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        state, m = multi(state, data)
+        jax.block_until_ready(m)
+        rates.append(steps_per_call / (time.perf_counter() - t))
     return statistics.median(rates)
 
 
@@ -169,14 +202,24 @@ def bench_memory(name: str, size: str, steps_per_call: int) -> tuple[float, str]
     return float(total), f"XLA memory_analysis of the compiled update on {device.platform}: {parts}"
 
 
+def rate_line(rate: float, batch: int, ideal: float) -> str:
+    return f"{rate:10.1f} updates/s  batch {batch:5d}  ({rate * batch:9.0f} samples/s, scaling efficiency {rate / ideal:.2f})"
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
-        "--only", choices=["update", "seeds", "act", "eval", "memory"], nargs="*",
-        default=["update", "seeds", "act", "eval", "memory"],
+        "--only", choices=["update", "seeds", "devices", "act", "eval", "memory"], nargs="*",
+        default=["update", "seeds", "devices", "act", "eval", "memory"],
     )  # fmt: skip
     p.add_argument("--eval-workers", type=int, default=2, help="for 'eval': worker processes of the pool")
     p.add_argument("--seed-counts", type=int, nargs="*", default=[1, 4, 8], help="for 'seeds': seeds per program")
+    p.add_argument("--devices", type=int, nargs="*", default=None,
+                   help="for 'devices': device counts (default 1, 2, 4 ... up to every device present)")
+    p.add_argument("--batch-size", type=int, default=256, help="for 'devices': the global batch")
+    p.add_argument("--batch-per-device", action="store_true",
+                   help="for 'devices': --batch-size per device, the global batch growing with the count")
+    p.add_argument("--shard-params", action="store_true", help="for 'devices': FSDP (lps train --shard-params)")
     p.add_argument("--agents", nargs="*", default=sorted(REGISTRY))
     p.add_argument("--sizes", nargs="*", default=list(SIZES), choices=list(SIZES))
     p.add_argument("--steps-per-call", type=int, default=200, help="updates per dispatch (lax.scan length)")
@@ -197,6 +240,16 @@ def main():
                         f"seeds   {name:8s} {size:6s} {n:2d} seeds {rate:10.1f} aggregate updates/s "
                         f"({rate / base:.2f}x running them one after another)"
                     )
+            if "devices" in a.only:
+                counts = a.devices or [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= jax.device_count()]
+                rates = {}
+                for n in counts:
+                    batch = a.batch_size * n if a.batch_per_device else a.batch_size
+                    rates[n] = bench_devices(name, size, a.steps_per_call, a.repeats, n, batch, a.shard_params)
+                    # ideal: the same global batch N times as fast (strong scaling), or N times the batch
+                    # at one device's rate (weak scaling, --batch-per-device)
+                    ideal = rates[counts[0]] * (1 if a.batch_per_device else n / counts[0])
+                    print(f"devices {name:8s} {size:6s} {n:2d} devices {rate_line(rates[n], batch, ideal)}")
             if "memory" in a.only:
                 peak, how = bench_memory(name, size, a.steps_per_call)
                 print(f"memory  {name:8s} {size:6s} {peak / 2**20:10.1f} MiB peak  ({how})")

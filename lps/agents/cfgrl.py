@@ -22,6 +22,7 @@ from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lps.agents.base import Spec, batch_size, init_module, net_obs
 from lps.nets import critic as C
@@ -30,8 +31,9 @@ from lps.nets.generative import BaseNetConfig, GenerativePolicy
 from lps.nets.latent import Geometry
 from lps.nets.mlp import Ensemble
 
-# The label the policy is conditioned on, appended to the observation.
-OPTIMAL, UNCONDITIONAL = jnp.ones((1,)), jnp.zeros((1,))
+# The label the policy is conditioned on, appended to the observation. NumPy, not jnp: a jnp array
+# made at import would start the XLA backend, before a multi-host run can join its hosts.
+OPTIMAL, UNCONDITIONAL = np.ones((1,), np.float32), np.zeros((1,), np.float32)
 
 
 @dataclasses.dataclass(frozen=True)

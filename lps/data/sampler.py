@@ -54,19 +54,26 @@ def chunk_starts(terminals: np.ndarray, chunk_len: int) -> np.ndarray:
 
 
 def to_device(dataset: dict[str, np.ndarray], chunk_len: int) -> ChunkData:
-    """Put a validated row-layout dataset on the device (see `lps.data.validate`)."""
+    """Put a validated row-layout dataset on the (default) device (see `lps.data.validate`)."""
+    return jax.tree_util.tree_map(jnp.asarray, chunk_arrays(dataset, chunk_len))
+
+
+def chunk_arrays(dataset: dict[str, np.ndarray], chunk_len: int) -> ChunkData:
+    """The ChunkData of a validated row-layout dataset as host arrays, in the dtypes the device
+    holds (for placing them on several devices: `lps.training.distributed`)."""
     return ChunkData(
         observations=jax.tree_util.tree_map(_device_obs, dataset["observations"]),
-        actions=jnp.asarray(dataset["actions"], jnp.float32),
-        rewards=jnp.asarray(dataset["rewards"], jnp.float32),
-        masks=jnp.asarray(dataset["masks"], jnp.float32),
-        starts=jnp.asarray(chunk_starts(dataset["terminals"], chunk_len)),
+        actions=np.asarray(dataset["actions"], np.float32),
+        rewards=np.asarray(dataset["rewards"], np.float32),
+        masks=np.asarray(dataset["masks"], np.float32),
+        starts=chunk_starts(dataset["terminals"], chunk_len),
     )
 
 
-def _device_obs(x: np.ndarray) -> jax.Array:
+def _device_obs(x: np.ndarray) -> np.ndarray:
     """uint8 images stay uint8; everything else becomes float32."""
-    return jnp.asarray(x) if np.asarray(x).dtype == np.uint8 else jnp.asarray(x, jnp.float32)
+    x = np.asarray(x)
+    return x if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
 
 
 def sample_chunks(data: ChunkData, key: jax.Array, batch_size: int, chunk_len: int, gamma: float) -> dict:

@@ -56,7 +56,9 @@ def verify(path: str | os.PathLike) -> bool:
 def save(run_dir: str | os.PathLike, state) -> Path:
     """Write the checkpoint, keeping the one before it (if intact) as the fallback."""
     path, previous = Path(run_dir) / CHECKPOINT, Path(run_dir) / PREVIOUS
-    payload = _seal(serialization.to_bytes(state))
+    # Host numpy arrays, whole: the file does not depend on how many devices held the state
+    # (a sharded state is gathered by the caller on every process: lps.training.distributed.gather).
+    payload = _seal(serialization.to_bytes(jax.device_get(state)))
     rotated = verify(path)  # a damaged latest one must not replace a good fallback
     if rotated:
         os.replace(path, previous)

@@ -19,6 +19,7 @@ from lps.agents.encoded import EncoderName
 from lps.data.robot import RobotDataConfig
 from lps.data.tasks import RewardMode
 from lps.files import user_path, write_json
+from lps.training.distributed import DistributedConfig
 
 MAX_UTD = 1000  # gradient updates per online environment step
 MAX_ONLINE_ENVS = 256  # environments played side by side online
@@ -124,6 +125,9 @@ class TrainConfig:
     """Online: environment steps played before the first online update (Q-chunking's
     `start_training`). Default: 5,000 on OGBench tasks, as Q-chunking runs offline-to-online; 0 on
     the toy bandits."""
+    distributed: Annotated[DistributedConfig, tyro.conf.OmitArgPrefixes] = DistributedConfig()
+    """Several devices and hosts: --devices, --device-axis, --shard-params, --data-placement and the
+    multi-host flags (README, "Training on several GPUs and hosts")."""
 
     def __post_init__(self):
         positive = ("steps", "batch_size", "chunk_len", "log_every", "episodes", "encoder_features")
@@ -322,9 +326,12 @@ def load_config(run_dir: str | Path) -> tuple[str, TrainConfig, Any, Spec | None
         record = json.loads(path.read_text())
         agent_name = record["agent"]
         spec = Spec(**record["spec"]) if "spec" in record else None
+        # Where a run trained (devices, hosts) says nothing about where it resumes or is loaded: a
+        # recorded coordinator or device count would tie it to that machine. Resumes take the flags given.
+        train = dataclasses.replace(from_dict(TrainConfig, record["train"]), distributed=DistributedConfig())
         return (
             agent_name,
-            from_dict(TrainConfig, record["train"]),
+            train,
             from_dict(config_class(agent_name), record["agent_config"]),
             spec,
         )

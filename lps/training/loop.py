@@ -6,24 +6,29 @@ Each part is one call into its own module: the update (`update`), the run direct
 records (`rundir`, `runlog`, `checkpoint`), evaluation and its schedule (`eval_schedule`), the
 validation metrics (`validation`) and, with `--online-steps`, the online phase (`online`), which
 continues from the offline state. Seeds are a leading axis of the state (vmapped): several seeds
-share one compiled program and one dataset, and each keeps its own run directory.
+share one compiled program and one dataset, and each keeps its own run directory. With
+`--devices N` (`distributed`) the state and the dataset are placed on a device mesh once, and
+gathered to the host once per evaluation and per checkpoint; on several hosts only process 0
+writes the run directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from lps.agents import check_agent, resolve_config
 from lps.agents.encoded import scan_updates
-from lps.data.sampler import to_device
+from lps.data.sampler import chunk_arrays, to_device
 from lps.files import write_json
-from lps.training import checkpoint, online, rundir, setup
+from lps.training import checkpoint, distributed, online, rundir, setup
 from lps.training.config import TrainConfig, check_agent_config, save_config, task_name, to_dict
 from lps.training.eval_schedule import EvaluationSchedule, seed_axis
 from lps.training.rundir import SUMMARY_JSON, seed_configs
@@ -47,7 +52,10 @@ def train(agent_name: str, cfg: TrainConfig, agent_cfg, resume: bool = False) ->
     check_agent_config(agent_cfg)
     runs = [SeedRun(c, agent_name) for c in seed_configs(cfg, agent_name)]
     online.check_config(cfg, len(runs))
-    with rundir.claim([run.dir for run in runs]), rundir.StopOnSignal() as stop:
+    distributed.initialize(cfg.distributed)  # joins the other hosts of a multi-host run, if any
+    # Only one process writes (and so locks) the run directories; the others read them to resume.
+    claim = rundir.claim([run.dir for run in runs]) if distributed.is_writer() else contextlib.nullcontext()
+    with claim, rundir.StopOnSignal() as stop:
         resume, changes = rundir.prepare(runs, agent_name, resolve_config(agent_name, agent_cfg, cfg.env), resume)
         finished = [rundir.finished_summary(run.dir, run.cfg) for run in runs] if resume else [None]
         if all(finished):  # nothing to train: its files stay as they are
@@ -59,12 +67,17 @@ def train(agent_name: str, cfg: TrainConfig, agent_cfg, resume: bool = False) ->
 
 
 def _train(agent_name, cfg, agent_cfg, runs, resume, changes, stop):
-    # --- build: data, agent, optimiser, state (fresh or resumed), records, evaluation ---
-    data = setup.load_data(cfg, [run.dir for run in runs])
+    # --- build: devices, data, agent, optimiser, state (fresh or resumed), records, evaluation ---
+    layout = distributed.make_layout(cfg.distributed, len(runs), cfg.batch_size)  # None: one device
+    data = setup.load_data(cfg, [run.dir for run in runs] if distributed.is_writer() else [])  # stats: one writer
     if cfg.online_steps:
         online.check_memory(data, cfg)  # refused before the offline steps, not after them
     agent = setup.build(agent_name, cfg, agent_cfg, data)
-    device_data = to_device(data, cfg.chunk_len)
+    if layout is None:
+        device_data = to_device(data, cfg.chunk_len)
+    else:
+        layout = layout.fit_data(_nbytes(data), cfg.distributed.data_placement)
+        device_data = layout.place_data(chunk_arrays(data, cfg.chunk_len))
     if cfg.batch_size > device_data.num_chunks:
         raise ValueError(
             f"--batch-size {cfg.batch_size} is larger than the dataset's {device_data.num_chunks} chunks; "
@@ -76,22 +89,27 @@ def _train(agent_name, cfg, agent_cfg, runs, resume, changes, stop):
     if resume:
         states, online_resume = _restore(cfg, runs, states, data, changes)
     _open_records(runs, agent_name, agent, cfg, resume, int(states[0].step))
-    state = stack_seeds(states)
+    state = stack_seeds(states) if layout is None else layout.place_state(stack_seeds(states))
     step = start_step = int(states[0].step)
     del states
-    update = make_seeds_update(agent, optimizer, cfg.batch_size, len(runs))
-    evaluation = _Evaluation(cfg, agent, runs)
+    update = make_seeds_update(agent, optimizer, cfg.batch_size, len(runs), layout and layout.batch_sharding)
+    shardings = None if layout is None else layout.update_shardings(state, device_data)
+    evaluation = _Evaluation(cfg, agent, runs, layout)
 
     def save() -> None:
+        host_state = state if layout is None else distributed.gather(state)  # every process takes part
+        if not distributed.is_writer():
+            return
         for i, run in enumerate(runs):
-            checkpoint.save(run.dir, _per_seed(state, i, len(runs)))
+            checkpoint.save(run.dir, _per_seed(host_state, i, len(runs)))
             # A resumed run's (possibly changed) config is recorded with its first checkpoint, so
             # a resume that fails early leaves the run as it was.
             save_config(run.dir, agent_name, run.cfg, agent.cfg, agent.spec)
 
     from tqdm import tqdm
 
-    bar = tqdm(total=cfg.steps, initial=step, disable=not cfg.progress, unit="step", dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=step, disable=not (cfg.progress and distributed.is_writer()), unit="step",
+               dynamic_ncols=True)  # fmt: skip
     if resume and step > 0 and _eval_due(cfg, step) and not all(_has_eval(run.log, step) for run in runs):
         evaluation(step, state)  # the run stopped before its evaluation of this step was written
     start = time.perf_counter()
@@ -102,7 +120,7 @@ def _train(agent_name, cfg, agent_cfg, runs, resume, changes, stop):
         while step < cfg.steps:
             n = min(cfg.log_every, cfg.steps - step)
             if n not in compiled:
-                compiled[n] = make_multi_update(update, n, scan=scan_updates(agent))
+                compiled[n] = make_multi_update(update, n, scan=scan_updates(agent), shardings=shardings)
             tick = time.perf_counter()
             new_state, metrics = compiled[n](state, device_data)
             metrics = {k: np.asarray(v).reshape(n, len(runs)) for k, v in jax.device_get(metrics).items()}
@@ -132,7 +150,9 @@ def _train(agent_name, cfg, agent_cfg, runs, resume, changes, stop):
                 state = train_state
                 save()
 
-            start_online = online_resume or online.initial_state(state, data, cfg)
+            # The online phase runs on one device: a state on several is gathered onto the first.
+            offline_state = state if layout is None else jax.tree_util.tree_map(jnp.asarray, distributed.gather(state))
+            start_online = online_resume or online.initial_state(offline_state, data, cfg)
             state = online.run(cfg, agent, optimizer, start_online, run_dir=runs[0].dir, schedule=evaluation.schedule,
                                save_train=save_online, progress=cfg.progress, stop=stop).train  # fmt: skip
         evaluation.schedule.finish()
@@ -179,18 +199,20 @@ def _restore(cfg: TrainConfig, runs: list[SeedRun], states: list, data, changes)
         rundir.check_resume_steps(cfg.steps, int(states[0].step), [r.dir for r in runs])
     print(f"[lps] resuming {', '.join(str(r.dir) for r in runs)} from step {int(states[0].step)}")
     for run, run_changes in zip(runs, changes):
-        rundir.record_changes(run.dir, int(states[0].step), run_changes)
+        if distributed.is_writer():
+            rundir.record_changes(run.dir, int(states[0].step), run_changes)
     return states, online_resume
 
 
 def _open_records(runs: list[SeedRun], agent_name: str, agent, cfg: TrainConfig, resume: bool, step: int) -> None:
-    """Each seed's config (a fresh run) and metric log (continued on resume)."""
+    """Each seed's config (a fresh run) and metric log (continued on resume); written by one process."""
+    writer = distributed.is_writer()
     for run in runs:
-        if not resume:
+        if not resume and writer:
             rundir.clear_outputs(run.dir)
             save_config(run.dir, agent_name, run.cfg, agent.cfg, agent.spec)
-        run.log = RunLog(run.dir, cfg.tensorboard, resume_step=step if resume else 0)
-        if cfg.wandb:
+        run.log = RunLog(run.dir, cfg.tensorboard and writer, resume_step=step if resume else 0, writes=writer)
+        if cfg.wandb and writer:
             run.log.sinks.append(_wandb_sink(run, agent_name, agent.cfg, resume))
 
 
@@ -198,10 +220,11 @@ class _Evaluation:
     """The evaluation step: each seed's episodes (through the schedule, which may overlap them with
     training) plus its validation metrics, logged as one row per seed at the step."""
 
-    def __init__(self, cfg: TrainConfig, agent, runs: list[SeedRun]):
-        self.runs = runs
+    def __init__(self, cfg: TrainConfig, agent, runs: list[SeedRun], layout: distributed.Layout | None = None):
+        self.runs, self.layout = runs, layout
         self.last: list[dict] = []
-        evaluator = setup.make_evaluator(cfg, len(runs))
+        # Episodes are played by the process that writes them (the others' results would be dropped).
+        evaluator = setup.make_evaluator(cfg, len(runs)) if distributed.is_writer() else None
         if evaluator is not None:  # refused now, not after the training
             setup.check_fits_env(evaluator, agent.spec, cfg.env,
                                  "pass the --env the data was recorded in, or --eval-episodes 0 to train without evaluation")  # fmt: skip
@@ -214,14 +237,15 @@ class _Evaluation:
 
     def __call__(self, step: int, state) -> None:
         n = len(self.runs)
+        params, target = state.params, state.target_params
+        if self.layout is not None:  # on several devices: one host copy for the whole evaluation
+            params, target = distributed.gather((params, target))
         extra_rows: list[dict] = [
             # the validation split's val/ metrics (lps.training.validation)
-            self.validator(_per_seed(state.params, i, n), _per_seed(state.target_params, i, n))
-            if self.validator.active
-            else {}
+            self.validator(_per_seed(params, i, n), _per_seed(target, i, n)) if self.validator.active else {}
             for i in range(n)
         ]
-        self.schedule.submit(step, seed_axis(state.params, n), extra_rows)
+        self.schedule.submit(step, seed_axis(params, n), extra_rows)
 
     def _after(self, step: int, results: list[dict]) -> None:
         self.last = results
@@ -240,6 +264,10 @@ def _wandb_sink(run: SeedRun, agent_name: str, agent_cfg, resume: bool):
     return WandbSink(run.dir, {"agent": agent_name, "train": to_dict(c), "agent_config": to_dict(agent_cfg)},
                      project=c.wandb_project, group=c.wandb_group, mode=c.wandb_mode, resume=resume,
                      name=c.wandb_name or f"{c.env}/{agent_name}/seed{c.seed}")  # fmt: skip
+
+
+def _nbytes(data: dict) -> int:
+    return sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(data))
 
 
 def _eval_due(cfg: TrainConfig, step: int) -> bool:
@@ -270,8 +298,9 @@ def _write_summary(agent_name: str, run: SeedRun, cfg: TrainConfig, steps_run: i
     }
     if cfg.online_steps:
         summary.update(online_env_steps=cfg.online_steps, gradient_steps=gradient_steps)
-    write_json(run.dir / SUMMARY_JSON, summary)
-    print(_summary_line(summary))
+    if distributed.is_writer():
+        write_json(run.dir / SUMMARY_JSON, summary)
+        print(_summary_line(summary))
     return summary
 
 

@@ -56,7 +56,7 @@ import numpy as np
 from flax import struct
 
 from lps.data import replay
-from lps.training import checkpoint
+from lps.training import checkpoint, distributed
 from lps.training.rundir import ONLINE_DIR, TrainingInterrupted
 
 
@@ -82,6 +82,8 @@ def check_config(cfg, num_seeds: int) -> None:
         )
     if num_seeds > 1:
         raise ValueError("--online-steps trains one seed per run; start one run per seed (--seed K)")
+    if cfg.distributed.coordinator_address is not None or distributed.launcher() is not None:
+        raise ValueError("--online-steps runs on one host (the offline steps may use several devices of it)")
     env_id(cfg)
 
 

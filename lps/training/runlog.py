@@ -43,8 +43,11 @@ def read_rows(path: Path) -> list[dict]:
 
 
 class RunLog:
-    def __init__(self, run_dir: str | Path, tensorboard: bool = False, resume_step: int | None = None):
-        self.dir = Path(run_dir)
+    def __init__(self, run_dir: str | Path, tensorboard: bool = False, resume_step: int | None = None,
+                 writes: bool = True):  # fmt: skip
+        """`writes=False` keeps the rows in memory only (the processes of a multi-host run other than
+        the one that writes the run directory)."""
+        self.dir, self.writes = Path(run_dir), writes
         self.rows: list[dict] = []
         self.sinks: list = []  # e.g. lps.training.loggers.WandbSink: each gets every row logged
         if resume_step is not None and (self.dir / METRICS_JSONL).exists():
@@ -59,6 +62,8 @@ class RunLog:
             self.tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=resume_step)
 
     def _rewrite(self) -> None:
+        if not self.writes:
+            return
         atomic_write(self.dir / METRICS_JSONL, "".join(json.dumps(r) + "\n" for r in self.rows))
         keys = sorted({k for r in self.rows for k in r} - {"step"})
         buf = io.StringIO()
@@ -70,8 +75,9 @@ class RunLog:
     def log(self, step: int, metrics: dict[str, float]) -> None:
         row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
         self.rows.append(row)
-        with naming(self.dir / METRICS_JSONL), open(self.dir / METRICS_JSONL, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        if self.writes:
+            with naming(self.dir / METRICS_JSONL), open(self.dir / METRICS_JSONL, "a") as f:
+                f.write(json.dumps(row) + "\n")
         # The CSV header is the union of all keys seen, so it is rewritten whole (it is small).
         self._rewrite()
         for sink in self.sinks:
@@ -87,6 +93,8 @@ class RunLog:
 
     def plot(self, title: str) -> None:
         """Success rate and the training losses against gradient steps."""
+        if not self.writes:
+            return
         import matplotlib
 
         matplotlib.use("Agg")

@@ -87,22 +87,41 @@ def stack_seeds(states: list[TrainState]) -> TrainState:
     return states[0] if len(states) == 1 else jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
 
 
-def make_seeds_update(agent, optimizer, batch_size: int, num_seeds: int):
+def make_seeds_update(agent, optimizer, batch_size: int, num_seeds: int, batch_sharding=None):
     """The update for `num_seeds` stacked states: one compiled program and one dataset for all
-    seeds. A single seed is not vmapped: on a CPU a batch-of-one vmap costs ~25 % in matmuls."""
-    update = make_update(agent, optimizer, batch_size)
+    seeds. A single seed is not vmapped: on a CPU a batch-of-one vmap costs ~25 % in matmuls.
+    `batch_sharding` (a `jax.sharding.Sharding` splitting the first axis) splits each sampled
+    batch over devices (data parallelism, `lps.training.distributed`); the values are the same."""
+    sample = sample_chunks if batch_sharding is None else split_batches(sample_chunks, batch_sharding)
+    update = make_update(agent, optimizer, batch_size, sample)
     return update if num_seeds == 1 else jax.vmap(update, in_axes=(0, None))
 
 
-def make_multi_update(update, num_steps: int, scan: bool = True):
+def split_batches(sample, sharding):
+    """`sample` whose batch is laid out by `sharding`: the compiler then computes each device's share
+    of the batch on that device and sums the gradients across devices."""
+
+    def sample_split(*args):
+        return jax.lax.with_sharding_constraint(sample(*args), sharding)
+
+    return sample_split
+
+
+def make_multi_update(update, num_steps: int, scan: bool = True, shardings=None):
     """`num_steps` updates in one compiled program; returns per-step metrics stacked.
 
     `scan=False` dispatches the same jitted update `num_steps` times instead (data and state stay
     on the device; only the dispatch loop is on the host): XLA's CPU backend runs convolutions
     inside a loop body ~20x slower than at top level (measured: 14 s vs 0.7 s per update of the
-    IMPALA encoder at 128x128x6), so image agents on a CPU use it (`lps.agents.encoded.scan_updates`)."""
+    IMPALA encoder at 128x128x6), so image agents on a CPU use it (`lps.agents.encoded.scan_updates`).
+
+    `shardings`, `(in_shardings, out_shardings)` of `(state, data) -> (state, metrics)`, compiles it
+    for a device mesh (`lps.training.distributed.Layout.update_shardings`); None: one device."""
+    jit = partial(jax.jit, donate_argnums=0)
+    if shardings is not None:
+        jit = partial(jit, in_shardings=shardings[0], out_shardings=shardings[1])
     if not scan:
-        step = jax.jit(update, donate_argnums=0)
+        step = jit(update)
 
         def loop_update(state, data):
             rows = []
@@ -113,7 +132,7 @@ def make_multi_update(update, num_steps: int, scan: bool = True):
 
         return loop_update
 
-    @partial(jax.jit, donate_argnums=0)
+    @jit
     def multi_update(state, data):
         return jax.lax.scan(lambda s, _: update(s, data), state, None, length=num_steps)
 
