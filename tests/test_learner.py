@@ -139,6 +139,11 @@ def test_learner_trains_swaps_and_refuses_bad_episodes(offline_run, tmp_path):
             assert learner.updates_run == 10  # 12 steps x UTD 1 in blocks of 10; 2 carried over
             after = srv.policy(obs, key=key)
             assert not np.allclose(before, after), "the served actions did not change after an update"
+            # load_policy (and lps serve without --learn) gives the fine-tuned weights, or the offline ones.
+            from lps.deploy.policy import load_policy
+
+            np.testing.assert_allclose(load_policy(run)(obs, key=key), after, atol=1e-6)
+            np.testing.assert_allclose(load_policy(run, weights="offline")(obs, key=key), before, atol=1e-6)
 
             # The episode file, labelled as offline robot data is.
             files = L.episode_files(run / "learner" / "episodes")

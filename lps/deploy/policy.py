@@ -196,7 +196,13 @@ def acting_device(device: str = "auto") -> jax.Device:
         return jax.devices()[0]
 
 
-def load_policy(run_dir: str | Path, seed: int = 0, device: str = "auto") -> Policy:
+WEIGHTS = ("latest", "offline")
+
+
+def load_policy(run_dir: str | Path, seed: int = 0, device: str = "auto", weights: str = "latest") -> Policy:
+    """The run's policy. `weights`: "latest" (default) is the fine-tuned state of the run's
+    learner (`lps serve --learn`) when it has one, else the offline result; "offline" is always
+    the offline result (`RUN/checkpoint.msgpack`)."""
     from lps.files import user_path
     from lps.training.config import load_config
     from lps.training.setup import build_agent_for
@@ -207,11 +213,31 @@ def load_policy(run_dir: str | Path, seed: int = 0, device: str = "auto") -> Pol
     if spec is None:
         raise ValueError(f"{run_dir}/config.json has no problem spec; was the run started?")
     agent = build_agent_for(agent_name, cfg, agent_cfg, spec)
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
     state = checkpoint.restore(run_dir, create_state(agent, make_optimizer(cfg), cfg.seed))
+    if weights == "latest":
+        state = _fine_tuned(Path(run_dir), state)
     from lps.data import normalize
 
     return Policy(agent, state.params, seed, device, robot=robot_settings(cfg, spec),
                   normalization=normalize.load(run_dir))  # fmt: skip
+
+
+def _fine_tuned(run_dir: Path, offline_state):
+    """The training state of the run's learner when it has a checkpoint, else `offline_state`."""
+    from lps.deploy import learner
+
+    folder = run_dir / learner.LEARNER_DIR
+    if not any((folder / name).exists() for name in (checkpoint.CHECKPOINT, checkpoint.PREVIOUS)):
+        return offline_state
+    import jax.numpy as jnp
+
+    template = learner.LearnerState(offline_state, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+    restored = checkpoint.restore(folder, template)
+    print(f"[lps] {run_dir}: the fine-tuned weights of its learner ({int(restored.episodes_trained)} episode(s) "
+          "trained on; weights='offline' / --weights offline for the offline ones)")  # fmt: skip
+    return restored.train
 
 
 def robot_settings(cfg, spec):

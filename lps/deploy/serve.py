@@ -369,7 +369,7 @@ def pick_device(name: str):
 
 
 def load_server(run_dir: str | Path, device: str = "auto", seed: int = 0, log_every_s: float = 10.0, log=print,
-                max_batch: int = DEFAULT_MAX_BATCH):  # fmt: skip
+                max_batch: int = DEFAULT_MAX_BATCH, weights: str = "latest"):  # fmt: skip
     """The run's policy on the chosen device, compiled, wrapped in a PolicyServer."""
     import jax
 
@@ -379,7 +379,7 @@ def load_server(run_dir: str | Path, device: str = "auto", seed: int = 0, log_ev
     dev = pick_device(device)
     agent_name = load_config(run_dir)[0]
     with jax.default_device(dev):
-        policy = load_policy(run_dir, seed)
+        policy = load_policy(run_dir, seed, weights=weights)
     policy.params = jax.device_put(policy.params, dev)  # committed: every call runs on `dev`
     info = {"agent": agent_name, "run": str(run_dir), "device": str(dev)}
     server = PolicyServer(policy, info, log_every_s, log, max_batch)
@@ -437,6 +437,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every interface; no auth!)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port)")
     p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto", help="where the policy runs")
+    p.add_argument("--weights", choices=["latest", "offline"], default="latest",
+                   help="latest: the learner's fine-tuned weights when the run has them (else the offline ones)")
     p.add_argument("--seed", type=int, default=0, help="seed of the acting noise (stochastic agents)")
     p.add_argument("--log-every", type=float, default=10.0, help="seconds between latency summaries (0: off)")
     p.add_argument("--max-message-mb", type=float, default=64.0, help="largest request accepted, in MiB")
@@ -472,7 +474,7 @@ def main(argv: list[str]) -> int:
     if a.learn and "jax" not in sys.modules and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
         # Two host devices: the learner trains on the second, so acting never queues behind an update.
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
-    server = load_server(a.run_dir, a.device, a.seed, a.log_every, log=log, max_batch=a.max_batch)
+    server = load_server(a.run_dir, a.device, a.seed, a.log_every, log=log, max_batch=a.max_batch, weights=a.weights)
     learner = None
     if a.learn:
         from lps.deploy.learner import LearnerConfig, attach
