@@ -312,6 +312,24 @@ def test_actor_loss_reaches_no_critic_or_base_parameter_encoders_included(name, 
     assert _nonzero(total["critic_encoder"]) and _nonzero(total["base_encoder"])
 
 
+@pytest.mark.parametrize("name", ["qc-fql", "dsrl-na"])
+def test_policy_losses_of_the_baselines_reach_no_critic_or_base_parameter(name, monkeypatch):
+    """QC-FQL's Q term and DSRL-NA's latent-actor loss (each agent's "loss/actor") train its own
+    policy network and encoder only: the critic's and the base policy's get no gradient from it."""
+    agent, spec = _encoded(name, monkeypatch, cameras=1, size=8)
+    params = agent.init(jax.random.PRNGKey(0))
+    target = {k: params[k] for k in agent.target_keys}
+    batch = _image_batch(spec)
+    policy_loss = lambda p: agent.loss(p, target, batch, jax.random.PRNGKey(1))[1]["loss/actor"]  # noqa: E731
+    grads = jax.jit(jax.grad(policy_loss))(params)
+    frozen = ("critic", "critic_encoder", "base", "base_encoder") + (("latent_critic", "latent_critic_encoder")
+                                                                      if name == "dsrl-na" else ())  # fmt: skip
+    for key in frozen:
+        assert not _nonzero(grads[key]), f"the policy loss trains {key}"
+    own = "actor" if name == "qc-fql" else "latent_actor"
+    assert _nonzero(grads[own]) and _nonzero(grads[f"{own}_encoder"])
+
+
 def test_target_encoder_moves_by_polyak_only(monkeypatch):
     agent, spec = _encoded("lps", monkeypatch, cameras=1, size=8)
     assert agent.target_keys == ("critic", "critic_encoder")
