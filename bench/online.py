@@ -78,7 +78,8 @@ def bench_online(data_dir: str, envs: int, workers: int, env_steps: int, utd: in
                  sync: bool) -> float:  # fmt: skip
     """X: env steps per second of the online phase, median of its rows after the first."""
     rows = train_rows(data_dir, steps=100, batch_size=batch_size, online_steps=env_steps, online_envs=envs,
-                      online_workers=workers, utd=utd, online_sync=sync)  # fmt: skip
+                      online_workers=workers, utd=utd, online_sync=sync,
+                      online_start_steps=0)  # the phase as it runs once updates start  # fmt: skip
     rates = [r["env_steps_per_sec"] for r in rows if "env_steps_per_sec" in r][1:]
     return statistics.median(rates) if rates else float("nan")
 
