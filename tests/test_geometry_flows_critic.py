@@ -130,3 +130,11 @@ def test_release_switches_of_the_comparison_set():
     assert make_agent("lps", LPSConfig(backbone="fm-1step", release_actor=True), spec).cfg.actor_hidden == (512,) * 4
     assert make_agent("lps", LPSConfig(release_actor=True), spec).cfg.actor_hidden == (256, 256)
     assert QCFQLConfig().clip_critic_input and not QCMFQLConfig().clip_critic_input
+    # A QC-MFQL run recorded before the switch existed (it clipped) resumes clipping.
+    import dataclasses
+
+    from lps.training.config import from_dict
+
+    recorded = dataclasses.asdict(QCMFQLConfig())
+    del recorded["clip_critic_input"]
+    assert from_dict(QCMFQLConfig, recorded).clip_critic_input

@@ -442,3 +442,9 @@ def test_online_start_steps_owe_no_updates_before_the_warm_up(tmp_path):
     assert online.start_steps(dataclasses.replace(ogbench, online_start_steps=7)) == 7
     with pytest.raises(ValueError, match="--online-start-steps"):
         TrainConfig(online_start_steps=-1)
+    # A run recorded before the warm-up existed resumes without one.
+    from lps.training.config import from_dict, to_dict
+
+    recorded = to_dict(ogbench)
+    del recorded["online_start_steps"]
+    assert online.start_steps(from_dict(TrainConfig, recorded)) == 0

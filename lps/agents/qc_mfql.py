@@ -27,6 +27,9 @@ class QCMFQLConfig(QCFQLConfig):
     """As the public release: the critic scores the one-step policy's unclipped chunk in the actor
     loss (QC-FQL clips it; --clip-critic-input does here too)."""
 
+    # Runs recorded before the field existed clipped, and resume so (lps.training.config.from_dict).
+    LEGACY_DEFAULTS: ClassVar[dict] = {"clip_critic_input": True}
+
 
 @dataclasses.dataclass(frozen=True)
 class QCMFQL(QCFQL):

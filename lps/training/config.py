@@ -10,7 +10,7 @@ import dataclasses
 import json
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import tyro
 
@@ -125,6 +125,9 @@ class TrainConfig:
     """Online: environment steps played before the first online update (Q-chunking's
     `start_training`). Default: 5,000 on OGBench tasks, as Q-chunking runs offline-to-online; 0 on
     the toy bandits."""
+
+    # Runs recorded before these fields existed resume as they trained (see from_dict).
+    LEGACY_DEFAULTS: ClassVar[dict] = {"online_start_steps": 0}
     distributed: Annotated[DistributedConfig, tyro.conf.OmitArgPrefixes] = DistributedConfig()
     """Several devices and hosts: --devices, --device-axis, --shard-params, --data-placement and the
     multi-host flags (README, "Training on several GPUs and hosts")."""
@@ -258,7 +261,10 @@ def to_dict(cfg) -> dict:
 
 
 def from_dict(cls: type, data: dict):
-    """Rebuild a config dataclass from JSON (lists back to tuples; unknown keys are an error)."""
+    """Rebuild a config dataclass from JSON (lists back to tuples; unknown keys are an error). A
+    field missing from an older run's JSON takes the class's `LEGACY_DEFAULTS` value when it has
+    one (what such runs did before the field existed), else the field's default."""
+    data = {**getattr(cls, "LEGACY_DEFAULTS", {}), **data}
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
