@@ -259,7 +259,9 @@ def fake_run(run_dir, summary: dict | None = None, online_checkpoint: bool = Fal
     cfg = TrainConfig(env="toy-bandit", run_dir=str(run_dir), chunk_len=1, progress=False, **cfg_fields)
     run_dir.mkdir(parents=True)
     save_config(run_dir, "lps", cfg, resolve_config("lps", SMALL, cfg.env), Spec(obs_dim=1, action_dim=2, chunk_len=1))
-    (run_dir / "checkpoint.msgpack").write_bytes(b"not read by these checks")
+    from lps.training import checkpoint
+
+    checkpoint.save(run_dir, {"step": np.zeros((), np.int32)})  # intact (verified), never restored here
     if online_checkpoint:
         (run_dir / "online").mkdir()
         (run_dir / "online" / "checkpoint.msgpack").write_bytes(b"not read either")

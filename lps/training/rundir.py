@@ -253,6 +253,10 @@ def finished_summary(run_dir: Path, cfg) -> dict | None:
         return None
     if summary.get("steps") != cfg.steps or summary.get("online_env_steps", 0) != cfg.online_steps:
         return None
+    from lps.training import checkpoint
+
+    if not checkpoint.verify(Path(run_dir) / checkpoint.CHECKPOINT):  # damaged: resume from the fallback
+        return None
     if cfg.eval_episodes:  # the final evaluation too: a resume re-runs it when its row is missing
         from lps.training.runlog import METRICS_JSONL, read_rows
 
