@@ -67,13 +67,8 @@ def agent_for(name: str, size: str):
     return make_agent(name, cfg, Spec(OBS_DIM, ACTION_DIM, CHUNK, 0.99))
 
 
-def bench_update(name: str, size: str, steps_per_call: int, repeats: int, seeds: int = 1) -> float:
-    """Aggregate updates/s (over all seeds) of the trainer's vmapped, scanned update."""
-    agent = agent_for(name, size)
-    optimizer = make_optimizer(TrainConfig())
-    data = to_device(synthetic_dataset(), CHUNK)
-    multi = make_multi_update(make_seeds_update(agent, optimizer, 256, seeds), steps_per_call)
-    state = stack_seeds([create_state(agent, optimizer, s) for s in range(seeds)])
+def _updates_per_sec(multi, state, data, updates_per_call: int, repeats: int) -> float:
+    """Median updates/s of a compiled multi-step update over `repeats` timed calls (after one to compile)."""
     state, m = multi(state, data)  # compile
     jax.block_until_ready(m)
     rates = []
@@ -81,8 +76,18 @@ def bench_update(name: str, size: str, steps_per_call: int, repeats: int, seeds:
         t = time.perf_counter()
         state, m = multi(state, data)
         jax.block_until_ready(m)
-        rates.append(seeds * steps_per_call / (time.perf_counter() - t))
+        rates.append(updates_per_call / (time.perf_counter() - t))
     return statistics.median(rates)
+
+
+def bench_update(name: str, size: str, steps_per_call: int, repeats: int, seeds: int = 1) -> float:
+    """Aggregate updates/s (over all seeds) of the trainer's vmapped, scanned update."""
+    agent = agent_for(name, size)
+    optimizer = make_optimizer(TrainConfig())
+    data = to_device(synthetic_dataset(), CHUNK)
+    multi = make_multi_update(make_seeds_update(agent, optimizer, 256, seeds), steps_per_call)
+    state = stack_seeds([create_state(agent, optimizer, s) for s in range(seeds)])
+    return _updates_per_sec(multi, state, data, seeds * steps_per_call, repeats)
 
 
 def bench_devices(name: str, size: str, steps_per_call: int, repeats: int, devices: int, batch_size: int,
@@ -101,15 +106,7 @@ def bench_devices(name: str, size: str, steps_per_call: int, repeats: int, devic
         shardings, batch_sharding = layout.update_shardings(state, data), layout.batch_sharding
     update = make_seeds_update(agent, optimizer, batch_size, 1, batch_sharding)
     multi = make_multi_update(update, steps_per_call, shardings=shardings)
-    state, m = multi(state, data)  # compile
-    jax.block_until_ready(m)
-    rates = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        state, m = multi(state, data)
-        jax.block_until_ready(m)
-        rates.append(steps_per_call / (time.perf_counter() - t))
-    return statistics.median(rates)
+    return _updates_per_sec(multi, state, data, steps_per_call, repeats)
 
 
 def bench_act(name: str, size: str, calls: int) -> float:
