@@ -14,6 +14,9 @@ msgpack-numpy package's layout ({"nd": True, "type", "shape", "data"}) are decod
 Requests and replies (every reply but errors carries "policy_version": the weights it came from):
     {"type": "spec"}                  -> {"type": "spec", "observation": ..., "chunk_len": H, "action_dim": A, ...}
     {"obs": array or dict of arrays}  -> {"action": (H, A) float32, "latency_ms": float, "step": n}
+      optional with a `--frame-stack` policy (spec "frame_stack" > 1): "episode" (an id: a new one
+      starts a new frame stack) and "frames" (the observations of the steps executed since the
+      last request, oldest first; the server keeps the connection's last K frames)
     {"type": "episode", "id", "token", "outcome": "success" | "failure" | "aborted",
      "observations": (T, ...) array or dict of them, "actions": (T, A), "interventions": (T,) bool}
                                       -> {"type": "episode_ack", "id", "duplicate": bool, ...}   (`lps serve --learn`)
@@ -160,10 +163,18 @@ class PolicyClient:
             self._spec = self._request({"type": "spec"})
         return self._spec
 
-    def act(self, obs) -> np.ndarray:
-        """The action chunk (H, action_dim) for one observation ((B, H, A) for a batch of state vectors)."""
+    def act(self, obs, frames: list | None = None, episode: str | None = None) -> np.ndarray:
+        """The action chunk (H, action_dim) for one observation ((B, H, A) for a batch of state vectors).
+        For a `--frame-stack` policy: `episode`, an id that changes when a new episode starts, and
+        `frames`, the observations of the steps executed since the last call (`Episode.act` sends
+        both itself)."""
         start = time.perf_counter()
-        reply = self._request({"obs": obs})
+        message = {"obs": obs}
+        if episode is not None:
+            message["episode"] = episode
+        if frames:
+            message["frames"] = list(frames)
+        reply = self._request(message)
         self.last_round_trip_ms = 1e3 * (time.perf_counter() - start)
         self.last_latency_ms = reply.get("latency_ms")
         if "action" not in reply:
@@ -217,10 +228,19 @@ class Episode:
         self.actions: list[np.ndarray] = []
         self.interventions: list[bool] = []
         self.reply: dict | None = None
+        self._acted_at: int | None = None  # recorded steps when the last chunk was asked for
 
     def act(self, obs) -> np.ndarray:
-        """The served chunk for `obs` (record the steps you execute from it with `record`)."""
-        return self.client.act(obs)
+        """The served chunk for `obs` (record the steps you execute from it with `record`). A
+        `--frame-stack` policy is also sent this episode's id and the steps recorded since the
+        last call, so it stacks consecutive frames as in training."""
+        stack = int(self.client.spec().get("frame_stack", 1))
+        if stack <= 1:
+            return self.client.act(obs)
+        # The recorded steps after the one the last chunk was asked for (that one is already stacked).
+        since = self.observations[self._acted_at + 1 :] if self._acted_at is not None else []
+        self._acted_at = len(self.observations)
+        return self.client.act(obs, frames=since[-(stack - 1) :], episode=self.id)
 
     def record(self, obs, action, intervention: bool = False) -> None:
         """One executed step: the observation it started from and the action actually executed

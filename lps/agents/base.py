@@ -30,11 +30,21 @@ class Spec:
     chunk_len: int = 5
     gamma: float = 0.99
     image_shape: tuple[int, ...] | None = None
-    """(H, W, C) of image observations (`lps.agents.encoded`), None for state vectors."""
+    """(H, W, C) of image observations (`lps.agents.encoded`), None for state vectors: one frame."""
+    frame_stack: int = 1
+    """Frames the networks see, stacked on the channel axis (`--frame-stack`, `lps.data.frames`)."""
 
     def __post_init__(self):
         if self.image_shape is not None:  # JSON gives a list; the spec must stay hashable
             object.__setattr__(self, "image_shape", tuple(int(d) for d in self.image_shape))
+
+    @property
+    def network_image_shape(self) -> tuple[int, ...] | None:
+        """(H, W, K*C): the image the networks take, the last K frames on the channel axis."""
+        if self.image_shape is None:
+            return None
+        *hw, channels = self.image_shape
+        return (*hw, channels * self.frame_stack)
 
     @property
     def chunk_dim(self) -> int:

@@ -85,18 +85,23 @@ class ImpalaEncoder(nn.Module):
 
 class ObservationEncoder(nn.Module):
     """Observation (array or {state, image}) -> features (B, F). Robot images ({state, image}) hold
-    one camera per 3 channels: each camera gets its own IMPALA, their features are concatenated."""
+    one camera per 3 channels: each camera gets its own IMPALA, their features are concatenated.
+    With `frame_stack` K the channels hold K frames of every camera (oldest first, see
+    `lps.data.frames`); a camera's IMPALA sees its K frames."""
 
     arch: str
     features: int
+    frame_stack: int = 1
 
     @nn.compact
     def __call__(self, obs):
         stacks, blocks = ARCHS[self.arch]
         if isinstance(obs, dict):
             images = obs["image"]
-            cams = cameras(images.shape[-1])
-            per_camera = [ImpalaEncoder(stacks, blocks, self.features, name=f"camera{i}")(images[..., 3 * i : 3 * i + 3])
+            frame_channels = images.shape[-1] // self.frame_stack
+            cams = cameras(frame_channels)
+            per_camera = [ImpalaEncoder(stacks, blocks, self.features, name=f"camera{i}")(
+                              camera_frames(images, i, frame_channels, self.frame_stack))
                           for i in range(cams)] if cams > 1 else [ImpalaEncoder(stacks, blocks, self.features)(images)]  # fmt: skip
             return jnp.concatenate([*per_camera, obs["state"].astype(jnp.float32)], axis=-1)
         if obs.ndim == 4:
@@ -107,6 +112,12 @@ class ObservationEncoder(nn.Module):
 def cameras(channels: int) -> int:
     """Cameras in a robot image stacked on the channel axis (three channels each; else one)."""
     return channels // 3 if channels % 3 == 0 and channels > 3 else 1
+
+
+def camera_frames(images: jax.Array, camera: int, frame_channels: int, frame_stack: int) -> jax.Array:
+    """Camera `camera`'s three channels of each of the K stacked frames: (B, H, W, 3K)."""
+    return jnp.concatenate([images[..., f * frame_channels + 3 * camera : f * frame_channels + 3 * camera + 3]
+                            for f in range(frame_stack)], axis=-1)  # fmt: skip
 
 
 def shift_offsets(key: jax.Array, batch: int, shift: int) -> jax.Array:
@@ -180,7 +191,7 @@ def example_observation(spec: Spec):
     state = jnp.zeros((1, spec.obs_dim), jnp.float32)
     if spec.image_shape is None:
         return state
-    image = jnp.zeros((1, *spec.image_shape), jnp.uint8)
+    image = jnp.zeros((1, *spec.network_image_shape), jnp.uint8)
     return {"state": state, "image": image} if spec.obs_dim > 0 else image
 
 
@@ -232,7 +243,7 @@ class EncodedAgent:
 
     @property
     def encoder(self) -> ObservationEncoder:
-        return ObservationEncoder(self.arch, self.features)
+        return ObservationEncoder(self.arch, self.features, self.spec.frame_stack)
 
     def init(self, key):
         k_encoder, k_inner = jax.random.split(key)

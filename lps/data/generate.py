@@ -47,6 +47,21 @@ _DTYPES = {
 _MAX_ATTEMPTS = 100  # scene re-collects blocks knocked off the table; this only guards against a hang
 
 
+def make_gym_env(env_id: str, **kwargs):
+    """`gymnasium.make(env_id, **kwargs)` without the two warnings every OGBench env raises when it
+    is made (gymnasium: "Box low's/high's precision lowered by casting to float32" for its float64
+    bounds; MuJoCo: no DISPLAY), which would fill a newcomer's first screen once per environment
+    and per worker. Nothing else is silenced, and only while the env is made."""
+    import warnings
+
+    import gymnasium
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
+        warnings.filterwarnings("ignore", message=".*DISPLAY environment variable.*")
+        return gymnasium.make(env_id, **kwargs)
+
+
 def require_ogbench():
     import warnings
 
@@ -88,7 +103,7 @@ def _env_and_agents(env: str, max_episode_steps: int):
     key = (env, max_episode_steps)
     if key not in _cache:
         try:
-            import gymnasium
+            import gymnasium  # noqa: F401
             import ogbench.manipspace  # noqa: F401  (registers the *-v0 envs with gymnasium)
             from ogbench.manipspace.oracles.plan.button_plan import ButtonPlanOracle
             from ogbench.manipspace.oracles.plan.cube_plan import CubePlanOracle
@@ -101,7 +116,7 @@ def _env_and_agents(env: str, max_episode_steps: int):
         for old_env, _ in _cache.values():
             _close(old_env)
         _cache.clear()
-        gym_env = gymnasium.make(
+        gym_env = make_gym_env(
             f"{env}-v0", terminate_at_goal=False, mode="data_collection", max_episode_steps=max_episode_steps
         )
         kw = dict(env=gym_env, noise=0.1, noise_smoothing=0.5)

@@ -113,9 +113,9 @@ def measure_render_rate(env_id: str, frames: int = 4) -> tuple[float, float]:
     process. The CPU time does not depend on how busy the machine is; the wall rate does."""
     import time
 
-    import gymnasium
+    from lps.data.generate import make_gym_env
 
-    env = gymnasium.make(env_id)
+    env = make_gym_env(env_id)
     try:
         env.reset(seed=0)
         env.unwrapped.render()  # the first frame builds the GL context

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from lps.data.frames import episode_first_rows
 from lps.data.sampler import chunk_starts, gather_chunks
 
 Mix = Literal["buffer", "balanced"]
@@ -48,6 +49,9 @@ class ReplayBuffer(struct.PyTreeNode):
     num_offline_rows: jax.Array  # int32 scalar
     num_offline_starts: jax.Array  # int32 scalar
     staging_start: jax.Array  # int32 scalar: rows from here on hold the episodes in progress
+    # --frame-stack K > 1: each row's episode's first row, to stack frames (see lps.data.sampler)
+    first_rows: jax.Array | None = None
+    frame_stack: int = struct.field(pytree_node=False, default=1)
 
     @property
     def capacity(self) -> int:
@@ -89,9 +93,11 @@ def device_memory_bytes(device=None) -> tuple[int | None, str]:
     return available_memory_bytes(), "this machine"
 
 
-def create(dataset: dict[str, np.ndarray], chunk_len: int, capacity: int, staging_rows: int = 0) -> ReplayBuffer:
+def create(dataset: dict[str, np.ndarray], chunk_len: int, capacity: int, staging_rows: int = 0,
+           frame_stack: int = 1) -> ReplayBuffer:  # fmt: skip
     """A buffer of `capacity` rows holding the validated row-layout `dataset` (see
-    `lps.data.validate`) in its first rows; its last `staging_rows` rows are the staging area."""
+    `lps.data.validate`) in its first rows; its last `staging_rows` rows are the staging area.
+    With `frame_stack` K > 1 its batches stack each observation's last K frames."""
     n = len(dataset["actions"])
     if capacity - staging_rows < n:
         raise ValueError(f"replay capacity {capacity - staging_rows} is smaller than the offline data's {n} rows")
@@ -104,7 +110,8 @@ def create(dataset: dict[str, np.ndarray], chunk_len: int, capacity: int, stagin
         return jnp.asarray(out)
 
     return ReplayBuffer(
-        observations=jax.tree_util.tree_map(lambda x: padded(x, np.float32), dataset["observations"]),
+        # uint8 images stay uint8 (a quarter of float32's memory; the encoder scales them), as offline.
+        observations=jax.tree_util.tree_map(lambda x: padded(x, _row_dtype(x)), dataset["observations"]),
         actions=padded(dataset["actions"], np.float32),
         rewards=padded(dataset["rewards"], np.float32),
         masks=padded(dataset["masks"], np.float32),
@@ -114,7 +121,13 @@ def create(dataset: dict[str, np.ndarray], chunk_len: int, capacity: int, stagin
         num_offline_rows=jnp.asarray(n, jnp.int32),
         num_offline_starts=jnp.asarray(len(starts), jnp.int32),
         staging_start=jnp.asarray(capacity - staging_rows, jnp.int32),
+        first_rows=padded(episode_first_rows(dataset["terminals"]), np.int32) if frame_stack > 1 else None,
+        frame_stack=frame_stack,
     )
+
+
+def _row_dtype(x) -> type:
+    return np.uint8 if np.asarray(x).dtype == np.uint8 else np.float32
 
 
 @partial(jax.jit, donate_argnums=0)
@@ -140,6 +153,7 @@ def _write(buffer: ReplayBuffer, block: dict, num_rows: jax.Array, block_starts:
         starts=buffer.starts.at[slots].set(buffer.num_rows + block_starts, mode="drop"),
         num_rows=buffer.num_rows + num_rows,
         num_starts=buffer.num_starts + num_block_starts,
+        first_rows=None if buffer.first_rows is None else put(buffer.first_rows, buffer.num_rows + block["first_rows"]),
     )
 
 
@@ -166,6 +180,7 @@ def append(buffer: ReplayBuffer, episodes: dict[str, Any], chunk_len: int, block
     block = {
         "observations": jax.tree_util.tree_map(pad, episodes["observations"]),
         **{k: pad(episodes[k]) for k in ("actions", "rewards", "masks")},
+        "first_rows": pad(episode_first_rows(terminals)),  # relative to the block
     }
     return _write(buffer, block, jnp.asarray(n, jnp.int32), jnp.asarray(pad(starts.astype(np.int32))),
                   jnp.asarray(len(starts), jnp.int32))  # fmt: skip
@@ -188,6 +203,8 @@ def _write_staging(buffer: ReplayBuffer, block: dict, starts: jax.Array, first_s
         masks=put(buffer.masks, block["masks"]),
         starts=buffer.starts.at[slots].set(starts, mode="drop"),
         num_starts=first_start + num_new_starts,
+        first_rows=(None if buffer.first_rows is None
+                    else put(buffer.first_rows, buffer.staging_start + block["first_rows"])),  # fmt: skip
     )
 
 
@@ -201,9 +218,10 @@ def stage(buffer: ReplayBuffer, episodes: list[dict[str, Any]], first_start: int
     segment = rows // len(episodes)
     block = {
         "observations": jax.tree_util.tree_map(
-            lambda x: np.zeros((rows, *np.shape(x)[1:]), np.float32), episodes[0]["observations"]
+            lambda x: np.zeros((rows, *np.shape(x)[1:]), _row_dtype(x)), episodes[0]["observations"]
         ),
         **{k: np.zeros((rows, *np.shape(episodes[0][k])[1:]), np.float32) for k in ("actions", "rewards", "masks")},
+        "first_rows": np.zeros(rows, np.int32),  # relative to the staging area
     }
     starts = []
     for k, ep in enumerate(episodes):
@@ -213,6 +231,7 @@ def stage(buffer: ReplayBuffer, episodes: list[dict[str, Any]], first_start: int
         base = k * segment
         for key in ("actions", "rewards", "masks"):
             block[key][base : base + n] = ep[key]
+        block["first_rows"][base : base + segment] = base
         jax.tree_util.tree_map(lambda dest, x: dest.__setitem__(slice(base, base + n), x), block["observations"],
                                ep["observations"])  # fmt: skip
         starts.append(int(buffer.staging_start) + base + chunk_starts(np.asarray(ep["terminals"], bool), chunk_len))

@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from lps.data.frames import episode_first_rows, gather_observations
+
 
 class ChunkData(struct.PyTreeNode):
     observations: Any  # (N, obs_dim) or a pytree of (N, ...) leaves, every row including each episode's final one
@@ -30,6 +32,9 @@ class ChunkData(struct.PyTreeNode):
     rewards: jax.Array  # (N,), reward of the transition leaving row t
     masks: jax.Array  # (N,), 0 where the episode would stop bootstrapping (task solved)
     starts: jax.Array  # (M,), int32 rows where a whole chunk fits in the episode
+    # --frame-stack K > 1: each row's episode's first row (int32), to stack frames t-K+1..t (lps.data.frames)
+    first_rows: jax.Array | None = None
+    frame_stack: int = struct.field(pytree_node=False, default=1)
 
     @property
     def num_chunks(self) -> int:
@@ -53,20 +58,23 @@ def chunk_starts(terminals: np.ndarray, chunk_len: int) -> np.ndarray:
     return rows[rows + chunk_len <= episode_end].astype(np.int32)
 
 
-def to_device(dataset: dict[str, np.ndarray], chunk_len: int) -> ChunkData:
+def to_device(dataset: dict[str, np.ndarray], chunk_len: int, frame_stack: int = 1) -> ChunkData:
     """Put a validated row-layout dataset on the (default) device (see `lps.data.validate`)."""
-    return jax.tree_util.tree_map(jnp.asarray, chunk_arrays(dataset, chunk_len))
+    return jax.tree_util.tree_map(jnp.asarray, chunk_arrays(dataset, chunk_len, frame_stack))
 
 
-def chunk_arrays(dataset: dict[str, np.ndarray], chunk_len: int) -> ChunkData:
+def chunk_arrays(dataset: dict[str, np.ndarray], chunk_len: int, frame_stack: int = 1) -> ChunkData:
     """The ChunkData of a validated row-layout dataset as host arrays, in the dtypes the device
     holds (for placing them on several devices: `lps.training.distributed`)."""
+    first_rows = episode_first_rows(dataset["terminals"]) if frame_stack > 1 else None
     return ChunkData(
         observations=jax.tree_util.tree_map(_device_obs, dataset["observations"]),
         actions=np.asarray(dataset["actions"], np.float32),
         rewards=np.asarray(dataset["rewards"], np.float32),
         masks=np.asarray(dataset["masks"], np.float32),
         starts=chunk_starts(dataset["terminals"], chunk_len),
+        first_rows=first_rows,
+        frame_stack=frame_stack,
     )
 
 
@@ -85,14 +93,19 @@ def sample_chunks(data: ChunkData, key: jax.Array, batch_size: int, chunk_len: i
 
 def gather_chunks(data, rows: jax.Array, chunk_len: int, gamma: float) -> dict:
     """The chunks starting at `rows` (see `sample_chunks`); `data` is a ChunkData or anything with
-    its row arrays (the online replay buffer). Observations may be a pytree (dict observations)."""
+    its row arrays (the online replay buffer). Observations may be a pytree (dict observations);
+    with `data.frame_stack` K > 1 their images hold frames t-K+1..t on the channel axis."""
     batch_size = rows.shape[0]
     chunk_rows = rows[:, None] + jnp.arange(chunk_len)
     discounts = gamma ** jnp.arange(chunk_len, dtype=jnp.float32)
+
+    def observations_at(at):
+        return gather_observations(data.observations, at, data.first_rows, data.frame_stack)
+
     return {
-        "observations": jax.tree_util.tree_map(lambda x: x[rows], data.observations),
+        "observations": observations_at(rows),
         "actions": data.actions[chunk_rows].reshape(batch_size, -1),
         "chunk_return": jnp.sum(data.rewards[chunk_rows] * discounts, axis=-1),
         "chunk_mask": jnp.prod(data.masks[chunk_rows], axis=-1),
-        "next_observations": jax.tree_util.tree_map(lambda x: x[rows + chunk_len], data.observations),
+        "next_observations": observations_at(rows + chunk_len),
     }

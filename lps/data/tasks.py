@@ -79,11 +79,10 @@ def parse_task(name: str, reward: RewardMode = "paper") -> Task:
 def relabel(task: Task, raw: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Single-task rewards and masks for every raw row, by OGBench's own relabelling."""
     require_ogbench()
-    import gymnasium
     from ogbench.relabel_utils import relabel_dataset
 
     # The state twin of a visual env has the same tasks and success test, and needs no renderer.
-    env = gymnasium.make(state_env(task.env_id))
+    env = play_data.make_gym_env(state_env(task.env_id))
     labels = {k: raw[k] for k in ("qpos", "button_states") if k in raw}
     relabel_dataset(task.env_id, env, labels)
     env.close()

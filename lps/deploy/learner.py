@@ -252,7 +252,7 @@ class Learner:
         others = [d for d in jax.devices(acting.platform) if d != acting]
         self.device = others[0] if others else acting
         with jax.default_device(self.device):
-            self.buffer = replay.create(data, self.chunk_len, capacity)
+            self.buffer = replay.create(data, self.chunk_len, capacity, frame_stack=self.agent.spec.frame_stack)
         offline = checkpoint.restore(run_dir, create_state(self.agent, optimizer, train_cfg.seed))
         template = LearnerState(offline, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
         resumed = (self.dir / checkpoint.CHECKPOINT).exists() or (self.dir / checkpoint.PREVIOUS).exists()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from lps.data.frames import episode_first_rows
+
 
 def chunk_rows(terminals: np.ndarray, chunk_len: int) -> np.ndarray:
     """Rows 0, H, 2H, ... of every episode whose chunk ends before the episode's last row."""
@@ -26,11 +28,23 @@ def action_error(policy, dataset: dict, batch_size: int = 256) -> dict[str, floa
     if len(rows) == 0:
         raise ValueError(f"no episode is longer than the chunk length {spec.chunk_len}")
     obs = dataset["observations"]
+    stack = getattr(spec, "frame_stack", 1)
+    first_rows = episode_first_rows(dataset["terminals"]) if stack > 1 else None
+
+    def at(batch_rows):
+        return {k: v[batch_rows] for k, v in obs.items()} if isinstance(obs, dict) else obs[batch_rows]
+
     predicted = []
     for i in range(0, len(rows), batch_size):
         batch_rows = rows[i : i + batch_size]
-        batch = {k: v[batch_rows] for k, v in obs.items()} if isinstance(obs, dict) else obs[batch_rows]
-        predicted.append(np.asarray(policy(batch)).reshape(len(batch_rows), spec.chunk_len, spec.action_dim))
+        if stack > 1:  # the policy sees each row's last K frames of its episode, as in training
+            frames = policy.new_frames()
+            for back in range(stack - 1, 0, -1):
+                policy.observe(at(np.maximum(batch_rows - back, first_rows[batch_rows])), frames=frames)
+            chunk = policy(at(batch_rows), frames=frames)
+        else:
+            chunk = policy(at(batch_rows))
+        predicted.append(np.asarray(chunk).reshape(len(batch_rows), spec.chunk_len, spec.action_dim))
     predicted = np.concatenate(predicted)
     recorded = np.asarray(dataset["actions"])[rows[:, None] + np.arange(spec.chunk_len)]
     error = predicted - recorded

@@ -13,6 +13,12 @@ A policy trained on robot data takes one observation as the robot stack produces
 `{"robot_state": ..., "image": {cam: BGRA}}`), our `{"state", "image"}` dict, or a batch of the
 latter (leading axis on both); images are converted and resized exactly as in training.
 
+A policy trained with `--frame-stack K` keeps the last K frames of the episode it is acting in:
+`policy(obs)` adds `obs` to them and acts on the stack, `policy.observe(obs)` adds the frames of
+the steps executed between calls (training stacks consecutive steps, so give it every executed
+step's observation), `policy.reset()` starts the next episode. Several episodes at once (the
+server's connections) each hold a `policy.new_frames()` passed as `frames=`.
+
 Every call refuses non-finite observations and never returns a non-finite action (damaged weights
 raise `NonFiniteActionError`). A batch is padded to the next power of two, so callers sending many
 batch sizes compile a few programs rather than one per size.
@@ -26,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lps.data.frames import Frames
 from lps.training import checkpoint
 from lps.training.update import jitted_act
 
@@ -50,9 +57,35 @@ class Policy:
         self._key = jax.random.PRNGKey(seed)
         self._calls = 0
         self.max_batch: int | None = None  # larger batches are refused (set by `lps serve --max-batch`)
+        self.frames = self.new_frames()  # --frame-stack: the episode's last frames (None without)
 
-    def __call__(self, obs, key: jax.Array | None = None) -> np.ndarray:
+    def new_frames(self) -> Frames | None:
+        """An empty frame stack for one episode (None for a policy without --frame-stack)."""
+        return Frames(self.spec.frame_stack) if self.spec.frame_stack > 1 else None
+
+    def reset(self, frames: Frames | None = None) -> None:
+        """Start a new episode: forget the frames of the last one."""
+        stack = self._stack(frames)
+        if stack is not None:
+            stack.reset()
+
+    def observe(self, obs, frames: Frames | None = None) -> None:
+        """Add the observation of a step executed between policy calls to the frame stack (a
+        policy without --frame-stack only checks it)."""
+        obs, _ = self._batch(obs)
+        stack = self._stack(frames)
+        if stack is not None:
+            stack.push(obs)
+
+    def _stack(self, frames: Frames | None) -> Frames | None:
+        return frames if frames is not None else self.frames
+
+    def __call__(self, obs, key: jax.Array | None = None, frames: Frames | None = None) -> np.ndarray:
         obs, single = self._batch(obs)
+        stack = self._stack(frames)
+        if stack is not None:  # act on the episode's last K frames
+            stack.push(obs)
+            obs = jax.tree_util.tree_map(jnp.asarray, stack.stacked())
         size = batch_size(obs)
         if self.max_batch is not None and size > self.max_batch:
             raise ValueError(

@@ -193,6 +193,20 @@ def _summary(label: str, latencies: list[float], errors: int) -> str:
 # --- the server -------------------------------------------------------------------------------
 
 
+class EpisodeFrames:
+    """A connection's frame stack (`--frame-stack` policies) and the episode it belongs to: a
+    request naming another `episode` than the last one starts a new stack."""
+
+    def __init__(self, frames):
+        self.frames, self.episode = frames, None
+
+    def frames_for(self, episode):
+        if episode != self.episode:
+            self.frames.reset()
+            self.episode = episode
+        return self.frames
+
+
 class PolicyServer:
     """Answers spec and action requests for one policy (see the module docstring for the protocol).
 
@@ -218,6 +232,7 @@ class PolicyServer:
         # Bumped by every weight swap (`swap_params`); every reply names the weights it came from.
         self.policy_version = 0
         self.learner = None  # an lps.deploy.learner.Learner when serving with --learn
+        self.frame_stack = int(getattr(policy.spec, "frame_stack", 1))
         self.spec_message = {
             "type": "spec",
             "observation": self.obs_spec,
@@ -225,6 +240,8 @@ class PolicyServer:
             "action_dim": int(policy.spec.action_dim),
             "action_dtype": "float32",
             "problem": _plain(dataclasses.asdict(policy.spec)),
+            # > 1: the server keeps each connection's last K frames per episode (see "frames" requests)
+            "frame_stack": int(getattr(policy.spec, "frame_stack", 1)),
             **_robot_data(policy),
             **(info or {}),
         }
@@ -237,10 +254,17 @@ class PolicyServer:
         # is how the policy derives its keys, and it too compiles on first use (~0.3 s on a busy CPU).
         key = jax.random.fold_in(jax.random.PRNGKey(0), 0)
         with self._policy_lock:
-            self.policy(example_observation(self.obs_spec), key=key)
+            self._compile_call(example_observation(self.obs_spec), key)
 
-    def respond(self, payload: bytes | str, step: int) -> tuple[bytes, bool]:
-        """(reply bytes, whether a chunk was served) for one request; never raises for bad input."""
+    def new_session(self) -> EpisodeFrames | None:
+        """One connection's frame stack (None when the policy stacks no frames)."""
+        new_frames = getattr(self.policy, "new_frames", None)
+        frames = new_frames() if callable(new_frames) else None
+        return EpisodeFrames(frames) if frames is not None else None
+
+    def respond(self, payload: bytes | str, step: int, session: EpisodeFrames | None = None) -> tuple[bytes, bool]:
+        """(reply bytes, whether a chunk was served) for one request; never raises for bad input.
+        `session`: the connection's frames (a frame-stacked policy; None: a fresh stack per request)."""
         start = time.perf_counter()
         try:
             request = unpack(payload)
@@ -260,6 +284,12 @@ class PolicyServer:
                 )
             obs = request["obs"]
             check_observation(obs, self.obs_spec)
+            earlier = request.get("frames", [])
+            if not isinstance(earlier, list):
+                raise ProtocolError("'frames' is a list of observations (the steps since the last request), "
+                                    f"got {type(earlier).__name__}")  # fmt: skip
+            for i, frame in enumerate(earlier):
+                check_observation(frame, self.obs_spec, where=f"frames[{i}]")
             size = request_batch_size(obs, self.obs_spec)
             if size > self.max_batch:
                 raise ValueError(
@@ -271,7 +301,16 @@ class PolicyServer:
         try:
             self._compile_bucket(size)
             with self._policy_lock:
-                chunk, version = np.asarray(self.policy(obs), np.float32), self.policy_version
+                if session is None and self.frame_stack > 1:
+                    session = self.new_session()  # a request on its own: its frames are all there is
+                if session is None:
+                    chunk = self.policy(obs)
+                else:  # the connection's episode: its frames so far, then this request's
+                    frames = session.frames_for(request.get("episode"))
+                    for frame in earlier[-(self.frame_stack - 1):]:
+                        self.policy.observe(frame, frames=frames)
+                    chunk = self.policy(obs, frames=frames)
+                chunk, version = np.asarray(chunk, np.float32), self.policy_version
         except (ValueError, TypeError, KeyError) as e:
             return self._error(f"observation rejected by the policy: {type(e).__name__}: {e}"), False
         except Exception as e:  # noqa: BLE001 - a robot must get an answer, and the server must live on
@@ -293,8 +332,16 @@ class PolicyServer:
         with self._compile_lock:
             if bucket not in self._compiled_buckets:
                 key = jax.random.fold_in(jax.random.PRNGKey(0), 0)  # leaves the policy's noise sequence alone
-                self.policy(example_batch(self.obs_spec, bucket), key=key)
+                self._compile_call(example_batch(self.obs_spec, bucket), key)
                 self._compiled_buckets.add(bucket)
+
+    def _compile_call(self, obs, key) -> None:
+        """One policy call to compile its program, on a throwaway frame stack (no episode's)."""
+        session = self.new_session()
+        if session is None:
+            self.policy(obs, key=key)
+        else:
+            self.policy(obs, key=key, frames=session.frames)
 
     def swap_params(self, params) -> int:
         """Serve `params` from the next request on (waits for at most the policy call in flight)."""
@@ -310,10 +357,10 @@ class PolicyServer:
     def _handle_connection(self, ws) -> None:
         from websockets.exceptions import ConnectionClosed
 
-        served = 0
+        served, session = 0, self.new_session()
         try:
             for payload in ws:
-                reply, ok = self.respond(payload, served + 1)
+                reply, ok = self.respond(payload, served + 1, session)
                 served += ok
                 ws.send(reply)
         except ConnectionClosed:

@@ -22,6 +22,7 @@ from lps.files import user_path, write_json
 from lps.training.distributed import DistributedConfig
 
 MAX_UTD = 1000  # gradient updates per online environment step
+MAX_FRAME_STACK = 16  # frames per image observation (--frame-stack)
 MAX_ONLINE_ENVS = 256  # environments played side by side online
 CONFIG_JSON = "config.json"  # <run>/config.json: agent, train and agent configs, observation spec
 
@@ -101,6 +102,10 @@ class TrainConfig:
     shared_encoder: bool = False
     """Ours, not the paper's: one image encoder for every network, trained by every loss. Default:
     one encoder per network plus a Polyak-averaged target encoder, as the release."""
+    frame_stack: int = 1
+    """Image observations: the networks see the last K frames, stacked on the channel axis (FQL's
+    visual setting uses 3; the LPS release 1). Stacked in the sampler, in evaluation, online and by
+    `lps.load_policy`/`lps serve` (which keep each episode's last K frames)."""
     robot: Annotated[RobotDataConfig, tyro.conf.OmitArgPrefixes] = RobotDataConfig()
     """How a --dataset folder of robot episodes is read."""
     online_steps: int = 0
@@ -133,7 +138,7 @@ class TrainConfig:
     multi-host flags (README, "Training on several GPUs and hosts")."""
 
     def __post_init__(self):
-        positive = ("steps", "batch_size", "chunk_len", "log_every", "episodes", "encoder_features")
+        positive = ("steps", "batch_size", "chunk_len", "log_every", "episodes", "encoder_features", "frame_stack")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{_flag(name)} must be positive, got {getattr(self, name)}")
@@ -154,6 +159,9 @@ class TrainConfig:
         for name in ("online_envs", "utd"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{_flag(name)} must be positive, got {getattr(self, name)}")
+        if self.frame_stack > MAX_FRAME_STACK:
+            raise ValueError(f"--frame-stack {self.frame_stack} is above {MAX_FRAME_STACK}: every image would reach "
+                             "the networks with that many frames (FQL's visual setting stacks 3)")  # fmt: skip
         if self.utd > MAX_UTD:
             raise ValueError(f"--utd {self.utd} is above {MAX_UTD}: every environment step would wait for that many "
                              "gradient steps (published recipes use 1 to 20)")  # fmt: skip

@@ -171,7 +171,8 @@ class Layout:
         return self._sharding(P(*([None] * dim), AXIS))
 
     def data_shardings(self, data):
-        """Row arrays split over the devices when the data is sharded; `starts` (small) replicated."""
+        """Row arrays split over the devices when the data is sharded; `starts` and the frame
+        stack's `first_rows` (small int32) replicated."""
         rows = self._sharding(P(AXIS)) if self.shard_data else self.replicated
         return data.replace(
             observations=jax.tree_util.tree_map(lambda _: rows, data.observations),
@@ -179,6 +180,7 @@ class Layout:
             rewards=rows,
             masks=rows,
             starts=self.replicated,
+            first_rows=None if data.first_rows is None else self.replicated,
         )
 
     def update_shardings(self, state, data) -> tuple[Any, Any]:

@@ -71,15 +71,17 @@ def make_env(env_id: str, max_episode_steps: int | None = None):
     if toy.is_toy(env_id):
         return toy.ToyEnv(env_id)
 
-    warnings.filterwarnings("ignore", message=".*DISPLAY environment variable.*")
-    warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
     try:
-        import gymnasium
-        import ogbench  # noqa: F401  (registers the environments)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*DISPLAY environment variable.*")
+            import gymnasium  # noqa: F401
+            import ogbench  # noqa: F401  (registers the environments)
     except ImportError as e:
         raise ImportError(f'evaluating {env_id} needs OGBench: pip install "lps[ogbench]" ({e})') from e
     limit = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
-    return gymnasium.make(env_id, **limit)
+    from lps.data.generate import make_gym_env
+
+    return make_gym_env(env_id, **limit)
 
 
 def as_observation(ob) -> np.ndarray:

@@ -25,6 +25,7 @@ from typing import Callable
 
 import numpy as np
 
+from lps.data.frames import Frames
 from lps.training.envs import EnvWorkerError, EnvWorkerPool, LocalEnvs, plan_pool
 
 # (observations (S, B, *obs_shape): state vectors or uint8 images, episode index (S, B), chunk index within the episode (S, B))
@@ -46,8 +47,8 @@ class Evaluator:
     the evaluation episodes of one or more seeds."""
 
     def __init__(self, env_id: str, slots_per_seed: int = DEFAULT_POOL, num_seeds: int = 1, workers: int | None = 0,
-                 report=print, max_episode_steps: int | None = None):  # fmt: skip
-        self.env_id, self.num_seeds = env_id, num_seeds
+                 report=print, max_episode_steps: int | None = None, frame_stack: int = 1):  # fmt: skip
+        self.env_id, self.num_seeds, self.frame_stack = env_id, num_seeds, frame_stack
         slots, num_workers = plan_pool(slots_per_seed * num_seeds, workers if workers != 0 else 1, report)
         self.slots_per_seed = max(1, slots // num_seeds)
         total = self.slots_per_seed * num_seeds
@@ -56,8 +57,11 @@ class Evaluator:
         else:
             self.envs = EnvWorkerPool(env_id, total, num_workers, max_episode_steps=max_episode_steps)
         self.workers = 0 if workers == 0 else self.envs.num_workers
-        # (obs_dim,) for state vectors, (H, W, 3) uint8 images for visual envs (obs_dim 0).
+        # (obs_dim,) for state vectors, (H, W, 3) uint8 images for visual envs (obs_dim 0): one frame.
         self.obs_shape, self.obs_dtype, self.obs_dim = self.envs.obs_shape, self.envs.obs_dtype, self.envs.obs_dim
+        # What the policy is given: with --frame-stack K, each episode's last K frames (lps.data.frames).
+        *hw, channels = self.obs_shape
+        self.policy_obs_shape = (*hw, channels * frame_stack) if frame_stack > 1 else self.obs_shape
 
     def run_seeds(self, policy: SeedsPolicy, seeds: list[int], episodes: int = 50,
                   cancel: threading.Event | None = None) -> list[dict[str, float]]:  # fmt: skip
@@ -71,7 +75,8 @@ class Evaluator:
         pending = [deque(range(episodes)) for _ in seeds]
         episode = np.full((S, B), -1)  # which episode each slot runs; -1: idle
         chunk = np.zeros((S, B), np.int64)  # chunks drawn so far in that episode
-        obs = np.zeros((S, B, *self.obs_shape), self.obs_dtype)  # idle slots keep their last observation
+        obs = np.zeros((S, B, *self.policy_obs_shape), self.obs_dtype)  # idle slots keep their last observation
+        frames: dict[tuple[int, int], Frames] = {}  # --frame-stack: each running episode's last frames
         success, ret = np.zeros((S, episodes)), np.zeros((S, episodes))
         length = np.zeros((S, episodes), np.int64)
         final_obs = np.zeros((S, episodes, *self.obs_shape), self.obs_dtype)
@@ -97,6 +102,9 @@ class Evaluator:
                     episode[j, b] = -1
             try:
                 for s, ob in self.envs.reset(seeds_to_reset).items():
+                    if self.frame_stack > 1:
+                        frames[divmod(s, B)] = Frames(self.frame_stack, ob)
+                        ob = frames[divmod(s, B)].stacked()
                     obs[divmod(s, B)] = ob
             except EnvWorkerError as e:
                 raise failed(e) from e
@@ -114,7 +122,12 @@ class Evaluator:
             ended = []
             for j, b in running:
                 out, i = outcomes[slot(j, b)], episode[j, b]
-                obs[j, b], ret[j, i], length[j, i] = out.obs, ret[j, i] + out.reward_sum, length[j, i] + out.steps
+                if self.frame_stack > 1:
+                    frames[j, b].extend(out.observations)  # every executed step's frame, as in training
+                    obs[j, b] = frames[j, b].stacked()
+                else:
+                    obs[j, b] = out.obs
+                ret[j, i], length[j, i] = ret[j, i] + out.reward_sum, length[j, i] + out.steps
                 chunk[j, b] += 1
                 if out.done:
                     success[j, i], final_obs[j, i] = out.success, out.obs

@@ -74,10 +74,10 @@ def _train(agent_name, cfg, agent_cfg, runs, resume, changes, stop):
         online.check_memory(data, cfg)  # refused before the offline steps, not after them
     agent = setup.build(agent_name, cfg, agent_cfg, data)
     if layout is None:
-        device_data = to_device(data, cfg.chunk_len)
+        device_data = to_device(data, cfg.chunk_len, cfg.frame_stack)
     else:
         layout = layout.fit_data(_nbytes(data), cfg.distributed.data_placement)
-        device_data = layout.place_data(chunk_arrays(data, cfg.chunk_len))
+        device_data = layout.place_data(chunk_arrays(data, cfg.chunk_len, cfg.frame_stack))
     if cfg.batch_size > device_data.num_chunks:
         raise ValueError(
             f"--batch-size {cfg.batch_size} is larger than the dataset's {device_data.num_chunks} chunks; "

@@ -56,6 +56,7 @@ import numpy as np
 from flax import struct
 
 from lps.data import replay
+from lps.data.frames import Frames
 from lps.training import checkpoint, distributed
 from lps.training.rundir import ONLINE_DIR, TrainingInterrupted
 
@@ -183,7 +184,7 @@ def initial_state(train_state, data: dict[str, np.ndarray], cfg) -> OnlineState:
     check_memory(data, cfg)
     capacity, staging = capacity_for(len(data["actions"]), cfg, max_episode_steps(env_id(cfg)))
     zero = jnp.zeros((), jnp.int32)
-    return OnlineState(train_state, replay.create(data, cfg.chunk_len, capacity, staging), zero, zero, zero)
+    return OnlineState(train_state, replay.create(data, cfg.chunk_len, capacity, staging, cfg.frame_stack), zero, zero, zero)
 
 
 def restore(run_dir: str | Path, train_state, data: dict[str, np.ndarray], cfg) -> OnlineState | None:
@@ -373,7 +374,10 @@ def run(cfg, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule, s
             first_episode = int(state.episodes)
             resets = envs.reset({k: episode_seed(acting_seed, first_episode + k) for k in range(K)})
             wave = [_Episode(first_episode + k, resets[k], toy_rows, sparse) for k in range(K)]
-            obs = np.stack([resets[k] for k in range(K)])[None]
+            # What the policy sees: the latest observation, or with --frame-stack the last frames
+            # (the buffer keeps one frame per row, as the offline data: its batches are stacked).
+            frames = [Frames(cfg.frame_stack, resets[k]) for k in range(K)]
+            obs = np.stack([f.stacked() for f in frames])[None]
             committed_starts = int(state.buffer.num_starts)
             while counters["env_step"] < cfg.online_steps and not all(e.done for e in wave):
                 check_stop()
@@ -391,7 +395,8 @@ def run(cfg, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule, s
                 steps = 0
                 for k in running:
                     wave[k].add(chunks[k], outcomes[k])
-                    obs[0, k] = outcomes[k].obs
+                    frames[k].extend(outcomes[k].observations)
+                    obs[0, k] = frames[k].stacked()
                     steps += outcomes[k].steps
                     if wave[k].done:
                         finished.append(wave[k])

@@ -49,7 +49,8 @@ def make_evaluator(cfg: TrainConfig, num_seeds: int = 1):
     if is_visual(env_id):
         require_renderer(env_id)  # a clear error naming what to install, before any env is made
     try:
-        return Evaluator(env_id, min(cfg.eval_episodes, DEFAULT_POOL), num_seeds, cfg.eval_workers)
+        return Evaluator(env_id, min(cfg.eval_episodes, DEFAULT_POOL), num_seeds, cfg.eval_workers,
+                         frame_stack=cfg.frame_stack)  # fmt: skip
     except ImportError as e:
         print(f"[lps] evaluation disabled: {e}")
         return None
@@ -84,7 +85,10 @@ def make_policy_fn(agent, params, seed: int):
 
 def build(agent_name: str, cfg: TrainConfig, agent_cfg, data: dict[str, np.ndarray]):
     obs_dim, image_shape = observation_spec(data["observations"])
-    spec = Spec(obs_dim, data["actions"].shape[1], cfg.chunk_len, cfg.gamma, image_shape)
+    if cfg.frame_stack > 1 and image_shape is None:
+        raise ValueError(f"--frame-stack {cfg.frame_stack} stacks camera frames, but this data's observations are "
+                         "state vectors: leave --frame-stack at 1")  # fmt: skip
+    spec = Spec(obs_dim, data["actions"].shape[1], cfg.chunk_len, cfg.gamma, image_shape, cfg.frame_stack)
     return build_agent_for(agent_name, cfg, resolve_config(agent_name, agent_cfg, cfg.env), spec)
 
 

@@ -59,14 +59,15 @@ def load_validation_data(cfg) -> tuple[dict | None, str]:
     return tasks.load_task_file(task, val_path, cfg.chunk_len), str(val_path)
 
 
-def fixed_chunks(dataset: dict[str, np.ndarray], chunk_len: int, gamma: float, max_chunks: int = MAX_CHUNKS) -> dict:
+def fixed_chunks(dataset: dict[str, np.ndarray], chunk_len: int, gamma: float, max_chunks: int = MAX_CHUNKS,
+                 frame_stack: int = 1) -> dict:  # fmt: skip
     """Up to `max_chunks` chunks of a row-layout dataset, chosen once with a fixed seed, on the device."""
     starts = chunk_starts(dataset["terminals"], chunk_len)
     if len(starts) == 0:
         raise ValueError(f"the validation data has no episode longer than the chunk length {chunk_len}")
     if len(starts) > max_chunks:
         starts = np.sort(np.random.default_rng(VALIDATION_SEED).choice(starts, max_chunks, replace=False))
-    return gather_chunks(to_device(dataset, chunk_len), jnp.asarray(starts), chunk_len, gamma)
+    return gather_chunks(to_device(dataset, chunk_len, frame_stack), jnp.asarray(starts), chunk_len, gamma)
 
 
 @partial(jax.jit, static_argnums=0)
@@ -104,7 +105,7 @@ class Validator:
                 f"training data {agent.spec.obs_dim}: val/ metrics off"
             )
             return
-        self.data = fixed_chunks(dataset, agent.spec.chunk_len, agent.spec.gamma)
+        self.data = fixed_chunks(dataset, agent.spec.chunk_len, agent.spec.gamma, frame_stack=agent.spec.frame_stack)
         self.key = jax.random.PRNGKey(VALIDATION_SEED)
         print(f"[lps] validation: {len(self.data['observations'])} chunks of {source} scored at every evaluation")
 
