@@ -110,3 +110,23 @@ def test_pool_plan_caps_workers_and_memory(monkeypatch):
     monkeypatch.setattr(envs, "available_memory_bytes", lambda: 5 * envs.ENV_MEMORY_BYTES)
     assert plan_pool(10, 1, messages.append) == (4, 1)
     assert "environments need" in messages[-1]
+
+
+def test_envs_are_made_and_reset_without_the_float32_bounds_warning():
+    """OGBench rebuilds its action space at every reset, so gymnasium warned about float64 bounds
+    once per episode and per worker; that one warning is gone, any other still shows."""
+    import warnings
+
+    from lps.training.envs import make_env
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        env = make_env("cube-single-singletask-task1-v0")
+        for seed in range(2):
+            env.reset(seed=seed)
+            env.step(np.zeros(5, np.float32))
+        warnings.warn("another warning", UserWarning)
+        env.close()
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "precision lowered" in m], messages
+    assert "another warning" in messages

@@ -232,8 +232,9 @@ def test_learn_refuses_to_start_without_token(offline_run):
 
 def test_kill_9_and_restart_equals_uninterrupted(offline_run, tmp_path):
     """Three episodes into a learner subprocess, SIGKILL right after the third is acknowledged
-    (its training maybe not done), restart: the buffer and weights equal an in-process learner's
-    that trained on the same three episodes without interruption."""
+    (its training maybe not done), plus a fourth stored but never trained, restart: the buffer and
+    weights equal an in-process learner's that trained on the same four episodes without
+    interruption."""
     killed = helpers.copy_run(offline_run, tmp_path / "killed")
     port = _free_port()
     env = os.environ | {"JAX_PLATFORMS": "cpu", "LPS_TOKEN": TOKEN}
@@ -257,6 +258,12 @@ def test_kill_9_and_restart_equals_uninterrupted(offline_run, tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert len(L.episode_files(killed / "learner" / "episodes")) == 3
+    # A fourth episode stored but surely not trained on (as if the learner died between writing and
+    # training it): the third one's steps again, arriving after it under its own id.
+    third = L.episode_files(killed / "learner" / "episodes")[-1]
+    late = third.with_name(f"{3:08d}-arrived-untrained{third.suffix}")
+    late.write_bytes(third.read_bytes())
+    ids.append("arrived-untrained")
 
     # Restart in-process: the buffer is rebuilt and the rest trained on.
     srv, resumed, _, stop = start(killed)
@@ -276,10 +283,10 @@ def test_kill_9_and_restart_equals_uninterrupted(offline_run, tmp_path):
     finally:
         stop2()
     assert sorted(p.stem.split("-", 1)[1] for p in L.episode_files(killed / "learner" / "episodes")) == sorted(ids)
-    assert int(resumed.state.episodes_trained) == int(fresh.state.episodes_trained) == 3
+    assert int(resumed.state.episodes_trained) == int(fresh.state.episodes_trained) == 4
     assert int(resumed.state.train.step) == int(fresh.state.train.step)
     n = int(fresh.buffer.num_rows)
-    assert int(resumed.buffer.num_rows) == n == EPISODES * STEPS + 12 + 13 + 14
+    assert int(resumed.buffer.num_rows) == n == EPISODES * STEPS + 12 + 13 + 14 + 14
     np.testing.assert_array_equal(np.asarray(resumed.buffer.observations[:n]), np.asarray(fresh.buffer.observations[:n]))
     np.testing.assert_array_equal(np.asarray(resumed.buffer.rewards[:n]), np.asarray(fresh.buffer.rewards[:n]))
     for a, b in zip(jax.tree_util.tree_leaves(resumed.state.train.params), jax.tree_util.tree_leaves(fresh.state.train.params)):

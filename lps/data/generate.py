@@ -28,6 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 from tqdm import tqdm
 
+from lps.data.gym_env import FLOAT32_BOUNDS_WARNING, make_gym_env
 from lps.data.render import VISUAL_PREFIX, is_visual, require_renderer, state_env
 
 # The OGBench manipulation envs whose play data this module generates.
@@ -47,28 +48,13 @@ _DTYPES = {
 _MAX_ATTEMPTS = 100  # scene re-collects blocks knocked off the table; this only guards against a hang
 
 
-def make_gym_env(env_id: str, **kwargs):
-    """`gymnasium.make(env_id, **kwargs)` without the two warnings every OGBench env raises when it
-    is made (gymnasium: "Box low's/high's precision lowered by casting to float32" for its float64
-    bounds; MuJoCo: no DISPLAY), which would fill a newcomer's first screen once per environment
-    and per worker. Nothing else is silenced, and only while the env is made."""
-    import warnings
-
-    import gymnasium
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
-        warnings.filterwarnings("ignore", message=".*DISPLAY environment variable.*")
-        return gymnasium.make(env_id, **kwargs)
-
-
 def require_ogbench():
     import warnings
 
     # MuJoCo's viewer complains about the missing display and gymnasium about float64 bounds;
     # neither matters for state-based environments.
     warnings.filterwarnings("ignore", message=".*DISPLAY environment variable.*")
-    warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
+    warnings.filterwarnings("ignore", message=FLOAT32_BOUNDS_WARNING)
     try:
         import ogbench  # noqa: F401
         import ogbench.manipspace  # noqa: F401  (registers the environments)

@@ -113,7 +113,7 @@ def measure_render_rate(env_id: str, frames: int = 4) -> tuple[float, float]:
     process. The CPU time does not depend on how busy the machine is; the wall rate does."""
     import time
 
-    from lps.data.generate import make_gym_env
+    from lps.data.gym_env import make_gym_env
 
     env = make_gym_env(env_id)
     try:

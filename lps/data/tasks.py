@@ -24,6 +24,7 @@ import numpy as np
 
 from lps.data import generate as play_data  # its functions looked up at call time (tests replace them)
 from lps.data.generate import DATA_ENVS, ENVS, VISUAL_ENVS, require_ogbench  # noqa: F401  (tasks.ENVS)
+from lps.data.gym_env import make_gym_env
 from lps.data.render import image_shape, is_visual, state_env
 from lps.data.validate import DatasetError, read_npz, validate
 
@@ -82,7 +83,7 @@ def relabel(task: Task, raw: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndar
     from ogbench.relabel_utils import relabel_dataset
 
     # The state twin of a visual env has the same tasks and success test, and needs no renderer.
-    env = play_data.make_gym_env(state_env(task.env_id))
+    env = make_gym_env(state_env(task.env_id))
     labels = {k: raw[k] for k in ("qpos", "button_states") if k in raw}
     relabel_dataset(task.env_id, env, labels)
     env.close()

@@ -180,7 +180,7 @@ def make_env(task: str):
         raise ImportError(f'lps robot-sim needs OGBench: pip install "lps[ogbench]" ({e})') from e
     from lps.data import tasks
 
-    from lps.data.generate import make_gym_env
+    from lps.data.gym_env import make_gym_env
 
     return make_gym_env(tasks.parse_task(task).env_id)
 

@@ -79,7 +79,7 @@ def make_env(env_id: str, max_episode_steps: int | None = None):
     except ImportError as e:
         raise ImportError(f'evaluating {env_id} needs OGBench: pip install "lps[ogbench]" ({e})') from e
     limit = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
-    from lps.data.generate import make_gym_env
+    from lps.data.gym_env import make_gym_env
 
     return make_gym_env(env_id, **limit)
 
