@@ -203,3 +203,23 @@ def test_episode_recorder_sends_the_steps_since_the_last_chunk():
     ep.act(7)
     # Observation 0 and 5 were acted on; between calls the last K-1 = 2 executed steps are sent.
     assert Client.sent == [(0, [], "ep-1"), (5, [3, 4], "ep-1"), (7, [6], "ep-1")]
+
+
+def test_validation_metrics_on_stacked_pixels(stacked_policy):
+    """The val/ metrics of an image agent (stacked frames here): its critic scores its own
+    encoder's features of the validation chunks; a pixel dataset is recognised as the training
+    data's kind (its shape[1] is the image height, not a state size)."""
+    from lps.agents.encoded import observation_spec
+    from lps.training.validation import fixed_chunks, validation_metrics
+
+    agent, params = stacked_policy.agent, stacked_policy.params
+    rng = np.random.default_rng(0)
+    val = row_dataset([6, 5])
+    val["observations"] = rng.integers(0, 256, (11, 8, 8, 3), dtype=np.uint8)
+    val["actions"] = rng.uniform(-1, 1, (11, 2)).astype(np.float32)
+    assert observation_spec(val["observations"]) == (agent.spec.obs_dim, agent.spec.image_shape)
+    chunks = fixed_chunks(val, agent.spec.chunk_len, agent.spec.gamma, frame_stack=agent.spec.frame_stack)
+    assert chunks["observations"].shape[1:] == (8, 8, 6)
+    metrics = jax.device_get(validation_metrics(agent, params, params, chunks, jax.random.PRNGKey(0)))
+    assert set(metrics) == {"val/bc_loss", "val/clip_fraction", "val/td_error", "val/q_gap"}
+    assert all(np.isfinite(v) for v in metrics.values()), metrics

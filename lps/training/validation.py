@@ -31,7 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lps.agents.encoded import observation_spec
 from lps.data.sampler import chunk_starts, gather_chunks, to_device
+from lps.nets.observations import net_obs
 
 MAX_CHUNKS = 4096
 CLIP_LIMIT = 1.0 - 1e-6
@@ -83,8 +85,11 @@ def validation_metrics(agent, params, target_params, val_data: dict, key: jax.Ar
     }
     if "critic" in params:
         critic = agent.cfg.critic
-        q_policy = critic.apply({"params": params["critic"]}, obs, chunk)[..., 0].mean(0)
-        q_data = critic.apply({"params": params["critic"]}, obs, data_chunk)[..., 0].mean(0)
+        # Image agents (lps.agents.encoded): the critic scores its own encoder's features.
+        encode = getattr(agent, "features_by_network", None)
+        critic_obs = net_obs(encode(params, None, obs), "critic") if encode is not None else obs
+        q_policy = critic.apply({"params": params["critic"]}, critic_obs, chunk)[..., 0].mean(0)
+        q_data = critic.apply({"params": params["critic"]}, critic_obs, data_chunk)[..., 0].mean(0)
         out["val/td_error"] = train_metrics["loss/critic"]
         out["val/q_gap"] = jnp.mean(q_policy - q_data)
     return out
@@ -99,11 +104,11 @@ class Validator:
         if dataset is None:
             print(f"[lps] no validation data ({source}): val/ metrics off")
             return
-        if dataset["observations"].shape[1] != agent.spec.obs_dim:
-            print(
-                f"[lps] validation data {source} has {dataset['observations'].shape[1]}-dim observations, the "
-                f"training data {agent.spec.obs_dim}: val/ metrics off"
-            )
+        # What the observations are (state dims, image shape): a pixel dataset's shape[1] is its height.
+        found, expected = observation_spec(dataset["observations"]), (agent.spec.obs_dim, agent.spec.image_shape)
+        if found != expected:
+            print(f"[lps] validation data {source} has observations of (state dims, image shape) {found}, the "
+                  f"training data {expected}: val/ metrics off")  # fmt: skip
             return
         self.data = fixed_chunks(dataset, agent.spec.chunk_len, agent.spec.gamma, frame_stack=agent.spec.frame_stack)
         self.key = jax.random.PRNGKey(VALIDATION_SEED)
