@@ -87,8 +87,9 @@ class Frames:
             self._frames.append(observation)
 
     def extend(self, observations) -> None:
-        """Push a sequence of frames (e.g. the observations after each step of a chunk)."""
-        for ob in observations:
+        """Push a sequence of frames (e.g. the observations after each step of a chunk); only its
+        last K can stay, so only those are pushed (no per-step work for K = 1, online's default)."""
+        for ob in list(observations)[-self.frame_stack :]:
             self.push(ob)
 
     def reset(self) -> None:
@@ -101,6 +102,8 @@ class Frames:
         if not self._frames:
             raise ValueError("no frame yet: push the episode's first observation before stacking")
         latest = self._frames[-1]
+        if self.frame_stack == 1:
+            return latest
         if isinstance(latest, dict):
             return {**latest, "image": np.concatenate([np.asarray(f["image"]) for f in self._frames], axis=-1)}
         return np.concatenate([np.asarray(f) for f in self._frames], axis=-1)

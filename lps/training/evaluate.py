@@ -76,7 +76,7 @@ class Evaluator:
         episode = np.full((S, B), -1)  # which episode each slot runs; -1: idle
         chunk = np.zeros((S, B), np.int64)  # chunks drawn so far in that episode
         obs = np.zeros((S, B, *self.policy_obs_shape), self.obs_dtype)  # idle slots keep their last observation
-        frames: dict[tuple[int, int], Frames] = {}  # --frame-stack: each running episode's last frames
+        frames: dict[tuple[int, int], Frames] = {}  # each running episode's last K frames (K = 1: its latest)
         success, ret = np.zeros((S, episodes)), np.zeros((S, episodes))
         length = np.zeros((S, episodes), np.int64)
         final_obs = np.zeros((S, episodes, *self.obs_shape), self.obs_dtype)
@@ -102,10 +102,8 @@ class Evaluator:
                     episode[j, b] = -1
             try:
                 for s, ob in self.envs.reset(seeds_to_reset).items():
-                    if self.frame_stack > 1:
-                        frames[divmod(s, B)] = Frames(self.frame_stack, ob)
-                        ob = frames[divmod(s, B)].stacked()
-                    obs[divmod(s, B)] = ob
+                    frames[divmod(s, B)] = Frames(self.frame_stack, ob)
+                    obs[divmod(s, B)] = frames[divmod(s, B)].stacked()
             except EnvWorkerError as e:
                 raise failed(e) from e
 
@@ -122,11 +120,9 @@ class Evaluator:
             ended = []
             for j, b in running:
                 out, i = outcomes[slot(j, b)], episode[j, b]
-                if self.frame_stack > 1:
-                    frames[j, b].extend(out.observations)  # every executed step's frame, as in training
-                    obs[j, b] = frames[j, b].stacked()
-                else:
-                    obs[j, b] = out.obs
+                # every executed step's frame, as in training (code that records none gives the last)
+                frames[j, b].extend(out.observations if out.observations is not None else [out.obs])
+                obs[j, b] = frames[j, b].stacked()
                 ret[j, i], length[j, i] = ret[j, i] + out.reward_sum, length[j, i] + out.steps
                 chunk[j, b] += 1
                 if out.done:
