@@ -5,7 +5,8 @@
 Writes a small offline run (an npz of state-vector episodes, LPS with the `quick` preset's nets,
 a few offline steps: the figures depend on the networks' shapes, not on their weights), serves it
 with a learner on 127.0.0.1 in this process, then measures
-- the client's round-trip latency p50/p99 for one observation with the learner idle;
+- the client's round-trip latency p50/p99 for one observation with the learner idle (`--requests`
+  before the episodes arrive and as many after they are trained on: one short window is noisy);
 - the same while episodes of `--steps` steps arrive and are trained on at `--utd` (a second
   client sends them back to back);
 - the learner's throughput: episodes absorbed per hour and updates per second while serving.
@@ -67,7 +68,7 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=6)
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--utd", type=float, default=1.0)
-    p.add_argument("--requests", type=int, default=300)
+    p.add_argument("--requests", type=int, default=1000, help="idle requests timed before and again after training")
     p.add_argument("--update-block", type=int, default=25, help="updates per compiled dispatch")
     a = p.parse_args()
 
@@ -94,7 +95,7 @@ def main() -> None:
             send(robot, -2)  # compile the update and buffer write before timing
             learner.wait_idle(600)
             latencies(actor, 50)
-            idle = latencies(actor, a.requests)
+            idle_before = latencies(actor, a.requests)
             updates0, start = learner.updates_run, time.perf_counter()
             sender = threading.Thread(target=lambda: [send(robot, i) for i in range(a.episodes)])
             sender.start()
@@ -103,6 +104,7 @@ def main() -> None:
                 busy.extend(latencies(actor, 10))
             elapsed = time.perf_counter() - start
             busy = np.asarray(busy)
+            idle = np.concatenate([idle_before, latencies(actor, a.requests)])
         learner.close()
         ws.shutdown()
     ups = (learner.updates_run - updates0) / elapsed
