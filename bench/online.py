@@ -6,13 +6,15 @@
 1. E, the environments alone in `--workers` worker processes, random open-loop chunks of 5
    steps with the per-step records the replay buffer needs;
 2. U, the updates alone: quick-preset LPS's offline updates/s (the update the online phase runs);
-   while U is below E/1.5 the batch is halved, and when U is above E the online phase runs
-   `--utd round(U/E)`, so that E and U/utd are within 1.5x (where alternation costs most);
-3. X, the whole online phase at that setting (`--sync`: strict alternation, else overlap):
-   env steps/s of its metrics rows after the first (the first holds compilation).
-The last line: `online phase: X env steps/s = R of the slower part (envs alone E, updates alone
-U, utd K)`, R = X / min(E, U/utd). Timings on a shared machine are noisy: compare figures from
-one run.
+   while U is below E/1.5 the batch is halved (down to 16), then the networks' width (down to
+   2x32), and when U is above E the online phase runs `--utd round(U/E)`, so that E and U/utd
+   are within 1.5x (where alternation costs most);
+3. X, the whole online phase at that setting, strict alternation and overlap taking turns
+   (`--repeats` runs each; `--sync`: strict only): env steps/s of its metrics rows after the
+   first (the first holds compilation).
+The last line: `online phase (overlap): X env steps/s = R of the slower part (envs alone E,
+updates alone U, utd K)`, R = X / min(E, U/utd), the strict line before it. Timings on a
+shared machine are noisy: compare figures from one run.
 """
 
 from __future__ import annotations
@@ -52,13 +54,15 @@ def bench_env(envs: int, workers: int, env_steps: int, chunk_len: int = 5) -> fl
         pool.close()
 
 
-def train_rows(data_dir: str, **overrides) -> list[dict]:
-    """The metrics rows of one quick-preset LPS run on the task (in a temporary run dir)."""
+def train_rows(data_dir: str, width: int = 256, **overrides) -> list[dict]:
+    """The metrics rows of one quick-preset LPS run on the task (in a temporary run dir), every
+    network 2 x `width` (the quick preset's 256 by default)."""
     from lps.agents import LPSConfig
-    from lps.training.config import preset
+    from lps.training.config import agent_overrides, preset
     from lps.training.loop import train
 
     cfg, agent_cfg = preset("quick", LPSConfig)
+    agent_cfg = dataclasses.replace(agent_cfg, **agent_overrides({"hidden": (width, width)}, LPSConfig))
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = dataclasses.replace(cfg, **{"env": TASK, "data_dir": data_dir, "log_every": 100, "save_every": 0,
                                           "eval_every": 0, "eval_episodes": 0, "run_dir": run_dir,
@@ -67,17 +71,17 @@ def train_rows(data_dir: str, **overrides) -> list[dict]:
         return [json.loads(line) for line in open(Path(run_dir) / "metrics.jsonl")]
 
 
-def bench_updates(data_dir: str, batch_size: int, steps: int = 500) -> float:
+def bench_updates(data_dir: str, batch_size: int, width: int, steps: int = 500) -> float:
     """U: gradient updates per second of the offline phase alone (the same update the online
     phase runs), median of the rows after the first (which holds compilation)."""
-    rows = train_rows(data_dir, steps=steps, batch_size=batch_size)
+    rows = train_rows(data_dir, width, steps=steps, batch_size=batch_size)
     return statistics.median(r["steps_per_sec"] for r in rows[1:] if "steps_per_sec" in r)
 
 
 def bench_online(data_dir: str, envs: int, workers: int, env_steps: int, utd: int, batch_size: int,
-                 sync: bool) -> float:  # fmt: skip
+                 width: int, sync: bool) -> float:  # fmt: skip
     """X: env steps per second of the online phase, median of its rows after the first."""
-    rows = train_rows(data_dir, steps=100, batch_size=batch_size, online_steps=env_steps, online_envs=envs,
+    rows = train_rows(data_dir, width, steps=100, batch_size=batch_size, online_steps=env_steps, online_envs=envs,
                       online_workers=workers, utd=utd, online_sync=sync,
                       online_start_steps=0)  # the phase as it runs once updates start  # fmt: skip
     rates = [r["env_steps_per_sec"] for r in rows if "env_steps_per_sec" in r][1:]
@@ -97,7 +101,9 @@ def main() -> None:
     parser.add_argument("--env-steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=None,
                         help="update batch (default: the quick preset's, halved while U < E/1.5)")  # fmt: skip
-    parser.add_argument("--sync", action="store_true", help="strict alternation (--online-sync) instead of overlap")
+    parser.add_argument("--sync", action="store_true", help="strict alternation (--online-sync) only")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="online runs per mode, strict and overlap taking turns (medians)")  # fmt: skip
     args = parser.parse_args()
     from lps.agents import LPSConfig
     from lps.training.config import preset
@@ -105,22 +111,37 @@ def main() -> None:
     env_rate = bench_env(args.envs, args.workers, args.env_steps)
     print(f"envs alone: {args.envs} envs in {args.workers} workers, random chunks: {env_rate:.0f} env steps/s")
     batch = args.batch_size or preset("quick", LPSConfig)[0].batch_size
-    update_rate = bench_updates(args.data_dir, batch)
-    print(f"updates alone: quick LPS, batch {batch}: {update_rate:.0f} updates/s")
-    # Slower updates than envs: smaller batches until the two are within 1.5x (the balanced
-    # regime, where alternation costs most); faster ones: more updates per env step.
-    while args.batch_size is None and update_rate * 1.5 < env_rate and batch > 16:
-        batch //= 2
-        update_rate = bench_updates(args.data_dir, batch)
-        print(f"updates alone: quick LPS, batch {batch}: {update_rate:.0f} updates/s")
-    utd = balance(env_rate, update_rate)
-    rate = bench_online(args.data_dir, args.envs, args.workers, args.env_steps, utd, batch, args.sync)
-    slower = min(env_rate, update_rate / utd)
-    mode = "strict alternation" if args.sync else "overlap"
-    print(f"({mode}, batch {batch}; one run on a possibly shared machine: compare the ratio, not the rates)")
-    print(f"online phase: {rate:.0f} env steps/s = {rate / slower:.2f} of the slower part "
-          f"(envs alone {env_rate:.0f}, updates alone {update_rate:.0f}, utd {utd})")  # fmt: skip
+    width = 256
 
+    def measure() -> float:
+        rate = bench_updates(args.data_dir, batch, width)
+        print(f"updates alone: LPS 2x{width} nets, batch {batch}: {rate:.0f} updates/s")
+        return rate
+
+    update_rate = measure()
+    # Slower updates than envs: smaller batches, then narrower nets, until the two are within
+    # 1.5x (the balanced regime, where alternation costs most); faster ones: more updates per
+    # env step.
+    while args.batch_size is None and update_rate * 1.5 < env_rate and (batch > 16 or width > 32):
+        if batch > 16:
+            batch //= 2
+        else:
+            width //= 2
+        update_rate = measure()
+    utd = balance(env_rate, update_rate)
+    slower = min(env_rate, update_rate / utd)
+    # Both modes in this run, taking turns: a shared machine's speed drifts between minutes.
+    modes = [True] if args.sync else [True, False]
+    rates = {sync: [] for sync in modes}
+    for _ in range(args.repeats):
+        for sync in modes:
+            rates[sync].append(bench_online(args.data_dir, args.envs, args.workers, args.env_steps, utd, batch, width, sync))
+    print(f"(batch {batch}, 2x{width} nets, median of {args.repeats} runs per mode; compare the ratios, not the rates)")
+    for sync in modes:
+        rate = statistics.median(rates[sync])
+        mode = "strict alternation" if sync else "overlap"
+        print(f"online phase ({mode}): {rate:.0f} env steps/s = {rate / slower:.2f} of the slower part "
+              f"(envs alone {env_rate:.0f}, updates alone {update_rate:.0f}, utd {utd})")  # fmt: skip
 
 if __name__ == "__main__":
     main()

@@ -101,6 +101,43 @@ def test_episodes_in_progress_are_sampled_from_the_staging_area():
         replay.append(buffer, episodes_data([40]), H, block_rows=64)
 
 
+def test_staging_only_the_new_rows_gives_the_buffer_of_a_whole_rewrite():
+    # The online phase stages each round's new rows only (`since`); the staged rows, starts and
+    # counts must equal staging the episodes whole, every round.
+    offline = episodes_data([5, 4, 7])
+    grown = [episodes_data([9], first_id=20), episodes_data([12], first_id=21), episodes_data([4], first_id=22)]
+    rng = np.random.default_rng(0)
+    for ep in grown:  # distinct rewards and masks per row, so a row written at the wrong place shows
+        ep["rewards"] = rng.normal(size=len(ep["rewards"])).astype(np.float32)
+        ep["masks"] = rng.uniform(size=len(ep["masks"])).astype(np.float32)
+
+    def prefix(ep, n):  # the episode after n rows: its latest row marked as the terminal, with no action yet
+        rows = {k: np.array(v[:n]) for k, v in ep.items()}
+        rows["terminals"][:] = False
+        rows["terminals"][-1] = True
+        for key in ("actions", "rewards", "masks"):
+            rows[key][-1] = 0
+        return rows
+
+    incremental = replay.create(offline, H, capacity=64 + 3 * 14, staging_rows=3 * 14)
+    committed = int(incremental.num_starts)
+    since = [0, 0, 0]
+    for n in (3, 6, 9, 12):
+        playing = [prefix(ep, min(n, len(ep["actions"]))) for ep in grown]
+        incremental = replay.stage(incremental, playing, committed, H, since)
+        since = [len(p["actions"]) if len(p["actions"]) == len(ep["actions"]) else len(p["actions"]) - 1
+                 for p, ep in zip(playing, grown)]  # fmt: skip
+        whole = replay.stage(replay.create(offline, H, capacity=64 + 3 * 14, staging_rows=3 * 14), playing, committed, H)
+        assert int(incremental.num_starts) == int(whole.num_starts)
+        np.testing.assert_array_equal(np.asarray(incremental.starts), np.asarray(whole.starts))
+        for k, p in enumerate(playing):  # each segment's rows so far
+            seg = slice(64 + 14 * k, 64 + 14 * k + len(p["actions"]))
+            for key in ("observations", "actions", "rewards", "masks"):
+                np.testing.assert_array_equal(np.asarray(getattr(incremental, key))[seg],
+                                              np.asarray(getattr(whole, key))[seg], err_msg=f"{key} at n={n}")  # fmt: skip
+    assert int(incremental.num_starts) == committed + sum(len(chunk_starts(ep["terminals"], H)) for ep in grown)
+
+
 def test_balanced_mix_takes_half_of_each_batch_online():
     offline = episodes_data([50] * 8)
     buffer = replay.create(offline, H, capacity=600)

@@ -187,14 +187,16 @@ def append(buffer: ReplayBuffer, episodes: dict[str, Any], chunk_len: int, block
 
 
 @partial(jax.jit, donate_argnums=0)
-def _write_staging(buffer: ReplayBuffer, block: dict, starts: jax.Array, first_start: jax.Array,
+def _write_staging(buffer: ReplayBuffer, rows: jax.Array, block: dict, starts: jax.Array, first_start: jax.Array,
                    num_new_starts: jax.Array) -> ReplayBuffer:  # fmt: skip
+    """Write a padded block of staged rows at the buffer rows `rows` (padding: an index past the
+    end, dropped) and the staged chunk starts after the first `first_start` starts."""
     capacity = buffer.actions.shape[0]
     offsets = jnp.arange(starts.shape[0])
     slots = jnp.where(offsets < num_new_starts, first_start + offsets, capacity)
 
     def put(dest, values):
-        return jax.lax.dynamic_update_slice_in_dim(dest, values.astype(dest.dtype), buffer.staging_start, axis=0)
+        return dest.at[rows].set(values.astype(dest.dtype), mode="drop")
 
     return buffer.replace(
         observations=jax.tree_util.tree_map(put, buffer.observations, block["observations"]),
@@ -203,42 +205,50 @@ def _write_staging(buffer: ReplayBuffer, block: dict, starts: jax.Array, first_s
         masks=put(buffer.masks, block["masks"]),
         starts=buffer.starts.at[slots].set(starts, mode="drop"),
         num_starts=first_start + num_new_starts,
-        first_rows=(None if buffer.first_rows is None
-                    else put(buffer.first_rows, buffer.staging_start + block["first_rows"])),  # fmt: skip
+        first_rows=None if buffer.first_rows is None else put(buffer.first_rows, block["first_rows"]),
     )
 
 
-def stage(buffer: ReplayBuffer, episodes: list[dict[str, Any]], first_start: int, chunk_len: int) -> ReplayBuffer:
+def stage(buffer: ReplayBuffer, episodes: list[dict[str, Any]], first_start: int, chunk_len: int,
+          since: list[int] | None = None) -> ReplayBuffer:  # fmt: skip
     """Write the episodes in progress (row layout so far, the last row being the latest
     observation, marked as a terminal) into the staging area, one segment each, and list their
-    chunks that fit after the first `first_start` (committed) starts. An empty list unstages."""
+    chunks that fit after the first `first_start` (committed) starts. An empty list unstages.
+
+    `since[k]`: episode k's rows before this one are already staged as they are (the online
+    phase passes the previous call's row count minus one: that last row gains its action,
+    reward and mask), so only the rows that changed travel to the device, not the whole
+    episodes each round."""
     rows = buffer.capacity - int(buffer.staging_start)
     if not episodes:
         return buffer.replace(num_starts=jnp.asarray(first_start, jnp.int32))
     segment = rows // len(episodes)
-    block = {
-        "observations": jax.tree_util.tree_map(
-            lambda x: np.zeros((rows, *np.shape(x)[1:]), _row_dtype(x)), episodes[0]["observations"]
-        ),
-        **{k: np.zeros((rows, *np.shape(episodes[0][k])[1:]), np.float32) for k in ("actions", "rewards", "masks")},
-        "first_rows": np.zeros(rows, np.int32),  # relative to the staging area
-    }
-    starts = []
-    for k, ep in enumerate(episodes):
+    since = since or [0] * len(episodes)
+    staging_start = int(buffer.staging_start)
+    targets, parts, starts = [], [], []
+    for k, (ep, first) in enumerate(zip(episodes, since)):
         n = len(ep["actions"])
         if n > segment:
             raise ValueError(f"an episode of {n} rows exceeds its staging segment of {segment}")
-        base = k * segment
-        for key in ("actions", "rewards", "masks"):
-            block[key][base : base + n] = ep[key]
-        block["first_rows"][base : base + segment] = base
-        jax.tree_util.tree_map(lambda dest, x: dest.__setitem__(slice(base, base + n), x), block["observations"],
-                               ep["observations"])  # fmt: skip
-        starts.append(int(buffer.staging_start) + base + chunk_starts(np.asarray(ep["terminals"], bool), chunk_len))
+        base = staging_start + k * segment
+        targets.append(np.arange(base + first, base + n))
+        parts.append({"observations": jax.tree_util.tree_map(lambda x: np.asarray(x)[first:n], ep["observations"]),
+                      **{key: np.asarray(ep[key], np.float32)[first:n] for key in ("actions", "rewards", "masks")},
+                      "first_rows": np.full(n - first, base, np.int32)})  # fmt: skip
+        starts.append(base + chunk_starts(np.asarray(ep["terminals"], bool), chunk_len))
+    changed = sum(len(t) for t in targets)
+    # Padded to a power of two (at most the staging area): a few compiled writes serve every round.
+    size = min(rows, 1 << max(changed - 1, 0).bit_length())
+
+    def padded(x, fill=0):
+        out = np.full((size, *np.shape(x)[1:]), fill, np.asarray(x).dtype)
+        out[: len(x)] = x
+        return out
+
+    block = jax.tree_util.tree_map(lambda *xs: padded(np.concatenate(xs)), *parts)
     starts = np.concatenate(starts).astype(np.int32)
-    padded = np.zeros(rows, np.int32)
-    padded[: len(starts)] = starts
-    return _write_staging(buffer, block, jnp.asarray(padded), jnp.asarray(first_start, jnp.int32),
+    return _write_staging(buffer, jnp.asarray(padded(np.concatenate(targets).astype(np.int32), buffer.capacity)), block,
+                          jnp.asarray(np.pad(starts, (0, rows - len(starts)))), jnp.asarray(first_start, jnp.int32),
                           jnp.asarray(len(starts), jnp.int32))  # fmt: skip
 
 

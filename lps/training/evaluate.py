@@ -181,13 +181,28 @@ def seeds_act(agent):
     return _ACT_CACHE[agent]
 
 
-def make_seeds_policy(agent, params, seeds: list[int], device=None) -> SeedsPolicy:
-    """A SeedsPolicy for parameters with a leading seed axis (one entry per seed in `seeds`),
+def one_seed_act(agent):
+    """`seeds_act` for one seed's parameters, without their seed axis: the axis is added inside
+    the compiled program (per-leaf `x[None]` on the host is one dispatch per leaf, every call)."""
+    key = (agent, "one seed")
+    if key not in _ACT_CACHE:
+        import jax
+
+        act = seeds_act(agent)
+        _ACT_CACHE[key] = jax.jit(lambda params, *args: act(jax.tree_util.tree_map(lambda x: x[None], params), *args))
+    return _ACT_CACHE[key]
+
+
+def make_seeds_policy(agent, params, seeds: list[int], device=None, seed_axis: bool = True) -> SeedsPolicy:
+    """A SeedsPolicy for parameters with a leading seed axis (one entry per seed in `seeds`), or
+    with `seed_axis=False` one seed's parameters as they are (`seeds` then holds that one seed),
     acting on `device` (default: JAX's default device)."""
     import jax
     import jax.numpy as jnp
 
-    act = seeds_act(agent)
+    if not seed_axis and len(seeds) != 1:
+        raise ValueError(f"parameters without a seed axis act for one seed, not {len(seeds)}")
+    act = seeds_act(agent) if seed_axis else one_seed_act(agent)
     spec = agent.spec
     put = (lambda x: jax.device_put(x, device)) if device is not None else jnp.asarray
     params = jax.device_put(params, device) if device is not None else params

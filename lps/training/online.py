@@ -127,43 +127,61 @@ def capacity_for(num_offline_rows: int, cfg, max_len: int) -> tuple[int, int]:
 
 
 class _Episode:
-    """One episode's rows while it is played (host lists), labelled as the offline data is."""
+    """One episode's rows while it is played, labelled as the offline data is. Its arrays grow by
+    doubling, so a round adds its chunk's steps without copying the episode so far (`rows()` is
+    taken every round, to stage it)."""
 
     def __init__(self, index: int, obs: np.ndarray, toy_rows: bool, sparse: bool):
         self.index, self.toy_rows, self.sparse = index, toy_rows, sparse
-        self.observations = [obs]
-        self.actions: list[np.ndarray] = []
-        self.step_rewards: list[float] = []  # env reward of each step
-        self.step_successes: list[float] = []  # env info['success'] of each step
+        obs = np.asarray(obs)
+        self._observations = np.zeros((8, *obs.shape), obs.dtype)
+        self._observations[0] = obs
+        self._actions: np.ndarray | None = None  # (room, action_dim), made by the first chunk
+        self._step_rewards = np.zeros(8)  # env reward of each step
+        self._step_successes = np.zeros(8)  # env info['success'] of each step
+        self.steps = 0
         self.done, self.chunks, self.success = False, 0, 0.0
 
     def add(self, chunk: np.ndarray, outcome) -> None:
-        n = outcome.steps
-        self.actions.extend(np.asarray(chunk[:n], np.float32))
-        self.observations.extend(outcome.observations)
-        self.step_rewards.extend(outcome.rewards.tolist())
-        self.step_successes.extend(outcome.successes.tolist())
+        n, end = outcome.steps, self.steps + outcome.steps
+        if self._actions is None:
+            self._actions = np.zeros((len(self._step_rewards), np.shape(chunk)[-1]), np.float32)
+        if end + 1 > len(self._step_rewards):
+            room = max(2 * len(self._step_rewards), end + 1)
+            self._observations, self._actions, self._step_rewards, self._step_successes = (
+                _grown(x, room) for x in (self._observations, self._actions, self._step_rewards, self._step_successes))
+        self._actions[self.steps : end] = np.asarray(chunk[:n], np.float32)
+        self._observations[self.steps + 1 : end + 1] = outcome.observations
+        self._step_rewards[self.steps : end] = outcome.rewards
+        self._step_successes[self.steps : end] = outcome.successes
+        self.steps = end
         self.chunks += 1
         self.done, self.success = outcome.done, outcome.success
 
     @property
-    def steps(self) -> int:
-        return len(self.actions)
+    def step_rewards(self) -> np.ndarray:
+        return self._step_rewards[: self.steps]
 
     def rows(self) -> dict[str, np.ndarray]:
         """The row layout: every state, the last one ending the episode (its action unused)."""
         n = self.steps + 1
-        actions = np.zeros((n, np.shape(self.actions[0])[-1] if self.actions else 0), np.float32)
-        actions[: self.steps] = self.actions
-        step_rewards = np.asarray(self.step_rewards, np.float64)
+        action_dim = 0 if self._actions is None else self._actions.shape[1]
+        actions = np.zeros((n, action_dim), np.float32)
+        actions[: self.steps] = self._actions[: self.steps] if self.steps else 0
         rewards, masks = np.zeros(n, np.float32), np.zeros(n, np.float32)  # the last row's are never used
-        rewards[: self.steps] = -(step_rewards != 0).astype(np.float64) if self.sparse else step_rewards
+        rewards[: self.steps] = -(self.step_rewards != 0).astype(np.float64) if self.sparse else self.step_rewards
         if not self.toy_rows:  # the toy's rows never bootstrap, as in its offline data
-            masks[: self.steps] = 1.0 - np.asarray(self.step_successes)
+            masks[: self.steps] = 1.0 - self._step_successes[: self.steps]
         terminals = np.zeros(n, bool)
         terminals[-1] = True
-        return {"observations": np.stack(self.observations), "actions": actions, "rewards": rewards,
+        return {"observations": self._observations[:n], "actions": actions, "rewards": rewards,
                 "masks": masks, "terminals": terminals}  # fmt: skip
+
+
+def _grown(x: np.ndarray, rows: int) -> np.ndarray:
+    out = np.zeros((rows, *x.shape[1:]), x.dtype)
+    out[: len(x)] = x
+    return out
 
 
 def _concat(episodes: list[_Episode]) -> dict[str, np.ndarray]:
@@ -358,8 +376,7 @@ def run(cfg, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule, s
 
     def act(wave: list[_Episode], obs: np.ndarray) -> np.ndarray:
         """One chunk per environment, drawn in one batched call (all K envs at once)."""
-        policy = make_seeds_policy(agent, jax.tree_util.tree_map(lambda x: x[None], state.train.params),
-                                   [acting_seed])  # fmt: skip
+        policy = make_seeds_policy(agent, state.train.params, [acting_seed], seed_axis=False)
         index = np.array([[e.index for e in wave]])
         chunk_index = np.array([[e.chunks for e in wave]])
         return policy(obs, index, chunk_index)[0]
@@ -379,6 +396,7 @@ def run(cfg, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule, s
             frames = [Frames(cfg.frame_stack, resets[k]) for k in range(K)]
             obs = np.stack([f.stacked() for f in frames])[None]
             committed_starts = int(state.buffer.num_starts)
+            staged_rows = [0] * K  # each episode's rows staged as they stand (only later ones change)
             while counters["env_step"] < cfg.online_steps and not all(e.done for e in wave):
                 check_stop()
                 # Overlap: the chunks are drawn from the parameters as they are (the updates owed
@@ -404,7 +422,9 @@ def run(cfg, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule, s
                 bar.update(steps)
                 counters["debt"] += cfg.utd * owed_steps(counters["env_step"], steps, start_steps_)
                 counters["env_step"] += steps
-                staged = replay.stage(state.buffer, [e.rows() for e in wave], committed_starts, H)
+                staged = replay.stage(state.buffer, [e.rows() for e in wave], committed_starts, H, staged_rows)
+                # An episode's last row gains its action, reward and mask next round; a finished one's are final.
+                staged_rows = [e.steps + 1 if e.done else e.steps for e in wave]
                 state = state.replace(buffer=staged, env_step=jnp.asarray(counters["env_step"], jnp.int32),
                                       update_debt=jnp.asarray(counters["debt"], jnp.int32))  # fmt: skip
                 if cfg.online_sync:

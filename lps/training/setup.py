@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from lps.agents import Spec, resolve_config
@@ -80,7 +79,7 @@ def overlap_evaluation(cfg: TrainConfig) -> bool:
 
 def make_policy_fn(agent, params, seed: int):
     """The evaluators' policy for one seed's parameters (no seed axis); see lps.training.evaluate."""
-    return make_seeds_policy(agent, jax.tree_util.tree_map(lambda x: x[None], params), [seed])
+    return make_seeds_policy(agent, params, [seed], seed_axis=False)
 
 
 def build(agent_name: str, cfg: TrainConfig, agent_cfg, data: dict[str, np.ndarray]):
