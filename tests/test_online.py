@@ -411,6 +411,23 @@ def test_overlap_equals_strict_when_no_round_is_stale(tmp_path):
     assert max(r.get("env_step", 0) for r in rows_of(runs[False])) == 32
 
 
+def test_online_evaluation_in_the_background_gives_the_synchronous_rows(tmp_path):
+    """--eval-async true: evaluations during the online phase run beside it on a snapshot of the
+    parameters (the offline mechanism) and must log exactly what evaluating in line does."""
+    runs = {}
+    for mode in ("false", "true"):
+        cfg = toy_online_config(tmp_path / mode, steps=200, save_every=100, online_steps=48, online_envs=4,
+                                log_every=25, eval_every=25, eval_episodes=50, eval_async=mode)  # fmt: skip
+        train("lps", cfg, SMALL)
+        runs[mode] = rows_of(cfg.run_dir)
+    evals = [r for r in runs["true"] if "eval/return" in r]
+    online_evals = [r for r in evals if r.get("env_step", 0) > 0]
+    assert len(online_evals) >= 2 and any(r["eval/return"] != 0 for r in online_evals)  # evaluated online, not all alike
+    for r in runs["true"] + runs["false"]:
+        r.pop("eval/env_steps_per_sec", None)
+    assert runs["true"] == runs["false"]
+
+
 class FourStepToy(toy.ToyEnv):
     """The toy bandit played for 4 steps per episode (truncated then), so that a wave is 4 rounds
     of chunks and overlap acts rounds 2..4 with the parameters of one round before."""
