@@ -104,10 +104,7 @@ def create(dataset: dict[str, np.ndarray], chunk_len: int, capacity: int, stagin
     starts = chunk_starts(np.asarray(dataset["terminals"], bool), chunk_len)
 
     def padded(x, dtype):
-        x = np.asarray(x, dtype)
-        out = np.zeros((capacity, *x.shape[1:]), dtype)
-        out[: len(x)] = x
-        return jnp.asarray(out)
+        return jnp.asarray(padded_rows(x, capacity, dtype=dtype))
 
     return ReplayBuffer(
         # uint8 images stay uint8 (a quarter of float32's memory; the encoder scales them), as offline.
@@ -124,6 +121,14 @@ def create(dataset: dict[str, np.ndarray], chunk_len: int, capacity: int, stagin
         first_rows=padded(episode_first_rows(dataset["terminals"]), np.int32) if frame_stack > 1 else None,
         frame_stack=frame_stack,
     )
+
+
+def padded_rows(x, rows: int, fill=0, dtype=None) -> np.ndarray:
+    """`x` (rows first) as the first rows of an array of `rows` rows, the others `fill`."""
+    x = np.asarray(x, dtype)
+    out = np.full((rows, *x.shape[1:]), fill, x.dtype)
+    out[: len(x)] = x
+    return out
 
 
 def _row_dtype(x) -> type:
@@ -172,10 +177,7 @@ def append(buffer: ReplayBuffer, episodes: dict[str, Any], chunk_len: int, block
     starts = chunk_starts(terminals, chunk_len) if n else np.zeros(0, np.int32)
 
     def pad(x):
-        x = np.asarray(x)
-        out = np.zeros((block_rows, *x.shape[1:]), x.dtype)
-        out[: len(x)] = x
-        return out
+        return padded_rows(x, block_rows)
 
     block = {
         "observations": jax.tree_util.tree_map(pad, episodes["observations"]),
@@ -233,23 +235,18 @@ def stage(buffer: ReplayBuffer, episodes: list[dict[str, Any]], first_start: int
         base = staging_start + k * segment
         targets.append(np.arange(base + first, base + n))
         parts.append({"observations": jax.tree_util.tree_map(lambda x: np.asarray(x)[first:n], ep["observations"]),
-                      **{key: np.asarray(ep[key], np.float32)[first:n] for key in ("actions", "rewards", "masks")},
+                      **{key: np.asarray(ep[key][first:n], np.float32) for key in ("actions", "rewards", "masks")},
                       "first_rows": np.full(n - first, base, np.int32)})  # fmt: skip
         starts.append(base + chunk_starts(np.asarray(ep["terminals"], bool), chunk_len))
     changed = sum(len(t) for t in targets)
     # Padded to a power of two (at most the staging area): a few compiled writes serve every round.
     size = min(rows, 1 << max(changed - 1, 0).bit_length())
 
-    def padded(x, fill=0):
-        out = np.full((size, *np.shape(x)[1:]), fill, np.asarray(x).dtype)
-        out[: len(x)] = x
-        return out
-
-    block = jax.tree_util.tree_map(lambda *xs: padded(np.concatenate(xs)), *parts)
+    block = jax.tree_util.tree_map(lambda *xs: padded_rows(np.concatenate(xs), size), *parts)
+    targets = padded_rows(np.concatenate(targets).astype(np.int32), size, fill=buffer.capacity)
     starts = np.concatenate(starts).astype(np.int32)
-    return _write_staging(buffer, jnp.asarray(padded(np.concatenate(targets).astype(np.int32), buffer.capacity)), block,
-                          jnp.asarray(np.pad(starts, (0, rows - len(starts)))), jnp.asarray(first_start, jnp.int32),
-                          jnp.asarray(len(starts), jnp.int32))  # fmt: skip
+    return _write_staging(buffer, jnp.asarray(targets), block, jnp.asarray(padded_rows(starts, rows)),
+                          jnp.asarray(first_start, jnp.int32), jnp.asarray(len(starts), jnp.int32))  # fmt: skip
 
 
 def sample_rows(buffer: ReplayBuffer, key: jax.Array, batch_size: int, mix: Mix) -> jax.Array:

@@ -149,7 +149,7 @@ class _Episode:
         if end + 1 > len(self._step_rewards):
             room = max(2 * len(self._step_rewards), end + 1)
             self._observations, self._actions, self._step_rewards, self._step_successes = (
-                _grown(x, room) for x in (self._observations, self._actions, self._step_rewards, self._step_successes))
+                replay.padded_rows(x, room) for x in (self._observations, self._actions, self._step_rewards, self._step_successes))
         self._actions[self.steps : end] = np.asarray(chunk[:n], np.float32)
         self._observations[self.steps + 1 : end + 1] = outcome.observations
         self._step_rewards[self.steps : end] = outcome.rewards
@@ -176,12 +176,6 @@ class _Episode:
         terminals[-1] = True
         return {"observations": self._observations[:n], "actions": actions, "rewards": rewards,
                 "masks": masks, "terminals": terminals}  # fmt: skip
-
-
-def _grown(x: np.ndarray, rows: int) -> np.ndarray:
-    out = np.zeros((rows, *x.shape[1:]), x.dtype)
-    out[: len(x)] = x
-    return out
 
 
 def _concat(episodes: list[_Episode]) -> dict[str, np.ndarray]:
