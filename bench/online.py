@@ -54,28 +54,36 @@ def bench_env(envs: int, workers: int, env_steps: int, chunk_len: int = 5) -> fl
         pool.close()
 
 
-def train_rows(data_dir: str, width: int = 256, **overrides) -> list[dict]:
-    """The metrics rows of one quick-preset LPS run on the task (in a temporary run dir), every
-    network 2 x `width` (the quick preset's 256 by default)."""
+def train_rows(data_dir: str | None, width: int | None = 256, size: str = "quick", **overrides) -> list[dict]:
+    """The metrics rows of one LPS run on the task at the preset `size` (in a temporary run dir),
+    every network 2 x `width` (None: the preset's own sizes); with `seeds=`, the first seed's rows
+    (each holds the program's rate)."""
     from lps.agents import LPSConfig
     from lps.training.config import agent_overrides, preset
     from lps.training.loop import train
 
-    cfg, agent_cfg = preset("quick", LPSConfig)
-    agent_cfg = dataclasses.replace(agent_cfg, **agent_overrides({"hidden": (width, width)}, LPSConfig))
+    cfg, agent_cfg = preset(size, LPSConfig)
+    if width is not None:
+        agent_cfg = dataclasses.replace(agent_cfg, **agent_overrides({"hidden": (width, width)}, LPSConfig))
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = dataclasses.replace(cfg, **{"env": TASK, "data_dir": data_dir, "log_every": 100, "save_every": 0,
                                           "eval_every": 0, "eval_episodes": 0, "run_dir": run_dir,
                                           "progress": False, **overrides})  # fmt: skip
         train("lps", cfg, agent_cfg)
-        return [json.loads(line) for line in open(Path(run_dir) / "metrics.jsonl")]
+        first = Path(run_dir) / f"seed{cfg.seeds[0]}" if cfg.seeds else Path(run_dir)
+        return [json.loads(line) for line in open(first / "metrics.jsonl")]
+
+
+def median_after_first(rows: list[dict], key: str) -> float:
+    """The median of `key` over the rows after the first (which holds compilation)."""
+    values = [r[key] for r in rows if key in r][1:]
+    return statistics.median(values) if values else float("nan")
 
 
 def bench_updates(data_dir: str, batch_size: int, width: int, steps: int = 500) -> float:
     """U: gradient updates per second of the offline phase alone (the same update the online
     phase runs), median of the rows after the first (which holds compilation)."""
-    rows = train_rows(data_dir, width, steps=steps, batch_size=batch_size)
-    return statistics.median(r["steps_per_sec"] for r in rows[1:] if "steps_per_sec" in r)
+    return median_after_first(train_rows(data_dir, width, steps=steps, batch_size=batch_size), "steps_per_sec")
 
 
 def bench_online(data_dir: str, envs: int, workers: int, env_steps: int, utd: int, batch_size: int,
@@ -84,8 +92,7 @@ def bench_online(data_dir: str, envs: int, workers: int, env_steps: int, utd: in
     rows = train_rows(data_dir, width, steps=100, batch_size=batch_size, online_steps=env_steps, online_envs=envs,
                       online_workers=workers, utd=utd, online_sync=sync,
                       online_start_steps=0)  # the phase as it runs once updates start  # fmt: skip
-    rates = [r["env_steps_per_sec"] for r in rows if "env_steps_per_sec" in r][1:]
-    return statistics.median(rates) if rates else float("nan")
+    return median_after_first(rows, "env_steps_per_sec")
 
 
 def balance(env_rate: float, update_rate: float) -> int:
