@@ -46,6 +46,9 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=5000, help="gradient steps between evaluations in (2)")
     parser.add_argument("--eval-episodes", type=int, default=50)
     args = parser.parse_args()
+    if min(args.workers, args.envs, args.seeds, args.eval_episodes) < 1 or min(args.steps, args.env_steps) < 2 * args.log_every:
+        parser.error("--workers, --envs, --seeds and --eval-episodes must be >= 1, and --steps and --env-steps "
+                     ">= 2 x --log-every (the first metrics row holds compilation)")  # fmt: skip
     common = dict(log_every=args.log_every, eval_workers=args.workers)
     seeds = tuple(range(args.seeds))
 
@@ -58,16 +61,17 @@ def main() -> None:
           f"({many * args.seeds / one:.2f}x one seed)")  # fmt: skip
 
     # 2. evaluation alone (at the end of a one-dispatch run), then beside the seeds' training
-    rows = train_rows(args.data_dir, None, args.size, steps=args.log_every, eval_episodes=args.eval_episodes, eval_async="false",
-                    **common)  # fmt: skip
+    rows = train_rows(args.data_dir, None, args.size, steps=args.log_every, eval_episodes=args.eval_episodes,
+                      eval_async="false", **common)  # fmt: skip
     eval_rate = [r["eval/env_steps_per_sec"] for r in rows if "eval/env_steps_per_sec" in r][-1]
     print(f"evaluation: {args.eval_episodes} episodes in {args.workers} workers: {eval_rate:.0f} env steps/s")
     beside = train_rows(args.data_dir, None, args.size, steps=args.steps, seeds=seeds, eval_every=args.eval_every,
-                      eval_episodes=args.eval_episodes, eval_async="true", **common)  # fmt: skip
+                        eval_episodes=args.eval_episodes, eval_async="true", **common)  # fmt: skip
     evals = [r for r in beside if "eval/success" in r]
     with_eval = median_after_first(beside, "steps_per_sec")
     print(f"{args.seeds} seeds with an evaluation every {args.eval_every} steps beside them (--eval-async true, "
-          f"{len(evals)} evaluations): {with_eval:.0f} updates/s per seed = {with_eval / many:.2f} of without")  # fmt: skip
+          f"{len(evals)} evaluations): {with_eval:.0f} updates/s per seed = {with_eval / many:.2f} of "
+          "without")  # fmt: skip
 
     # 3. online: the envs alone, then the phase in both modes
     env_rate = bench_env(args.envs, args.workers, args.env_steps)
@@ -76,8 +80,8 @@ def main() -> None:
     online = {}
     for sync in (True, False):
         rows = train_rows(args.data_dir, None, args.size, steps=args.log_every, online_steps=args.env_steps,
-                        online_envs=args.envs, online_workers=args.workers, utd=1, online_sync=sync,
-                        online_start_steps=0, **common)  # fmt: skip
+                          online_envs=args.envs, online_workers=args.workers, utd=1, online_sync=sync,
+                          online_start_steps=0, **common)  # fmt: skip
         online[sync] = median_after_first(rows, "env_steps_per_sec")
         mode = "strict alternation" if sync else "overlap"
         print(f"online phase ({mode}): {online[sync]:.0f} env steps/s = {online[sync] / slower:.2f} of the slower "
@@ -85,11 +89,11 @@ def main() -> None:
 
     # 4. the protocol's wall time at these rates
     offline_one, online_one = PROTOCOL_STEPS / one, PROTOCOL_STEPS / online[False]
-    offline_many = PROTOCOL_STEPS / many
+    offline_many, online_many = PROTOCOL_STEPS / many, args.seeds * online_one
     print(f"appendix A (1M offline + 1M online), 1 seed: {hours(offline_one)} + {hours(online_one)} "
           f"= {hours(offline_one + online_one)}")  # fmt: skip
     print(f"appendix A, {args.seeds} seeds (offline vmapped, online one run per seed after another): "
-          f"{hours(offline_many)} + {args.seeds} x {hours(online_one)} = {hours(offline_many + args.seeds * online_one)}")  # fmt: skip
+          f"{hours(offline_many)} + {args.seeds} x {hours(online_one)} = {hours(offline_many + online_many)}")
 
 
 if __name__ == "__main__":
