@@ -8,7 +8,8 @@
 2. U, the updates alone: quick-preset LPS's offline updates/s (the update the online phase runs);
    while U is below E/1.5 the batch is halved (down to 16), then the networks' width (down to
    2x32), and when U is above E the online phase runs `--utd round(U/E)`, so that E and U/utd
-   are within 1.5x (where alternation costs most);
+   are within 1.5x (where alternation costs most); `--batch-size` or `--width` fix the setting
+   instead (utd still from U/E);
 3. X, the whole online phase at that setting, strict alternation and overlap taking turns
    (`--repeats` runs each; `--sync`: strict only): env steps/s of its metrics rows after the
    first (the first holds compilation).
@@ -108,6 +109,8 @@ def main() -> None:
     parser.add_argument("--env-steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=None,
                         help="update batch (default: the quick preset's, halved while U < E/1.5)")  # fmt: skip
+    parser.add_argument("--width", type=int, default=None,
+                        help="networks 2 x WIDTH (default 256, halved after the batch while U < E/1.5)")  # fmt: skip
     parser.add_argument("--sync", action="store_true", help="strict alternation (--online-sync) only")
     parser.add_argument("--repeats", type=int, default=2,
                         help="online runs per mode, strict and overlap taking turns (medians)")  # fmt: skip
@@ -118,7 +121,7 @@ def main() -> None:
     env_rate = bench_env(args.envs, args.workers, args.env_steps)
     print(f"envs alone: {args.envs} envs in {args.workers} workers, random chunks: {env_rate:.0f} env steps/s")
     batch = args.batch_size or preset("quick", LPSConfig)[0].batch_size
-    width = 256
+    width = args.width or 256
 
     def measure() -> float:
         rate = bench_updates(args.data_dir, batch, width)
@@ -129,7 +132,8 @@ def main() -> None:
     # Slower updates than envs: smaller batches, then narrower nets, until the two are within
     # 1.5x (the balanced regime, where alternation costs most); faster ones: more updates per
     # env step.
-    while args.batch_size is None and update_rate * 1.5 < env_rate and (batch > 16 or width > 32):
+    chosen = args.batch_size is not None or args.width is not None
+    while not chosen and update_rate * 1.5 < env_rate and (batch > 16 or width > 32):
         if batch > 16:
             batch //= 2
         else:
@@ -142,7 +146,8 @@ def main() -> None:
     rates = {sync: [] for sync in modes}
     for _ in range(args.repeats):
         for sync in modes:
-            rates[sync].append(bench_online(args.data_dir, args.envs, args.workers, args.env_steps, utd, batch, width, sync))
+            rate = bench_online(args.data_dir, args.envs, args.workers, args.env_steps, utd, batch, width, sync)
+            rates[sync].append(rate)
     print(f"(batch {batch}, 2x{width} nets, median of {args.repeats} runs per mode; compare the ratios, not the rates)")
     for sync in modes:
         rate = statistics.median(rates[sync])
