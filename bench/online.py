@@ -14,8 +14,10 @@
    (`--repeats` runs each; `--sync`: strict only): env steps/s of its metrics rows after the
    first (the first holds compilation).
 The last line: `online phase (overlap): X env steps/s = R of the slower part (envs alone E,
-updates alone U, utd K)`, R = X / min(E, U/utd), the strict line before it. Timings on a
-shared machine are noisy: compare figures from one run.
+updates alone U, utd K)`, R = X / min(E, U/utd), the strict line before it; before them, the
+most R this machine's cores allow with both parts running at once (the cores the envs kept busy
+alone, measured, plus one per update). Timings on a shared machine are noisy: compare figures
+from one run.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -34,15 +37,29 @@ TASK = "cube-single-play-singletask-task1-v0"
 ENV_ID = "cube-single-singletask-task1-v0"
 
 
-def bench_env(envs: int, workers: int, env_steps: int, chunk_len: int = 5) -> float:
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time these processes have used so far (Linux /proc; 0 elsewhere)."""
+    total = 0
+    for pid in pids:
+        stat = Path(f"/proc/{pid}/stat")
+        if stat.exists():
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # from field 3 on (the name may hold spaces)
+            total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def bench_env(envs: int, workers: int, env_steps: int, chunk_len: int = 5) -> tuple[float, float]:
+    """E, env steps per second of the pool alone, and the cores it kept busy meanwhile (workers
+    and the process driving them: CPU seconds per second)."""
     from lps.training.envs import EnvWorkerPool
 
     pool = EnvWorkerPool(ENV_ID, envs, workers)
+    pids = [os.getpid(), *(proc.pid for proc in getattr(pool, "procs", []))]
     rng = np.random.default_rng(0)
     try:
         episode = 0
         pool.reset({k: k for k in range(envs)})
-        done, start = 0, time.perf_counter()
+        done, start, cpu = 0, time.perf_counter(), cpu_seconds(pids)
         while done < env_steps:
             outcomes = pool.step_chunks({k: rng.uniform(-1, 1, (chunk_len, 5)) for k in range(envs)})
             done += sum(o.steps for o in outcomes.values())
@@ -50,9 +67,19 @@ def bench_env(envs: int, workers: int, env_steps: int, chunk_len: int = 5) -> fl
             episode += len(ended)
             if ended:
                 pool.reset(ended)
-        return done / (time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        return done / elapsed, (cpu_seconds(pids) - cpu) / elapsed
     finally:
         pool.close()
+
+
+def core_bound(env_rate: float, env_cores: float, update_rate: float, utd: int) -> float:
+    """The most of the slower part the envs and the updates can reach running at once on this
+    machine's cores: an env step costs `env_cores`/E core-seconds (as measured alone) and its utd
+    updates at least utd/U (one core busy per update, as these small updates on a CPU)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    slower = min(env_rate, update_rate / utd)
+    return min(1.0, cores / (env_cores / env_rate + utd / update_rate) / slower)
 
 
 def train_rows(data_dir: str | None, width: int | None = 256, size: str = "quick", **overrides) -> list[dict]:
@@ -118,8 +145,9 @@ def main() -> None:
     from lps.agents import LPSConfig
     from lps.training.config import preset
 
-    env_rate = bench_env(args.envs, args.workers, args.env_steps)
-    print(f"envs alone: {args.envs} envs in {args.workers} workers, random chunks: {env_rate:.0f} env steps/s")
+    env_rate, env_cores = bench_env(args.envs, args.workers, args.env_steps)
+    print(f"envs alone: {args.envs} envs in {args.workers} workers, random chunks: {env_rate:.0f} env steps/s "
+          f"({env_cores:.1f} cores busy)")  # fmt: skip
     batch = args.batch_size or preset("quick", LPSConfig)[0].batch_size
     width = args.width or 256
 
@@ -149,11 +177,14 @@ def main() -> None:
             rate = bench_online(args.data_dir, args.envs, args.workers, args.env_steps, utd, batch, width, sync)
             rates[sync].append(rate)
     print(f"(batch {batch}, 2x{width} nets, median of {args.repeats} runs per mode; compare the ratios, not the rates)")
+    print(f"this machine's cores allow at most {core_bound(env_rate, env_cores, update_rate, utd):.2f} of the slower "
+          f"part with both running at once (the envs' {env_cores:.1f} cores as measured, one per update)")  # fmt: skip
     for sync in modes:
         rate = statistics.median(rates[sync])
         mode = "strict alternation" if sync else "overlap"
         print(f"online phase ({mode}): {rate:.0f} env steps/s = {rate / slower:.2f} of the slower part "
               f"(envs alone {env_rate:.0f}, updates alone {update_rate:.0f}, utd {utd})")  # fmt: skip
+
 
 if __name__ == "__main__":
     main()

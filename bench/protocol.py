@@ -46,7 +46,8 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=5000, help="gradient steps between evaluations in (2)")
     parser.add_argument("--eval-episodes", type=int, default=50)
     args = parser.parse_args()
-    if min(args.workers, args.envs, args.seeds, args.eval_episodes) < 1 or min(args.steps, args.env_steps) < 2 * args.log_every:
+    counts = (args.workers, args.envs, args.seeds, args.eval_episodes)
+    if min(counts) < 1 or min(args.steps, args.env_steps) < 2 * args.log_every:
         parser.error("--workers, --envs, --seeds and --eval-episodes must be >= 1, and --steps and --env-steps "
                      ">= 2 x --log-every (the first metrics row holds compilation)")  # fmt: skip
     common = dict(log_every=args.log_every, eval_workers=args.workers)
@@ -74,8 +75,9 @@ def main() -> None:
           "without")  # fmt: skip
 
     # 3. online: the envs alone, then the phase in both modes
-    env_rate = bench_env(args.envs, args.workers, args.env_steps)
-    print(f"envs alone: {args.envs} envs in {args.workers} workers, random chunks: {env_rate:.0f} env steps/s")
+    env_rate, env_cores = bench_env(args.envs, args.workers, args.env_steps)
+    print(f"envs alone: {args.envs} envs in {args.workers} workers, random chunks: {env_rate:.0f} env steps/s "
+          f"({env_cores:.1f} cores busy)")  # fmt: skip
     slower = min(env_rate, one)
     online = {}
     for sync in (True, False):
