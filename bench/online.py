@@ -177,8 +177,10 @@ def main() -> None:
             rate = bench_online(args.data_dir, args.envs, args.workers, args.env_steps, utd, batch, width, sync)
             rates[sync].append(rate)
     print(f"(batch {batch}, 2x{width} nets, median of {args.repeats} runs per mode; compare the ratios, not the rates)")
-    print(f"this machine's cores allow at most {core_bound(env_rate, env_cores, update_rate, utd):.2f} of the slower "
-          f"part with both running at once (the envs' {env_cores:.1f} cores as measured, one per update)")  # fmt: skip
+    if env_cores > 0:  # measured (Linux)
+        bound = core_bound(env_rate, env_cores, update_rate, utd)
+        print(f"this machine's cores allow at most {bound:.2f} of the slower part with both running at once "
+              f"(the envs' {env_cores:.1f} cores as measured, one per update)")  # fmt: skip
     for sync in modes:
         rate = statistics.median(rates[sync])
         mode = "strict alternation" if sync else "overlap"
