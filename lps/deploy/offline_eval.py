@@ -8,6 +8,8 @@ chunk is compared with the H recorded actions from that row. Same policy seed ->
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from lps.data.frames import episode_first_rows
@@ -76,8 +78,6 @@ def evaluate_on_dataset(run_dir, dataset_path, seed: int | None = None, skip_bad
 
         # A normalised run is scored in its normalised units ([-1, 1] actions, like every other run):
         # the held-out rows get the run's stats and the policy skips its own mapping.
-        import dataclasses
-
         robot = dataclasses.replace(cfg.robot, skip_bad=cfg.robot.skip_bad or skip_bad)
         raw = load_folder(dataset_path, robot, cfg.chunk_len, cfg.progress)
         data = validate(apply_dataset(raw, policy.normalization), cfg.chunk_len, str(dataset_path))

@@ -174,12 +174,10 @@ def _observation(obs) -> np.ndarray:
 def make_env(task: str):
     """The OGBench task's environment (e.g. cube-single-play-singletask-task1-v0)."""
     try:
-        import gymnasium
         import ogbench  # noqa: F401  (registers the environments)
     except ImportError as e:
         raise ImportError(f'lps robot-sim needs OGBench: pip install "lps[ogbench]" ({e})') from e
     from lps.data import tasks
-
     from lps.data.gym_env import make_gym_env
 
     return make_gym_env(tasks.parse_task(task).env_id)
