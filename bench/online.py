@@ -77,9 +77,10 @@ def core_bound(env_rate: float, env_cores: float, update_rate: float, utd: int) 
     """The most of the slower part the envs and the updates can reach running at once on this
     machine's cores: an env step costs `env_cores`/E core-seconds (as measured alone) and its utd
     updates at least utd/U (one core busy per update, as these small updates on a CPU)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    from lps.host import available_cores
+
     slower = min(env_rate, update_rate / utd)
-    return min(1.0, cores / (env_cores / env_rate + utd / update_rate) / slower)
+    return min(1.0, available_cores() / (env_cores / env_rate + utd / update_rate) / slower)
 
 
 def train_rows(data_dir: str | None, width: int | None = 256, size: str = "quick", **overrides) -> list[dict]:
@@ -114,13 +115,20 @@ def bench_updates(data_dir: str, batch_size: int, width: int, steps: int = 500) 
     return median_after_first(train_rows(data_dir, width, steps=steps, batch_size=batch_size), "steps_per_sec")
 
 
-def bench_online(data_dir: str, envs: int, workers: int, env_steps: int, utd: int, batch_size: int,
-                 width: int, sync: bool) -> float:  # fmt: skip
+def bench_online(data_dir: str | None, envs: int, workers: int, env_steps: int, utd: int, sync: bool,
+                 width: int | None = 256, size: str = "quick", **overrides) -> float:  # fmt: skip
     """X: env steps per second of the online phase, median of its rows after the first."""
-    rows = train_rows(data_dir, width, steps=100, batch_size=batch_size, online_steps=env_steps, online_envs=envs,
+    rows = train_rows(data_dir, width, size, **{"steps": 100, **overrides}, online_steps=env_steps, online_envs=envs,
                       online_workers=workers, utd=utd, online_sync=sync,
                       online_start_steps=0)  # the phase as it runs once updates start  # fmt: skip
     return median_after_first(rows, "env_steps_per_sec")
+
+
+def report(sync: bool, rate: float, env_rate: float, update_rate: float, utd: int) -> None:
+    """The line of one mode: X and R = X / min(E, U/utd)."""
+    mode = "strict alternation" if sync else "overlap"
+    print(f"online phase ({mode}): {rate:.0f} env steps/s = {rate / min(env_rate, update_rate / utd):.2f} of the "
+          f"slower part (envs alone {env_rate:.0f}, updates alone {update_rate:.0f}, utd {utd})")  # fmt: skip
 
 
 def balance(env_rate: float, update_rate: float) -> int:
@@ -168,24 +176,20 @@ def main() -> None:
             width //= 2
         update_rate = measure()
     utd = balance(env_rate, update_rate)
-    slower = min(env_rate, update_rate / utd)
     # Both modes in this run, taking turns: a shared machine's speed drifts between minutes.
     modes = [True] if args.sync else [True, False]
     rates = {sync: [] for sync in modes}
     for _ in range(args.repeats):
         for sync in modes:
-            rate = bench_online(args.data_dir, args.envs, args.workers, args.env_steps, utd, batch, width, sync)
-            rates[sync].append(rate)
+            rates[sync].append(bench_online(args.data_dir, args.envs, args.workers, args.env_steps, utd, sync, width,
+                                            batch_size=batch))  # fmt: skip
     print(f"(batch {batch}, 2x{width} nets, median of {args.repeats} runs per mode; compare the ratios, not the rates)")
     if env_cores > 0:  # measured (Linux)
         bound = core_bound(env_rate, env_cores, update_rate, utd)
         print(f"this machine's cores allow at most {bound:.2f} of the slower part with both running at once "
               f"(the envs' {env_cores:.1f} cores as measured, one per update)")  # fmt: skip
     for sync in modes:
-        rate = statistics.median(rates[sync])
-        mode = "strict alternation" if sync else "overlap"
-        print(f"online phase ({mode}): {rate:.0f} env steps/s = {rate / slower:.2f} of the slower part "
-              f"(envs alone {env_rate:.0f}, updates alone {update_rate:.0f}, utd {utd})")  # fmt: skip
+        report(sync, statistics.median(rates[sync]), env_rate, update_rate, utd)
 
 
 if __name__ == "__main__":

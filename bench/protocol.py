@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import argparse
 
-from online import bench_env, median_after_first, train_rows  # bench/online.py
+from online import bench_env, bench_online, median_after_first, report, train_rows  # bench/online.py
 
 PROTOCOL_STEPS = 1_000_000  # appendix A: gradient steps offline, then env steps online
 
@@ -78,16 +78,11 @@ def main() -> None:
     env_rate, env_cores = bench_env(args.envs, args.workers, args.env_steps)
     print(f"envs alone: {args.envs} envs in {args.workers} workers, random chunks: {env_rate:.0f} env steps/s "
           f"({env_cores:.1f} cores busy)")  # fmt: skip
-    slower = min(env_rate, one)
     online = {}
     for sync in (True, False):
-        rows = train_rows(args.data_dir, None, args.size, steps=args.log_every, online_steps=args.env_steps,
-                          online_envs=args.envs, online_workers=args.workers, utd=1, online_sync=sync,
-                          online_start_steps=0, **common)  # fmt: skip
-        online[sync] = median_after_first(rows, "env_steps_per_sec")
-        mode = "strict alternation" if sync else "overlap"
-        print(f"online phase ({mode}): {online[sync]:.0f} env steps/s = {online[sync] / slower:.2f} of the slower "
-              f"part (envs alone {env_rate:.0f}, updates alone {one:.0f}, utd 1)")  # fmt: skip
+        online[sync] = bench_online(args.data_dir, args.envs, args.workers, args.env_steps, 1, sync, None, args.size,
+                                    steps=args.log_every, **common)  # fmt: skip
+        report(sync, online[sync], env_rate, one, 1)
 
     # 4. the protocol's wall time at these rates
     offline_one, online_one = PROTOCOL_STEPS / one, PROTOCOL_STEPS / online[False]
