@@ -181,6 +181,22 @@ class PolicyClient:
             raise ProtocolError(f"the server's reply has no 'action' (keys {sorted(reply)})")
         return np.asarray(reply["action"], np.float32)
 
+    def wait_for_learner(self, timeout: float = 3600.0, poll_s: float = 0.2) -> dict:
+        """Block until a `--learn` server has trained on every episode it received (its spec's
+        `learning.queued` is 0 and it is not training), as an operator waits between rollouts while
+        the updates run; returns the `learning` block. TimeoutError after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            learning = self._request({"type": "spec"}).get("learning")
+            if not isinstance(learning, dict):
+                raise ProtocolError(f"the server at {self.url} does not learn (start it with `lps serve RUN --learn`)")
+            if learning.get("queued", 0) == 0 and not learning.get("training", False):
+                return learning
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the learner at {self.url} still had {learning.get('queued')} episode(s) queued "
+                                   f"after {timeout} s")  # fmt: skip
+            time.sleep(poll_s)
+
     def episode(self) -> Episode:
         """A recorder for one episode, sent to a `--learn` server when it finishes (see module docs)."""
         return Episode(self)

@@ -233,6 +233,18 @@ def test_release_dit_matches_the_release_recipe():
     assert not np.allclose(a, b)
 
 
+def test_robot_dit_gives_the_state_its_own_token():
+    """On robot data ({state, image}) the release's DiT sees [image features token, state token, H
+    action tokens]: `build_agent` tells the inner agent which features are the state."""
+    spec = Spec(obs_dim=7, action_dim=2, chunk_len=3, image_shape=(16, 16, 6))
+    cfg = LPSConfig(base_arch="mfdit", dit_width=32, dit_depth=1, dit_heads=2, critic_hidden=(16,), actor_hidden=(16,))
+    agent = E.build_agent("lps", cfg, spec, encoder="impala-small", encoder_features=8)
+    base = jax.eval_shape(agent.init, jax.random.PRNGKey(0))["base"]
+    assert base["pos_embed"].shape == (1, 2 + 3, 32)  # image, state, H actions
+    assert base["Dense_0"]["kernel"].shape == (2 * 8, 32)  # two cameras' features -> the image token
+    assert base["Dense_1"]["kernel"].shape == (7, 32)  # the state -> its own token
+
+
 def test_dit_config_is_checked():
     from lps.agents import LPSConfig
 

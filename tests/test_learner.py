@@ -12,6 +12,7 @@ restarted ends with the buffer rows and weights of an uninterrupted one, and tha
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -22,7 +23,9 @@ from pathlib import Path
 
 import helpers
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from lps import client as C
@@ -47,7 +50,11 @@ def write_dataset(path) -> None:
     actions = np.tanh(obs[:, :ACTION_DIM] + rng.normal(0, 0.05, (rows, ACTION_DIM))).astype(np.float32)
     terminals = np.zeros(rows, np.float32)
     terminals[STEPS - 1 :: STEPS] = 1
-    np.savez(path, observations=obs, actions=actions, rewards=-np.ones(rows, np.float32), terminals=terminals)
+    # Labelled as the learner labels a successful robot episode, so its episodes can be sent back as
+    # online episodes and must then be the same rows (test_online_rows_equal_to_offline_rows_...).
+    labels = [semi_sparse_labels(STEPS, True, CHUNK) for _ in range(EPISODES)]
+    rewards, masks = (np.concatenate([lab[k] for lab in labels]) for k in ("rewards", "masks"))
+    np.savez(path, observations=obs, actions=actions, rewards=rewards, masks=masks, terminals=terminals)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +70,10 @@ def offline_run(tmp_path_factory):
 def start(run_dir, **overrides):
     """A learning server on a free port in a thread; (server, learner, url, stop)."""
     srv = load_server(run_dir, device="cpu", log_every_s=0.0, log=lambda s: None)
-    lcfg = L.LearnerConfig(token=TOKEN, update_block=10, buffer_rows=2000, max_steps=200, **overrides)
+    # UTD 1 from the first episode at the run's batch size: few updates, easy to count (the recipe's
+    # defaults have their own test).
+    settings = {"utd": 1.0, "start_episodes": 1, "batch_size": 0, **overrides}
+    lcfg = L.LearnerConfig(token=TOKEN, update_block=10, buffer_rows=2000, max_steps=200, **settings)
     learner = L.attach(srv, run_dir, lcfg, log=lambda s: None)
     ws = srv.start("127.0.0.1", 0)
     thread = threading.Thread(target=ws.serve_forever, daemon=True)
@@ -212,7 +222,8 @@ def test_learner_trains_swaps_and_refuses_bad_episodes(offline_run, tmp_path):
 
 def _serve_cmd(run, port, *extra):
     return [sys.executable, "-m", "lps.cli", "serve", str(run), "--learn", "--port", str(port), "--device", "cpu",
-            "--log-every", "0", "--update-block", "10", "--buffer-rows", "2000", "--max-steps", "200", *extra]
+            "--log-every", "0", "--update-block", "10", "--buffer-rows", "2000", "--max-steps", "200",
+            "--utd", "1", "--start-episodes", "1", "--batch-size", "0", *extra]  # as start()
 
 
 def _free_port() -> int:
@@ -330,3 +341,106 @@ def test_robot_folder_episodes_are_written_in_the_folders_own_layout(tmp_path):
     rows = L.read_episode_rows(path, CHUNK, dataclasses.replace(cfg, normalize="minmax"), stats)
     assert rows["actions"].min() >= -1 and rows["actions"].max() <= 1
     np.testing.assert_array_equal(rows["rewards"], semi_sparse_labels(9, True, CHUNK)["rewards"])
+
+
+def _send_rows(policy, obs, actions, success=True, interventions=None) -> dict:
+    with C.Episode(policy) as ep:
+        for t in range(len(actions)):
+            ep.record(obs[t], actions[t], intervention=bool(interventions[t]) if interventions is not None else False)
+        return ep.finish(success=success)
+
+
+def test_online_rows_equal_to_offline_rows_are_the_same_chunks(offline_run, tmp_path):
+    """The learner's data path: offline episodes sent back as online episodes become exactly the
+    offline rows (observations, actions, labels) in the buffer, the balanced sampler's online half
+    draws from them only, a few hundred updates leave a diagnostics row per episode
+    (learner/metrics.jsonl), and the policy stays near the offline one."""
+    from lps.data import replay
+    from lps.data.sampler import gather_chunks
+
+    run = helpers.copy_run(offline_run, tmp_path / "run")
+    data = np.load(offline_run.parent / "demos.npz")
+    srv, learner, url, stop = start(run, utd=5.0)
+    try:
+        with C.PolicyClient(url, token=TOKEN) as policy:
+            for e in range(3):
+                rows = slice(e * STEPS, (e + 1) * STEPS)
+                _send_rows(policy, data["observations"][rows], data["actions"][rows])
+            assert learner.wait_idle(120)
+            assert policy.spec()["learning"]["episodes_trained"] == 3 and policy.spec()["learning"]["queued"] == 0
+    finally:
+        stop()
+    buffer, n_off = learner.buffer, EPISODES * STEPS
+    online = slice(n_off, n_off + 3 * STEPS)
+    np.testing.assert_array_equal(np.asarray(buffer.observations[online]), data["observations"][: 3 * STEPS])
+    np.testing.assert_array_equal(np.asarray(buffer.actions[online]), data["actions"][: 3 * STEPS])
+    np.testing.assert_array_equal(np.asarray(buffer.rewards[online]), data["rewards"][: 3 * STEPS])
+    np.testing.assert_array_equal(np.asarray(buffer.masks[online]), data["masks"][: 3 * STEPS])
+    rows = replay.sample_rows(buffer, jax.random.PRNGKey(0), 64, "balanced")
+    online_rows = np.asarray(rows[32:])
+    assert (online_rows >= n_off).all() and (np.asarray(rows[:32]) < n_off).all()
+    as_online = gather_chunks(buffer, rows[32:], CHUNK, 0.99)
+    as_offline = gather_chunks(buffer, rows[32:] - n_off, CHUNK, 0.99)  # the same episodes' offline copies
+    for k in ("observations", "actions", "chunk_return", "chunk_mask", "next_observations"):
+        np.testing.assert_array_equal(np.asarray(as_online[k]), np.asarray(as_offline[k]))
+    metrics = [json.loads(line) for line in (run / "learner" / L.METRICS).read_text().splitlines()]
+    assert [m["episode"] for m in metrics] == [1, 2, 3] and metrics[-1]["step"] == 20 + 300
+    for key in ("offline/td", "online/td", "offline/q_data", "online/q_data", "online/bc", "shift/offline",
+                "latent/spread", "batch/online_share"):  # fmt: skip
+        assert np.isfinite(metrics[-1][key]), key
+    assert metrics[-1]["batch/online_share"] == 0.5
+    assert metrics[-1]["shift/offline"] < 0.5  # actions lie in [-1, 1]; a broken path moves them anywhere
+
+
+def test_recipe_defaults_wait_for_episodes_restart_the_schedule_and_label_failures_as_timeouts(offline_run, tmp_path):
+    """The recipe (LearnerConfig's defaults, bar the UTD and batch sizes kept small here): no update
+    until `start_episodes` have arrived; then a constant learning rate (Adam's moments carried over
+    from the offline run); failed episodes bootstrap (a time limit) and are not cloned, except the
+    operator's takeovers."""
+    run = helpers.copy_run(offline_run, tmp_path / "run")
+    srv, learner, url, stop = start(run, start_episodes=3, utd=2.0)
+    try:
+        assert learner.cfg.failures == "timeout" and learner.cfg.clone == "successes"
+        with C.PolicyClient(url, token=TOKEN) as policy:
+            for i in range(2):
+                play(policy, 40 + i, success=False)
+            assert learner.wait_idle(120)
+            assert srv.policy_version == 1 and int(learner.state.train.step) == 20  # waiting for a third episode
+            play(policy, 42, success=True)
+            assert learner.wait_idle(120)
+    finally:
+        stop()
+    assert srv.policy_version == 2 and int(learner.state.train.step) == 20 + 20  # 12 steps x UTD 2, in blocks of 10
+    opt_state = learner.state.train.opt_state
+    adam = [x for x in jax.tree_util.tree_leaves(opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+            if isinstance(x, optax.ScaleByAdamState)]  # fmt: skip
+    assert len(adam) == 1 and int(adam[0].count) == 40  # the offline run's 20 steps, then 20 online
+
+    failed = L.episode_files(run / "learner" / "episodes")[0]
+    assert failed.parent.name == "failure"
+    rows = L.read_episode_rows(failed, CHUNK, RobotDataConfig(), clone="successes", failures="timeout")
+    np.testing.assert_array_equal(rows["rewards"], -1.0)
+    np.testing.assert_array_equal(rows["masks"], 1.0)
+    flags = np.load(failed)["interventions"]
+    np.testing.assert_array_equal(rows["bc_weights"], flags.astype(np.float32))  # only the takeovers are cloned
+    penalty = L.read_episode_rows(failed, CHUNK, RobotDataConfig(), clone="all", failures="penalty")
+    np.testing.assert_array_equal(penalty["rewards"], semi_sparse_labels(12, False, CHUNK)["rewards"])
+    np.testing.assert_array_equal(penalty["bc_weights"], 1.0)
+
+
+def test_carry_adam_moments_keeps_moments_under_a_new_schedule():
+    from lps.training.update import carry_adam_moments
+
+    params = {"w": jnp.ones(3)}
+    cosine = optax.chain(optax.clip_by_global_norm(1.0),
+                         optax.adam(optax.warmup_cosine_decay_schedule(0.0, 1e-3, 2, 10, 1e-4)))  # fmt: skip
+    state = cosine.init(params)
+    for g in (0.5, -1.0, 2.0):
+        _, state = cosine.update({"w": jnp.full(3, g)}, state, params)
+    constant = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3))
+    carried = carry_adam_moments(constant.init(params), state)
+    np.testing.assert_array_equal(carried[1][0].mu["w"], state[1][0].mu["w"])
+    np.testing.assert_array_equal(carried[1][0].nu["w"], state[1][0].nu["w"])
+    assert int(carried[1][0].count) == 3
+    updates, _ = constant.update({"w": jnp.full(3, 1.0)}, carried, params)  # a valid state of the new optimiser
+    assert np.isfinite(np.asarray(updates["w"])).all()

@@ -33,6 +33,10 @@ class Spec:
     """(H, W, C) of image observations (`lps.agents.encoded`), None for state vectors: one frame."""
     frame_stack: int = 1
     """Frames the networks see, stacked on the channel axis (`--frame-stack`, `lps.data.frames`)."""
+    state_features: int = 0
+    """An image agent's inner spec (`lps.agents.encoded`): its observation is [camera features ||
+    state], the last `state_features` numbers being the robot state (the release's DiT gives them
+    their own token)."""
 
     def __post_init__(self):
         if self.image_shape is not None:  # JSON gives a list; the spec must stay hashable

@@ -305,7 +305,8 @@ def build_agent(agent_name: str, agent_cfg, spec: Spec, encoder: str = "auto", e
     arch = resolve_encoder(encoder, spec)
     if arch == "none":
         return make_agent(agent_name, agent_cfg, spec)
-    inner_spec = Spec(feature_dim(spec, arch, encoder_features), spec.action_dim, spec.chunk_len, spec.gamma)
+    inner_spec = Spec(feature_dim(spec, arch, encoder_features), spec.action_dim, spec.chunk_len, spec.gamma,
+                      state_features=spec.obs_dim)
     if augment_prob is None:  # the release's p_aug, pixels and robot alike
         augment_prob = 0.5
     return EncodedAgent(make_agent(agent_name, agent_cfg, inner_spec), spec, arch, encoder_features, augment_shift,

@@ -120,7 +120,7 @@ class LPS:
         k_next, k_bc, k_actor = jax.random.split(key, 3)
         next_chunk = self.act(params, batch["next_observations"], k_next)
         critic_loss, critic_info = C.td_loss(self.cfg, params, target_params, batch, next_chunk, self.spec)
-        bc_loss = self.bc_loss(params, batch["observations"], batch["actions"], k_bc)
+        bc_loss = self.bc_loss(params, batch["observations"], batch["actions"], k_bc, batch.get("bc_weights"))
         actor_loss, actor_info = self.actor_loss(params, batch["observations"], k_actor)
         loss = critic_loss + self.bc_weight * bc_loss + actor_loss
         return loss, {
@@ -131,9 +131,10 @@ class LPS:
             **actor_info,
         }
 
-    def bc_loss(self, params, obs, chunk, key):
-        """The base policy's behaviour-cloning loss (MeanFlow, or flow matching for the ablations)."""
-        return self.base.loss(params["base"], net_obs(obs, "base"), chunk, key)
+    def bc_loss(self, params, obs, chunk, key, weights=None):
+        """The base policy's behaviour-cloning loss (MeanFlow, or flow matching for the ablations),
+        on the chunks `weights` marks (all without)."""
+        return self.base.loss(params["base"], net_obs(obs, "base"), chunk, key, weights)
 
     @property
     def bc_weight(self) -> float:

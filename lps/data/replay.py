@@ -52,6 +52,10 @@ class ReplayBuffer(struct.PyTreeNode):
     # --frame-stack K > 1: each row's episode's first row, to stack frames (see lps.data.sampler)
     first_rows: jax.Array | None = None
     frame_stack: int = struct.field(pytree_node=False, default=1)
+    # (capacity,) float32, with create(bc_weights=True): 1 where the base policy clones the row's
+    # action (the offline data, successful episodes, operator takeovers), 0 where only the critic
+    # learns from it (the learner's failed episodes); batches then carry "bc_weights"
+    bc_weights: jax.Array | None = None
 
     @property
     def capacity(self) -> int:
@@ -94,10 +98,11 @@ def device_memory_bytes(device=None) -> tuple[int | None, str]:
 
 
 def create(dataset: dict[str, np.ndarray], chunk_len: int, capacity: int, staging_rows: int = 0,
-           frame_stack: int = 1) -> ReplayBuffer:  # fmt: skip
+           frame_stack: int = 1, bc_weights: bool = False) -> ReplayBuffer:  # fmt: skip
     """A buffer of `capacity` rows holding the validated row-layout `dataset` (see
     `lps.data.validate`) in its first rows; its last `staging_rows` rows are the staging area.
-    With `frame_stack` K > 1 its batches stack each observation's last K frames."""
+    With `frame_stack` K > 1 its batches stack each observation's last K frames; with
+    `bc_weights`, rows carry a cloning weight (the dataset's rows: 1; see `ReplayBuffer`)."""
     n = len(dataset["actions"])
     if capacity - staging_rows < n:
         raise ValueError(f"replay capacity {capacity - staging_rows} is smaller than the offline data's {n} rows")
@@ -120,6 +125,7 @@ def create(dataset: dict[str, np.ndarray], chunk_len: int, capacity: int, stagin
         staging_start=jnp.asarray(capacity - staging_rows, jnp.int32),
         first_rows=padded(episode_first_rows(dataset["terminals"]), np.int32) if frame_stack > 1 else None,
         frame_stack=frame_stack,
+        bc_weights=padded(np.ones(n), np.float32) if bc_weights else None,
     )
 
 
@@ -159,6 +165,7 @@ def _write(buffer: ReplayBuffer, block: dict, num_rows: jax.Array, block_starts:
         num_rows=buffer.num_rows + num_rows,
         num_starts=buffer.num_starts + num_block_starts,
         first_rows=None if buffer.first_rows is None else put(buffer.first_rows, buffer.num_rows + block["first_rows"]),
+        bc_weights=None if buffer.bc_weights is None else put(buffer.bc_weights, block["bc_weights"]),
     )
 
 
@@ -183,6 +190,7 @@ def append(buffer: ReplayBuffer, episodes: dict[str, Any], chunk_len: int, block
         "observations": jax.tree_util.tree_map(pad, episodes["observations"]),
         **{k: pad(episodes[k]) for k in ("actions", "rewards", "masks")},
         "first_rows": pad(episode_first_rows(terminals)),  # relative to the block
+        "bc_weights": pad(np.asarray(episodes.get("bc_weights", np.ones(n)), np.float32)),
     }
     return _write(buffer, block, jnp.asarray(n, jnp.int32), jnp.asarray(pad(starts.astype(np.int32))),
                   jnp.asarray(len(starts), jnp.int32))  # fmt: skip
@@ -208,6 +216,7 @@ def _write_staging(buffer: ReplayBuffer, rows: jax.Array, block: dict, starts: j
         starts=buffer.starts.at[slots].set(starts, mode="drop"),
         num_starts=first_start + num_new_starts,
         first_rows=None if buffer.first_rows is None else put(buffer.first_rows, block["first_rows"]),
+        bc_weights=None if buffer.bc_weights is None else put(buffer.bc_weights, jnp.ones_like(block["rewards"])),
     )
 
 
@@ -262,6 +271,15 @@ def sample_rows(buffer: ReplayBuffer, key: jax.Array, batch_size: int, mix: Mix)
     online = jax.random.randint(online_key, (batch_size,), n_off, jnp.maximum(n_all, n_off + 1))
     take_online = (jnp.arange(batch_size) >= batch_size - half) & (n_all > n_off)
     return buffer.starts[jnp.where(take_online, online, offline)]
+
+
+def sample_source_rows(buffer: ReplayBuffer, key: jax.Array, batch_size: int, online: bool) -> jax.Array:
+    """Chunk start rows drawn only from the offline starts, or only from the online ones (the
+    offline ones while there are none): to measure each source apart."""
+    n_off, n_all = buffer.num_offline_starts, buffer.num_starts
+    low, high = (n_off, jnp.maximum(n_all, n_off + 1)) if online else (0, n_off)
+    picks = jax.random.randint(key, (batch_size,), low, high)
+    return buffer.starts[jnp.where(picks < n_all, picks, picks % jnp.maximum(n_off, 1))]
 
 
 def sample(buffer: ReplayBuffer, key: jax.Array, batch_size: int, chunk_len: int, gamma: float, mix: Mix = "buffer"):

@@ -165,15 +165,20 @@ def read_episode(path: str | os.PathLike, cfg: RobotDataConfig = RobotDataConfig
     return build_episode(state, actions, frames, success, cfg, chunk_len, f"{path}", bgr=cfg.bgr)
 
 
-def semi_sparse_labels(length: int, success: bool, chunk_len: int, cfg: RobotDataConfig = RobotDataConfig()) -> dict:
+def semi_sparse_labels(length: int, success: bool, chunk_len: int, cfg: RobotDataConfig = RobotDataConfig(),
+                       failure_ends: bool = True) -> dict:  # fmt: skip
     """Rewards, masks and terminals of one episode of `length` steps (the paper's semi-sparse
-    scheme, see the module docstring): the one labelling of robot episodes, offline and online."""
+    scheme, see the module docstring): the one labelling of robot episodes, offline and online.
+    `failure_ends=False`: a failed episode was cut off, not ended (a time limit): -1 on every step
+    and masks 1, so its last chunk bootstraps from the value of the state where it stopped."""
     rewards = np.full(length, cfg.step_reward, np.float32)
-    rewards[length - chunk_len] = cfg.success_reward if success else cfg.failure_reward
     masks = np.ones(length, np.float32)
-    masks[length - chunk_len :] = 0.0
     terminals = np.zeros(length, bool)
     terminals[-1] = True
+    if not success and not failure_ends:
+        return {"rewards": rewards, "masks": masks, "terminals": terminals}
+    rewards[length - chunk_len] = cfg.success_reward if success else cfg.failure_reward
+    masks[length - chunk_len :] = 0.0
     return {"rewards": rewards, "masks": masks, "terminals": terminals}
 
 

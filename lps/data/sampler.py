@@ -102,10 +102,13 @@ def gather_chunks(data, rows: jax.Array, chunk_len: int, gamma: float) -> dict:
     def observations_at(at):
         return gather_observations(data.observations, at, data.first_rows, data.frame_stack)
 
-    return {
+    batch = {
         "observations": observations_at(rows),
         "actions": data.actions[chunk_rows].reshape(batch_size, -1),
         "chunk_return": jnp.sum(data.rewards[chunk_rows] * discounts, axis=-1),
         "chunk_mask": jnp.prod(data.masks[chunk_rows], axis=-1),
         "next_observations": observations_at(rows + chunk_len),
     }
+    if getattr(data, "bc_weights", None) is not None:  # a chunk is cloned only if all its actions are
+        batch["bc_weights"] = jnp.min(data.bc_weights[chunk_rows], axis=-1)
+    return batch

@@ -35,12 +35,13 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
+import json
 import queue
 import re
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +55,9 @@ from lps.files import atomic_writer
 from lps.training import checkpoint
 
 LEARNER_DIR = "learner"
+METRICS = "metrics.jsonl"  # one diagnostics row per trained episode (lps.training.diagnostics)
+# The diagnostics in the per-episode log line (all of them are in learner/metrics.jsonl).
+LOGGED = ("success/last10", "offline/q_data", "online/q_data", "offline/td", "online/td", "online/bc", "shift/offline")
 EPISODES_DIR = "episodes"
 OUTCOMES = ("success", "failure", "aborted")
 EPISODE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -63,8 +67,28 @@ EPISODE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 class LearnerConfig:
     token: str
     """Episodes are accepted only from clients presenting this token."""
-    utd: float = 1.0
-    """Gradient updates per received environment step (the paper's recipe: U x episode steps)."""
+    utd: float = 10.0
+    """Gradient updates per received environment step (the release's robot recipe: 10 x episode steps)."""
+    batch_size: int = 128
+    """Batch of the online updates (the release's 128: 64 offline + 64 online chunks); 0: the run's --batch-size."""
+    start_episodes: int = 4
+    """Updates start once this many trainable episodes have arrived (the release: more than 3); the
+    episodes before add their rows to the buffer but owe no updates, so a first failure cannot fill
+    half of every batch on its own."""
+    lr: float = 0.0
+    """Learning rate of the online updates; 0: the run's --lr (its peak, under a cosine schedule)."""
+    lr_schedule: Literal["restart", "continue"] = "restart"
+    """restart: a constant --lr for the online phase, Adam's moments carried over from the offline
+    run (the release rebuilds its schedule online); continue: the offline schedule goes on past its
+    end (under --lr-schedule cosine every online update then runs at lr / 10)."""
+    failures: Literal["timeout", "penalty"] = "timeout"
+    """How a failed episode is labelled. timeout: it was cut off, not ended: -1 per step and its
+    last chunk bootstraps from the value of where it stopped (a robot's state does not show the
+    clock, so a penalty at a time limit is noise the critic cannot fit); penalty: the paper's
+    semi-sparse failure reward (--failure-reward) at step T - H, masks 0 after (the release)."""
+    clone: Literal["successes", "all"] = "successes"
+    """Which online rows the base policy clones: successes (successful episodes and operator
+    takeovers; failed episodes train the critic only) or all (the release)."""
     mix: str = "balanced"
     """Batches: balanced = half offline, half online (the paper's robot recipe); buffer = uniform."""
     buffer_rows: int = 100_000
@@ -83,6 +107,14 @@ class LearnerConfig:
             raise ValueError("the learner needs a token (--token or $LPS_TOKEN): it accepts data that changes the policy")
         if self.utd <= 0 or self.update_block < 1 or self.max_steps < 2 or self.buffer_rows < 1:
             raise ValueError("--utd must be > 0, --update-block, --max-steps and --buffer-rows positive")
+        if self.batch_size < 0 or self.start_episodes < 1 or self.lr < 0:
+            raise ValueError("--batch-size must be >= 0 (0: the run's), --start-episodes >= 1 and --lr >= 0 (0: the run's)")
+        if self.lr_schedule not in ("restart", "continue"):
+            raise ValueError(f"--lr-schedule must be restart or continue, not {self.lr_schedule!r}")
+        if self.failures not in ("timeout", "penalty"):
+            raise ValueError(f"--failures must be timeout or penalty, not {self.failures!r}")
+        if self.clone not in ("successes", "all"):
+            raise ValueError(f"--clone must be successes or all, not {self.clone!r}")
         if self.mix not in replay.MIXES:
             raise ValueError(f"--online-mix must be one of {', '.join(replay.MIXES)}, not {self.mix!r}")
 
@@ -180,24 +212,36 @@ def write_episode_file(path: Path, episode: dict, layout=None, robot_cfg=None) -
         np.savez(f, **arrays)
 
 
-def read_episode_rows(path: Path, chunk_len: int, robot_cfg, stats: dict | None = None) -> dict:
-    """An episode file in the row layout, labelled exactly as offline robot episodes are (and
-    normalised with the run's `stats`, as its offline data was)."""
-    from lps.data import normalize
-
+def read_episode_rows(path: Path, chunk_len: int, robot_cfg, stats: dict | None = None, clone: str = "all",
+                      failures: str = "penalty") -> dict:  # fmt: skip
+    """An episode file in the row layout, labelled as offline robot episodes are (and normalised
+    with the run's `stats`, as its offline data was). `failures`: how a failed episode is labelled
+    (`LearnerConfig.failures`); `clone`: which rows the base policy clones (`bc_weights`): all, or
+    successes (a failed episode's operator takeovers only)."""
+    success = path.parent.name == "success"
     if path.suffix == ".h5":
+        import h5py
+
         from lps.data.robot import read_episode
 
-        return normalize.apply_dataset(read_episode(path, robot_cfg, chunk_len), stats)
-    with np.load(path, allow_pickle=False) as f:
-        arrays = {k: f[k] for k in f.files}
-    if "observations" in arrays:
-        obs = arrays["observations"].astype(np.float32)
+        rows = read_episode(path, robot_cfg, chunk_len)
+        with h5py.File(path, "r") as f:
+            interventions = np.asarray(f["lps/interventions"], bool) if "lps/interventions" in f else None
     else:
-        obs = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("observations/")}
-    steps = len(arrays["actions"])
-    labels = semi_sparse_labels(steps, str(arrays["outcome"]) == "success", chunk_len, robot_cfg)
-    rows = {"observations": obs, "actions": arrays["actions"].astype(np.float32), **labels}
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+        if "observations" in arrays:
+            obs = arrays["observations"].astype(np.float32)
+        else:
+            obs = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("observations/")}
+        rows = {"observations": obs, "actions": arrays["actions"].astype(np.float32)}
+        interventions = arrays.get("interventions")
+    steps = len(rows["actions"])
+    rows.update(semi_sparse_labels(steps, success, chunk_len, robot_cfg, failure_ends=failures == "penalty"))
+    if interventions is None or len(interventions) != steps:
+        interventions = np.zeros(steps, bool)
+    cloned = clone == "all" or success
+    rows["bc_weights"] = np.where(cloned | np.asarray(interventions, bool), 1.0, 0.0).astype(np.float32)
     return normalize.apply_dataset(rows, stats) if stats is not None else rows
 
 
@@ -225,7 +269,8 @@ class Learner:
     def __init__(self, server, run_dir: str | Path, lcfg: LearnerConfig, log=print):
         from lps.training.config import load_config
         from lps.training.setup import build_agent_for, load_data  # fmt: skip
-        from lps.training.update import create_state, make_multi_update, make_optimizer, make_update
+        from lps.training.diagnostics import make_diagnose
+        from lps.training.update import carry_adam_moments, create_state, make_multi_update, make_optimizer, make_update
 
         self.server, self.cfg, self.log = server, lcfg, log
         self.run_dir = Path(run_dir)
@@ -234,7 +279,11 @@ class Learner:
         agent_name, train_cfg, agent_cfg, spec = load_config(run_dir)
         self.train_cfg = train_cfg
         self.agent = build_agent_for(agent_name, train_cfg, agent_cfg, spec)
-        optimizer = make_optimizer(train_cfg)
+        offline_optimizer = make_optimizer(train_cfg)
+        # The online phase's own learning rate (see LearnerConfig.lr_schedule): a constant rate, not
+        # the offline schedule continued past its end.
+        optimizer = offline_optimizer if lcfg.lr_schedule == "continue" else make_optimizer(
+            dataclasses.replace(train_cfg, lr=lcfg.lr or train_cfg.lr, lr_schedule="constant"))  # fmt: skip
         self.chunk_len = spec.chunk_len
         robot = dataclasses.replace(train_cfg.robot, skip_bad=train_cfg.robot.skip_bad or lcfg.skip_bad)
         data_cfg = dataclasses.replace(train_cfg, progress=False, dataset=lcfg.dataset or train_cfg.dataset,
@@ -252,15 +301,21 @@ class Learner:
         others = [d for d in jax.devices(acting.platform) if d != acting]
         self.device = others[0] if others else acting
         with jax.default_device(self.device):
-            self.buffer = replay.create(data, self.chunk_len, capacity, frame_stack=self.agent.spec.frame_stack)
-        offline = checkpoint.restore(run_dir, create_state(self.agent, optimizer, train_cfg.seed))
+            self.buffer = replay.create(data, self.chunk_len, capacity, frame_stack=self.agent.spec.frame_stack,
+                                        bc_weights=True)  # fmt: skip
+        offline = checkpoint.restore(run_dir, create_state(self.agent, offline_optimizer, train_cfg.seed))
+        if optimizer is not offline_optimizer:
+            offline = offline.replace(opt_state=carry_adam_moments(optimizer.init(offline.params), offline.opt_state))
+        self.reference_params = jax.device_put(offline.params, self.device)  # the offline weights, for diagnostics
         template = LearnerState(offline, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
         resumed = (self.dir / checkpoint.CHECKPOINT).exists() or (self.dir / checkpoint.PREVIOUS).exists()
         state = checkpoint.restore(self.dir, template) if resumed else template
         self.state = jax.device_put(jax.tree_util.tree_map(jnp.asarray, state), self.device)
         sampler = replay.make_sampler(lcfg.mix)
-        self._update = make_multi_update(make_update(self.agent, optimizer, train_cfg.batch_size, sampler),
-                                         lcfg.update_block)  # fmt: skip
+        batch_size = lcfg.batch_size or train_cfg.batch_size
+        self._update = make_multi_update(make_update(self.agent, optimizer, batch_size, sampler), lcfg.update_block)
+        self._diagnose = make_diagnose(self.agent, batch_size, lcfg.mix)
+        self.metrics_path = self.dir / METRICS
         # Rebuild the buffer: the episodes already trained on, in arrival order; queue the rest.
         files = episode_files(self.episodes_dir)
         trained = int(self.state.episodes_trained)
@@ -276,6 +331,10 @@ class Learner:
         self._stop = threading.Event()
         self._idle = threading.Event()
         self.updates_run = 0
+        self._busy = False  # the training thread is on an episode (status())
+        self._episodes_done = trained
+        self._pending = len(files) - trained  # received (queued or in training), not yet trained on
+        self._outcomes: list[bool] = []  # of the episodes trained on by this process (the log's success rate)
         if resumed or files:
             log(f"[lps learn] resumed: {trained} episode(s) in the buffer, {len(files) - trained} to train on, "
                 f"step {int(self.state.train.step)}")  # fmt: skip
@@ -305,34 +364,65 @@ class Learner:
             self._ids.add(episode["id"])
             if episode["outcome"] != "aborted":
                 self._idle.clear()
+                self._pending += 1
                 self._queue.put(path)
         steps = len(episode["actions"])
         self.log(f"[lps learn] episode {episode['id']}: {episode['outcome']}, {steps} steps -> {path.name}")
         return {"type": "episode_ack", "id": episode["id"], "duplicate": False, "steps": steps,
                 "trained": episode["outcome"] != "aborted", "queued": self._queue.qsize()}  # fmt: skip
 
+    def status(self) -> dict:
+        """The spec's `learning` block: the settings, the episodes trained on and still queued, and
+        whether an update is running now."""
+        return {"utd": self.cfg.utd, "online_mix": self.cfg.mix, "max_steps": self.cfg.max_steps,
+                "start_episodes": self.cfg.start_episodes, "episodes_trained": self._episodes_done,
+                "queued": self._pending, "training": self._busy}  # fmt: skip
+
     # --- training (its own thread) ---
 
     def _append(self, path: Path) -> int:
-        rows = read_episode_rows(path, self.chunk_len, self.train_cfg.robot, self.stats)
+        rows = read_episode_rows(path, self.chunk_len, self.train_cfg.robot, self.stats, self.cfg.clone,
+                                 self.cfg.failures)  # fmt: skip
         with jax.default_device(self.device):
             self.buffer = replay.append(self.buffer, rows, self.chunk_len, self.cfg.max_steps)
         return len(rows["actions"])
 
     def train_on(self, path: Path) -> None:
-        """One episode: into the buffer, its updates, the swap, the checkpoint."""
+        """One episode: into the buffer, its updates (once `start_episodes` have arrived), the swap,
+        the checkpoint and a diagnostics row."""
         steps = self._append(path)
-        debt = float(self.state.update_debt) + self.cfg.utd * steps
+        episode = int(self.state.episodes_trained) + 1
+        debt = float(self.state.update_debt)
+        if episode >= self.cfg.start_episodes:
+            debt += self.cfg.utd * steps
         train = self.state.train
+        step_before = int(train.step)
         while debt >= self.cfg.update_block:
             train, _ = self._update(train, self.buffer)
             debt -= self.cfg.update_block
             self.updates_run += self.cfg.update_block
         self.state = LearnerState(train, jax.device_put(jnp.asarray(debt, jnp.float32), self.device),
                                   self.state.episodes_trained + 1)
-        version = self._publish()
+        version = self._publish() if int(train.step) != step_before else self.server.policy_version
         checkpoint.save(self.dir, self.state)
-        self.log(f"[lps learn] trained on {path.name}: step {int(train.step)}, policy_version {version}")
+        row = self._diagnostics(path, episode, steps)
+        waiting = f" (updates start at episode {self.cfg.start_episodes})" if episode < self.cfg.start_episodes else ""
+        self.log(f"[lps learn] trained on {path.name}: step {int(train.step)}, policy_version {version}{waiting}; "
+                 + ", ".join(f"{k} {row[k]:.3g}" for k in LOGGED if k in row))  # fmt: skip
+
+    def _diagnostics(self, path: Path, episode: int, steps: int) -> dict:
+        """One row of `learner/metrics.jsonl` (see `lps.training.diagnostics`): the episode, its
+        outcome, the updates so far and the networks measured on offline and online data apart."""
+        key = jax.random.fold_in(jax.random.PRNGKey(self.train_cfg.seed), episode)
+        train = self.state.train
+        measured = self._diagnose(train.params, train.target_params, self.reference_params, self.buffer, key)
+        self._outcomes.append(path.parent.name == "success")
+        row = {"episode": episode, "file": path.name, "outcome": path.parent.name, "steps": steps,
+               "step": int(train.step), "success/last10": float(np.mean(self._outcomes[-10:])),
+               **{k: float(v) for k, v in measured.items()}}  # fmt: skip
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps({k: (v if v == v else None) if isinstance(v, float) else v for k, v in row.items()}) + "\n")
+        return row
 
     def _publish(self) -> int:
         # A copy on the acting device: the next update donates (frees) the training state's buffers.
@@ -348,8 +438,12 @@ class Learner:
             except queue.Empty:
                 self._idle.set()
                 continue
+            self._busy = True
             try:
                 self.train_on(path)
+                self._episodes_done = int(self.state.episodes_trained)
+                with self._lock:
+                    self._pending -= 1
             except Exception as e:  # noqa: BLE001 - the server must keep serving; the episode stays on disk
                 import traceback
 
@@ -357,6 +451,8 @@ class Learner:
                          f"{traceback.format_exc()}")  # fmt: skip
                 self._stop.set()
                 raise e
+            finally:
+                self._busy = False
 
     def wait_idle(self, timeout: float = 300.0) -> bool:
         """Block until every queued episode is trained on (tests, benchmarks)."""
@@ -387,5 +483,4 @@ def attach(server, run_dir, lcfg: LearnerConfig, log=print) -> Learner:
     """Make `server` (an lps.deploy.serve.PolicyServer) learn from the episodes it receives."""
     learner = Learner(server, run_dir, lcfg, log)
     server.learner = learner
-    server.spec_message["learning"] = {"utd": lcfg.utd, "online_mix": lcfg.mix, "max_steps": lcfg.max_steps}
     return learner

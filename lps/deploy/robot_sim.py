@@ -118,13 +118,16 @@ class Recorder:
 
 def play_episodes(policy: PolicyClient | None, env, episodes: int, seed: int = 0, max_steps: int | None = None,
                   log=print, operator=None, intervene_prob: float = 0.0, recorder: Recorder | None = None,
-                  chunk_len: int = DEFAULT_CHUNK_LEN, send: bool = True) -> list[dict]:  # fmt: skip
+                  chunk_len: int = DEFAULT_CHUNK_LEN, send: bool = True, wait: bool = False) -> list[dict]:  # fmt: skip
     """Play `episodes` episodes of a gymnasium-style `env` (reset(seed=) -> (obs, info); step(a) ->
     (obs, reward, terminated, truncated, info) with info["success"]) through the served `policy`
     (None: the `operator` plays every step), each sent to the server on its end and added to the
     `recorder` (`send=False`: kept from the server, to measure the served policy without training
     it). With an `operator` and `intervene_prob` p, each chunk is the operator's with
-    probability p. Returns one {"success", "steps", "interventions", "policy_version", "ack"} per episode."""
+    probability p. `wait`: after sending an episode, wait until the server's learner has trained on
+    it (as a robot waits between rollouts while the updates run), so every episode is played by the
+    weights of all the episodes before it. Returns one {"success", "steps", "interventions",
+    "policy_version", "ack"} per episode."""
     if policy is None and operator is None:
         raise ValueError("play_episodes needs a served policy, an operator, or both")
     if not 0.0 <= intervene_prob <= 1.0:
@@ -155,6 +158,8 @@ def play_episodes(policy: PolicyClient | None, env, episodes: int, seed: int = 0
             ack = ep.finish(success=success) if sending else None
             if recorder is not None:
                 recorder.add(ep.message("success" if success else "failure"), success)
+        if sending and wait:
+            policy.wait_for_learner()
         version = policy.last_policy_version if policy is not None else None
         results.append({"success": success, "steps": steps, "interventions": int(np.sum(ep.interventions)),
                         "policy_version": version, "ack": ack})  # fmt: skip
@@ -196,6 +201,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--scripted", action="store_true", help="the scripted operator plays every step (demonstrations)")
     p.add_argument("--no-send", action="store_true",
                    help="keep the episodes from the server: measure the served policy's success without training it")
+    p.add_argument("--no-wait", action="store_true",
+                   help="play the next episode at once; by default the robot waits until the learner has trained on "
+                        "the last episode, as between a real robot's rollouts")  # fmt: skip
     p.add_argument("--record", default=None, metavar="FILE.npz", help="add every episode to this dataset file")
     p.add_argument("--chunk-len", type=int, default=None,
                    help=f"chunk length of the recording's labels (default: the server's; {DEFAULT_CHUNK_LEN} with --scripted)")
@@ -219,9 +227,10 @@ def main(argv: list[str]) -> int:
             with PolicyClient(a.url, token=a.token or os.environ.get("LPS_TOKEN")) as policy:
                 chunk_len = a.chunk_len or int(policy.spec()["chunk_len"])
                 recorder = Recorder(a.record, chunk_len) if a.record else None
+                learns = isinstance(policy.spec().get("learning"), dict)
                 results = play_episodes(policy, env, a.episodes, a.seed, a.max_steps, operator=operator,
                                         intervene_prob=a.intervene_prob, recorder=recorder, chunk_len=chunk_len,
-                                        send=not a.no_send)  # fmt: skip
+                                        send=not a.no_send, wait=learns and not a.no_wait)  # fmt: skip
     finally:
         env.close()
     rate = np.mean([r["success"] for r in results])

@@ -272,7 +272,8 @@ class PolicyServer:
                 raise ProtocolError(f"a request is a msgpack map, got {type(request).__name__}")
             kind = request.get("type", "act" if "obs" in request else None)
             if kind == "spec":
-                return pack({**self.spec_message, "policy_version": self.policy_version}), False
+                learning = {"learning": self.learner.status()} if self.learner is not None else {}
+                return pack({**self.spec_message, **learning, "policy_version": self.policy_version}), False
             if kind == "episode":
                 if self.learner is None:
                     raise ProtocolError("this server does not learn from episodes; start it with `lps serve RUN --learn`")
@@ -476,6 +477,10 @@ def _check_port_free(host: str, port: int) -> None:
 
 
 def main(argv: list[str]) -> int:
+    if "--learn" in argv and "jax" not in sys.modules and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        # Two host devices: the learner trains on the second, so acting never queues behind an update.
+        # Set before anything imports JAX (the learner's defaults below do).
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
     p = argparse.ArgumentParser(
         prog="lps serve",
         description="Serve a run's policy over websockets + msgpack (client: lps.client.PolicyClient).",
@@ -497,7 +502,22 @@ def main(argv: list[str]) -> int:
     learn.add_argument("--token", default=None, help="episodes are accepted only with this token (default: $LPS_TOKEN)")
     learn.add_argument("--dataset", default=None, help="offline data of the balanced batches (default: the run's)")
     learn.add_argument("--skip-bad", action="store_true", help="skip bad episodes of the --dataset folder (listed)")
-    learn.add_argument("--utd", type=float, default=1.0, help="gradient updates per received step")
+    from lps.deploy.learner import LearnerConfig
+
+    recipe = LearnerConfig(token="-")  # the defaults (the fine-tuning recipe, see docs: "Fine-tuning on a robot")
+    learn.add_argument("--utd", type=float, default=recipe.utd, help="gradient updates per received step")
+    learn.add_argument("--batch-size", type=int, default=recipe.batch_size,
+                       help="batch of the online updates (half offline, half online); 0: the run's --batch-size")
+    learn.add_argument("--start-episodes", type=int, default=recipe.start_episodes,
+                       help="updates start once this many episodes have arrived (earlier ones owe no updates)")
+    learn.add_argument("--lr", type=float, default=recipe.lr, help="online learning rate; 0: the run's --lr")
+    learn.add_argument("--lr-schedule", choices=["restart", "continue"], default=recipe.lr_schedule,
+                       help="restart: a constant --lr online (Adam's moments kept); continue: the offline schedule goes on")
+    learn.add_argument("--failures", choices=["timeout", "penalty"], default=recipe.failures,
+                       help="timeout: a failed episode was cut off (-1 per step, bootstrapped); penalty: the paper's "
+                            "failure reward at step T - H, no bootstrapping (the release)")  # fmt: skip
+    learn.add_argument("--clone", choices=["successes", "all"], default=recipe.clone,
+                       help="rows the base policy clones: successful episodes and operator takeovers, or all (the release)")
     learn.add_argument("--online-mix", choices=["balanced", "buffer"], default="balanced",
                        help="balanced: half offline, half online batches (paper); buffer: uniform over both")
     learn.add_argument("--buffer-rows", type=int, default=100_000, help="online rows the replay buffer holds")
@@ -518,17 +538,15 @@ def main(argv: list[str]) -> int:
     if a.port:
         _check_port_free(a.host, a.port)  # before the slow part: loading and compiling the policy
     log = lambda s: print(s, flush=True)  # noqa: E731
-    if a.learn and "jax" not in sys.modules and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-        # Two host devices: the learner trains on the second, so acting never queues behind an update.
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
     server = load_server(a.run_dir, a.device, a.seed, a.log_every, log=log, max_batch=a.max_batch, weights=a.weights)
     learner = None
     if a.learn:
-        from lps.deploy.learner import LearnerConfig, attach
+        from lps.deploy.learner import attach
 
-        lcfg = LearnerConfig(token=token, utd=a.utd, mix=a.online_mix, buffer_rows=a.buffer_rows,
-                             max_steps=a.max_steps, update_block=a.update_block, dataset=a.dataset,
-                             skip_bad=a.skip_bad)  # fmt: skip
+        lcfg = LearnerConfig(token=token, utd=a.utd, batch_size=a.batch_size, start_episodes=a.start_episodes,
+                             lr=a.lr, lr_schedule=a.lr_schedule, failures=a.failures, clone=a.clone, mix=a.online_mix,
+                             buffer_rows=a.buffer_rows, max_steps=a.max_steps, update_block=a.update_block,
+                             dataset=a.dataset, skip_bad=a.skip_bad)  # fmt: skip
         learner = attach(server, a.run_dir, lcfg, log=log)
     try:
         serve_forever(server, a.host, a.port, a.max_message_mb)

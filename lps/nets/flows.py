@@ -56,15 +56,24 @@ def sample_meanflow_times(key: jax.Array, batch: int) -> tuple[jnp.ndarray, jnp.
     return t, r
 
 
-def adaptive_l2(err: jnp.ndarray) -> jnp.ndarray:
+def weighted_mean(x: jnp.ndarray, weights: jnp.ndarray | None = None) -> jnp.ndarray:
+    """The mean of the per-sample `x` (B,), or its `weights`-weighted mean (the rows a policy
+    clones: `bc_weights` of a batch)."""
+    if weights is None:
+        return jnp.mean(x)
+    return jnp.sum(weights * x) / jnp.maximum(jnp.sum(weights), 1e-6)
+
+
+def adaptive_l2(err: jnp.ndarray, weights: jnp.ndarray | None = None) -> jnp.ndarray:
     """MeanFlow's adaptive loss: per-sample squared error, down-weighted where it is large."""
     per_sample = jnp.mean(jnp.square(err), axis=-1)
     weight = jax.lax.stop_gradient(1.0 / (per_sample + ADAPTIVE_EPS) ** ADAPTIVE_POWER)
-    return jnp.mean(weight * per_sample)
+    return weighted_mean(weight * per_sample, weights)
 
 
 def meanflow_loss(
-    net: Net, x: jnp.ndarray, noise: jnp.ndarray, key: jax.Array, parameterisation: Parameterisation = "action"
+    net: Net, x: jnp.ndarray, noise: jnp.ndarray, key: jax.Array, parameterisation: Parameterisation = "action",
+    weights: jnp.ndarray | None = None,
 ) -> jnp.ndarray:
     """MeanFlow loss on data chunks `x` (B, d) with training noise `noise` (B, d).
 
@@ -82,7 +91,7 @@ def meanflow_loss(
         tangent = (v, jnp.ones_like(t), jnp.zeros_like(r))
     u, du_dt = jax.jvp(u_fn, (z, t, r), tangent)
     target = jax.lax.stop_gradient(v - jnp.clip(t - r, 0.0, 1.0) * du_dt)
-    return adaptive_l2(u - target)
+    return adaptive_l2(u - target, weights)
 
 
 def meanflow_sample(net: Net, noise: jnp.ndarray, parameterisation: Parameterisation = "action") -> jnp.ndarray:
@@ -99,9 +108,10 @@ def flow_matching_errors(net: Net, x: jnp.ndarray, noise: jnp.ndarray, t: jnp.nd
     return jnp.mean(jnp.square(v_hat - (noise - x)), axis=-1)
 
 
-def flow_matching_loss(net: Net, x: jnp.ndarray, noise: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
+def flow_matching_loss(net: Net, x: jnp.ndarray, noise: jnp.ndarray, key: jax.Array,
+                       weights: jnp.ndarray | None = None) -> jnp.ndarray:  # fmt: skip
     """Conditional flow matching: regress the velocity `e - x` at a uniform time t."""
-    return jnp.mean(flow_matching_errors(net, x, noise, jax.random.uniform(key, (x.shape[0], 1))))
+    return weighted_mean(flow_matching_errors(net, x, noise, jax.random.uniform(key, (x.shape[0], 1))), weights)
 
 
 def euler_sample(net: Net, noise: jnp.ndarray, steps: int = 10) -> jnp.ndarray:

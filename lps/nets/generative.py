@@ -61,8 +61,8 @@ class BaseNetConfig:
                 "must be positive, with the width a multiple of the heads"
             )
         # The release's DiT gives the state its own token when it stands beside image features.
-        state_dim = spec.obs_dim if spec.image_shape is not None else 0
-        return DiTSpec(spec.chunk_len, self.dit_width, self.dit_depth, self.dit_heads, self.base_arch, state_dim)
+        return DiTSpec(spec.chunk_len, self.dit_width, self.dit_depth, self.dit_heads, self.base_arch,
+                       spec.state_features)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,13 +93,14 @@ class GenerativePolicy:
     def noise(self, key: jax.Array, batch: int) -> jnp.ndarray:
         return sample_latent(key, (batch, self.chunk_dim), self.geometry)
 
-    def loss(self, params, cond: jnp.ndarray, chunk: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
+    def loss(self, params, cond: jnp.ndarray, chunk: jnp.ndarray, key: jax.Array, weights=None) -> jnp.ndarray:
+        """The behaviour-cloning loss; `weights` (B,): clone only the rows weighted (a batch's `bc_weights`)."""
         noise_key, time_key = jax.random.split(key)
         noise = self.noise(noise_key, chunk.shape[0])
         net = self.bind(params, cond)
         if self.kind == "meanflow":
-            return flows.meanflow_loss(net, chunk, noise, time_key, self.parameterisation)
-        return flows.flow_matching_loss(net, chunk, noise, time_key)
+            return flows.meanflow_loss(net, chunk, noise, time_key, self.parameterisation, weights)
+        return flows.flow_matching_loss(net, chunk, noise, time_key, weights)
 
     def sample(self, params, cond: jnp.ndarray, z: jnp.ndarray) -> jnp.ndarray:
         return jnp.clip(self.raw_sample(self.bind(params, cond), z), -1.0, 1.0)

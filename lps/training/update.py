@@ -50,6 +50,18 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     return optax.adam(lr)
 
 
+def carry_adam_moments(new_opt_state, old_opt_state):
+    """`new_opt_state` (another optimiser's fresh state over the same parameters) with the Adam
+    moments and count of `old_opt_state`: a new learning-rate schedule that keeps what Adam has
+    learnt of the gradients' scale (a fresh Adam's first steps move every weight by ~lr)."""
+
+    def is_adam(x):
+        return isinstance(x, optax.ScaleByAdamState)
+
+    moments = iter([x for x in jax.tree_util.tree_leaves(old_opt_state, is_leaf=is_adam) if is_adam(x)])
+    return jax.tree_util.tree_map(lambda x: next(moments) if is_adam(x) else x, new_opt_state, is_leaf=is_adam)
+
+
 def create_state(agent, optimizer, seed: int) -> TrainState:
     init_key, train_key = jax.random.split(jax.random.PRNGKey(seed))
     # Jitted: initialising conv/attention layers op by op costs tens of seconds on a CPU.
