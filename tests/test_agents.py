@@ -178,6 +178,21 @@ def test_qc_fql_alpha_defaults_per_environment():
     assert resolve_config("qc-mfql", config_class("qc-mfql")(), "cube-double-play-singletask-task1-v0").alpha == 3
 
 
+def test_robot_data_takes_the_fallback_alpha_whatever_the_env(tmp_path):
+    """A robot folder is no OGBench task: QC-FQL / QC-MFQL resolve alpha to the fallback (10), not to
+    the default --env's (cube-single, 30)."""
+    from lps.agents.qc_fql import ALPHA_FALLBACK
+    from lps.training.config import TrainConfig, defaults_task
+
+    folder = tmp_path / "robot"
+    (folder / "success").mkdir(parents=True)
+    robot = TrainConfig(dataset=str(folder))
+    assert robot.env.startswith("cube-single") and defaults_task(robot) == ""
+    for name in ("qc-fql", "qc-mfql"):
+        assert resolve_config(name, config_class(name)(), defaults_task(robot)).alpha == ALPHA_FALLBACK == 10
+    assert resolve_config("qc-fql", QCFQLConfig(), defaults_task(TrainConfig())).alpha == 30
+
+
 def test_velocity_parameterisation_and_geometries_train():
     for kw in (dict(parameterisation="velocity"), dict(geometry="normal"), dict(geometry="truncated")):
         agent = make_agent("lps", small_config("lps", **kw), SPEC)

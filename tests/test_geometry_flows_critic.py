@@ -129,6 +129,9 @@ def test_release_switches_of_the_comparison_set():
     assert make_agent("dsrl-na", DSRLConfig(), spec).cfg.actor_hidden == (256, 256)
     assert make_agent("lps", LPSConfig(backbone="fm-1step", release_actor=True), spec).cfg.actor_hidden == (512,) * 4
     assert make_agent("lps", LPSConfig(release_actor=True), spec).cfg.actor_hidden == (256, 256)
+    # The release's robot script (its MeanFlow DiT) builds LPS's latent actor at 2x512.
+    robot = LPSConfig(release_actor=True, base_arch="mfdit", dit_width=32, dit_depth=1, dit_heads=2)
+    assert make_agent("lps", robot, spec).cfg.actor_hidden == (512, 512)
     assert QCFQLConfig().clip_critic_input and not QCMFQLConfig().clip_critic_input
     # A QC-MFQL run recorded before the switch existed (it clipped) resumes clipping.
     import dataclasses

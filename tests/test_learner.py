@@ -428,19 +428,27 @@ def test_recipe_defaults_wait_for_episodes_restart_the_schedule_and_label_failur
     np.testing.assert_array_equal(penalty["bc_weights"], 1.0)
 
 
-def test_carry_adam_moments_keeps_moments_under_a_new_schedule():
-    from lps.training.update import carry_adam_moments
+def test_online_learning_rate_restarts_at_the_peak_under_a_cosine_schedule():
+    """Past --steps the cosine schedule holds lr / 10; the online phase (`online_lr`) runs at a
+    constant rate instead, with an optimiser state of the same structure (offline checkpoints
+    restore into it, Adam's moments go on)."""
+    from lps.training.config import TrainConfig
+    from lps.training.update import make_optimizer
 
-    params = {"w": jnp.ones(3)}
-    cosine = optax.chain(optax.clip_by_global_norm(1.0),
-                         optax.adam(optax.warmup_cosine_decay_schedule(0.0, 1e-3, 2, 10, 1e-4)))  # fmt: skip
-    state = cosine.init(params)
-    for g in (0.5, -1.0, 2.0):
-        _, state = cosine.update({"w": jnp.full(3, g)}, state, params)
-    constant = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3))
-    carried = carry_adam_moments(constant.init(params), state)
-    np.testing.assert_array_equal(carried[1][0].mu["w"], state[1][0].mu["w"])
-    np.testing.assert_array_equal(carried[1][0].nu["w"], state[1][0].nu["w"])
-    assert int(carried[1][0].count) == 3
-    updates, _ = constant.update({"w": jnp.full(3, 1.0)}, carried, params)  # a valid state of the new optimiser
-    assert np.isfinite(np.asarray(updates["w"])).all()
+    cfg = TrainConfig(steps=100, lr=1e-3, lr_schedule="cosine")
+    params = {"w": jnp.zeros(1)}
+
+    def step_size(optimizer, count):
+        state = optimizer.init(params)
+        # The schedule's step only (Adam's own count stays 0: its first step is lr * sign(g)).
+        state = jax.tree_util.tree_map(
+            lambda x: x._replace(count=jnp.asarray(count, jnp.int32)) if isinstance(x, optax.ScaleByScheduleState) else x,
+            state, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))  # fmt: skip
+        updates, _ = optimizer.update({"w": jnp.ones(1)}, state, params)
+        return -float(updates["w"][0])
+
+    offline, online = make_optimizer(cfg), make_optimizer(cfg, online_lr=1e-3)
+    assert jax.tree_util.tree_structure(offline.init(params)) == jax.tree_util.tree_structure(online.init(params))
+    np.testing.assert_allclose(step_size(offline, 50), step_size(online, 50), rtol=1e-6)  # the same offline
+    np.testing.assert_allclose(step_size(offline, 150), 1e-4, rtol=1e-3)  # continued: lr / 10
+    np.testing.assert_allclose(step_size(online, 150), 1e-3, rtol=1e-3)  # restarted: lr

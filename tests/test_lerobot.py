@@ -1,6 +1,8 @@
 """LeRobot v2.1 / v3.0 datasets written here (tiny parquet tables + H.264 MP4s) and read back."""
 
+import dataclasses
 import json
+import re
 import shutil
 
 import numpy as np
@@ -278,6 +280,12 @@ def test_raw_droid_folder_left_half_of_stereo_mp4(tmp_path):
     assert data["observations"]["image"].shape == (17, 16, 16, 3)
     assert np.abs(data["observations"]["image"].astype(int) - np.concatenate([w[2] for w in written])).max() <= 6
     assert data["rewards"][8 - 3] == 0.0 and data["rewards"][8 + 9 - 3] == -100.0
+    successes = load_folder(tmp_path, dataclasses.replace(cfg, include_failure=False), 3, False)
+    np.testing.assert_array_equal(successes["actions"], written[0][0])
+    shutil.rmtree(tmp_path / "success")
+    only_failures = re.escape(f"{tmp_path}: all 1 episode(s) are failures") + ".*--include-failure"
+    with pytest.raises(DatasetError, match=only_failures):
+        load_folder(tmp_path, dataclasses.replace(cfg, include_failure=False), 3, False)
 
 
 def test_av1_video_lerobots_default_codec(tmp_path):
@@ -288,3 +296,149 @@ def test_av1_video_lerobots_default_codec(tmp_path):
     image = np.concatenate([e["images"]["observation.images.front"] for e in written["episodes"]])
     assert data["observations"]["image"].shape == (8, 64, 64, 3)
     assert np.abs(data["observations"]["image"].astype(int) - image).max() <= 8
+
+
+# --- outcomes: --success-column, next.success, next.reward, --include-failure ------------------
+
+
+def _add_column(ds, name, per_episode):
+    """Append a column to each episode's table of a v2.1 dataset (one list of values per episode)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for e, values in enumerate(per_episode):
+        path = ds / f"data/chunk-000/episode_{e:06d}.parquet"
+        pq.write_table(pq.read_table(path).append_column(name, pa.array(values)), path)
+
+
+def _outcomes(data, chunk_len):
+    """Each episode's outcome as its outcome reward says: True success (0), False failure (-100)."""
+    ends = np.flatnonzero(data["terminals"])
+    rewards = data["rewards"][ends - chunk_len + 1]
+    assert set(rewards.tolist()) <= {0.0, -100.0}
+    return [bool(r == 0.0) for r in rewards]
+
+
+def _tiny(ds, version="v2.1", episodes=3):
+    return lerobot.synthetic_dataset(ds, version, episodes=episodes, steps=8, size=16, cameras=("front",))
+
+
+def _cfg(**kw):
+    return RobotDataConfig(image_size=0, num_cameras=1, cache=False, **kw)
+
+
+def test_include_failure_false_drops_lerobot_failures(tmp_path):
+    """--no-include-failure (the robot preset's default) leaves LeRobot failures out, right rows kept;
+    --include-failure keeps them; nothing left is an error naming the dataset and the flag."""
+    ds = tmp_path / "ds"
+    written = _tiny(ds, "v3.0")
+    kept = load_folder(ds, _cfg(failure_episodes=(0,), include_failure=False), 3, False)
+    assert _outcomes(kept, 3) == [True, True] and len(kept["actions"]) == 16
+    state = np.concatenate([e["state"] for e in written["episodes"][1:]])
+    np.testing.assert_array_equal(kept["observations"]["state"], state)
+    frames = np.concatenate([e["images"]["observation.images.front"] for e in written["episodes"][1:]])
+    assert np.abs(kept["observations"]["image"].astype(int) - frames).max() <= 6  # episodes 1, 2 of the one video
+    every = load_folder(ds, _cfg(failure_episodes=(0,), include_failure=True), 3, False)
+    assert _outcomes(every, 3) == [False, True, True] and len(every["actions"]) == 24
+    only_failures = re.escape(f"{ds}: all 3 episode(s) are failures") + ".*pass --include-failure"
+    with pytest.raises(DatasetError, match=only_failures):
+        load_folder(ds, _cfg(failure_episodes=(0, 1, 2), include_failure=False), 3, False)
+
+
+def test_success_from_next_success_any_step(tmp_path):
+    ds = tmp_path / "ds"
+    _tiny(ds)
+    _add_column(ds, "next.success", [[False] * 8, [False] * 7 + [True], [False] * 3 + [True] + [False] * 4])
+    _add_column(ds, "next.reward", [[1.0] * 8, [0.0] * 8, [0.0] * 8])  # next.success outranks the rewards
+    assert _outcomes(load_folder(ds, _cfg(), 3, False), 3) == [False, True, True]
+    assert _outcomes(load_folder(ds, _cfg(include_failure=False), 3, False), 3) == [True, True]
+    assert _outcomes(load_folder(ds, _cfg(failure_episodes=(2,)), 3, False), 3) == [False, True, False]
+
+
+def test_success_column_flag_and_cache_key(tmp_path, capsys):
+    ds = tmp_path / "ds"
+    _tiny(ds)
+    _add_column(ds, "is_success", [[0] * 8, [0] * 6 + [1, 1], [0] * 8])
+    _add_column(ds, "next.success", [[True] * 8] * 3)  # the named column outranks next.success
+    cfg = RobotDataConfig(image_size=0, num_cameras=1)
+    assert _outcomes(load_folder(ds, cfg, 3, False), 3) == [True, True, True]
+    named = dataclasses.replace(cfg, success_column="is_success")
+    assert _outcomes(load_folder(ds, named, 3, False), 3) == [False, True, False]  # not the cache above
+    assert "from cache" not in capsys.readouterr().out
+    assert _outcomes(load_folder(ds, named, 3, False), 3) == [False, True, False]
+    assert "from cache" in capsys.readouterr().out
+    dropped = load_folder(ds, dataclasses.replace(named, include_failure=False), 3, False)
+    assert "from cache" not in capsys.readouterr().out and _outcomes(dropped, 3) == [True]
+
+
+def test_missing_success_column_is_named(tmp_path):
+    ds = tmp_path / "ds"
+    _tiny(ds, episodes=2)
+    named = "success column 'done_ok' does not exist.*columns are .*'observation.state'"
+    with pytest.raises(DatasetError, match=named):
+        load_folder(ds, _cfg(success_column="done_ok"), 3, False)
+
+
+def test_rewards_never_positive_say_nothing(tmp_path):
+    """-1 per step and 0 at the end (no reward > 0 anywhere): every episode is a success, not a failure."""
+    ds = tmp_path / "ds"
+    _tiny(ds)
+    _add_column(ds, "next.reward", [[-1.0] * 7 + [0.0], [-1.0] * 8, [0.0] * 8])
+    assert _outcomes(load_folder(ds, _cfg(), 3, False), 3) == [True, True, True]
+    assert _outcomes(load_folder(ds, _cfg(include_failure=False), 3, False), 3) == [True, True, True]
+    assert _outcomes(load_folder(ds, _cfg(failure_episodes=(1,)), 3, False), 3) == [True, False, True]
+
+
+def test_positive_reward_marks_success(tmp_path):
+    ds = tmp_path / "ds"
+    _tiny(ds)
+    _add_column(ds, "next.reward", [[0.0] * 7 + [1.0], [-1.0] * 8, [-1.0] * 4 + [0.5] + [-1.0] * 3])
+    assert _outcomes(load_folder(ds, _cfg(), 3, False), 3) == [True, False, True]
+    assert _outcomes(load_folder(ds, _cfg(include_failure=False), 3, False), 3) == [True, True]
+
+
+def test_success_from_rewards_rule():
+    assert lerobot.success_from_rewards([0.0, -1.0, None]) == [True, True, True]
+    assert lerobot.success_from_rewards([1.0, 0.0, -1.0, None]) == [True, False, False, True]
+    assert lerobot.success_from_rewards([]) == []
+
+
+def _robomimic_file(path, rewards, steps=8):
+    """A robomimic file with one demo per entry of `rewards` (None: the demo has no rewards array)."""
+    import h5py
+
+    rng = np.random.default_rng(0)
+    actions = []
+    with h5py.File(path, "w") as f:
+        for i, r in enumerate(rewards):
+            g = f.create_group(f"data/demo_{i}")
+            actions.append(rng.uniform(-1, 1, (steps, 7)).astype(np.float32))
+            g["actions"] = actions[-1]
+            g["obs/robot0_eef_pos"] = rng.normal(size=(steps, 3)).astype(np.float32)
+            g["obs/agentview_image"] = rng.integers(0, 255, (steps, 8, 8, 3), dtype=np.uint8)
+            if r is not None:
+                g["rewards"] = np.asarray(r, np.float64)
+    return actions
+
+
+def test_robomimic_outcomes_from_rewards_and_include_failure(tmp_path):
+    import h5py
+
+    one = [0.0] * 7 + [1.0]
+    actions = _robomimic_file(tmp_path / "mg.hdf5", [one, [0.0] * 8, one])
+    every = load_folder(tmp_path, _cfg(), 3, False)
+    assert _outcomes(every, 3) == [True, False, True]
+    kept = load_folder(tmp_path, _cfg(include_failure=False), 3, False)
+    assert _outcomes(kept, 3) == [True, True]
+    np.testing.assert_array_equal(kept["actions"], np.concatenate([actions[0], actions[2]]))
+    _robomimic_file(tmp_path / "mg.hdf5", [[0.0] * 8, [0.0] * 8])  # no positive reward: demonstrations
+    assert _outcomes(load_folder(tmp_path, _cfg(include_failure=False), 3, False), 3) == [True, True]
+    _robomimic_file(tmp_path / "mg.hdf5", [[0.0] * 8, one, None])
+    assert _outcomes(load_folder(tmp_path, _cfg(), 3, False), 3) == [False, True, True]
+    _robomimic_file(tmp_path / "mg.hdf5", [[0.0] * 8, one])
+    with h5py.File(tmp_path / "mg.hdf5", "a") as f:  # a filter of failures stays failures: rewards of the whole file
+        f["mask/failed"] = np.array([b"demo_0"])
+    only_failures = re.escape(f"{tmp_path}: all 1 episode(s) are failures") + ".*pass --include-failure"
+    with pytest.raises(DatasetError, match=only_failures):
+        load_folder(tmp_path, _cfg(include_failure=False, robomimic_filter="failed"), 3, False)
+    assert _outcomes(load_folder(tmp_path, _cfg(robomimic_filter="failed"), 3, False), 3) == [False]

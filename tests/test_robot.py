@@ -3,6 +3,7 @@ observation conversion, and train -> offline eval -> load_policy end to end on t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -121,6 +122,28 @@ def test_missing_folder_and_empty_folder(tmp_path):
         load_folder(tmp_path / "nope", CFG)
     with pytest.raises(DatasetError, match="holds no episodes"):
         load_folder(tmp_path, CFG)
+
+
+def test_include_failure_false_drops_failure_folder_and_says_so(tmp_path):
+    folder = synthetic_folder(tmp_path / "d", success=1, failure=2, steps=12, size=8)
+    cfg = RobotDataConfig(image_size=0, cache=False, include_failure=False)
+    data = load_folder(folder, cfg, chunk_len=H, progress=False)
+    assert data["terminals"].sum() == 1 and data["rewards"][12 - H] == 0.0
+    every = load_folder(folder, RobotDataConfig(image_size=0, cache=False), chunk_len=H, progress=False)
+    assert every["terminals"].sum() == 3
+    shutil.rmtree(folder / "success")
+    with pytest.raises(DatasetError, match="all 2 episode\\(s\\) are failures.*pass --include-failure"):
+        load_folder(folder, cfg, chunk_len=H, progress=False)
+
+
+def test_cache_key_covers_outcome_options(tmp_path):
+    from lps.data.robot import _cache_key
+
+    folder = synthetic_folder(tmp_path / "d", success=1, failure=0, steps=8, size=8)
+    paths = [(p, True) for p in sorted(folder.rglob("*.h5"))]
+    configs = (CFG, dataclasses.replace(CFG, include_failure=False), dataclasses.replace(CFG, success_column="x"))
+    keys = {_cache_key(paths, cfg, H) for cfg in configs}
+    assert len(keys) == 3
 
 
 def test_cache_hit_invalidation_and_corruption(tmp_path, capsys):

@@ -60,7 +60,8 @@ class DSRL:
     )  # fmt: skip
     alpha_is_no_op: ClassVar[bool] = True
     notes: ClassVar[tuple[str, ...]] = (
-        "alpha is a no-op (it scales the BC loss alone, and Adam ignores a constant loss scale)",
+        "alpha is a no-op without --grad-clip (it scales the BC loss alone, and Adam ignores a constant loss "
+        "scale; a global-norm clip does not)",
         "latent actor 2x256 as the paper states; the public code builds 4x512 (--release-actor), whence the paper's DSRL curves",
         "the latent critic's target is a stop-gradient: its loss trains Q_W only (in the public code it "
         "also trains the action critic)",

@@ -26,7 +26,8 @@ read theirs with `lps.agents.base.net_obs`). As in the paper's release (and FQL,
 `shared_encoder=True` (`--shared-encoder`) is ours, not the paper's, and off by default: one
 encoder for every network, trained by every loss (one CNN pass per image instead of one per
 network), next-observation features from the same encoder under stop_gradient. Runs made before
-per-network encoders (one `params["encoder"]`) load only with it.
+per-network encoders (one `params["encoder"]` with the IMPALA head's LayerNorm) cannot be loaded:
+`lps.training.checkpoint` refuses them with a message to retrain.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ by backpropagating the action-space critic's gradient straight through the (froz
     L = L_critic(Q) + alpha * L_MeanFlow(pi_beta) - Q(s, pi_beta(s, l(s))) / |Q|
 
 No behaviour-regularisation weight to tune (alpha only scales the BC loss, whose parameters no
-other loss touches, so under Adam it changes nothing), no latent critic:
+other loss touches, so under Adam it changes nothing, unless --grad-clip clips all gradients'
+global norm together), no latent critic:
 the base policy's image of the latent sphere is the support constraint. Acting is one base-policy
 call: `pi(s) = clip(pi_beta(s, l(s)), -1, 1)`.
 
@@ -42,10 +43,12 @@ class LPSConfig(C.CriticConfig, BaseNetConfig):
     """Latent actor MLP widths."""
     release_actor: bool = False
     """Set --actor-hidden as the public release builds it: 4x512 for the flow-matching ablations
-    (fm-10step, fm-1step: the paper's FM-LPS / FM-1step curves), 2x256 for LPS proper."""
+    (fm-10step, fm-1step: the paper's FM-LPS / FM-1step curves), 2x256 for LPS proper (2x512 with
+    the release's DiT, as its robot script)."""
     alpha: float = 1.0
-    """Weight of the base policy's BC loss. A no-op under Adam: no other loss trains the base policy,
-    and Adam's step is unchanged by a constant loss scale."""
+    """Weight of the base policy's BC loss. A no-op under plain Adam: no other loss trains the base
+    policy, and Adam's step is unchanged by a constant loss scale. Not under --grad-clip (the robot
+    preset's): the clip is on the norm of all gradients together, so alpha changes the BC share of it."""
     geometry: Geometry = "sphere"
     """Latent geometry of the training noise and the latent actor."""
     backbone: Backbone = "meanflow"
@@ -67,8 +70,9 @@ class LPS:
     )  # fmt: skip
     alpha_is_no_op: ClassVar[bool] = True  # lps report draws it as one untuned line in the alpha figure
     notes: ClassVar[tuple[str, ...]] = (
-        "alpha is a no-op: it scales the BC loss, whose parameters no other loss touches, and Adam's "
-        "update does not change when a loss is multiplied by a constant; runs with any alpha > 0 match",
+        "alpha is a no-op without --grad-clip: it scales the BC loss, whose parameters no other loss "
+        "touches, and Adam's update does not change when a loss is multiplied by a constant; runs with any "
+        "alpha > 0 match. Under --grad-clip (the robot preset) it is not: the global-norm clip sees alpha",
         "critic_agg: min with the MeanFlow backbone (the public release); mean for the flow-matching "
         "ablations (fm-10step, fm-1step), as there",
         "latent actor 2x256; the public code builds the flow-matching ablations' at 4x512 (--release-actor)",
@@ -82,7 +86,10 @@ class LPS:
 
     @classmethod
     def release_actor_hidden(cls, cfg) -> tuple[int, ...]:
-        return (256, 256) if cfg.backbone == "meanflow" else (512, 512, 512, 512)
+        if cfg.backbone != "meanflow":
+            return (512, 512, 512, 512)
+        # The release's DROID script (the one that builds its MeanFlow DiT) widens LPS's latent actor.
+        return (512, 512) if cfg.base_arch == "mfdit" else (256, 256)
 
     @property
     def base(self) -> GenerativePolicy:

@@ -11,6 +11,17 @@ timestamp (plus the episode's offset in a concatenated v3.0 video), which must l
 quarter of a frame period, else the video is at another fps than info.json says or shorter than
 the table. Cameras stored as images in the table (`dtype: image`) are decoded from their bytes.
 
+Outcomes (each episode a success or a failure), decided from the tables before any video is decoded:
+
+    --success-column COL   COL must exist; an episode succeeded iff COL is truthy (non-zero) at any step
+    otherwise              `next.success` when the table has it, with the same any-step rule
+    otherwise              `next.reward`: an episode succeeded iff its largest reward is > 0; when no
+                           reward of the whole dataset is > 0 (e.g. -1/0 step rewards, or none at all)
+                           rewards say nothing about the outcome and every episode is a success
+    --failure-episodes     the listed episode indices are failures whatever the columns say
+
+With --no-include-failure (the robot preset's default) failures are dropped before decoding.
+
 Each episode comes back as raw arrays (state, action, RGB frames per camera, success); the reward
 scheme and the row layout are applied by `lps.data.robot`, the same for every format.
 """
@@ -81,9 +92,12 @@ def estimate(folder: Path, cameras: tuple[str, ...] = ()) -> str:
 
 
 def read_dataset(folder: Path, state_column: str, action_column: str, cameras: tuple[str, ...],
-                 failure_episodes: tuple[int, ...] = ()) -> dict[str, Any]:  # fmt: skip
+                 failure_episodes: tuple[int, ...] = (), success_column: str = "",
+                 include_failure: bool = True) -> dict[str, Any]:  # fmt: skip
     """{"version", "fps", "cameras", "episodes": [{index, state (T, ds), action (T, da), images
-    {camera: (T, H, W, 3) uint8 RGB}, success}]} of a local LeRobot dataset."""
+    {camera: (T, H, W, 3) uint8 RGB}, success}], "dropped"} of a local LeRobot dataset: outcomes
+    as the module docstring says; with `include_failure=False` failures are left out (not decoded)
+    and counted in "dropped" (every episode may be dropped: the caller says what to do then)."""
     info = read_info(folder)
     fps = float(info["fps"])
     cams = camera_columns(info, cameras)
@@ -96,9 +110,13 @@ def read_dataset(folder: Path, state_column: str, action_column: str, cameras: t
                 f"{folder}: column '{col}' does not exist; the table's columns are {first.column_names} "
                 "(choose them with --state-column / --action-column)"
             )
+    outcomes = episode_outcomes(folder, tables, success_column, failure_episodes)
     video_cache: dict[Path, tuple[np.ndarray, np.ndarray]] = {}  # a v3.0 file holds many episodes: decode once
-    episodes = []
-    for meta, table in tables:
+    episodes, dropped = [], 0
+    for (meta, table), success in zip(tables, outcomes):
+        if not success and not include_failure:
+            dropped += 1
+            continue
         index = int(meta["episode_index"])
         where = f"{folder} episode {index}"
         state = _matrix(table, state_column, where)
@@ -119,15 +137,63 @@ def read_dataset(folder: Path, state_column: str, action_column: str, cameras: t
             frames, times = video_cache[path]
             offset = float(meta.get(f"videos/{cam}/from_timestamp", 0.0))
             images[cam] = match_frames(frames, times, timestamps + offset, fps, f"{where}, camera '{cam}' ({path})")
-        success = index not in set(failure_episodes)
-        for col in ("next.success", "next.reward"):
-            if success and col in table.column_names:
-                values = np.asarray(table.column(col).to_numpy(zero_copy_only=False), np.float64)
-                if col == "next.success" or np.any(values != 0):  # all-zero rewards say nothing about outcome
-                    success = bool(np.max(values) > 0)
-                break
         episodes.append({"index": index, "state": state, "action": action, "images": images, "success": success})
-    return {"version": version, "fps": fps, "cameras": cams, "episodes": episodes}
+    return {"version": version, "fps": fps, "cameras": cams, "episodes": episodes, "dropped": dropped}
+
+
+SUCCESS_COLUMN = "next.success"
+REWARD_COLUMN = "next.reward"
+
+
+def episode_outcomes(folder: Path, tables: list[tuple[dict, Any]], success_column: str = "",
+                     failure_episodes: tuple[int, ...] = ()) -> list[bool]:  # fmt: skip
+    """Whether each episode (of `_episode_tables`) succeeded, by the rule of the module docstring."""
+    if success_column:
+        for meta, table in tables:
+            if success_column not in table.column_names:
+                raise DatasetError(
+                    f"{folder}: success column '{success_column}' does not exist (episode {meta['episode_index']}); "
+                    f"the table's columns are {table.column_names} (choose it with --success-column)"
+                )
+    outcomes = []
+    peaks: list[float | None] = []
+    for meta, table in tables:
+        where = f"{folder} episode {meta['episode_index']}"
+        column = success_column or (SUCCESS_COLUMN if SUCCESS_COLUMN in table.column_names else "")
+        if column:
+            values = _flat_values(table, column, where)
+            outcomes.append(bool(np.any(values != 0)))
+            peaks.append(None)
+        else:
+            outcomes.append(None)
+            values = _flat_values(table, REWARD_COLUMN, where) if REWARD_COLUMN in table.column_names else np.zeros(0)
+            peaks.append(float(np.max(values)) if len(values) else None)
+    from_rewards = success_from_rewards(peaks)
+    forced = {int(i) for i in failure_episodes}
+    return [(labelled if labelled is not None else by_reward) and int(meta["episode_index"]) not in forced
+            for (meta, _), labelled, by_reward in zip(tables, outcomes, from_rewards)]  # fmt: skip
+
+
+def success_from_rewards(peaks: list[float | None]) -> list[bool]:
+    """Outcomes from each episode's largest reward (None: the episode has no rewards): a success
+    iff its largest reward is > 0, but only when some episode's is; when no reward of the whole
+    dataset is > 0 (step rewards of -1/0, all zeros, none recorded) rewards say nothing about the
+    outcome and every episode is a success. Episodes without rewards are successes."""
+    if not any(p is not None and p > 0 for p in peaks):
+        return [True] * len(peaks)
+    return [p is None or p > 0 for p in peaks]
+
+
+def _flat_values(table, column: str, where: str) -> np.ndarray:
+    """Every non-null value of a scalar (or one-element list) column as float64."""
+    flat = []
+    for cell in table.column(column).to_pylist():
+        flat.extend(cell if isinstance(cell, (list, tuple)) else [cell])
+    try:
+        values = np.asarray([v for v in flat if v is not None], np.float64)
+    except (TypeError, ValueError) as e:
+        raise DatasetError(f"{where}: column '{column}' is not numeric or boolean ({e})") from e
+    return values[~np.isnan(values)]
 
 
 def _episode_tables(folder: Path, info: dict[str, Any], version: str) -> list[tuple[dict, Any]]:

@@ -5,7 +5,13 @@
 The state is every non-image `obs/<key>` (2-D float arrays, sorted by name, concatenated) unless
 --state-keys names them; cameras are the (T, H, W, 3) uint8 `obs/<key>` arrays (e.g.
 `agentview_image`), sorted, unless --cameras names them. `mask/<filter>` (e.g. `train`) selects
-demos with --robomimic-filter. Demos are demonstrations: successes.
+demos with --robomimic-filter.
+
+Outcomes come from each demo's `rewards` (robomimic records the task's sparse reward, 1 on
+success), by the rule LeRobot's `next.reward` follows (`lerobot.success_from_rewards`): a demo
+succeeded iff its largest reward is > 0, when some demo's is; when no reward of the files is > 0
+(or there are none) the demos are demonstrations: successes. With --no-include-failure (the robot
+preset's default) failed demos (e.g. a machine-generated dataset's) are dropped.
 """
 
 from __future__ import annotations
@@ -51,39 +57,60 @@ def env_args(folder: Path) -> dict[str, Any]:
     return out
 
 
-def read_dataset(folder: Path, state_keys: tuple[str, ...], cameras: tuple[str, ...], mask: str = "") -> dict[str, Any]:
-    """{"cameras", "env_args", "episodes": [{index, state, action, images, success}]} of every
-    robomimic file in `folder`."""
+def read_dataset(folder: Path, state_keys: tuple[str, ...], cameras: tuple[str, ...], mask: str = "",
+                 include_failure: bool = True) -> dict[str, Any]:  # fmt: skip
+    """{"cameras", "env_args", "episodes": [{index, state, action, images, success}], "dropped"} of
+    every robomimic file in `folder`; with `include_failure=False` failed demos are left out (not
+    read) and counted in "dropped" (every demo may be dropped: the caller says what to do then)."""
     import h5py
 
-    episodes, cams, env_args = [], None, []
+    from lps.data.lerobot import success_from_rewards
+
+    # First the outcomes, from the rewards of every demo of the files (a --robomimic-filter subset
+    # does not change what rewards mean), then the arrays of the selected demos that are kept.
+    every, peaks, demos, env_args = [], [], [], []
     for path in files(folder):
         with h5py.File(path, "r") as f:
             env_args.append(f["data"].attrs.get("env_args", ""))
             names = sorted(f["data"].keys(), key=lambda k: int(k.split("_")[-1]) if k.split("_")[-1].isdigit() else k)
+            for name in names:
+                demo = f["data"][name]
+                rewards = np.asarray(demo["rewards"], np.float64).reshape(-1) if "rewards" in demo else np.zeros(0)
+                rewards = rewards[~np.isnan(rewards)]
+                every.append((path, name))
+                peaks.append(float(rewards.max()) if len(rewards) else None)
             if mask:
                 if f"mask/{mask}" not in f:
                     have = sorted(f["mask"].keys()) if "mask" in f else []
                     raise DatasetError(f"{path}: no filter mask/{mask}; filters there: {have}")
                 names = [n.decode() if isinstance(n, bytes) else str(n) for n in f[f"mask/{mask}"][()]]
-            for name in names:
-                demo = f["data"][name]
-                where = f"{path} {name}"
-                if "obs" not in demo or "actions" not in demo:
-                    raise DatasetError(f"{where}: lacks 'obs' or 'actions'")
-                obs = demo["obs"]
-                images = sorted(k for k in obs if obs[k].ndim == 4 and obs[k].dtype == np.uint8)
-                use_cams = list(cameras) or images
-                keys = list(state_keys) if state_keys else sorted(k for k in obs if k not in images)
-                for k in use_cams + keys:
-                    if k not in obs:
-                        raise DatasetError(f"{where}: no obs/{k}; obs keys there: {sorted(obs.keys())}")
-                cams = cams or use_cams
-                state = np.concatenate([np.asarray(obs[k], np.float32).reshape(len(obs[k]), -1) for k in keys], axis=1)
-                episodes.append({"index": len(episodes), "state": state, "action": np.asarray(demo["actions"], np.float32),
-                                 "images": {c: np.asarray(obs[c]) for c in use_cams}, "success": True})  # fmt: skip
-    if not episodes:
+            demos += [(path, name) for name in names]
+    if not demos:
         raise DatasetError(f"{folder}: no robomimic demos found")
-    if not cams:
+    outcome = dict(zip(every, success_from_rewards(peaks)))
+    episodes, cams, dropped = [], None, 0
+    for index, (path, name) in enumerate(demos):
+        success = outcome.get((path, name), True)
+        if not success and not include_failure:
+            dropped += 1
+            continue
+        with h5py.File(path, "r") as f:
+            demo = f["data"][name]
+            where = f"{path} {name}"
+            if "obs" not in demo or "actions" not in demo:
+                raise DatasetError(f"{where}: lacks 'obs' or 'actions'")
+            obs = demo["obs"]
+            images = sorted(k for k in obs if obs[k].ndim == 4 and obs[k].dtype == np.uint8)
+            use_cams = list(cameras) or images
+            keys = list(state_keys) if state_keys else sorted(k for k in obs if k not in images)
+            for k in use_cams + keys:
+                if k not in obs:
+                    raise DatasetError(f"{where}: no obs/{k}; obs keys there: {sorted(obs.keys())}")
+            cams = cams or use_cams
+            state = np.concatenate([np.asarray(obs[k], np.float32).reshape(len(obs[k]), -1) for k in keys], axis=1)
+            episodes.append({"index": index, "state": state, "action": np.asarray(demo["actions"], np.float32),
+                             "images": {c: np.asarray(obs[c]) for c in use_cams}, "success": success})  # fmt: skip
+    if episodes and not cams:
         raise DatasetError(f"{folder}: robomimic demos without image observations; lps robot data needs at least one camera")
-    return {"version": "robomimic", "cameras": cams, "env_args": env_args, "episodes": episodes}
+    return {"version": "robomimic", "cameras": cams or [], "env_args": env_args, "episodes": episodes,
+            "dropped": dropped}  # fmt: skip

@@ -35,7 +35,7 @@ import numpy as np
 
 from lps.data.validate import DatasetError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: LeRobot/robomimic outcomes by --success-column and the reward rule
 CACHE_DIR = ".lps-cache"
 SUBFOLDERS = ("success", "failure")
 
@@ -69,7 +69,9 @@ class RobotDataConfig:
     failure_reward: float = -100.0
     """Reward at step T - H of a failure episode."""
     include_failure: bool = True
-    """Also train on the episodes in failure/ (with --failure-reward)."""
+    """Also train on failure episodes (with --failure-reward), in every format: failure/ folders (HDF5,
+    raw DROID), LeRobot episodes that failed (see --success-column), robomimic demos whose rewards never
+    turn positive; --no-include-failure drops them."""
     skip_bad: bool = False
     """Skip episodes that fail validation (printing a summary) instead of stopping at the first."""
     cache: bool = True
@@ -78,8 +80,13 @@ class RobotDataConfig:
     """LeRobot datasets: the table column holding the proprioceptive state."""
     action_column: str = "action"
     """LeRobot datasets: the table column holding the action."""
+    success_column: str = ""
+    """LeRobot datasets: the table column that says whether a step/episode succeeded (default: next.success
+    when the table has it); an episode is a success iff the column is truthy at any step. Without one,
+    next.reward decides: a success iff the episode's largest reward is > 0, unless no reward of the
+    dataset is > 0 (e.g. -1/0 step rewards): then rewards say nothing and every episode is a success."""
     failure_episodes: tuple[int, ...] = ()
-    """LeRobot datasets: episode indices that failed (others are successes unless next.success/next.reward say otherwise)."""
+    """LeRobot datasets: episode indices that failed, whatever --success-column/next.success/next.reward say."""
     robomimic_filter: str = ""
     """robomimic files: read only the demos listed in mask/<this> (e.g. train); empty: every demo."""
     normalize: Literal["none", "minmax", "meanstd", "quantile"] = "none"
@@ -309,6 +316,9 @@ def load_folder(folder: str | os.PathLike, cfg: RobotDataConfig = RobotDataConfi
             "recordings/MP4), HDF5 episodes (success/*.h5, failure/*.h5); "
             "see README 'Your own robot data'"
         )
+    if not cfg.include_failure and Path(folder).is_dir():
+        every = episode_paths(folder, dataclasses.replace(cfg, include_failure=True))
+        _check_kept(folder, len(every), sum(success for _, success in every))
     paths = episode_paths(folder, cfg)
     cache_path = Path(folder) / CACHE_DIR / f"robot-{_cache_key(paths, cfg, chunk_len)}.npz"
     if cfg.cache and cache_path.exists():
@@ -401,13 +411,20 @@ def load_lerobot(folder: str | os.PathLike, cfg: RobotDataConfig = RobotDataConf
     if reader == "droid_raw":
         from lps.data import droid_raw
 
+        every, kept = droid_raw.trajectories(folder), droid_raw.trajectories(folder, cfg.include_failure)
+        _check_kept(folder, len(every), len(kept))
         raw = droid_raw.read_dataset(folder, cfg.action_keys, cfg.state_keys, cfg.cameras, cfg.include_failure)
     elif reader == "robomimic":
         state_keys = () if cfg.state_keys == RobotDataConfig.state_keys else cfg.state_keys
-        raw = robomimic.read_dataset(folder, state_keys, cfg.cameras, cfg.robomimic_filter)
+        raw = robomimic.read_dataset(folder, state_keys, cfg.cameras, cfg.robomimic_filter, cfg.include_failure)
     else:
         print(lerobot.estimate(folder, cfg.cameras))
-        raw = lerobot.read_dataset(folder, cfg.state_column, cfg.action_column, cfg.cameras, cfg.failure_episodes)
+        raw = lerobot.read_dataset(folder, cfg.state_column, cfg.action_column, cfg.cameras, cfg.failure_episodes,
+                                   cfg.success_column, cfg.include_failure)  # fmt: skip
+    _check_kept(folder, len(raw["episodes"]) + raw.get("dropped", 0), len(raw["episodes"]))
+    if raw.get("dropped"):
+        print(f"[lps] left out {raw['dropped']} failure episode(s) (--no-include-failure; --include-failure "
+              "keeps them)")  # fmt: skip
     episodes, skipped = [], []
     for ep in raw["episodes"]:
         try:
@@ -435,6 +452,15 @@ def load_lerobot(folder: str | os.PathLike, cfg: RobotDataConfig = RobotDataConf
         except OSError as e:
             print(f"[lps] could not write the cache {cache_path} ({e}); the next run will read the dataset again")
     return dataset
+
+
+def _check_kept(folder: str | os.PathLike, found: int, kept: int) -> None:
+    """Every one of the `found` episodes was a failure and --no-include-failure left none: say so."""
+    if found and not kept:
+        raise DatasetError(
+            f"{folder}: all {found} episode(s) are failures and failures are left out (--no-include-failure, "
+            "the robot preset's default); pass --include-failure to train on them"
+        )
 
 
 def summary(data: dict[str, Any], cfg: RobotDataConfig, chunk_len: int) -> str:

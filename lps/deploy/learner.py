@@ -78,9 +78,9 @@ class LearnerConfig:
     lr: float = 0.0
     """Learning rate of the online updates; 0: the run's --lr (its peak, under a cosine schedule)."""
     lr_schedule: Literal["restart", "continue"] = "restart"
-    """restart: a constant --lr for the online phase, Adam's moments carried over from the offline
-    run (the release rebuilds its schedule online); continue: the offline schedule goes on past its
-    end (under --lr-schedule cosine every online update then runs at lr / 10)."""
+    """restart: a constant --lr for the online updates, Adam's state going on from the offline run
+    (the release rebuilds its schedule online); continue: the offline schedule goes on past its end
+    (under --lr-schedule cosine every online update then runs at lr / 10)."""
     failures: Literal["timeout", "penalty"] = "timeout"
     """How a failed episode is labelled. timeout: it was cut off, not ended: -1 per step and its
     last chunk bootstraps from the value of where it stopped (a robot's state does not show the
@@ -270,7 +270,7 @@ class Learner:
         from lps.training.config import load_config
         from lps.training.setup import build_agent_for, load_data  # fmt: skip
         from lps.training.diagnostics import make_diagnose
-        from lps.training.update import carry_adam_moments, create_state, make_multi_update, make_optimizer, make_update
+        from lps.training.update import create_state, make_multi_update, make_optimizer, make_update
 
         self.server, self.cfg, self.log = server, lcfg, log
         self.run_dir = Path(run_dir)
@@ -279,11 +279,9 @@ class Learner:
         agent_name, train_cfg, agent_cfg, spec = load_config(run_dir)
         self.train_cfg = train_cfg
         self.agent = build_agent_for(agent_name, train_cfg, agent_cfg, spec)
-        offline_optimizer = make_optimizer(train_cfg)
         # The online phase's own learning rate (see LearnerConfig.lr_schedule): a constant rate, not
-        # the offline schedule continued past its end.
-        optimizer = offline_optimizer if lcfg.lr_schedule == "continue" else make_optimizer(
-            dataclasses.replace(train_cfg, lr=lcfg.lr or train_cfg.lr, lr_schedule="constant"))  # fmt: skip
+        # the offline schedule continued past its end; Adam's state is restored as it was.
+        optimizer = make_optimizer(train_cfg, None if lcfg.lr_schedule == "continue" else lcfg.lr or train_cfg.lr)
         self.chunk_len = spec.chunk_len
         robot = dataclasses.replace(train_cfg.robot, skip_bad=train_cfg.robot.skip_bad or lcfg.skip_bad)
         data_cfg = dataclasses.replace(train_cfg, progress=False, dataset=lcfg.dataset or train_cfg.dataset,
@@ -303,9 +301,7 @@ class Learner:
         with jax.default_device(self.device):
             self.buffer = replay.create(data, self.chunk_len, capacity, frame_stack=self.agent.spec.frame_stack,
                                         bc_weights=True)  # fmt: skip
-        offline = checkpoint.restore(run_dir, create_state(self.agent, offline_optimizer, train_cfg.seed))
-        if optimizer is not offline_optimizer:
-            offline = offline.replace(opt_state=carry_adam_moments(optimizer.init(offline.params), offline.opt_state))
+        offline = checkpoint.restore(run_dir, create_state(self.agent, optimizer, train_cfg.seed))
         self.reference_params = jax.device_put(offline.params, self.device)  # the offline weights, for diagnostics
         template = LearnerState(offline, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
         resumed = (self.dir / checkpoint.CHECKPOINT).exists() or (self.dir / checkpoint.PREVIOUS).exists()

@@ -131,8 +131,13 @@ class TrainConfig:
     `start_training`). Default: 5,000 on OGBench tasks, as Q-chunking runs offline-to-online; 0 on
     the toy bandits."""
 
+    online_lr_schedule: Literal["restart", "continue"] = "restart"
+    """Online, under --lr-schedule cosine: restart = the online updates run at a constant --lr (the
+    schedule's peak; Adam's moments go on); continue = the offline schedule's end value, lr / 10,
+    as the schedule holds it past --steps. A constant schedule is the same either way."""
+
     # Runs recorded before these fields existed resume as they trained (see from_dict).
-    LEGACY_DEFAULTS: ClassVar[dict] = {"online_start_steps": 0}
+    LEGACY_DEFAULTS: ClassVar[dict] = {"online_start_steps": 0, "online_lr_schedule": "continue"}
     distributed: Annotated[DistributedConfig, tyro.conf.OmitArgPrefixes] = DistributedConfig()
     """Several devices and hosts: --devices, --device-axis, --shard-params, --data-placement and the
     multi-host flags (README, "Training on several GPUs and hosts")."""
@@ -318,6 +323,12 @@ def check_agent_config(cfg) -> None:
 def is_robot_dataset(cfg: TrainConfig) -> bool:
     """A folder of robot episodes: no environment to evaluate in (see `lps eval RUN --dataset DIR`)."""
     return cfg.dataset is not None and Path(cfg.dataset).is_dir()
+
+
+def defaults_task(cfg: TrainConfig) -> str:
+    """The task whose per-task agent defaults apply (QC-FQL's alpha): the --env, or none for a robot
+    folder (its data is no OGBench task, whatever --env says: the agents' fallback values)."""
+    return "" if is_robot_dataset(cfg) else cfg.env
 
 
 def task_name(cfg: TrainConfig) -> str:

@@ -29,7 +29,7 @@ from lps.agents.encoded import scan_updates
 from lps.data.sampler import chunk_arrays, to_device
 from lps.files import write_json
 from lps.training import checkpoint, distributed, online, rundir, setup
-from lps.training.config import TrainConfig, check_agent_config, save_config, task_name, to_dict
+from lps.training.config import TrainConfig, check_agent_config, defaults_task, save_config, task_name, to_dict
 from lps.training.eval_schedule import EvaluationSchedule, seed_axis
 from lps.training.rundir import SUMMARY_JSON, seed_configs
 from lps.training.runlog import RunLog
@@ -56,7 +56,7 @@ def train(agent_name: str, cfg: TrainConfig, agent_cfg, resume: bool = False) ->
     # Only one process writes (and so locks) the run directories; the others read them to resume.
     claim = rundir.claim([run.dir for run in runs]) if distributed.is_writer() else contextlib.nullcontext()
     with claim, rundir.StopOnSignal() as stop:
-        resume, changes = rundir.prepare(runs, agent_name, resolve_config(agent_name, agent_cfg, cfg.env), resume)
+        resume, changes = rundir.prepare(runs, agent_name, resolve_config(agent_name, agent_cfg, defaults_task(cfg)), resume)
         finished = [rundir.finished_summary(run.dir, run.cfg) for run in runs] if resume else [None]
         if all(finished):  # nothing to train: its files stay as they are
             print(f"[lps] {', '.join(str(r.dir) for r in runs)} already finished ({cfg.steps} steps"
@@ -83,7 +83,8 @@ def _train(agent_name, cfg, agent_cfg, runs, resume, changes, stop):
             f"--batch-size {cfg.batch_size} is larger than the dataset's {device_data.num_chunks} chunks; "
             "use a smaller batch or more data"
         )
-    optimizer = make_optimizer(cfg)
+    online_lr = cfg.lr if cfg.online_steps and cfg.online_lr_schedule == "restart" else None
+    optimizer = make_optimizer(cfg, online_lr)  # online_lr: the rate past --steps (the online phase)
     states = [create_state(agent, optimizer, run.cfg.seed) for run in runs]
     online_resume = None
     if resume:

@@ -16,7 +16,7 @@ from lps.data import tasks, toy
 from lps.data.render import check_image_size, is_visual, require_renderer
 from lps.data.validate import load_own_dataset, validate
 from lps.host import available_cores
-from lps.training.config import TrainConfig, is_robot_dataset
+from lps.training.config import TrainConfig, defaults_task, is_robot_dataset
 from lps.training.evaluate import DEFAULT_POOL, Evaluator, make_seeds_policy
 
 
@@ -88,7 +88,7 @@ def build(agent_name: str, cfg: TrainConfig, agent_cfg, data: dict[str, np.ndarr
         raise ValueError(f"--frame-stack {cfg.frame_stack} stacks camera frames, but this data's observations are "
                          "state vectors: leave --frame-stack at 1")  # fmt: skip
     spec = Spec(obs_dim, data["actions"].shape[1], cfg.chunk_len, cfg.gamma, image_shape, cfg.frame_stack)
-    return build_agent_for(agent_name, cfg, resolve_config(agent_name, agent_cfg, cfg.env), spec)
+    return build_agent_for(agent_name, cfg, resolve_config(agent_name, agent_cfg, defaults_task(cfg)), spec)
 
 
 def build_agent_for(agent_name: str, cfg: TrainConfig, agent_cfg, spec: Spec):

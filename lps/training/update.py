@@ -41,25 +41,18 @@ class TrainState(struct.PyTreeNode):
     opt_state: Any
 
 
-def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    lr = cfg.lr
+def make_optimizer(cfg: TrainConfig, online_lr: float | None = None) -> optax.GradientTransformation:
+    """Adam (after a global-norm clip with --grad-clip) at --lr or under the cosine schedule.
+    `online_lr`: the rate of every update past --steps (the online phase, restarted at a constant
+    rate); the optimiser state keeps its structure, so offline checkpoints restore into it."""
+    lr = cfg.lr if online_lr is None else online_lr
     if cfg.lr_schedule == "cosine":  # the paper's real-robot schedule: 1 % warmup, cosine down to lr / 10
         lr = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, cfg.steps // 100, cfg.steps, cfg.lr / 10)
+        if online_lr is not None:
+            lr = optax.join_schedules([lr, optax.constant_schedule(online_lr)], [cfg.steps])
     if cfg.grad_clip > 0:
         return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adam(lr))
     return optax.adam(lr)
-
-
-def carry_adam_moments(new_opt_state, old_opt_state):
-    """`new_opt_state` (another optimiser's fresh state over the same parameters) with the Adam
-    moments and count of `old_opt_state`: a new learning-rate schedule that keeps what Adam has
-    learnt of the gradients' scale (a fresh Adam's first steps move every weight by ~lr)."""
-
-    def is_adam(x):
-        return isinstance(x, optax.ScaleByAdamState)
-
-    moments = iter([x for x in jax.tree_util.tree_leaves(old_opt_state, is_leaf=is_adam) if is_adam(x)])
-    return jax.tree_util.tree_map(lambda x: next(moments) if is_adam(x) else x, new_opt_state, is_leaf=is_adam)
 
 
 def create_state(agent, optimizer, seed: int) -> TrainState:
