@@ -22,6 +22,11 @@ Requests and replies (every reply but errors carries "policy_version": the weigh
                                       -> {"type": "episode_ack", "id", "duplicate": bool, ...}   (`lps serve --learn`)
     anything malformed                -> {"error": "what was wrong"}   (the connection stays open)
 
+A dropped connection (a network blip, a restarted server) costs no request: the client reconnects
+with bounded retries and exponential backoff and sends it again (PolicyClient's `retries`,
+`backoff_s`, `max_backoff_s`; `log=print` reports each reconnect), and an `Episode` of a
+frame-stacked policy sends its last K-1 recorded observations again on the new connection.
+
 Fine-tuning on the robot (a server started with `--learn --token T`):
     with PolicyClient(url, token=T) as policy:
         with policy.episode() as ep:
@@ -36,7 +41,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 import msgpack
 import numpy as np
@@ -111,16 +116,35 @@ def unpack(payload: bytes) -> Any:
 
 
 class PolicyClient:
-    """A connection to `lps serve`. Not thread-safe: give each thread its own client."""
+    """A connection to `lps serve`. Not thread-safe: give each thread its own client.
 
-    def __init__(self, url: str, timeout: float = 60.0, max_message_mb: float = 64.0, token: str | None = None):
+    Every request survives a dropped connection: when the server closes it, or gives no reply
+    within `timeout` seconds, the client opens a new connection and sends the request again, up to
+    `retries` times, waiting `backoff_s`, then twice as long each time (at most `max_backoff_s`)
+    before each attempt; then it raises ConnectionError. A reply is only ever read on the
+    connection its request went out on, so a late reply on an abandoned connection is never taken
+    for the answer to a later request. `log` (e.g. `print`) is told about every reconnect; the
+    default logs nothing. The first connection (made here) is tried once: a wrong address fails at
+    once. `connections` counts the connections opened so far."""
+
+    def __init__(self, url: str, timeout: float = 60.0, max_message_mb: float = 64.0, token: str | None = None,
+                 retries: int = 5, backoff_s: float = 0.2, max_backoff_s: float = 5.0,
+                 log: Callable[[str], None] | None = None):  # fmt: skip
+        if retries < 0 or backoff_s < 0 or max_backoff_s < 0:
+            raise ValueError(f"retries, backoff_s and max_backoff_s must be >= 0, got {retries}, {backoff_s}, "
+                             f"{max_backoff_s}")  # fmt: skip
         self.url, self.timeout, self.max_message_mb = url, timeout, max_message_mb
         self.token = token if token is not None else os.environ.get("LPS_TOKEN")  # sent with episodes only
+        self.retries, self.backoff_s, self.max_backoff_s, self.log = retries, backoff_s, max_backoff_s, log
         self.last_latency_ms: float | None = None  # the server's time for the last chunk
         self.last_round_trip_ms: float | None = None  # the client's, network and (de)coding included
         self.last_policy_version: int | None = None  # the weights the last reply came from
         self._ws = self._connect()
+        self.connections = 1
         self._spec: dict | None = None
+        # (episode id, connection number) of the last chunk served: the server holds that episode's
+        # frame stack on that connection only (a new connection starts with none).
+        self._stack_of: tuple[Any, int] | None = None
 
     def _connect(self):
         from websockets.exceptions import InvalidURI, WebSocketException
@@ -139,7 +163,19 @@ class PolicyClient:
                 f"cannot reach the policy server at {self.url} ({e}); is `lps serve` running there?"
             ) from e
 
-    def _request(self, message: dict) -> dict:
+    def _reconnect(self) -> None:
+        """Abandon the current connection (its replies are never read) and open a new one."""
+        try:
+            self._ws.close_timeout = min(1.0, self.timeout)  # a hung peer need not answer the close
+            self._ws.close()
+        except Exception:  # noqa: BLE001 - the old connection is gone either way
+            pass
+        self._ws = self._connect()
+        self.connections += 1
+
+    def _exchange(self, message: dict) -> dict:
+        """One request and its reply on the current connection: ConnectionError when the
+        connection is closed, TimeoutError without a reply in time, no retry."""
         from websockets.exceptions import ConnectionClosed
 
         payload = pack(message)
@@ -150,6 +186,8 @@ class PolicyClient:
             raise ConnectionError(f"the policy server at {self.url} closed the connection ({e})") from e
         except TimeoutError as e:
             raise TimeoutError(f"no reply from the policy server at {self.url} within {self.timeout} s") from e
+        except OSError as e:  # the socket failed under the connection (reset, broken pipe)
+            raise ConnectionError(f"the connection to the policy server at {self.url} failed ({e})") from e
         if not isinstance(reply, dict):
             raise ProtocolError(f"the server sent a {type(reply).__name__}, not a map")
         if "error" in reply:
@@ -157,24 +195,72 @@ class PolicyClient:
         self.last_policy_version = reply.get("policy_version", self.last_policy_version)
         return reply
 
+    def _request(self, message: dict | Callable[[], dict], retries: int | None = None,
+                 backoff_s: float | None = None) -> dict:  # fmt: skip
+        """The reply to `message` (or to the message `message()` builds for the connection it goes
+        out on), reconnecting and resending after a closed connection or a missing reply; after
+        `retries` failed reconnects, ConnectionError. Error replies are raised, never retried."""
+        retries = self.retries if retries is None else retries
+        backoff_s = self.backoff_s if backoff_s is None else backoff_s
+        dropped, last, since = None, None, None
+        for attempt in range(retries + 1):
+            if attempt:
+                time.sleep(min(backoff_s * 2 ** (attempt - 1), self.max_backoff_s))
+                try:
+                    self._reconnect()
+                except ConnectionError as e:
+                    last = e
+                    continue  # the server may be restarting: try again after the next wait
+                if self.log is not None:
+                    self.log(f"[lps client] reconnected to {self.url} after {attempt} attempt(s) "
+                             f"({time.monotonic() - since:.1f} s)")  # fmt: skip
+            try:
+                return self._exchange(message() if callable(message) else message)
+            except (ConnectionError, TimeoutError) as e:
+                last = e
+                if dropped is None:
+                    dropped, since = e, time.monotonic()
+                    if self.log is not None and retries:
+                        self.log(f"[lps client] {e}; reconnecting")
+        seconds = time.monotonic() - since
+        raise ConnectionError(
+            f"{dropped}, and {retries} attempt(s) to reconnect and resend over {seconds:.1f} s failed (last: {last}); "
+            f"check that `lps serve` is still running at {self.url} and that the network to it is up"
+        ) from last
+
     def spec(self) -> dict:
         """What the server expects and returns: `observation` (shapes and dtypes), `chunk_len`, `action_dim`."""
         if self._spec is None:
             self._spec = self._request({"type": "spec"})
         return self._spec
 
-    def act(self, obs, frames: list | None = None, episode: str | None = None) -> np.ndarray:
+    def act(self, obs, frames: list | None = None, episode: str | None = None,
+            history: list | None = None) -> np.ndarray:  # fmt: skip
         """The action chunk (H, action_dim) for one observation ((B, H, A) for a batch of state vectors).
         For a `--frame-stack` policy: `episode`, an id that changes when a new episode starts, and
         `frames`, the observations of the steps executed since the last call (`Episode.act` sends
-        both itself)."""
+        both itself). `history`, the episode's last K-1 executed steps' observations before `obs`,
+        is sent as the frames instead whenever the connection holds no frames of this episode
+        (a first chunk, or after a reconnect): without it a reconnect restarts the stack from `obs`."""
         start = time.perf_counter()
-        message = {"obs": obs}
-        if episode is not None:
-            message["episode"] = episode
-        if frames:
-            message["frames"] = list(frames)
-        reply = self._request(message)
+
+        def message() -> dict:
+            built = {"obs": obs}
+            earlier = frames
+            if episode is not None:
+                built["episode"] = episode
+                if history is not None and self._stack_of != (episode, self.connections):
+                    earlier = history
+            if earlier:
+                built["frames"] = list(earlier)
+            return built
+
+        try:
+            reply = self._request(message)
+        except BaseException:
+            self._stack_of = None  # unknown: a failed request may have reset the connection's stack
+            raise
+        self._stack_of = (episode, self.connections)
         self.last_round_trip_ms = 1e3 * (time.perf_counter() - start)
         self.last_latency_ms = reply.get("latency_ms")
         if "action" not in reply:
@@ -201,26 +287,12 @@ class PolicyClient:
         """A recorder for one episode, sent to a `--learn` server when it finishes (see module docs)."""
         return Episode(self)
 
-    def send_episode(self, message: dict, retries: int = 5, backoff_s: float = 0.5) -> dict:
+    def send_episode(self, message: dict, retries: int | None = None, backoff_s: float | None = None) -> dict:
         """Send one episode message; on a dropped connection reconnect and send it again (the
-        server stores an episode id once, so a resend after a lost reply is no duplicate)."""
+        server stores an episode id once, so a resend after a lost reply is no duplicate).
+        `retries` and `backoff_s` default to the client's."""
         message = {**message, "type": "episode", "token": self.token or ""}
-        for attempt in range(retries + 1):
-            try:
-                return self._request(message)
-            except (ConnectionError, TimeoutError):
-                if attempt == retries:
-                    raise
-                time.sleep(backoff_s * 2**attempt)
-                try:
-                    self._ws.close()
-                except Exception:  # noqa: BLE001 - the old connection is gone either way
-                    pass
-                try:
-                    self._ws = self._connect()
-                except ConnectionError:
-                    continue  # the server may be restarting: try again after the next wait
-        raise AssertionError("unreachable")
+        return self._request(message, retries, backoff_s)
 
     def close(self) -> None:
         self._ws.close()
@@ -256,6 +328,11 @@ class Episode:
         # The recorded steps after the one the last chunk was asked for (that one is already stacked).
         since = self.observations[self._acted_at + 1 :] if self._acted_at is not None else []
         self._acted_at = len(self.observations)
+        if isinstance(self.client, PolicyClient):
+            # On a connection that holds no frames of this episode (after a reconnect) the client
+            # sends the last K-1 recorded steps instead, so the stack is the one training builds.
+            history = self.observations[-(stack - 1) :]
+            return self.client.act(obs, frames=since[-(stack - 1) :], episode=self.id, history=history)
         return self.client.act(obs, frames=since[-(stack - 1) :], episode=self.id)
 
     def record(self, obs, action, intervention: bool = False) -> None:

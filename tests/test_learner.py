@@ -12,6 +12,7 @@ restarted ends with the buffer rows and weights of an uninterrupted one, and tha
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -72,8 +73,9 @@ def start(run_dir, **overrides):
     srv = load_server(run_dir, device="cpu", log_every_s=0.0, log=lambda s: None)
     # UTD 1 from the first episode at the run's batch size: few updates, easy to count (the recipe's
     # defaults have their own test).
-    settings = {"utd": 1.0, "start_episodes": 1, "batch_size": 0, **overrides}
-    lcfg = L.LearnerConfig(token=TOKEN, update_block=10, buffer_rows=2000, max_steps=200, **settings)
+    settings = {"utd": 1.0, "start_episodes": 1, "batch_size": 0, "update_block": 10, "buffer_rows": 2000,
+                "max_steps": 200, **overrides}  # fmt: skip
+    lcfg = L.LearnerConfig(token=TOKEN, **settings)
     learner = L.attach(srv, run_dir, lcfg, log=lambda s: None)
     ws = srv.start("127.0.0.1", 0)
     thread = threading.Thread(target=ws.serve_forever, daemon=True)
@@ -452,3 +454,135 @@ def test_online_learning_rate_restarts_at_the_peak_under_a_cosine_schedule():
     np.testing.assert_allclose(step_size(offline, 50), step_size(online, 50), rtol=1e-6)  # the same offline
     np.testing.assert_allclose(step_size(offline, 150), 1e-4, rtol=1e-3)  # continued: lr / 10
     np.testing.assert_allclose(step_size(online, 150), 1e-3, rtol=1e-3)  # restarted: lr
+
+
+# --- faults: nothing a robot sends can break the learner -----------------------------------------
+
+
+def _episode_request(steps=12, seed=0, **override) -> dict:
+    rng = np.random.default_rng(seed)
+    request = {"type": "episode", "id": f"ep{seed}", "token": TOKEN, "outcome": "success",
+               "observations": rng.normal(0, 0.1, (steps, OBS_DIM)).astype(np.float32),
+               "actions": rng.uniform(-0.5, 0.5, (steps, ACTION_DIM)).astype(np.float32),
+               "interventions": np.zeros(steps, bool)}  # fmt: skip
+    request.update(override)
+    return request
+
+
+def _wait(learner):
+    assert learner.wait_idle(120)
+    deadline = time.monotonic() + 30
+    while learner.status()["queued"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_glitches_never_reach_the_weights(offline_run, tmp_path):
+    """A sensor glitch is refused naming the dimension; with the range check off, an episode whose
+    updates go non-finite is quarantined, the weights before it are kept and served, the version
+    does not move, and the next good episode trains as usual."""
+    run = helpers.copy_run(offline_run, tmp_path / "run")
+    srv, learner, url, stop = start(run)
+    try:
+        glitch = _episode_request(seed=1)
+        glitch["observations"][5, 2] = 1e20
+        with pytest.raises(ValueError, match=r"'observations' dimension 2 is 1e\+20 at step 5.*--range-margin"):
+            learner.receive(glitch)
+        with pytest.raises(ValueError, match="'actions' must lie in"):
+            learner.receive(_episode_request(seed=2, actions=np.full((12, ACTION_DIM), 30.0, np.float32)))
+        assert not L.stored_files(run / "learner" / "episodes")
+
+        unchecked = dataclasses.replace(learner.cfg, range_margin=float("inf"))
+        learner.cfg = unchecked
+        before = jax.tree_util.tree_map(np.asarray, learner.state.train.params)
+        version, rows = srv.policy_version, int(learner.buffer.num_rows)
+        learner.receive(glitch)
+        _wait(learner)
+        assert srv.policy_version == version and int(learner.buffer.num_rows) == rows
+        for a, b in zip(jax.tree_util.tree_leaves(before), jax.tree_util.tree_leaves(learner.state.train.params)):
+            np.testing.assert_array_equal(a, np.asarray(b))
+        assert np.isfinite(srv.policy(np.zeros(OBS_DIM, np.float32))).all()
+        quarantined = list((run / "learner" / L.QUARANTINE_DIR).glob("*.npz"))
+        assert len(quarantined) == 1 and "non-finite" in json.loads(
+            quarantined[0].with_name(quarantined[0].name + ".reason.json").read_text())["reason"]
+        status = learner.status()
+        assert status["quarantined"] == 1 and "non-finite" in status["last_problem"] and status["state"] == "idle"
+        learner.receive(_episode_request(seed=3))
+        _wait(learner)
+        assert srv.policy_version == version + 1 and int(learner.state.episodes_trained) == 1
+    finally:
+        stop()
+
+
+def test_a_full_buffer_drops_the_oldest_online_episodes(offline_run, tmp_path):
+    """Online rows beyond --buffer-rows push out the oldest online episodes; the offline data stays,
+    and the buffer then holds exactly the newest episodes' rows."""
+    run = helpers.copy_run(offline_run, tmp_path / "run")
+    srv, learner, url, stop = start(run, buffer_rows=30)
+    try:
+        sent = [_episode_request(seed=10 + i) for i in range(4)]
+        for request in sent:
+            learner.receive(request)
+            _wait(learner)
+        assert learner.status()["state"] == "idle" and learner.status()["last_problem"] is None
+        assert srv.policy_version == 5 and int(learner.state.episodes_trained) == 4
+        n_off = EPISODES * STEPS
+        buffer = learner.buffer
+        assert int(buffer.num_rows) == n_off + 24 and int(buffer.num_offline_rows) == n_off
+        np.testing.assert_array_equal(np.asarray(buffer.observations[n_off: n_off + 24]),
+                                      np.concatenate([r["observations"] for r in sent[2:]]))  # fmt: skip
+        starts = np.asarray(buffer.starts[: int(buffer.num_starts)])
+        assert (starts[int(buffer.num_offline_starts):] >= n_off).all() and starts.max() < n_off + 24
+    finally:
+        stop()
+
+
+def test_versions_go_up_across_restarts_and_bad_files_are_quarantined(offline_run, tmp_path):
+    run = helpers.copy_run(offline_run, tmp_path / "run")
+    srv, learner, url, stop = start(run)
+    try:
+        for i in range(2):
+            learner.receive(_episode_request(seed=20 + i))
+            _wait(learner)
+        served = srv.policy_version
+    finally:
+        stop()
+    assert served == 3
+    files = L.episode_files(run / "learner" / "episodes")
+    files[0].write_bytes(b"not an npz")  # damaged on disk while the server was down
+    srv, learner, url, stop = start(run)
+    try:
+        assert srv.policy_version == served + 1  # never reused
+        status = learner.status()
+        assert status["quarantined"] == 1 and "unreadable" in status["last_problem"]
+        assert int(learner.state.episodes_trained) == 1 and L.episode_files(run / "learner" / "episodes") == files[1:]
+        with C.PolicyClient(url) as client:
+            health = client.spec()["learning"]
+        assert health["state"] == "idle" and health["quarantined"] == 1
+    finally:
+        stop()
+    # A learner checkpoint with NaN weights (saved by an lps without the guard) is set aside.
+    state = L.restore_state(run / "learner", learner.state.train)
+    from lps.training import checkpoint as ckpt
+
+    ckpt.save(run / "learner", state.replace(train=state.train.replace(
+        params=jax.tree_util.tree_map(lambda x: np.full_like(np.asarray(x), np.nan), state.train.params))))  # fmt: skip
+    srv, learner, url, stop = start(run)
+    try:
+        assert list((run / "learner").glob("set-aside-*/checkpoint.msgpack"))
+        assert np.isfinite(srv.policy(np.zeros(OBS_DIM, np.float32))).all()
+        assert srv.policy_version > served + 1
+    finally:
+        stop()
+
+
+def test_episode_messages_are_checked_field_by_field(offline_run):
+    spec = {"shape": [OBS_DIM]}
+    good = _episode_request()
+    L.validate_episode(good, spec, ACTION_DIM, CHUNK, 200)
+    cases = [({"id": "ep\n"}, "'id' must be"), ({"extra": np.zeros(10)}, r"unknown episode field\(s\) \['extra'\]"),
+             ({"interventions": np.zeros(12, np.float32)}, "must be booleans.*float32"),
+             ({"outcome": "aborted", "actions": np.zeros((0, ACTION_DIM), np.float32),
+               "observations": np.zeros((0, OBS_DIM), np.float32), "interventions": np.zeros(0, bool)}, "no steps")]  # fmt: skip
+    for override, message in cases:
+        with pytest.raises(ValueError, match=message):
+            L.validate_episode({**good, **override}, spec, ACTION_DIM, CHUNK, 200)

@@ -197,6 +197,34 @@ def append(buffer: ReplayBuffer, episodes: dict[str, Any], chunk_len: int, block
 
 
 @partial(jax.jit, donate_argnums=0)
+def drop_oldest_online(buffer: ReplayBuffer, rows: jax.Array, starts: jax.Array) -> ReplayBuffer:
+    """The buffer without its oldest online rows: the first `rows` rows after the offline data
+    (whole episodes, holding `starts` chunk starts) are dropped and the later ones move up; the
+    offline data stays. For a buffer without a staging area (the learner's)."""
+    capacity = buffer.actions.shape[0]
+    index = jnp.arange(capacity)
+    online_row = index >= buffer.num_offline_rows
+    source = jnp.where(online_row, jnp.minimum(index + rows, capacity - 1), index)
+    online_start = index >= buffer.num_offline_starts
+    start_source = jnp.where(online_start, jnp.minimum(index + starts, capacity - 1), index)
+
+    def move(x):
+        return x[source]
+
+    return buffer.replace(
+        observations=jax.tree_util.tree_map(move, buffer.observations),
+        actions=move(buffer.actions),
+        rewards=move(buffer.rewards),
+        masks=move(buffer.masks),
+        starts=jnp.where(online_start, buffer.starts[start_source] - rows, buffer.starts),
+        num_rows=buffer.num_rows - rows,
+        num_starts=buffer.num_starts - starts,
+        first_rows=None if buffer.first_rows is None else jnp.where(online_row, move(buffer.first_rows) - rows, buffer.first_rows),
+        bc_weights=None if buffer.bc_weights is None else move(buffer.bc_weights),
+    )
+
+
+@partial(jax.jit, donate_argnums=0)
 def _write_staging(buffer: ReplayBuffer, rows: jax.Array, block: dict, starts: jax.Array, first_start: jax.Array,
                    num_new_starts: jax.Array) -> ReplayBuffer:  # fmt: skip
     """Write a padded block of staged rows at the buffer rows `rows` (padding: an index past the

@@ -33,9 +33,11 @@ killed at any point and restarted ends with the weights and buffer rows of an un
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hmac
 import json
+import os
 import queue
 import re
 import threading
@@ -51,7 +53,8 @@ from flax import struct
 from lps.client import ProtocolError
 from lps.data import normalize, replay
 from lps.data.robot import semi_sparse_labels
-from lps.files import atomic_writer
+from lps.data.sampler import chunk_starts
+from lps.files import atomic_write, atomic_writer
 from lps.training import checkpoint
 
 LEARNER_DIR = "learner"
@@ -60,7 +63,9 @@ METRICS = "metrics.jsonl"  # one diagnostics row per trained episode (lps.traini
 LOGGED = ("success/last10", "offline/q_data", "online/q_data", "offline/td", "online/td", "online/bc", "shift/offline")
 EPISODES_DIR = "episodes"
 OUTCOMES = ("success", "failure", "aborted")
-EPISODE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+EPISODE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # matched whole (fullmatch): no trailing newline
+EPISODE_KEYS = {"type", "id", "token", "outcome", "observations", "actions", "interventions"}
+QUARANTINE_DIR = "quarantine"  # episodes that could not be trained on, each with a .reason.json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +94,10 @@ class LearnerConfig:
     clone: Literal["successes", "all"] = "successes"
     """Which online rows the base policy clones: successes (successful episodes and operator
     takeovers; failed episodes train the critic only) or all (the release)."""
+    range_margin: float = 2.0
+    """Incoming states and actions may leave the training data's per-dimension range by this many
+    times its width on either side (width at least 1, or a tenth of the values' size); further out
+    an episode is refused as a glitch, naming the dimension. inf: no range check."""
     mix: str = "balanced"
     """Batches: balanced = half offline, half online (the paper's robot recipe); buffer = uniform."""
     buffer_rows: int = 100_000
@@ -107,6 +116,8 @@ class LearnerConfig:
             raise ValueError("the learner needs a token (--token or $LPS_TOKEN): it accepts data that changes the policy")
         if self.utd <= 0 or self.update_block < 1 or self.max_steps < 2 or self.buffer_rows < 1:
             raise ValueError("--utd must be > 0, --update-block, --max-steps and --buffer-rows positive")
+        if not self.range_margin >= 0:
+            raise ValueError(f"--range-margin must be >= 0 (inf: no check), got {self.range_margin}")
         if self.batch_size < 0 or self.start_episodes < 1 or self.lr < 0:
             raise ValueError("--batch-size must be >= 0 (0: the run's), --start-episodes >= 1 and --lr >= 0 (0: the run's)")
         if self.lr_schedule not in ("restart", "continue"):
@@ -123,6 +134,7 @@ class LearnerState(struct.PyTreeNode):
     train: Any  # lps.training.update.TrainState
     update_debt: jax.Array  # float32: updates owed to received steps, below one block
     episodes_trained: jax.Array  # int32: episode files (arrival order) in the buffer and trained on
+    policy_version: jax.Array  # int32: the version these weights were served as (never reused)
 
 
 # --- episodes: validation and files ---------------------------------------------------------
@@ -141,8 +153,11 @@ def validate_episode(request: dict, obs_spec: dict, action_dim: int, chunk_len: 
     what is wrong: {"id", "outcome", "observations" (array or dict of (T, ...) arrays),
     "actions" (T, A) float32, "interventions" (T,) bool}. `robot_units`: a normalised run's
     episode, in the robot's units (no [-1, 1] range to check)."""
+    unknown = sorted(map(str, set(request) - EPISODE_KEYS))
+    if unknown:
+        raise ValueError(f"unknown episode field(s) {unknown}; an episode has {sorted(EPISODE_KEYS)}")
     episode_id = request.get("id")
-    if not isinstance(episode_id, str) or not EPISODE_ID.match(episode_id):
+    if not isinstance(episode_id, str) or not EPISODE_ID.fullmatch(episode_id):
         raise ValueError(f"'id' must be a string of 1-64 letters, digits, '-' or '_' (got {episode_id!r})")
     outcome = request.get("outcome")
     if outcome not in OUTCOMES:
@@ -158,13 +173,17 @@ def validate_episode(request: dict, obs_spec: dict, action_dim: int, chunk_len: 
     worst = float(np.max(np.abs(actions))) if steps and not robot_units else 0.0
     if worst > 1.0 + 1e-5:
         raise ValueError(f"'actions' must lie in [-1, 1] (the policy's range) but reach {worst:.4g}")
+    if steps == 0:
+        raise ValueError("the episode has no steps; nothing to store (send episodes with at least one recorded step)")
     if outcome != "aborted" and steps <= chunk_len:
         raise ValueError(f"the episode has {steps} steps; a trainable one needs more than the chunk length {chunk_len}")
     if steps > max_steps:
         raise ValueError(f"the episode has {steps} steps; this learner accepts at most {max_steps} (--max-steps)")
     flags = request.get("interventions", np.zeros(steps, bool))
     flags = np.asarray(flags)
-    if flags.shape != (steps,) or flags.dtype.kind not in "biu":
+    if flags.dtype.kind not in "biu":
+        raise ValueError(f"'interventions' must be booleans (or 0/1 integers), got dtype {flags.dtype}")
+    if flags.shape != (steps,):
         raise ValueError(f"'interventions' must be {steps} booleans (one per step), got shape {list(flags.shape)}")
     raw = request.get("observations")
     specs = _leaves(obs_spec)
@@ -191,6 +210,46 @@ def _check_obs_column(arr: Any, spec: dict, steps: int, where: str) -> np.ndarra
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise ValueError(f"'{where}' holds NaN/inf values")
     return arr.astype(np.uint8 if spec.get("dtype") == "uint8" else np.float32)
+
+
+def data_bounds(data: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-dimension (min, max) of the training data's state vectors and actions, in the units the
+    networks see (normalised for a --normalize run): what `check_ranges` compares episodes with."""
+    obs = data["observations"]
+    states = obs.get("state") if isinstance(obs, dict) else obs
+    bounds = {"actions": (np.min(data["actions"], 0), np.max(data["actions"], 0))}
+    if states is not None and np.ndim(states) == 2 and len(states):
+        bounds["state"] = (np.min(states, 0), np.max(states, 0))
+    return bounds
+
+
+def check_ranges(episode: dict, bounds: dict, margin: float, stats: dict | None = None) -> None:
+    """Refuse (ValueError naming the dimension, the step and the value) an episode whose states or
+    actions leave the training data's range by more than `margin` times its width: a glitching
+    sensor or actions in the wrong units, which would otherwise reach the weights."""
+    if margin == float("inf"):
+        return
+    obs = episode["observations"]
+    columns = {"actions": episode["actions"], "state": obs.get("state") if isinstance(obs, dict) else obs}
+    for name, (low, high) in bounds.items():
+        values = np.asarray(columns.get(name), np.float64)
+        if values.ndim != 2:
+            continue
+        if stats is not None and (name == "actions" or name in stats):  # compared in the data's (normalised) units
+            values = normalize.apply(values, stats["action" if name == "actions" else name])
+        span = np.maximum(high - low, np.maximum(0.1 * np.maximum(np.abs(low), np.abs(high)), 1.0))
+        lo, hi = low - margin * span, high + margin * span
+        bad = (values < lo) | (values > hi)
+        if bad.any():
+            step, dim = (int(i) for i in np.argwhere(bad)[0])
+            raw = np.asarray(columns[name], np.float64)[step, dim]
+            where = "'actions'" if name == "actions" else "'observations.state'" if isinstance(obs, dict) else "'observations'"
+            units = " (normalised with the run's statistics)" if stats is not None else ""
+            raise ValueError(
+                f"{where} dimension {dim} is {raw:.4g} at step {step}, far outside the training data's range "
+                f"[{low[dim]:.4g}, {high[dim]:.4g}]{units} (accepted: [{lo[dim]:.4g}, {hi[dim]:.4g}] with "
+                f"--range-margin {margin:g}); a glitching sensor or other units? Fix the data, or widen --range-margin"
+            )
 
 
 def write_episode_file(path: Path, episode: dict, layout=None, robot_cfg=None) -> None:
@@ -266,16 +325,20 @@ class Learner:
     """Receives episodes (any connection thread), trains on them in its own thread, and swaps the
     weights the `server` serves after each one."""
 
-    def __init__(self, server, run_dir: str | Path, lcfg: LearnerConfig, log=print):
+    def __init__(self, server, run_dir: str | Path, lcfg: LearnerConfig, log=print, fresh: bool = False):
+        """`fresh`: start again from the offline weights (`lps serve RUN --learn --weights offline`):
+        the learner's checkpoint is set aside (`learner/set-aside-<n>/`, nothing is deleted) and every
+        stored episode is trained on again."""
         from lps.training.config import load_config
-        from lps.training.setup import build_agent_for, load_data  # fmt: skip
         from lps.training.diagnostics import make_diagnose
+        from lps.training.setup import build_agent_for, load_data
         from lps.training.update import create_state, make_multi_update, make_optimizer, make_update
 
         self.server, self.cfg, self.log = server, lcfg, log
         self.run_dir = Path(run_dir)
         self.dir = self.run_dir / LEARNER_DIR
         self.episodes_dir = self.dir / EPISODES_DIR
+        self.quarantine_dir = self.dir / QUARANTINE_DIR
         agent_name, train_cfg, agent_cfg, spec = load_config(run_dir)
         self.train_cfg = train_cfg
         self.agent = build_agent_for(agent_name, train_cfg, agent_cfg, spec)
@@ -290,6 +353,7 @@ class Learner:
         # run's own statistics, as the offline data (normalised here with those too) did.
         self.stats = normalize.load(run_dir)
         data = load_data(data_cfg, stats=self.stats)
+        self.bounds = data_bounds(data)
         self.layout = _hdf5_layout(data_cfg)
         capacity = len(data["actions"]) + lcfg.buffer_rows
         # Train on another device than the one acting when there is one (`lps serve --learn` asks
@@ -301,42 +365,84 @@ class Learner:
         with jax.default_device(self.device):
             self.buffer = replay.create(data, self.chunk_len, capacity, frame_stack=self.agent.spec.frame_stack,
                                         bc_weights=True)  # fmt: skip
+        self._online_sizes: collections.deque[tuple[int, int]] = collections.deque()  # (rows, starts) per online episode
         offline = checkpoint.restore(run_dir, create_state(self.agent, optimizer, train_cfg.seed))
         self.reference_params = jax.device_put(offline.params, self.device)  # the offline weights, for diagnostics
-        template = LearnerState(offline, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
-        resumed = (self.dir / checkpoint.CHECKPOINT).exists() or (self.dir / checkpoint.PREVIOUS).exists()
-        state = checkpoint.restore(self.dir, template) if resumed else template
+        zero = jnp.zeros((), jnp.int32)
+        template = LearnerState(offline, jnp.zeros((), jnp.float32), zero, zero)
+        state = self._restore(template, fresh)
         self.state = jax.device_put(jax.tree_util.tree_map(jnp.asarray, state), self.device)
+        self.all_finite = jax.jit(all_finite)
         sampler = replay.make_sampler(lcfg.mix)
         batch_size = lcfg.batch_size or train_cfg.batch_size
         self._update = make_multi_update(make_update(self.agent, optimizer, batch_size, sampler), lcfg.update_block)
         self._diagnose = make_diagnose(self.agent, batch_size, lcfg.mix)
         self.metrics_path = self.dir / METRICS
+        self._lock = threading.Lock()  # file names, ids and counters, across connection threads
+        self.quarantined = len(list(self.quarantine_dir.glob("*.reason.json")))
+        self.last_problem: str | None = None
         # Rebuild the buffer: the episodes already trained on, in arrival order; queue the rest.
         files = episode_files(self.episodes_dir)
         trained = int(self.state.episodes_trained)
         for path in files[:trained]:
-            self._append(path)
+            try:
+                self._append(path)
+            except Exception as e:  # noqa: BLE001 - an unreadable file must not stop the server
+                self._quarantine(path, f"unreadable when rebuilding the buffer: {type(e).__name__}: {e}")
+                trained -= 1  # its weights stay (they were good); the file no longer counts as trained on
+        files = episode_files(self.episodes_dir)
+        self.state = self.state.replace(episodes_trained=jnp.asarray(trained, jnp.int32))
         self._queue: queue.Queue[Path] = queue.Queue()
         for path in files[trained:]:
             self._queue.put(path)
-        stored = stored_files(self.episodes_dir)
+        stored = stored_files(self.episodes_dir) + [p for p in self.quarantine_dir.glob("*") if p.suffix in EPISODE_SUFFIXES]
         self._ids = {p.stem.split("-", 1)[1] for p in stored}
         self._seq = 1 + max((int(p.stem.split("-", 1)[0]) for p in stored), default=-1)
-        self._lock = threading.Lock()  # file names and ids, across connection threads
         self._stop = threading.Event()
         self._idle = threading.Event()
         self.updates_run = 0
         self._busy = False  # the training thread is on an episode (status())
+        self._failed: str | None = None  # why the training thread stopped, if it did
         self._episodes_done = trained
         self._pending = len(files) - trained  # received (queued or in training), not yet trained on
         self._outcomes: list[bool] = []  # of the episodes trained on by this process (the log's success rate)
-        if resumed or files:
+        if int(self.state.train.step) != int(offline.step) or files:
             log(f"[lps learn] resumed: {trained} episode(s) in the buffer, {len(files) - trained} to train on, "
-                f"step {int(self.state.train.step)}")  # fmt: skip
+                f"step {int(self.state.train.step)}, policy_version {int(self.state.policy_version)}")  # fmt: skip
+        # Versions only go up, across restarts too: the server goes on from the last one served.
+        resumed_version = int(self.state.policy_version)
+        server.policy_version = max(server.policy_version, resumed_version)
         self._publish()
+        if resumed_version:  # the version just served is kept too, should this process die before training
+            checkpoint.save(self.dir, self.state)
         self._thread = threading.Thread(target=self._train_loop, name="lps-learner", daemon=True)
         self._thread.start()
+
+    def _restore(self, template: LearnerState, fresh: bool) -> LearnerState:
+        """The learner's checkpoint, or `template` (the offline weights) when there is none, when
+        `fresh`, when it cannot be read, or when its weights are not finite (an older lps could save
+        such). A checkpoint not used is set aside, never deleted; its policy version goes on."""
+        if not checkpoint.exists(self.dir):
+            return template
+        try:
+            state = restore_state(self.dir, template.train)
+        except ValueError as e:
+            state, reason = None, f"its checkpoint cannot be read ({e})"
+        if state is not None and fresh:
+            reason = "--weights offline"
+        elif state is not None and not bool(all_finite(state.train.params)):
+            reason = "its weights are not finite"
+        elif state is not None:
+            return state
+        aside = self.dir / f"set-aside-{time.strftime('%Y%m%d-%H%M%S')}"
+        aside.mkdir(parents=True, exist_ok=True)
+        for name in (checkpoint.CHECKPOINT, checkpoint.PREVIOUS, METRICS):
+            if (self.dir / name).exists():
+                os.replace(self.dir / name, aside / name)
+        self.log(f"[lps learn] {reason}: starting again from the offline weights; the learner's checkpoint moved to "
+                 f"{aside} and every stored episode will be trained on again")  # fmt: skip
+        version = int(state.policy_version) if state is not None else 0
+        return template.replace(policy_version=jnp.asarray(version, jnp.int32))
 
     # --- receiving (connection threads) ---
 
@@ -347,6 +453,7 @@ class Learner:
         spec = self.server.spec_message
         episode = validate_episode(request, spec["observation"], spec["action_dim"], self.chunk_len,
                                    self.cfg.max_steps, robot_units=self.stats is not None)  # fmt: skip
+        check_ranges(episode, self.bounds, self.cfg.range_margin, self.stats)
         with self._lock:
             if episode["id"] in self._ids:
                 return {"type": "episode_ack", "id": episode["id"], "duplicate": True}
@@ -358,34 +465,67 @@ class Learner:
                 raise ValueError(f"the server could not store the episode ({e}); it was not accepted: resend it") from e
             self._seq += 1
             self._ids.add(episode["id"])
-            if episode["outcome"] != "aborted":
+            trainable = episode["outcome"] != "aborted"
+            if trainable and self._failed is None:
                 self._idle.clear()
                 self._pending += 1
                 self._queue.put(path)
         steps = len(episode["actions"])
         self.log(f"[lps learn] episode {episode['id']}: {episode['outcome']}, {steps} steps -> {path.name}")
-        return {"type": "episode_ack", "id": episode["id"], "duplicate": False, "steps": steps,
-                "trained": episode["outcome"] != "aborted", "queued": self._queue.qsize()}  # fmt: skip
+        ack = {"type": "episode_ack", "id": episode["id"], "duplicate": False, "steps": steps,
+               "trained": trainable and self._failed is None, "queued": self._pending}  # fmt: skip
+        if trainable and self._failed is not None:
+            ack["reason"] = f"stored, but the learner has stopped ({self._failed}); restart the server to train on it"
+        return ack
+
+    def episode_message_bytes(self) -> int:
+        """The size of the largest episode message `--max-steps` admits (msgpack: the arrays' bytes
+        plus a margin for keys and headers), so the server can accept it."""
+        per_step = 4 * int(self.server.spec_message["action_dim"]) + 1  # float32 actions, a bool flag
+        for spec in _leaves(self.server.spec_message["observation"]).values():
+            per_step += int(np.prod(spec["shape"])) * (1 if spec.get("dtype") == "uint8" else 8)  # float64 at worst
+        return int(self.cfg.max_steps * per_step * 1.05) + (1 << 16)
 
     def status(self) -> dict:
-        """The spec's `learning` block: the settings, the episodes trained on and still queued, and
-        whether an update is running now."""
-        return {"utd": self.cfg.utd, "online_mix": self.cfg.mix, "max_steps": self.cfg.max_steps,
+        """The spec's `learning` block: the settings, the learner's state ("training", "idle" or
+        "failed: why"), the episodes trained on, queued and quarantined, and the last problem."""
+        state = f"failed: {self._failed}" if self._failed else "training" if self._busy or self._pending else "idle"
+        return {"state": state, "utd": self.cfg.utd, "online_mix": self.cfg.mix, "max_steps": self.cfg.max_steps,
                 "start_episodes": self.cfg.start_episodes, "episodes_trained": self._episodes_done,
-                "queued": self._pending, "training": self._busy}  # fmt: skip
+                "queued": self._pending, "training": self._busy, "quarantined": self.quarantined,
+                "last_problem": self.last_problem}  # fmt: skip
 
     # --- training (its own thread) ---
 
     def _append(self, path: Path) -> int:
+        """The episode's rows into the buffer, the oldest online episodes dropped first when it is
+        full (the offline data always stays)."""
         rows = read_episode_rows(path, self.chunk_len, self.train_cfg.robot, self.stats, self.cfg.clone,
                                  self.cfg.failures)  # fmt: skip
+        n = len(rows["actions"])
+        starts = len(chunk_starts(rows["terminals"], self.chunk_len))
+        room = int(self.buffer.staging_start) - int(self.buffer.num_offline_rows)
+        if n > room:
+            raise ValueError(f"the episode has {n} rows but the buffer holds {room} online rows (--buffer-rows)")
+        drop_rows = drop_starts = dropped = 0
+        while int(self.buffer.num_rows) - drop_rows + n > int(self.buffer.staging_start):
+            r, c = self._online_sizes.popleft()
+            drop_rows, drop_starts, dropped = drop_rows + r, drop_starts + c, dropped + 1
         with jax.default_device(self.device):
+            if dropped:
+                self.buffer = replay.drop_oldest_online(self.buffer, jnp.asarray(drop_rows, jnp.int32),
+                                                        jnp.asarray(drop_starts, jnp.int32))  # fmt: skip
+                self.log(f"[lps learn] replay buffer full (--buffer-rows {self.cfg.buffer_rows}): dropped the oldest "
+                         f"{dropped} online episode(s), {drop_rows} rows")  # fmt: skip
             self.buffer = replay.append(self.buffer, rows, self.chunk_len, self.cfg.max_steps)
-        return len(rows["actions"])
+        self._online_sizes.append((n, starts))
+        return n
 
     def train_on(self, path: Path) -> None:
-        """One episode: into the buffer, its updates (once `start_episodes` have arrived), the swap,
-        the checkpoint and a diagnostics row."""
+        """One episode: into the buffer, its updates (once `start_episodes` have arrived), then,
+        if every loss and weight stayed finite, the swap, the checkpoint and a diagnostics row;
+        otherwise the weights before it are kept and the episode is quarantined."""
+        rows_before, starts_before = int(self.buffer.num_rows), int(self.buffer.num_starts)  # appending donates them
         steps = self._append(path)
         episode = int(self.state.episodes_trained) + 1
         debt = float(self.state.update_debt)
@@ -393,18 +533,44 @@ class Learner:
             debt += self.cfg.utd * steps
         train = self.state.train
         step_before = int(train.step)
-        while debt >= self.cfg.update_block:
-            train, _ = self._update(train, self.buffer)
+        kept = jax.tree_util.tree_map(jnp.copy, train) if debt >= self.cfg.update_block else train  # updates donate it
+        problem = None
+        while debt >= self.cfg.update_block and problem is None:
+            train, metrics = self._update(train, self.buffer)
             debt -= self.cfg.update_block
             self.updates_run += self.cfg.update_block
+            problem = _non_finite(metrics)
+        if problem is None and int(train.step) != step_before and not bool(self.all_finite(train.params)):
+            problem = "the weights became non-finite"
+        if problem is not None:
+            self.state = self.state.replace(train=kept)
+            with jax.default_device(self.device):  # its rows unlisted (later appends overwrite them)
+                self.buffer = self.buffer.replace(num_rows=jnp.asarray(rows_before, jnp.int32),
+                                                  num_starts=jnp.asarray(starts_before, jnp.int32))  # fmt: skip
+            self._online_sizes.pop()
+            self._quarantine(path, f"training on it made {problem}; the weights before it are kept")
+            return
         self.state = LearnerState(train, jax.device_put(jnp.asarray(debt, jnp.float32), self.device),
-                                  self.state.episodes_trained + 1)
-        version = self._publish() if int(train.step) != step_before else self.server.policy_version
+                                  self.state.episodes_trained + 1, self.state.policy_version)  # fmt: skip
+        if int(train.step) != step_before:
+            self._publish()
         checkpoint.save(self.dir, self.state)
         row = self._diagnostics(path, episode, steps)
         waiting = f" (updates start at episode {self.cfg.start_episodes})" if episode < self.cfg.start_episodes else ""
-        self.log(f"[lps learn] trained on {path.name}: step {int(train.step)}, policy_version {version}{waiting}; "
-                 + ", ".join(f"{k} {row[k]:.3g}" for k in LOGGED if k in row))  # fmt: skip
+        self.log(f"[lps learn] trained on {path.name}: step {int(train.step)}, policy_version "
+                 f"{int(self.state.policy_version)}{waiting}; " + ", ".join(f"{k} {row[k]:.3g}" for k in LOGGED if k in row))  # fmt: skip
+
+    def _quarantine(self, path: Path, reason: str) -> None:
+        """Move an episode file that cannot be trained on to `learner/quarantine/`, beside a
+        `.reason.json`, and report it (the spec's `learning.last_problem`, the log)."""
+        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+        dest = self.quarantine_dir / path.name
+        atomic_write(dest.with_name(dest.name + ".reason.json"),
+                     json.dumps({"file": str(path), "reason": reason, "time": time.time()}).encode())  # fmt: skip
+        os.replace(path, dest)
+        self.quarantined += 1
+        self.last_problem = f"{path.name}: {reason}"
+        self.log(f"[lps learn] quarantined {path.name} -> {dest}: {reason}")
 
     def _diagnostics(self, path: Path, episode: int, steps: int) -> dict:
         """One row of `learner/metrics.jsonl` (see `lps.training.diagnostics`): the episode, its
@@ -425,30 +591,35 @@ class Learner:
         # Wait for it here, in the training thread: dispatch is asynchronous, and weights swapped in
         # before the updates behind them finish would hold every robot request until they do.
         params = jax.device_put(jax.tree_util.tree_map(jnp.copy, self.state.train.params), self.server.policy.device)
-        return self.server.swap_params(jax.block_until_ready(params))
+        version = self.server.swap_params(jax.block_until_ready(params))
+        self.state = self.state.replace(policy_version=jax.device_put(jnp.asarray(version, jnp.int32), self.device))
+        return version
 
     def _train_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                path = self._queue.get(timeout=0.05)
-            except queue.Empty:
-                self._idle.set()
-                continue
-            self._busy = True
-            try:
-                self.train_on(path)
-                self._episodes_done = int(self.state.episodes_trained)
-                with self._lock:
-                    self._pending -= 1
-            except Exception as e:  # noqa: BLE001 - the server must keep serving; the episode stays on disk
-                import traceback
+        try:
+            while not self._stop.is_set():
+                try:
+                    path = self._queue.get(timeout=0.05)
+                except queue.Empty:
+                    self._idle.set()
+                    continue
+                self._busy = True
+                try:
+                    self.train_on(path)
+                    self._episodes_done = int(self.state.episodes_trained)
+                except Exception as e:  # noqa: BLE001 - one bad episode must not stop the learner
+                    import traceback
 
-                self.log(f"[lps learn] training on {path.name} failed (it stays on disk; restart to retry):\n"
-                         f"{traceback.format_exc()}")  # fmt: skip
-                self._stop.set()
-                raise e
-            finally:
-                self._busy = False
+                    self.log(traceback.format_exc())
+                    self._quarantine(path, f"training on it failed: {type(e).__name__}: {e}")
+                finally:
+                    self._busy = False
+                    with self._lock:
+                        self._pending -= 1
+        except BaseException as e:  # the thread itself failed: say so everywhere, never silently
+            self._failed = f"{type(e).__name__}: {e}"
+            self.log(f"[lps learn] the learner stopped: {self._failed}; the server keeps serving the last weights")
+            raise
 
     def wait_idle(self, timeout: float = 300.0) -> bool:
         """Block until every queued episode is trained on (tests, benchmarks)."""
@@ -463,6 +634,31 @@ class Learner:
         self._thread.join(timeout=60)
 
 
+def restore_state(folder: Path, offline_state) -> LearnerState:
+    """The learner checkpoint in `folder`, shaped like `offline_state` (the run's TrainState). One
+    saved before policy versions were kept goes on from its episodes' count."""
+    zero = jnp.zeros((), jnp.int32)
+    template = LearnerState(offline_state, jnp.zeros((), jnp.float32), zero, zero)
+    try:
+        return checkpoint.restore(folder, template)
+    except ValueError:
+        state = checkpoint.restore(folder, template.replace(policy_version=None))
+        return state.replace(policy_version=jnp.asarray(int(state.episodes_trained) + 1, jnp.int32))
+
+
+def all_finite(tree) -> jax.Array:
+    """Whether every number of a pytree is finite (one device scalar)."""
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+
+def _non_finite(metrics: dict) -> str | None:
+    """'a non-finite loss/critic' (the first metric with a NaN/inf), or None."""
+    for name, values in metrics.items():
+        if not np.isfinite(np.asarray(values)).all():
+            return f"a non-finite {name}"
+    return None
+
+
 def _hdf5_layout(data_cfg):
     """The layout of the offline data's episodes when it is an HDF5 robot folder (the learner
     writes its episodes the same way, so its folder is a dataset like the offline one), else None
@@ -475,8 +671,9 @@ def _hdf5_layout(data_cfg):
     return robot.layout_of(folder, data_cfg.robot)
 
 
-def attach(server, run_dir, lcfg: LearnerConfig, log=print) -> Learner:
-    """Make `server` (an lps.deploy.serve.PolicyServer) learn from the episodes it receives."""
-    learner = Learner(server, run_dir, lcfg, log)
+def attach(server, run_dir, lcfg: LearnerConfig, log=print, fresh: bool = False) -> Learner:
+    """Make `server` (an lps.deploy.serve.PolicyServer) learn from the episodes it receives
+    (`fresh`: from the offline weights again, see `Learner`)."""
+    learner = Learner(server, run_dir, lcfg, log, fresh)
     server.learner = learner
     return learner

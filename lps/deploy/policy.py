@@ -264,10 +264,11 @@ def _fine_tuned(run_dir: Path, offline_state):
     folder = run_dir / learner.LEARNER_DIR
     if not any((folder / name).exists() for name in (checkpoint.CHECKPOINT, checkpoint.PREVIOUS)):
         return offline_state
-    import jax.numpy as jnp
-
-    template = learner.LearnerState(offline_state, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
-    restored = checkpoint.restore(folder, template)
+    restored = learner.restore_state(folder, offline_state)
+    if not bool(learner.all_finite(restored.train.params)):  # saved by an lps without the learner's guard
+        print(f"[lps] {run_dir}: the learner's weights are not finite; using the offline weights "
+              "(`lps serve RUN --learn --weights offline` sets that checkpoint aside and trains again)")  # fmt: skip
+        return offline_state
     print(f"[lps] {run_dir}: the fine-tuned weights of its learner ({int(restored.episodes_trained)} episode(s) "
           "trained on; weights='offline' / --weights offline for the offline ones)")  # fmt: skip
     return restored.train

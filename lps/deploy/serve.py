@@ -369,7 +369,13 @@ class PolicyServer:
 
     def _health(self, connection, request):
         if request.path.split("?", 1)[0] in HEALTH_PATHS:
-            return connection.respond(HTTPStatus.OK, json.dumps(self.spec_message) + "\n")
+            body = {"status": "ok", **self.spec_message}
+            if self.learner is not None:
+                learning = self.learner.status()
+                body["learning"] = learning
+                if learning["state"].startswith("failed") or learning["last_problem"]:
+                    body["status"] = "degraded"  # acting still works; the learner needs a look
+            return connection.respond(HTTPStatus.OK, json.dumps(_plain(body)) + "\n")
         return None  # go on with the websocket handshake
 
     def start(self, host: str = "127.0.0.1", port: int = 8000, max_message_mb: float = 64.0):
@@ -547,7 +553,12 @@ def main(argv: list[str]) -> int:
                              lr=a.lr, lr_schedule=a.lr_schedule, failures=a.failures, clone=a.clone, mix=a.online_mix,
                              buffer_rows=a.buffer_rows, max_steps=a.max_steps, update_block=a.update_block,
                              dataset=a.dataset, skip_bad=a.skip_bad)  # fmt: skip
-        learner = attach(server, a.run_dir, lcfg, log=log)
+        learner = attach(server, a.run_dir, lcfg, log=log, fresh=a.weights == "offline")
+        needed_mb = learner.episode_message_bytes() / 2**20
+        if needed_mb > a.max_message_mb:  # every episode --max-steps admits must be deliverable
+            log(f"[lps serve] --max-message-mb raised to {needed_mb:.0f}: an episode of --max-steps {a.max_steps} "
+                "steps can be that large")  # fmt: skip
+            a.max_message_mb = needed_mb
     try:
         serve_forever(server, a.host, a.port, a.max_message_mb)
     finally:
