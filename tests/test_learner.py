@@ -586,3 +586,81 @@ def test_episode_messages_are_checked_field_by_field(offline_run):
     for override, message in cases:
         with pytest.raises(ValueError, match=message):
             L.validate_episode({**good, **override}, spec, ACTION_DIM, CHUNK, 200)
+
+
+def _start_server(run, port, env):
+    proc = subprocess.Popen(_serve_cmd(run, port), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            C.PolicyClient(f"ws://127.0.0.1:{port}", timeout=60, token=TOKEN, retries=0).close()
+            return proc
+        except ConnectionError:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else "no start"
+            time.sleep(0.3)
+
+
+def test_chaos_good_bad_duplicate_and_half_sent_episodes_with_a_kill_9(offline_run, tmp_path):
+    """A scripted robot sends good episodes mixed with poisoned, oversized, duplicated and
+    half-sent ones while two clients act; the learner is killed with SIGKILL once in the middle and
+    restarted. No non-finite action is ever served, each client's policy_version only goes up,
+    every good episode is stored once and trained on, nothing else is."""
+    run = helpers.copy_run(offline_run, tmp_path / "run")
+    port = _free_port()
+    env = os.environ | {"JAX_PLATFORMS": "cpu", "LPS_TOKEN": TOKEN}
+    url = f"ws://127.0.0.1:{port}"
+    proc = _start_server(run, port, env)
+    done, problems, versions = threading.Event(), [], {0: [], 1: []}
+
+    def act(k):  # an acting client that rides through the restart (reconnects)
+        rng = np.random.default_rng(k)
+        with C.PolicyClient(url, token=TOKEN, retries=60, backoff_s=0.1, max_backoff_s=0.5) as client:
+            while not done.is_set():
+                chunk = client.act(rng.normal(0, 0.1, OBS_DIM).astype(np.float32))
+                if not np.isfinite(chunk).all():
+                    problems.append(f"client {k}: non-finite action")
+                versions[k].append(client.last_policy_version)
+                time.sleep(0.02)
+
+    actors = [threading.Thread(target=act, args=(k,), daemon=True) for k in (0, 1)]
+    for t in actors:
+        t.start()
+    good = []
+    try:
+        with C.PolicyClient(url, token=TOKEN, retries=60, backoff_s=0.1, max_backoff_s=0.5) as robot:
+            for i in range(2):
+                good.append(play(robot, 100 + i)["id"])
+            poisoned = _episode_request(seed=7, id="poisoned")
+            poisoned["observations"][3, 1] = 1e30
+            oversized = _episode_request(steps=201, seed=8, id="oversized")
+            for bad, message in ((poisoned, "far outside"), (oversized, "at most 200")):
+                with pytest.raises(C.PolicyServerError, match=message):
+                    robot.send_episode({k: v for k, v in bad.items() if k not in ("type", "token")})
+            again = play(robot, 100, episode_id=good[0])
+            assert again["duplicate"]
+            with pytest.raises(RuntimeError):  # the robot stops mid-episode: sent as aborted, never trained
+                with C.Episode(robot) as half:
+                    for t in range(4):
+                        half.record(np.zeros(OBS_DIM, np.float32), np.zeros(ACTION_DIM, np.float32))
+                    raise RuntimeError("emergency stop")
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+            proc = _start_server(run, port, env)
+            for i in range(2, 4):
+                good.append(play(robot, 100 + i)["id"])
+            learning = robot.wait_for_learner(timeout=120)
+    finally:
+        done.set()
+        for t in actors:
+            t.join(timeout=30)
+        if proc.poll() is None:
+            proc.kill()
+    assert not problems
+    for k, seen in versions.items():
+        assert seen and all(a <= b for a, b in zip(seen, seen[1:])), f"client {k}: versions went down"
+    assert learning["state"] == "idle" and learning["episodes_trained"] == 4 and learning["quarantined"] == 0
+    files = L.episode_files(run / "learner" / "episodes")
+    assert sorted(p.stem.split("-", 1)[1] for p in files) == sorted(good)  # each good one stored once
+    aborted = L.stored_files(run / "learner" / "episodes", ("aborted",))
+    assert len(aborted) == 1 and len(np.load(aborted[0])["actions"]) == 4

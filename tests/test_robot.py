@@ -186,6 +186,8 @@ def test_droid_obs_to_lps_matches_training_rows(folder):
         droid_obs_to_lps({**raw, "image": {"ext1_left": raw["image"]["ext1_left"]}}, CFG)
     with pytest.raises(ValueError, match="lacks 'observation/robot_state/cartesian_position'"):
         droid_obs_to_lps({"image": raw["image"]}, CFG)
+    with pytest.raises(ValueError, match="has 'state' but no 'image'"):  # ours, half of it: named as such
+        droid_obs_to_lps({"state": obs["state"]}, CFG)
 
 
 def test_append_episodes(folder):

@@ -193,6 +193,11 @@ def droid_obs_to_lps(raw: dict, cfg: RobotDataConfig = RobotDataConfig()) -> dic
     """One robot observation -> `{"state": (ds,) float32, "image": (H, W, 3k) uint8}`, exactly as
     training saw it. `raw` is the robot stack's dict (`{"robot_state": {...}, "image": {cam: BGRA}}`,
     optionally under an "observation" key, or with flat "a/b/c" keys), or already our dict."""
+    ours_image = "image" in raw and not isinstance(raw["image"], dict)  # DROID's "image" is a dict of cameras
+    if ("state" in raw) != ours_image and ("state" in raw or ours_image):  # our own layout, half of it
+        have, lack = ("state", "image") if "state" in raw else ("image", "state")
+        raise ValueError(f"observation has '{have}' but no '{lack}'; this policy takes {{'state', 'image'}} "
+                         f"(keys sent: {sorted(map(str, raw))})")  # fmt: skip
     if "state" in raw and "image" in raw:
         image = np.asarray(raw["image"])
         if image.dtype != np.uint8 or image.ndim != 3:

@@ -130,6 +130,8 @@ def restore(run_dir: str | os.PathLike, template):
         restored = _load(previous, template)
     except ValueError as e:
         raise ValueError(f"{problem}; and the previous one is unusable too: {e}") from e
-    step = int(getattr(restored, "step", -1))
-    print(f"[lps] {problem}; using the previous checkpoint {previous.name} (step {step}) instead", file=sys.stderr)
+    step = getattr(restored, "step", None)
+    step = getattr(getattr(restored, "train", None), "step", None) if step is None else step  # a learner's state
+    at = f" (step {int(step)})" if step is not None else ""
+    print(f"[lps] {problem}; using the previous checkpoint {previous.name}{at} instead", file=sys.stderr)
     return restored
