@@ -1,14 +1,14 @@
 """Throughput of `lps serve --learn` and the served latency while it trains in the background.
 
-    python bench/learner.py [--episodes 6] [--steps 100] [--utd 1] [--requests 300]
+    python bench/learner.py [--episodes 4] [--steps 100] [--utds 1,10,20] [--requests 500]
 
 Writes a small offline run (an npz of state-vector episodes, LPS with the `quick` preset's nets,
 a few offline steps: the figures depend on the networks' shapes, not on their weights), serves it
 with a learner on 127.0.0.1 in this process, then measures
-- the client's round-trip latency p50/p99 for one observation with the learner idle (`--requests`
-  before the episodes arrive and as many after they are trained on: one short window is noisy);
-- the same while episodes of `--steps` steps arrive and are trained on at `--utd` (a second
-  client sends them back to back);
+- the client's round-trip latency p50/p99/max for one observation every 20 ms with the learner
+  idle (`--requests` before the episodes arrive and as many after they are trained on);
+- the same while episodes of `--steps` steps arrive and are trained on (a second client sends
+  them back to back), for each UTD of `--utds` in turn, each on a fresh learner;
 - the learner's throughput: episodes absorbed per hour and updates per second while serving.
 The ratio busy/idle is the figure to compare (a shared machine makes absolute numbers noisy).
 """
@@ -54,67 +54,85 @@ def offline_run(root: Path) -> Path:
     return root / "run"
 
 
-def latencies(client, n: int) -> np.ndarray:
+def paced_latencies(client, n: int, period_s: float = 0.02) -> np.ndarray:
+    """Round-trip latencies of `n` single-observation requests, one every `period_s` (a robot's
+    control loop at 50 Hz)."""
     obs = np.zeros(OBS_DIM, np.float32)
     out = []
     for _ in range(n):
+        start = time.perf_counter()
         client.act(obs)
         out.append(client.last_round_trip_ms)
+        time.sleep(max(0.0, period_s - (time.perf_counter() - start)))
     return np.asarray(out)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--episodes", type=int, default=6)
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--utd", type=float, default=1.0)
-    p.add_argument("--requests", type=int, default=1000, help="idle requests timed before and again after training")
-    p.add_argument("--update-block", type=int, default=25, help="updates per compiled dispatch")
-    a = p.parse_args()
+def measure(run: Path, utd: float, episodes: int, steps: int, requests: int, update_block: int) -> dict:
+    """Idle and training latencies and the learner's throughput for one UTD, on a fresh learner."""
+    import shutil
 
     from lps.client import PolicyClient
     from lps.deploy.learner import LearnerConfig, attach
     from lps.deploy.serve import load_server
 
-    with tempfile.TemporaryDirectory() as tmp:
-        run = offline_run(Path(tmp))
-        srv = load_server(run, device="cpu", log_every_s=0.0, log=lambda s: None)
-        learner = attach(srv, run, LearnerConfig(token="bench", utd=a.utd, update_block=a.update_block), log=lambda s: None)
-        ws = srv.start("127.0.0.1", 0)
-        threading.Thread(target=ws.serve_forever, daemon=True).start()
-        url = f"ws://127.0.0.1:{ws.socket.getsockname()[1]}"
-        rng = np.random.default_rng(1)
+    shutil.rmtree(run / "learner", ignore_errors=True)
+    srv = load_server(run, device="cpu", log_every_s=0.0, log=lambda s: None)
+    lcfg = LearnerConfig(token="bench", utd=utd, update_block=update_block, start_episodes=1)
+    learner = attach(srv, run, lcfg, log=lambda s: None)
+    ws = srv.start("127.0.0.1", 0)
+    threading.Thread(target=ws.serve_forever, daemon=True).start()
+    url = f"ws://127.0.0.1:{ws.socket.getsockname()[1]}"
+    rng = np.random.default_rng(1)
 
-        def send(client, i):
-            with client.episode() as ep:
-                for _ in range(a.steps):
-                    ep.record(rng.normal(0, 1, OBS_DIM).astype(np.float32), np.tanh(rng.normal(0, 1, ACTION_DIM)))
-                ep.finish(success=i % 2 == 0)
+    def send(client, i):
+        with client.episode() as ep:
+            for _ in range(steps):
+                ep.record(rng.normal(0, 1, OBS_DIM).astype(np.float32), np.tanh(rng.normal(0, 1, ACTION_DIM)))
+            ep.finish(success=i % 2 == 0)
 
+    try:
         with PolicyClient(url) as actor, PolicyClient(url, token="bench") as robot:
             send(robot, -2)  # compile the update and buffer write before timing
             learner.wait_idle(600)
-            latencies(actor, 50)
-            idle_before = latencies(actor, a.requests)
+            paced_latencies(actor, 50)
+            idle_before = paced_latencies(actor, requests)
             updates0, start = learner.updates_run, time.perf_counter()
-            sender = threading.Thread(target=lambda: [send(robot, i) for i in range(a.episodes)])
+            sender = threading.Thread(target=lambda: [send(robot, i) for i in range(episodes)])
             sender.start()
             busy = []
             while sender.is_alive() or not learner.wait_idle(0.01):
-                busy.extend(latencies(actor, 10))
+                busy.extend(paced_latencies(actor, 10))
             elapsed = time.perf_counter() - start
-            busy = np.asarray(busy)
-            idle = np.concatenate([idle_before, latencies(actor, a.requests)])
+            idle = np.concatenate([idle_before, paced_latencies(actor, requests)])
+    finally:
         learner.close()
         ws.shutdown()
-    ups = (learner.updates_run - updates0) / elapsed
-    print(f"learner: {a.episodes} episodes x {a.steps} steps at UTD {a.utd:g} in {elapsed:.1f} s: "
-          f"{3600 * a.episodes / elapsed:.0f} episodes/h, {ups:.1f} updates/s while serving")  # fmt: skip
-    for name, lat in (("idle", idle), ("training", busy)):
-        print(f"served latency ({name}): p50 {np.percentile(lat, 50):.2f} ms, p99 {np.percentile(lat, 99):.2f} ms "
-              f"({len(lat)} requests)")  # fmt: skip
-    print(f"ratio training/idle: p50 {np.percentile(busy, 50) / np.percentile(idle, 50):.2f}x, "
-          f"p99 {np.percentile(busy, 99) / np.percentile(idle, 99):.2f}x")  # fmt: skip
+    return {"idle": idle, "busy": np.asarray(busy), "elapsed": elapsed,
+            "updates_per_s": (learner.updates_run - updates0) / elapsed}  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--episodes", type=int, default=4)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--utds", default="1,10,20", help="UTDs to measure, one after another")
+    p.add_argument("--requests", type=int, default=500, help="idle requests timed before and again after training")
+    p.add_argument("--update-block", type=int, default=None, help="updates per compiled dispatch (default: the learner's)")
+    a = p.parse_args()
+    from lps.deploy.learner import LearnerConfig
+
+    block = a.update_block or LearnerConfig(token="-").update_block
+    with tempfile.TemporaryDirectory() as tmp:
+        run = offline_run(Path(tmp))
+        for utd in (float(u) for u in a.utds.split(",")):
+            m = measure(run, utd, a.episodes, a.steps, a.requests, block)
+            print(f"UTD {utd:g}: {a.episodes} episodes x {a.steps} steps in {m['elapsed']:.1f} s, "
+                  f"{m['updates_per_s']:.1f} updates/s while serving (update block {block})", flush=True)  # fmt: skip
+            for name in ("idle", "busy"):
+                lat = m[name]
+                print(f"  {'training' if name == 'busy' else name:8s} p50 {np.percentile(lat, 50):6.2f} ms, p99 "
+                      f"{np.percentile(lat, 99):7.2f} ms, max {lat.max():7.2f} ms ({len(lat)} requests, one per 20 ms)")  # fmt: skip
+            print(f"  p99 training/idle {np.percentile(m['busy'], 99) / np.percentile(m['idle'], 99):.2f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from lps.agents import LPSConfig
 from lps.training.config import TrainConfig, preset
 
@@ -44,3 +46,15 @@ def copy_run(src: Path, dst: Path) -> Path:
     """A copy of a finished run directory (shared fixtures are never modified: tests copy them)."""
     shutil.copytree(src, dst)  # copy2: bytes and mtimes preserved
     return dst
+
+
+def drift_episodes(episodes: int, steps: int, obs_dim: int = 4, action_dim: int = 2) -> dict:
+    """Row-layout episodes of a drifting state with actions that depend on it and -1 rewards (the
+    served-policy tests' offline data; `np.savez(path, **data)` makes it a dataset file)."""
+    rng = np.random.default_rng(0)
+    rows = episodes * steps
+    obs = np.cumsum(rng.normal(0, 0.1, (rows, obs_dim)), axis=0).astype(np.float32)
+    actions = np.tanh(obs[:, :action_dim] + rng.normal(0, 0.05, (rows, action_dim))).astype(np.float32)
+    terminals = np.zeros(rows, np.float32)
+    terminals[steps - 1 :: steps] = 1
+    return dict(observations=obs, actions=actions, rewards=-np.ones(rows, np.float32), terminals=terminals)

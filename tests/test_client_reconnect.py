@@ -33,14 +33,7 @@ TOKEN = "reconnect-test-token"
 @pytest.fixture(scope="module")
 def offline_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("reconnect")
-    rng = np.random.default_rng(0)
-    rows = EPISODES * STEPS
-    obs = np.cumsum(rng.normal(0, 0.1, (rows, OBS_DIM)), axis=0).astype(np.float32)
-    actions = np.tanh(obs[:, :ACTION_DIM] + rng.normal(0, 0.05, (rows, ACTION_DIM))).astype(np.float32)
-    terminals = np.zeros(rows, np.float32)
-    terminals[STEPS - 1 :: STEPS] = 1
-    np.savez(d / "demos.npz", observations=obs, actions=actions, rewards=-np.ones(rows, np.float32),
-             terminals=terminals)  # fmt: skip
+    np.savez(d / "demos.npz", **helpers.drift_episodes(EPISODES, STEPS, OBS_DIM, ACTION_DIM))
     cfg = helpers.toy_config(d / "run", dataset=str(d / "demos.npz"), chunk_len=CHUNK, steps=20, save_every=20,
                              log_every=20, batch_size=16)  # fmt: skip
     train("lps", cfg, SMALL)

@@ -45,17 +45,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_dataset(path) -> None:
-    rng = np.random.default_rng(0)
-    rows = EPISODES * STEPS
-    obs = np.cumsum(rng.normal(0, 0.1, (rows, OBS_DIM)), axis=0).astype(np.float32)
-    actions = np.tanh(obs[:, :ACTION_DIM] + rng.normal(0, 0.05, (rows, ACTION_DIM))).astype(np.float32)
-    terminals = np.zeros(rows, np.float32)
-    terminals[STEPS - 1 :: STEPS] = 1
+    data = helpers.drift_episodes(EPISODES, STEPS, OBS_DIM, ACTION_DIM)
     # Labelled as the learner labels a successful robot episode, so its episodes can be sent back as
     # online episodes and must then be the same rows (test_online_rows_equal_to_offline_rows_...).
     labels = [semi_sparse_labels(STEPS, True, CHUNK) for _ in range(EPISODES)]
     rewards, masks = (np.concatenate([lab[k] for lab in labels]) for k in ("rewards", "masks"))
-    np.savez(path, observations=obs, actions=actions, rewards=rewards, masks=masks, terminals=terminals)
+    np.savez(path, **{**data, "rewards": rewards, "masks": masks})
 
 
 @pytest.fixture(scope="module")

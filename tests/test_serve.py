@@ -39,13 +39,7 @@ SMALL = LPSConfig(base_hidden=(32, 32), critic_hidden=(32, 32), actor_hidden=(16
 
 def write_dataset(path) -> dict[str, np.ndarray]:
     """Row-layout episodes: a drifting 4-D state, 2-D actions that depend on it, -1 rewards."""
-    rng = np.random.default_rng(0)
-    rows = EPISODES * STEPS
-    obs = np.cumsum(rng.normal(0, 0.1, (rows, OBS_DIM)), axis=0).astype(np.float32)
-    actions = np.tanh(obs[:, :ACTION_DIM] + rng.normal(0, 0.05, (rows, ACTION_DIM))).astype(np.float32)
-    terminals = np.zeros(rows, np.float32)
-    terminals[STEPS - 1 :: STEPS] = 1
-    data = dict(observations=obs, actions=actions, rewards=-np.ones(rows, np.float32), terminals=terminals)
+    data = helpers.drift_episodes(EPISODES, STEPS, OBS_DIM, ACTION_DIM)
     np.savez(path, **data)
     return data
 
