@@ -166,7 +166,7 @@ def main() -> None:
               f"success while learning {online_rate:.2f}, {takeovers} operator steps, {updates} gradient steps in all)",
               flush=True)  # fmt: skip
         print(diagnostics(run), flush=True)
-        url, _, stop = serving(offline(demos, out / f"control-seed{seed}", updates, seed))
+        url, _, stop = serving(offline(demos, out / f"control-seed{seed}-{updates}", updates, seed))
         try:
             control = success(url, env, a.eval_episodes, a.max_steps)
         finally:

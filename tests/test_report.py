@@ -196,6 +196,25 @@ def test_errors(tmp_path, capsys):
     assert "lps report: error:" in capsys.readouterr().err
 
 
+def test_success_outside_zero_one_or_not_a_number_is_a_skipped_row(tmp_path, capsys):
+    good = make_run(tmp_path / "good", "A", T1, 0, [0.5, 0.25])
+    with open(good / "metrics.jsonl", "a") as f:  # rows a broken logger (or a hand edit) appended
+        f.writelines(json.dumps({"step": s, "eval/success": x}) + "\n" for s, x in ((3000, 5.0), (4000, -3), (5000, "x")))
+    bad = make_run(tmp_path / "bad", "A", T1, 1, [])
+    (bad / "metrics.jsonl").write_text('{"step": 1000, "eval/success": NaN}\n{"step": 2000, "eval/success": 2}\n')
+    none = make_run(tmp_path / "none", "A", T1, 2, [])
+    result = report(tmp_path)
+    assert result["cells"]["A"][T1]["scores"] == [0.25]  # the last usable evaluation, not a mean with 5 and -3
+    err = capsys.readouterr().err.splitlines()
+    (line,) = [e for e in err if str(good) in e]
+    assert f"{good / 'metrics.jsonl'}: skipped 3 of 5 evaluation rows" in line
+    assert "step 3000: 5.0, step 4000: -3, step 5000: 'x'" in line
+    (line,) = [e for e in err if str(bad) in e]
+    assert f"skipping {bad}: {bad / 'metrics.jsonl'} has 2 evaluation rows, none usable: " in line
+    assert "step 1000: nan, step 2000: 2 (eval/success must be a number in [0, 1])" in line
+    assert f"skipping {none}: no evaluation rows" in "\n".join(err)
+
+
 def test_cli_subprocess(compare):
     env = dict(
         os.environ,

@@ -100,6 +100,53 @@ def test_yaml_and_toml_give_the_same_spec_as_flags(tmp_path):
         load_spec(tmp_path / "bad.yaml")
 
 
+@pytest.mark.parametrize("text, message", [
+    ("grid: {alpha: abc}", r"s.yaml: grid field 'alpha' has value 'abc', but alpha takes a number"),
+    ("grid: {alpha: [1, x]}", r"s.yaml: grid field 'alpha' has value 'x', but alpha takes a number"),
+    ("grid: {geometry: [sphere, flat]}", r"s.yaml: grid field 'geometry' has value 'flat', but geometry takes one of"),
+    ("grid: {base_hidden: [[16, x]]}", r"s.yaml: grid field 'base_hidden' has value '16 x', but .* each an integer"),
+    ("grid: {alpha: []}", r"s.yaml: grid field 'alpha' has no values; expected a list"),
+    ("grid: {alhpa: [1]}", r"s.yaml: grid field 'alhpa' is no config field of training or of agent\(s\) lps"),
+    ("grid: [1, 2]", r"s.yaml: grid is \[1, 2\]; expected a mapping of config field -> list of values"),
+    ("seeds: [-1]", r"s.yaml: seed -1 is not a seed; seeds are non-negative integers"),
+    ("seeds: [0, 1.5]", r"s.yaml: seed 1.5 is not a seed"),
+    ("train_args: {steps: 10}", r"s.yaml: train_args is \{'steps': 10\}; expected a list of strings"),
+    ("workers: 0", r"s.yaml: workers is 0; expected an integer >= 1"),
+])  # fmt: skip
+def test_sweep_file_values_are_checked_before_any_run(tmp_path, text, message):
+    (tmp_path / "s.yaml").write_text(f"agents: [lps]\ntasks: [toy-bandit]\n{text}\n")
+    with pytest.raises(ValueError, match=message):
+        load_spec(tmp_path / "s.yaml")
+
+
+def test_scalars_are_one_element_lists_and_strings_are_never_split_into_letters(tmp_path):
+    (tmp_path / "s.yaml").write_text("agents: lps\ntasks: [toy-bandit]\nseeds: 3\n"
+                                     "grid: {alpha: 3, geometry: normal}\ntrain_args: --steps 10 --log-every '5'\n")
+    spec = load_spec(tmp_path / "s.yaml")
+    assert spec.agents == ["lps"] and spec.seeds == [3]
+    assert spec.grid == {"alpha": ["3"], "geometry": ["normal"]}
+    assert spec.train_args == ["--steps", "10", "--log-every", "5"]
+    with pytest.raises(ValueError, match=r"^sweep: grid field 'alpha' has value 'x'"):  # built in code: no file
+        SweepSpec(["lps"], ["toy-bandit"], grid={"alpha": [1, "x"]})
+    with pytest.raises(ValueError, match=r"workers is 0; expected an integer >= 1"):
+        run_sweep(SweepSpec(["lps"], ["toy-bandit"]), workers=0, dry_run=True)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--grid", "alpha=a,b"], "--grid alpha=a,b: grid field 'alpha' has value 'a', but alpha takes a number"),
+    (["--seeds", "-1"], "--seeds: seed '-1' is not a seed; seeds are non-negative integers"),
+    (["--workers", "0"], "--workers: workers is 0; expected an integer >= 1"),
+    (["--workers", "-1"], "--workers: workers is -1; expected an integer >= 1"),
+])  # fmt: skip
+def test_bad_flags_are_one_line_before_any_run(tmp_path, monkeypatch, capsys, flags, message):
+    monkeypatch.setattr(sweep, "_launch", lambda *a: pytest.fail("a run started"))
+    argv = ["sweep", "--agents", "lps", "--tasks", "toy-bandit", "--out", str(tmp_path), *flags, "--dry-run"]
+    assert cli.main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"lps sweep: error: {message}") and captured.err.count("\n") == 1
+    assert "Traceback" not in captured.err and "lps.cli train" not in captured.out
+
+
 def test_dry_run_launches_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sweep, "_launch", lambda *a: pytest.fail("a dry run launched a process"))
     code = cli.main(["sweep", "--agents", "lps", "--tasks", "toy-bandit", "--out", str(tmp_path), "--dry-run"])

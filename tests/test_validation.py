@@ -11,7 +11,7 @@ import pytest
 
 from lps.agents import Spec, config_class, make_agent, resolve_config
 from lps.data import toy
-from lps.data.validate import validate
+from lps.data.validate import DatasetError, load_own_dataset, validate
 from lps.training import validation
 from lps.training.config import TrainConfig, agent_overrides
 from lps.training.loop import train
@@ -133,3 +133,22 @@ def test_ogbench_validation_file_is_loaded_and_relabelled(tmp_path):
     data, source = validation.load_validation_data(cfg)
     assert data is None and "cube-single-play-v0-val.npz" in source
     assert validation.load_validation_data(dataclasses.replace(cfg, dataset=str(train_path)))[0] is None
+
+
+# --- lps.data.validate: masks and terminals hold what the critic's target needs ---------------
+
+
+@pytest.mark.parametrize("masks, shown", [(3.0, "3"), (-1.0, "-1"), (np.nan, "nan"), (np.int64(-1), "-1")])
+def test_masks_outside_zero_one_are_refused_naming_file_row_and_meaning(tmp_path, masks, shown):
+    data = row_dataset(episodes=1, length=10)
+    data["masks"] = np.ones(10, np.asarray(masks).dtype)
+    data["masks"][7] = masks  # they multiply over a chunk: 3 would weigh its bootstrap by 3^H
+    np.savez(tmp_path / "mine.npz", **data)
+    with pytest.raises(DatasetError, match=rf"mine.npz: 'masks' must lie in \[0, 1\] \(1 = bootstrap.*0 = stop.*"
+                                           rf"row 7 holds {shown} \(1 such rows\)"):  # fmt: skip
+        load_own_dataset(tmp_path / "mine.npz", SPEC.chunk_len)
+    data["masks"][7] = 0  # 0/1 (or a weight between) is fine
+    assert validate(data, SPEC.chunk_len)["masks"][7] == 0.0
+    data["terminals"] = np.where(np.arange(10) == 2, -1, data["terminals"])
+    with pytest.raises(DatasetError, match=r"'terminals' must be 0 or 1 .* row 2 holds"):
+        validate(data, SPEC.chunk_len)

@@ -83,6 +83,17 @@ def validate(dataset: dict[str, np.ndarray], chunk_len: int, source: str = "data
             raise DatasetError(f"{source}: '{key}' has {len(dataset[key])} rows but observations has {n}")
         if key != "actions" and dataset[key].ndim != 1:
             raise DatasetError(f"{source}: '{key}' must be 1-D, got shape {dataset[key].shape}")
+    masks = np.asarray(dataset["masks"])
+    if masks.dtype != bool:
+        # Masks multiply over a chunk's steps: 3 would weigh the bootstrap by 3^H, -1 flip its sign.
+        outside = ~((masks >= 0) & (masks <= 1))  # NaN is outside
+        if outside.any():
+            row = int(np.argwhere(outside)[0][0])
+            raise DatasetError(
+                f"{source}: 'masks' must lie in [0, 1] (1 = bootstrap from the next state's value, 0 = stop: "
+                f"the episode truly ended there) but row {row} holds {float(masks[row]):g} "
+                f"({int(outside.sum())} such rows); fix the data (an npz without 'masks' gets 1 on every row)"
+            )
     for key in ("observations", "actions", "rewards", "masks"):
         bad = ~np.isfinite(dataset[key])
         if bad.any():

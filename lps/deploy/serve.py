@@ -522,6 +522,9 @@ def main(argv: list[str]) -> int:
     learn.add_argument("--failures", choices=["timeout", "penalty"], default=recipe.failures,
                        help="timeout: a failed episode was cut off (-1 per step, bootstrapped); penalty: the paper's "
                             "failure reward at step T - H, no bootstrapping (the release)")  # fmt: skip
+    learn.add_argument("--range-margin", type=float, default=recipe.range_margin,
+                       help="refuse episodes whose states/actions leave the training data's range by more than this "
+                            "many widths (a glitch); inf: no check")  # fmt: skip
     learn.add_argument("--clone", choices=["successes", "all"], default=recipe.clone,
                        help="rows the base policy clones: successful episodes and operator takeovers, or all (the release)")
     learn.add_argument("--online-mix", choices=["balanced", "buffer"], default="balanced",
@@ -550,7 +553,8 @@ def main(argv: list[str]) -> int:
         from lps.deploy.learner import attach
 
         lcfg = LearnerConfig(token=token, utd=a.utd, batch_size=a.batch_size, start_episodes=a.start_episodes,
-                             lr=a.lr, lr_schedule=a.lr_schedule, failures=a.failures, clone=a.clone, mix=a.online_mix,
+                             lr=a.lr, lr_schedule=a.lr_schedule, failures=a.failures, clone=a.clone,
+                             range_margin=a.range_margin, mix=a.online_mix,
                              buffer_rows=a.buffer_rows, max_steps=a.max_steps, update_block=a.update_block,
                              dataset=a.dataset, skip_bad=a.skip_bad)  # fmt: skip
         learner = attach(server, a.run_dir, lcfg, log=log, fresh=a.weights == "offline")

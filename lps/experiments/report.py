@@ -109,23 +109,40 @@ def collect(root: str | Path) -> list[Run]:
         evals: dict[int, float] = {}
         val: dict[str, dict[int, float]] = {}
         env_steps: dict[int, float] = {}
+        eval_rows, bad = 0, []  # rows with an eval/success; those that cannot count: "step S: VALUE"
         for line in lines:
             try:  # a run still being written may end in a partial line
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if not isinstance(row, dict) or not isinstance(row.get("step"), (int, float)):
+            if not isinstance(row, dict) or not _is_number(row.get("step")):
                 continue
-            value = row.get("eval/success")
-            if value is not None and math.isfinite(value):
-                evals[int(row["step"])] = float(value)  # a repeated step (resume): the later row wins
-                env_steps[int(row["step"])] = float(row.get("env_step", math.nan))
+            step = int(row["step"])
+            if (value := row.get("eval/success")) is not None:
+                eval_rows += 1
+                if _is_number(value) and 0.0 <= value <= 1.0:
+                    evals[step] = float(value)  # a repeated step (resume): the later row wins
+                    env_step = row.get("env_step")
+                    env_steps[step] = float(env_step) if _is_number(env_step) else math.nan
+                else:  # a success rate is a number in [0, 1]: anything else would skew every mean
+                    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+                    bad.append(f"step {step}: {shown}")
             for key in VAL_METRICS:
-                if isinstance(row.get(key), (int, float)) and math.isfinite(row[key]):
-                    val.setdefault(key, {})[int(row["step"])] = float(row[key])
+                if _is_number(row.get(key)):
+                    val.setdefault(key, {})[step] = float(row[key])
+        metrics = run_dir / "metrics.jsonl"
+        shown = ", ".join(bad[:3]) + (f" (and {len(bad) - 3} more)" if len(bad) > 3 else "")
         if not evals:
-            _warn(f"skipping {run_dir}: no evaluation rows (eval/success) in metrics.jsonl")
+            if bad:
+                rows = f"{eval_rows} evaluation row{'s' if eval_rows > 1 else ''}"
+                _warn(f"skipping {run_dir}: {metrics} has {rows}, none usable: {shown} "
+                      "(eval/success must be a number in [0, 1])")  # fmt: skip
+            else:
+                _warn(f"skipping {run_dir}: no evaluation rows (eval/success) in metrics.jsonl")
             continue
+        if bad:
+            _warn(f"{metrics}: skipped {len(bad)} of {eval_rows} evaluation rows whose eval/success is not a number "
+                  f"in [0, 1]: {shown}")  # fmt: skip
         steps = np.array(sorted(evals))
         # A run trained from --dataset has no env name; its dataset's file name stands in.
         task = train.get("env") or Path(train.get("dataset") or "unknown").stem
@@ -141,6 +158,11 @@ def collect(root: str | Path) -> list[Run]:
                         env_steps=np.array([env_steps[s] for s in steps]),
                         finished=(run_dir / "summary.json").exists()))  # fmt: skip
     return runs
+
+
+def _is_number(x) -> bool:
+    """A finite int or float (not a bool, a string or NaN): what a metrics row's number must be."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _label(runs: list[Run]) -> None:

@@ -54,14 +54,10 @@ class SweepSpec:
     """Config overrides applied one at a time (each crossed with the grid), e.g. ablations."""
 
     def __post_init__(self):
-        self.seeds = [int(s) for s in self.seeds]
-        self.grid = {k.replace("-", "_"): [_value(v) for v in vs] for k, vs in self.grid.items()}
-        self.train_args = [str(a) for a in self.train_args]
-        self.variants = [{k.replace("-", "_"): _value(v) for k, v in d.items()} for d in (self.variants or [{}])]
-        if not self.agents or not self.tasks or not self.seeds:
-            raise ValueError("a sweep needs at least one agent, one task and one seed")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be distinct, got {self.seeds}")
+        # Checked (and put in canonical form) before any run starts; load_spec and parse_args check
+        # first with the file or flag each key came from, so their errors name it.
+        for key, value in checked({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}).items():
+            setattr(self, key, value)
 
 
 @dataclasses.dataclass
@@ -110,6 +106,202 @@ def _flag(name: str) -> str:
 
 def _value(v) -> str:
     return " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+
+def checked(data: dict, origin: dict[str, str] | None = None) -> dict:
+    """The keys of a sweep (SweepSpec's fields, any subset) checked and in canonical form, before any
+    run starts: agents and tasks lists of names, seeds non-negative integers, grid a mapping of
+    config field -> list of values of the field's type, train_args a list of strings, workers >= 1.
+    A scalar where a list belongs is a one-element list (a string is one value, never its letters;
+    a train_args string is split as a shell would). `origin` maps a key (or `grid.FIELD`) to the
+    file or flag it came from, which every error names; a ValueError is one line."""
+    origin = origin or {}
+
+    def where(key: str) -> str:
+        return origin.get(key) or origin.get(key.split(".")[0]) or "sweep"
+
+    out = dict(data)
+    for key in ("agents", "tasks"):
+        if key in data:
+            out[key] = _names(data[key], where(key), key)
+    if "seeds" in data:
+        out["seeds"] = _seeds(data["seeds"], where("seeds"))
+    if "train_args" in data:
+        out["train_args"] = _args(data["train_args"], where("train_args"))
+    if "workers" in data:
+        w = data["workers"]
+        if isinstance(w, bool) or not isinstance(w, int) or w < 1:
+            raise ValueError(f"{where('workers')}: workers is {w!r}; expected an integer >= 1 (local processes at once)")
+    if "out" in data and not (isinstance(data["out"], str) and data["out"].strip()):
+        raise ValueError(f"{where('out')}: out is {data['out']!r}; expected a folder path (a string)")
+    if "grid" in data:
+        grid = {} if data["grid"] is None else data["grid"]
+        if not isinstance(grid, dict):
+            raise ValueError(f"{where('grid')}: grid is {grid!r}; expected a mapping of config field -> list of "
+                             "values, e.g. grid: {alpha: [1, 3, 10]}")  # fmt: skip
+        out["grid"] = {}
+        for name, values in grid.items():
+            field = str(name).replace("-", "_")
+            at = where(f"grid.{field}")
+            if values is None or (isinstance(values, (list, tuple)) and not values):
+                raise ValueError(f"{at}: grid field {field!r} has no values; expected a list such as [1, 3, 10]")
+            values = values if isinstance(values, (list, tuple)) else [values]  # a scalar: one value
+            out["grid"][field] = [_grid_value(v, at, f"grid field {field!r}") for v in values]
+    if "variants" in data:
+        variants = data["variants"] or [{}]
+        if not isinstance(variants, (list, tuple)) or not all(isinstance(d, dict) for d in variants):
+            raise ValueError(f"{where('variants')}: variants is {variants!r}; expected a list of mappings "
+                             "field -> value, e.g. [{geometry: normal}]")  # fmt: skip
+        out["variants"] = [
+            {str(k).replace("-", "_"): _grid_value(v, where("variants"), f"variant field {k!r}") for k, v in d.items()}
+            for d in variants
+        ]
+    for key in ("agents", "tasks", "seeds"):
+        if key in out and not out[key]:
+            raise ValueError(f"{where(key)}: {key} is empty; a sweep needs at least one agent, one task and one seed")
+    if "agents" in out:
+        from lps.agents import check_agent
+
+        for agent in out["agents"]:
+            try:
+                check_agent(agent)
+            except ValueError as e:
+                raise ValueError(f"{where('agents')}: {e}") from None
+        for name, values in out.get("grid", {}).items():
+            _check_field(name, values, out["agents"], where(f"grid.{name}"), "grid field")
+        for variant in out.get("variants", []):
+            for name, value in variant.items():
+                _check_field(name, [value], out["agents"], where("variants"), "variant field")
+    return out
+
+
+def _names(value, at: str, key: str) -> list[str]:
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in values):
+        raise ValueError(f"{at}: {key} is {value!r}; expected a list of names, e.g. [{'lps' if key == 'agents' else 'toy-bandit'}]")
+    return list(values)
+
+
+def _seeds(value, at: str) -> list[int]:
+    values = value if isinstance(value, (list, tuple)) else [value]  # a scalar seed: one seed
+    seeds = []
+    for v in values:
+        if isinstance(v, str) and re.fullmatch(r"\s*\d+\s*", v):
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{at}: seed {v!r} is not a seed; seeds are non-negative integers, e.g. [0, 1, 2]")
+        seeds.append(v)
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"{at}: seeds must be distinct, got {seeds}")
+    return seeds
+
+
+def _args(value, at: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):  # one string of arguments: split as a shell would, never into letters
+        try:
+            return shlex.split(value)
+        except ValueError as e:
+            raise ValueError(f"{at}: train_args {value!r} cannot be split into arguments ({e})") from None
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{at}: train_args is {value!r}; expected a list of strings, e.g. [--steps, '1000']")
+    for v in value:  # a YAML number (`[--steps, 1000]`) is that number's text
+        if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+            raise ValueError(f"{at}: train_args holds {v!r}; expected a list of strings, e.g. [--steps, '1000']")
+    return [str(v) for v in value]
+
+
+def _grid_value(v, at: str, what: str) -> str:
+    """One value of a grid field (or variant) as text; a list is several tokens (a tuple field)."""
+    parts = v if isinstance(v, (list, tuple)) else [v]
+    if any(isinstance(p, (list, tuple, dict, set)) for p in parts) or isinstance(v, (dict, set)):
+        raise ValueError(f"{at}: {what} has value {v!r}; expected a number, a word or a list of them (a tuple field)")
+    return _value(v)
+
+
+@functools.cache
+def _field_types(agents: tuple[str, ...]) -> dict[str, list]:
+    """Config field -> its types in TrainConfig and in the given agents' configs (which may differ)."""
+    import typing
+
+    from lps.agents import config_class
+    from lps.training.config import TrainConfig
+
+    out: dict[str, list] = {}
+    for cls in dict.fromkeys([TrainConfig, *(config_class(a) for a in agents)]):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if hints[f.name] not in out.setdefault(f.name, []):
+                out[f.name].append(hints[f.name])
+    return out
+
+
+def _check_field(name: str, values: list[str], agents: list[str], at: str, what: str) -> None:
+    if name in RESERVED:
+        raise ValueError(f"{at}: {what} {name!r} is set by the sweep: use {RESERVED[name]}")
+    types_ = _field_types(tuple(agents)).get(name)
+    if types_ is None:
+        raise ValueError(f"{at}: {what} {name!r} is no config field of training or of agent(s) {', '.join(agents)}")
+    for value in values:
+        for tp in types_:
+            if _accepts(tp, value) is False:
+                raise ValueError(f"{at}: {what} {name!r} has value {value!r}, but {name} takes {_describe(tp)}")
+
+
+def _accepts(tp, value: str) -> bool | None:
+    """Whether `lps train` takes `value` (text, tokens split on spaces) for a field of type `tp`;
+    None for types too rich to check here (nested configs)."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value == "None" and type(None) in args:
+            return True
+        verdicts = [_accepts(a, value) for a in args if a is not type(None)]
+        return None if None in verdicts else any(verdicts)
+    if origin is tuple:
+        tokens = value.split()
+        if len(args) == 2 and args[1] is Ellipsis:
+            verdicts = [_accepts(args[0], t) for t in tokens]
+        elif len(tokens) != len(args):
+            return False
+        else:
+            verdicts = [_accepts(a, t) for a, t in zip(args, tokens)]
+        return None if None in verdicts else bool(tokens) and all(verdicts)
+    if origin is None and tp not in (bool, int, float, str):
+        return None
+    if len(value.split()) != 1 or value != value.strip():
+        return False  # a scalar field takes one token
+    if origin is typing.Literal:
+        return value in [str(a) for a in args]
+    if tp is bool:
+        return value.lower() in ("true", "false")
+    if tp is int:
+        return re.fullmatch(r"[+-]?\d+", value) is not None
+    if tp is float:
+        try:
+            float(value)
+        except ValueError:
+            return False
+    return True
+
+
+def _describe(tp) -> str:
+    import types
+    import typing
+
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("None" if a is type(None) else _describe(a) for a in args)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(str(a)) for a in args)
+    if origin is tuple:
+        inner = _describe(args[0]) if args else "value"
+        return f"one or more values, each {inner} (e.g. [256, 256])"
+    return {bool: "true or false", int: "an integer", float: "a number (float)",
+            str: "one word (no spaces)"}.get(tp, getattr(tp, "__name__", str(tp)))  # fmt: skip
 
 
 @functools.cache
@@ -285,6 +477,8 @@ def run_sweep(
 ) -> list[Result]:
     """Run the sweep's unfinished runs (locally with `workers` processes, or on Ray) and return one
     Result per run (seed), in expansion order; prints progress and a final table with `report`."""
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers is {workers!r}; expected an integer >= 1 (local processes at once)")
     workers = workers or (gpus if gpus and spec.workers == 1 else spec.workers)
     if ray_address is not None:  # Ray workers may start elsewhere: give them absolute paths
         spec = dataclasses.replace(spec, out=str(Path(spec.out).resolve()))
@@ -383,7 +577,7 @@ def load_spec(path: str | Path) -> SweepSpec:
     missing = [key for key in ("agents", "tasks") if not data.get(key)]
     if missing:
         raise ValueError(f"{path}: the sweep names no {' and no '.join(missing)}; add them to the file")
-    return SweepSpec(**data)
+    return SweepSpec(**checked(data, {key: str(path) for key in data}))
 
 
 def read_spec_file(path: str | Path) -> dict:
@@ -451,6 +645,7 @@ def parse_args(argv: list[str]):
     if a.gpus < 0:
         p.error(f"--gpus must be >= 0, got {a.gpus}")
     data = read_spec_file(a.file) if a.file else {}
+    origin = {key: str(a.file) for key in data}  # the file or flag each key came from, for errors
     if a.suite:
         from lps.experiments.suites import get_suite
 
@@ -460,20 +655,27 @@ def parse_args(argv: list[str]):
             p.error(str(e))
         data = dict(agents=list(suite.agents), tasks=list(suite.tasks), seeds=list(suite.seeds), out=suite.out,
                     train_args=list(suite.train_args), variants=[dict(v) for v in suite.variants])  # fmt: skip
+        origin = {key: f"--suite {a.suite}" for key in data}
     for key in ("agents", "tasks", "out", "workers"):
         if getattr(a, key) is not None:
-            data[key] = getattr(a, key)
+            data[key], origin[key] = getattr(a, key), f"--{key}"
     if a.seeds is not None:
-        data["seeds"] = [s for arg in a.seeds for s in arg.split(",") if s]
-    for item in a.grid or []:
-        name, sep, values = item.partition("=")
-        if not sep or not values:
-            p.error(f"--grid takes FIELD=V1,V2,..., got {item!r}")
-        data.setdefault("grid", {})[name] = values.split(",")
-    data["train_args"] = [*data.get("train_args", []), *train_args]
+        data["seeds"], origin["seeds"] = [s for arg in a.seeds for s in arg.split(",") if s], "--seeds"
+    if a.grid:
+        # The file's grid, checked in shape with its name, then the flags' fields added (or replaced).
+        grid = checked({"grid": data.get("grid")}, origin)["grid"]
+        origin.update({f"grid.{name}": origin.get("grid", "sweep") for name in grid})
+        for item in a.grid:
+            name, sep, values = item.partition("=")
+            if not sep or not values:
+                p.error(f"--grid takes FIELD=V1,V2,..., got {item!r}")
+            name = name.replace("-", "_")
+            grid[name], origin[f"grid.{name}"] = values.split(","), f"--grid {item}"
+        data["grid"] = grid
+    data["train_args"] = [*checked({"train_args": data.get("train_args")}, origin)["train_args"], *train_args]
     if not data.get("agents") or not data.get("tasks"):
         p.error("give --agents and --tasks (or a sweep file with them)")
-    return SweepSpec(**data), a
+    return SweepSpec(**checked(data, origin)), a
 
 
 def main(argv: list[str]) -> int:

@@ -20,10 +20,13 @@ from lps.data.robot import RobotDataConfig
 from lps.data.tasks import RewardMode
 from lps.files import user_path, write_json
 from lps.training.distributed import DistributedConfig
+from lps.training.evaluate import MAX_EVAL_EPISODES
 
 MAX_UTD = 1000  # gradient updates per online environment step
 MAX_FRAME_STACK = 16  # frames per image observation (--frame-stack)
 MAX_ONLINE_ENVS = 256  # environments played side by side online
+MAX_STEPS = 2**31 - 1  # any step count or interval: the step counters (train state, online env steps) are int32
+MAX_SEED = 2**32 - 1  # JAX keys and the evaluation's seed array hold unsigned 32-bit seeds
 CONFIG_JSON = "config.json"  # <run>/config.json: agent, train and agent configs, observation spec
 
 
@@ -143,6 +146,7 @@ class TrainConfig:
     multi-host flags (README, "Training on several GPUs and hosts")."""
 
     def __post_init__(self):
+        check_counts(self)
         positive = ("steps", "batch_size", "chunk_len", "log_every", "episodes", "encoder_features", "frame_stack")
         for name in positive:
             if getattr(self, name) <= 0:
@@ -188,9 +192,12 @@ class TrainConfig:
         if not 0 < self.gamma <= 1:
             raise ValueError(f"--gamma must be in (0, 1], got {self.gamma}")
         for name, values in (("seed", (self.seed,)), ("seeds", self.seeds), ("data_seed", (self.data_seed,))):
+            value = getattr(self, name)
             if any(v < 0 for v in values):
-                value = getattr(self, name)
                 raise ValueError(f"--{_flag(name)} must be >= 0 (JAX and NumPy seeds are unsigned), got {value}")
+            if any(v > MAX_SEED for v in values):
+                raise ValueError(f"--{_flag(name)} {value} is above {MAX_SEED} (2**32 - 1): seeds are unsigned "
+                                 "32-bit integers, a larger one would wrap around onto another seed")  # fmt: skip
         if self.run_dir == "" or self.dataset == "" or self.data_dir == "":
             empty = next(n for n in ("run_dir", "dataset", "data_dir") if getattr(self, n) == "")
             raise ValueError(f"--{_flag(empty)} is empty; give a path or leave the flag out")
@@ -249,6 +256,47 @@ PRESETS["cpu-pixels"] = PRESETS["quick-pixels"]
 
 def _flag(name: str) -> str:
     return name.replace("_", "-")
+
+
+# Counts of steps (and of what steps are counted in): whole numbers up to MAX_STEPS.
+COUNT_FIELDS = ("steps", "online_steps", "online_start_steps", "eval_every", "save_every", "log_every", "episodes",
+                "eval_episodes", "batch_size", "chunk_len", "encoder_features", "augment_shift", "frame_stack",
+                "online_envs", "utd", "seed", "data_seed", "eval_workers", "online_workers")  # fmt: skip
+
+
+def check_counts(cfg: TrainConfig) -> None:
+    """Every count of the config is a whole number (not 1e6, not True) and no step count is beyond
+    what the int32 step counters hold; a run's total gradient steps (offline, then --utd per online
+    env step) neither. Checked first, so the other rules compare integers."""
+    import operator
+
+    for name in COUNT_FIELDS:
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        try:
+            if isinstance(value, bool):
+                raise TypeError
+            operator.index(value)
+        except TypeError:
+            raise ValueError(f"--{_flag(name)} must be a whole number, got {value!r}") from None
+    for s in cfg.seeds:
+        if isinstance(s, bool) or not hasattr(type(s), "__index__"):
+            raise ValueError(f"--seeds must be whole numbers, got {cfg.seeds!r}")
+    for name in ("steps", "online_steps", "online_start_steps", "eval_every", "save_every", "log_every", "episodes",
+                 "batch_size"):  # fmt: skip
+        value = getattr(cfg, name)
+        if value is not None and value > MAX_STEPS:
+            raise ValueError(f"--{_flag(name)} {value} is above {MAX_STEPS} (2**31 - 1): step counters are 32-bit "
+                             "integers")  # fmt: skip
+    if cfg.eval_episodes > MAX_EVAL_EPISODES:
+        raise ValueError(f"--eval-episodes {cfg.eval_episodes} is above {MAX_EVAL_EPISODES}: every episode's result is "
+                         "kept in memory; the paper evaluates 50")  # fmt: skip
+    if cfg.steps > 0 and cfg.online_steps > 0 and cfg.utd > 0 and cfg.steps + cfg.online_steps * cfg.utd > MAX_STEPS:
+        raise ValueError(
+            f"--steps {cfg.steps} + --online-steps {cfg.online_steps} x --utd {cfg.utd} gradient steps is above "
+            f"{MAX_STEPS} (2**31 - 1): the train state's step counter is a 32-bit integer"
+        )
 
 
 def preset(name: str, agent_config_cls: type) -> tuple[TrainConfig, Any]:

@@ -32,6 +32,18 @@ from lps.training.envs import EnvWorkerError, EnvWorkerPool, LocalEnvs, plan_poo
 #   -> action chunks (S, B, H, A); row (j, b) belongs to the j-th evaluated seed.
 SeedsPolicy = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 DEFAULT_POOL = 10
+# Episodes per evaluation and seed: each one's results (and final observation) stay in memory, and
+# 1e8 of them would take gigabytes before the first episode starts. The paper evaluates 50.
+MAX_EVAL_EPISODES = 100_000
+
+
+def check_episodes(episodes: int, flag: str = "--episodes") -> None:
+    """Refuse, before any environment steps, an episode count that is not 1..MAX_EVAL_EPISODES."""
+    if isinstance(episodes, bool) or not isinstance(episodes, (int, np.integer)):
+        raise ValueError(f"{flag} must be a whole number of episodes, got {episodes!r}")
+    if not 1 <= episodes <= MAX_EVAL_EPISODES:
+        raise ValueError(f"{flag} must be from 1 to {MAX_EVAL_EPISODES} (every episode's results are kept in "
+                         f"memory), got {episodes}")  # fmt: skip
 
 
 class EvaluationFailed(RuntimeError):
@@ -70,6 +82,7 @@ class Evaluator:
         naming the seed, episode and env slot if an environment or worker fails."""
         if len(seeds) != self.num_seeds:
             raise ValueError(f"this evaluator was built for {self.num_seeds} seed(s), got {len(seeds)}")
+        check_episodes(episodes, "episodes")
         start = time.perf_counter()
         S, B = len(seeds), self.slots_per_seed
         pending = [deque(range(episodes)) for _ in seeds]
