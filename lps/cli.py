@@ -150,11 +150,29 @@ def _split_commas(argv: list[str], flag: str) -> list[str]:
     return out
 
 
+MAX_SEED = 2**32 - 1  # lps.training.config.MAX_SEED (not imported: it pulls in JAX)
+
+
+def _seed_arg(text: str) -> int:
+    """argparse type of every --seed: an integer from 0 to MAX_SEED (JAX and NumPy seeds are unsigned 32-bit)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {MAX_SEED}, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be from 0 to {MAX_SEED} (seeds are unsigned 32-bit integers), "
+                                         f"got {value}")  # fmt: skip
+    return value
+
+
 def _eval(argv: list[str]) -> int:
+    from lps.training.evaluate import MAX_EVAL_EPISODES
+
     p = argparse.ArgumentParser(prog="lps eval", description="Evaluate a run's saved policy.")
     p.add_argument("run_dir")
-    p.add_argument("--episodes", type=int, default=None, help="default: the run's eval episodes")
-    p.add_argument("--seed", type=int, default=None, help="evaluation seed (default: the run's seed)")
+    p.add_argument("--episodes", type=int, default=None,
+                   help=f"default: the run's eval episodes (at most {MAX_EVAL_EPISODES})")  # fmt: skip
+    p.add_argument("--seed", type=_seed_arg, default=None, help="evaluation seed (default: the run's seed)")
     p.add_argument("--workers", type=int, default=None, help="env worker processes (default: one per core; 0: none)")
     p.add_argument("--dataset", default=None,
                    help="held-out recorded episodes (robot folder or npz): report the action error instead of rolling out")  # fmt: skip
@@ -164,6 +182,9 @@ def _eval(argv: list[str]) -> int:
         p.error("--skip-bad applies to the episodes of --dataset; give --dataset DIR")
     if a.episodes is not None and a.episodes < 1:
         p.error("--episodes must be at least 1")
+    if a.episodes is not None and a.episodes > MAX_EVAL_EPISODES:
+        p.error(f"--episodes {a.episodes} is above {MAX_EVAL_EPISODES}: every episode's results are kept in memory "
+                "(the paper evaluates 50); evaluate fewer")  # fmt: skip
     if a.workers is not None and a.workers < 0:
         p.error("--workers must be >= 0")
     if a.dataset is not None:
@@ -190,8 +211,9 @@ def _data(argv: list[str]) -> int:
     g = sub.add_parser("generate", help="generate <env>-play-v0.npz and -val.npz with OGBench's oracles")
     g.add_argument("env", help=f"one of {', '.join(tasks.DATA_ENVS)}")
     g.add_argument("--episodes", type=int, default=1000, help="training episodes (+10%% validation)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores, at most 8)")
+    g.add_argument("--seed", type=_seed_arg, default=0)
+    g.add_argument("--workers", type=int, default=None,
+                   help="worker processes (default: all cores, at most 8; more than the cores are capped)")  # fmt: skip
     g.add_argument("--data-dir", default=None, help="default: $OGBENCH_DATA_DIR or ~/.ogbench/data")
     g.add_argument("--max-episode-steps", type=int, default=1001)
     g.add_argument("--overwrite", action="store_true", help="replace existing play data files")
@@ -202,6 +224,8 @@ def _data(argv: list[str]) -> int:
     r.add_argument("--data-dir", default=None)
     r.add_argument("--episodes", type=int, default=1000, help="episodes to generate if the play data is missing")
     a = p.parse_args(argv)
+    if a.cmd == "generate" and a.workers is not None and a.workers < 1:
+        g.error(f"--workers must be at least 1 (worker processes), got {a.workers}")
     data_dir = os.path.expanduser(a.data_dir) if a.data_dir else tasks.default_data_dir()
     if a.cmd == "generate":
         from lps.data.generate import generate
@@ -286,7 +310,7 @@ def _toy(argv: list[str]) -> int:
     for f in (f2, f3):
         f.add_argument("--task", default="four-gaussians", choices=list(toy.TASKS))
         f.add_argument("--steps", type=int, default=3000)
-        f.add_argument("--seed", type=int, default=0)
+        f.add_argument("--seed", type=_seed_arg, default=0)
         f.add_argument("--out", default=None, help="default: runs/toy/<figure>")
     a = p.parse_args(argv)
     if a.cmd == "list":
@@ -316,7 +340,7 @@ def _report(argv: list[str]) -> int:
     p.add_argument("runs_dir", help="a folder holding run directories at any depth")
     p.add_argument("--out", default=None, help="default: RUNS_DIR/report")
     p.add_argument("--reps", type=int, default=1000, help="bootstrap resamples")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--seed", type=_seed_arg, default=0, help="bootstrap seed")
     p.add_argument("--final", choices=["last", "max"], default="last", help="a run's score: last or best evaluation")
     a = p.parse_args(argv)
     if a.reps < 1:
@@ -390,8 +414,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lps {argv[0]}: error: {_os_error(e)}", file=sys.stderr)
         return 1
     except (ValueError, ImportError, RuntimeError, MemoryError) as e:
-        print(f"lps {argv[0]}: error: {e}", file=sys.stderr)
-        return 1
+        stopped = getattr(e, "exit_code", None)  # a clean stop on a signal (lps.data.generate.GenerationStopped)
+        print(f"lps {argv[0]}: {'' if stopped else 'error: '}{e}", file=sys.stderr)
+        return stopped or 1
 
 
 def _os_error(e: OSError) -> str:
