@@ -142,6 +142,7 @@ def test_eval_command(trained, workdir):
     results = []
     for workers in (0, 2):  # in-process environments, then two worker processes: the same episodes
         out = run_cli("eval", run_dir, "--episodes", 3, "--workers", workers, cwd=workdir)
+        assert f"[lps] evaluating {run_dir} on {TASK}: 3 episode(s), seed 0," in out.stdout  # before any episode
         result = dict(item.split("=") for item in last_line(out.stdout).split())
         assert 0.0 <= float(result["eval/success"]) <= 1.0
         assert float(result["eval/length"]) > 0

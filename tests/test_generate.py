@@ -147,3 +147,82 @@ def test_write_failure_leaves_no_temp_or_train_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         _make("cube-single", tmp_path, episodes=1, max_episode_steps=5)
     assert not list(tmp_path.iterdir())
+
+
+# --- workers and stopping on a signal ------------------------------------------------------------
+
+
+def test_workers_are_capped_at_the_cores(monkeypatch, capsys):
+    monkeypatch.setattr(g, "available_cores", lambda: 2)
+    assert g.plan_workers(1000) == 2
+    assert "[lps] --workers 1000 is more than the 2 core(s) available; using 2" in capsys.readouterr().out
+    assert g.plan_workers(2) == 2 and g.plan_workers(1) == 1 and g.plan_workers(None) == 2
+    assert capsys.readouterr().out == ""  # no message when nothing is capped
+    for bad in (0, -4, 1.5):
+        with pytest.raises(ValueError, match="--workers must be at least 1"):
+            g.plan_workers(bad)
+
+
+def test_signal_stops_collection_and_writes_nothing(tmp_path, monkeypatch):
+    import signal
+
+    calls = []
+
+    def collect(env, seeds, max_episode_steps=1001):  # the second batch is cut by a SIGTERM
+        calls.append(seeds)
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGTERM)
+        return {"terminals": np.ones(len(seeds), bool), "actions": np.zeros((len(seeds), 5), np.float32)}
+
+    monkeypatch.setattr(g, "collect_episodes", collect)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(g.GenerationStopped, match="stopped by SIGTERM; nothing written for cube-single") as info:
+        _make("cube-single", tmp_path, episodes=40)
+    assert info.value.exit_code == 143 and len(calls) == 2
+    assert not list(tmp_path.iterdir())  # no file, no temporary file
+    assert signal.getsignal(signal.SIGTERM) is before  # the caller's handler is back
+
+
+def test_signal_while_writing_finishes_the_files(tmp_path):
+    import signal
+
+    paths = g.dataset_paths("cube-single", tmp_path)
+    with g.StopOnSignal("cube-single") as stop:
+        with pytest.raises(g.GenerationStopped, match="stopped by SIGINT; nothing written"):
+            with stop.holding():  # e.g. starting the workers: the signal waits for the end of the block
+                signal.raise_signal(signal.SIGINT)
+    with g.StopOnSignal("cube-single") as stop:
+        stop.writing = True
+        signal.raise_signal(signal.SIGTERM)  # recorded only
+    with pytest.raises(g.GenerationStopped, match="stopped by SIGTERM after writing") as info:
+        stop.stopped_after_writing(paths)
+    assert info.value.exit_code == 143
+
+
+def test_sigterm_ends_the_workers_cleanly(tmp_path):
+    """`lps data generate` with two workers, sent SIGTERM once collecting: one line, no worker
+    traceback or leaked semaphore, no file."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from helpers import ROOT
+
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=path)
+    data_dir = tmp_path / "data"
+    cmd = [sys.executable, "-m", "lps.cli", "data", "generate", "cube-single", "--episodes", "40",
+           "--max-episode-steps", "500", "--workers", "2", "--data-dir", str(data_dir)]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().startswith("generating cube-single play data")  # the pool is next
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert "lps data: stopped by SIGTERM; nothing written for cube-single" in err
+    assert "Traceback" not in err and "BrokenPipe" not in err and "leaked" not in err, err
+    assert not list(data_dir.iterdir())

@@ -199,7 +199,8 @@ def test_errors(tmp_path, capsys):
 def test_success_outside_zero_one_or_not_a_number_is_a_skipped_row(tmp_path, capsys):
     good = make_run(tmp_path / "good", "A", T1, 0, [0.5, 0.25])
     with open(good / "metrics.jsonl", "a") as f:  # rows a broken logger (or a hand edit) appended
-        f.writelines(json.dumps({"step": s, "eval/success": x}) + "\n" for s, x in ((3000, 5.0), (4000, -3), (5000, "x")))
+        for step, x in ((3000, 5.0), (4000, -3), (5000, "x")):
+            f.write(json.dumps({"step": step, "eval/success": x}) + "\n")
     bad = make_run(tmp_path / "bad", "A", T1, 1, [])
     (bad / "metrics.jsonl").write_text('{"step": 1000, "eval/success": NaN}\n{"step": 2000, "eval/success": 2}\n')
     none = make_run(tmp_path / "none", "A", T1, 2, [])

@@ -120,8 +120,10 @@ def test_sweep_file_values_are_checked_before_any_run(tmp_path, text, message):
 
 
 def test_scalars_are_one_element_lists_and_strings_are_never_split_into_letters(tmp_path):
-    (tmp_path / "s.yaml").write_text("agents: lps\ntasks: [toy-bandit]\nseeds: 3\n"
-                                     "grid: {alpha: 3, geometry: normal}\ntrain_args: --steps 10 --log-every '5'\n")
+    (tmp_path / "s.yaml").write_text(
+        "agents: lps\ntasks: [toy-bandit]\nseeds: 3\n"
+        "grid: {alpha: 3, geometry: normal}\ntrain_args: --steps 10 --log-every '5'\n"
+    )
     spec = load_spec(tmp_path / "s.yaml")
     assert spec.agents == ["lps"] and spec.seeds == [3]
     assert spec.grid == {"alpha": ["3"], "geometry": ["normal"]}

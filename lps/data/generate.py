@@ -18,10 +18,13 @@ a visual dataset's actions, qpos and button states equal those of the state data
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import multiprocessing
 import os
 import pathlib
+import signal
+import threading
 import time
 from collections.abc import Sequence
 
@@ -30,6 +33,7 @@ from tqdm import tqdm
 
 from lps.data.gym_env import FLOAT32_BOUNDS_WARNING, make_gym_env
 from lps.data.render import VISUAL_PREFIX, is_visual, require_renderer, state_env
+from lps.host import available_cores
 
 # The OGBench manipulation envs whose play data this module generates.
 ENVS: tuple[str, ...] = ("cube-single", "cube-double", "scene", "puzzle-3x3", "puzzle-4x4")
@@ -194,6 +198,107 @@ def _run_task(task):
     return i, collect_episodes(env, seeds, max_episode_steps)
 
 
+def _worker_init() -> None:
+    # Ctrl-C reaches the whole process group: the parent stops the pool (SIGTERM to each worker,
+    # which ends it quietly); a worker's own KeyboardInterrupt would only print a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class GenerationStopped(RuntimeError):
+    """Generation stopped on SIGINT/SIGTERM: the workers were ended and the pool closed; either
+    no file was written (stopped while collecting) or both were (the signal came while writing,
+    which is finished first, so no half-written pair is left)."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+
+class StopOnSignal:
+    """Within the block, SIGINT and SIGTERM raise GenerationStopped in the main thread, so that the
+    pool is terminated and joined on the way out. While `held` (workers being started, or the
+    files being written once all is collected) a signal is only recorded: leaving `holding()`
+    raises it, `stopped_after_writing` once the files are written. A second signal acts as usual,
+    at once. Outside the main thread it does nothing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, env: str):
+        self.env = env
+        self.signum: int | None = None
+        self.held = False
+        self.writing = False
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:  # asked twice: stop now, as without this block
+            self._restore()
+            signal.raise_signal(signum)
+            return
+        self.signum = signum
+        if not (self.held or self.writing):
+            raise self.stopped()
+        if self.writing:
+            try:  # os.write, not print: a handler that prints while tqdm prints raises a reentrancy error
+                name = signal.Signals(signum).name
+                os.write(2, f"\n[lps] {name} received: finishing the files being written first\n".encode())
+            except OSError:
+                pass
+
+    def stopped(self) -> GenerationStopped:
+        name = signal.Signals(self.signum).name
+        return GenerationStopped(self.signum, f"stopped by {name}; nothing written for {self.env} (workers ended; run "
+                                              "the command again to generate it)")  # fmt: skip
+
+    @contextlib.contextmanager
+    def holding(self):
+        """A block a signal does not cut in two (starting the worker processes): it stops after it."""
+        self.held = True
+        try:
+            yield
+        finally:
+            self.held = False
+        if self.signum is not None:
+            raise self.stopped()
+
+    def stopped_after_writing(self, paths: Sequence[pathlib.Path]) -> None:
+        if self.signum is not None:
+            name = signal.Signals(self.signum).name
+            raise GenerationStopped(self.signum, f"stopped by {name} after writing {' and '.join(map(str, paths))}")
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def __enter__(self) -> StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+
+def plan_workers(workers: int | None, report=print) -> int:
+    """Worker processes for a request (None: all cores, at most 8): at least 1, and no more than
+    the cores this process may run on (more only add memory, ~150 MB each, and contention)."""
+    cores = available_cores()
+    if workers is None:
+        return min(cores, 8)
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise ValueError(f"--workers must be at least 1 (worker processes), got {workers!r}")
+    if workers > cores:
+        report(f"[lps] --workers {workers} is more than the {cores} core(s) available; using {cores}")
+        return cores
+    return int(workers)
+
+
 def _save_atomic(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}.npz")  # ends in .npz so numpy keeps the name
     try:
@@ -272,9 +377,9 @@ def generate(
     train_path, val_path = dataset_paths(env, data_dir)
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
-    workers = min(os.cpu_count() or 1, 8) if workers is None else workers
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= 2**32 - 1:
+        raise ValueError(f"--seed must be a whole number from 0 to {2**32 - 1}, got {seed!r}")
+    workers = plan_workers(workers)
     if max_episode_steps < 1:
         raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
     n_val = max(1, episodes // 10)
@@ -304,31 +409,50 @@ def generate(
             split_of.append(split)
 
     results, steps, t0 = {}, 0, time.perf_counter()
-    with tqdm(total=episodes + n_val, desc=env, unit="ep", disable=not progress) as bar:
+    # SIGINT/SIGTERM: the workers are ended, the pool closed, and nothing is written (the files
+    # come only from complete collections, through a temporary file and a rename).
+    with StopOnSignal(env) as stop:
+        with tqdm(total=episodes + n_val, desc=env, unit="ep", disable=not progress) as bar:
 
-        def done(i, data):
-            nonlocal steps
-            results[i] = data
-            steps += len(data["terminals"])
-            bar.update(int(data["terminals"].sum()))
-            rate = f"{steps / (time.perf_counter() - t0):.1f}"
-            bar.set_postfix(**{"frames_per_s" if is_visual(env) else "steps_per_s": rate})
+            def done(i, data):
+                nonlocal steps
+                results[i] = data
+                steps += len(data["terminals"])
+                bar.update(int(data["terminals"].sum()))
+                rate = f"{steps / (time.perf_counter() - t0):.1f}"
+                bar.set_postfix(**{"frames_per_s" if is_visual(env) else "steps_per_s": rate})
 
-        if workers == 1 or len(tasks) == 1:
-            for task in tasks:
-                done(*_run_task(task))
-        else:
-            # 'spawn': MuJoCo (and JAX, if the caller imported it) are not fork-safe.
-            ctx = multiprocessing.get_context("spawn")
-            with ctx.Pool(min(workers, len(tasks))) as pool:
-                for i, data in pool.imap_unordered(_run_task, tasks):
-                    done(i, data)
+            if workers == 1 or len(tasks) == 1:
+                for task in tasks:
+                    done(*_run_task(task))
+            else:
+                # 'spawn': MuJoCo (and JAX, if the caller imported it) are not fork-safe.
+                ctx = multiprocessing.get_context("spawn")
+                pool = None
+                try:
+                    with stop.holding():  # no worker left half-started
+                        pool = ctx.Pool(min(workers, len(tasks)), initializer=_worker_init)
+                    for i, data in pool.imap_unordered(_run_task, tasks):
+                        done(i, data)
+                    stop.writing = True  # all collected: a signal now waits for the files (below)
+                    pool.close()
+                except BaseException:
+                    if pool is not None:
+                        pool.terminate()  # on a signal or a failed task: end the workers at once
+                    raise
+                finally:
+                    if pool is not None:
+                        pool.join()
+            stop.writing = True
 
-    def assemble(split):
-        parts = [results[i] for i in range(len(tasks)) if split_of[i] == split]
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        def assemble(split):
+            parts = [results[i] for i in range(len(tasks)) if split_of[i] == split]
+            return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-    train_path.parent.mkdir(parents=True, exist_ok=True)
-    _save_atomic(val_path, assemble(1))  # val first: a present train file then implies a complete pair
-    _save_atomic(train_path, assemble(0))
+        # Everything is collected (`stop.writing`): a signal from here on is honoured once both
+        # files are written, as stopping between them would leave a validation file alone.
+        train_path.parent.mkdir(parents=True, exist_ok=True)
+        _save_atomic(val_path, assemble(1))  # val first: a present train file then implies a complete pair
+        _save_atomic(train_path, assemble(0))
+    stop.stopped_after_writing((train_path, val_path))
     return train_path, val_path

@@ -288,9 +288,19 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None, seed: int | N
     import dataclasses
 
     from lps.files import user_path
-    from lps.training.config import load_config
+    from lps.training.config import MAX_SEED, load_config
+    from lps.training.evaluate import check_episodes
     from lps.training.setup import check_fits_env, make_evaluator, make_policy_fn
 
+    # The arguments first, before the run is loaded or any environment made.
+    if episodes is not None:
+        check_episodes(episodes)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                             or not 0 <= seed <= MAX_SEED):  # fmt: skip
+        raise ValueError(f"--seed must be a whole number from 0 to {MAX_SEED} (seeds are unsigned 32-bit), "
+                         f"got {seed!r}")  # fmt: skip
+    if workers is not None and workers < 0:
+        raise ValueError(f"--workers must be >= 0 (0: environments in this process), got {workers}")
     run_dir = user_path(run_dir)
     _, cfg, _, _ = load_config(run_dir)
     policy = load_policy(run_dir)
@@ -313,6 +323,9 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None, seed: int | N
     check_fits_env(evaluator, policy.spec, cfg.env,
                    "the run was trained on data of another environment (its recorded --env is not the data's); "
                    "score it on held-out episodes with `lps eval RUN --dataset FILE`")  # fmt: skip
+    n = getattr(evaluator, "workers", 0)  # what the pool got (capped by cores, memory and episodes)
+    where = f"{n} env worker process(es)" if n else "environments in this process"
+    print(f"[lps] evaluating {run_dir} on {cfg.env}: {episodes} episode(s), seed {seed}, {where}", flush=True)
     try:
         return evaluator.run(make_policy_fn(policy.agent, policy.params, seed), episodes, seed=seed)
     finally:

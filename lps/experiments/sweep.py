@@ -131,7 +131,7 @@ def checked(data: dict, origin: dict[str, str] | None = None) -> dict:
     if "workers" in data:
         w = data["workers"]
         if isinstance(w, bool) or not isinstance(w, int) or w < 1:
-            raise ValueError(f"{where('workers')}: workers is {w!r}; expected an integer >= 1 (local processes at once)")
+            raise ValueError(f"{where('workers')}: workers is {w!r}; expected an integer >= 1 (processes at once)")
     if "out" in data and not (isinstance(data["out"], str) and data["out"].strip()):
         raise ValueError(f"{where('out')}: out is {data['out']!r}; expected a folder path (a string)")
     if "grid" in data:
@@ -178,7 +178,8 @@ def checked(data: dict, origin: dict[str, str] | None = None) -> dict:
 def _names(value, at: str, key: str) -> list[str]:
     values = [value] if isinstance(value, str) else value
     if not isinstance(values, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in values):
-        raise ValueError(f"{at}: {key} is {value!r}; expected a list of names, e.g. [{'lps' if key == 'agents' else 'toy-bandit'}]")
+        example = "lps, bc-fm" if key == "agents" else "toy-bandit"
+        raise ValueError(f"{at}: {key} is {value!r}; expected a list of names, e.g. [{example}]")
     return list(values)
 
 
