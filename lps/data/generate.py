@@ -24,7 +24,6 @@ import multiprocessing
 import os
 import pathlib
 import signal
-import threading
 import time
 from collections.abc import Sequence
 
@@ -33,7 +32,7 @@ from tqdm import tqdm
 
 from lps.data.gym_env import FLOAT32_BOUNDS_WARNING, make_gym_env
 from lps.data.render import VISUAL_PREFIX, is_visual, require_renderer, state_env
-from lps.host import available_cores
+from lps.host import SignalCatcher, StoppedBySignal, available_cores
 
 # The OGBench manipulation envs whose play data this module generates.
 ENVS: tuple[str, ...] = ("cube-single", "cube-double", "scene", "puzzle-3x3", "puzzle-4x4")
@@ -204,35 +203,24 @@ def _worker_init() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-class GenerationStopped(RuntimeError):
+class GenerationStopped(StoppedBySignal):
     """Generation stopped on SIGINT/SIGTERM: the workers were ended and the pool closed; either
     no file was written (stopped while collecting) or both were (the signal came while writing,
     which is finished first, so no half-written pair is left)."""
 
-    def __init__(self, signum: int, message: str):
-        super().__init__(message)
-        self.signum = signum
 
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
-
-
-class StopOnSignal:
+class StopOnSignal(SignalCatcher):
     """Within the block, SIGINT and SIGTERM raise GenerationStopped in the main thread, so that the
     pool is terminated and joined on the way out. While `held` (workers being started, or the
     files being written once all is collected) a signal is only recorded: leaving `holding()`
     raises it, `stopped_after_writing` once the files are written. A second signal acts as usual,
     at once. Outside the main thread it does nothing."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
     def __init__(self, env: str):
+        super().__init__()
         self.env = env
-        self.signum: int | None = None
         self.held = False
         self.writing = False
-        self._previous: dict[int, object] = {}
 
     def _handle(self, signum, frame):
         if self.signum is not None:  # asked twice: stop now, as without this block
@@ -270,19 +258,6 @@ class StopOnSignal:
             name = signal.Signals(self.signum).name
             raise GenerationStopped(self.signum, f"stopped by {name} after writing {' and '.join(map(str, paths))}")
 
-    def _restore(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
-
-    def __enter__(self) -> StopOnSignal:
-        if threading.current_thread() is threading.main_thread():
-            for signum in self.SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._restore()
 
 
 def plan_workers(workers: int | None, report=print) -> int:

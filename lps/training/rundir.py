@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from lps.host import SignalCatcher, StoppedBySignal
 from lps.training import checkpoint
 from lps.training.config import CONFIG_JSON, TrainConfig, load_config, task_name
 
@@ -52,16 +53,8 @@ class RunDirLocked(RuntimeError):
     """Another live process is training into this run directory."""
 
 
-class TrainingInterrupted(RuntimeError):
+class TrainingInterrupted(StoppedBySignal):
     """Training stopped on SIGINT/SIGTERM after writing a checkpoint."""
-
-    def __init__(self, signum: int, message: str):
-        super().__init__(message)
-        self.signum = signum
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
 
 # --- the lock -------------------------------------------------------------------------------
@@ -292,7 +285,7 @@ def check_resume_steps(steps: int, checkpoint_step: int, run_dirs: list[Path]) -
 # --- stopping on a signal -------------------------------------------------------------------
 
 
-class StopOnSignal:
+class StopOnSignal(SignalCatcher):
     """Within the block, once `armed` (the training loop has begun), SIGINT and SIGTERM only set
     `signum`: the loop checks it between device dispatches, writes a checkpoint and stops (the
     online phase stops between dispatches too, dropping the wave in progress: its checkpoints are
@@ -300,12 +293,9 @@ class StopOnSignal:
     second signal they act as usual, at once. Outside the main thread (where handlers cannot be
     installed) it does nothing."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
     def __init__(self):
-        self.signum: int | None = None
+        super().__init__()
         self.armed = False
-        self._previous: dict[int, object] = {}
 
     def _handle(self, signum, frame):
         if self.signum is not None or not self.armed:  # asked twice, or nothing to save yet: stop now
@@ -320,22 +310,6 @@ class StopOnSignal:
             os.write(2, message.encode())
         except OSError:
             pass
-
-    def _restore(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
-
-    def __enter__(self) -> StopOnSignal:
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for signum in self.SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._restore()
 
     def interrupted(self, step: int, resume_target: str | os.PathLike) -> TrainingInterrupted:
         name = signal.Signals(self.signum).name
