@@ -490,6 +490,7 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="lps serve",
         description="Serve a run's policy over websockets + msgpack (client: lps.client.PolicyClient).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("run_dir", help="a run directory (config.json + checkpoint.msgpack)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every interface; no auth!)")
