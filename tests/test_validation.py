@@ -152,3 +152,18 @@ def test_masks_outside_zero_one_are_refused_naming_file_row_and_meaning(tmp_path
     data["terminals"] = np.where(np.arange(10) == 2, -1, data["terminals"])
     with pytest.raises(DatasetError, match=r"'terminals' must be 0 or 1 .* row 2 holds"):
         validate(data, SPEC.chunk_len)
+
+
+def test_a_named_val_dataset_of_another_width_stops_the_run(tmp_path):
+    """--val-dataset given by name but of other observation or action widths is a mistake: the run
+    stops before its first step, saying both shapes (without the flag, a mismatch only turns val/ off)."""
+    rows = 40
+    terminals = np.zeros(rows, np.float32)
+    terminals[19::20] = 1
+    np.savez(tmp_path / "val.npz", observations=np.zeros((rows, 7), np.float32), actions=np.zeros((rows, 2), np.float32),
+             rewards=-np.ones(rows, np.float32), terminals=terminals)  # fmt: skip
+    cfg = toy_config(tmp_path / "run", steps=100, val_dataset=str(tmp_path / "val.npz"))
+    cfg_lps = config_class("lps")(**agent_overrides({"hidden": (8,)}, config_class("lps")))
+    with pytest.raises(ValueError, match=r"val\.npz has observations of .*\(7, None\).*give a --val-dataset"):
+        train("lps", cfg, cfg_lps)
+    assert not (tmp_path / "run" / "checkpoint.msgpack").exists()

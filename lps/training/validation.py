@@ -106,9 +106,13 @@ class Validator:
             return
         # What the observations are (state dims, image shape): a pixel dataset's shape[1] is its height.
         found, expected = observation_spec(dataset["observations"]), (agent.spec.obs_dim, agent.spec.image_shape)
-        if found != expected:
-            print(f"[lps] validation data {source} has observations of (state dims, image shape) {found}, the "
-                  f"training data {expected}: val/ metrics off")  # fmt: skip
+        actions = int(np.shape(dataset["actions"])[-1])
+        if found != expected or actions != agent.spec.action_dim:
+            problem = (f"validation data {source} has observations of (state dims, image shape) {found} and "
+                       f"{actions}-D actions; the training data {expected} and {agent.spec.action_dim}-D")  # fmt: skip
+            if cfg.val_dataset is not None:  # asked for by name: a mistake to stop on, not to note
+                raise ValueError(f"{problem}: give a --val-dataset of the same task (or none)")
+            print(f"[lps] {problem}: val/ metrics off")
             return
         self.data = fixed_chunks(dataset, agent.spec.chunk_len, agent.spec.gamma, frame_stack=agent.spec.frame_stack)
         self.key = jax.random.PRNGKey(VALIDATION_SEED)
