@@ -118,6 +118,7 @@ def test_check_observation_names_the_problem():
         (np.array([0, np.nan, 0, 0]), "1 NaN/inf"),
         ({"state": np.zeros(OBS_DIM)}, "got a dict with keys"),
         ("hello", "must hold numbers"),
+        (np.zeros(OBS_DIM, bool), r"must hold numbers \(float32\), got booleans"),
     ]:
         with pytest.raises(ValueError, match=message):
             check_observation(bad, spec)

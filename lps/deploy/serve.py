@@ -115,6 +115,8 @@ def check_observation(obs: Any, spec: dict, where: str = "obs") -> None:
         shape = tuple(spec["shape"])
         if spec.get("dtype") == "uint8" and arr.dtype != np.uint8:
             raise ValueError(f"'{where}' must be a uint8 image array, got {arr.dtype}")
+        if spec.get("dtype", "float32").startswith("float") and arr.dtype.kind == "b":
+            raise ValueError(f"'{where}' must hold numbers ({spec.get('dtype', 'float32')}), got booleans")
         if arr.shape != shape and not (arr.ndim == len(shape) + 1 and arr.shape[1:] == shape and len(arr)):
             raise ValueError(
                 f"'{where}' must have shape {list(shape)} (or [batch, *{list(shape)}]), got {list(arr.shape)}"
