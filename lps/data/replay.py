@@ -286,21 +286,6 @@ def stage(buffer: ReplayBuffer, episodes: list[dict[str, Any]], first_start: int
                           jnp.asarray(first_start, jnp.int32), jnp.asarray(len(starts), jnp.int32))  # fmt: skip
 
 
-def sample_rows(buffer: ReplayBuffer, key: jax.Array, batch_size: int, mix: Mix) -> jax.Array:
-    """Chunk start rows for one batch (see the module docstring for the mixes)."""
-    if mix == "buffer":
-        return buffer.starts[jax.random.randint(key, (batch_size,), 0, buffer.num_starts)]
-    if mix != "balanced":
-        raise ValueError(f"unknown mix {mix!r}; valid: {', '.join(MIXES)}")
-    offline_key, online_key = jax.random.split(key)
-    n_off, n_all = buffer.num_offline_starts, buffer.num_starts
-    half = batch_size // 2
-    offline = jax.random.randint(offline_key, (batch_size,), 0, n_off)
-    online = jax.random.randint(online_key, (batch_size,), n_off, jnp.maximum(n_all, n_off + 1))
-    take_online = (jnp.arange(batch_size) >= batch_size - half) & (n_all > n_off)
-    return buffer.starts[jnp.where(take_online, online, offline)]
-
-
 def sample_source_rows(buffer: ReplayBuffer, key: jax.Array, batch_size: int, online: bool) -> jax.Array:
     """Chunk start rows drawn only from the offline starts, or only from the online ones (the
     offline ones while there are none): to measure each source apart."""
@@ -308,6 +293,20 @@ def sample_source_rows(buffer: ReplayBuffer, key: jax.Array, batch_size: int, on
     low, high = (n_off, jnp.maximum(n_all, n_off + 1)) if online else (0, n_off)
     picks = jax.random.randint(key, (batch_size,), low, high)
     return buffer.starts[jnp.where(picks < n_all, picks, picks % jnp.maximum(n_off, 1))]
+
+
+def sample_rows(buffer: ReplayBuffer, key: jax.Array, batch_size: int, mix: Mix) -> jax.Array:
+    """Chunk start rows for one batch (see the module docstring for the mixes)."""
+    if mix == "buffer":
+        return buffer.starts[jax.random.randint(key, (batch_size,), 0, buffer.num_starts)]
+    if mix != "balanced":
+        raise ValueError(f"unknown mix {mix!r}; valid: {', '.join(MIXES)}")
+    offline_key, online_key = jax.random.split(key)
+    offline = sample_source_rows(buffer, offline_key, batch_size, online=False)
+    online = sample_source_rows(buffer, online_key, batch_size, online=True)
+    has_online = buffer.num_starts > buffer.num_offline_starts
+    take_online = (jnp.arange(batch_size) >= batch_size - batch_size // 2) & has_online
+    return jnp.where(take_online, online, offline)
 
 
 def sample(buffer: ReplayBuffer, key: jax.Array, batch_size: int, chunk_len: int, gamma: float, mix: Mix = "buffer"):
