@@ -159,6 +159,28 @@ def test_resume_with_fewer_steps_than_the_checkpoint_is_refused(finished, tmp_pa
     assert (run_dir / R.SUMMARY_JSON).read_bytes() == summary
 
 
+def test_outputs_without_any_checkpoint_are_not_retrained_over(finished, tmp_path, monkeypatch, capsys):
+    run_dir = copy_run(finished, tmp_path / "run")
+    (run_dir / checkpoint.CHECKPOINT).unlink()
+    (run_dir / checkpoint.PREVIOUS).unlink()
+    kept = {name: (run_dir / name).read_bytes() for name in (METRICS_JSONL, R.SUMMARY_JSON)}
+    monkeypatch.chdir(tmp_path)
+    for flags in (["--resume", str(run_dir), "--steps", "300"], [*TINY_FLAGS, "--run-dir", str(run_dir)]):
+        assert cli.main(["train", *flags]) == 1
+        err = capsys.readouterr().err
+        assert "rows up to step 200" in err and R.SUMMARY_JSON in err and "no checkpoint" in err, err
+        assert "restore" in err and "--overwrite" in err and "Traceback" not in err
+        assert {name: (run_dir / name).read_bytes() for name in kept} == kept
+
+
+def test_unreadable_summary_is_named_and_not_rewritten_with_a_rate_never_measured(finished, tmp_path, capsys):
+    run_dir = copy_run(finished, tmp_path / "run")
+    (run_dir / R.SUMMARY_JSON).write_text("{garbage")
+    summary = train("lps", toy_config(run_dir), TINY, resume=True)  # at --steps already: no step to train
+    assert f"{run_dir / R.SUMMARY_JSON} is unreadable" in capsys.readouterr().out
+    assert summary["steps_per_sec"] is None and json.loads((run_dir / R.SUMMARY_JSON).read_text()) == summary
+
+
 def test_resume_with_another_run_dir_is_refused(finished, tmp_path, monkeypatch, capsys):
     run_dir = copy_run(finished, tmp_path / "run")
     monkeypatch.chdir(tmp_path)

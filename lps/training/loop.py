@@ -292,7 +292,8 @@ def _write_summary(agent_name: str, run: SeedRun, cfg: TrainConfig, steps_run: i
         "steps": run.cfg.steps,
         "run_dir": str(run.dir),
         "wall_time_s": elapsed,
-        "steps_per_sec": steps_run / elapsed if elapsed > 0 else math.nan,
+        # None: this session trained no step (a resume of a run at its --steps), so it measured no rate
+        "steps_per_sec": (steps_run / elapsed if elapsed > 0 else math.nan) if steps_run > 0 else None,
         "final_success": success[-1] if success else None,
         "best_success": max(success) if success else None,
         "eval_episodes": run.cfg.eval_episodes,
@@ -316,7 +317,8 @@ def _summary_line(s: dict) -> str:
     if "online_env_steps" in s:  # the online updates count too
         steps = (f"{s['gradient_steps']} gradient steps ({s['steps']} offline, {s['gradient_steps'] - s['steps']} "
                  f"online over {s['online_env_steps']} env steps)")  # fmt: skip
+    rate = "no step trained now" if s["steps_per_sec"] is None else f"{s['steps_per_sec']:.0f} steps/s"
     return (
         f"[lps] done: {s['agent']} on {s['env']} seed {s['seed']}: {steps} in {minutes}m{seconds:02d}s "
-        f"({s['steps_per_sec']:.0f} steps/s), {result}; outputs in {s['run_dir']}"
+        f"({rate}), {result}; outputs in {s['run_dir']}"
     )

@@ -27,6 +27,7 @@ from typing import Iterator
 from lps.host import SignalCatcher, StoppedBySignal
 from lps.training import checkpoint
 from lps.training.config import CONFIG_JSON, TrainConfig, load_config, task_name
+from lps.training.runlog import METRICS_JSONL, read_rows
 
 LOCK_FILE = ".lock"
 RESUME_LOG = "resume_log.jsonl"
@@ -202,12 +203,49 @@ def check_resume(run_dir: Path, agent_name: str, cfg, agent_cfg) -> list[dict]:
     return changes
 
 
+def outputs_past_a_checkpoint(run_dir: Path) -> str | None:
+    """What a run directory holds that only a run that reached a checkpoint writes (its summary,
+    metric rows at or past the step of its first scheduled checkpoint), or None. Such outputs
+    with no checkpoint beside them mean the checkpoints were lost, not never written."""
+    found = [SUMMARY_JSON] if (run_dir / SUMMARY_JSON).exists() else []
+    try:
+        cfg = load_config(run_dir)[1]
+        first = min(cfg.save_every, cfg.steps) if cfg.save_every else cfg.steps
+    except (OSError, ValueError):
+        first = 0  # no readable config: any row counts
+    path = run_dir / METRICS_JSONL
+    try:
+        steps = [row["step"] for row in read_rows(path)] if path.exists() else []
+    except (OSError, ValueError):
+        found.append(f"{METRICS_JSONL} (unreadable)")
+    else:
+        if steps and max(steps) >= first:
+            found.append(f"{METRICS_JSONL} rows up to step {max(steps)}")
+    return ", ".join(found) or None
+
+
+def _refuse_lost_checkpoints(run) -> None:
+    """A run whose outputs show it reached a checkpoint, but which has none now, is not trained
+    again from step 0 over those outputs unless --overwrite says so."""
+    found = outputs_past_a_checkpoint(run.dir)
+    if found and not run.cfg.overwrite:
+        raise FileNotFoundError(
+            f"{run.dir} holds a run's outputs ({found}) but no checkpoint to continue from ({checkpoint.CHECKPOINT} "
+            f"and {checkpoint.PREVIOUS} are missing): restore the checkpoint files to continue the run, or pass "
+            "--overwrite to train it again from step 0, replacing those outputs"
+        )
+
+
 def prepare(runs, agent_name: str, agent_cfg, resume: bool) -> tuple[bool, list[list[dict]]]:
     """Decide how each run directory starts, before any data is loaded: returns whether to resume
     and, per run, the recorded setting changes. A run that died before its first checkpoint has
-    nothing to resume: it restarts from step 0 (with or without --resume), saying so."""
+    nothing to resume: it restarts from step 0 (with or without --resume), saying so; one whose
+    outputs show that it had a checkpoint, now gone, is refused without --overwrite."""
     started = [(run.dir / CONFIG_JSON).exists() for run in runs]
     saved = [checkpoint.exists(run.dir) for run in runs]
+    for run, has_checkpoint in zip(runs, saved):
+        if not has_checkpoint:
+            _refuse_lost_checkpoints(run)
     if not resume:
         for run, has_config, has_checkpoint in zip(runs, started, saved):
             if has_config and has_checkpoint and not run.cfg.overwrite:
@@ -238,11 +276,16 @@ def prepare(runs, agent_name: str, agent_cfg, resume: bool) -> tuple[bool, list[
 def finished_summary(run_dir: Path, cfg) -> dict | None:
     """The run's summary if it already finished what `cfg` asks (its --steps and --online-steps),
     else None: a resume then has nothing to do."""
+    path = Path(run_dir) / SUMMARY_JSON
     try:
-        summary = json.loads((Path(run_dir) / SUMMARY_JSON).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(summary, dict):
+        summary = json.loads(path.read_text())
+        if not isinstance(summary, dict):
+            raise ValueError(f"a JSON {type(summary).__name__}, not an object")
+    except FileNotFoundError:
+        return None  # stopped before its end
+    except (OSError, ValueError) as e:  # nothing in it is used: the resume writes it again
+        print(f"[lps] warning: {path} is unreadable ({e}); it is ignored and written again when this resume "
+              "finishes (with a steps/s only if this resume trains steps)")  # fmt: skip
         return None
     if summary.get("steps") != cfg.steps or summary.get("online_env_steps", 0) != cfg.online_steps:
         return None
@@ -251,8 +294,6 @@ def finished_summary(run_dir: Path, cfg) -> dict | None:
     if not checkpoint.verify(Path(run_dir) / checkpoint.CHECKPOINT):  # damaged: resume from the fallback
         return None
     if cfg.eval_episodes:  # the final evaluation too: a resume re-runs it when its row is missing
-        from lps.training.runlog import METRICS_JSONL, read_rows
-
         last = summary.get("gradient_steps", cfg.steps)
         try:
             rows = read_rows(Path(run_dir) / METRICS_JSONL)
