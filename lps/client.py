@@ -83,11 +83,14 @@ def _decode_hook(obj: dict) -> Any:
         data, dtype, shape = fields.get("data"), fields.get("type"), fields.get("shape")
     else:
         return fields
+    # Integers only: tuple(int(n) for n in "28") would read the string "28" as the shape (2, 8).
+    if not isinstance(shape, (list, tuple)) or not all(type(n) is int for n in shape):
+        raise ProtocolError(f"array with shape {shape!r}: a shape must be a list of integers, e.g. [28]")
+    shape = tuple(shape)
     try:
         dtype = np.dtype(_text(dtype))
-        shape = tuple(int(n) for n in shape)
     except (TypeError, ValueError) as e:
-        raise ProtocolError(f"array with an unreadable dtype {dtype!r} or shape {shape!r}") from e
+        raise ProtocolError(f"array with an unreadable dtype {dtype!r}") from e
     if dtype.kind not in WIRE_KINDS:
         raise ProtocolError(f"array dtype {dtype} is not allowed; send bool, integer or float arrays")
     if any(n < 0 for n in shape) or not isinstance(data, bytes):

@@ -99,6 +99,22 @@ def test_codec_roundtrip_and_refusals():
         C.pack({"obs": np.array([object()])})
 
 
+def test_a_shape_that_is_not_a_list_of_integers_is_refused():
+    data = np.zeros(16, np.float32).tobytes()  # 16 values: what a shape "28" read as (2, 8) would take
+    for shape in ("28", b"28", [2.0, 8], [True, 16], 16):
+        with pytest.raises(C.ProtocolError, match="a shape must be a list of integers"):
+            C.unpack(msgpack.packb({"__ndarray__": True, "data": data, "dtype": "<f4", "shape": shape}))
+    with pytest.raises(ValueError, match=r"spec of 'obs': its shape must be a list of non-negative integers, got '28'"):
+        check_observation(np.zeros((2, 8), np.float32), {"shape": "28", "dtype": "float32"})
+
+    class StringShape(StubPolicy):
+        def observation_spec(self):
+            return {"state": {"shape": [7], "dtype": "float32"}, "image": {"shape": "28", "dtype": "uint8"}}
+
+    with pytest.raises(ValueError, match=r"spec of 'obs.image': its shape .* got '28'"):
+        PolicyServer(StringShape(7, None), log_every_s=0.0, log=lambda s: None)
+
+
 def test_client_is_a_standalone_file_without_jax(tmp_path):
     """lps/client.py copied alone onto a robot computer imports with numpy, msgpack and websockets."""
     (tmp_path / "policy_client.py").write_text((helpers.ROOT / "lps" / "client.py").read_text())

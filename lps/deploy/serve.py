@@ -63,6 +63,27 @@ def _is_array_spec(spec: Any) -> bool:
     return isinstance(spec, dict) and "shape" in spec and not isinstance(spec["shape"], dict)
 
 
+def spec_shape(spec: dict, where: str = "obs") -> tuple[int, ...]:
+    """An array spec's shape, refusing anything but a list of non-negative integers (a string
+    "28" would otherwise read as (2, 8))."""
+    shape = spec["shape"]
+    if not isinstance(shape, (list, tuple)) or not all(
+        isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 0 for n in shape
+    ):
+        raise ValueError(f"the observation spec of '{where}': its shape must be a list of non-negative integers, "
+                         f"got {shape!r}")  # fmt: skip
+    return tuple(int(n) for n in shape)
+
+
+def check_spec(spec: Any, where: str = "obs") -> None:
+    """Refuse an observation spec whose shapes are not lists of integers, naming the entry."""
+    if _is_array_spec(spec):
+        spec_shape(spec, where)
+    elif isinstance(spec, dict):
+        for key, sub in spec.items():
+            check_spec(sub, f"{where}.{key}")
+
+
 def example_observation(spec: dict) -> Any:
     """Zeros shaped like the spec (to compile the policy before the first request)."""
     if _is_array_spec(spec):
@@ -112,7 +133,7 @@ def check_observation(obs: Any, spec: dict, where: str = "obs") -> None:
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         raise ValueError(f"'{where}' holds {int(np.sum(~np.isfinite(arr)))} NaN/inf value(s)")
     if _is_array_spec(spec):
-        shape = tuple(spec["shape"])
+        shape = spec_shape(spec, where)
         if spec.get("dtype") == "uint8" and arr.dtype != np.uint8:
             raise ValueError(f"'{where}' must be a uint8 image array, got {arr.dtype}")
         if spec.get("dtype", "float32").startswith("float") and arr.dtype.kind == "b":
@@ -221,6 +242,7 @@ class PolicyServer:
             raise ValueError(f"--max-batch must be at least 1, got {max_batch}")
         self.policy = policy
         self.obs_spec = observation_spec(policy)
+        check_spec(self.obs_spec)
         self.max_batch = max_batch
         if hasattr(policy, "max_batch"):
             policy.max_batch = max_batch
