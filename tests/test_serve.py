@@ -164,6 +164,27 @@ def test_served_chunks_equal_load_policy(server, policy):
     np.testing.assert_allclose(batch, policy(obs), rtol=1e-6, atol=1e-6)
 
 
+def test_every_batch_size_up_to_max_batch_is_compiled_at_start_up(run):
+    """Issue 32 item 10: a batch size compiled while serving stalled other clients' single
+    observations (p99 74 ms, max 158 ms); load_server compiles every bucket up to --max-batch (here
+    6: 1, 2, 4 and 8, the last from 6 rows), so serving any size compiles nothing."""
+    lines: list[str] = []
+    srv = load_server(run / "run", device="cpu", log_every_s=0.0, log=lines.append, max_batch=6)
+    compiles = []
+    compile_call = srv._compile_call
+    srv._compile_call = lambda obs, key: compiles.append(obs) or compile_call(obs, key)
+    programs = srv.policy._act._cache_size()
+    for size in (1, 3, 6, 2, 5, 4):
+        obs = observations(size) if size > 1 else observations(1)[0]
+        reply = C.unpack(srv.respond(C.pack({"obs": obs}), 1)[0])
+        assert reply["action"].shape == ((size,) if size > 1 else ()) + (CHUNK, ACTION_DIM), reply
+    assert compiles == [] and srv.policy._act._cache_size() == programs
+    assert any("compiled in" in line and "(batch sizes 1, 2, 4, 8)" in line for line in lines), lines
+    lines.clear()
+    lazy = load_server(run / "run", device="cpu", log_every_s=0.0, log=lines.append, max_batch=6, precompile=False)
+    assert lazy._compiled_buckets == {1} and "(batch size 1)" in lines[-1]  # --no-precompile: each on first use
+
+
 def test_malformed_requests_get_errors_and_the_connection_lives_on(server, policy):
     from websockets.sync.client import connect
 
