@@ -174,6 +174,9 @@ def _eval(argv: list[str]) -> int:
                    help=f"default: the run's eval episodes (at most {MAX_EVAL_EPISODES})")  # fmt: skip
     p.add_argument("--seed", type=_seed_arg, default=None, help="evaluation seed (default: the run's seed)")
     p.add_argument("--workers", type=int, default=None, help="env worker processes (default: one per core; 0: none)")
+    p.add_argument("--chunk-timeout", type=float, default=None, metavar="SECONDS",
+                   help="a worker that takes longer to reset or execute one action chunk is killed and the "
+                        "evaluation fails, naming its episodes (default: the run's --eval-chunk-timeout, 60)")  # fmt: skip
     p.add_argument("--dataset", default=None,
                    help="held-out recorded episodes (robot folder or npz): report the action error instead of rolling out")  # fmt: skip
     p.add_argument("--skip-bad", action="store_true", help="with --dataset DIR: skip bad episodes (listed)")
@@ -187,6 +190,8 @@ def _eval(argv: list[str]) -> int:
                 "(the paper evaluates 50); evaluate fewer")  # fmt: skip
     if a.workers is not None and a.workers < 0:
         p.error("--workers must be >= 0")
+    if a.chunk_timeout is not None and not 0 < a.chunk_timeout < float("inf"):
+        p.error(f"--chunk-timeout must be a positive number of seconds, got {a.chunk_timeout}")
     if a.dataset is not None:
         from lps.deploy.offline_eval import evaluate_on_dataset
 
@@ -195,7 +200,7 @@ def _eval(argv: list[str]) -> int:
         return 0
     from lps.deploy.policy import evaluate_run
 
-    result = evaluate_run(a.run_dir, episodes=a.episodes, seed=a.seed, workers=a.workers)
+    result = evaluate_run(a.run_dir, episodes=a.episodes, seed=a.seed, workers=a.workers, chunk_timeout=a.chunk_timeout)
     print(" ".join(f"{k}={v:.4g}" for k, v in result.items()))
     return 0
 

@@ -48,6 +48,8 @@ def test_limits():
         (dict(seed=MAX_SEED + 1), f"--seed {MAX_SEED + 1} is above {MAX_SEED}"),
         (dict(seeds=(0, MAX_SEED + 1)), f"--seeds .* is above {MAX_SEED}"),
         (dict(data_seed=2**40), f"--data-seed {2**40} is above {MAX_SEED}"),
+        (dict(eval_chunk_timeout=0), "--eval-chunk-timeout must be a positive number of seconds, got 0"),
+        (dict(eval_chunk_timeout=float("inf")), "--eval-chunk-timeout must be a positive number of seconds"),
     ],
 )
 def test_train_config_bounds(fields, message):
@@ -99,6 +101,13 @@ def test_cli_eval_refuses_too_many_episodes(tmp_path, capsys):
     err = capsys.readouterr().err
     assert info.value.code == 2
     assert f"lps eval: error: --episodes 100000000 is above {MAX_EVAL_EPISODES}" in err
+
+
+@pytest.mark.parametrize("seconds", ["0", "-1", "nan"])
+def test_cli_eval_refuses_a_chunk_timeout_that_is_not_positive(tmp_path, capsys, seconds):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["eval", str(tmp_path / "no-run"), "--chunk-timeout", seconds])
+    assert info.value.code == 2 and "--chunk-timeout must be a positive number of seconds" in capsys.readouterr().err
 
 
 def test_evaluate_run_checks_its_arguments_first(tmp_path):

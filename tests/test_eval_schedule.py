@@ -4,15 +4,19 @@ rows in step order, nothing finished lost on shutdown, a missing evaluation re-r
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
+import time
 
 import helpers
+import numpy as np
 import pytest
 
 from lps.agents import LPSConfig
 from lps.data import toy
 from lps.training.eval_schedule import EvaluationSchedule
-from lps.training.evaluate import EvaluationCancelled, EvaluationFailed
+from lps.training.evaluate import EvaluationCancelled, EvaluationFailed, Evaluator
 from lps.training.loop import train
 
 SMALL = LPSConfig(base_hidden=(16, 16), critic_hidden=(16, 16), actor_hidden=(16,))
@@ -53,6 +57,26 @@ def test_failed_evaluation_is_marked_and_training_goes_on(tmp_path, monkeypatch,
     assert evals[0]["eval/failed"] == 1.0 and "eval/success" not in evals[0]
     assert all("eval/success" in r for r in evals[1:])
     assert "episode 4 of seed 0" in capsys.readouterr().out
+
+
+def test_a_stopped_env_worker_fails_its_episodes_at_the_chunk_deadline(capsys):
+    """A SIGSTOPped worker hung the evaluation forever: past the deadline it is treated as dead
+    (killed and reaped) and the evaluation ends, failed, naming its episodes, as for a dead one."""
+    ev = Evaluator(toy.TOY_ENV, slots_per_seed=2, workers=2, chunk_timeout=0.5)
+    stopped = ev.envs.procs[1]
+    os.kill(stopped.pid, signal.SIGSTOP)
+    resume = threading.Timer(20.0, os.kill, (stopped.pid, signal.SIGCONT))  # today's code: no hang past 20 s
+    resume.start()
+    start = time.monotonic()
+    try:
+        with pytest.raises(EvaluationFailed, match=r"episode \d+ of seed 0 \(slot 1\).*env worker 1 .*within 0.5 s"):
+            ev.run_seeds(lambda obs, episodes, chunks: np.zeros((*obs.shape[:2], 1, 2), np.float32), [0], 4)
+        assert time.monotonic() - start < 10
+        assert not stopped.is_alive() and stopped.exitcode == -signal.SIGKILL  # killed at the deadline, reaped
+    finally:
+        resume.cancel()
+        ev.close()
+    assert f"env worker 1 (PID {stopped.pid}) did not answer within 0.5 s" in capsys.readouterr().out
 
 
 def test_resume_reruns_a_missing_evaluation_of_the_checkpoint_step(tmp_path):

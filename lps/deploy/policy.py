@@ -282,9 +282,10 @@ def robot_settings(cfg, spec):
 
 
 def evaluate_run(run_dir: str | Path, episodes: int | None = None, seed: int | None = None,
-                 workers: int | None = None) -> dict[str, float]:  # fmt: skip
+                 workers: int | None = None, chunk_timeout: float | None = None) -> dict[str, float]:  # fmt: skip
     """Evaluate a run's latest checkpoint with the paper's protocol (same seed -> same result,
-    whatever the number of env `workers`: default one per core, 0 for none)."""
+    whatever the number of env `workers`: default one per core, 0 for none). A worker that takes
+    over `chunk_timeout` seconds (default: the run's --eval-chunk-timeout) per chunk fails it."""
     import dataclasses
 
     from lps.files import user_path
@@ -317,7 +318,8 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None, seed: int | N
             f"{run_dir} was trained on robot episodes ({cfg.dataset}); there is no environment to roll out in: "
             "evaluate offline with `lps eval RUN --dataset HELD_OUT_DIR`"
         )
-    evaluator = make_evaluator(dataclasses.replace(cfg, eval_episodes=max(episodes, 1), eval_workers=workers))
+    timeout = {} if chunk_timeout is None else {"eval_chunk_timeout": chunk_timeout}
+    evaluator = make_evaluator(dataclasses.replace(cfg, eval_episodes=max(episodes, 1), eval_workers=workers, **timeout))
     if evaluator is None:
         raise RuntimeError("no environment to evaluate in (is OGBench installed?)")
     check_fits_env(evaluator, policy.spec, cfg.env,

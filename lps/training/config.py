@@ -76,6 +76,10 @@ class TrainConfig:
     eval_workers: int | None = None
     """Environment worker processes for evaluation (default: one per core, capped by memory at
     ~150 MB per environment); 0 steps the environments in the training process."""
+    eval_chunk_timeout: float = 60.0
+    """Seconds an env worker process may take to reset or to execute one action chunk before it is
+    treated as dead (stopped or hung): it is killed and the evaluation is marked failed, naming its
+    episodes, and training goes on. Chunks take milliseconds; no deadline with --eval-workers 0."""
     eval_async: Literal["auto", "true", "false"] = "auto"
     """Evaluate a snapshot of the parameters on the host CPU while training goes on; auto: only
     with >= 4 cores (on fewer, evaluating in between is faster)."""
@@ -181,6 +185,8 @@ class TrainConfig:
             raise ValueError(f"--online-workers must be >= 0 (0: in the training process), got {self.online_workers}")
         if self.eval_workers is not None and self.eval_workers < 0:
             raise ValueError(f"--eval-workers must be >= 0 (0: in the training process), got {self.eval_workers}")
+        if not 0 < self.eval_chunk_timeout < float("inf"):
+            raise ValueError(f"--eval-chunk-timeout must be a positive number of seconds, got {self.eval_chunk_timeout}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"--seeds must be distinct, got {self.seeds}")
         if self.augment_prob is not None and not 0 <= self.augment_prob <= 1:

@@ -15,12 +15,16 @@ answers, so the workers step their environments at the same time.
 Workers are started with the "spawn" context: a forked child of a process that has initialised
 JAX (its thread pools, possibly a GPU context) can deadlock. Workers import only numpy, gymnasium
 and OGBench. A worker that dies, or whose environment raises, surfaces as `EnvWorkerError`
-naming the worker and its slots; the pool is then unusable and should be closed and rebuilt.
+naming the worker and its slots; the pool is then unusable and should be closed and rebuilt. A
+worker that does not answer one reset or one action chunk within `chunk_timeout` seconds (stopped
+with SIGSTOP, hung in its environment) is treated as dead the same way, after being killed
+(SIGKILL) and reaped, with a warning naming it and the deadline.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import time
 import traceback
 from dataclasses import dataclass
 
@@ -31,6 +35,10 @@ from lps.host import available_cores, available_memory_bytes
 # Resident memory of one OGBench manipulation environment (its own MuJoCo model and renderer
 # buffers), measured on cube-single / scene: used to cap how many environments we start.
 ENV_MEMORY_BYTES = 150 * 2**20
+# Seconds a worker may take to answer one reset or one action chunk before it is treated as dead:
+# an OGBench chunk takes milliseconds (a rendered one well under a second), so only a stopped or
+# hung worker reaches it. Evaluation's --eval-workers pools take --eval-chunk-timeout.
+DEFAULT_CHUNK_TIMEOUT = 60.0
 
 
 @dataclass
@@ -182,10 +190,12 @@ class EnvWorkerPool:
     """`num_slots` environments spread over `num_workers` processes (slot s in worker s % W)."""
 
     def __init__(self, env_id: str, num_slots: int, num_workers: int, start_timeout: float = 300.0,
-                 max_episode_steps: int | None = None):  # fmt: skip
+                 max_episode_steps: int | None = None, chunk_timeout: float | None = DEFAULT_CHUNK_TIMEOUT,
+                 report=print):  # fmt: skip
         if num_workers < 1 or num_slots < 1:
             raise ValueError(f"an env pool needs >= 1 worker and >= 1 slot, got {num_workers} and {num_slots}")
         self.env_id, self.num_slots = env_id, num_slots
+        self.chunk_timeout, self.report = chunk_timeout, report  # None: wait for an answer for ever
         self.num_workers = min(num_workers, num_slots)
         ctx = mp.get_context("spawn")
         self.conns, self.procs = [], []
@@ -214,16 +224,25 @@ class EnvWorkerPool:
         failed = slots if local is None else [slots[local]]
         return EnvWorkerError(f"env worker {worker} ({self.env_id}, {where}) {why}", worker, failed)
 
-    def _receive(self, worker: int, expect: str = "ok", timeout: float | None = None):
+    def _unresponsive(self, worker: int, timeout: float) -> EnvWorkerError:
+        """A worker past its deadline (stopped or hung) is killed and reaped, then failed as a dead one."""
+        proc = self.procs[worker]
+        self.report(f"[lps] warning: env worker {worker} (PID {proc.pid}) did not answer within {timeout:g} s "
+                    f"({self.env_id}): it is stopped or hung, so it is killed and its environments count as dead")  # fmt: skip
+        proc.kill()  # SIGKILL ends a stopped process too
+        proc.join(timeout=5.0)
+        return self._fail(worker, f"did not answer within {timeout:g} s (stopped or hung; killed)")
+
+    def _receive(self, worker: int, expect: str = "ok", timeout: float | None = None, since: float | None = None):
+        """The worker's answer; `timeout` seconds from `since` (time.monotonic(), default now) at most."""
         conn, proc = self.conns[worker], self.procs[worker]
-        waited = 0.0
+        deadline = None if timeout is None else (time.monotonic() if since is None else since) + timeout
         try:
-            while not conn.poll(1.0):
-                waited += 1.0
+            while not conn.poll(1.0 if deadline is None else min(1.0, max(0.0, deadline - time.monotonic()))):
                 if not proc.is_alive():
                     raise self._fail(worker, f"died (exit code {proc.exitcode})")
-                if timeout is not None and waited >= timeout:
-                    raise self._fail(worker, f"did not answer within {timeout:.0f} s")
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise self._unresponsive(worker, timeout)
             kind, payload = conn.recv()
         except (EOFError, OSError) as e:
             proc.join(timeout=1.0)
@@ -239,6 +258,7 @@ class EnvWorkerPool:
         by_worker: dict[int, list[tuple[int, object]]] = {}
         for slot, arg in requests.items():
             by_worker.setdefault(slot % self.num_workers, []).append((slot, arg))
+        sent = time.monotonic()  # the workers run at once: each one's deadline counts from here
         for w, items in by_worker.items():
             try:
                 self.conns[w].send((command, [(slot // self.num_workers, arg) for slot, arg in items]))
@@ -246,7 +266,7 @@ class EnvWorkerPool:
                 raise self._fail(w, f"died (exit code {self.procs[w].exitcode}) before {command}") from None
         out = {}
         for w, items in by_worker.items():
-            for (slot, _), answer in zip(items, self._receive(w)):
+            for (slot, _), answer in zip(items, self._receive(w, timeout=self.chunk_timeout, since=sent)):
                 out[slot] = answer
         return out
 

@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 
 from lps.data.frames import Frames
-from lps.training.envs import EnvWorkerError, EnvWorkerPool, LocalEnvs, plan_pool
+from lps.training.envs import DEFAULT_CHUNK_TIMEOUT, EnvWorkerError, EnvWorkerPool, LocalEnvs, plan_pool
 
 # (observations (S, B, *obs_shape): state vectors or uint8 images, episode index (S, B), chunk index within the episode (S, B))
 #   -> action chunks (S, B, H, A); row (j, b) belongs to the j-th evaluated seed.
@@ -59,7 +59,11 @@ class Evaluator:
     the evaluation episodes of one or more seeds."""
 
     def __init__(self, env_id: str, slots_per_seed: int = DEFAULT_POOL, num_seeds: int = 1, workers: int | None = 0,
-                 report=print, max_episode_steps: int | None = None, frame_stack: int = 1):  # fmt: skip
+                 report=print, max_episode_steps: int | None = None, frame_stack: int = 1,
+                 chunk_timeout: float | None = DEFAULT_CHUNK_TIMEOUT):  # fmt: skip
+        """`chunk_timeout`: seconds a worker process may take per reset or action chunk before it is
+        killed and treated as dead, failing the evaluation as a dead worker does (in-process
+        environments, `workers=0`, have no deadline)."""
         self.env_id, self.num_seeds, self.frame_stack = env_id, num_seeds, frame_stack
         slots, num_workers = plan_pool(slots_per_seed * num_seeds, workers if workers != 0 else 1, report)
         self.slots_per_seed = max(1, slots // num_seeds)
@@ -67,7 +71,8 @@ class Evaluator:
         if workers == 0:
             self.envs = LocalEnvs(env_id, total, max_episode_steps)
         else:
-            self.envs = EnvWorkerPool(env_id, total, num_workers, max_episode_steps=max_episode_steps)
+            self.envs = EnvWorkerPool(env_id, total, num_workers, max_episode_steps=max_episode_steps,
+                                      chunk_timeout=chunk_timeout, report=report)  # fmt: skip
         self.workers = 0 if workers == 0 else self.envs.num_workers
         # (obs_dim,) for state vectors, (H, W, 3) uint8 images for visual envs (obs_dim 0): one frame.
         self.obs_shape, self.obs_dtype, self.obs_dim = self.envs.obs_shape, self.envs.obs_dtype, self.envs.obs_dim

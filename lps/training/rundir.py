@@ -39,9 +39,9 @@ ONLINE_DIR = "online"  # <run>/online/: the online phase's checkpoint (lps.train
 # (`distributed`: a checkpoint does not depend on them). Every other train field, the agent and
 # every agent config field define the run and are fixed.
 MAY_CHANGE = frozenset(
-    {"steps", "eval_every", "eval_episodes", "eval_workers", "eval_async", "log_every", "save_every", "progress",
-     "tensorboard", "wandb", "wandb_project", "wandb_group", "wandb_name", "wandb_mode", "overwrite", "run_dir",
-     "seeds", "online_steps", "online_workers", "distributed"}
+    {"steps", "eval_every", "eval_episodes", "eval_workers", "eval_async", "eval_chunk_timeout", "log_every",
+     "save_every", "progress", "tensorboard", "wandb", "wandb_project", "wandb_group", "wandb_name", "wandb_mode",
+     "overwrite", "run_dir", "seeds", "online_steps", "online_workers", "distributed"}
 )  # fmt: skip
 # Optimisation settings that may change on resume but are recorded in the run's resume log (and
 # printed), so a reader of the run sees that its later steps were trained differently. The online

@@ -49,7 +49,7 @@ def make_evaluator(cfg: TrainConfig, num_seeds: int = 1):
         require_renderer(env_id)  # a clear error naming what to install, before any env is made
     try:
         return Evaluator(env_id, min(cfg.eval_episodes, DEFAULT_POOL), num_seeds, cfg.eval_workers,
-                         frame_stack=cfg.frame_stack)  # fmt: skip
+                         frame_stack=cfg.frame_stack, chunk_timeout=cfg.eval_chunk_timeout)  # fmt: skip
     except ImportError as e:
         print(f"[lps] evaluation disabled: {e}")
         return None
