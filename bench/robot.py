@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lps.agents import LPSConfig, Spec
-from lps.agents.encoded import build_agent, observation_spec, scan_updates
+from lps.agents.encoded import build_agent, scan_updates, spec_fields
 from lps.data.sampler import to_device
 from lps.training.config import preset
 from lps.training.update import create_state, make_multi_update, make_optimizer, make_update
@@ -36,7 +36,7 @@ def synthetic(rows: int, episode_len: int, size: int, cameras: int, seed: int = 
     return {
         "observations": {
             "state": rng.normal(size=(rows, 7)).astype(np.float32),
-            "image": rng.integers(0, 256, (rows, size, size, 3 * cameras), dtype=np.uint8),
+            "image": {f"camera{c}": rng.integers(0, 256, (rows, size, size, 3), dtype=np.uint8) for c in range(cameras)},
         },
         "actions": rng.uniform(-1, 1, (rows, 7)).astype(np.float32),
         "rewards": -np.ones(rows, np.float32),
@@ -65,8 +65,7 @@ def main() -> None:
     agent_cfg = dataclasses.replace(agent_cfg, base_arch=a.base_arch, dit_width=a.dit_width, dit_depth=a.dit_depth,
                                     dit_heads=a.dit_heads)  # fmt: skip
     data = synthetic(a.rows, 100, a.image_size, 2)
-    obs_dim, image_shape = observation_spec(data["observations"])
-    spec = Spec(obs_dim, 7, train_cfg.chunk_len, train_cfg.gamma, image_shape)
+    spec = Spec(action_dim=7, chunk_len=train_cfg.chunk_len, gamma=train_cfg.gamma, **spec_fields(data["observations"]))
     agent = build_agent("lps", agent_cfg, spec, a.encoder, train_cfg.encoder_features, train_cfg.augment_shift)
     optimizer = make_optimizer(train_cfg)
     state = create_state(agent, optimizer, 0)
@@ -84,7 +83,7 @@ def main() -> None:
     result = {
         "device": jax.devices()[0].device_kind,
         "batch_size": a.batch_size,
-        "image": list(image_shape),
+        "image": [list(shape) for _, shape in spec.cameras],
         "encoder": a.encoder,
         "base": f"{a.base_arch} {a.dit_width}x{a.dit_depth}x{a.dit_heads}" if a.base_arch != "mlp" else "mlp",
         "params_M": round(params / 1e6, 2),

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -284,10 +285,15 @@ def _data_robot(argv: list[str]) -> int:
                     "`lps train --dataset DIR` will (same flags; --chunk-len sets where the outcome reward goes).")  # fmt: skip
     a = tyro.cli(Args, args=argv, prog="lps data robot")
     data = load_folder(a.folder, a.robot, a.chunk_len)
+    from lps.data import normalize, robot_cache
     from lps.data.robot import summary
 
     print(summary(data, a.robot, a.chunk_len))
-    print(f"[lps] train with `lps train --dataset {a.folder}`")
+    normalize.resolve_mode(data, a.robot.normalize)  # says what training will do with the units
+    print(f"[lps] cache: {robot_cache.size_bytes(Path(a.folder)) / 2**20:.1f} MiB in {Path(a.folder) / robot_cache.CACHE_DIR} "
+          "(shared with `lps train`; delete it to reclaim the space)")  # fmt: skip
+    flags = " ".join(shlex.quote(arg) for arg in argv if arg != a.folder)  # the same flags read the same cache
+    print(f"[lps] train with `lps train --preset robot --dataset {shlex.quote(a.folder)}{' ' + flags if flags else ''}`")
     return 0
 
 

@@ -209,7 +209,7 @@ def test_validation_metrics_on_stacked_pixels(stacked_policy):
     """The val/ metrics of an image agent (stacked frames here): its critic scores its own
     encoder's features of the validation chunks; a pixel dataset is recognised as the training
     data's kind (its shape[1] is the image height, not a state size)."""
-    from lps.agents.encoded import observation_spec
+    from lps.agents.encoded import spec_fields
     from lps.training.validation import fixed_chunks, validation_metrics
 
     agent, params = stacked_policy.agent, stacked_policy.params
@@ -217,7 +217,7 @@ def test_validation_metrics_on_stacked_pixels(stacked_policy):
     val = row_dataset([6, 5])
     val["observations"] = rng.integers(0, 256, (11, 8, 8, 3), dtype=np.uint8)
     val["actions"] = rng.uniform(-1, 1, (11, 2)).astype(np.float32)
-    assert observation_spec(val["observations"]) == (agent.spec.obs_dim, agent.spec.image_shape)
+    assert spec_fields(val["observations"]) == {"obs_dim": agent.spec.obs_dim, "image_shape": agent.spec.image_shape}
     chunks = fixed_chunks(val, agent.spec.chunk_len, agent.spec.gamma, frame_stack=agent.spec.frame_stack)
     assert chunks["observations"].shape[1:] == (8, 8, 6)
     metrics = jax.device_get(validation_metrics(agent, params, params, chunks, jax.random.PRNGKey(0)))

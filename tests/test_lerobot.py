@@ -23,13 +23,15 @@ def test_rows_equal_what_was_written(tmp_path, version):
     written = lerobot.synthetic_dataset(tmp_path / "ds", version, episodes=3, steps=10)
     data = load_folder(tmp_path / "ds", RAW, chunk_len=5, progress=False)
     obs = data["observations"]
-    assert obs["image"].shape == (30, 32, 32, 6) and obs["image"].dtype == np.uint8
+    assert sorted(obs["image"]) == ["front", "wrist"]  # camera names: the features without observation.images.
+    assert all(v.shape == (30, 32, 32, 3) and v.dtype == np.uint8 for v in obs["image"].values())
     state = np.concatenate([e["state"] for e in written["episodes"]])
     action = np.concatenate([e["action"] for e in written["episodes"]])
     np.testing.assert_array_equal(obs["state"], state)
     np.testing.assert_array_equal(data["actions"], action)
-    image = np.concatenate([np.concatenate([e["images"][k] for k in written["cameras"]], -1) for e in written["episodes"]])
-    assert np.abs(obs["image"].astype(int) - image).max() <= 6  # codec tolerance (yuv420p)
+    for key in written["cameras"]:
+        image = np.concatenate([e["images"][key] for e in written["episodes"]])
+        assert np.abs(obs["image"][lerobot.camera_name(key)].astype(int) - image).max() <= 6  # codec tolerance (yuv420p)
     assert data["terminals"].sum() == 3 and data["terminals"][9] and data["rewards"][5] == 0.0
 
 
@@ -43,12 +45,13 @@ def test_cameras_flag_picks_and_orders_cameras_and_cache_matches(tmp_path):
     written = lerobot.synthetic_dataset(tmp_path / "ds", "v3.0", episodes=2, steps=8)
     cfg = RobotDataConfig(image_size=16, cameras=("wrist",), num_cameras=1)
     first = load_folder(tmp_path / "ds", cfg, chunk_len=3, progress=False)
-    assert first["observations"]["image"].shape == (16, 16, 16, 3)
+    assert list(first["observations"]["image"]) == ["wrist"]
+    assert first["observations"]["image"]["wrist"].shape == (16, 16, 16, 3)
     wrist = written["episodes"][0]["images"]["observation.images.wrist"][0, 0, 0]
-    assert np.abs(first["observations"]["image"][0, 0, 0].astype(int) - wrist).max() <= 6
+    assert np.abs(first["observations"]["image"]["wrist"][0, 0, 0].astype(int) - wrist).max() <= 6
     assert list((tmp_path / "ds" / ".lps-cache").glob("robot-*.npz"))
     again = load_folder(tmp_path / "ds", cfg, chunk_len=3, progress=False)
-    np.testing.assert_array_equal(again["observations"]["image"], first["observations"]["image"])
+    np.testing.assert_array_equal(again["observations"]["image"]["wrist"], first["observations"]["image"]["wrist"])
 
 
 def test_failure_episodes_flag(tmp_path):
@@ -67,7 +70,7 @@ def test_bad_input_is_named(tmp_path):
     video = ds / "videos/chunk-000/observation.images.wrist/episode_000001.mp4"
     short = lerobot.decode_video(video, 10)[0][:5]
     lerobot.write_video(video, short, 10)
-    with pytest.raises(DatasetError, match="episode 1, camera 'observation.images.wrist'.*shorter than the table"):
+    with pytest.raises(DatasetError, match="episode 1, camera 'observation.images.wrist'.*cannot cover"):
         load_folder(ds, RAW, 3, False)
     lerobot.write_video(video, short, 20)
     with pytest.raises(DatasetError, match="20 fps but meta/info.json says 10"):
@@ -77,7 +80,7 @@ def test_bad_input_is_named(tmp_path):
         load_folder(ds, RAW, 3, False)
 
 
-def test_physical_actions_and_nan_state_are_errors(tmp_path):
+def test_nan_state_is_an_error_and_physical_actions_need_normalising(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -90,10 +93,13 @@ def test_physical_actions_and_nan_state_are_errors(tmp_path):
     pq.write_table(table.set_column(0, "observation.state", pa.array(state.tolist())), path)
     with pytest.raises(DatasetError, match="episode 0: state holds NaN/inf at step 3"):
         load_folder(ds, RAW, 3, False)
+    from lps.data.normalize import fit_dataset
+
     action = 5 * np.asarray(table.column("action").to_pylist())
     pq.write_table(table.set_column(1, "action", pa.array(action.tolist())), path)
-    with pytest.raises(DatasetError, match=r"actions must lie in \[-1, 1\]"):
-        load_folder(ds, RAW, 3, False)
+    data = load_folder(ds, RAW, 3, False)  # read as they are; the units are normalisation's business
+    with pytest.raises(DatasetError, match=r"actions must lie in \[-1, 1\] without normalisation"):
+        fit_dataset(data, "none")
 
 
 def test_unknown_layout_lists_known_ones(tmp_path):
@@ -129,7 +135,7 @@ def test_images_stored_in_the_table(tmp_path):
     info["features"]["observation.images.front"]["dtype"] = "image"
     (ds / "meta/info.json").write_text(json.dumps(info))
     data = load_folder(ds, RAW, 3, False)
-    np.testing.assert_array_equal(data["observations"]["image"], frames)  # PNG is lossless
+    np.testing.assert_array_equal(data["observations"]["image"]["front"], frames)  # PNG is lossless
 
 
 def test_normalisation_round_trip_and_constant_dims(capsys):
@@ -151,13 +157,15 @@ def test_normalisation_round_trip_and_constant_dims(capsys):
     action = normalize.fit(x, "meanstd", "action")  # actions always get a range map into [-1, 1]
     assert np.abs(normalize.apply(x, action)).max() <= 1.0
     assert "dimension(s) [2] are constant" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="--normalize must be one of none, minmax, meanstd, quantile"):
+    with pytest.raises(ValueError, match="--normalize must be one of auto, none, minmax, meanstd, quantile"):
         RobotDataConfig(normalize="zscore")
 
 
-def test_normalised_run_acts_and_serves_in_robot_units(tmp_path):
-    """Actions in [10, 30] (robot units): trained with --normalize minmax, load_policy and lps serve
-    answer in [10, 30]; without the stats file (an older run) the same run answers in [-1, 1]."""
+def test_normalised_run_acts_and_serves_in_robot_units(tmp_path, capsys):
+    """Issue 31's user: actions in [10, 30] (robot units) and two cameras of different sizes, with
+    no extra flags: --normalize auto picks quantile statistics, each camera keeps its size and gets
+    its own encoder, load_policy and lps serve answer in [10, 30] and match cameras by name;
+    without the stats file (an older run) the same run answers in [-1, 1]."""
     import threading
 
     import jax
@@ -170,23 +178,34 @@ def test_normalised_run_acts_and_serves_in_robot_units(tmp_path):
     from tests import helpers
 
     ds = tmp_path / "ds"
-    lerobot.synthetic_dataset(ds, "v3.0", episodes=3, steps=12, size=16, action_offset=20.0, action_scale=10.0)
-    with pytest.raises(DatasetError, match="pass --normalize minmax"):
-        load_folder(ds, RobotDataConfig(image_size=0, cache=False), 3, False)
+    lerobot.synthetic_dataset(ds, "v3.0", episodes=3, steps=12, size=16, action_offset=20.0, action_scale=10.0,
+                              sizes={"wrist": (12, 20)})  # fmt: skip
+    from lps.data.normalize import fit_dataset
+
+    with pytest.raises(DatasetError, match="drop --normalize none"):
+        fit_dataset(load_folder(ds, RobotDataConfig(image_size=0, cache=False), 3, False), "none")
     run = tmp_path / "run"
     # In-process, tiny MLP base and IMPALA-small encoder: the point is the units, not the learning.
     cfg = helpers.toy_config(run, dataset=str(ds), chunk_len=3, steps=2, log_every=2, save_every=2, batch_size=4,
                              encoder="impala-small", encoder_features=8,
-                             robot=RobotDataConfig(image_size=0, normalize="minmax"))  # fmt: skip
+                             robot=RobotDataConfig(image_size=0))  # fmt: skip
     train("lps", cfg, LPSConfig(base_hidden=(16,), critic_hidden=(16,), actor_hidden=(16,)))
+    assert "--normalize auto: quantile statistics" in capsys.readouterr().out
     stats = json.loads((run / "normalization.json").read_text())
-    assert stats["mode"] == "minmax" and len(stats["action"]["offset"]) == 4 and len(stats["state"]["scale"]) == 3
+    assert stats["mode"] == "quantile" and len(stats["action"]["offset"]) == 4 and len(stats["state"]["scale"]) == 3
+    assert json.loads((run / "config.json").read_text())["spec"]["cameras"] == [["front", [16, 16, 3]], ["wrist", [12, 20, 3]]]
     policy = lps.load_policy(run)
+    encoders = policy.params["critic_encoder"]
+    assert sorted(encoders) == ["camera_front", "camera_wrist"]  # one encoder per camera
     raw = {"observation.state": np.array([1.0, -1.0, 0.5], np.float32),
            "observation.images.front": np.zeros((16, 16, 3), np.uint8),
-           "observation.images.wrist": np.zeros((16, 16, 3), np.uint8)}  # fmt: skip
+           "observation.images.wrist": np.zeros((12, 20, 3), np.uint8)}  # fmt: skip
     chunk = policy(raw, key=jax.random.PRNGKey(0))
     assert chunk.shape == (3, 4) and chunk.min() >= 10.0 - 1e-3 and chunk.max() <= 30.0 + 1e-3
+    with pytest.raises(ValueError, match=r"camera 'wrist' gives \[16, 16, 3\] images; this run takes \[12, 20, 3\]"):
+        policy({**raw, "observation.images.wrist": np.zeros((16, 16, 3), np.uint8)})
+    with pytest.raises(ValueError, match=r"unknown \['top'\]"):
+        policy({**raw, "observation.images.top": np.zeros((16, 16, 3), np.uint8)})
 
     srv = load_server(run, device="cpu", log_every_s=0.0, log=lambda line: None)
     ws = srv.start("127.0.0.1", 0)
@@ -218,7 +237,7 @@ def test_summary_names_outcomes_cameras_ranges_and_constant_dims(tmp_path):
     data = load_folder(tmp_path / "ds", cfg, 3, False)
     data["observations"]["state"][:, 1] = 0.5
     text = summary(data, cfg, 3)
-    assert "3 episodes (2 success, 1 failure), 24 steps" in text and "2 camera(s)" in text
+    assert "3 episodes (2 success, 1 failure), 24 steps" in text and "'front' (32, 32, 3), 'wrist' (32, 32, 3)" in text
     assert "actions (4,): min [4." in text and "state dimension(s) [1] are constant" in text
 
 
@@ -242,7 +261,7 @@ def test_robomimic_file_read_with_filter(tmp_path):
     data = load_folder(tmp_path, RobotDataConfig(image_size=0, cache=False, robomimic_filter="train"), 3, False)
     np.testing.assert_array_equal(data["actions"], np.concatenate([written[0]["actions"], written[2]["actions"]]))
     np.testing.assert_array_equal(data["observations"]["state"][:8], np.concatenate([written[0]["eef"], written[0]["grip"]], 1))
-    np.testing.assert_array_equal(data["observations"]["image"][8:], written[2]["img"])
+    np.testing.assert_array_equal(data["observations"]["image"]["agentview_image"][8:], written[2]["img"])
     with pytest.raises(DatasetError, match="no filter mask/valid; filters there: \\['train'\\]"):
         load_folder(tmp_path, RobotDataConfig(image_size=0, cache=False, robomimic_filter="valid"), 3, False)
     # A run on robomimic files keeps their env_args beside its config.
@@ -256,36 +275,67 @@ def test_robomimic_file_read_with_filter(tmp_path):
     assert json.loads((run / DATASET_JSON).read_text())["env_args"] == {"image.hdf5": {"env_name": "Lift"}}
 
 
-def test_raw_droid_folder_left_half_of_stereo_mp4(tmp_path):
+def _droid_episode(root, sub, steps, fps, mono=True, stereo=True, robot_times=True, frames=None, seed=0):
+    """One raw DROID trajectory: 15 Hz steps (robot timestamps unless told not), camera 12345
+    recorded at `fps` as `12345.mp4` (left view) and/or `12345-stereo.mp4` (left | right)."""
     import h5py
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
+    cfg = RobotDataConfig()
+    ep = root / sub / "2024-01-01" / f"Mon_Jan__1_10:00:0{seed}_2024"
+    (ep / "recordings" / "MP4").mkdir(parents=True)
+    action = rng.uniform(-1, 1, (steps, 7)).astype(np.float32)
+    state = rng.normal(size=(steps, 7)).astype(np.float32)
+    with h5py.File(ep / "trajectory.h5", "w") as f:
+        for keys, arr in ((cfg.action_keys, action), (cfg.state_keys, state)):
+            f[keys[0]], f[keys[1]] = arr[:, :-1], arr[:, -1]
+        if robot_times:
+            t = 1700000000 + np.arange(steps) / 15.0
+            f["observation/timestamp/robot_state/robot_timestamp_seconds"] = np.floor(t).astype(np.int64)
+            f["observation/timestamp/robot_state/robot_timestamp_nanos"] = np.round((t % 1) * 1e9).astype(np.int64)
+    n = frames or int(np.ceil(steps * fps / 15.0))
+    left = np.broadcast_to((10 + 4 * np.arange(n))[:, None, None, None], (n, 16, 16, 3)).astype(np.uint8)  # frame i: 10 + 4i
+    if mono:
+        lerobot.write_video(ep / "recordings" / "MP4" / "12345.mp4", left, fps)
+    if stereo:
+        right = np.full_like(left, 250)
+        lerobot.write_video(ep / "recordings" / "MP4" / "12345-stereo.mp4", np.concatenate([left, right], axis=2), fps)
+    return ep, action, state
+
+
+def test_raw_droid_mono_and_stereo_files_and_frames_matched_by_time(tmp_path):
+    """Issue 31 item 4: `<serial>.mp4` is the left view (never cropped), `<serial>-stereo.mp4` the
+    pair (left half taken when it is the only file); a 30 fps video beside a 15 Hz trajectory gives
+    step i frame 2i (by timestamps, not index)."""
     cfg = RobotDataConfig(image_size=0, cache=False)
-    written = []
-    for sub, steps in (("success", 8), ("failure", 9)):
-        ep = tmp_path / sub / "2024-01-01" / "Mon_Jan__1_10:00:00_2024"
-        action = rng.uniform(-1, 1, (steps, 7)).astype(np.float32)
-        state = rng.normal(size=(steps, 7)).astype(np.float32)
-        (ep / "recordings" / "MP4").mkdir(parents=True)
-        with h5py.File(ep / "trajectory.h5", "w") as f:
-            for keys, arr in ((cfg.action_keys, action), (cfg.state_keys, state)):
-                f[keys[0]], f[keys[1]] = arr[:, :-1], arr[:, -1]
-        left = np.broadcast_to(np.linspace(20, 230, steps)[:, None, None, None], (steps, 16, 16, 3)).astype(np.uint8)
-        stereo = np.concatenate([left, np.full_like(left, 128)], axis=2)  # right half: another image
-        lerobot.write_video(ep / "recordings" / "MP4" / "12345.mp4", stereo, 15)
-        written.append((action, state, left))
+    _, a0, s0 = _droid_episode(tmp_path, "success", 8, fps=30, mono=True, stereo=True, seed=0)
+    _, a1, s1 = _droid_episode(tmp_path, "failure", 9, fps=30, mono=False, stereo=True, seed=1)
     data = load_folder(tmp_path, cfg, 3, False)
-    np.testing.assert_array_equal(data["actions"], np.concatenate([w[0] for w in written]))
-    np.testing.assert_array_equal(data["observations"]["state"], np.concatenate([w[1] for w in written]))
-    assert data["observations"]["image"].shape == (17, 16, 16, 3)
-    assert np.abs(data["observations"]["image"].astype(int) - np.concatenate([w[2] for w in written])).max() <= 6
+    np.testing.assert_array_equal(data["actions"], np.concatenate([a0, a1]))
+    np.testing.assert_array_equal(data["observations"]["state"], np.concatenate([s0, s1]))
+    image = data["observations"]["image"]["12345"]
+    assert image.shape == (17, 16, 16, 3)  # the left view's width, both from the mono and the stereo file
+    expected = np.concatenate([10 + 8 * np.arange(8), 10 + 8 * np.arange(9)])  # frame 2i of each episode
+    assert np.abs(image[:, 8, 8, 1].astype(int) - expected).max() <= 6
     assert data["rewards"][8 - 3] == 0.0 and data["rewards"][8 + 9 - 3] == -100.0
     successes = load_folder(tmp_path, dataclasses.replace(cfg, include_failure=False), 3, False)
-    np.testing.assert_array_equal(successes["actions"], written[0][0])
+    np.testing.assert_array_equal(successes["actions"], a0)
     shutil.rmtree(tmp_path / "success")
     only_failures = re.escape(f"{tmp_path}: all 1 episode(s) are failures") + ".*--include-failure"
     with pytest.raises(DatasetError, match=only_failures):
         load_folder(tmp_path, dataclasses.replace(cfg, include_failure=False), 3, False)
+
+
+def test_raw_droid_video_that_cannot_cover_or_be_matched_is_named(tmp_path):
+    cfg = RobotDataConfig(image_size=0, cache=False)
+    ep, _, _ = _droid_episode(tmp_path / "short", "success", 10, fps=30, stereo=False, frames=8)  # 8 frames: 0.27 s
+    with pytest.raises(DatasetError, match=re.escape(str(ep / "recordings" / "MP4" / "12345.mp4")) + ".*cannot cover"):
+        load_folder(tmp_path / "short", cfg, 3, False)
+    ep, _, _ = _droid_episode(tmp_path / "untimed", "success", 8, fps=30, stereo=False, robot_times=False)
+    with pytest.raises(DatasetError, match="16 frames for 8 steps and no timestamps"):
+        load_folder(tmp_path / "untimed", cfg, 3, False)
+    _droid_episode(tmp_path / "same", "success", 8, fps=15, stereo=False, robot_times=False)  # one frame per step
+    assert load_folder(tmp_path / "same", cfg, 3, False)["observations"]["image"]["12345"].shape == (8, 16, 16, 3)
 
 
 def test_av1_video_lerobots_default_codec(tmp_path):
@@ -294,8 +344,8 @@ def test_av1_video_lerobots_default_codec(tmp_path):
                                         codec="libsvtav1")  # fmt: skip
     data = load_folder(tmp_path / "ds", RAW, 2, False)
     image = np.concatenate([e["images"]["observation.images.front"] for e in written["episodes"]])
-    assert data["observations"]["image"].shape == (8, 64, 64, 3)
-    assert np.abs(data["observations"]["image"].astype(int) - image).max() <= 8
+    assert data["observations"]["image"]["front"].shape == (8, 64, 64, 3)
+    assert np.abs(data["observations"]["image"]["front"].astype(int) - image).max() <= 8
 
 
 # --- outcomes: --success-column, next.success, next.reward, --include-failure ------------------
@@ -337,7 +387,7 @@ def test_include_failure_false_drops_lerobot_failures(tmp_path):
     state = np.concatenate([e["state"] for e in written["episodes"][1:]])
     np.testing.assert_array_equal(kept["observations"]["state"], state)
     frames = np.concatenate([e["images"]["observation.images.front"] for e in written["episodes"][1:]])
-    assert np.abs(kept["observations"]["image"].astype(int) - frames).max() <= 6  # episodes 1, 2 of the one video
+    assert np.abs(kept["observations"]["image"]["front"].astype(int) - frames).max() <= 6  # episodes 1, 2 of the one video
     every = load_folder(ds, _cfg(failure_episodes=(0,), include_failure=True), 3, False)
     assert _outcomes(every, 3) == [False, True, True] and len(every["actions"]) == 24
     only_failures = re.escape(f"{ds}: all 3 episode(s) are failures") + ".*pass --include-failure"

@@ -48,7 +48,9 @@ def _raw_obs(path, t):
 def test_episode_layout_rewards_and_rgb(folder):
     ep = read_episode(folder / "success" / "episode_000.h5", CFG, chunk_len=H)
     assert ep["observations"]["state"].shape == (40, 7) and ep["observations"]["state"].dtype == np.float32
-    assert ep["observations"]["image"].shape == (40, 32, 32, 6) and ep["observations"]["image"].dtype == np.uint8
+    image = ep["observations"]["image"]
+    assert sorted(image) == ["ext1_left", "wrist_left"]  # cameras by name, each its own array
+    assert all(v.shape == (40, 32, 32, 3) and v.dtype == np.uint8 for v in image.values())
     assert ep["actions"].shape == (40, 7)
     expected = np.full(40, -1.0)
     expected[40 - H] = 0.0
@@ -57,15 +59,15 @@ def test_episode_layout_rewards_and_rgb(folder):
     assert ep["terminals"].sum() == 1 and ep["terminals"][-1]
     failure = read_episode(folder / "failure" / "episode_005.h5", CFG, chunk_len=H)
     assert failure["rewards"][40 - H] == -100.0 and failure["rewards"][0] == -1.0
-    # BGRA -> RGB, camera order = sorted keys (ext1_left, wrist_left), stacked on channels.
+    # BGRA -> RGB, each camera under its own name.
     with h5py.File(folder / "success" / "episode_000.h5") as f:
         bgra = f["observation/image/wrist_left"][7]
-    np.testing.assert_array_equal(ep["observations"]["image"][7, :, :, 3:], bgra[..., 2::-1])
+    np.testing.assert_array_equal(image["wrist_left"][7], bgra[..., 2::-1])
 
 
 def test_resize_on_load(folder):
     ep = read_episode(folder / "success" / "episode_001.h5", RobotDataConfig(image_size=16))
-    assert ep["observations"]["image"].shape == (40, 16, 16, 6)
+    assert {v.shape for v in ep["observations"]["image"].values()} == {(40, 16, 16, 3)}
 
 
 def _write(path, steps=20, cams=("a_left", "b_left"), drop=None, **override):
@@ -90,7 +92,6 @@ BAD = {
             "'observation/robot_state/gripper_position' holds NaN/inf at step 5"),
     "wrong camera count": (dict(cams=("a_left", "b_left", "c_left")), "wrong camera count"),
     "empty": (dict(steps=0), "empty episode"),
-    "action range": (dict(action__cartesian_velocity=np.full((20, 6), 3.0, np.float32)), "must lie in [-1, 1]"),
 }  # fmt: skip
 
 
@@ -136,14 +137,32 @@ def test_include_failure_false_drops_failure_folder_and_says_so(tmp_path):
         load_folder(folder, cfg, chunk_len=H, progress=False)
 
 
-def test_cache_key_covers_outcome_options(tmp_path):
-    from lps.data.robot import _cache_key
+def test_action_range_is_normalised_by_default_and_refused_with_none(tmp_path, capsys):
+    """Physical units: `--normalize auto` (the default) picks quantile statistics and says why;
+    `--normalize none` refuses them, naming the dimension and the flag."""
+    from lps.data.normalize import fit_dataset
+
+    _write(tmp_path / "success" / "a.h5", action__cartesian_velocity=np.full((20, 6), 3.0, np.float32))
+    data = load_folder(tmp_path, RobotDataConfig(image_size=0, cache=False), progress=False)
+    stats = fit_dataset(data, "auto")
+    assert stats["mode"] == "quantile" and "action dimension 0 reaches 3" in capsys.readouterr().out
+    with pytest.raises(DatasetError, match="action dimension 0 reaches 3.*drop --normalize none"):
+        fit_dataset(data, "none")
+    in_range = {**data, "actions": np.clip(data["actions"], -1, 1), "observations": {**data["observations"],
+                "state": np.clip(data["observations"]["state"], -1, 1)}}  # fmt: skip
+    assert fit_dataset(in_range, "auto") is None and "no normalisation" in capsys.readouterr().out
+
+
+def test_cache_key_covers_decoding_options_not_labels(tmp_path):
+    from lps.data import robot_cache
+    from lps.data.robot import decode_options
 
     folder = synthetic_folder(tmp_path / "d", success=1, failure=0, steps=8, size=8)
-    paths = [(p, True) for p in sorted(folder.rglob("*.h5"))]
-    configs = (CFG, dataclasses.replace(CFG, include_failure=False), dataclasses.replace(CFG, success_column="x"))
-    keys = {_cache_key(paths, cfg, H) for cfg in configs}
-    assert len(keys) == 3
+    inputs = sorted(folder.rglob("*.h5"))
+    decoding = (CFG, dataclasses.replace(CFG, include_failure=False), dataclasses.replace(CFG, success_column="x"))
+    assert len({robot_cache.entry_path(folder, inputs, decode_options(c)) for c in decoding}) == 3
+    labelling = (CFG, dataclasses.replace(CFG, failure_reward=-5.0), dataclasses.replace(CFG, normalize="none"))
+    assert len({robot_cache.entry_path(folder, inputs, decode_options(c)) for c in labelling}) == 1
 
 
 def test_cache_hit_invalidation_and_corruption(tmp_path, capsys):
@@ -156,20 +175,64 @@ def test_cache_hit_invalidation_and_corruption(tmp_path, capsys):
     assert "from cache" in capsys.readouterr().out
     for key in ("actions", "rewards", "masks", "terminals"):
         np.testing.assert_array_equal(first[key], second[key])
-    np.testing.assert_array_equal(first["observations"]["image"], second["observations"]["image"])
-    # Another chunk length moves the outcome reward: a different cache entry.
-    load_folder(folder, cfg, chunk_len=3, progress=False)
-    assert "from cache" not in capsys.readouterr().out
+    for cam in first["observations"]["image"]:
+        np.testing.assert_array_equal(first["observations"]["image"][cam], second["observations"]["image"][cam])
+    # Another chunk length only moves the labels: the same entry serves it (lps data robot and
+    # lps train --preset robot share one), and its labels are those of a fresh read.
+    moved = load_folder(folder, cfg, chunk_len=3, progress=False)
+    assert "from cache" in capsys.readouterr().out
+    fresh = load_folder(folder, dataclasses.replace(cfg, cache=False), chunk_len=3, progress=False)
+    np.testing.assert_array_equal(moved["rewards"], fresh["rewards"])
+    # Other decoding options get their own entry and never delete another's.
+    load_folder(folder, dataclasses.replace(cfg, include_failure=False), chunk_len=H, progress=False)
+    assert len(list((folder / ".lps-cache").glob("robot-*.npz"))) == 2
     # A new episode invalidates the cache.
     synthetic_folder(tmp_path / "extra", success=1, failure=0, steps=12, size=16, seed=3)
     shutil.copy(tmp_path / "extra" / "success" / "episode_000.h5", folder / "success" / "episode_new.h5")
     third = load_folder(folder, cfg, chunk_len=H, progress=False)
     assert "from cache" not in capsys.readouterr().out and third["terminals"].sum() == 4
+    assert len(list((folder / ".lps-cache").glob("robot-*.npz"))) == 2  # the stale entry of these options went
     # A damaged cache is rebuilt, not trusted.
-    (cache,) = (folder / ".lps-cache").glob("robot-*.npz")
-    cache.write_bytes(b"not an npz")
+    for cache in (folder / ".lps-cache").glob("robot-*.npz"):
+        cache.write_bytes(b"not an npz")
     again = load_folder(folder, cfg, chunk_len=H, progress=False)
-    assert "ignoring unreadable cache" in capsys.readouterr().out and again["terminals"].sum() == 4
+    assert "ignoring the cache" in capsys.readouterr().out and again["terminals"].sum() == 4
+
+
+def test_cache_sees_an_edit_that_keeps_size_and_mtime(tmp_path, capsys):
+    """Issue 32 item 1: one value edited in place, size and mtime restored: the cache is keyed on
+    content, so the edited value is what loads."""
+    folder = synthetic_folder(tmp_path / "d", success=2, failure=0, steps=12, size=8)
+    cfg = RobotDataConfig(image_size=0)
+    load_folder(folder, cfg, chunk_len=H, progress=False)
+    path = folder / "success" / "episode_001.h5"
+    st = path.stat()
+    with h5py.File(path, "r+") as f:
+        f["action/gripper_position"][3] = 0.123
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+    data = load_folder(folder, cfg, chunk_len=H, progress=False)
+    assert "from cache" not in capsys.readouterr().out
+    assert np.isclose(data["actions"][12 + 3, -1], 0.123)
+
+
+def test_cache_with_rows_missing_is_rebuilt(tmp_path, capsys):
+    """Issue 32 item 2: an entry rewritten with rows missing (consistently) is not used."""
+    from lps.data import robot_cache
+
+    folder = synthetic_folder(tmp_path / "d", success=2, failure=0, steps=12, size=8)
+    cfg = RobotDataConfig(image_size=0)
+    load_folder(folder, cfg, chunk_len=H, progress=False)
+    (entry,) = (folder / ".lps-cache").glob("robot-*.npz")
+    with np.load(entry) as f:
+        arrays = {k: f[k] for k in f.files}
+    cut = {k: (v[:-4] if k in ("state", "action") or k.startswith("images/") else v) for k, v in arrays.items()}
+    cut["lengths"] = arrays["lengths"] - np.array([0, 4])
+    np.savez(entry, **cut)
+    with pytest.raises(ValueError, match="do not match the digest"):
+        robot_cache.read(entry)
+    data = load_folder(folder, cfg, chunk_len=H, progress=False)
+    assert "ignoring the cache" in capsys.readouterr().out and len(data["actions"]) == 24
 
 
 def test_droid_obs_to_lps_matches_training_rows(folder):
@@ -177,13 +240,22 @@ def test_droid_obs_to_lps_matches_training_rows(folder):
     ep = read_episode(path, CFG)
     raw = _raw_obs(path, 11)
     obs = droid_obs_to_lps(raw, CFG)
-    np.testing.assert_array_equal(obs["image"], ep["observations"]["image"][11])
+    for cam in ("ext1_left", "wrist_left"):
+        np.testing.assert_array_equal(obs["image"][cam], ep["observations"]["image"][cam][11])
     np.testing.assert_allclose(obs["state"], ep["observations"]["state"][11])
     # Nested under "observation", or already ours, gives the same.
-    np.testing.assert_array_equal(droid_obs_to_lps({"observation": raw}, CFG)["image"], obs["image"])
-    assert droid_obs_to_lps(obs, CFG)["image"] is not None
-    with pytest.raises(ValueError, match="cameras"):
+    np.testing.assert_array_equal(droid_obs_to_lps({"observation": raw}, CFG)["image"]["wrist_left"], obs["image"]["wrist_left"])
+    np.testing.assert_array_equal(droid_obs_to_lps(obs, CFG)["image"]["ext1_left"], obs["image"]["ext1_left"])
+    with pytest.raises(ValueError, match="the policy needs 2"):
         droid_obs_to_lps({**raw, "image": {"ext1_left": raw["image"]["ext1_left"]}}, CFG)
+    # Cameras by identity (issue 31 item 3): another serial is refused, not slotted in by sort order.
+    cameras = {c: {"shape": [32, 32, 3], "channels": 4, "order": "bgr"} for c in ("ext1_left", "wrist_left")}
+    swapped = {**raw, "image": {"zz_left": raw["image"]["ext1_left"], "wrist_left": raw["image"]["wrist_left"]}}
+    with pytest.raises(ValueError, match=r"missing \['ext1_left'\].*unknown \['zz_left'\]"):
+        droid_obs_to_lps(swapped, CFG, cameras)
+    rgb = {**raw, "image": {c: v[..., :3] for c, v in raw["image"].items()}}  # 3 channels for a BGRA-trained run
+    with pytest.raises(ValueError, match="sends 3-channel frames; this run was trained on 4-channel BGRA"):
+        droid_obs_to_lps(rgb, CFG, cameras)
     with pytest.raises(ValueError, match="lacks 'observation/robot_state/cartesian_position'"):
         droid_obs_to_lps({"image": raw["image"]}, CFG)
     with pytest.raises(ValueError, match="has 'state' but no 'image'"):  # ours, half of it: named as such
@@ -195,7 +267,7 @@ def test_append_episodes(folder):
     b = read_episode(folder / "failure" / "episode_006.h5", CFG)
     data = append_episodes(append_episodes(None, [a]), [b])
     assert len(data["actions"]) == 80 and data["terminals"].sum() == 2
-    np.testing.assert_array_equal(data["observations"]["image"][40:], b["observations"]["image"])
+    np.testing.assert_array_equal(data["observations"]["image"]["ext1_left"][40:], b["observations"]["image"]["ext1_left"])
     with pytest.raises(DatasetError, match="terminal"):
         append_episodes(data, [{**a, "terminals": np.zeros(40, bool)}])
 
@@ -214,7 +286,9 @@ def test_train_eval_and_load_policy_end_to_end(folder, tmp_path):
             "--save-every", "6", "--image-size", "32", "--run-dir", run, "--no-progress", *small, cwd=tmp_path, check=True,
             timeout=420)  # fmt: skip  # one IMPALA per camera and per network: compilation takes minutes on a loaded CPU
     config = json.loads((run / "config.json").read_text())
-    assert config["spec"]["image_shape"] == [32, 32, 6] and config["spec"]["obs_dim"] == 7
+    assert config["spec"]["cameras"] == [["ext1_left", [32, 32, 3]], ["wrist_left", [32, 32, 3]]]
+    assert config["spec"]["obs_dim"] == 7 and config["spec"]["image_shape"] is None
+    assert json.loads((run / "cameras.json").read_text())["wrist_left"] == {"channels": 4, "order": "bgr", "shape": [32, 32, 3]}
     assert config["agent_config"]["base_arch"] == "mfdit" and config["train"]["lr_schedule"] == "cosine"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss/critic" in r] == [3, 6]
@@ -234,16 +308,20 @@ def test_train_eval_and_load_policy_end_to_end(folder, tmp_path):
     assert chunk.shape == (H, 7) and np.all(np.abs(chunk) <= 1)
     # Our dict, as a batch (of one: no new compilation), gives the same chunk as the raw dict.
     ours = droid_obs_to_lps(raw, CFG)
-    batch = policy({k: v[None] for k, v in ours.items()}, key=jax.random.PRNGKey(0))
+    batch = policy(jax.tree_util.tree_map(lambda v: v[None], ours), key=jax.random.PRNGKey(0))
     assert batch.shape == (1, H, 7)
     np.testing.assert_allclose(batch[0], chunk, atol=1e-6)
+    frames = {c: np.zeros((1, 32, 32, 3), np.uint8) for c in ("ext1_left", "wrist_left")}
     with pytest.raises(ValueError, match="policy takes state"):
-        policy({"state": np.zeros((1, 3), np.float32), "image": np.zeros((1, 32, 32, 6), np.uint8)})
+        policy({"state": np.zeros((1, 3), np.float32), "image": frames})
+    with pytest.raises(ValueError, match=r"unknown \['zz_left'\]"):
+        policy({"state": np.zeros((1, 7), np.float32), "image": {**frames, "zz_left": frames["ext1_left"]}})
 
 
 def test_cli_data_robot_and_bad_folder(folder, tmp_path):
     out = run_cli("data", "robot", folder, "--image-size", "32", cwd=tmp_path, check=True)
-    assert "7 episodes (5 success, 2 failure)" in out.stdout and "image (32, 32, 6) uint8" in out.stdout
+    assert "7 episodes (5 success, 2 failure)" in out.stdout and "'wrist_left' (32, 32, 3)" in out.stdout
+    assert "lps train --preset robot --dataset" in out.stdout and "--image-size 32" in out.stdout
     os.makedirs(tmp_path / "empty" / "success")
     out = run_cli("train", "--dataset", tmp_path / "empty", "--steps", "1", cwd=tmp_path)
     assert out.returncode == 1 and "holds no episodes" in out.stderr

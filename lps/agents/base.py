@@ -37,10 +37,24 @@ class Spec:
     """An image agent's inner spec (`lps.agents.encoded`): its observation is [camera features ||
     state], the last `state_features` numbers being the robot state (the release's DiT gives them
     their own token)."""
+    cameras: tuple[tuple[str, tuple[int, int, int]], ...] = ()
+    """Robot data: (name, (H, W, 3)) of each camera, sorted by name; observations are then
+    `{"state", "image": {name: frames}}`, each camera at its own size with its own encoder."""
 
     def __post_init__(self):
         if self.image_shape is not None:  # JSON gives a list; the spec must stay hashable
             object.__setattr__(self, "image_shape", tuple(int(d) for d in self.image_shape))
+        cameras = tuple(sorted((str(name), tuple(int(d) for d in shape)) for name, shape in self.cameras))
+        object.__setattr__(self, "cameras", cameras)
+
+    @property
+    def has_images(self) -> bool:
+        return self.image_shape is not None or bool(self.cameras)
+
+    def network_camera_shape(self, name: str) -> tuple[int, int, int]:
+        """(H, W, K*3): camera `name`'s frames as the networks take them (the last K on channels)."""
+        h, w, c = dict(self.cameras)[name]
+        return (h, w, c * self.frame_stack)
 
     @property
     def network_image_shape(self) -> tuple[int, ...] | None:

@@ -1,10 +1,11 @@
 """Image observations: IMPALA encoders, random-shift augmentation, and the one wrapper that lets
 every agent train on them.
 
-An observation is an array (state vectors (B, d), or images (B, H, W, C) uint8) or a dict
-`{"state": (B, d) float32, "image": (B, H, W, C) uint8}` (robot data: cameras stacked on C, three
-channels each). `ObservationEncoder` turns any of them into a feature vector: pixel images go
-through one IMPALA ResNet, robot images through one IMPALA per camera (features concatenated),
+An observation is an array (state vectors (B, d), or images (B, H, W, C) uint8) or a robot dict
+`{"state": (B, d) float32, "image": {camera: (B, H, W, 3) uint8}}` (each camera at its own size;
+runs made before cameras had names stack them on the channel axis of one array).
+`ObservationEncoder` turns any of them into a feature vector: pixel images go through one IMPALA
+ResNet, robot images through one IMPALA per camera (features concatenated in camera-name order),
 and the state is appended as it is.
 
 `EncodedAgent` wraps any agent without the agent knowing: the inner agent is built for the
@@ -97,7 +98,11 @@ class ObservationEncoder(nn.Module):
     @nn.compact
     def __call__(self, obs):
         stacks, blocks = ARCHS[self.arch]
-        if isinstance(obs, dict):
+        if isinstance(obs, dict) and isinstance(obs["image"], dict):  # cameras by name, each its own size
+            per_camera = [ImpalaEncoder(stacks, blocks, self.features, name=f"camera_{name}")(frames)
+                          for name, frames in sorted(obs["image"].items())]  # fmt: skip
+            return jnp.concatenate([*per_camera, obs["state"].astype(jnp.float32)], axis=-1)
+        if isinstance(obs, dict):  # runs trained before cameras had names: stacked on channels
             images = obs["image"]
             frame_channels = images.shape[-1] // self.frame_stack
             cams = cameras(frame_channels)
@@ -140,9 +145,10 @@ def random_shift(images: jax.Array, offsets: jax.Array, shift: int) -> jax.Array
 
 
 def augment(offsets: jax.Array, obs, shift: int):
-    """Random shift of the image part of an observation (state vectors pass through)."""
+    """Random shift of the image part of an observation (state vectors pass through); every camera
+    of a robot observation by the same offsets."""
     if isinstance(obs, dict):
-        return {**obs, "image": random_shift(obs["image"], offsets, shift)}
+        return {**obs, "image": jax.tree_util.tree_map(lambda x: random_shift(x, offsets, shift), obs["image"])}
     return random_shift(obs, offsets, shift) if obs.ndim == 4 else obs
 
 
@@ -163,33 +169,50 @@ def augment_pair(key: jax.Array, obs, next_obs, shift: int, prob: float):
 # --- observation specs ------------------------------------------------------------------------
 
 
-def observation_spec(observations) -> tuple[int, tuple[int, ...] | None]:
-    """(state dim, image shape or None) of a dataset's observations (array or dict, rows first)."""
+def spec_fields(observations) -> dict[str, Any]:
+    """The `Spec` fields of a dataset's observations (array or dict, rows first): obs_dim, and
+    image_shape (pixels, or robot cameras stacked on channels) or cameras (robot cameras by name)."""
     if isinstance(observations, dict):
         if set(observations) != {"state", "image"}:
             raise ValueError(f"dict observations need exactly the keys 'state' and 'image', got {sorted(observations)}")
-        return int(observations["state"].shape[1]), tuple(int(d) for d in observations["image"].shape[1:])
+        obs_dim, image = int(observations["state"].shape[1]), observations["image"]
+        if isinstance(image, dict):
+            return {"obs_dim": obs_dim, "cameras": tuple((k, tuple(int(d) for d in v.shape[1:])) for k, v in image.items())}
+        return {"obs_dim": obs_dim, "image_shape": tuple(int(d) for d in image.shape[1:])}
     if np.ndim(observations) == 4:
-        return 0, tuple(int(d) for d in observations.shape[1:])
-    return int(observations.shape[1]), None
+        return {"obs_dim": 0, "image_shape": tuple(int(d) for d in observations.shape[1:])}
+    return {"obs_dim": int(observations.shape[1])}
+
+
+def describe_observations(spec: Spec) -> str:
+    """What a spec's observations are, for messages: 'state (7,), cameras front (64, 64, 3), ...'."""
+    parts = [f"state ({spec.obs_dim},)"] if spec.obs_dim else []
+    if spec.image_shape is not None:
+        parts.append(f"image {spec.image_shape}")
+    parts += [f"camera '{name}' {shape}" for name, shape in spec.cameras]
+    return ", ".join(parts)
 
 
 def resolve_encoder(name: str, spec: Spec) -> str:
     """`auto`: none for state vectors, impala for robot data ({state, image}), impala-small for pixels."""
     if name == "auto":
-        if spec.image_shape is None:
+        if not spec.has_images:
             return "none"
         return "impala" if spec.obs_dim > 0 else "impala-small"
-    if name != "none" and spec.image_shape is None:
+    if name != "none" and not spec.has_images:
         raise ValueError(f"--encoder {name} needs image observations, but this dataset's observations are state vectors; use --encoder none")
-    if name == "none" and spec.image_shape is not None:
-        raise ValueError(f"observations hold images {spec.image_shape}; they need an image encoder (--encoder impala or impala-small)")
+    if name == "none" and spec.has_images:
+        raise ValueError(f"observations hold images ({describe_observations(spec)}); they need an image encoder "
+                         "(--encoder impala or impala-small)")  # fmt: skip
     return name
 
 
 def example_observation(spec: Spec):
     """A batch of one zero observation with the spec's structure."""
     state = jnp.zeros((1, spec.obs_dim), jnp.float32)
+    if spec.cameras:
+        return {"state": state, "image": {name: jnp.zeros((1, *spec.network_camera_shape(name)), jnp.uint8)
+                                          for name, _ in spec.cameras}}  # fmt: skip
     if spec.image_shape is None:
         return state
     image = jnp.zeros((1, *spec.network_image_shape), jnp.uint8)
@@ -294,7 +317,10 @@ def scan_updates(agent) -> bool:
 
 def feature_dim(spec: Spec, arch: str, features: int) -> int:
     del arch
-    per_camera = cameras(spec.image_shape[-1]) if spec.obs_dim > 0 else 1  # robot data: one IMPALA per camera
+    if spec.cameras:
+        per_camera = len(spec.cameras)  # robot data: one IMPALA per camera
+    else:
+        per_camera = cameras(spec.image_shape[-1]) if spec.obs_dim > 0 else 1
     return features * per_camera + spec.obs_dim
 
 

@@ -70,8 +70,8 @@ class Frames:
         policy_input = frames.stacked()         # images (..., H, W, 3*C), the state the latest
         frames.reset()                          # a new episode
 
-    An observation is an image array (any leading axes) or a dict whose "image" is stacked (its
-    other entries are taken from the latest frame). A frame whose shape differs from the stack's
+    An observation is an image array (any leading axes) or a dict whose "image" (an array, or a dict
+    of cameras) is stacked (its other entries are taken from the latest frame). A frame whose shape differs from the stack's
     (another batch size) starts the stack afresh rather than mixing episodes."""
 
     def __init__(self, frame_stack: int, first=None):
@@ -104,10 +104,12 @@ class Frames:
         latest = self._frames[-1]
         if self.frame_stack == 1:
             return latest
-        if isinstance(latest, dict):
-            return {**latest, "image": np.concatenate([np.asarray(f["image"]) for f in self._frames], axis=-1)}
+        if isinstance(latest, dict):  # the images stacked (every camera's), the state the latest
+            stack = [f["image"] for f in self._frames]
+            return {**latest, "image": jax.tree_util.tree_map(lambda *xs: np.concatenate([np.asarray(x) for x in xs], -1), *stack)}
         return np.concatenate([np.asarray(f) for f in self._frames], axis=-1)
 
 
-def _image_shape(observation) -> tuple[int, ...]:
-    return np.shape(observation["image"] if isinstance(observation, dict) else observation)
+def _image_shape(observation):
+    images = observation["image"] if isinstance(observation, dict) else observation
+    return jax.tree_util.tree_map(np.shape, images) if isinstance(images, dict) else np.shape(images)

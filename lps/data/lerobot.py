@@ -94,8 +94,8 @@ def estimate(folder: Path, cameras: tuple[str, ...] = ()) -> str:
 def read_dataset(folder: Path, state_column: str, action_column: str, cameras: tuple[str, ...],
                  failure_episodes: tuple[int, ...] = (), success_column: str = "",
                  include_failure: bool = True) -> dict[str, Any]:  # fmt: skip
-    """{"version", "fps", "cameras", "episodes": [{index, state (T, ds), action (T, da), images
-    {camera: (T, H, W, 3) uint8 RGB}, success}], "dropped"} of a local LeRobot dataset: outcomes
+    """{"version", "fps", "episodes": [{state (T, ds), action (T, da), images {camera name: (T, H, W,
+    3) uint8 RGB}, success, where}], "dropped", "found"} of a local LeRobot dataset: outcomes
     as the module docstring says; with `include_failure=False` failures are left out (not decoded)
     and counted in "dropped" (every episode may be dropped: the caller says what to do then)."""
     info = read_info(folder)
@@ -111,34 +111,41 @@ def read_dataset(folder: Path, state_column: str, action_column: str, cameras: t
                 "(choose them with --state-column / --action-column)"
             )
     outcomes = episode_outcomes(folder, tables, success_column, failure_episodes)
-    video_cache: dict[Path, tuple[np.ndarray, np.ndarray]] = {}  # a v3.0 file holds many episodes: decode once
-    episodes, dropped = [], 0
+    episodes, kept, dropped = [], [], 0
     for (meta, table), success in zip(tables, outcomes):
         if not success and not include_failure:
             dropped += 1
             continue
         index = int(meta["episode_index"])
         where = f"{folder} episode {index}"
-        state = _matrix(table, state_column, where)
-        action = _matrix(table, action_column, where)
         timestamps = np.asarray(table.column("timestamp").to_numpy(), np.float64) if "timestamp" in table.column_names \
             else np.arange(len(table)) / fps  # fmt: skip
-        images = {}
-        for cam in cams:
+        kept.append((meta, table, where, timestamps))
+        episodes.append({"state": _matrix(table, state_column, where), "action": _matrix(table, action_column, where),
+                         "images": {}, "success": success, "where": where})  # fmt: skip
+    # Camera by camera, episodes in file order: a v3.0 video file holds many episodes and is
+    # decoded once for all of them (one file per camera in memory at a time).
+    for cam in cams:
+        name = camera_name(cam)
+        current: tuple[Path, np.ndarray, np.ndarray] | None = None
+        for (meta, table, where, timestamps), episode in zip(kept, episodes):
             if info["features"][cam].get("dtype") == "image":
-                images[cam] = _table_images(table, cam, where)
+                episode["images"][name] = _table_images(table, cam, where)
                 continue
             path = folder / _video_path(info, version, cam, meta)
             if not path.is_file():
                 raise DatasetError(f"{where}: video file missing: {path}")
-            if path not in video_cache:
-                video_cache.clear()  # keep one file's frames in memory at a time (files are read in order)
-                video_cache[path] = decode_video(path, fps)
-            frames, times = video_cache[path]
+            if current is None or current[0] != path:
+                current = (path, *decode_video(path, fps))
             offset = float(meta.get(f"videos/{cam}/from_timestamp", 0.0))
-            images[cam] = match_frames(frames, times, timestamps + offset, fps, f"{where}, camera '{cam}' ({path})")
-        episodes.append({"index": index, "state": state, "action": action, "images": images, "success": success})
-    return {"version": version, "fps": fps, "cameras": cams, "episodes": episodes, "dropped": dropped}
+            episode["images"][name] = match_frames(current[1], current[2], timestamps + offset, fps,
+                                                   f"{where}, camera '{cam}' ({path})")  # fmt: skip
+    return {"version": f"LeRobot {version}", "fps": fps, "episodes": episodes, "dropped": dropped, "found": len(tables)}
+
+
+def camera_name(column: str) -> str:
+    """A camera's name in lps (observations, the server): its feature without 'observation.images.'."""
+    return column.removeprefix(IMAGE_PREFIX)
 
 
 SUCCESS_COLUMN = "next.success"
@@ -278,9 +285,9 @@ def _table_images(table, column: str, where: str) -> np.ndarray:
     return np.stack(frames)
 
 
-def decode_video(path: Path, fps: float) -> tuple[np.ndarray, np.ndarray]:
+def decode_video(path: Path, fps: float | None) -> tuple[np.ndarray, np.ndarray]:
     """Every frame of `path` as (N, H, W, 3) uint8 RGB and its presentation time in seconds.
-    A stream whose frame rate differs from info.json's `fps` is bad data."""
+    A stream whose frame rate differs from `fps` (info.json's; None: any) is bad data."""
     import av
 
     try:
@@ -290,19 +297,20 @@ def decode_video(path: Path, fps: float) -> tuple[np.ndarray, np.ndarray]:
     with container:
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate
-        if rate and abs(float(rate) - fps) > 0.01 * fps:
+        if fps and rate and abs(float(rate) - fps) > 0.01 * fps:
             raise DatasetError(f"{path}: video is at {float(rate):.3g} fps but meta/info.json says {fps:.3g}")
         frames, times = [], []
         for frame in container.decode(stream):
             frames.append(frame.to_ndarray(format="rgb24"))
-            times.append(float(frame.pts * stream.time_base) if frame.pts is not None else len(times) / fps)
+            times.append(float(frame.pts * stream.time_base) if frame.pts is not None else len(times) / float(fps or rate or 1))
     if not frames:
         raise DatasetError(f"{path}: video holds no frames")
     return np.stack(frames), np.asarray(times)
 
 
-def match_frames(frames: np.ndarray, times: np.ndarray, wanted: np.ndarray, fps: float, where: str) -> np.ndarray:
-    """The frame nearest to each wanted timestamp; each must be within a quarter frame period."""
+def match_frames(frames: np.ndarray, times: np.ndarray, wanted: np.ndarray, fps: float, where: str,
+                 tolerance: float = 0.25) -> np.ndarray:  # fmt: skip
+    """The frame nearest to each wanted timestamp; each must be within `tolerance` frame periods."""
     order = np.argsort(times)
     times, frames = times[order], frames[order]
     idx = np.clip(np.searchsorted(times, wanted), 1, len(times) - 1) if len(times) > 1 else np.zeros(len(wanted), int)
@@ -310,12 +318,12 @@ def match_frames(frames: np.ndarray, times: np.ndarray, wanted: np.ndarray, fps:
         left_closer = np.abs(wanted - times[idx - 1]) <= np.abs(wanted - times[idx])
         idx = np.where(left_closer, idx - 1, idx)
     gap = np.abs(times[idx] - wanted)
-    bad = gap > 0.25 / fps
+    bad = gap > tolerance / fps
     if bad.any():
         i = int(np.argmax(bad))
         raise DatasetError(
             f"{where}: no frame at timestamp {wanted[i]:.4f}s (nearest {times[idx[i]]:.4f}s; the video spans "
-            f"{times[0]:.4f}-{times[-1]:.4f}s): the video is shorter than the table or at another fps"
+            f"{times[0]:.4f}-{times[-1]:.4f}s): the video cannot cover the trajectory (shorter, or at another fps)"
         )
     return frames[idx]
 
@@ -345,9 +353,10 @@ def write_video(path: Path, frames: np.ndarray, fps: float, codec: str = "libx26
 def synthetic_dataset(folder: str | Path, version: str = "v2.1", episodes: int = 3, steps: int = 12, size: int = 32,
                       cameras: tuple[str, ...] = ("front", "wrist"), fps: int = 10, action_dim: int = 4,
                       state_dim: int = 3, seed: int = 0, codec: str = "libx264", action_scale: float = 1.0,
-                      action_offset: float = 0.0) -> dict[str, Any]:  # fmt: skip
+                      action_offset: float = 0.0, sizes: dict[str, tuple[int, int]] | None = None) -> dict[str, Any]:  # fmt: skip
     """A tiny LeRobot dataset on disk; returns what was written ({state, action, images} per episode)
-    so a test can compare. Each frame is one flat colour that changes with the step (codec-friendly)."""
+    so a test can compare. Each frame is one flat colour that changes with the step (codec-friendly).
+    Every camera is `size` x `size` unless `sizes` gives it its own (height, width)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -362,7 +371,8 @@ def synthetic_dataset(folder: str | Path, version: str = "v2.1", episodes: int =
         for c, key in enumerate(keys):
             colour = np.stack([np.linspace(30, 220, steps), np.full(steps, 60.0 + 40 * c + 20 * e),
                                np.linspace(200, 40, steps)], axis=1).astype(np.uint8)  # fmt: skip
-            images[key] = np.broadcast_to(colour[:, None, None, :], (steps, size, size, 3)).copy()
+            height, width = (sizes or {}).get(cameras[c], (size, size))
+            images[key] = np.broadcast_to(colour[:, None, None, :], (steps, height, width, 3)).copy()
         written.append({"state": state, "action": action, "images": images})
 
     def table(e: int, start: int):
@@ -377,7 +387,7 @@ def synthetic_dataset(folder: str | Path, version: str = "v2.1", episodes: int =
 
     features = {"observation.state": {"dtype": "float32", "shape": [state_dim]},
                 "action": {"dtype": "float32", "shape": [action_dim]}}  # fmt: skip
-    features.update({k: {"dtype": "video", "shape": [size, size, 3]} for k in keys})
+    features.update({k: {"dtype": "video", "shape": [*(sizes or {}).get(c, (size, size)), 3]} for c, k in zip(cameras, keys)})
     (folder / "meta").mkdir(parents=True, exist_ok=True)
     if version == "v2.1":
         info = {"codebase_version": "v2.1", "fps": fps, "chunks_size": 1000, "total_episodes": episodes,

@@ -2,6 +2,9 @@
 in the run (`normalization.json`), so a deployed policy takes raw observations and returns actions
 in the robot's own units (`lps.load_policy` applies it; `lps serve` inherits it).
 
+`auto` (the default) picks quantile when any action or state dimension of the data leaves
+[-1, 1] (joint angles in radians, positions in metres), else none, and says which and why.
+
 Every mode is an affine map `x_norm = (x - offset) / scale`:
     minmax    offset = (max + min) / 2, scale = (max - min) / 2          -> [-1, 1]
     meanstd   offset = mean, scale = std                                 (states only; see below)
@@ -19,7 +22,10 @@ from typing import Any
 
 import numpy as np
 
-MODES = ("none", "minmax", "meanstd", "quantile")
+from lps.data.validate import DatasetError
+
+MODES = ("auto", "none", "minmax", "meanstd", "quantile")
+RANGE_TOLERANCE = 1e-5  # as lps.data.validate: actions within [-1, 1] up to float noise
 STATS_JSON = "normalization.json"
 QUANTILES = (0.01, 0.99)
 
@@ -55,9 +61,41 @@ def invert(x: np.ndarray, stats: dict[str, Any]) -> np.ndarray:
     return np.asarray(x, np.float32) * np.asarray(stats["scale"], np.float32) + np.asarray(stats["offset"], np.float32)
 
 
-def fit_dataset(data: dict[str, Any], mode: str) -> dict[str, Any] | None:
-    """Stats of a row-layout robot dataset (observations {state, image}), or None for 'none'."""
+def resolve_mode(data: dict[str, Any], mode: str) -> str:
+    """`auto` -> quantile if any action or state dimension leaves [-1, 1], else none (printed with
+    the reason); 'none' on such actions is refused, naming the flag; other modes pass through."""
     check_mode(mode)
+    obs = data["observations"]
+    columns = {"action": np.asarray(data["actions"])}
+    if isinstance(obs, dict) and "state" in obs:
+        columns["state"] = np.asarray(obs["state"])
+    outside = {}
+    for name, values in columns.items():
+        worst = np.max(np.abs(values), axis=0) if len(values) else np.zeros(0)
+        dims = np.flatnonzero(worst > 1.0 + RANGE_TOLERANCE)
+        if len(dims):
+            outside[name] = (int(dims[0]), float(worst[dims[0]]), len(dims))
+    if mode == "none" and "action" in outside:
+        dim, value, _ = outside["action"]
+        raise DatasetError(f"actions must lie in [-1, 1] without normalisation, but action dimension {dim} reaches "
+                         f"{value:.4g}; drop --normalize none (the default, auto, normalises such data), or "
+                         "rescale the actions when recording")  # fmt: skip
+    if mode != "auto":
+        return mode
+    if not outside:
+        print("[lps] --normalize auto: every action and state dimension lies in [-1, 1]; no normalisation")
+        return "none"
+    reasons = ", ".join(f"{name} dimension {dim} reaches {value:.4g}" + (f" ({n} dims outside)" if n > 1 else "")
+                        for name, (dim, value, n) in outside.items())  # fmt: skip
+    print(f"[lps] --normalize auto: quantile statistics (q01/q99 -> [-1, 1]), since {reasons} (outside [-1, 1]; "
+          "stored in the run, applied when serving)")  # fmt: skip
+    return "quantile"
+
+
+def fit_dataset(data: dict[str, Any], mode: str) -> dict[str, Any] | None:
+    """Stats of a row-layout robot dataset (observations {state, image}), or None for 'none'
+    (`auto` is resolved on the data first)."""
+    mode = resolve_mode(data, mode)
     if mode == "none":
         return None
     stats = {"mode": mode, "action": fit(data["actions"], mode, "action")}

@@ -1,42 +1,39 @@
-"""Robot demonstrations in the DROID-style HDF5 layout: a folder of episodes -> the row layout.
+"""Robot demonstrations, in any known layout -> the row layout the trainer reads.
 
-    DIR/success/*.h5   DIR/failure/*.h5   (one episode per file; failure/ is optional)
+    DIR/success/*.h5   DIR/failure/*.h5     HDF5 episodes (DROID-style; failure/ optional)
+    DIR/meta/info.json ...                  LeRobot v2.1 / v3.0 (`lps.data.lerobot`)
+    DIR/*.hdf5 with data/demo_N             robomimic (`lps.data.robomimic`)
+    DIR/success/<date>/<time>/trajectory.h5 raw DROID (`lps.data.droid_raw`)
 
-Each file holds `action/cartesian_velocity` (T, 6) and `action/gripper_position` (T,) or (T, 1)
-(-> a 7-D action), `observation/robot_state/cartesian_position` (T, 6) and
-`observation/robot_state/gripper_position` (-> 7-D proprio `state`), and one
-`observation/image/<camera>_left` (T, H, W, 4) BGRA uint8 array per camera (-> RGB, resized,
-cameras stacked on the channel axis: `image` (T, H, W, 3 * cameras)).
+Each layout is a `Format` (detect, read); reading gives raw episodes (state, action, frames per
+camera, outcome), `decode_folder` checks them and makes every camera RGB (at --image-size if set,
+else its own recorded size), and `label` applies the paper's semi-sparse rewards: -1 per step; on
+a success episode 0 at step T - H, on a failure -100 there; masks 0 on the last H steps;
+terminal on the last step. Observations are `{"state", "image": {camera: frames}}`, cameras by
+name. Every key name, the cameras, the image size and the reward values are `RobotDataConfig`
+fields (flags of `lps train` and `lps data robot`).
 
-Rewards follow the LPS paper's semi-sparse scheme: -1 per step; on a success episode 0 at step
-T - H, on a failure episode -100 there; masks 0 on the last H steps (no bootstrapping past the
-outcome); terminal on the last step. Every key name, the cameras, the image size and the reward
-values are `RobotDataConfig` fields (flags of `lps train` and `lps data robot`).
+Decoding is slow for real datasets, so the decoded episodes are cached under DIR/.lps-cache
+(`lps.data.robot_cache`), keyed by the files' contents and the decoding options only: `lps data
+robot` and `lps train` (any chunk length, rewards or normalisation) share one entry.
 
-Reading decodes every image once, which is slow for real datasets; the result is cached in a
-compact npz (uint8 images) next to the data, keyed by the files' names, sizes and modification
-times and by the loader options, so the next run starts in seconds.
-
-For a robot at run time, `droid_obs_to_lps(raw, cfg)` turns one observation dict as the robot
-stack produces it (`{"robot_state": {...}, "image": {"<serial>_left": BGRA}}`) into the same
-`{"state", "image"}` the policy was trained on, with the same channel order and resizing.
+For a robot at run time, `droid_obs_to_lps(raw, cfg, cameras)` turns one observation as the robot
+stack produces it into the `{"state", "image"}` the policy was trained on, cameras matched by name.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 
+from lps.data.robot_cache import CACHE_DIR
 from lps.data.validate import DatasetError
 
-CACHE_VERSION = 2  # 2: LeRobot/robomimic outcomes by --success-column and the reward rule
-CACHE_DIR = ".lps-cache"
 SUBFOLDERS = ("success", "failure")
 
 
@@ -89,9 +86,10 @@ class RobotDataConfig:
     """LeRobot datasets: episode indices that failed, whatever --success-column/next.success/next.reward say."""
     robomimic_filter: str = ""
     """robomimic files: read only the demos listed in mask/<this> (e.g. train); empty: every demo."""
-    normalize: Literal["none", "minmax", "meanstd", "quantile"] = "none"
-    """none|minmax|meanstd|quantile: per-dimension state/action stats fitted on the training data, stored
-    in the run and applied by load_policy/serve (actions in the robot's units need one of these)."""
+    normalize: Literal["auto", "none", "minmax", "meanstd", "quantile"] = "auto"
+    """auto|none|minmax|meanstd|quantile: per-dimension state/action stats fitted on the training data,
+    stored in the run and applied by load_policy/serve. auto (default): quantile (q01/q99 -> [-1, 1])
+    when any action or state dimension leaves [-1, 1] (physical units), else none; it says which."""
 
     def __post_init__(self):
         if self.num_cameras < 1:
@@ -131,11 +129,11 @@ def episode_paths(folder: str | os.PathLike, cfg: RobotDataConfig) -> list[tuple
     return found
 
 
-def read_episode(path: str | os.PathLike, cfg: RobotDataConfig = RobotDataConfig(), chunk_len: int = 5,
-                 success: bool | None = None) -> dict[str, Any]:  # fmt: skip
-    """One validated episode in the row layout: observations {state (T, ds) f32, image (T, H, W, 3k)
-    uint8}, actions (T, da), rewards, masks, terminals (T,). `success` defaults to whether the file
-    lies in a `success` folder. Bad data raises `DatasetError` naming the file and the key."""
+def read_h5_episode(path: str | os.PathLike, cfg: RobotDataConfig = RobotDataConfig(),
+                    success: bool | None = None) -> dict[str, Any]:  # fmt: skip
+    """One HDF5 episode file as raw arrays: {"state", "action", "images" {camera: (T, H, W, 3|4)
+    as recorded}, "success", "bgr"}. `success` defaults to whether the file lies in a `success`
+    folder. Bad data raises `DatasetError` naming the file and the key."""
     import h5py
 
     path = Path(path)
@@ -148,28 +146,30 @@ def read_episode(path: str | os.PathLike, cfg: RobotDataConfig = RobotDataConfig
     with f:
         arrays = {k: _column(_read(f, path, k), path, k) for k in cfg.action_keys + cfg.state_keys}
         cams = _camera_keys(f, path, cfg)
-        frames = [_read(f, path, f"{cfg.image_group}/{c}") for c in cams]
-    arrays.update({f"{cfg.image_group}/{c}": a for c, a in zip(cams, frames)})
+        frames = {c: _read(f, path, f"{cfg.image_group}/{c}") for c in cams}
     length = len(arrays[cfg.action_keys[0]])
-    for key, arr in arrays.items():
+    for key, arr in [*arrays.items(), *((f"{cfg.image_group}/{c}", a) for c, a in frames.items())]:
         if len(arr) == 0:
             raise DatasetError(f"{path}: empty episode ('{key}' has 0 steps)")
         if len(arr) != length:
             raise DatasetError(
                 f"{path}: length mismatch: '{key}' has {len(arr)} steps but '{cfg.action_keys[0]}' has {length}"
             )
-    for key in cfg.action_keys + cfg.state_keys:  # named by key here; build_episode knows only the columns
+    for key in cfg.action_keys + cfg.state_keys:  # named by key here; decode_episode knows only the columns
         bad = ~np.isfinite(arrays[key])
         if bad.any():
             raise DatasetError(f"{path}: '{key}' holds NaN/inf at step {int(np.argwhere(bad)[0][0])}")
-    for key, arr in zip(cams, frames):
-        if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] not in (3, 4):
-            raise DatasetError(
-                f"{path}: '{cfg.image_group}/{key}' must be uint8 (T, H, W, 3 or 4), got {arr.dtype} {arr.shape}"
-            )
-    actions = np.concatenate([arrays[k] for k in cfg.action_keys], axis=-1)
-    state = np.concatenate([arrays[k] for k in cfg.state_keys], axis=-1)
-    return build_episode(state, actions, frames, success, cfg, chunk_len, f"{path}", bgr=cfg.bgr)
+    return {"state": np.concatenate([arrays[k] for k in cfg.state_keys], axis=-1),
+            "action": np.concatenate([arrays[k] for k in cfg.action_keys], axis=-1),
+            "images": frames, "success": success, "bgr": cfg.bgr}  # fmt: skip
+
+
+def read_episode(path: str | os.PathLike, cfg: RobotDataConfig = RobotDataConfig(), chunk_len: int = 5,
+                 success: bool | None = None) -> dict[str, Any]:  # fmt: skip
+    """One HDF5 episode in the row layout: observations {state (T, ds) f32, image {camera: (T, H,
+    W, 3) uint8 RGB}}, actions (T, da), rewards, masks, terminals (T,)."""
+    decoded = decode_episode(read_h5_episode(path, cfg, success), cfg, str(path))
+    return label(stack_episodes([decoded], f"{path}"), cfg, chunk_len)
 
 
 def semi_sparse_labels(length: int, success: bool, chunk_len: int, cfg: RobotDataConfig = RobotDataConfig(),
@@ -189,42 +189,61 @@ def semi_sparse_labels(length: int, success: bool, chunk_len: int, cfg: RobotDat
     return {"rewards": rewards, "masks": masks, "terminals": terminals}
 
 
-def droid_obs_to_lps(raw: dict, cfg: RobotDataConfig = RobotDataConfig()) -> dict[str, np.ndarray]:
-    """One robot observation -> `{"state": (ds,) float32, "image": (H, W, 3k) uint8}`, exactly as
-    training saw it. `raw` is the robot stack's dict (`{"robot_state": {...}, "image": {cam: BGRA}}`,
-    optionally under an "observation" key, or with flat "a/b/c" keys), or already our dict."""
-    ours_image = "image" in raw and not isinstance(raw["image"], dict)  # DROID's "image" is a dict of cameras
-    if ("state" in raw) != ours_image and ("state" in raw or ours_image):  # our own layout, half of it
-        have, lack = ("state", "image") if "state" in raw else ("image", "state")
-        raise ValueError(f"observation has '{have}' but no '{lack}'; this policy takes {{'state', 'image'}} "
-                         f"(keys sent: {sorted(map(str, raw))})")  # fmt: skip
-    if "state" in raw and "image" in raw:
-        image = np.asarray(raw["image"])
-        if image.dtype != np.uint8 or image.ndim != 3:
-            raise ValueError(f"observation 'image' must be uint8 (H, W, C), got {image.dtype} {image.shape}")
-        return {"state": np.asarray(raw["state"], np.float32).reshape(-1), "image": image}
-    if cfg.state_column in raw:  # a LeRobot-style frame: {"observation.state": ..., "observation.images.<cam>": RGB}
+# --- one observation at run time --------------------------------------------------------------
+
+
+def droid_obs_to_lps(raw: dict, cfg: RobotDataConfig = RobotDataConfig(), cameras: dict | None = None) -> dict:
+    """One robot observation -> `{"state": (ds,) float32, "image": {camera: (H, W, 3) uint8 RGB}}`,
+    exactly as training saw it. `raw` is the robot stack's dict (`{"robot_state": {...}, "image":
+    {camera: BGRA}}`, optionally under an "observation" key, or with flat "a/b/c" keys), a
+    LeRobot-style frame (`{"observation.state", "observation.images.<camera>"}`), or our own dict
+    (`{"state", "image": {camera: RGB}}`). `cameras` ({name: {"shape", "channels", "order"}}, the
+    run's `CAMERAS_JSON`) are matched by name: a missing or unknown camera, or frames with another
+    channel count than recorded, are refused naming what the run expects."""
+    if "state" in raw or "image" in raw and not isinstance(raw.get("image"), dict):
+        if "state" not in raw or "image" not in raw:
+            have, lack = ("state", "image") if "state" in raw else ("image", "state")
+            raise ValueError(f"observation has '{have}' but no '{lack}'; this policy takes {{'state', 'image'}} "
+                             f"(keys sent: {sorted(map(str, raw))})")  # fmt: skip
+        group = raw["image"] if isinstance(raw["image"], dict) else {"image": raw["image"]}
+        state = np.asarray(raw["state"], np.float32).reshape(-1)
+        bgr, recorded = False, False  # our own dict: RGB at the trained size
+    elif cfg.state_column in raw:  # a LeRobot-style frame
         from lps.data.lerobot import IMAGE_PREFIX
 
-        cams = [c if c in raw else IMAGE_PREFIX + c for c in cfg.cameras] or sorted(k for k in raw if k.startswith(IMAGE_PREFIX))
-        missing = [c for c in cams if c not in raw]
-        if missing or not cams:
-            raise ValueError(f"observation lacks camera(s) {missing or IMAGE_PREFIX + '*'}; it has keys {sorted(raw)}")
-        rgb_cfg = dataclasses.replace(cfg, bgr=False)
-        image = np.concatenate([_to_rgb(np.asarray(raw[c])[None], rgb_cfg)[0] for c in cams], axis=-1)
-        return {"state": np.asarray(raw[cfg.state_column], np.float32).reshape(-1), "image": image}
-    state = np.concatenate([np.asarray(_lookup(raw, k), np.float32).reshape(-1) for k in cfg.state_keys])
-    group = _lookup(raw, cfg.image_group)
-    if not isinstance(group, dict):
-        raise ValueError(f"observation '{cfg.image_group}' must be a dict of camera images, got {type(group).__name__}")
-    cams = list(cfg.cameras) or sorted(k for k in group if k.endswith(cfg.camera_suffix))
-    missing = [c for c in cams if c not in group]
-    if missing or len(cams) != cfg.num_cameras:
-        raise ValueError(
-            f"observation has cameras {sorted(group)}; the policy needs {cfg.num_cameras} "
-            f"({list(cfg.cameras) or '*' + cfg.camera_suffix})"
-        )
-    image = np.concatenate([_to_rgb(np.asarray(group[c])[None], cfg)[0] for c in cams], axis=-1)
+        group = {k.removeprefix(IMAGE_PREFIX): v for k, v in raw.items() if k.startswith(IMAGE_PREFIX)}
+        state = np.asarray(raw[cfg.state_column], np.float32).reshape(-1)
+        bgr, recorded = False, True
+    else:
+        state = np.concatenate([np.asarray(_lookup(raw, k), np.float32).reshape(-1) for k in cfg.state_keys])
+        group = _lookup(raw, cfg.image_group)
+        if not isinstance(group, dict):
+            raise ValueError(f"observation '{cfg.image_group}' must be a dict of camera images, got {type(group).__name__}")
+        bgr, recorded = cfg.bgr, True
+    names = sorted(cameras) if cameras else list(cfg.cameras) or sorted(k for k in group if k.endswith(cfg.camera_suffix))
+    missing, unknown = [c for c in names if c not in group], sorted(set(map(str, group)) - set(names))
+    if not cameras and not cfg.cameras and len(names) != cfg.num_cameras:  # no names to match: the count at least
+        raise ValueError(f"observation has camera(s) {sorted(map(str, group))}; the policy needs {cfg.num_cameras} "
+                         f"(*{cfg.camera_suffix}; missing {cfg.num_cameras - len(names)})")  # fmt: skip
+    if missing or unknown:
+        raise ValueError(f"observation has camera(s) {sorted(map(str, group))}; this policy takes exactly {names}"
+                         + (f" (missing {missing})" if missing else "") + (f" (unknown {unknown})" if unknown else ""))  # fmt: skip
+    image = {}
+    for name in names:
+        frame = np.asarray(group[name])
+        if frame.dtype != np.uint8 or frame.ndim != 3:
+            raise ValueError(f"camera '{name}' must be one uint8 (H, W, C) frame, got {frame.dtype} {frame.shape}")
+        want = (cameras or {}).get(name, {})
+        channels = want.get("channels") if recorded else 3
+        if channels and frame.shape[-1] != channels:
+            order = want.get("order", "rgb").upper() + ("A" if channels == 4 else "")
+            raise ValueError(f"camera '{name}' sends {frame.shape[-1]}-channel frames; this run was trained on "
+                             f"{channels}-channel {order} frames from it (send them as recorded)")  # fmt: skip
+        rgb = _to_rgb(frame[None], dataclasses.replace(cfg, bgr=bgr), resize=recorded)[0]
+        if want.get("shape") and list(rgb.shape) != list(want["shape"]):
+            raise ValueError(f"camera '{name}' gives {list(rgb.shape)} images; this run takes {list(want['shape'])} "
+                             "(RGB, as its training data after --image-size)")  # fmt: skip
+        image[name] = rgb
     return {"state": state, "image": image}
 
 
@@ -282,106 +301,287 @@ def _camera_keys(f, path: Path, cfg: RobotDataConfig) -> list[str]:
     return cams
 
 
-def _to_rgb(frames: np.ndarray, cfg: RobotDataConfig) -> np.ndarray:
-    """(T, H, W, 3|4) -> (T, S, S, 3) uint8 RGB, resized to `cfg.image_size` (bilinear) if set."""
+def _to_rgb(frames: np.ndarray, cfg: RobotDataConfig, resize: bool = True) -> np.ndarray:
+    """(T, H, W, 3|4) -> (T, H', W', 3) uint8 RGB, resized to `cfg.image_size` (bilinear) if set."""
     rgb = frames[..., :3]
     if cfg.bgr:
         rgb = rgb[..., ::-1]
     size = cfg.image_size
-    if size and rgb.shape[1:3] != (size, size):
+    if resize and size and rgb.shape[1:3] != (size, size):
         from PIL import Image
 
         rgb = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(x)).resize((size, size), Image.BILINEAR)) for x in rgb])
     return np.ascontiguousarray(rgb, dtype=np.uint8)
 
 
-# --- a folder of episodes ---------------------------------------------------------------------
+# --- formats: every layout read to raw episodes -----------------------------------------------
 
 
-def load_folder(folder: str | os.PathLike, cfg: RobotDataConfig = RobotDataConfig(), chunk_len: int = 5,
-                progress: bool = True) -> dict[str, Any]:  # fmt: skip
-    """Every episode of `folder` in one row-layout dataset (observations a dict), from the cache
-    when the files and options are unchanged. Bad episodes stop the load (naming file and key),
-    or with `cfg.skip_bad` are skipped and listed. A LeRobot dataset (meta/info.json) is read by
-    `lps.data.lerobot`; every camera it has (or --cameras) is stacked on the channel axis."""
-    from lps.data import lerobot, robomimic
+@dataclasses.dataclass(frozen=True)
+class Format:
+    """A robot data layout: `detect(folder)` says whether a folder holds it; `read(folder, cfg,
+    progress)` gives {"version", "episodes": [{state, action, images {camera: frames}, success,
+    bgr?, where?}], "dropped", "found"}; `inputs(folder, cfg)` lists the files the episodes come from."""
 
-    if Path(folder).is_dir() and lerobot.is_lerobot(Path(folder)):
-        return load_lerobot(folder, cfg, chunk_len, progress)
-    if Path(folder).is_dir() and not (Path(folder) / "success").is_dir() and robomimic.files(Path(folder)):
-        return load_lerobot(folder, cfg, chunk_len, progress, reader="robomimic")
-    from lps.data import droid_raw
+    name: str
+    detect: Callable[[Path], bool]
+    read: Callable[[Path, RobotDataConfig, bool], dict[str, Any]]
+    inputs: Callable[[Path, RobotDataConfig], list[Path]]
 
-    if Path(folder).is_dir() and droid_raw.trajectories(Path(folder)):
-        return load_lerobot(folder, cfg, chunk_len, progress, reader="droid_raw")
-    if Path(folder).is_dir() and not any((Path(folder) / sub).is_dir() for sub in SUBFOLDERS):
-        raise DatasetError(
-            f"{folder} holds no episodes in a known robot data layout. Known layouts: LeRobot v2.1/v3.0 "
-            "(meta/info.json), robomimic (*.hdf5 with data/demo_N), raw DROID (success/<date>/<time>/trajectory.h5 + "
-            "recordings/MP4), HDF5 episodes (success/*.h5, failure/*.h5); "
-            "see README 'Your own robot data'"
-        )
-    if not cfg.include_failure and Path(folder).is_dir():
-        every = episode_paths(folder, dataclasses.replace(cfg, include_failure=True))
-        _check_kept(folder, len(every), sum(success for _, success in every))
-    paths = episode_paths(folder, cfg)
-    cache_path = Path(folder) / CACHE_DIR / f"robot-{_cache_key(paths, cfg, chunk_len)}.npz"
-    if cfg.cache and cache_path.exists():
-        try:
-            cached = _read_cache(cache_path)
-            print(f"[lps] robot data from cache {cache_path} ({cached['info']})")
-            return cached["dataset"]
-        except (OSError, ValueError, KeyError) as e:  # a damaged cache is rebuilt, never trusted
-            print(f"[lps] ignoring unreadable cache {cache_path} ({type(e).__name__}: {e}); reading the episodes")
+
+def _every_file(folder: Path, cfg: RobotDataConfig) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and CACHE_DIR not in p.parts)
+
+
+def _read_h5_folder(folder: Path, cfg: RobotDataConfig, progress: bool) -> dict[str, Any]:
     from tqdm import tqdm
 
-    episodes, skipped, outcomes = [], [], []
+    every = episode_paths(folder, dataclasses.replace(cfg, include_failure=True))
+    paths = [(path, success) for path, success in every if success or cfg.include_failure]
+    episodes = []
     for path, success in tqdm(paths, desc="reading episodes", unit="ep", disable=not progress, dynamic_ncols=True):
         try:
-            episodes.append(read_episode(path, cfg, chunk_len, success))
-            outcomes.append(success)
+            episodes.append({**read_h5_episode(path, cfg, success), "where": str(path)})
+        except DatasetError as e:
+            episodes.append({"error": e, "where": str(path)})
+    return {"version": "HDF5 episodes", "episodes": episodes, "dropped": len(every) - len(paths), "found": len(every)}
+
+
+def _read_lerobot(folder: Path, cfg: RobotDataConfig, progress: bool) -> dict[str, Any]:
+    from lps.data import lerobot
+
+    print(lerobot.estimate(folder, cfg.cameras))
+    return lerobot.read_dataset(folder, cfg.state_column, cfg.action_column, cfg.cameras, cfg.failure_episodes,
+                                cfg.success_column, cfg.include_failure)  # fmt: skip
+
+
+def _read_robomimic(folder: Path, cfg: RobotDataConfig, progress: bool) -> dict[str, Any]:
+    from lps.data import robomimic
+
+    state_keys = () if cfg.state_keys == RobotDataConfig.state_keys else cfg.state_keys
+    return robomimic.read_dataset(folder, state_keys, cfg.cameras, cfg.robomimic_filter, cfg.include_failure)
+
+
+def _read_droid_raw(folder: Path, cfg: RobotDataConfig, progress: bool) -> dict[str, Any]:
+    from lps.data import droid_raw
+
+    return droid_raw.read_dataset(folder, cfg.action_keys, cfg.state_keys, cfg.cameras, cfg.include_failure)
+
+
+def _formats() -> tuple[Format, ...]:
+    from lps.data import droid_raw, lerobot, robomimic
+
+    def h5_inputs(folder: Path, cfg: RobotDataConfig) -> list[Path]:
+        return [p for p, _ in episode_paths(folder, dataclasses.replace(cfg, include_failure=True))]
+
+    return (
+        Format("LeRobot", lerobot.is_lerobot, _read_lerobot, _every_file),
+        Format("robomimic", lambda d: not (d / "success").is_dir() and bool(robomimic.files(d)), _read_robomimic, _every_file),
+        Format("raw DROID", lambda d: bool(droid_raw.trajectories(d)), _read_droid_raw, _every_file),
+        Format("HDF5 episodes", lambda d: any((d / sub).is_dir() for sub in SUBFOLDERS), _read_h5_folder, h5_inputs),
+    )  # fmt: skip
+
+
+def detect_format(folder: str | os.PathLike) -> Format:
+    """The layout of a robot data folder (the first of `_formats()` that recognises it)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "not found"
+        raise DatasetError(f"robot dataset folder {what}: {folder}")
+    for fmt in _formats():
+        if fmt.detect(folder):
+            return fmt
+    raise DatasetError(
+        f"{folder} holds no episodes in a known robot data layout. Known layouts: LeRobot v2.1/v3.0 "
+        "(meta/info.json), robomimic (*.hdf5 with data/demo_N), raw DROID (success/<date>/<time>/trajectory.h5 + "
+        "recordings/MP4), HDF5 episodes (success/*.h5, failure/*.h5); see README 'Your own robot data'"
+    )
+
+
+# --- decoding: raw episodes -> checked RGB arrays (what the cache holds) ----------------------
+
+
+def decode_episode(raw: dict[str, Any], cfg: RobotDataConfig, where: str) -> dict[str, Any]:
+    """One raw episode checked (lengths, finite values, uint8 frames) and its frames made RGB at
+    --image-size: {"state", "action", "images" {camera: (T, H, W, 3)}, "success", "recorded"
+    {camera: {"channels", "order"}}}."""
+    state, action = np.asarray(raw["state"], np.float32), np.asarray(raw["action"], np.float32)
+    length = len(action)
+    if length == 0:
+        raise DatasetError(f"{where}: empty episode (0 steps)")
+    for name, arr in [("state", state), ("action", action)] + [(f"camera '{c}'", f) for c, f in raw["images"].items()]:
+        if len(arr) != length:
+            raise DatasetError(f"{where}: {name} has {len(arr)} steps but the action has {length}")
+    for name, arr in (("state", state), ("action", action)):
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            raise DatasetError(f"{where}: {name} holds NaN/inf at step {int(np.argwhere(bad)[0][0])}")
+    bgr = bool(raw.get("bgr", False))
+    images, recorded = {}, {}
+    for cam, frames in raw["images"].items():
+        frames = np.asarray(frames)
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] not in (3, 4):
+            raise DatasetError(f"{where}: camera '{cam}' must be uint8 (T, H, W, 3 or 4), got {frames.dtype} {frames.shape}")
+        images[str(cam)] = _to_rgb(frames, dataclasses.replace(cfg, bgr=bgr))
+        recorded[str(cam)] = {"channels": int(frames.shape[-1]), "order": "bgr" if bgr else "rgb"}
+    return {"state": state, "action": action, "images": images, "success": bool(raw["success"]), "recorded": recorded}
+
+
+def stack_episodes(episodes: list[dict[str, Any]], source: str) -> dict[str, Any]:
+    """Decoded episodes as one "decoded dataset": rows concatenated, with each episode's length,
+    outcome and name: {"state", "action", "images", "lengths", "success", "where", "recorded"}."""
+    cams = sorted(episodes[0]["images"])
+    for ep in episodes:
+        if sorted(ep["images"]) != cams:
+            raise DatasetError(f"{ep.get('where', source)}: cameras {sorted(ep['images'])}, but other episodes have {cams}")
+    for cam in cams:
+        shapes = {ep["images"][cam].shape[1:] for ep in episodes}
+        if len(shapes) > 1:
+            raise DatasetError(f"{source}: camera '{cam}' has different image sizes across episodes {sorted(shapes)}; "
+                               "set --image-size to resize them alike")  # fmt: skip
+    return {
+        "state": np.concatenate([ep["state"] for ep in episodes]),
+        "action": np.concatenate([ep["action"] for ep in episodes]),
+        "images": {cam: np.concatenate([ep["images"][cam] for ep in episodes]) for cam in cams},
+        "lengths": np.array([len(ep["action"]) for ep in episodes], np.int64),
+        "success": np.array([ep["success"] for ep in episodes], bool),
+        "where": [ep.get("where", source) for ep in episodes],
+        "recorded": episodes[0]["recorded"],
+        "source": source,
+    }
+
+
+def decode_folder(folder: str | os.PathLike, cfg: RobotDataConfig = RobotDataConfig(),
+                  progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Every episode of a robot data folder (any known layout), decoded and checked, from the
+    cache (`lps.data.robot_cache`) when the files' contents and the decoding options are those it
+    was written for. Bad episodes stop the load (naming file and key), or with --skip-bad are
+    skipped and listed."""
+    from lps.data import robot_cache
+
+    folder = Path(folder)
+    fmt = detect_format(folder)
+    inputs = fmt.inputs(folder, cfg)
+    entry = robot_cache.entry_path(folder, inputs, decode_options(cfg)) if cfg.cache else None
+    if entry is not None and entry.exists():
+        try:
+            decoded = robot_cache.read(entry)
+            print(f"[lps] robot data from cache {entry} ({decoded['info']})")
+            return decoded
+        except (OSError, ValueError, KeyError) as e:  # damaged or inconsistent: rebuilt, never trusted
+            print(f"[lps] ignoring the cache {entry} ({type(e).__name__}: {e}); reading the episodes again")
+    raw = fmt.read(folder, cfg, progress)
+    _check_kept(folder, raw.get("found", len(raw["episodes"]) + raw.get("dropped", 0)), len(raw["episodes"]))
+    if raw.get("dropped"):
+        print(f"[lps] left out {raw['dropped']} failure episode(s) (--no-include-failure; --include-failure keeps them)")
+    episodes, skipped = [], []
+    for i, ep in enumerate(raw["episodes"]):
+        where = ep.get("where") or f"{folder} episode {ep.get('index', i)}"
+        try:
+            if "error" in ep:
+                raise ep["error"]
+            episodes.append({**decode_episode(ep, cfg, where), "where": where})
         except DatasetError as e:
             if not cfg.skip_bad:
                 raise DatasetError(f"{e}\n(pass --skip-bad to skip bad episodes with a summary instead)") from None
             skipped.append(str(e))
-    if skipped:
-        print(f"[lps] skipped {len(skipped)} of {len(paths)} episode(s) (--skip-bad):")
-        for reason in skipped:
-            print(f"  - {reason}")
+    _report_skipped(skipped, len(raw["episodes"]))
     if not episodes:
         raise DatasetError(f"{folder}: every episode was bad; nothing to train on")
-    shapes = {e["observations"]["image"].shape[1:] for e in episodes}
-    if len(shapes) > 1:
-        raise DatasetError(
-            f"{folder}: episodes have different image sizes {sorted(shapes)}; set --image-size to resize them alike"
-        )
-    dataset = append_episodes(None, episodes)
-    n_success = sum(outcomes)
-    info = (f"{len(episodes)} episodes ({n_success} success, {len(episodes) - n_success} failure), "
-            f"{len(dataset['actions'])} steps, image {dataset['observations']['image'].shape[1:]}")  # fmt: skip
-    print(f"[lps] robot data: {info}")
-    if cfg.cache:
+    decoded = stack_episodes(episodes, str(folder))
+    n_success = int(decoded["success"].sum())
+    cams = ", ".join(f"{c} {v.shape[1:]}" for c, v in decoded["images"].items())
+    decoded["info"] = (f"{raw['version']}, {len(episodes)} episodes ({n_success} success, {len(episodes) - n_success} "
+                       f"failure), {len(decoded['action'])} steps, cameras {cams}")  # fmt: skip
+    print(f"[lps] robot data: {decoded['info']}")
+    if entry is not None:
         try:
-            _write_cache(cache_path, dataset, info)
+            robot_cache.write(entry, decoded)
         except OSError as e:  # e.g. a read-only dataset folder: train anyway, just without the cache
-            print(f"[lps] could not write the cache {cache_path} ({e}); the next run will read the episodes again")
-    return dataset
+            print(f"[lps] could not write the cache {entry} ({e}); the next run will read the episodes again")
+    return decoded
+
+
+def decode_options(cfg: RobotDataConfig) -> dict[str, Any]:
+    """The options that change decoded episodes (not the rewards, chunk length or normalisation,
+    which are applied after the cache: `lps data robot` and `lps train --preset robot` share it)."""
+    labelling = {"step_reward", "success_reward", "failure_reward", "normalize", "cache"}
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in labelling}
+
+
+def _report_skipped(skipped: list[str], total: int) -> None:
+    if skipped:
+        print(f"[lps] skipped {len(skipped)} of {total} episode(s) (--skip-bad):")
+        for reason in skipped:
+            print(f"  - {reason}")
+
+
+def label(decoded: dict[str, Any], cfg: RobotDataConfig, chunk_len: int) -> dict[str, Any]:
+    """A decoded dataset in the row layout with the paper's semi-sparse rewards for `chunk_len`:
+    observations {"state", "image": {camera: frames}}, actions, rewards, masks, terminals. An
+    episode no longer than the chunk stops the load (or is skipped with --skip-bad)."""
+    lengths = decoded["lengths"]
+    short = np.flatnonzero(lengths <= chunk_len)
+    keep = np.ones(len(lengths), bool)
+    if len(short):
+        reasons = [f"{decoded['where'][i]}: episode has {lengths[i]} steps; it needs more than the chunk length "
+                   f"{chunk_len}" for i in short]  # fmt: skip
+        if not cfg.skip_bad:
+            raise DatasetError(f"{reasons[0]}\n(pass --skip-bad to skip bad episodes with a summary instead)")
+        _report_skipped(reasons, len(lengths))
+        keep[short] = False
+        if not keep.any():
+            raise DatasetError(f"{decoded['source']}: every episode was bad; nothing to train on")
+    labels = [semi_sparse_labels(int(n), bool(ok), chunk_len, cfg) for n, ok in zip(lengths[keep], decoded["success"][keep])]
+    rows = np.repeat(keep, lengths) if not keep.all() else slice(None)
+    return {
+        "observations": {"state": decoded["state"][rows],
+                         "image": {cam: frames[rows] for cam, frames in decoded["images"].items()}},
+        "actions": decoded["action"][rows],
+        **{k: np.concatenate([lab[k] for lab in labels]) for k in ("rewards", "masks", "terminals")},
+    }  # fmt: skip
+
+
+def load_folder(folder: str | os.PathLike, cfg: RobotDataConfig = RobotDataConfig(), chunk_len: int = 5,
+                progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Every episode of a robot data folder in the row layout (see `decode_folder`, `label`)."""
+    return label(decode_folder(folder, cfg, progress), cfg, chunk_len)
 
 
 def load_for_training(folder: str | os.PathLike, cfg: RobotDataConfig, chunk_len: int, progress: bool,
                       run_dirs: list[Path], stats: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
-    """`load_folder`, normalised with stats fitted on it (`cfg.normalize`), which are stored in each
-    run dir (or removed there for 'none'), then validated: the data a robot run trains on. Given
-    `stats` (a trained run's), those are applied and nothing is stored."""
+    """`load_folder`, normalised (`cfg.normalize`, see `lps.data.normalize`) with stats fitted on
+    it, which are stored in each run dir (or removed there for 'none'), then validated: the data a
+    robot run trains on. Given `stats` (a trained run's), those are applied and nothing is stored.
+    Each run dir also gets CAMERAS_JSON: how each camera was recorded (what the server checks)."""
     from lps.data import normalize
     from lps.data.validate import validate
+    from lps.files import write_json
 
-    data = normalize.prepare(load_folder(folder, cfg, chunk_len, progress), cfg.normalize, run_dirs, stats)
+    decoded = decode_folder(folder, cfg, progress)
+    data = normalize.prepare(label(decoded, cfg, chunk_len), cfg.normalize, run_dirs, stats)
+    cameras = {cam: {**decoded["recorded"].get(cam, {}), "shape": list(frames.shape[1:])}
+               for cam, frames in decoded["images"].items()}  # fmt: skip
+    for run_dir in run_dirs:
+        write_json(Path(run_dir) / CAMERAS_JSON, cameras)
     _record_source(Path(folder), run_dirs)
     return validate(data, chunk_len, str(folder))
 
 
+CAMERAS_JSON = "cameras.json"  # beside config.json: {camera: {"shape", "channels", "order"}} as recorded
 DATASET_JSON = "dataset.json"  # beside config.json: what the run's dataset says of itself
+
+
+def read_cameras(run_dir: str | Path) -> dict[str, dict] | None:
+    """A robot run's CAMERAS_JSON (None for runs made before cameras had names)."""
+
+    path = Path(run_dir) / CAMERAS_JSON
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is damaged ({e}); retrain the run, or restore the file") from e
 
 
 def _record_source(folder: Path, run_dirs: list[Path]) -> None:
@@ -397,68 +597,6 @@ def _record_source(folder: Path, run_dirs: list[Path]) -> None:
         write_json(Path(run_dir) / DATASET_JSON, record)
 
 
-def load_lerobot(folder: str | os.PathLike, cfg: RobotDataConfig = RobotDataConfig(), chunk_len: int = 5,
-                 progress: bool = True, reader: str = "lerobot") -> dict[str, Any]:  # fmt: skip
-    """A local LeRobot dataset (or, with reader="robomimic", robomimic files) in the row layout,
-    cached like an HDF5 folder."""
-    from lps.data import lerobot, robomimic
-
-    folder = Path(folder)
-    inputs = sorted(p for p in folder.rglob("*") if p.is_file() and CACHE_DIR not in p.parts)
-    cache_path = folder / CACHE_DIR / f"robot-{_cache_key([(p, True) for p in inputs], cfg, chunk_len)}.npz"
-    if cfg.cache and cache_path.exists():
-        try:
-            cached = _read_cache(cache_path)
-            print(f"[lps] robot data from cache {cache_path} ({cached['info']})")
-            return cached["dataset"]
-        except (OSError, ValueError, KeyError) as e:
-            print(f"[lps] ignoring unreadable cache {cache_path} ({type(e).__name__}: {e}); reading the dataset")
-    if reader == "droid_raw":
-        from lps.data import droid_raw
-
-        every, kept = droid_raw.trajectories(folder), droid_raw.trajectories(folder, cfg.include_failure)
-        _check_kept(folder, len(every), len(kept))
-        raw = droid_raw.read_dataset(folder, cfg.action_keys, cfg.state_keys, cfg.cameras, cfg.include_failure)
-    elif reader == "robomimic":
-        state_keys = () if cfg.state_keys == RobotDataConfig.state_keys else cfg.state_keys
-        raw = robomimic.read_dataset(folder, state_keys, cfg.cameras, cfg.robomimic_filter, cfg.include_failure)
-    else:
-        print(lerobot.estimate(folder, cfg.cameras))
-        raw = lerobot.read_dataset(folder, cfg.state_column, cfg.action_column, cfg.cameras, cfg.failure_episodes,
-                                   cfg.success_column, cfg.include_failure)  # fmt: skip
-    _check_kept(folder, len(raw["episodes"]) + raw.get("dropped", 0), len(raw["episodes"]))
-    if raw.get("dropped"):
-        print(f"[lps] left out {raw['dropped']} failure episode(s) (--no-include-failure; --include-failure "
-              "keeps them)")  # fmt: skip
-    episodes, skipped = [], []
-    for ep in raw["episodes"]:
-        try:
-            episodes.append(build_episode(ep["state"], ep["action"], [ep["images"][c] for c in raw["cameras"]],
-                                          ep["success"], cfg, chunk_len, f"{folder} episode {ep['index']}"))  # fmt: skip
-        except DatasetError as e:
-            if not cfg.skip_bad:
-                raise DatasetError(f"{e}\n(pass --skip-bad to skip bad episodes with a summary instead)") from None
-            skipped.append(str(e))
-    for reason in skipped:
-        print(f"[lps] skipped (--skip-bad): {reason}")
-    if not episodes:
-        raise DatasetError(f"{folder}: every episode was bad; nothing to train on")
-    shapes = {e["observations"]["image"].shape[1:] for e in episodes}
-    if len(shapes) > 1:
-        raise DatasetError(f"{folder}: episodes have different image sizes {sorted(shapes)}; set --image-size to resize them alike")
-    dataset = append_episodes(None, episodes)
-    n_success = sum(bool(e["rewards"][-chunk_len] == cfg.success_reward) for e in episodes)
-    info = (f"{'LeRobot ' if reader == 'lerobot' else ''}{raw['version']}, {len(episodes)} episodes ({n_success} success, {len(episodes) - n_success} failure), "
-            f"{len(dataset['actions'])} steps, cameras {raw['cameras']} stacked as image {dataset['observations']['image'].shape[1:]}")  # fmt: skip
-    print(f"[lps] robot data: {info}")
-    if cfg.cache:
-        try:
-            _write_cache(cache_path, dataset, info)
-        except OSError as e:
-            print(f"[lps] could not write the cache {cache_path} ({e}); the next run will read the dataset again")
-    return dataset
-
-
 def _check_kept(folder: str | os.PathLike, found: int, kept: int) -> None:
     """Every one of the `found` episodes was a failure and --no-include-failure left none: say so."""
     if found and not kept:
@@ -469,13 +607,14 @@ def _check_kept(folder: str | os.PathLike, found: int, kept: int) -> None:
 
 
 def summary(data: dict[str, Any], cfg: RobotDataConfig, chunk_len: int) -> str:
-    """What `lps data robot DIR` prints: steps, episodes, outcomes, image, per-dimension ranges."""
+    """What `lps data robot DIR` prints: steps, episodes, outcomes, cameras, per-dimension ranges."""
     obs, actions = data["observations"], data["actions"]
     ends = np.flatnonzero(data["terminals"])
     outcome_rows = ends - chunk_len + 1
     failures = int(np.sum(data["rewards"][outcome_rows] == cfg.failure_reward))
+    cams = ", ".join(f"'{c}' {v.shape[1:]}" for c, v in obs["image"].items())
     lines = [f"[lps] {len(ends)} episodes ({len(ends) - failures} success, {failures} failure), {len(actions)} steps",
-             f"[lps] image {obs['image'].shape[1:]} uint8 ({obs['image'].shape[-1] // 3} camera(s) stacked on channels)"]  # fmt: skip
+             f"[lps] cameras (uint8 RGB, each its own encoder): {cams}"]  # fmt: skip
     for name, arr in (("state", obs["state"]), ("actions", actions)):
         lo, hi = arr.min(0), arr.max(0)
         fmt = lambda v: "[" + ", ".join(f"{x:.4g}" for x in v) + "]"  # noqa: E731
@@ -486,95 +625,20 @@ def summary(data: dict[str, Any], cfg: RobotDataConfig, chunk_len: int) -> str:
     return "\n".join(lines)
 
 
-def build_episode(state: np.ndarray, actions: np.ndarray, frames: list[np.ndarray], success: bool,
-                  cfg: RobotDataConfig, chunk_len: int, where: str, bgr: bool = False) -> dict[str, Any]:  # fmt: skip
-    """Raw arrays of one episode (frames per camera: RGB, or BGR(A) with `bgr`) -> the row layout
-    with the paper's rewards: the one place every format's episodes are checked and labelled."""
-    length = len(actions)
-    for name, arr in [("state", state), ("action", actions)] + [(f"camera {i}", f) for i, f in enumerate(frames)]:
-        if len(arr) != length:
-            raise DatasetError(f"{where}: {name} has {len(arr)} steps but the action has {length}")
-    for name, arr in (("state", state), ("action", actions)):
-        bad = ~np.isfinite(arr)
-        if bad.any():
-            raise DatasetError(f"{where}: {name} holds NaN/inf at step {int(np.argwhere(bad)[0][0])}")
-    worst = float(np.max(np.abs(actions)))
-    if worst > 1.0 + 1e-5 and cfg.normalize == "none":
-        raise DatasetError(
-            f"{where}: actions must lie in [-1, 1] but reach {worst:.4g}; rescale them when recording, or pass "
-            "--normalize minmax (or quantile) to train on actions in the robot's units"
-        )
-    if length <= chunk_len:
-        raise DatasetError(f"{where}: episode has {length} steps; it needs more than the chunk length {chunk_len}")
-    rgb_cfg = dataclasses.replace(cfg, bgr=bgr)
-    image = np.concatenate([_to_rgb(f, rgb_cfg) for f in frames], axis=-1)
-    return {
-        "observations": {"state": state.astype(np.float32), "image": image},
-        "actions": (np.clip(actions, -1.0, 1.0) if cfg.normalize == "none" else actions).astype(np.float32),
-        **semi_sparse_labels(length, success, chunk_len, cfg),
-    }
-
-
 def append_episodes(dataset: dict[str, Any] | None, episodes: list[dict[str, Any]]) -> dict[str, Any]:
     """The row-layout dataset with `episodes` (each as `read_episode` returns it) appended: the one
     way episodes join a dataset, whether read from disk or collected online."""
+    import jax
+
     parts = ([dataset] if dataset is not None else []) + list(episodes)
     if not parts:
         raise ValueError("append_episodes needs at least one episode")
     for i, ep in enumerate(parts):
         if not np.asarray(ep["terminals"])[-1]:
             raise DatasetError(f"episode {i} does not end with a terminal row (terminals[-1] must be 1)")
-    out = {}
-    for key in ("actions", "rewards", "masks", "terminals"):
-        out[key] = np.concatenate([np.asarray(p[key]) for p in parts])
-    obs_keys = parts[0]["observations"].keys()
-    out["observations"] = {k: np.concatenate([p["observations"][k] for p in parts]) for k in obs_keys}
+    out = {key: np.concatenate([np.asarray(p[key]) for p in parts]) for key in ("actions", "rewards", "masks", "terminals")}
+    out["observations"] = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *[p["observations"] for p in parts])
     return out
-
-
-def _cache_key(paths: list[tuple[Path, bool]], cfg: RobotDataConfig, chunk_len: int) -> str:
-    """Changes when any episode file is added, removed, rewritten, or any loader option changes."""
-    h = hashlib.sha256()
-    options = {**dataclasses.asdict(cfg), "chunk_len": chunk_len, "version": CACHE_VERSION}
-    options.pop("cache")
-    h.update(json.dumps(options, sort_keys=True).encode())
-    for path, success in paths:
-        st = path.stat()
-        h.update(f"{path.parent.name}/{path.name}|{st.st_size}|{st.st_mtime_ns}|{success}\n".encode())
-    return h.hexdigest()[:16]
-
-
-def _write_cache(path: Path, dataset: dict[str, Any], info: str) -> None:
-    """Uncompressed npz (images are uint8 already; compression would cost seconds on every load),
-    written to a temporary file and renamed, so a killed run never leaves a half-written cache."""
-    from lps.files import atomic_writer
-
-    arrays = {f"observations/{k}": v for k, v in dataset["observations"].items()}
-    arrays.update({k: v for k, v in dataset.items() if k != "observations"})
-    arrays["info"] = np.array(info)
-    with atomic_writer(path) as f:  # streamed: a cache of camera images can be gigabytes
-        np.savez(f, **arrays)
-    for old in path.parent.glob("robot-*.npz"):  # older caches of this folder are stale now
-        if old != path:
-            old.unlink(missing_ok=True)
-
-
-def _read_cache(path: Path) -> dict[str, Any]:
-    """The cached dataset; a ValueError (or OSError, KeyError) for a cache that cannot be trusted."""
-    import zipfile
-    import zlib
-
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except (zipfile.BadZipFile, EOFError, zlib.error) as e:  # truncated or overwritten
-        raise ValueError(f"{type(e).__name__}: {e}") from e
-    missing = {"actions", "terminals", "rewards", "masks", "info"} - set(arrays)
-    if missing:
-        raise KeyError(f"no {sorted(missing)} in the cache")
-    dataset = {k: v for k, v in arrays.items() if "/" not in k and k != "info"}
-    dataset["observations"] = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("observations/")}
-    return {"dataset": dataset, "info": str(arrays["info"])}
 
 
 # --- writing episodes (recording, tests, benchmarks) -------------------------------------------
@@ -623,10 +687,10 @@ def layout_of(folder: str | os.PathLike, cfg: RobotDataConfig) -> EpisodeLayout:
 
 
 def write_rows_episode(path: str | os.PathLike, layout: EpisodeLayout, state: np.ndarray, actions: np.ndarray,
-                       image: np.ndarray, cfg: RobotDataConfig, extra: dict[str, np.ndarray] | None = None,
+                       image: dict[str, np.ndarray], cfg: RobotDataConfig, extra: dict[str, np.ndarray] | None = None,
                        attrs: dict[str, str] | None = None) -> None:  # fmt: skip
-    """An episode in the row layout (state (T, ds), actions (T, da), image (T, H, W, 3 x cameras)
-    RGB) written back in its folder's own HDF5 layout, so `read_episode` reads what was written:
+    """An episode in the row layout (state (T, ds), actions (T, da), image {camera: (T, H, W, 3)
+    RGB}) written back in its folder's own HDF5 layout, so `read_episode` reads what was written:
     columns split by the layout's keys, each camera's frames under its name (BGR when the folder's
     are). `extra` arrays go under `lps/`, `attrs` on the file. Temporary file, then rename."""
     import h5py
@@ -634,9 +698,9 @@ def write_rows_episode(path: str | os.PathLike, layout: EpisodeLayout, state: np
     from lps.files import atomic_writer
 
     widths = [w for _, w, _ in layout.action], [w for _, w, _ in layout.state]
-    if sum(widths[0]) != actions.shape[1] or sum(widths[1]) != state.shape[1] or image.shape[-1] != 3 * len(layout.cameras):
-        raise ValueError(f"the episode's columns (actions {actions.shape[1]}, state {state.shape[1]}, image "
-                         f"{image.shape[-1]} channels) do not fit the folder's layout {layout}")  # fmt: skip
+    if sum(widths[0]) != actions.shape[1] or sum(widths[1]) != state.shape[1] or sorted(image) != sorted(layout.cameras):
+        raise ValueError(f"the episode's columns (actions {actions.shape[1]}, state {state.shape[1]}, cameras "
+                         f"{sorted(image)}) do not fit the folder's layout {layout}")  # fmt: skip
     with atomic_writer(path) as file, h5py.File(file, "w") as f:
         for columns, arr in ((layout.action, actions), (layout.state, state)):
             start = 0
@@ -644,8 +708,8 @@ def write_rows_episode(path: str | os.PathLike, layout: EpisodeLayout, state: np
                 part = arr[:, start : start + width]
                 f[key] = part[:, 0] if flat else part
                 start += width
-        for i, cam in enumerate(layout.cameras):
-            frames = image[..., 3 * i : 3 * i + 3]
+        for cam in layout.cameras:
+            frames = np.asarray(image[cam])
             f[f"{cfg.image_group}/{cam}"] = frames[..., ::-1] if cfg.bgr else frames
         for key, arr in (extra or {}).items():
             f[f"lps/{key}"] = arr

@@ -144,7 +144,14 @@ def validate(dataset: dict[str, np.ndarray], chunk_len: int, source: str = "data
 def _validate_obs_dict(obs: dict, n: int, source: str) -> dict:
     if set(obs) != {"state", "image"}:
         raise DatasetError(f"{source}: dict observations need the keys 'state' and 'image', got {sorted(obs)}")
-    return {"state": np.asarray(obs["state"], np.float32), "image": _validate_images(obs["image"], n, source)}
+    image = obs["image"]
+    if isinstance(image, dict):  # robot cameras by name, each at its own size
+        if not image:
+            raise DatasetError(f"{source}: observation 'image' is an empty dict of cameras")
+        image = {str(cam): _validate_images(frames, n, f"{source} camera '{cam}'") for cam, frames in image.items()}
+    else:
+        image = _validate_images(image, n, source)
+    return {"state": np.asarray(obs["state"], np.float32), "image": image}
 
 
 def _validate_images(images, n: int, source: str) -> np.ndarray:

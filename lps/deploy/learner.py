@@ -147,11 +147,46 @@ class LearnerState(struct.PyTreeNode):
 # --- episodes: validation and files ---------------------------------------------------------
 
 
-def _leaves(spec: dict) -> dict[str, dict]:
-    """{"": spec} for an array spec, {"state": ..., "image": ...} for a dict of array specs."""
+def _leaves(spec: dict, prefix: str = "") -> dict[str, dict]:
+    """{"": spec} for an array spec, else {"state": ..., "image.front": ...}: each array spec of a
+    (nested) dict spec by its dotted path."""
     if "shape" in spec and not isinstance(spec["shape"], dict):
-        return {"": spec}
-    return dict(spec)
+        return {prefix: spec}
+    out = {}
+    for key, sub in spec.items():
+        out.update(_leaves(sub, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _pick(raw: Any, path: str) -> Any:
+    """The entry of a nested dict at a dotted path (None where it is missing)."""
+    for part in path.split("."):
+        raw = raw.get(part) if isinstance(raw, dict) else None
+    return raw
+
+
+def _flat(raw: dict) -> dict[str, Any]:
+    """{"a": {"b": x}} -> {"a.b": x}."""
+    return {path: _pick(raw, path) for path in _paths(raw)}
+
+
+def _nest(flat: dict[str, Any]) -> dict:
+    """{"a.b": x} -> {"a": {"b": x}}."""
+    out: dict = {}
+    for path, value in flat.items():
+        *parents, leaf = path.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def _paths(raw: Any, prefix: str = "") -> list[str]:
+    """The dotted paths of a nested dict's leaves."""
+    if not isinstance(raw, dict):
+        return [prefix]
+    return [p for key, sub in raw.items() for p in _paths(sub, f"{prefix}.{key}" if prefix else str(key))]
 
 
 def validate_episode(request: dict, obs_spec: dict, action_dim: int, chunk_len: int, max_steps: int,
@@ -198,10 +233,10 @@ def validate_episode(request: dict, obs_spec: dict, action_dim: int, chunk_len: 
         observations = _check_obs_column(raw, specs[""], steps, "observations")
         return {"id": episode_id, "outcome": outcome, "observations": observations,
                 "actions": actions.astype(np.float32), "interventions": flags.astype(bool)}  # fmt: skip
-    if not isinstance(raw, dict) or sorted(map(str, raw)) != sorted(specs):
-        got = sorted(map(str, raw)) if isinstance(raw, dict) else type(raw).__name__
-        raise ValueError(f"'observations' must be a dict with keys {sorted(specs)}, got {got}")
-    observations = {k: _check_obs_column(raw[k], sub, steps, f"observations.{k}") for k, sub in specs.items()}
+    if not isinstance(raw, dict) or sorted(_paths(raw)) != sorted(specs):
+        got = sorted(_paths(raw)) if isinstance(raw, dict) else type(raw).__name__
+        raise ValueError(f"'observations' must be a dict with entries {sorted(specs)}, got {got}")
+    observations = _nest({k: _check_obs_column(_pick(raw, k), sub, steps, f"observations.{k}") for k, sub in specs.items()})
     return {"id": episode_id, "outcome": outcome, "observations": observations,
             "actions": actions.astype(np.float32), "interventions": flags.astype(bool)}  # fmt: skip
 
@@ -271,7 +306,8 @@ def write_episode_file(path: Path, episode: dict, layout=None, robot_cfg=None) -
                            {"interventions": episode["interventions"]}, {"id": episode["id"], "outcome": episode["outcome"]})  # fmt: skip
         return
     obs = episode["observations"]
-    arrays = {f"observations/{k}": v for k, v in obs.items()} if isinstance(obs, dict) else {"observations": obs}
+    arrays = {f"observations/{k.replace('.', '/')}": v for k, v in _flat(obs).items()} if isinstance(obs, dict) \
+        else {"observations": obs}  # fmt: skip
     arrays.update(actions=episode["actions"], interventions=episode["interventions"],
                   outcome=np.array(episode["outcome"]), id=np.array(episode["id"]))  # fmt: skip
     with atomic_writer(path) as f:
@@ -299,7 +335,7 @@ def read_episode_rows(path: Path, chunk_len: int, robot_cfg, stats: dict | None 
         if "observations" in arrays:
             obs = arrays["observations"].astype(np.float32)
         else:
-            obs = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("observations/")}
+            obs = _nest({k.split("/", 1)[1].replace("/", "."): v for k, v in arrays.items() if k.startswith("observations/")})
         rows = {"observations": obs, "actions": arrays["actions"].astype(np.float32)}
         interventions = arrays.get("interventions")
     steps = len(rows["actions"])

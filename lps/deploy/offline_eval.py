@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import numpy as np
 
 from lps.data.frames import episode_first_rows
@@ -34,7 +35,7 @@ def action_error(policy, dataset: dict, batch_size: int = 256) -> dict[str, floa
     first_rows = episode_first_rows(dataset["terminals"]) if stack > 1 else None
 
     def at(batch_rows):
-        return {k: v[batch_rows] for k, v in obs.items()} if isinstance(obs, dict) else obs[batch_rows]
+        return jax.tree_util.tree_map(lambda v: v[batch_rows], obs)
 
     predicted = []
     for i in range(0, len(rows), batch_size):

@@ -10,8 +10,9 @@ robot or evaluation loop asking for one chunk at a time is faster on the CPU. Ch
 large batches (thousands of observations per call), where the GPU's throughput wins.
 
 A policy trained on robot data takes one observation as the robot stack produces it (DROID's
-`{"robot_state": ..., "image": {cam: BGRA}}`), our `{"state", "image"}` dict, or a batch of the
-latter (leading axis on both); images are converted and resized exactly as in training.
+`{"robot_state": ..., "image": {camera: BGRA}}`, a LeRobot frame), our `{"state", "image":
+{camera: RGB}}` dict, or a batch of the latter (leading axis everywhere); cameras are matched by
+name (a missing or unknown one is refused), converted and resized exactly as in training.
 
 A policy trained with `--frame-stack K` keeps the last K frames of the episode it is acting in:
 `policy(obs)` adds `obs` to them and acts on the stack, `policy.observe(obs)` adds the frames of
@@ -46,10 +47,12 @@ class NonFiniteActionError(RuntimeError):
 class Policy:
     """A trained agent's acting rule with its parameters bound."""
 
-    def __init__(self, agent, params, seed: int = 0, device: str = "auto", robot=None, normalization=None):
+    def __init__(self, agent, params, seed: int = 0, device: str = "auto", robot=None, normalization=None,
+                 cameras: dict | None = None):  # fmt: skip
         self.device = acting_device(device)
         self.agent, self.params = agent, jax.device_put(params, self.device)
         self.robot = robot  # the RobotDataConfig the data was read with (robot runs)
+        self.cameras = cameras  # {name: {"shape", "channels", "order"}} as recorded (lps.data.robot.CAMERAS_JSON)
         self.spec = agent.spec
         # Stats fitted on the training data (lps.data.normalize): raw state in, actions out in robot units.
         self.normalization = normalization
@@ -134,7 +137,7 @@ class Policy:
     def _batch(self, obs):
         """(observation batch as the agent takes it, whether a single observation was given)."""
         image_shape = self.spec.image_shape
-        if image_shape is None:
+        if not self.spec.has_images:
             obs = self._check_obs(obs)
             return np.atleast_2d(obs), obs.ndim == 1
         if self.spec.obs_dim == 0:  # image-only observations (pixel tasks)
@@ -145,24 +148,23 @@ class Policy:
             raise ValueError("this policy takes a dict observation ({state, image}, or the robot's raw dict)")
         single = not ("state" in obs and np.ndim(obs["state"]) == 2)
         if single:
-            from lps.data.robot import RobotDataConfig, droid_obs_to_lps
-
-            obs = droid_obs_to_lps(obs, self.robot or RobotDataConfig())
-            obs = {k: v[None] for k, v in obs.items()}
+            obs = jax.tree_util.tree_map(lambda x: np.asarray(x)[None], self._robot_obs(obs))
         try:
             state = np.asarray(obs["state"], np.float32)
         except (TypeError, ValueError) as e:
             raise ValueError(f"observation 'state' is not an array of real numbers ({e})") from None
-        image = _check_image(obs["image"], image_shape, "observation 'image'", batched=True)
-        if state.shape[1:] != (self.spec.obs_dim,) or image.shape[1:] != tuple(image_shape):
+        if self.spec.cameras:
+            image = self._check_cameras(obs.get("image"))
+            rows = {len(frames) for frames in image.values()}
+        else:  # a run made before cameras had names: one array, cameras stacked on channels
+            image = _check_image(obs["image"], image_shape, "observation 'image'", batched=True)
+            rows = {len(image)}
+        if state.shape[1:] != (self.spec.obs_dim,):
+            raise ValueError(f"observation has state {state.shape[1:]}; the policy takes state ({self.spec.obs_dim},)")
+        if rows != {len(state)}:
             raise ValueError(
-                f"observation has state {state.shape[1:]} and image {image.shape[1:]}; the policy takes state "
-                f"({self.spec.obs_dim},) and image {tuple(image_shape)} uint8"
-            )
-        if len(state) != len(image):
-            raise ValueError(
-                f"observation batch has {len(state)} states (leading axis of 'state') but {len(image)} images "
-                "(leading axis of 'image'): both need one entry per observation"
+                f"observation batch has {len(state)} states (leading axis of 'state') but {sorted(rows)} images "
+                "(leading axis of each camera's frames): all need one entry per observation"
             )
         if not len(state):
             raise ValueError("observation batch is empty; send at least one observation")
@@ -174,7 +176,33 @@ class Policy:
             from lps.data.normalize import apply
 
             state = apply(state, self.normalization["state"])
-        return {"state": jnp.asarray(state), "image": jnp.asarray(image)}, single
+        return {"state": jnp.asarray(state), "image": jax.tree_util.tree_map(jnp.asarray, image)}, single
+
+    def _robot_obs(self, raw: dict) -> dict:
+        """One observation in any form the robot stack sends (`droid_obs_to_lps`) as the run's
+        `{"state", "image"}`; a run made before cameras had names gets its cameras stacked."""
+        from lps.data.robot import RobotDataConfig, droid_obs_to_lps
+
+        robot = self.robot or RobotDataConfig()
+        if not self.spec.cameras:
+            if "state" in raw and "image" in raw and not isinstance(raw["image"], dict):
+                return {"state": np.asarray(raw["state"], np.float32).reshape(-1), "image": np.asarray(raw["image"])}
+            obs = droid_obs_to_lps(raw, robot)
+            return {"state": obs["state"], "image": np.concatenate([obs["image"][c] for c in sorted(obs["image"])], -1)}
+        cameras = self.cameras or {name: {"shape": list(shape)} for name, shape in self.spec.cameras}
+        return droid_obs_to_lps(raw, robot, cameras)
+
+    def _check_cameras(self, image) -> dict[str, np.ndarray]:
+        """A batch's {camera: (B, H, W, 3) uint8}, matched to the run's cameras by name."""
+        names = [name for name, _ in self.spec.cameras]
+        if not isinstance(image, dict):
+            raise ValueError(f"observation 'image' must be a dict of camera frames {{{', '.join(names)}}}, got "
+                             f"{type(image).__name__}")  # fmt: skip
+        missing, unknown = sorted(set(names) - set(map(str, image))), sorted(set(map(str, image)) - set(names))
+        if missing or unknown:
+            raise ValueError(f"observation has camera(s) {sorted(map(str, image))}; this policy takes exactly {names}"
+                             + (f" (missing {missing})" if missing else "") + (f" (unknown {unknown})" if unknown else ""))  # fmt: skip
+        return {name: _check_image(image[name], shape, f"camera '{name}'", batched=True) for name, shape in self.spec.cameras}
 
 
 def _check_image(image, image_shape, what: str, batched: bool = False) -> np.ndarray:
@@ -252,9 +280,10 @@ def load_policy(run_dir: str | Path, seed: int = 0, device: str = "auto", weight
     if weights == "latest":
         state = _fine_tuned(Path(run_dir), state)
     from lps.data import normalize
+    from lps.data.robot import read_cameras
 
     return Policy(agent, state.params, seed, device, robot=robot_settings(cfg, spec),
-                  normalization=normalize.load(run_dir))  # fmt: skip
+                  normalization=normalize.load(run_dir), cameras=read_cameras(run_dir))  # fmt: skip
 
 
 def _fine_tuned(run_dir: Path, offline_state):
@@ -278,7 +307,7 @@ def robot_settings(cfg, spec):
     """The RobotDataConfig a run's episodes were read with, or None: only runs on robot episodes
     ({state, image} observations) have one; any other run's config holds its defaults, which
     describe nothing it saw."""
-    return cfg.robot if spec.image_shape is not None and spec.obs_dim > 0 else None
+    return cfg.robot if spec.has_images and spec.obs_dim > 0 else None
 
 
 def evaluate_run(run_dir: str | Path, episodes: int | None = None, seed: int | None = None,

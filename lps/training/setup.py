@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from lps.agents import Spec, resolve_config
-from lps.agents.encoded import build_agent, observation_spec
+from lps.agents.encoded import build_agent, spec_fields
 from lps.data import tasks, toy
 from lps.data.render import check_image_size, is_visual, require_renderer
 from lps.data.validate import load_own_dataset, validate
@@ -83,11 +83,12 @@ def make_policy_fn(agent, params, seed: int):
 
 
 def build(agent_name: str, cfg: TrainConfig, agent_cfg, data: dict[str, np.ndarray]):
-    obs_dim, image_shape = observation_spec(data["observations"])
-    if cfg.frame_stack > 1 and image_shape is None:
+    fields = spec_fields(data["observations"])
+    spec = Spec(action_dim=data["actions"].shape[1], chunk_len=cfg.chunk_len, gamma=cfg.gamma,
+                frame_stack=cfg.frame_stack, **fields)  # fmt: skip
+    if cfg.frame_stack > 1 and not spec.has_images:
         raise ValueError(f"--frame-stack {cfg.frame_stack} stacks camera frames, but this data's observations are "
                          "state vectors: leave --frame-stack at 1")  # fmt: skip
-    spec = Spec(obs_dim, data["actions"].shape[1], cfg.chunk_len, cfg.gamma, image_shape, cfg.frame_stack)
     return build_agent_for(agent_name, cfg, resolve_config(agent_name, agent_cfg, defaults_task(cfg)), spec)
 
 

@@ -24,6 +24,7 @@ say once that val/ metrics are off.
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from pathlib import Path
 
@@ -31,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lps.agents.encoded import observation_spec
+from lps.agents.encoded import describe_observations, spec_fields
 from lps.data.sampler import chunk_starts, gather_chunks, to_device
 from lps.nets.observations import net_obs
 
@@ -104,12 +105,12 @@ class Validator:
         if dataset is None:
             print(f"[lps] no validation data ({source}): val/ metrics off")
             return
-        # What the observations are (state dims, image shape): a pixel dataset's shape[1] is its height.
-        found, expected = observation_spec(dataset["observations"]), (agent.spec.obs_dim, agent.spec.image_shape)
+        # What the observations are (state dims, images): a pixel dataset's shape[1] is its height.
         actions = int(np.shape(dataset["actions"])[-1])
-        if found != expected or actions != agent.spec.action_dim:
-            problem = (f"validation data {source} has observations of (state dims, image shape) {found} and "
-                       f"{actions}-D actions; the training data {expected} and {agent.spec.action_dim}-D")  # fmt: skip
+        found = dataclasses.replace(agent.spec, image_shape=None, cameras=(), **spec_fields(dataset["observations"]))
+        if found != agent.spec or actions != agent.spec.action_dim:
+            problem = (f"validation data {source} has observations {describe_observations(found)} and {actions}-D "
+                       f"actions; the training data {describe_observations(agent.spec)} and {agent.spec.action_dim}-D")  # fmt: skip
             if cfg.val_dataset is not None:  # asked for by name: a mistake to stop on, not to note
                 raise ValueError(f"{problem}: give a --val-dataset of the same task (or none)")
             print(f"[lps] {problem}: val/ metrics off")
