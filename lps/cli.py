@@ -259,7 +259,7 @@ def _data(argv: list[str]) -> int:
         atomic_write(out, buf.getvalue())
         print(f"[lps] wrote {out}: {len(data['observations'])} rows of {task.name}; train with --dataset {out}")
         val_path = dataset_paths(task.env, data_dir)[1]
-        if val_path.exists():  # the validation split, relabelled the same way (README, "Validation split")
+        if val_path.exists():  # the validation split, relabelled the same way (docs/outputs.md, "Validation split")
             val_out = out.with_name(out.stem + "-val.npz")
             buf = io.BytesIO()
             np.savez_compressed(buf, **tasks.load_task_file(task, val_path, chunk_len=1))

@@ -42,7 +42,7 @@ def offline_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def policy_server(offline_run):
-    return load_server(offline_run, device="cpu", log_every_s=0.0, log=lambda s: None)
+    return load_server(offline_run, device="cpu", log_every_s=0.0, log=lambda s: None, precompile=False)
 
 
 class Listening:
@@ -108,7 +108,7 @@ def test_act_raises_connection_error_after_bounded_retries(policy_server):
 
 def test_episode_recorded_across_a_reconnect_is_stored_once(offline_run, tmp_path):
     run = helpers.copy_run(offline_run, tmp_path / "run")
-    srv = load_server(run, device="cpu", log_every_s=0.0, log=lambda s: None)
+    srv = load_server(run, device="cpu", log_every_s=0.0, log=lambda s: None, precompile=False)
     # start_episodes 2: the one episode is stored and owes no updates (no update step compiled here).
     lcfg = L.LearnerConfig(token=TOKEN, utd=1.0, start_episodes=2, batch_size=0, update_block=10, buffer_rows=2000,
                            max_steps=200)  # fmt: skip

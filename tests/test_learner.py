@@ -65,7 +65,7 @@ def offline_run(tmp_path_factory):
 
 def start(run_dir, **overrides):
     """A learning server on a free port in a thread; (server, learner, url, stop)."""
-    srv = load_server(run_dir, device="cpu", log_every_s=0.0, log=lambda s: None)
+    srv = load_server(run_dir, device="cpu", log_every_s=0.0, log=lambda s: None, precompile=False)
     # UTD 1 from the first episode at the run's batch size: few updates, easy to count (the recipe's
     # defaults have their own test).
     settings = {"utd": 1.0, "start_episodes": 1, "batch_size": 0, "update_block": 10, "buffer_rows": 2000,

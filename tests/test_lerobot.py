@@ -207,7 +207,7 @@ def test_normalised_run_acts_and_serves_in_robot_units(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"unknown \['top'\]"):
         policy({**raw, "observation.images.top": np.zeros((16, 16, 3), np.uint8)})
 
-    srv = load_server(run, device="cpu", log_every_s=0.0, log=lambda line: None)
+    srv = load_server(run, device="cpu", log_every_s=0.0, log=lambda line: None, precompile=False)
     ws = srv.start("127.0.0.1", 0)
     thread = threading.Thread(target=ws.serve_forever, daemon=True)
     thread.start()

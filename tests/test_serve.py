@@ -484,7 +484,7 @@ def test_robot_policy_served_from_raw_droid_dicts(tmp_path):
             "robot_state": {k: f["observation/robot_state"][k][0] for k in ("cartesian_position", "gripper_position")},
             "image": {k: f["observation/image"][k][0] for k in f["observation/image"]},
         }
-    srv = load_server(run, device="cpu", log_every_s=0.0, log=lambda s: None)
+    srv = load_server(run, device="cpu", log_every_s=0.0, log=lambda s: None, precompile=False)
     ws = srv.start("127.0.0.1", 0)
     thread = threading.Thread(target=ws.serve_forever, daemon=True)
     thread.start()

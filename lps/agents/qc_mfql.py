@@ -3,7 +3,7 @@
 
 Its default alpha is QC-FQL's per-environment value. The LPS paper tuned QC-MFQL's alpha on its
 own and did not publish the values, so that default is a starting point, not the paper's setting:
-sweep alpha (README, "Alpha sensitivity") to choose it."""
+sweep alpha (docs/agents.md) to choose it."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class QCMFQL(QCFQL):
     key_fields: ClassVar[tuple[str, ...]] = ("alpha", "critic_agg", "geometry", "parameterisation", "actor_hidden")
     notes: ClassVar[tuple[str, ...]] = (
         "alpha default is borrowed from QC-FQL's per-environment table: the LPS paper tuned QC-MFQL's "
-        "alpha separately and did not publish the values, so choose it with an alpha sweep (README)",
+        "alpha separately and did not publish the values, so choose it with an alpha sweep (docs/agents.md)",
         "critic_agg min, as in the public release",
         "the actor loss's critic scores the unclipped one-step chunk, as in the public release "
         "(--clip-critic-input clips it as QC-FQL does)",

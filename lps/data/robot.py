@@ -124,7 +124,7 @@ def episode_paths(folder: str | os.PathLike, cfg: RobotDataConfig) -> list[tuple
     if not found:
         raise DatasetError(
             f"{folder} holds no episodes: expected .h5 files in {folder / 'success'} (and optionally "
-            f"{folder / 'failure'}); see README 'Your own robot data'"
+            f"{folder / 'failure'}); see docs/robot-data.md"
         )
     return found
 
@@ -394,7 +394,7 @@ def detect_format(folder: str | os.PathLike) -> Format:
     raise DatasetError(
         f"{folder} holds no episodes in a known robot data layout. Known layouts: LeRobot v2.1/v3.0 "
         "(meta/info.json), robomimic (*.hdf5 with data/demo_N), raw DROID (success/<date>/<time>/trajectory.h5 + "
-        "recordings/MP4), HDF5 episodes (success/*.h5, failure/*.h5); see README 'Your own robot data'"
+        "recordings/MP4), HDF5 episodes (success/*.h5, failure/*.h5); see docs/robot-data.md"
     )
 
 

@@ -29,7 +29,7 @@ def read_npz(path: str | os.PathLike, required: Iterable[str]) -> dict[str, np.n
     try:
         loaded = np.load(path, allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise DatasetError(f"{path} holds a single array; a dataset is an .npz file of named arrays (see README)")
+            raise DatasetError(f"{path} holds a single array; a dataset is an .npz file of named arrays (see docs/data.md)")
         with loaded as f:
             arrays = {k: f[k] for k in f.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error) as e:

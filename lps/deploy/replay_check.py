@@ -1,7 +1,7 @@
 """`lps serve-replay URL EPISODE`: drive a running `lps serve` with a recorded episode's
 observations and print how far its chunks are from the recorded actions.
 
-    lps serve-replay ws://127.0.0.1:8000 demos.npz --episode 3          # a row-layout npz (README)
+    lps serve-replay ws://127.0.0.1:8000 demos.npz --episode 3          # a row-layout npz (docs/data.md)
     lps serve-replay ws://robot-pc:8000 demos/success/ep_007.h5        # a DROID-style episode
 
 As deployed, the policy is asked for a chunk at step 0, its H actions are compared with the
@@ -68,7 +68,7 @@ def _take(obs: Any, t: int) -> Any:
 
 
 def read_npz_episode(path: str, index: int = 0, run_dir: str | None = None, robot_data: dict | None = None) -> Episode:
-    """Episode `index` of a row-layout npz (README "Your own dataset"). Dict observations may be
+    """Episode `index` of a row-layout npz (docs/data.md). Dict observations may be
     stored as keys `observations/<name>`."""
     from lps.data.validate import DatasetError, read_npz
 

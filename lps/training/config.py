@@ -49,10 +49,10 @@ class TrainConfig:
     reward: RewardMode = "paper"
     """paper: sparse on scene and puzzle-3x3 as in the LPS paper; or force dense / sparse."""
     dataset: str | None = None
-    """Train on this npz (row layout, see README) or folder of robot episodes (HDF5, success/ and failure/)
+    """Train on this npz (row layout, see docs/data.md) or folder of robot episodes (HDF5, success/ and failure/)
     instead of OGBench play data."""
     val_dataset: str | None = None
-    """Validation npz in the same row layout, scored at every evaluation (README, "Validation split");
+    """Validation npz in the same row layout, scored at every evaluation (docs/outputs.md, "Validation split");
     OGBench tasks use the -val file beside their play data without it."""
     data_dir: str | None = None
     """Where OGBench play data lives or is generated (default $OGBENCH_DATA_DIR or ~/.ogbench/data)."""
@@ -117,7 +117,7 @@ class TrainConfig:
     """How a --dataset folder of robot episodes is read."""
     online_steps: int = 0
     """Online fine-tuning: environment steps in the live environment after the offline --steps
-    (0: offline only). See README, "Offline-to-online fine-tuning"."""
+    (0: offline only). See docs/offline-to-online.md."""
     online_envs: int = 4
     """Environments played side by side online (episodes start together in waves)."""
     online_workers: int | None = None
@@ -147,7 +147,7 @@ class TrainConfig:
     LEGACY_DEFAULTS: ClassVar[dict] = {"online_start_steps": 0, "online_lr_schedule": "continue"}
     distributed: Annotated[DistributedConfig, tyro.conf.OmitArgPrefixes] = DistributedConfig()
     """Several devices and hosts: --devices, --device-axis, --shard-params, --data-placement and the
-    multi-host flags (README, "Training on several GPUs and hosts")."""
+    multi-host flags (docs/scaling.md)."""
 
     def __post_init__(self):
         check_counts(self)
