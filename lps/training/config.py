@@ -1,6 +1,7 @@
-"""The training config, presets, and (de)serialisation of configs in run directories.
+"""The training config, presets, and (de)serialisation of configs in run directories; see
+docs/training.md.
 
-Defaults are the paper's protocol (REFERENCE.md §1, §4). Presets change a few fields of the
+Defaults are the paper's protocol (docs/method.md). Presets change a few fields of the
 training config and, where the agent has them, its network sizes.
 """
 

@@ -1,21 +1,12 @@
-"""What online fine-tuning does to the networks, measured on the offline and the online data apart.
+"""What online fine-tuning does to the networks, measured on the offline and the online data apart;
+see docs/fine-tuning-on-a-robot.md ("What the diagnostics showed").
 
     diagnose = make_diagnose(agent, batch_size=256)
     row = diagnose(params, target_params, reference_params, buffer, key)   # {name: float}
 
-One row is the agent's own losses evaluated (no update) on a batch drawn only from the offline
-rows of the replay buffer and on one drawn only from its online rows, so a critic that values the
-new episodes unlike the demonstrations, a BC loss that rises on them, or a TD error that grows on
-either shows up per source. Beside them:
-
-- `shift/offline`: mean |chunk - reference chunk| of the policy's actions on offline states, the
-  reference being the offline weights: how far fine-tuning has moved the policy on the states it
-  was good on;
-- `latent/spread`: for latent-steering agents, the latent's per-dimension standard deviation
-  across states (near 0: the actor picks one latent for every state);
-- `batch/online_share`: the share of a training batch's chunks that come from online rows.
-
-The learner (`lps.deploy.learner`) writes one row per trained episode; nothing here changes state.
+A row holds the agent's losses evaluated (no update) on offline-only and online-only batches of
+the replay buffer, plus `shift/offline`, `latent/spread` and `batch/online_share`. The learner
+(`lps.deploy.learner`) writes one row per trained episode; nothing here changes state.
 """
 
 from __future__ import annotations

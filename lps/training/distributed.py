@@ -1,29 +1,13 @@
-"""Training over several devices and hosts: joining the hosts, the mesh, and where arrays live.
+"""Training over several devices and hosts: joining the hosts, the mesh, and where arrays live;
+see docs/scaling.md.
 
-One mesh axis, `devices`, carries one of two things (`--device-axis`):
-
-- batch: every update's batch of --batch-size is split over the devices (data parallelism); the
-  parameters and optimiser state are replicated, or with --shard-params each large array is
-  split along its largest dimension the device count divides (FSDP: the compiler gathers it
-  where a step needs it). N devices compute the same global batch as one device, so the losses
-  and parameters agree with a one-device run to float tolerance.
-- seeds: the seeds (the state's vmapped leading axis) are split over the devices: each device
-  trains its own seeds and nothing crosses devices. The default when there are several seeds
-  and the device count divides them; batch otherwise.
-
-The dataset is placed once: replicated (every device samples from all of it) or, when it would
-take more than a quarter of one device's memory (or with --data-placement sharded), split along
-its rows; the sampler still draws global rows and gathers them, across devices where it must.
-
-Multi-host: `initialize` joins the processes of a SLURM or MPI job (or those given by
---coordinator-address/--num-processes/--process-id) before any device is used; the mesh then
-spans every host's devices, each host places only its slice of the data
-(`jax.make_array_from_process_local_data`), and only process 0 writes the run directory
-(`is_writer`). Checkpoints are gathered to host numpy arrays first, so they load on any number
-of devices.
-
-With one device and one process (the default) nothing here changes what training does: the
-layout is `None` and the loop runs exactly as it did before devices were a flag.
+One mesh axis, `devices`, carries either the batch (data parallelism; `--shard-params` splits
+large arrays FSDP-style) or the vmapped seeds (`--device-axis`). The dataset is placed once,
+replicated or split along its rows (`--data-placement`). `initialize` joins the processes of a
+SLURM/MPI job (or the `--coordinator-address` ones) before any device is used; each host places
+its slice of the data and only process 0 writes (`is_writer`). Checkpoints are gathered to host
+arrays, so they load on any device count. With one device and one process the layout is `None`
+and nothing here changes what training does.
 """
 
 from __future__ import annotations

@@ -1,24 +1,13 @@
-"""Environments for evaluation and online interaction: in this process, or in a pool of
-worker processes.
-
-Both backends hold `num_slots` environments of one task and offer the same three calls:
+"""Environments for evaluation and online interaction, in this process or in a pool of "spawn"
+worker processes (`--eval-workers`); see docs/training.md. Both hold `num_slots` environments:
 
     obs = envs.reset({slot: seed, ...})                 # {slot: first observation}
     out = envs.step_chunks({slot: chunk (H, A), ...})   # {slot: ChunkOutcome}
     envs.close()
 
-A whole open-loop action chunk is executed where the environment lives and stops early when the
-episode ends, so a worker exchanges one message per chunk, not one per step. In the pool, slot s
-lives in worker s % num_workers; a call sends every worker its share first and then collects the
-answers, so the workers step their environments at the same time.
-
-Workers are started with the "spawn" context: a forked child of a process that has initialised
-JAX (its thread pools, possibly a GPU context) can deadlock. Workers import only numpy, gymnasium
-and OGBench. A worker that dies, or whose environment raises, surfaces as `EnvWorkerError`
-naming the worker and its slots; the pool is then unusable and should be closed and rebuilt. A
-worker that does not answer one reset or one action chunk within `chunk_timeout` seconds (stopped
-with SIGSTOP, hung in its environment) is treated as dead the same way, after being killed
-(SIGKILL) and reaped, with a warning naming it and the deadline.
+A whole chunk runs where its environment lives (one message per chunk; slot s in worker
+s % num_workers). A dead, raising or hung worker (past `chunk_timeout`) raises `EnvWorkerError`;
+the pool is then closed and rebuilt.
 """
 
 from __future__ import annotations

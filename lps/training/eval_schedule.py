@@ -1,28 +1,13 @@
-"""Evaluations during training: run at the evaluation step, or overlapped with training.
+"""Evaluations during training, run at the evaluation step or overlapped with training
+(`--eval-async`); see docs/training.md.
 
     schedule.log_training(step, rows)          # one metrics row per seed, every --log-every steps
     schedule.submit(step, params, extra_rows)  # at an evaluation step
     schedule.wait_before(step)                 # before a checkpoint at `step`
     schedule.finish()                          # at the end: waits for the last evaluation
 
-Synchronous (`overlap=False`): `submit` evaluates at once on the default device.
-
-Overlapped (`overlap=True`): `submit` takes a host copy of the parameters (the snapshot) and
-returns; a background thread evaluates the snapshot, acting jitted on the host CPU, while the
-worker processes step the environments and the device trains on. At most one evaluation is in
-flight: submitting the next one first waits for the previous.
-
-Rows stay in step order: while an evaluation of step s is in flight, training rows of later
-steps are held in memory and written right after the evaluation's rows (the evaluation row of
-step s comes after the training row of step s, as in the synchronous path). Both paths evaluate
-the same parameters with the same seeds, so they write the same numbers.
-
-Faults: an evaluation that fails (a worker died, an environment raised) is logged as
-`eval/failed = 1` at its step with the reason printed (naming seed, episode and env slot), the
-environments are closed, and the next evaluation gets a fresh pool. On shutdown (Ctrl-C, a crash)
-a finished evaluation is still written, an unfinished one is cancelled, and the held training
-rows are written. Checkpoints wait for earlier evaluations (`wait_before`), so the only evaluation
-a crash can lose is the one at the checkpoint's own step, which a resume runs again.
+Overlapped, `submit` evaluates a host snapshot in a background thread (at most one in flight),
+holding later training rows so metrics stay in step order; both paths write the same numbers.
 """
 
 from __future__ import annotations

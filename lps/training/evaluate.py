@@ -1,19 +1,11 @@
-"""Batched evaluation with the paper's protocol (REFERENCE.md §4), for several seeds at once.
+"""Batched evaluation with the paper's protocol, for several seeds at once; see docs/training.md
+("Evaluation protocol") and docs/method.md.
 
-Episodes run side by side: one policy call produces a chunk for every running episode of every
-seed, each chunk is executed open loop (where the environment lives: this process, or a worker
-process, see `lps.training.envs`), and a new chunk is asked for only when the last one is used up.
-Success is the final step's `info['success']`. When an episode ends its environment starts that
-seed's next pending episode at the next policy call, so the batch stays full.
-
-Everything random is tied to the episode, never to the batch: episode i of evaluation seed s is
-reset with a seed derived from (s, i), and its c-th chunk is drawn with the key
-fold_in(fold_in(PRNGKey(s), i), c). So the same parameters and seed give the same episodes
-whatever the pool size, the number of worker processes, or which seeds are evaluated together.
-
-Each seed gets its own group of environment slots, so one policy call with the parameters'
-seed axis vmapped serves all of them. OGBench environments hold ~150 MB each, so the pool is
-small by default (`DEFAULT_POOL` per seed).
+Episodes run side by side: one policy call (the parameters' seed axis vmapped) draws a chunk for
+every running episode of every seed, each chunk runs open loop in `lps.training.envs`, and
+success is the final step's `info['success']`. Episode i of seed s is reset with a seed derived
+from (s, i) and its c-th chunk uses fold_in(fold_in(PRNGKey(s), i), c), so results do not depend
+on the pool size, the workers, or which seeds are evaluated together (`DEFAULT_POOL` slots per seed).
 """
 
 from __future__ import annotations

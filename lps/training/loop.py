@@ -1,15 +1,12 @@
-"""The training loop: build the run, then for each dispatch update / log / evaluate / checkpoint.
+"""The training loop (`lps train`): build the run, then for each dispatch update / log / evaluate /
+checkpoint; see docs/training.md.
 
     state, metrics = multi_update(state, data)     # K scanned updates on the device (lps.training.update)
 
-Each part is one call into its own module: the update (`update`), the run directory and its
-records (`rundir`, `runlog`, `checkpoint`), evaluation and its schedule (`eval_schedule`), the
-validation metrics (`validation`) and, with `--online-steps`, the online phase (`online`), which
-continues from the offline state. Seeds are a leading axis of the state (vmapped): several seeds
-share one compiled program and one dataset, and each keeps its own run directory. With
-`--devices N` (`distributed`) the state and the dataset are placed on a device mesh once, and
-gathered to the host once per evaluation and per checkpoint; on several hosts only process 0
-writes the run directory.
+Each part is one call into its own module: `update`, `rundir`, `runlog`, `checkpoint`,
+`eval_schedule`, `validation`, `distributed` (`--devices N`) and, with `--online-steps`, `online`.
+Seeds are a vmapped leading axis of the state: one compiled program and one dataset, one run
+directory per seed.
 """
 
 from __future__ import annotations

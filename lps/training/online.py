@@ -1,46 +1,13 @@
-"""The online phase of offline-to-online fine-tuning (`lps train ... --online-steps N`).
+"""The online phase of offline-to-online fine-tuning (`lps train ... --online-steps N`); see
+docs/offline-to-online.md.
 
-After the offline steps the run goes on in the live environment: `--online-envs K` environments
-(the worker pool of `lps.training.envs`) play episodes with open-loop chunks drawn from the current policy,
-their rows go to the replay buffer as they are played (`lps.data.replay`: the offline data
-plus the online rows, on the device; an episode's chunks are sampled as soon as they fit), and
-the same pure, scanned update as offline training (`lps.training.update.make_update`, with the buffer's
-sampler) runs `--utd` gradient steps per environment step, once `--online-start-steps` steps
-(Q-chunking's 5,000 on OGBench tasks) have been played.
-
-Rewards and masks online are labelled exactly as the offline data was (`lps.data.tasks`): row t's
-reward is the task reward of the state at row t (OGBench relabels each row from its own qpos),
-made sparse `-(r != 0)` when the task's reward mode is sparse, and its mask is 0 when that state
-solves the task. OGBench's manipulation environments compute a step's reward and success on the
-state the step starts from (`success_timing='pre'`), so row t takes step t's reward and success
-as they are (checked against OGBench's relabelling in tests/test_online.py). The toy bandits'
-rows carry their action's reward and mask 0, as their offline data does.
-
-Waves and exact resume. Episodes start together in waves of K, episode i of the run (counted
-over waves) being reset with a seed derived from (seed, i), and its c-th chunk drawn with a key
-derived from (seed, i, c), as evaluation does. Episodes in progress sit in the buffer's staging
-area (sampled already) and are appended for good when their wave ends; updates run in blocks
-of `utd * K * H` steps as the environment steps accumulate (the remainder carries over).
-Checkpoints of the online phase are taken only at wave ends, where no episode is in progress:
-the checkpoint (`<run>/online/checkpoint.msgpack`, one atomic file) holds the training state,
-the buffer, the env step count, the episodes played and the update remainder. Everything after
-it is a function of these, so a run killed at any point and resumed replays the same episodes
-and updates as an uninterrupted one (and writes the same rows: the metrics row pending at a
-checkpoint is written before it). The plain `<run>/checkpoint.msgpack` (the training state, for
-`lps eval` and `load_policy`) is written after it.
-
-Overlap (default) and strict alternation (`--online-sync`). A wave is played in rounds, one
-chunk per environment drawn in one batched call. Strictly, a round's updates run after its
-environment steps, before the next round is acted. Overlapped, the next round is acted first,
-with the parameters from before the updates owed (one round, K*H env steps, of staleness), then
-those updates are dispatched to the device and run while the workers step the round; JAX's
-asynchronous dispatch is the only concurrency. The updates sample the same buffer in both modes,
-and the updates owed for a wave's last round run at the wave's end (on its staged rows, as
-strictly), so nothing is in flight at a checkpoint and resume is exact in both modes; with
-one-round waves (the toy bandits) the two modes are identical.
-
-Metrics rows carry the gradient `step` and `env_step`; `online/return` and `online/success`
-average the episodes finished since the previous row.
+After the offline steps, `--online-envs K` environments (`lps.training.envs`) play episodes in
+waves of K with open-loop chunks of the current policy; their rows, labelled as the offline data
+is (`lps.data.tasks`), go to the on-device replay buffer (`lps.data.replay`), and the update of
+`lps.training.update` runs `--utd` steps per env step. Rounds overlap acting with the updates
+owed (one round of staleness) unless `--online-sync`. Checkpoints are taken only at wave ends
+(`<run>/online/checkpoint.msgpack`: state, buffer, env steps, episodes, update remainder), so a
+resumed run replays exactly the episodes and updates of an uninterrupted one.
 """
 
 from __future__ import annotations

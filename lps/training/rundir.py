@@ -1,14 +1,11 @@
 """Run-directory safety: one process per run directory, resumes that cannot relabel a run, and a
-clean stop on SIGINT/SIGTERM.
+clean stop on SIGINT/SIGTERM; see docs/outputs.md ("Runs are safe").
 
-    with claim(run_dirs):                       # exclusive lock per run dir; leftover *.tmp removed
+    with claim(run_dirs):                       # exclusive flock on <run>/.lock; leftover *.tmp removed
         check_resume(run_dir, agent, cfg, agent_cfg)   # refuses changes to what was trained
         with StopOnSignal() as stop: ... if stop.signum: save and raise TrainingInterrupted
 
-The lock is `fcntl.flock` on `<run dir>/.lock`: the kernel releases it when the holder exits or
-dies (kill -9 included), so a stale lock never blocks a rerun; the file only records who holds
-it (PID, host, start time) for the refusal message. The file itself is never deleted: deleting a
-lock file that another process has open lets two processes hold "the" lock at once.
+The lock file records its holder (PID, host, start time) and is never deleted.
 """
 
 from __future__ import annotations

@@ -1,14 +1,13 @@
-"""The train state and the update: a pure, jitted step scanned over many steps per dispatch.
+"""The train state and the update: a pure, jitted step scanned over many steps per dispatch; see
+docs/training.md.
 
     state, metrics = update(state, data)
 
-`state` is a pytree (parameters, Polyak target, optimiser state, step, RNG key); the step's
-randomness is `fold_in(state.rng, state.step)`, so a run's numbers depend only on its seed and
-step count, never on how the steps were grouped into dispatches (which makes resume exact).
-Batches are sampled inside the update from the on-device dataset (or replay buffer): the hot path
-has no host transfer and no Python per step. Seeds are a leading axis of the state, vmapped, so
-several seeds share one compiled program and one dataset. The offline loop (`lps.training.loop`)
-and the online phase (`lps.training.online`) both build their updates here.
+`state` holds the parameters, Polyak target, optimiser state, step and RNG key; each step's key is
+`fold_in(state.rng, state.step)`, so the numbers depend only on the seed and the step count, not on
+how steps are grouped into dispatches (resume is exact). Batches are sampled inside the update
+from the on-device dataset or replay buffer. The offline loop (`lps.training.loop`) and the online
+phase (`lps.training.online`) build their updates here.
 """
 
 from __future__ import annotations

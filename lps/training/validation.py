@@ -1,25 +1,10 @@
-"""Overfitting signals from the validation split, logged at every evaluation.
+"""Overfitting signals from the validation split, logged at every evaluation: `val/bc_loss`,
+`val/td_error`, `val/q_gap` and `val/clip_fraction`; see docs/outputs.md ("Validation split").
 
-OGBench ships `<env>-play-v0-val.npz` beside every training file (our generator writes one too).
-It is relabelled like the training data and put on the device once; a fixed, seeded set of up to
-`MAX_CHUNKS` of its chunks is scored at every evaluation with the same noise, so successive rows
-differ only because the parameters changed:
-
-- `val/bc_loss`: the base (or BC) policy's generative loss, MeanFlow or flow matching, exactly the
-  `loss/bc` the agent trains on (CFGRL: its unconditional pass);
-- `val/td_error`: the critic's mean squared TD error against its own target (`loss/critic`);
-- `val/q_gap`: mean over chunks of `Q(s, pi(s)) - Q(s, a_data)` (ensemble mean): how far the
-  critic rates the policy's chunks above the data's; a growing gap with a falling success is
-  the critic being exploited;
-- `val/clip_fraction`: the share of action dimensions of the acting policy at the clip limit,
-  `|a| >= 1 - 1e-6`. Measured on the acting (clipped) output: clipping is the identity inside
-  [-1, 1] and maps everything outside to exactly +-1, so this share equals that of the raw
-  output at the same threshold, without every agent exposing its raw output.
-
-Agents without a critic (BC) get `val/bc_loss` and `val/clip_fraction` only. `--val-dataset`
-names a validation file in the row layout (`lps data prepare` writes one). Runs without validation
-data (`--dataset` alone, toy tasks, an OGBench folder without the `-val` file) train as before and
-say once that val/ metrics are off.
+The split (OGBench's `<env>-play-v0-val.npz`, or `--val-dataset`) is relabelled like the training
+data and put on the device once; a fixed, seeded set of up to `MAX_CHUNKS` of its chunks is scored
+with the same noise every time. Runs without validation data train as before and say once that
+the val/ metrics are off.
 """
 
 from __future__ import annotations
