@@ -1,39 +1,13 @@
-"""The robot computer's side of `lps serve`: one small file that needs only numpy, msgpack and
-websockets (no JAX), so it can be copied onto the robot's computer on its own.
+"""The robot computer's side of `lps serve`: one file needing only numpy, msgpack and websockets
+(no JAX), to copy onto the robot; see docs/serving.md and docs/fine-tuning-on-a-robot.md.
 
-    from lps.client import PolicyClient
-    with PolicyClient("ws://192.168.1.10:8000") as policy:
-        print(policy.spec())              # observation shapes, chunk length, action dimension
-        chunk = policy.act(obs)           # (H, action_dim) float32; obs: an array or a dict of arrays
+    with PolicyClient("ws://192.168.1.10:8000", token=T) as policy:
+        chunk = policy.act(obs)                 # (H, action_dim) float32; obs: array or dict of arrays
+        with policy.episode() as ep:            # `lps serve --learn`: record and send an episode
+            chunk = ep.act(obs); ep.record(obs, action, intervention=False); ep.finish(success=True)
 
-Wire format: every message is one binary websocket frame holding a msgpack map. numpy arrays are
-maps {"__ndarray__": True, "data": raw bytes, "dtype": dtype.str, "shape": [...]} - the layout
-openpi's client uses, so clients written for openpi-style servers can talk to ours; maps in the
-msgpack-numpy package's layout ({"nd": True, "type", "shape", "data"}) are decoded as well.
-
-Requests and replies (every reply but errors carries "policy_version": the weights it came from):
-    {"type": "spec"}                  -> {"type": "spec", "observation": ..., "chunk_len": H, "action_dim": A, ...}
-    {"obs": array or dict of arrays}  -> {"action": (H, A) float32, "latency_ms": float, "step": n}
-      optional with a `--frame-stack` policy (spec "frame_stack" > 1): "episode" (an id: a new one
-      starts a new frame stack) and "frames" (the observations of the steps executed since the
-      last request, oldest first; the server keeps the connection's last K frames)
-    {"type": "episode", "id", "token", "outcome": "success" | "failure" | "aborted",
-     "observations": (T, ...) array or dict of them, "actions": (T, A), "interventions": (T,) bool}
-                                      -> {"type": "episode_ack", "id", "duplicate": bool, ...}   (`lps serve --learn`)
-    anything malformed                -> {"error": "what was wrong"}   (the connection stays open)
-
-A dropped connection (a network blip, a restarted server) costs no request: the client reconnects
-with bounded retries and exponential backoff and sends it again (PolicyClient's `retries`,
-`backoff_s`, `max_backoff_s`; `log=print` reports each reconnect), and an `Episode` of a
-frame-stacked policy sends its last K-1 recorded observations again on the new connection.
-
-Fine-tuning on the robot (a server started with `--learn --token T`):
-    with PolicyClient(url, token=T) as policy:
-        with policy.episode() as ep:
-            chunk = ep.act(obs)                           # then, for each step executed:
-            ep.record(obs, action, intervention=False)    # the action actually executed
-            ...
-            ep.finish(success=True)                       # sent now; resent after a dropped connection
+Messages are msgpack maps with openpi's numpy layout (msgpack-numpy's is read too). Every request
+survives a dropped connection: bounded retries with exponential backoff (`retries`, `backoff_s`).
 """
 
 from __future__ import annotations

@@ -1,41 +1,13 @@
-"""Online fine-tuning behind the policy server: `lps serve RUN --learn [--token T]`.
+"""Online fine-tuning behind the policy server: `lps serve RUN --learn [--token T]`; see
+docs/fine-tuning-on-a-robot.md.
 
-The server answers action requests as always; the robot also sends each finished episode (see
-`lps.client.Episode` and docs: "Fine-tuning on a robot"). For an accepted episode the learner
-
-1. validates it (its fields, outcome, shapes and dtypes against the served spec, finite values,
-   actions in [-1, 1] unless the run is normalised, length limits, and states and actions within
-   `--range-margin` widths of the training data's per-dimension range: a sensor glitch is refused
-   here, naming the dimension);
-2. writes it to disk before anything else, atomically, as one file
-   `<run>/learner/episodes/<outcome>/<seq>-<episode id>.h5|.npz` (seq: arrival order), so a crash
-   never loses a rollout and a retried send is recognised by its id (never stored twice). When the
-   offline data is an HDF5 robot folder the file is an episode in that folder's own layout (its
-   keys, widths and camera names), so `<run>/learner/episodes` is itself a robot dataset
-   (`--dataset` reads it); otherwise an npz of the observations, actions and flags. The episode is
-   kept as the robot sent it, in the robot's units;
-3. in a background thread: labels its rows (`read_episode_rows`: the robot scheme, failures as
-   `--failures` says, cloning weights as `--clone` says), normalises them with the run's
-   statistics when it has them, appends them to the replay buffer (`lps.data.replay`: the offline
-   data first, then the online episodes in arrival order; when full, the oldest online episodes
-   go), runs `utd x steps` updates once `--start-episodes` have arrived (`make_update` with the
-   buffer's sampler, in compiled blocks of `--update-block`; the remainder carries over) at the
-   online learning rate (`--lr-schedule`), and, if every loss and weight stayed finite, swaps the
-   served weights (`policy_version` + 1), checkpoints and writes a diagnostics row
-   (`learner/metrics.jsonl`, `lps.training.diagnostics`). An episode that cannot be trained on
-   (unreadable, or its updates go non-finite) moves to `learner/quarantine/` with its reason; the
-   weights from before it stay.
-
-Aborted episodes are stored (under `aborted/`) but never trained on: they have no outcome to label.
-
-Resume. The checkpoint `<run>/learner/checkpoint.msgpack` holds the training state, the update
-remainder, the number of episodes trained on and the policy version last served; the buffer is
-held by reference: it is rebuilt from the offline data and the first `episodes_trained` episode
-files in arrival order, exactly as it was, and every later file (arrived, maybe half trained on
-when the process died) is queued and trained on again from the checkpoint. Updates are a pure
-function of (state, buffer), so a learner killed at any point and restarted ends with the weights
-and buffer rows of an uninterrupted one (one exception: an episode quarantined after the buffer
-dropped old episodes to make room for it leaves them dropped, where a rebuild keeps them).
+For each episode the robot sends (`lps.client.Episode`) the learner validates it against the
+served spec and the training data's range (`--range-margin`), writes it atomically to
+`<run>/learner/episodes/<outcome>/<seq>-<id>.h5|.npz` (the robot folder's own layout for HDF5
+data), then in a background thread labels it (`read_episode_rows`), appends it to the replay
+buffer, runs the updates and swaps the served weights (`policy_version` + 1) if all stayed finite,
+else quarantines it. `<run>/learner/checkpoint.msgpack` plus the episode files rebuild the buffer
+exactly on restart. Aborted episodes are stored, never trained on.
 """
 
 from __future__ import annotations

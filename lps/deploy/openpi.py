@@ -1,34 +1,12 @@
 """openpi's websocket protocol for `lps serve RUN --protocol openpi`: robot code written against
-openpi-client's `WebsocketClientPolicy` (DROID, ALOHA, LIBERO examples) acts with an lps run as it is.
+openpi-client's `WebsocketClientPolicy` acts with an lps run as it is; see docs/serving.md
+("openpi clients").
 
-The protocol, as openpi's client expects it:
-- right after the websocket handshake the server sends one metadata frame: here the run's spec, the
-  same map as lps's `{"type": "spec"}` reply and `GET /health`, plus `openpi_observation`, the
-  openpi keys read for each of the run's observation arrays;
-- then each binary frame is an observation map (e.g. `{"observation/state": ..., "observation/image":
-  ..., "prompt": "..."}`) and is answered `{"actions": (H, A) float32, "policy_version": int,
-  "server_timing": {"infer_ms": float, "prev_total_ms": float}}`;
-- anything wrong is answered with a text frame saying what (the client raises it as a RuntimeError)
-  and the connection is closed (code 1011), as openpi's own server does.
-
-Frames are msgpack with openpi's numpy encoding: an array is a map with the bytes keys `__ndarray__`,
-`data` (the C-order bytes), `dtype` (numpy's dtype string) and `shape`; a numpy scalar has the
-bytes keys `__npgeneric__`, `data` (the Python value) and `dtype`. Arrays of objects, void or
-complex numbers are refused both ways.
-
-Observation keys are mapped by a table built from the run's observation spec (`ObsMap`): the run's
-`state` is read from `observation/state`, its `image` from `observation/image`, and each camera of
-a dict of cameras (`image/<camera>`) from `observation/<camera>`; `--obs-key OPENPI_KEY=LPS_KEY`
-replaces the keys of one LPS_KEY (several OPENPI_KEYs for one LPS_KEY are joined on the last axis,
-in the order given: DROID's joint and gripper positions into one state). Nested maps are read as
-`a/b` keys. Text values (`prompt`) and unmapped text keys are ignored; an unmapped array is refused,
-naming the keys the run takes. The mapped observation then goes through lps's own checks and
-acting path (`PolicyServer.checked_size` / `act`), so it is treated exactly as lps's `{"obs": ...}`.
-
-Each connection keeps its own frame stack (`--frame-stack` runs): one connection is one episode.
-With `--learn`, a frame `{"type": "episode", ...}` (the fields of lps's episode message, its
-observations under openpi or lps keys) is handed to the learner, its token taken from the
-connection's `Authorization: Api-Key KEY` header (openpi-client's `api_key`) when the frame has none.
+On connect the server sends the run's spec (plus `openpi_observation`) as metadata; each frame
+is an observation map answered `{"actions", "policy_version", "server_timing"}`, and an error is
+a text frame, then the connection closes (code 1011). `ObsMap` maps openpi keys to the run's
+(`--obs-key OPENPI_KEY=LPS_KEY`); the mapped observation goes through `PolicyServer.checked_size`
+and `act`, exactly as lps's `{"obs": ...}`. With `--learn`, episode frames go to the learner.
 """
 
 from __future__ import annotations

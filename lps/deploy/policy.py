@@ -1,28 +1,13 @@
-"""Loading a trained policy from a run directory, in one call.
+"""Loading a trained policy from a run directory, in one call; see docs/training.md ("Acting ...").
 
-policy = lps.load_policy("runs/cube-single-play-singletask-task1-v0/lps/seed0")
-chunk = policy(obs)            # (H, action_dim) for one observation, (B, H, A) for a batch
+    policy = lps.load_policy("runs/cube-single-play-singletask-task1-v0/lps/seed0", device="auto")
+    chunk = policy(obs)            # (H, action_dim) for one observation, (B, H, A) for a batch
 
-Where it acts (`device`): "auto" (default) acts on the host CPU whenever JAX has one. A policy
-call for one observation is a handful of small matmuls: on a CPU it takes ~0.2 ms, on a GPU the
-launch and transfer overheads make it ~1.5 ms (measured: H200 vs its host, paper-size LPS), so a
-robot or evaluation loop asking for one chunk at a time is faster on the CPU. Choose "gpu" for
-large batches (thousands of observations per call), where the GPU's throughput wins.
-
-A policy trained on robot data takes one observation as the robot stack produces it (DROID's
-`{"robot_state": ..., "image": {camera: BGRA}}`, a LeRobot frame), our `{"state", "image":
-{camera: RGB}}` dict, or a batch of the latter (leading axis everywhere); cameras are matched by
-name (a missing or unknown one is refused), converted and resized exactly as in training.
-
-A policy trained with `--frame-stack K` keeps the last K frames of the episode it is acting in:
-`policy(obs)` adds `obs` to them and acts on the stack, `policy.observe(obs)` adds the frames of
-the steps executed between calls (training stacks consecutive steps, so give it every executed
-step's observation), `policy.reset()` starts the next episode. Several episodes at once (the
-server's connections) each hold a `policy.new_frames()` passed as `frames=`.
-
-Every call refuses non-finite observations and never returns a non-finite action (damaged weights
-raise `NonFiniteActionError`). A batch is padded to the next power of two, so callers sending many
-batch sizes compile a few programs rather than one per size.
+`device="auto"` acts on the host CPU (fastest for one observation); "gpu" for large batches.
+Robot-data runs take the robot's own observation (DROID's dict, a LeRobot frame) or `{"state",
+"image"}`, matching cameras by name (docs/robot-data.md). `--frame-stack` runs keep the episode's
+last K frames (`policy.observe`, `policy.reset`, `policy.new_frames`). Non-finite inputs are
+refused and a non-finite action raises `NonFiniteActionError`.
 """
 
 from __future__ import annotations

@@ -1,17 +1,13 @@
 """`lps serve-replay URL EPISODE`: drive a running `lps serve` with a recorded episode's
-observations and print how far its chunks are from the recorded actions.
+observations and print how far its chunks are from the recorded actions; see docs/serving.md
+("Replay check").
 
     lps serve-replay ws://127.0.0.1:8000 demos.npz --episode 3          # a row-layout npz (docs/data.md)
     lps serve-replay ws://robot-pc:8000 demos/success/ep_007.h5        # a DROID-style episode
 
-As deployed, the policy is asked for a chunk at step 0, its H actions are compared with the
-recorded actions of steps 0..H-1, then it is asked again at step H, and so on (`--stride` asks more
-often; every chunk is compared over its whole length, cut at the episode's end). The numbers are
-the mean squared error and the largest absolute error per action dimension over every compared
-step, plus the client's round-trip latency. Episode readers are picked by file suffix
-(`EPISODE_READERS`); add one there for another format. An `.h5` episode is read by the robot-data
-loader with the settings (cameras, image size, keys) the server reports in its spec, or those of
-`--run RUN` when given.
+A chunk is asked for every H steps (`--stride`) and compared over its length: per-dimension MSE
+and largest absolute error, plus round-trip latency. Episode readers are picked by file suffix
+(`EPISODE_READERS`: add one there for another format).
 """
 
 from __future__ import annotations

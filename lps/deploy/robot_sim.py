@@ -1,23 +1,12 @@
-"""`lps robot-sim [URL] --env TASK --episodes N`: a simulated robot for `lps serve --learn`.
+"""`lps robot-sim [URL] --env TASK --episodes N`: an OGBench task as the robot of `lps serve --learn`;
+see docs/fine-tuning-on-a-robot.md ("Without hardware").
 
-It speaks exactly the robot's protocol (`lps.client.PolicyClient` and its episode recorder): an
-OGBench task plays the role of the robot, each chunk the server sends is executed open-loop step
-by step, every executed step is recorded, and the episode is sent with the environment's success
-label when it ends (success, or the time limit: failure). So the whole loop - demonstrations,
-offline training, serving, online fine-tuning on the "robot" - runs on one machine without hardware.
-
-Two more parts of a real robot's life:
-- an operator (`--intervene-prob p`): before each chunk, with probability p, a scripted operator
-  (OGBench's closed-loop cube oracle, told the task's goal) takes over for one chunk's worth of
-  steps; those steps are recorded with `intervention=True` and the operator's actions, as a
-  teleoperated takeover is. `--scripted` lets the operator play every step (demonstrations; no
-  server needed).
-- a recorder (`--record FILE.npz`): every finished episode is added to a dataset in the row layout
-  `lps train --dataset FILE.npz` reads (observations, actions, rewards, masks, terminals, plus
-  per-row `success` and `interventions`), labelled with the robot data's semi-sparse scheme
-  (`lps.data.robot.semi_sparse_labels`), as the learner labels what it receives. The file is
-  rewritten atomically after each episode (a kill loses at most the episode being played) and an
-  existing file is appended to.
+It speaks the robot's protocol (`lps.client.PolicyClient`): each served chunk runs open loop, every
+step is recorded, and the episode is sent with the environment's success label (time limit:
+failure). `--intervene-prob p` lets a scripted operator take over a chunk (recorded as
+interventions); `--scripted` plays every step without a server; `--record FILE.npz` appends each
+episode, labelled with `lps.data.robot.semi_sparse_labels`, to a dataset `lps train --dataset`
+reads (rewritten atomically after each episode).
 """
 
 from __future__ import annotations

@@ -1,26 +1,13 @@
-"""`lps serve RUN`: a policy server that a robot computer calls over the network.
+"""`lps serve RUN`: a policy server that a robot computer calls over websockets; see docs/serving.md.
 
     lps serve runs/my-robot/lps/seed0 --host 0.0.0.0 --port 8000 [--device auto|cpu|gpu]
 
-Websockets with msgpack messages carrying numpy arrays (the wire format and the small client are
-in `lps.client`, which needs no JAX). Each connection is served by its own thread; the policy call
-itself is serialised by one lock, so several clients at once get correct chunks in arrival order.
-A malformed request (undecodable bytes, unknown keys, an observation of the wrong shape, type or
-keys, NaN/inf values, more than `--max-batch` observations) gets an `{"error": ...}` reply and the
-connection keeps being served. Batches are padded to powers of two (lps.deploy.policy), and every
-such size up to `--max-batch` is compiled at start-up, so no request waits for or shares the CPU
-with a compile (`--no-precompile`: each on first use, outside the policy lock). Every
-`--log-every` seconds with traffic the server prints the number of chunks served and the p50/p99
-of their latency; `GET /health` answers the spec as JSON for load balancers and humans.
-
-Serving chunks has no authentication: bind to 127.0.0.1 (the default) or a trusted robot network
-only. With `--learn` the server also accepts finished episodes and fine-tunes on them
-(`lps.deploy.learner`); those need the `--token` (or $LPS_TOKEN), without which it refuses to start.
-Every reply carries the `policy_version` of the weights that produced it.
-
-`--protocol openpi` speaks openpi's protocol instead (openpi-client's WebsocketClientPolicy: a
-metadata frame on connect, observation maps in, `{"actions"}` out; see lps.deploy.openpi), acting
-through the same checks and policy call (`PolicyServer.checked_size` and `act`).
+`PolicyServer` answers msgpack requests (wire format and client in `lps.client`), one thread per
+connection and one lock around the policy call; malformed requests get `{"error": ...}` and the
+connection stays open. Batch sizes up to `--max-batch` are compiled at start-up; `GET /health`
+answers the spec. No authentication for acting: bind to 127.0.0.1 or a trusted network. `--learn`
+adds fine-tuning (`lps.deploy.learner`, needs `--token`); `--protocol openpi` speaks openpi's
+protocol (`lps.deploy.openpi`). Every reply carries `policy_version`.
 """
 
 from __future__ import annotations
