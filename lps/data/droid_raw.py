@@ -1,22 +1,13 @@
-"""Raw DROID trajectory folders, as DROID's collection stack writes them (no conversion):
+"""Raw DROID trajectory folders, as DROID's collection stack writes them (no conversion); see
+docs/robot-data.md.
 
     DIR/<success|failure>/<date>/<time>/trajectory.h5                 state, actions, timestamps
     DIR/<success|failure>/<date>/<time>/recordings/MP4/<serial>.mp4          left view only
     DIR/<success|failure>/<date>/<time>/recordings/MP4/<serial>-stereo.mp4   left | right pair
 
-State and actions use the same HDF5 keys as the HDF5 layout (--state-keys, --action-keys). Each
-camera is named by its serial (every one, sorted, unless --cameras names serials); its frames come
-from `<serial>.mp4` when present (never cropped), else the left half of `<serial>-stereo.mp4`.
-
-Frames are matched to trajectory steps by time, never by index (cameras may run at another rate
-than the 15 Hz control loop), first of these that the files hold:
-1. the trajectory's `observation/timestamp/cameras/<serial>_estimated_capture` against the
-   video's `<file>_timestamps.json` (DROID's own per-frame capture times, same clock);
-2. the trajectory's `observation/timestamp/robot_state/robot_timestamp_{seconds,nanos}`, from its
-   first step, against the video's presentation times, from its first frame;
-3. no timestamps: frame i for step i, only when the video has exactly one frame per step.
-A step with no frame within half a frame period (a video that cannot cover the trajectory) is
-bad data, naming the file.
+Cameras are named by serial (`--cameras` picks them); state and actions use the HDF5 layout's keys.
+Frames are matched to steps by time, never by index: DROID's capture timestamps, else the robot
+timestamps against the video's frame times, else (no timestamps) one frame per step exactly.
 """
 
 from __future__ import annotations

@@ -1,14 +1,10 @@
 """Frame stacking (`--frame-stack K`): the policy sees its last K camera frames, stacked on the
-channel axis, oldest first, as FQL's visual setting stacks 3 (the LPS release uses 1).
+channel axis, oldest first; see docs/data.md ("Pixel tasks").
 
-Frames are consecutive environment steps, as in training: the sampler stacks rows t-K+1..t of
-t's episode, and the acting side pushes every executed step's frame (not only those at chunk
-boundaries). Before an episode has K frames the first one is repeated (the stack starts full).
-Only images are stacked; a robot observation's state stays the latest step's.
-
-Data and the replay buffer keep one frame per row: the stack is built where a batch is gathered
-(`stacked_rows`, on the device) and where a policy acts (`Frames`, on the host), so stacking
-costs no memory.
+Frames are consecutive environment steps; before an episode has K the first is repeated, and a
+robot observation's state stays the latest step's. Data and the replay buffer keep one frame per
+row: the stack is built where a batch is gathered (`stacked_rows`, on the device) and where a
+policy acts (`Frames`, on the host).
 """
 
 from __future__ import annotations

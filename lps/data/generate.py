@@ -1,19 +1,11 @@
-"""Seeded, parallel generator for OGBench manipulation play datasets.
+"""Seeded, parallel generator for OGBench manipulation play datasets (`lps data generate ENV`); see
+docs/data.md.
 
-The official OGBench ``*-play-v0`` files live on a host this project cannot
-reach, so we regenerate them locally with the scripted plan oracles that ship in
-the ``ogbench`` package, following the official play-data recipe and file
-layout (so ``ogbench.make_env_and_datasets(..., dataset_dir=...)`` loads them).
-
-Unlike the official script, which ignores its seed, every episode here gets its
-own seed derived from ``(seed, split, episode index)``, so a dataset is
-byte-identical for a given ``(env, episodes, seed)`` however many worker
-processes collect it.
-
-Visual envs (`visual-cube-single`, ...) run the same recipe in OGBench's pixel twin of the env
-(same scene, dynamics and oracles, which act on privileged state) and store the rendered 64x64
-RGB frame as the observation (uint8 (N, 64, 64, 3), OGBench's visual layout): for the same seed
-a visual dataset's actions, qpos and button states equal those of the state dataset.
+It follows OGBench's play-data recipe and file layout with the scripted plan oracles of the
+`ogbench` package, so `ogbench.make_env_and_datasets(..., dataset_dir=...)` loads the files.
+Every episode gets its own seed derived from (seed, split, episode index), so a dataset is
+byte-identical for a given (env, episodes, seed) however many workers collect it. Visual envs
+run the same recipe in OGBench's pixel twin and store the rendered 64x64 RGB frame.
 """
 
 from __future__ import annotations

@@ -1,29 +1,12 @@
-"""LeRobot datasets (v2.1 and v3.0) read from a local folder with pyarrow and PyAV: no torch, no hub.
+"""LeRobot datasets (v2.1 and v3.0) read from a local folder with pyarrow and PyAV: no torch, no hub;
+see docs/robot-data.md.
 
-    v2.1: meta/info.json, meta/episodes.jsonl, data/chunk-XXX/episode_XXXXXX.parquet (one episode
-          per table), videos/chunk-XXX/<camera>/episode_XXXXXX.mp4 (one episode per video)
-    v3.0: meta/info.json, meta/episodes/chunk-XXX/file-XXX.parquet (where each episode lives),
-          data/chunk-XXX/file-XXX.parquet and videos/<camera>/chunk-XXX/file-XXX.mp4 (episodes
-          concatenated; an episode's video span starts at its `videos/<camera>/from_timestamp`)
-
-Rows are matched to video frames by timestamp, as LeRobot does: the frame nearest to the row's
-timestamp (plus the episode's offset in a concatenated v3.0 video), which must lie within a
-quarter of a frame period, else the video is at another fps than info.json says or shorter than
-the table. Cameras stored as images in the table (`dtype: image`) are decoded from their bytes.
-
-Outcomes (each episode a success or a failure), decided from the tables before any video is decoded:
-
-    --success-column COL   COL must exist; an episode succeeded iff COL is truthy (non-zero) at any step
-    otherwise              `next.success` when the table has it, with the same any-step rule
-    otherwise              `next.reward`: an episode succeeded iff its largest reward is > 0; when no
-                           reward of the whole dataset is > 0 (e.g. -1/0 step rewards, or none at all)
-                           rewards say nothing about the outcome and every episode is a success
-    --failure-episodes     the listed episode indices are failures whatever the columns say
-
-With --no-include-failure (the robot preset's default) failures are dropped before decoding.
-
-Each episode comes back as raw arrays (state, action, RGB frames per camera, success); the reward
-scheme and the row layout are applied by `lps.data.robot`, the same for every format.
+Rows are matched to video frames by timestamp (within a quarter frame, plus the episode's offset
+in a v3.0 file, each file decoded once); cameras stored as images in the table are decoded from
+their bytes. Outcomes are decided from the tables before any video is decoded: `--success-column`,
+else `next.success`, else `next.reward` (`success_from_rewards`), with `--failure-episodes`
+forcing failures; `--no-include-failure` drops failures first. Each episode comes back as raw
+arrays (state, action, RGB frames per camera, success); `lps.data.robot` labels them.
 """
 
 from __future__ import annotations

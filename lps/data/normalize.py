@@ -1,17 +1,10 @@
-"""Per-dimension normalisation of robot states and actions, fitted on the training data and stored
-in the run (`normalization.json`), so a deployed policy takes raw observations and returns actions
-in the robot's own units (`lps.load_policy` applies it; `lps serve` inherits it).
+"""Per-dimension normalisation of robot states and actions (`--normalize`), fitted on the training
+data and stored in the run (`normalization.json`), so a deployed policy takes raw observations
+and returns actions in the robot's own units; see docs/robot-data.md ("Units").
 
-`auto` (the default) picks quantile when any action or state dimension of the data leaves
-[-1, 1] (joint angles in radians, positions in metres), else none, and says which and why.
-
-Every mode is an affine map `x_norm = (x - offset) / scale`:
-    minmax    offset = (max + min) / 2, scale = (max - min) / 2          -> [-1, 1]
-    meanstd   offset = mean, scale = std                                 (states only; see below)
-    quantile  as minmax on the 1% and 99% quantiles, then clipped to [-1, 1] (robust to outliers)
-Actions must land in [-1, 1] (every agent clips its chunk there), so they always use a range map:
-min/max for `minmax` and `meanstd`, the quantiles for `quantile`. A dimension that never changes
-would divide by zero: it is named in a warning and only shifted (scale 1), which keeps it exact.
+`auto` picks `quantile` when any dimension leaves [-1, 1], else none, and says why. Every mode is
+an affine map `x_norm = (x - offset) / scale` (`minmax`, `meanstd` for states, `quantile`);
+actions always take a range map into [-1, 1]. A constant dimension is named and only shifted.
 """
 
 from __future__ import annotations

@@ -1,14 +1,10 @@
-"""Offscreen rendering for OGBench's visual environments (64x64 RGB observations).
+"""Offscreen rendering for OGBench's visual environments (64x64 RGB observations); see docs/data.md
+("Pixel tasks").
 
-MuJoCo picks its OpenGL backend from $MUJOCO_GL once, when `mujoco` is first imported; its
-default (GLFW) needs a display. On a headless machine `choose_gl_backend` (run when `lps` is
-imported) sets $MUJOCO_GL to a backend whose library is installed: EGL first on a machine with
-an NVIDIA GPU (hardware rendering), otherwise OSMesa (software), or EGL (Mesa's llvmpipe, also
-software) when OSMesa is missing. A value the user set is never changed.
-
-`require_renderer` is called before any visual environment is made (data generation,
-evaluation): it renders one tiny frame and, if that fails, raises `RendererUnavailable` naming
-what to install, instead of a deep OpenGL traceback from inside an environment or a worker.
+`choose_gl_backend` (run when `lps` is imported) sets $MUJOCO_GL on a headless machine, if unset,
+to an installed backend: EGL with an NVIDIA GPU, else OSMesa, else EGL via Mesa's llvmpipe.
+`require_renderer`, called before any visual environment is made, renders one tiny frame and
+raises `RendererUnavailable` naming what to install instead of a deep OpenGL traceback.
 """
 
 from __future__ import annotations

@@ -1,24 +1,11 @@
-"""The online replay buffer: the offline dataset plus the transitions collected online, on the
-device, in the row layout of `lps.data.sampler` (each episode's rows in order, its final
-observation last; the reward and mask of row t belong to the transition leaving row t).
+"""The online replay buffer: the offline dataset plus the online episodes, on the device, in the row
+layout of `lps.data.sampler`; see docs/offline-to-online.md.
 
-The buffer has a fixed capacity, allocated once, so its arrays keep their shapes (one compiled
-update, a checkpoint of fixed layout). Rows [0, num_offline_rows) are the offline data; online
-episodes are appended after them, each whole episode contiguously once it has ended. `starts`
-lists the rows where a whole chunk fits inside its episode, exactly as for the offline
-sampler; only its first `num_starts` entries are valid. So chunks never cross an episode.
-
-Episodes still being played live in a staging area at the end of the buffer (rows from
-`staging_start`), one fixed segment per environment, rewritten by `stage` as they grow; their
-chunks that already fit (the observation after the chunk has been reached) are listed after the
-committed starts, so they are sampled too. When the episodes end they are appended for good
-(`append`) and the staging area is free again.
-
-Sampling (`sample`) mixes the two sources in one of two ways:
-- `buffer`: uniform over all valid chunk starts, offline and online alike (Q-chunking's single
-  buffer);
-- `balanced`: half of each batch from the offline starts, half from the online ones (the
-  paper's robot recipe); before any online episode has ended, all from the offline data.
+Fixed capacity, allocated once (one compiled update, a fixed checkpoint layout): rows
+[0, num_offline_rows) are the offline data, finished online episodes are appended after them
+(`append`), and episodes still being played sit in a staging area (`stage`) whose chunks are
+sampled as soon as they fit. `starts` lists the rows where a whole chunk fits in its episode.
+`sample` mixes the sources as `buffer` (uniform over all chunks) or `balanced` (half online).
 """
 
 from __future__ import annotations

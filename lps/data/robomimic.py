@@ -1,17 +1,9 @@
-"""robomimic HDF5 files read with h5py: `data/demo_N/{actions, obs/<key>, rewards, dones}`.
+"""robomimic HDF5 files (`DIR/*.hdf5` with `data/demo_N/{actions, obs/<key>, rewards, dones}`), read
+with h5py; see docs/robot-data.md.
 
-    DIR/*.hdf5   (every file whose `data` group holds demo_* groups)
-
-The state is every non-image `obs/<key>` (2-D float arrays, sorted by name, concatenated) unless
---state-keys names them; cameras are the (T, H, W, 3) uint8 `obs/<key>` arrays (e.g.
-`agentview_image`), sorted, unless --cameras names them. `mask/<filter>` (e.g. `train`) selects
-demos with --robomimic-filter.
-
-Outcomes come from each demo's `rewards` (robomimic records the task's sparse reward, 1 on
-success), by the rule LeRobot's `next.reward` follows (`lerobot.success_from_rewards`): a demo
-succeeded iff its largest reward is > 0, when some demo's is; when no reward of the files is > 0
-(or there are none) the demos are demonstrations: successes. With --no-include-failure (the robot
-preset's default) failed demos (e.g. a machine-generated dataset's) are dropped.
+The state is every non-image `obs/<key>` unless `--state-keys`, the cameras its uint8 image keys
+unless `--cameras`; `--robomimic-filter` selects demos by `mask/<filter>`. Outcomes follow the
+rewards (`lerobot.success_from_rewards`); `--no-include-failure` drops failed demos.
 """
 
 from __future__ import annotations

@@ -1,24 +1,12 @@
-"""Robot demonstrations, in any known layout -> the row layout the trainer reads.
+"""Robot demonstrations in any known layout (DROID-style HDF5, LeRobot, robomimic, raw DROID) -> the
+row layout the trainer reads; see docs/robot-data.md.
 
-    DIR/success/*.h5   DIR/failure/*.h5     HDF5 episodes (DROID-style; failure/ optional)
-    DIR/meta/info.json ...                  LeRobot v2.1 / v3.0 (`lps.data.lerobot`)
-    DIR/*.hdf5 with data/demo_N             robomimic (`lps.data.robomimic`)
-    DIR/success/<date>/<time>/trajectory.h5 raw DROID (`lps.data.droid_raw`)
-
-Each layout is a `Format` (detect, read); reading gives raw episodes (state, action, frames per
-camera, outcome), `decode_folder` checks them and makes every camera RGB (at --image-size if set,
-else its own recorded size), and `label` applies the paper's semi-sparse rewards: -1 per step; on
-a success episode 0 at step T - H, on a failure -100 there; masks 0 on the last H steps;
-terminal on the last step. Observations are `{"state", "image": {camera: frames}}`, cameras by
-name. Every key name, the cameras, the image size and the reward values are `RobotDataConfig`
-fields (flags of `lps train` and `lps data robot`).
-
-Decoding is slow for real datasets, so the decoded episodes are cached under DIR/.lps-cache
-(`lps.data.robot_cache`), keyed by the files' contents and the decoding options only: `lps data
-robot` and `lps train` (any chunk length, rewards or normalisation) share one entry.
-
-For a robot at run time, `droid_obs_to_lps(raw, cfg, cameras)` turns one observation as the robot
-stack produces it into the `{"state", "image"}` the policy was trained on, cameras matched by name.
+Each layout is a `Format` (detect, read) giving raw episodes; `decode_folder` checks them and makes
+every camera RGB (at `--image-size` if set), cached by `lps.data.robot_cache`; `label` applies the
+paper's semi-sparse rewards. Observations are `{"state", "image": {camera: frames}}`, cameras by
+name; key names, cameras, image size and rewards are `RobotDataConfig` fields (flags of `lps
+train` and `lps data robot`). At run time `droid_obs_to_lps(raw, cfg, cameras)` turns one robot
+observation into what the policy was trained on.
 """
 
 from __future__ import annotations

@@ -1,18 +1,11 @@
-"""The decoded-episode cache of a robot data folder: DIR/.lps-cache/robot-<options>-<content>.npz.
+"""The decoded-episode cache of a robot data folder: DIR/.lps-cache/robot-<options>-<content>.npz;
+see docs/robot-data.md ("Cache").
 
-An entry holds what `lps.data.robot.decode_folder` returns (state, action, RGB frames per camera,
-episode lengths and outcomes), not the labelled rows, so every chunk length, reward setting and
-normalisation reads the same entry. Its name joins two keys:
-
-- options: the decoding options (`decode_options`: keys, cameras, --image-size, outcomes, ...);
-- content: a hash of every input file's bytes. Hashing is memoised in DIR/.lps-cache/hashes.json
-  by (path, size, mtime, ctime, inode), so only files whose stat changed are read again; editing
-  a file changes its ctime (which no tool can set back), so an edit is always seen.
-
-Writing an entry removes the entries of the same options with other content (stale), never an
-entry of other options. Reading checks the entry against itself (row counts against the episode
-lengths, a digest of the numeric arrays): a truncated or hand-edited entry is rebuilt, not used.
-Every file is written to a temporary name and renamed.
+An entry holds what `lps.data.robot.decode_folder` returns (not labelled rows), keyed by the
+decoding options (`decode_options`) and a hash of every input file's bytes, memoised in
+DIR/.lps-cache/hashes.json by (path, size, mtime, ctime, inode) so an edit is always seen.
+Writing replaces only stale entries of the same options; reading checks an entry against itself
+and rebuilds a damaged one. Every file is written to a temporary name and renamed.
 """
 
 from __future__ import annotations

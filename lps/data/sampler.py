@@ -1,17 +1,10 @@
-"""On-device chunk sampling for Q-chunking.
+"""On-device chunk sampling for Q-chunking; see docs/data.md ("Your own dataset").
 
-The dataset lives on the device once, in OGBench's raw row layout: each episode's rows are its
-observations in order, the last row being the final observation (`terminals` marks it; its
-action is never used). There is no `next_observations` copy: the observation after a chunk
-starting at row t is simply row t + H of the same episode.
-
-A chunk may start at row t only if t + H stays inside t's episode, so a chunk never crosses an
-episode boundary; `starts` lists those rows once, and sampling is a gather inside the jitted
-update (no host<->device copy, no Python per step).
-
-Observations may be a pytree (`{"state", "image"}` for robot data): every leaf is gathered with
-the same rows, and images stay uint8 on the device (the encoder scales them), a quarter of the
-memory of float32.
+The dataset lives on the device once, in OGBench's raw row layout (each episode's observations
+in order, the final one last): the observation after a chunk starting at row t is row t + H, so
+there is no `next_observations` copy. `starts` lists the rows whose chunk stays inside its
+episode, and sampling is a gather inside the jitted update. Observations may be a pytree
+(`{"state", "image"}`): every leaf is gathered with the same rows, images stay uint8.
 """
 
 from __future__ import annotations

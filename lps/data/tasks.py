@@ -1,15 +1,9 @@
-"""OGBench single-task names, the paper's reward protocol, and loading a task's dataset.
+"""OGBench single-task names, the paper's reward protocol, and loading a task's dataset; see
+docs/training.md ("Tasks and rewards").
 
-Task names follow OGBench: `<env>-play-singletask-task<N>-v0` (N = 1..5; without `-task<N>`,
-OGBench's default task of that env). Adding `-sparse` after `play`
-(`scene-play-sparse-singletask-task1-v0`) selects the sparse reward `-(r != 0)`. With
-`reward='paper'` (the default) scene and puzzle-3x3 are sparse, as in the LPS paper.
-Pixel tasks are the same names with `visual-` in front (`visual-cube-single-play-singletask-task1-v0`):
-64x64 RGB observations, and the rewards of the state task (relabelled from the stored qpos and
-button states; the pixel twins of scene and puzzle-3x3 are sparse under `paper` too).
-
-Rewards are relabelled with OGBench's own code (`ogbench.relabel_utils`), computed once per row
-of the raw file, so they equal what `ogbench.make_env_and_datasets` would give.
+Names: `<env>-play-singletask-task<N>-v0` (N = 1..5), `-sparse` after `play` for the sparse reward
+`-(r != 0)`, `visual-` in front for the pixel twin. `reward='paper'` (the default) makes scene and
+puzzle-3x3 sparse. Rewards are relabelled with `ogbench.relabel_utils` once per row of the raw file.
 """
 
 from __future__ import annotations

@@ -1,17 +1,9 @@
-"""One-step bandits for fast learning checks and the paper's analysis figures, trained through
-the same code path as OGBench (`--env toy-<task>`, chunk length 1).
+"""One-step bandits for fast learning checks and the paper's analysis figures, trained through the
+same code path as OGBench (`--env toy-<task>`, chunk length 1); see docs/data.md ("Toy bandits").
 
-Each task has a multimodal offline action distribution in the action box and a reward that
-only one region of the data earns in full. A good offline agent puts its actions on that region
-without leaving the data: elsewhere the critic knows nothing.
-
-- `four-gaussians` (`toy-bandit`): four clusters, payoffs 1.0 at (0.7, 0.7), then 0.5, 0.3, 0.2;
-- `checkerboard`, `two-moons`, `rings`, `spiral`: 2-D shapes, reward a Gaussian bump around a
-  point of the data;
-- `mixture-50d`: eight clusters in 50 dimensions with graded payoffs (the action-chunk-like case).
-
-Each "episode" is two rows (constant observation, action, final observation) and the mask is 0,
-so the critic's target is the reward itself.
+Tasks: `four-gaussians` (`toy-bandit`), `checkerboard`, `two-moons`, `rings`, `spiral` and
+`mixture-50d`: a multimodal offline action distribution and a reward that only one region of the
+data earns in full. Each "episode" is two rows with mask 0, so the critic's target is the reward.
 """
 
 from __future__ import annotations
