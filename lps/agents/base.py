@@ -1,14 +1,13 @@
-"""What every agent shares: the problem spec it is built for and the interface the trainer uses.
-
-An agent is a frozen dataclass holding its config and the spec (hashable, so it can be a static
-argument of `jax.jit`). It provides:
+"""What every agent shares: the problem spec it is built for and the interface the trainer uses
+(docs/agents.md). An agent is a frozen dataclass of its config and the spec (hashable: a static
+`jax.jit` argument) with
 
     init(key) -> params                       # dict of network parameter trees
     loss(params, target_params, batch, key)   # -> (scalar, metrics), all losses summed
     act(params, obs, key) -> chunk            # (B, H * A), inside [-1, 1]
 
-`target_keys` names the entries of `params` that get a Polyak-averaged copy (usually the
-critic). The optimiser, the target update and the training loop belong to the trainer.
+`target_keys` names the entries of `params` that get a Polyak-averaged copy; the optimiser, the
+target update and the loop belong to the trainer.
 """
 
 from __future__ import annotations

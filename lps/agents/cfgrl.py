@@ -1,18 +1,11 @@
-"""CFGRL — classifier-free guidance for RL (Frans, Park, Abbeel, Levine 2025), chunked, trained as
-its public implementation (the LPS release) trains it.
+"""CFGRL - classifier-free guidance for RL (Frans, Park, Abbeel, Levine 2025), chunked, trained as
+the LPS release trains it; see docs/agents.md.
 
-Values: an ensemble of two IQL value networks `V_k`, each an upper expectile (0.9) of the target
-critic, `agg_j Qbar_j(s, a)`; critic member k regresses to `R + gamma^H m V_k(s')`.
-
-Policy: one flow network conditioned on a label `g` (1: optimal, 0: unconditional). Each row's
-optimality weight comes from the target critic, `o = mean_k 1[agg_j Qbar_j(s, a) - V_k(s) > 0]`,
-and the policy loss is
-
-    mean_i( o_i * FM(s_i, g=1) + 0.1 * FM(s_i, g=0) )
-
-so the conditional pass learns from positive-advantage rows only and the unconditional pass from
-every row (both at the same noise and time). Acting follows the guided velocity
-`v_u + w (v_1 - v_u)`, w = 1.5, for 10 Euler steps.
+Two IQL values `V_k` (expectile 0.9 of the target critic), critic member k bootstrapping from
+`V_k`; one flow policy conditioned on an optimality label, with loss
+`mean_i(o_i * FM(s_i, g=1) + uncond_weight * FM(s_i, g=0))`, where
+`o = mean_k 1[agg_j Qbar_j(s, a) > V_k(s)]` comes from the target critic. Acting follows the
+guided velocity `v_u + w (v_1 - v_u)`, w = 1.5, for 10 Euler steps.
 """
 
 from __future__ import annotations

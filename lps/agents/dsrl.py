@@ -1,18 +1,11 @@
-"""DSRL-NA — diffusion steering by RL with noise aliasing (Wagenmaker et al. 2025), offline.
+"""DSRL-NA - diffusion steering by RL with noise aliasing (Wagenmaker et al. 2025), offline; see
+docs/agents.md.
 
-The base policy is flow matching (10 Euler steps) on sphere noise. Instead of differentiating
-through it, DSRL distils a *latent critic* `Q_W(s, w)` from the action critic,
-
-    L_W = || Q_W(s, w) - stopgrad(mean_j Q_j(s, pi_beta(s, w))) ||^2,   w on the sphere,
-
-and trains a deterministic latent actor on the sphere against it: `-Q_W(s, l(s)) / |Q_W|`. No
-entropy term offline. `alpha` weights the base policy's BC loss (1 by default); since no other
-loss trains the base policy and Adam ignores a constant loss scale, it changes nothing.
-
-Differences from the public code, on purpose: the latent actor is 2x256 as the paper states (the
-public code builds 4x512: `--actor-hidden 512 512 512 512`), and the latent critic's regression
-target is a stop-gradient, so that loss trains Q_W only (the public code lets it train the action
-critic too). The target critics are averaged (`critic_agg` mean), as in the public code.
+A flow-matching base policy (10 Euler steps, sphere noise); a latent critic distilled from the
+action critic, `L_W = || Q_W(s, w) - stopgrad(mean_j Q_j(s, pi_beta(s, w))) ||^2`, and a
+deterministic latent actor on the sphere trained by `-Q_W(s, l(s)) / |Q_W|`. `alpha` (BC weight)
+changes nothing. Departures from the public code (2x256 latent actor, `--release-actor` for
+4x512; stop-gradient target so L_W trains Q_W only) are listed on the docs page.
 """
 
 from __future__ import annotations

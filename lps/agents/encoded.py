@@ -1,34 +1,13 @@
-"""Image observations: IMPALA encoders, random-shift augmentation, and the one wrapper that lets
-every agent train on them.
+"""Image observations: IMPALA encoders, random-shift augmentation, and `EncodedAgent`, the one
+wrapper that lets every agent train on them; see docs/data.md ("Image encoders").
 
-An observation is an array (state vectors (B, d), or images (B, H, W, C) uint8) or a robot dict
-`{"state": (B, d) float32, "image": {camera: (B, H, W, 3) uint8}}` (each camera at its own size;
-runs made before cameras had names stack them on the channel axis of one array).
-`ObservationEncoder` turns any of them into a feature vector: pixel images go through one IMPALA
-ResNet, robot images through one IMPALA per camera (features concatenated in camera-name order),
-and the state is appended as it is.
-
-`EncodedAgent` wraps any agent without the agent knowing: the inner agent is built for the
-feature dimension, and the wrapper encodes the batch and hands the inner agent one feature array
-per network (`{"critic": ..., "base": ..., "latent_actor": ..., "target_critic": ...}`; agents
-read theirs with `lps.agents.base.net_obs`). As in the paper's release (and FQL, Q-chunking):
-
-- every network has its own encoder (`params["<network>_encoder"]`), trained only by the losses
-  that train that network: the actor loss freezes the critic and the base policy together with
-  their encoders, so `-Q/|Q|` cannot change what the critic sees;
-- the target critic has its own encoder, a Polyak-averaged copy of the critic's (it is in
-  `target_keys`, so the trainer averages it with the target critic);
-- the next observation's features reach the losses under stop_gradient (they feed targets only);
-- augmentation (random shift: pad by `shift` pixels with edge values, crop back at a random
-  offset, the same offset for a sample's observation and next observation) is applied inside the
-  jitted update to a whole batch with probability `augment_prob` (`p_aug`, 0.5); acting never
-  augments.
-
-`shared_encoder=True` (`--shared-encoder`) is ours, not the paper's, and off by default: one
-encoder for every network, trained by every loss (one CNN pass per image instead of one per
-network), next-observation features from the same encoder under stop_gradient. Runs made before
-per-network encoders (one `params["encoder"]` with the IMPALA head's LayerNorm) cannot be loaded:
-`lps.training.checkpoint` refuses them with a message to retrain.
+`ObservationEncoder` turns an array, an image batch or a robot `{"state", "image": {camera: ...}}`
+dict into features (one IMPALA per camera, state appended). `EncodedAgent` builds the inner agent
+for the feature width and hands it one feature array per network (read with
+`lps.agents.base.net_obs`). As in the paper's release, every network owns its encoder
+(`params["<network>_encoder"]`, the target critic's a Polyak copy listed in `target_keys`), and
+random shift runs inside the jitted update with probability `augment_prob`; acting never
+augments. `shared_encoder=True` (`--shared-encoder`, ours) uses one encoder for every network.
 """
 
 from __future__ import annotations

@@ -1,20 +1,13 @@
-"""LPS — Latent Policy Steering (Im, Kolobov, Fu, Lee, RSS 2026).
+"""LPS - Latent Policy Steering (Im, Kolobov, Fu, Lee, RSS 2026); see docs/method.md and
+docs/agents.md.
 
-A one-step MeanFlow base policy `pi_beta(s, z)` is trained by behaviour cloning to map a latent
-`z` on the sphere to an action chunk. A small latent actor `l(s)` picks the latent; it is trained
-by backpropagating the action-space critic's gradient straight through the (frozen) base policy:
+A one-step MeanFlow base policy `pi_beta(s, z)` maps a latent `z` on the sphere to an action
+chunk; a latent actor `l(s)` is trained through the frozen base policy by the critic's gradient:
 
     L = L_critic(Q) + alpha * L_MeanFlow(pi_beta) - Q(s, pi_beta(s, l(s))) / |Q|
 
-No behaviour-regularisation weight to tune (alpha only scales the BC loss, whose parameters no
-other loss touches, so under Adam it changes nothing, unless --grad-clip clips all gradients'
-global norm together), no latent critic:
-the base policy's image of the latent sphere is the support constraint. Acting is one base-policy
-call: `pi(s) = clip(pi_beta(s, l(s)), -1, 1)`.
-
-Ablations (paper §5): `geometry` (sphere | normal | truncated), `backbone` (meanflow |
-fm-10step | fm-1step: backpropagate through Euler steps of a flow-matching policy) and
-`parameterisation` (action | velocity).
+Acting is one call, `clip(pi_beta(s, l(s)), -1, 1)`; `alpha` has no effect under Adam (unless
+`--grad-clip`). Ablations: `geometry`, `backbone`, `parameterisation`.
 """
 
 from __future__ import annotations

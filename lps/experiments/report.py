@@ -1,15 +1,10 @@
-"""`lps report`: the paper's reporting from a folder of runs.
-
-Per agent x task, the final success averaged over seeds with a 95 % percentile-bootstrap CI over
-that cell's seeds; per agent, the interquartile mean (IQM) over all its tasks x seeds with a 95 %
-stratified-bootstrap CI (rliable, Agarwal et al. 2021); learning curves with bootstrap bands;
-when an agent's `alpha` was swept, success against alpha (the paper's Figure 6), with the agents
-on which alpha has no effect (LPS, DSRL-NA) drawn as one untuned line; and, for runs that logged
-the validation split (`lps.training.validation`), its curves beside success (`validation-<task>.png`).
+"""`lps report`: the paper's reporting from a folder of runs; see docs/sweeps-and-reports.md.
 
     result = report("runs/compare")   # writes runs/compare/report/{report.md, summary.csv, ...}
 
-Every bootstrap is seeded, so the same runs and `seed` give the same numbers.
+Per agent x task, the final success over seeds with a 95 % bootstrap CI; per agent, the IQM over
+tasks x seeds with a stratified-bootstrap CI (rliable); learning curves, success against a swept
+`alpha` (Figure 6) and validation curves. Every bootstrap is seeded.
 """
 
 from __future__ import annotations

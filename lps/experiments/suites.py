@@ -1,11 +1,6 @@
-"""Named sweeps that reproduce the paper's experiments with `lps sweep --suite NAME`.
-
-- `ogbench-state`: Table I. The five state-based OGBench manipulation environments x tasks 1-5,
-  the paper's reward choice (sparse on scene and puzzle-3x3), LPS and its comparison set, 3 seeds
-  (vmapped per agent x task), the paper's protocol (1M steps, 50 episodes every 100k).
-- `ogbench-ablations`: LPS with one factor changed at a time (the paper's §5): latent geometry
-  (normal, truncated), backbone (10-step and 1-step flow matching) and parameterisation
-  (average velocity), beside default LPS, on the same tasks.
+"""Named sweeps that reproduce the paper's experiments with `lps sweep --suite NAME`
+(`ogbench-state`: Table I; `ogbench-ablations`: the paper's section 5); see
+docs/sweeps-and-reports.md.
 
 Flags given with `--suite` override the suite's agents, tasks, seeds and out; arguments after
 `--` are appended to the suite's train arguments (so `-- --steps 100000` shortens every run).

@@ -1,18 +1,11 @@
-"""The paper's analysis figures on the toy bandits (`lps toy figure2|figure3`).
+"""The paper's analysis figures on the toy bandits (`lps toy figure2|figure3`); see docs/data.md
+("Toy bandits and the paper's analysis figures").
 
-Figure 2 — policy extraction vs support. The dataset's density beside the learned policy's
-samples: QC-FQL at several alphas (too large: stays on the behaviour policy, conservative; too
-small: follows the critic out of the data) and LPS, untuned, which steers to the best mode and
-stays in the data because every latent decodes to an in-distribution action.
-
-Figure 3 — why LPS backpropagates through the policy instead of learning a latent critic. For a
-trained base policy and critic (a DSRL-NA run), the action critic pulled back to the latent
-space, `Q(s, pi_beta(s, z))`, beside DSRL's distilled latent critic `Q_W(s, z)`, and the cosine
-similarity of their latent gradients. LPS's latent actor follows the pulled-back gradient
-exactly (cosine 1 by construction); the distilled critic's gradient only approximates it.
-
-Each function trains what it needs through `lps.training.loop.train`, writes PNGs and returns (and the
-CLI prints) the numbers behind the figure.
+Figure 2: the data's density beside the policy's samples, QC-FQL at several alphas against
+untuned LPS (policy extraction vs support). Figure 3: the action critic pulled back to the latent,
+`Q(s, pi_beta(s, z))`, beside DSRL's distilled `Q_W(s, z)`, and the cosine similarity of their
+latent gradients (why LPS backpropagates through the policy). Each function trains through
+`lps.training.loop.train`, writes PNGs and returns the numbers behind the figure.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The chunked critic (Q-chunking): an ensemble `Q_j(s, a_{t:t+H})` over whole action chunks,
 its n-step target and the Polyak-averaged target network. Every critic-based agent uses this.
 
-Target for a chunk starting at t (REFERENCE.md §1.1):
+Target for a chunk starting at t (docs/method.md):
     y = sum_{k<H} gamma^k r_{t+k} + gamma^H * m * agg_j Qbar_j(s_{t+H}, pi(s_{t+H}))
 with `m` the product of the chunk's masks. The discounted sum and `m` come from the sampler
 (`lps.data.sampler`), so here the target is one line.

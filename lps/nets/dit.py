@@ -1,19 +1,10 @@
-"""Diffusion transformers (DiT) over an action chunk: the LPS paper's real-robot base policy.
+"""Diffusion transformers (DiT) over an action chunk: the LPS paper's real-robot base policy; see
+docs/robot-data.md ("The robot preset").
 
-Two of them, with the call signature of the MLP they replace, `net(cond, z, t, h) -> chunk
-(B, H * A)`, so flows and agents do not change:
-
-- `MeanFlowDiT` (`--base-arch mfdit`, the robot preset's): the public release's `MFDiT_REAL`
-  as read. Tokens are [observation tokens, H action tokens]: the image features are one token and
-  the state another (`state_dim` > 0), or the whole observation one token. Each block is
-  attention then an MLP with adaLN (shift, scale, gate) set by the embeddings of t and h = t - r
-  only; RMSNorm scaled by sqrt(dim), qk-norm and a qkv bias; every block's update scaled by 0.1
-  (`x + 0.1 (block(x) - x)`); linear layers start at a 0.01-scale Kaiming init, the adaLN and
-  output layers at zero; 256 sinusoidal frequencies; the output is read from the last H tokens.
-- `DiT` (`--base-arch dit`, ours): only the H action tokens; the observation enters through the
-  adaLN-Zero conditioning vector (observation features + embeddings of t and h, Peebles & Xie
-  2023), LayerNorm, a learned position per action token.
-
+Both have the call signature of the MLP they replace, `net(cond, z, t, h) -> chunk (B, H * A)`:
+- `MeanFlowDiT` (`--base-arch mfdit`, the robot preset's): the release's `MFDiT_REAL` as read,
+  tokens [observation tokens, H action tokens], adaLN from the embeddings of t and h only;
+- `DiT` (`--base-arch dit`, ours): H action tokens, the observation entering through adaLN-Zero.
 Both start as the identity in every block (zero gates), so a deep one trains from the start.
 """
 

@@ -1,22 +1,12 @@
 """Flow matching and MeanFlow: the losses that train a generative policy and the samplers that
-draw from it.
+draw from it; see docs/method.md (conventions) and docs/agents.md (ablations).
 
-Convention (REFERENCE.md §1.2): t = 1 is noise, t = 0 is data; the path between a data chunk
-`x` and noise `e` is `z_t = (1 - t) x + t e`, whose velocity is `v = e - x`.
-
-Every function takes the network as a callable `net(z, t, h) -> output` with the observation
-(and parameters) already bound, so the same code serves any conditioning.
-
-- MeanFlow learns the *average* velocity `u(z, t, r)` over [r, t], so that one step
-  `z_r = z_t - (t - r) u` jumps from noise to data. Parameterisations:
-  `action` (noise-to-action, LPS's default): the network predicts the clean chunk `x_hat` and
-  `u = z - x_hat`, so one-step sampling is a single network call returning `x_hat`;
-  `velocity` (original MeanFlow): the network predicts `u` itself;
-  `velocity-release`: the same network, trained as the public release's "velocity" ablation
-  does, with the JVP tangent (v, 0, 1) on (z, t, r) instead of the path's (v, 1, 0): its du/dt
-  misses the t-derivative and adds the r-derivative (kept to reproduce the paper's curve; ours is
-  `velocity`).
-- Flow matching learns the instantaneous velocity and samples with Euler steps.
+t = 1 is noise and t = 0 is data, `z_t = (1 - t) x + t e`. Every function takes the network as a
+callable `net(z, t, h) -> output` with the observation and parameters bound. MeanFlow learns the
+average velocity over [r, t] (one step from noise to data); its parameterisations are `action`
+(the network predicts the clean chunk; LPS's default), `velocity` (original MeanFlow) and
+`velocity-release` (the release's JVP tangent (v, 0, 1), kept to reproduce the paper's curve).
+Flow matching learns the instantaneous velocity and samples with Euler steps.
 """
 
 from __future__ import annotations

@@ -1,17 +1,13 @@
 """A generative (noise -> action chunk) policy: network, training noise, loss and sampler in one
-object, so that every agent builds its base or BC policy the same way.
+object, so every agent builds its base or BC policy the same way; see docs/method.md.
 
     policy = GenerativePolicy(hidden=(512,) * 4, chunk_dim=25, kind="meanflow")
     params = policy.init(key, obs_dim)
     loss = policy.loss(params, obs, chunk, key)            # behaviour cloning
     chunk = policy.sample(params, obs, policy.noise(key, batch))  # in [-1, 1]
 
-`dit=DiTSpec(...)` swaps the MLP for a diffusion transformer over the chunk's H actions
-(`lps.nets.dit`; the paper's real-robot base policy); agents expose it through `BaseNetConfig`.
-
-`kind="meanflow"` samples in one network call; `kind="flow"` integrates `steps` Euler steps
-(differentiable, so a latent actor can backpropagate through either). The network sees
-`[s, z, t, h]`; agents that condition on more (CFGRL's optimality label) append it to `s`.
+`kind="meanflow"`: one call; `kind="flow"`: `steps` Euler steps (both differentiable). The network
+sees `[s, z, t, h]` (CFGRL appends its label to s); `dit=DiTSpec(...)` uses `lps.nets.dit` instead.
 """
 
 from __future__ import annotations

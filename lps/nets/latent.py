@@ -1,16 +1,11 @@
-"""Latent geometries: where a generative policy's noise lives, and how a latent actor's raw
-output is mapped there.
+"""Latent geometries: where a generative policy's noise lives, and how a latent actor's raw output
+is mapped there (`--geometry`); see docs/method.md and docs/agents.md ("Ablations").
 
-In d dimensions a standard Gaussian's mass concentrates on the shell of radius sqrt(d). LPS
-therefore trains its base policy on noise projected onto that sphere and projects the latent
-actor's output onto the same sphere: every latent the actor can choose is one the base policy
-was trained on, so the generative prior stays the constraint (REFERENCE.md §1.3).
-
-- `sphere`    noise and actor output on the sphere of radius sqrt(d) (LPS default);
-- `normal`    Gaussian noise, unconstrained actor output (the paper's ablation: its norm drifts);
-- `truncated` Gaussian truncated to [-b, b], actor output squashed by b * tanh (the ablation:
-              the actor saturates at the boundary). b = TRUNCATION_BOUND = 2.0 keeps ~95 % of a
-              Gaussian's per-coordinate mass, so the base policy sees nearly its usual noise.
+- `sphere`    noise and actor output on the sphere of radius sqrt(d), where a Gaussian's mass
+              concentrates (LPS default): every latent the actor picks is one the base saw;
+- `normal`    Gaussian noise, unconstrained actor output (the ablation: its norm drifts);
+- `truncated` Gaussian truncated to [-b, b], actor output b * tanh (the ablation: it saturates),
+              b = TRUNCATION_BOUND = 2.0 (~95 % of a Gaussian's per-coordinate mass).
 """
 
 from __future__ import annotations
