@@ -1,4 +1,5 @@
-"""lps: Latent Policy Steering and its comparison set for offline RL, in JAX."""
+"""lps: Latent Policy Steering and its comparison set for offline RL, in JAX; see README.md and docs/layout.md.
+"""
 
 __version__ = "0.1.0"
 

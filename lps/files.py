@@ -1,4 +1,5 @@
-"""Files the library writes and paths users give: the bottom layer, importable from anywhere.
+"""Files the library writes and paths users give: the bottom layer, importable from anywhere
+(docs/layout.md).
 
 Every output (checkpoint, config, metrics, dataset, cache, episode) is written to a temporary file
 beside its destination and renamed into place, so a crash never leaves a half-written file.

@@ -1,5 +1,6 @@
 """What this machine has to offer: cores, free memory, and the process's stop signals (the bottom
-layer, importable from anywhere)."""
+layer, importable from anywhere; docs/layout.md).
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Agents: one file per method (its config, losses and acting rule), the registry `--agent NAME`
 -> (agent class, its config dataclass), and `encoded`, the wrapper that runs any agent on image
-observations.
+observations. See docs/agents.md.
 
 Imports: `lps.nets` and the base modules only; never `lps.data`, `lps.training` or above.
 """

@@ -1,4 +1,4 @@
-"""Behaviour cloning baselines: the generative base policies alone, no critic.
+"""Behaviour cloning baselines: the generative base policies alone, no critic; see docs/agents.md.
 
 - BC-FM: flow matching with Gaussian noise, sampled with 10 Euler steps.
 - BC-MF: LPS's MeanFlow base policy (sphere noise, noise-to-action), sampled in one step.

@@ -5,7 +5,7 @@ policy's own sample from the same noise:
 
     L_l = -Q(s, pi_beta(s, l(s, e))) / |Q| + alpha * || pi_beta(s, l(s, e)) - pi_beta(s, e) ||^2
 
-so, unlike LPS, it needs `alpha` tuned. Critic and base policy are LPS's (BC weight 1).
+so, unlike LPS, it needs `alpha` tuned. Critic and base policy are LPS's (BC weight 1). See docs/agents.md.
 """
 
 from __future__ import annotations

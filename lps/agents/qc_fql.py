@@ -6,8 +6,8 @@ noise:
 
     L_mu = -Q(s, mu(s, e)) / |Q| + alpha * || mu(s, e) - flow(s, e) ||^2
 
-`alpha` must be tuned per environment; the defaults are those used in the LPS comparison
-(with the normalised Q loss): cube-single 30, cube-double 3, scene 1, puzzle-3x3 3, puzzle-4x4 10.
+`alpha` must be tuned per environment; the defaults (docs/agents.md) are those of the LPS
+comparison with the normalised Q loss: cube-single 30, cube-double 3, scene 1, puzzle-3x3 3, puzzle-4x4 10.
 """
 
 from __future__ import annotations

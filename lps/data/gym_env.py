@@ -1,4 +1,4 @@
-"""Making an OGBench environment without the warnings it raises on every episode.
+"""Making an OGBench environment without the warnings it raises on every episode (docs/data.md).
 
 OGBench's manipulation envs build their action space anew on every access (each reset samples
 from it), so gymnasium prints "Box low's/high's precision lowered by casting to float32" (for its

@@ -1,4 +1,5 @@
-"""Reading and checking datasets, with errors that say what is wrong and what to do.
+"""Reading and checking datasets, with errors that say what is wrong and what to do;
+see docs/data.md ("Your own dataset").
 
 A training dataset is a dict of row-layout arrays (see `lps.data.sampler`):
 `observations` (N, obs_dim) (or uint8 images (N, H, W, C), or a {state, image} dict), `actions` (N, action_dim) in [-1, 1], `terminals` (N,) marking the

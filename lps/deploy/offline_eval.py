@@ -1,5 +1,6 @@
 """Offline evaluation on recorded episodes: how far the policy's chunks are from the actions a
-demonstrator took (for robot data, where there is no simulator to roll out in).
+demonstrator took (for robot data, where there is no simulator to roll out in); see docs/robot-data.md
+("Offline evaluation").
 
 The policy is queried where an open-loop controller would query it: at rows 0, H, 2H, ... of
 every episode (each chunk must fit before the episode's final observation), and each predicted

@@ -1,4 +1,5 @@
-"""Sweeps: agents x tasks x seeds x config grids, run as `lps train` subprocesses.
+"""Sweeps: agents x tasks x seeds x config grids, run as `lps train` subprocesses; see
+docs/sweeps-and-reports.md.
 
     runs = expand(spec)                       # one RunSpec per seed-group (or per seed)
     results = run_sweep(spec, workers=1)      # locally, or with ray_address="auto" on Ray

@@ -1,4 +1,5 @@
-"""Networks: the MLP every agent is built from, and ensembles of it."""
+"""Networks: the MLP every agent is built from, and ensembles of it (docs/method.md).
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """What each network sees of a batch's observations: one feature array per network (image
-agents, where each network has its own encoder) or the observation itself (state vectors)."""
+agents, where each network has its own encoder) or the observation itself (state vectors);
+see docs/data.md ("Image encoders").
+"""
 
 from __future__ import annotations
 

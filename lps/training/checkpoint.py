@@ -1,4 +1,4 @@
-"""Training checkpoints (written atomically with `lps.files`).
+"""Training checkpoints (written atomically with `lps.files`); see docs/outputs.md.
 
 A checkpoint is the whole training state (parameters, target parameters, optimiser state, step
 and RNG key) serialised with Flax's msgpack format, behind a header holding the payload's

@@ -1,4 +1,5 @@
-"""Metric sinks beside the run directory's own files: each gets every metrics row RunLog writes.
+"""Metric sinks beside the run directory's own files: each gets every metrics row RunLog writes;
+see docs/outputs.md.
 
     log.sinks.append(WandbSink(run_dir, config, project="lps", mode="offline"))
 

@@ -1,4 +1,5 @@
-"""A run's records: metrics as CSV and JSONL, optional TensorBoard, and the learning curve.
+"""A run's records: metrics as CSV and JSONL, optional TensorBoard, and the learning curve;
+see docs/outputs.md.
 
 Rows are appended as training goes; on resume, rows past the checkpoint's step are dropped so
 that a killed-and-resumed run has exactly the rows of an uninterrupted one.

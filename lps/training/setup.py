@@ -1,4 +1,5 @@
-"""What a run is built from, given its config: the dataset, the agent and the evaluator.
+"""What a run is built from, given its config: the dataset, the agent and the evaluator;
+see docs/training.md.
 
 Each is one call, so the loop (`lps.training.loop`), the policy loader (`lps.deploy.policy`) and
 the benchmarks build them the same way.
