@@ -1,20 +1,6 @@
-"""The `lps` command.
-
-    lps train [--agent lps] [--preset paper|quick|toy] [--seeds 0,1,2] [--resume RUN_DIR] [--any-config-field VALUE ...]
-    lps eval RUN_DIR [--episodes K] [--seed S] [--workers W] [--dataset DIR|FILE.npz [--skip-bad]]   (--dataset: action error on held-out episodes)
-    lps data generate ENV [--episodes N] [--seed S] [--workers W] [--data-dir DIR] [--overwrite]
-    lps data prepare TASK --out FILE.npz     (a relabelled npz that trains without OGBench installed)
-    lps data robot DIR [--image-size 128] [--skip-bad] [...]   (check + cache a folder of robot episodes)
-    lps agents
-    lps report RUNS_DIR [--out DIR] [--reps 1000] [--seed 0] [--final last|max]   (tables with 95 % CIs, curves)
-    lps toy list|figure2|figure3 [--task four-gaussians] [--steps N]   (the paper's analysis figures)
-    lps sweep [FILE.yaml|.toml] [--agents A ...] [--tasks T ...] [--seeds 0,1,2] [--grid FIELD=V1,V2 ...]
-              [--out DIR] [--workers N] [--ray ADDRESS] [--dry-run] [-- TRAIN ARGS ...]   (resumable grids of runs)
-    lps serve RUN_DIR [--host 127.0.0.1] [--port 8000] [--device auto|cpu|gpu]   (policy server for a robot)
-              [--learn --token T [--utd U] [--online-mix balanced|buffer] [--dataset DIR]]   (+ fine-tune on its episodes)
-    lps robot-sim [URL] --env TASK --episodes N [--token T] [--intervene-prob P] [--scripted] [--record F.npz]
-                                                              (an OGBench task as the robot of `lps serve --learn`)
-    lps serve-replay URL EPISODE [--episode K] [--stride N] [--run RUN_DIR]   (replay a recorded episode, action error)
+"""The `lps` command: train, eval, data (generate, prepare, robot), agents, report, toy, sweep,
+serve, robot-sim and serve-replay; each command's page is listed in README.md (docs/training.md
+for `lps train` and `lps eval`).
 
 Every field of the training config and of the chosen agent's config is a flag of `lps train`
 (see `lps train --agent NAME --help`); unknown flags and impossible values are refused.
