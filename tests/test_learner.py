@@ -321,8 +321,12 @@ def test_robot_folder_episodes_are_written_in_the_folders_own_layout(tmp_path):
     sent = {"id": "ep1", "outcome": "success", "actions": rng.uniform(-3, 3, (9, 7)).astype(np.float32),
             "interventions": np.arange(9) % 2 == 0,
             "observations": {"state": rng.normal(size=(9, 7)).astype(np.float32),
-                             "image": rng.integers(0, 255, (9, 8, 8, 6), dtype=np.uint8)}}  # fmt: skip
-    spec = {"state": {"shape": [7]}, "image": {"shape": [8, 8, 6], "dtype": "uint8"}}
+                             "image": {cam: rng.integers(0, 255, (9, 8, 8, 3), dtype=np.uint8)
+                                       for cam in ("ext1_left", "wrist_left")}}}  # fmt: skip
+    spec = {"state": {"shape": [7]}, "image": {cam: {"shape": [8, 8, 3], "dtype": "uint8"} for cam in ("ext1_left", "wrist_left")}}
+    with pytest.raises(ValueError, match=r"entries \['image.ext1_left', 'image.wrist_left', 'state'\]"):
+        L.validate_episode({**sent, "observations": {**sent["observations"], "image": {"zz_left": 0}}}, spec, 7, CHUNK, 100,
+                           robot_units=True)  # fmt: skip
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
         L.validate_episode(sent, spec, 7, CHUNK, 100)
     episode = L.validate_episode(sent, spec, 7, CHUNK, 100, robot_units=True)  # a normalised run's
@@ -331,7 +335,8 @@ def test_robot_folder_episodes_are_written_in_the_folders_own_layout(tmp_path):
     assert L.episode_files(tmp_path / "episodes") == [path]
 
     back = load_folder(tmp_path / "episodes", dataclasses.replace(cfg, normalize="minmax"), CHUNK, False)
-    np.testing.assert_array_equal(back["observations"]["image"], sent["observations"]["image"])
+    for cam in ("ext1_left", "wrist_left"):
+        np.testing.assert_array_equal(back["observations"]["image"][cam], sent["observations"]["image"][cam])
     np.testing.assert_allclose(back["observations"]["state"], sent["observations"]["state"])
     np.testing.assert_allclose(back["actions"], sent["actions"])
     stats = {"mode": "minmax", "action": normalize.fit(sent["actions"], "minmax", "action")}

@@ -388,7 +388,8 @@ def test_report_skips_unreadable_configs_beside_good_runs(tmp_path, capsys):
 
 
 def test_sweep_files_that_cannot_be_read_are_named(tmp_path):
-    from lps.experiments.sweep import load_spec, parse_args
+    from lps.cli.sweep import parse_args
+    from lps.experiments.sweep import load_spec
 
     (tmp_path / "bad.yaml").write_text("agents: [lps\ntasks: x\n")
     with pytest.raises(ValueError, match=r"bad.yaml is not valid YAML: .*line"):
@@ -448,14 +449,15 @@ def test_a_full_disk_names_the_file_being_written(tmp_path, monkeypatch, capsys)
 
 def test_every_command_reading_robot_folders_takes_skip_bad(monkeypatch, capsys):
     from lps import cli
-    from lps.deploy import offline_eval, serve
+    from lps.cli.serve import serve_command
+    from lps.deploy import offline_eval
 
     calls = []
     monkeypatch.setattr(offline_eval, "evaluate_on_dataset", lambda *a, **kw: calls.append(kw) or {"offline/mse": 0.0})
     assert cli.main(["eval", "run", "--dataset", "held-out", "--skip-bad"]) == 0
     assert calls == [{"seed": None, "skip_bad": True}]
     with pytest.raises(SystemExit):
-        serve.main(["--help"])
+        serve_command(["--help"])
     assert "--skip-bad" in capsys.readouterr().out  # lps serve --learn --dataset DIR
 
 
@@ -473,6 +475,8 @@ def test_truncated_robot_cache_is_rebuilt(tmp_path, capsys):
     cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])  # a copy cut short
     capsys.readouterr()
     again = robot.load_folder(folder, cfg, chunk_len=2, progress=False)
-    assert f"ignoring unreadable cache {cache} (ValueError: BadZipFile" in capsys.readouterr().out
+    assert f"ignoring the cache {cache} (ValueError: BadZipFile" in capsys.readouterr().out
     np.testing.assert_array_equal(again["actions"], first["actions"])
-    assert robot._read_cache(cache)["dataset"]["actions"].shape == first["actions"].shape  # rebuilt whole
+    from lps.data import robot_cache
+
+    assert robot_cache.read(cache)["action"].shape == first["actions"].shape  # rebuilt whole

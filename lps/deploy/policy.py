@@ -147,8 +147,9 @@ class Policy:
         if state.shape[1:] != (self.spec.obs_dim,):
             raise ValueError(f"observation has state {state.shape[1:]}; the policy takes state ({self.spec.obs_dim},)")
         if rows != {len(state)}:
+            images = min(rows - {len(state)})
             raise ValueError(
-                f"observation batch has {len(state)} states (leading axis of 'state') but {sorted(rows)} images "
+                f"observation batch has {len(state)} states (leading axis of 'state') but {images} images "
                 "(leading axis of each camera's frames): all need one entry per observation"
             )
         if not len(state):

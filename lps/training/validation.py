@@ -92,7 +92,7 @@ class Validator:
             return
         # What the observations are (state dims, images): a pixel dataset's shape[1] is its height.
         actions = int(np.shape(dataset["actions"])[-1])
-        found = dataclasses.replace(agent.spec, image_shape=None, cameras=(), **spec_fields(dataset["observations"]))
+        found = dataclasses.replace(agent.spec, **{"image_shape": None, "cameras": (), **spec_fields(dataset["observations"])})
         if found != agent.spec or actions != agent.spec.action_dim:
             problem = (f"validation data {source} has observations {describe_observations(found)} and {actions}-D "
                        f"actions; the training data {describe_observations(agent.spec)} and {agent.spec.action_dim}-D")  # fmt: skip
