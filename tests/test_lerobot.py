@@ -218,6 +218,20 @@ def test_normalised_run_acts_and_serves_in_robot_units(tmp_path, capsys):
         ws.shutdown()
         thread.join(timeout=10)
     assert served.shape == (3, 4) and served.min() >= 10.0 - 1e-3 and served.max() <= 30.0 + 1e-3
+    # openpi's own client, unchanged, with the default key mapping (observation/<camera>).
+    websocket_client_policy = pytest.importorskip("openpi_client.websocket_client_policy")
+    ws = srv.start("127.0.0.1", 0, protocol="openpi")
+    thread = threading.Thread(target=ws.serve_forever, daemon=True)
+    thread.start()
+    try:
+        client = websocket_client_policy.WebsocketClientPolicy(host="127.0.0.1", port=ws.socket.getsockname()[1])
+        reply = client.infer({"observation/state": raw["observation.state"], "prompt": "stack the cube",
+                              "observation/front": raw["observation.images.front"],
+                              "observation/wrist": raw["observation.images.wrist"]})  # fmt: skip
+    finally:
+        ws.shutdown()
+        thread.join(timeout=10)
+    np.testing.assert_allclose(reply["actions"], served, atol=1e-4)  # LPS acts deterministically: the same chunk
 
     from lps.deploy.offline_eval import evaluate_on_dataset
 
