@@ -159,9 +159,10 @@ def test_cache_key_covers_decoding_options_not_labels(tmp_path):
 
     folder = synthetic_folder(tmp_path / "d", success=1, failure=0, steps=8, size=8)
     inputs = sorted(folder.rglob("*.h5"))
-    decoding = (CFG, dataclasses.replace(CFG, include_failure=False), dataclasses.replace(CFG, success_column="x"))
+    decoding = (CFG, dataclasses.replace(CFG, image_size=8), dataclasses.replace(CFG, success_column="x"))
     assert len({robot_cache.entry_path(folder, inputs, decode_options(c)) for c in decoding}) == 3
-    labelling = (CFG, dataclasses.replace(CFG, failure_reward=-5.0), dataclasses.replace(CFG, normalize="none"))
+    labelling = (CFG, dataclasses.replace(CFG, failure_reward=-5.0), dataclasses.replace(CFG, normalize="none"),
+                 dataclasses.replace(CFG, include_failure=False))  # fmt: skip
     assert len({robot_cache.entry_path(folder, inputs, decode_options(c)) for c in labelling}) == 1
 
 
@@ -183,8 +184,11 @@ def test_cache_hit_invalidation_and_corruption(tmp_path, capsys):
     assert "from cache" in capsys.readouterr().out
     fresh = load_folder(folder, dataclasses.replace(cfg, cache=False), chunk_len=3, progress=False)
     np.testing.assert_array_equal(moved["rewards"], fresh["rewards"])
-    # Other decoding options get their own entry and never delete another's.
-    load_folder(folder, dataclasses.replace(cfg, include_failure=False), chunk_len=H, progress=False)
+    # The robot preset's --no-include-failure reads the same entry (issue 31 item 6) ...
+    successes = load_folder(folder, dataclasses.replace(cfg, include_failure=False), chunk_len=H, progress=False)
+    assert "from cache" in capsys.readouterr().out and successes["terminals"].sum() == 2
+    # ... other decoding options get their own entry and never delete another's.
+    load_folder(folder, dataclasses.replace(cfg, image_size=8), chunk_len=H, progress=False)
     assert len(list((folder / ".lps-cache").glob("robot-*.npz"))) == 2
     # A new episode invalidates the cache.
     synthetic_folder(tmp_path / "extra", success=1, failure=0, steps=12, size=16, seed=3)

@@ -448,6 +448,7 @@ def decode_folder(folder: str | os.PathLike, cfg: RobotDataConfig = RobotDataCon
     from lps.data import robot_cache
 
     folder = Path(folder)
+    cfg = dataclasses.replace(cfg, include_failure=True)  # every episode: `label` leaves failures out
     fmt = detect_format(folder)
     inputs = fmt.inputs(folder, cfg)
     entry = robot_cache.entry_path(folder, inputs, decode_options(cfg)) if cfg.cache else None
@@ -459,9 +460,6 @@ def decode_folder(folder: str | os.PathLike, cfg: RobotDataConfig = RobotDataCon
         except (OSError, ValueError, KeyError) as e:  # damaged or inconsistent: rebuilt, never trusted
             print(f"[lps] ignoring the cache {entry} ({type(e).__name__}: {e}); reading the episodes again")
     raw = fmt.read(folder, cfg, progress)
-    _check_kept(folder, raw.get("found", len(raw["episodes"]) + raw.get("dropped", 0)), len(raw["episodes"]))
-    if raw.get("dropped"):
-        print(f"[lps] left out {raw['dropped']} failure episode(s) (--no-include-failure; --include-failure keeps them)")
     episodes, skipped = [], []
     for i, ep in enumerate(raw["episodes"]):
         where = ep.get("where") or f"{folder} episode {ep.get('index', i)}"
@@ -491,9 +489,10 @@ def decode_folder(folder: str | os.PathLike, cfg: RobotDataConfig = RobotDataCon
 
 
 def decode_options(cfg: RobotDataConfig) -> dict[str, Any]:
-    """The options that change decoded episodes (not the rewards, chunk length or normalisation,
-    which are applied after the cache: `lps data robot` and `lps train --preset robot` share it)."""
-    labelling = {"step_reward", "success_reward", "failure_reward", "normalize", "cache"}
+    """The options that change decoded episodes (not the rewards, chunk length, normalisation or
+    --include-failure, applied after the cache: `lps data robot` and `lps train --preset robot`
+    share it)."""
+    labelling = {"step_reward", "success_reward", "failure_reward", "normalize", "cache", "include_failure"}
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in labelling}
 
 
@@ -507,16 +506,20 @@ def _report_skipped(skipped: list[str], total: int) -> None:
 def label(decoded: dict[str, Any], cfg: RobotDataConfig, chunk_len: int) -> dict[str, Any]:
     """A decoded dataset in the row layout with the paper's semi-sparse rewards for `chunk_len`:
     observations {"state", "image": {camera: frames}}, actions, rewards, masks, terminals. An
-    episode no longer than the chunk stops the load (or is skipped with --skip-bad)."""
+    episode no longer than the chunk stops the load (or is skipped with --skip-bad); failures are
+    left out with --no-include-failure."""
     lengths = decoded["lengths"]
-    short = np.flatnonzero(lengths <= chunk_len)
-    keep = np.ones(len(lengths), bool)
+    keep = decoded["success"] | cfg.include_failure
+    _check_kept(decoded["source"], len(lengths), int(keep.sum()))
+    if not keep.all():
+        print(f"[lps] left out {int((~keep).sum())} failure episode(s) (--no-include-failure; --include-failure keeps them)")
+    short = np.flatnonzero((lengths <= chunk_len) & keep)
     if len(short):
         reasons = [f"{decoded['where'][i]}: episode has {lengths[i]} steps; it needs more than the chunk length "
                    f"{chunk_len}" for i in short]  # fmt: skip
         if not cfg.skip_bad:
             raise DatasetError(f"{reasons[0]}\n(pass --skip-bad to skip bad episodes with a summary instead)")
-        _report_skipped(reasons, len(lengths))
+        _report_skipped(reasons, int(keep.sum()))
         keep[short] = False
         if not keep.any():
             raise DatasetError(f"{decoded['source']}: every episode was bad; nothing to train on")
