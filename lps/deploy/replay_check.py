@@ -54,7 +54,8 @@ def _leaves(obs: Any, prefix: str = ""):
         yield prefix, obs
 
 
-def _take(obs: Any, t: int) -> Any:
+def _take(obs: Any, t: int | slice) -> Any:
+    """Row(s) `t` of every array of an observation (nested dicts: robot cameras by name)."""
     if isinstance(obs, dict):
         return {key: _take(value, t) for key, value in obs.items()}
     return np.asarray(obs[t])
@@ -118,8 +119,7 @@ def episode_from_rows(observations: Any, actions: np.ndarray, terminals: np.ndar
     if end == start:
         raise ValueError(f"{path}: episode {index} is a single row; nothing to replay")
     rows = slice(start, end)
-    obs = {k: v[rows] for k, v in observations.items()} if isinstance(observations, dict) else observations[rows]
-    return Episode(obs, np.asarray(actions)[rows], f"{path} episode {index}")
+    return Episode(_take(observations, rows), np.asarray(actions)[rows], f"{path} episode {index}")
 
 
 EPISODE_READERS: dict[str, Callable[..., Episode]] = {
