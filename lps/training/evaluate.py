@@ -10,6 +10,7 @@ on the pool size, the workers, or which seeds are evaluated together (`DEFAULT_P
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import deque
@@ -17,8 +18,8 @@ from typing import Callable
 
 import numpy as np
 
-from lps.data.frames import Frames
 from lps.training.envs import DEFAULT_CHUNK_TIMEOUT, EnvWorkerError, EnvWorkerPool, LocalEnvs, plan_pool
+from lps.training.rollout import EpisodePool, Slot, episode_seed
 
 # (observations (S, B, *obs_shape): state vectors or uint8 images, episode index (S, B), chunk index within the episode (S, B))
 #   -> action chunks (S, B, H, A); row (j, b) belongs to the j-th evaluated seed.
@@ -81,77 +82,47 @@ class Evaluator:
             raise ValueError(f"this evaluator was built for {self.num_seeds} seed(s), got {len(seeds)}")
         check_episodes(episodes, "episodes")
         start = time.perf_counter()
-        S, B = len(seeds), self.slots_per_seed
+        pool = EpisodePool(self.envs, len(seeds), self.slots_per_seed, self.frame_stack)
+        tally = _Tally(len(seeds), episodes, self.obs_shape, self.obs_dtype)
         pending = [deque(range(episodes)) for _ in seeds]
-        episode = np.full((S, B), -1)  # which episode each slot runs; -1: idle
-        chunk = np.zeros((S, B), np.int64)  # chunks drawn so far in that episode
-        obs = np.zeros((S, B, *self.policy_obs_shape), self.obs_dtype)  # idle slots keep their last observation
-        frames: dict[tuple[int, int], Frames] = {}  # each running episode's last K frames (K = 1: its latest)
-        success, ret = np.zeros((S, episodes)), np.zeros((S, episodes))
-        length = np.zeros((S, episodes), np.int64)
-        final_obs = np.zeros((S, episodes, *self.obs_shape), self.obs_dtype)
+        with self._failures_named(pool, seeds):
+            self._start_next(pool, seeds, pending, [(j, b) for j in range(len(seeds)) for b in range(pool.per_group)])
+            while pool.running.any():
+                if cancel is not None and cancel.is_set():
+                    raise EvaluationCancelled(f"evaluation on {self.env_id} cancelled")
+                ended = tally.record(pool.episode, pool.step(pool.act(policy)))
+                if ended:
+                    self._start_next(pool, seeds, pending, ended)  # from the next policy call: chunks are open loop
+        rate = float(tally.length.sum()) / (time.perf_counter() - start)
+        # Per episode, for checks and analysis: [seed index, episode].
+        self.last_episodes = {"success": tally.success, "return": tally.ret, "length": tally.length,
+                              "final_obs": tally.final_obs}  # fmt: skip
+        return tally.summary(rate)
 
-        def slot(j: int, b: int) -> int:
-            return j * B + b
+    @staticmethod
+    def _start_next(pool: EpisodePool, seeds: list[int], pending: list[deque], free: list[Slot]) -> None:
+        """Each free slot starts its seed's next pending episode, or is released when none is left."""
+        starts = {}
+        for j, b in free:
+            if pending[j]:
+                i = pending[j].popleft()
+                starts[j, b] = (i, episode_seed(seeds[j], i))
+            else:
+                pool.release((j, b))
+        pool.start(starts)
 
-        def failed(e: EnvWorkerError) -> EvaluationFailed:
+    @contextlib.contextmanager
+    def _failures_named(self, pool: EpisodePool, seeds: list[int]):
+        """An environment or worker failure as EvaluationFailed, naming the episodes it hit."""
+        try:
+            yield
+        except EnvWorkerError as e:
             where = []
             for s in e.slots:
-                j, b = divmod(s, B)
-                if episode[j, b] >= 0:
-                    where.append(f"episode {episode[j, b]} of seed {seeds[j]} (slot {s})")
-            return EvaluationFailed(f"evaluation on {self.env_id} failed at {', '.join(where) or 'start-up'}: {e}")
-
-        def start_next(free: list[tuple[int, int]]) -> None:
-            seeds_to_reset = {}
-            for j, b in free:
-                if pending[j]:
-                    episode[j, b], chunk[j, b] = pending[j].popleft(), 0
-                    seeds_to_reset[slot(j, b)] = episode_seed(seeds[j], int(episode[j, b]))
-                else:
-                    episode[j, b] = -1
-            try:
-                for s, ob in self.envs.reset(seeds_to_reset).items():
-                    frames[divmod(s, B)] = Frames(self.frame_stack, ob)
-                    obs[divmod(s, B)] = frames[divmod(s, B)].stacked()
-            except EnvWorkerError as e:
-                raise failed(e) from e
-
-        start_next([(j, b) for j in range(S) for b in range(B)])
-        while (episode >= 0).any():
-            if cancel is not None and cancel.is_set():
-                raise EvaluationCancelled(f"evaluation on {self.env_id} cancelled")
-            chunks = np.asarray(policy(obs, np.maximum(episode, 0), chunk))
-            running = [(j, b) for j, b in zip(*np.nonzero(episode >= 0))]
-            try:
-                outcomes = self.envs.step_chunks({slot(j, b): chunks[j, b] for j, b in running})
-            except EnvWorkerError as e:
-                raise failed(e) from e
-            ended = []
-            for j, b in running:
-                out, i = outcomes[slot(j, b)], episode[j, b]
-                # every executed step's frame, as in training (code that records none gives the last)
-                frames[j, b].extend(out.observations if out.observations is not None else [out.obs])
-                obs[j, b] = frames[j, b].stacked()
-                ret[j, i], length[j, i] = ret[j, i] + out.reward_sum, length[j, i] + out.steps
-                chunk[j, b] += 1
-                if out.done:
-                    success[j, i], final_obs[j, i] = out.success, out.obs
-                    ended.append((j, b))
-            if ended:
-                start_next(ended)  # these run from the next policy call: chunks are open loop
-        rate = float(length.sum()) / (time.perf_counter() - start)
-        # Per episode, for checks and analysis: [seed index, episode].
-        self.last_episodes = {"success": success, "return": ret, "length": length, "final_obs": final_obs}
-        return [
-            {
-                "eval/success": float(success[j].mean()),
-                "eval/return": float(ret[j].mean()),
-                "eval/length": float(length[j].mean()),
-                "eval/env_steps_per_sec": rate,
-            }
-            for j in range(S)
-        ]
+                j, b = pool.slot_of(s)
+                if pool.episode[j, b] >= 0:
+                    where.append(f"episode {pool.episode[j, b]} of seed {seeds[j]} (slot {s})")
+            raise EvaluationFailed(f"evaluation on {self.env_id} failed at {', '.join(where) or 'start-up'}: {e}") from e
 
     def run(self, policy: SeedsPolicy, episodes: int = 50, seed: int = 0) -> dict[str, float]:
         """One seed's evaluation (`policy` takes a seed axis of length 1)."""
@@ -161,9 +132,35 @@ class Evaluator:
         self.envs.close()
 
 
-def episode_seed(seed: int, episode: int) -> int:
-    """The environment reset seed of episode `episode` of evaluation seed `seed`."""
-    return int(np.random.SeedSequence([seed, episode]).generate_state(1)[0])
+class _Tally:
+    """Each evaluated episode's return, length, success and final observation, [seed index, episode]."""
+
+    def __init__(self, num_seeds: int, episodes: int, obs_shape: tuple[int, ...], obs_dtype):
+        self.success, self.ret = np.zeros((num_seeds, episodes)), np.zeros((num_seeds, episodes))
+        self.length = np.zeros((num_seeds, episodes), np.int64)
+        self.final_obs = np.zeros((num_seeds, episodes, *obs_shape), obs_dtype)
+
+    def record(self, episode: np.ndarray, outcomes: dict) -> list[Slot]:
+        """Add a round's chunk outcomes (`episode`: the episode each slot plays); the slots whose episode ended."""
+        ended = []
+        for (j, b), out in outcomes.items():
+            i = episode[j, b]
+            self.ret[j, i], self.length[j, i] = self.ret[j, i] + out.reward_sum, self.length[j, i] + out.steps
+            if out.done:
+                self.success[j, i], self.final_obs[j, i] = out.success, out.obs
+                ended.append((j, b))
+        return ended
+
+    def summary(self, rate: float) -> list[dict[str, float]]:
+        return [
+            {
+                "eval/success": float(self.success[j].mean()),
+                "eval/return": float(self.ret[j].mean()),
+                "eval/length": float(self.length[j].mean()),
+                "eval/env_steps_per_sec": rate,
+            }
+            for j in range(len(self.success))
+        ]
 
 
 # --- the policy side: one batched call for every seed -----------------------------------------

@@ -64,109 +64,143 @@ def train(agent_name: str, cfg: TrainConfig, agent_cfg, resume: bool = False) ->
 
 
 def _train(agent_name, cfg, agent_cfg, runs, resume, changes, stop):
-    # --- build: devices, data, agent, optimiser, state (fresh or resumed), records, evaluation ---
-    layout = distributed.make_layout(cfg.distributed, len(runs), cfg.batch_size)  # None: one device
-    data = setup.load_data(cfg, [run.dir for run in runs] if distributed.is_writer() else [])  # stats: one writer
-    if cfg.online_steps:
-        online.check_memory(data, cfg)  # refused before the offline steps, not after them
-    agent = setup.build(agent_name, cfg, agent_cfg, data)
-    if layout is None:
-        device_data = to_device(data, cfg.chunk_len, cfg.frame_stack)
-    else:
-        layout = layout.fit_data(_nbytes(data), cfg.distributed.data_placement)
-        device_data = layout.place_data(chunk_arrays(data, cfg.chunk_len, cfg.frame_stack))
-    if cfg.batch_size > device_data.num_chunks:
-        raise ValueError(
-            f"--batch-size {cfg.batch_size} is larger than the dataset's {device_data.num_chunks} chunks; "
-            "use a smaller batch or more data"
-        )
-    online_lr = cfg.lr if cfg.online_steps and cfg.online_lr_schedule == "restart" else None
-    optimizer = make_optimizer(cfg, online_lr)  # online_lr: the rate past --steps (the online phase)
-    states = [create_state(agent, optimizer, run.cfg.seed) for run in runs]
-    online_resume = None
-    if resume:
-        states, online_resume = _restore(cfg, runs, states, data, changes)
-    _open_records(runs, agent_name, agent, cfg, resume, int(states[0].step))
-    state = stack_seeds(states) if layout is None else layout.place_state(stack_seeds(states))
-    step = start_step = int(states[0].step)
-    del states
-    update = make_seeds_update(agent, optimizer, cfg.batch_size, len(runs), layout and layout.batch_sharding)
-    shardings = None if layout is None else layout.update_shardings(state, device_data)
-    evaluation = _Evaluation(cfg, agent, runs, layout)
-
-    def save() -> None:
-        host_state = state if layout is None else distributed.gather(state)  # every process takes part
-        if not distributed.is_writer():
-            return
-        for i, run in enumerate(runs):
-            checkpoint.save(run.dir, _per_seed(host_state, i, len(runs)))
-            # A resumed run's (possibly changed) config is recorded with its first checkpoint, so
-            # a resume that fails early leaves the run as it was.
-            save_config(run.dir, agent_name, run.cfg, agent.cfg, agent.spec)
-
     from tqdm import tqdm
 
+    training = _Training(agent_name, cfg, agent_cfg, runs, resume, changes)  # devices, data, agent, state, records
+    start_step = step = training.step
     bar = tqdm(total=cfg.steps, initial=step, disable=not (cfg.progress and distributed.is_writer()), unit="step",
                dynamic_ncols=True)  # fmt: skip
     if resume and step > 0 and _eval_due(cfg, step) and not all(_has_eval(run.log, step) for run in runs):
-        evaluation(step, state)  # the run stopped before its evaluation of this step was written
+        training.evaluation(step, training.state)  # the run stopped before its evaluation of this step was written
     start = time.perf_counter()
     stop.armed = True  # from here on a signal stops the run with a checkpoint
-    compiled: dict[int, Any] = {}  # one compiled program per dispatch length
     try:
-        # --- the offline loop: K updates per dispatch, then log / evaluate / checkpoint ---
-        while step < cfg.steps:
-            n = min(cfg.log_every, cfg.steps - step)
-            if n not in compiled:
-                compiled[n] = make_multi_update(update, n, scan=scan_updates(agent), shardings=shardings)
-            tick = time.perf_counter()
-            new_state, metrics = compiled[n](state, device_data)
-            metrics = {k: np.asarray(v).reshape(n, len(runs)) for k, v in jax.device_get(metrics).items()}
-            elapsed = time.perf_counter() - tick
-            for i, run in enumerate(runs):
-                check_finite({k: v[:, i] for k, v in metrics.items()}, step, run.dir)
-            state, step = new_state, step + n
-            rows = [{k: float(np.mean(v[:, i])) for k, v in metrics.items()} for i in range(len(runs))]
-            evaluation.schedule.log_training(step, [{**row, "steps_per_sec": n / elapsed} for row in rows])
-            bar.update(n)
-            if _eval_due(cfg, step):
-                evaluation(step, state)
-            if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
-                evaluation.schedule.wait_before(step)
-                save()
-            elif stop.signum is not None:
-                save()
-            if stop.signum is not None and step < cfg.steps:
-                raise stop.interrupted(step, runs[0].dir.parent if cfg.seeds else runs[0].dir)
-            bar.set_postfix(sps=f"{n * len(runs) / elapsed:.0f}", success=evaluation.last_success(), refresh=False)
+        training.train_offline(bar, stop)
         bar.close()
-        # --- the online phase: continues from the offline state, checkpointing through save() ---
         if cfg.online_steps:
-
-            def save_online(train_state) -> None:
-                nonlocal state
-                state = train_state
-                save()
-
-            # The online phase runs on one device: a state on several is gathered onto the first.
-            offline_state = state if layout is None else jax.tree_util.tree_map(jnp.asarray, distributed.gather(state))
-            start_online = online_resume or online.initial_state(offline_state, data, cfg)
-            state = online.run(cfg, agent, optimizer, start_online, run_dir=runs[0].dir, schedule=evaluation.schedule,
-                               save_train=save_online, progress=cfg.progress, stop=stop).train  # fmt: skip
-        evaluation.schedule.finish()
+            training.train_online(stop)  # continues from the offline state, checkpointing through training.save()
+        training.evaluation.schedule.finish()
     finally:
         bar.close()
-        evaluation.schedule.shutdown()
-        for run in runs:
+        training.close()
+    elapsed = time.perf_counter() - start
+    gradient_steps = int(training.state.step) if cfg.online_steps else training.step  # online: its updates too
+    summaries = [_write_summary(agent_name, run, cfg, gradient_steps - start_step, elapsed, gradient_steps)
+                 for run in runs]  # fmt: skip
+    return summaries if cfg.seeds else summaries[0]
+
+
+class _Training:
+    """A run being trained: its data on the device(s), agent, optimiser, state (the seeds stacked on
+    a leading axis), the scanned update and the evaluation."""
+
+    def __init__(self, agent_name: str, cfg: TrainConfig, agent_cfg, runs: list[SeedRun], resume: bool, changes):
+        self.agent_name, self.cfg, self.runs = agent_name, cfg, runs
+        self.layout = distributed.make_layout(cfg.distributed, len(runs), cfg.batch_size)  # None: one device
+        self.data = setup.load_data(cfg, [run.dir for run in runs] if distributed.is_writer() else [])  # stats: one writer
+        if cfg.online_steps:
+            online.check_memory(self.data, cfg)  # refused before the offline steps, not after them
+        self.agent = setup.build(agent_name, cfg, agent_cfg, self.data)
+        self.device_data = self._place_data()
+        online_lr = cfg.lr if cfg.online_steps and cfg.online_lr_schedule == "restart" else None
+        self.optimizer = make_optimizer(cfg, online_lr)  # online_lr: the rate past --steps (the online phase)
+        states = [create_state(self.agent, self.optimizer, run.cfg.seed) for run in runs]
+        self.online_resume = None
+        if resume:
+            states, self.online_resume = _restore(cfg, runs, states, self.data, changes)
+        _open_records(runs, agent_name, self.agent, cfg, resume, int(states[0].step))
+        self.state = stack_seeds(states) if self.layout is None else self.layout.place_state(stack_seeds(states))
+        self.step = int(states[0].step)
+        del states
+        self.update = make_seeds_update(self.agent, self.optimizer, cfg.batch_size, len(runs),
+                                        self.layout and self.layout.batch_sharding)  # fmt: skip
+        self.shardings = None if self.layout is None else self.layout.update_shardings(self.state, self.device_data)
+        self.evaluation = _Evaluation(cfg, self.agent, runs, self.layout)
+        self.compiled: dict[int, Any] = {}  # one compiled program per dispatch length
+
+    def _place_data(self):
+        """The dataset's chunks on the device, or placed on the mesh of several; refused when it holds
+        fewer chunks than a batch."""
+        cfg = self.cfg
+        if self.layout is None:
+            device_data = to_device(self.data, cfg.chunk_len, cfg.frame_stack)
+        else:
+            self.layout = self.layout.fit_data(_nbytes(self.data), cfg.distributed.data_placement)
+            device_data = self.layout.place_data(chunk_arrays(self.data, cfg.chunk_len, cfg.frame_stack))
+        if cfg.batch_size > device_data.num_chunks:
+            raise ValueError(
+                f"--batch-size {cfg.batch_size} is larger than the dataset's {device_data.num_chunks} chunks; "
+                "use a smaller batch or more data"
+            )
+        return device_data
+
+    def train_offline(self, bar, stop) -> None:
+        """--log-every updates per dispatch, then log / evaluate / checkpoint, until --steps."""
+        cfg = self.cfg
+        while self.step < cfg.steps:
+            n = min(cfg.log_every, cfg.steps - self.step)
+            elapsed = self.dispatch(n)
+            bar.update(n)
+            if _eval_due(cfg, self.step):
+                self.evaluation(self.step, self.state)
+            if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.steps:
+                self.evaluation.schedule.wait_before(self.step)
+                self.save()
+            elif stop.signum is not None:
+                self.save()
+            if stop.signum is not None and self.step < cfg.steps:
+                raise stop.interrupted(self.step, self.runs[0].dir.parent if cfg.seeds else self.runs[0].dir)
+            sps = f"{n * len(self.runs) / elapsed:.0f}"
+            bar.set_postfix(sps=sps, success=self.evaluation.last_success(), refresh=False)
+
+    def dispatch(self, n: int) -> float:
+        """`n` scanned updates of every seed in one device call; their metrics logged as one row per
+        seed. The seconds it took."""
+        if n not in self.compiled:
+            self.compiled[n] = make_multi_update(self.update, n, scan=scan_updates(self.agent), shardings=self.shardings)
+        tick = time.perf_counter()
+        new_state, metrics = self.compiled[n](self.state, self.device_data)
+        metrics = {k: np.asarray(v).reshape(n, len(self.runs)) for k, v in jax.device_get(metrics).items()}
+        elapsed = time.perf_counter() - tick
+        for i, run in enumerate(self.runs):
+            check_finite({k: v[:, i] for k, v in metrics.items()}, self.step, run.dir)
+        self.state, self.step = new_state, self.step + n
+        rows = [{k: float(np.mean(v[:, i])) for k, v in metrics.items()} for i in range(len(self.runs))]
+        self.evaluation.schedule.log_training(self.step, [{**row, "steps_per_sec": n / elapsed} for row in rows])
+        return elapsed
+
+    def train_online(self, stop) -> None:
+        """The online phase (`lps.training.online`), from the offline state or its own checkpoint."""
+
+        def save_online(train_state) -> None:
+            self.state = train_state
+            self.save()
+
+        # The online phase runs on one device: a state on several is gathered onto the first.
+        offline_state = self.state
+        if self.layout is not None:
+            offline_state = jax.tree_util.tree_map(jnp.asarray, distributed.gather(self.state))
+        start_online = self.online_resume or online.initial_state(offline_state, self.data, self.cfg)
+        self.state = online.run(self.cfg, self.agent, self.optimizer, start_online, run_dir=self.runs[0].dir,
+                                schedule=self.evaluation.schedule, save_train=save_online, progress=self.cfg.progress,
+                                stop=stop).train  # fmt: skip
+
+    def save(self) -> None:
+        """Each seed's checkpoint (gathered from the devices by every process, written by one)."""
+        host_state = self.state if self.layout is None else distributed.gather(self.state)  # every process takes part
+        if not distributed.is_writer():
+            return
+        for i, run in enumerate(self.runs):
+            checkpoint.save(run.dir, _per_seed(host_state, i, len(self.runs)))
+            # A resumed run's (possibly changed) config is recorded with its first checkpoint, so
+            # a resume that fails early leaves the run as it was.
+            save_config(run.dir, self.agent_name, run.cfg, self.agent.cfg, self.agent.spec)
+
+    def close(self) -> None:
+        self.evaluation.schedule.shutdown()
+        for run in self.runs:
             if run.log is not None:
                 run.log.close()
-
-    # --- summaries ---
-    elapsed = time.perf_counter() - start
-    steps_run = (int(state.step) if cfg.online_steps else step) - start_step  # online: its updates too
-    gradient_steps = int(state.step) if cfg.online_steps else step  # online: one seed, its updates too
-    summaries = [_write_summary(agent_name, run, cfg, steps_run, elapsed, gradient_steps) for run in runs]
-    return summaries if cfg.seeds else summaries[0]
 
 
 # --- the parts of a run ---------------------------------------------------------------------

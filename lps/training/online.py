@@ -23,8 +23,9 @@ import numpy as np
 from flax import struct
 
 from lps.data import replay
-from lps.data.frames import Frames
 from lps.training import checkpoint, distributed
+from lps.training.evaluate import make_seeds_policy
+from lps.training.rollout import EpisodePool, episode_seed
 from lps.training.rundir import ONLINE_DIR, TrainingInterrupted
 
 
@@ -218,205 +219,231 @@ def run(cfg, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule, s
     the wave in progress is dropped (a checkpoint exists only at a wave's end, where resume is exact)
     and `TrainingInterrupted` is raised after the dispatch running; a signal between waves
     checkpoints first."""
-    from tqdm import tqdm
+    return OnlinePhase(cfg, agent, optimizer, state, run_dir=run_dir, schedule=schedule, save_train=save_train,
+                       stop=stop).run(progress)  # fmt: skip
 
-    from lps.data import toy
-    from lps.training.eval_schedule import seed_axis
-    from lps.training.evaluate import episode_seed, make_seeds_policy
-    from lps.training.update import check_finite, make_multi_update, make_update
 
-    env = env_id(cfg)
-    toy_rows = toy.is_toy(cfg.env)
-    sparse = False if toy_rows else _sparse(cfg)
-    K, H = cfg.online_envs, agent.spec.chunk_len
-    max_len = max_episode_steps(env)
-    block_rows = K * (max_len + 1)
-    block = cfg.utd * K * H  # updates owed per round of K chunks
-    # A dispatch holds at most --log-every updates, as offline: a signal is noticed between dispatches.
-    unit = dispatch_unit(block, cfg.log_every)
-    start_steps_ = start_steps(cfg)
-    sampler = replay.make_sampler(cfg.online_mix)
-    update = make_multi_update(make_update(agent, optimizer, cfg.batch_size, sampler), unit)
-    acting_seed = online_seed(cfg.seed)
-    envs = make_envs(cfg, env)
-    if envs.obs_dim != agent.spec.obs_dim:
-        envs.close()
-        raise ValueError(f"{env} observations have {envs.obs_dim} dims but the data's have {agent.spec.obs_dim}")
+class OnlinePhase:
+    """The online phase's loop and what it carries from round to round. A wave of K episodes is
+    played round by round (act a chunk each, run the updates owed, step the envs, stage the rows),
+    then its episodes are stored in the buffer and, at save points, the phase is checkpointed.
 
-    pending_rows: list[dict] = []  # update metrics since the last metrics row
-    finished: list[_Episode] = []  # episodes finished since the last metrics row
-    in_flight: list[tuple[int, Any, Any]] = []  # dispatched update blocks: (first step, metrics, params after)
-    timer = {"start": time.perf_counter(), "env_steps": 0}
-    # Host copies of the counters, so that nothing in the loop waits on the device for them
-    # while an update block runs (int(state.train.step) would).
-    counters = {"step": int(state.train.step), "env_step": int(state.env_step), "debt": int(state.update_debt)}
-    last_eval = -1  # the gradient step of the last evaluation submitted
-    saved = {"env_step": counters["env_step"], "step": counters["step"]}  # where a resume would start
+    Host copies of the counters (`step`, `env_step`, `debt`) are kept, so that nothing waits on
+    the device for them while an update block runs (int(state.train.step) would)."""
 
-    def gradient_step() -> int:
-        return counters["step"]
+    def __init__(self, cfg, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule,
+                 save_train: Callable[[Any], None], stop=None):  # fmt: skip
+        from lps.data import toy
+        from lps.training.update import make_multi_update, make_update
 
-    def evaluate(step: int, params) -> None:
-        nonlocal last_eval
-        if not cfg.eval_episodes:
-            return
-        last_eval = step
-        schedule.submit(step, seed_axis(params, 1), [{"env_step": float(counters["env_step"])}])
+        self.cfg, self.agent, self.state, self.run_dir = cfg, agent, state, run_dir
+        self.schedule, self.save_train, self.stop = schedule, save_train, stop
+        env = env_id(cfg)
+        self.toy_rows = toy.is_toy(cfg.env)
+        self.sparse = False if self.toy_rows else _sparse(cfg)
+        self.K, self.H = cfg.online_envs, agent.spec.chunk_len
+        self.block_rows = self.K * (max_episode_steps(env) + 1)
+        self.block = cfg.utd * self.K * self.H  # updates owed per round of K chunks
+        # A dispatch holds at most --log-every updates, as offline: a signal is noticed between dispatches.
+        self.unit = dispatch_unit(self.block, cfg.log_every)
+        self.start_steps = start_steps(cfg)
+        sampler = replay.make_sampler(cfg.online_mix)
+        self.update = make_multi_update(make_update(agent, optimizer, cfg.batch_size, sampler), self.unit)
+        self.acting_seed = online_seed(cfg.seed)
+        self.step, self.env_step, self.debt = int(state.train.step), int(state.env_step), int(state.update_debt)
+        self.pending_rows: list[dict] = []  # update metrics since the last metrics row
+        self.finished: list[_Episode] = []  # episodes finished since the last metrics row
+        self.in_flight: list[tuple[int, Any, Any]] = []  # dispatched update blocks: (first step, metrics, params after)
+        self.timer = {"start": time.perf_counter(), "env_steps": 0}
+        self.last_eval = -1  # the gradient step of the last evaluation submitted
+        self.saved = {"env_step": self.env_step, "step": self.step}  # where a resume would start
+        self.last_save = self.step
+        self.envs = make_envs(cfg, env)
+        if self.envs.obs_dim != agent.spec.obs_dim:
+            self.envs.close()
+            raise ValueError(f"{env} observations have {self.envs.obs_dim} dims but the data's have {agent.spec.obs_dim}")
+        self.pool = EpisodePool(self.envs, 1, self.K, cfg.frame_stack)
 
-    def write_row() -> None:
-        """The metrics row of the updates and episodes since the previous one."""
-        if not pending_rows and not finished:
-            return
-        row = {k: float(np.mean([r[k] for r in pending_rows])) for k in (pending_rows[0] if pending_rows else {})}
-        row["env_step"] = float(counters["env_step"])
-        if finished:
-            row["online/return"] = float(np.mean([sum(e.step_rewards) for e in finished]))
-            row["online/success"] = float(np.mean([e.success for e in finished]))
-        elapsed = time.perf_counter() - timer["start"]
-        row["env_steps_per_sec"] = timer["env_steps"] / elapsed if elapsed > 0 else 0.0
-        schedule.log_training(gradient_step(), [row])
-        pending_rows.clear()
-        finished.clear()
-        timer.update(start=time.perf_counter(), env_steps=0)
+    @property
+    def done(self) -> bool:
+        return self.env_step >= self.cfg.online_steps
 
-    def dispatch_updates() -> None:
+    def run(self, progress: bool = True) -> OnlineState:
+        """Wave after wave until the step budget is spent; the final state (saved)."""
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=self.cfg.online_steps, initial=self.env_step, disable=not progress, unit="env step",
+                        dynamic_ncols=True, desc="online")  # fmt: skip
+        try:
+            if self.done:
+                self.save_train(self.state.train)  # resumed after the online checkpoint but maybe before the plain one
+            while not self.done:
+                wave, committed_starts = self.play_wave()
+                self.store(wave, committed_starts)
+                self.checkpoint_at_wave_end()
+        finally:
+            self.envs.close()
+            self.bar.close()
+        return self.state
+
+    # --- a wave: collect chunks, stage their rows, update ---
+
+    def play_wave(self) -> tuple[list[_Episode], int]:
+        """The next K episodes of the run, reset together and played round by round until they
+        end or the step budget is spent; the episodes and the buffer's chunk starts before them."""
+        first = int(self.state.episodes)
+        resets = self.pool.start({(0, k): (first + k, episode_seed(self.acting_seed, first + k)) for k in range(self.K)})
+        wave = [_Episode(first + k, resets[0, k], self.toy_rows, self.sparse) for k in range(self.K)]
+        committed_starts = int(self.state.buffer.num_starts)
+        staged_rows = [0] * self.K  # each episode's rows staged as they stand (only later ones change)
+        while not self.done and not all(e.done for e in wave):
+            self.check_stop()
+            self.collect_chunks(wave)
+            staged_rows = self.stage(wave, committed_starts, staged_rows)
+            if self.cfg.online_sync:
+                self.dispatch_updates()
+                self.collect_updates()
+        # The updates owed for the wave's last round run on the buffer as it was staged (as they
+        # would strictly), so a wave's end, where checkpoints are taken, has nothing in flight and
+        # the next wave acts with up-to-date parameters.
+        self.dispatch_updates()
+        self.collect_updates()
+        return wave, committed_starts
+
+    def collect_chunks(self, wave: list[_Episode]) -> None:
+        """One round: a chunk per environment drawn in one batched call, executed open loop.
+
+        Overlap: the chunks are drawn from the parameters as they are (the updates owed for the
+        previous round not yet run), then those updates are queued on the device and run while
+        the workers step the envs. Strict: they ran at the previous round's end. Either way the
+        updates sample the same buffer (the rows up to the previous round), so only the acting
+        parameters differ."""
+        policy = make_seeds_policy(self.agent, self.state.train.params, [self.acting_seed], seed_axis=False)
+        chunks = self.pool.act(policy)
+        if not self.cfg.online_sync:
+            self.dispatch_updates()
+        outcomes = self.pool.step(chunks)
+        self.collect_updates()
+        steps = 0
+        for (_, k), outcome in outcomes.items():
+            wave[k].add(chunks[0, k], outcome)
+            steps += outcome.steps
+            if wave[k].done:
+                self.finished.append(wave[k])
+        self.timer["env_steps"] += steps
+        self.bar.update(steps)
+        self.debt += self.cfg.utd * owed_steps(self.env_step, steps, self.start_steps)
+        self.env_step += steps
+
+    def stage(self, wave: list[_Episode], committed_starts: int, staged_rows: list[int]) -> list[int]:
+        """The wave's rows so far into the buffer's staging area (sampled from now on); the rows
+        of each episode that are final (an episode's last row gains its action, reward and mask
+        next round; a finished one's are final)."""
+        staged = replay.stage(self.state.buffer, [e.rows() for e in wave], committed_starts, self.H, staged_rows)
+        self.state = self.state.replace(buffer=staged, env_step=jnp.asarray(self.env_step, jnp.int32),
+                                        update_debt=jnp.asarray(self.debt, jnp.int32))  # fmt: skip
+        return [e.steps + 1 if e.done else e.steps for e in wave]
+
+    def store(self, wave: list[_Episode], committed_starts: int) -> None:
+        """The wave's episodes (those stopped by the step budget end there) join the buffer for
+        good, and the staging area is free again."""
+        played = [e for e in wave if e.steps > 0]
+        buffer = replay.stage(self.state.buffer, [], committed_starts, self.H)
+        self.state = self.state.replace(buffer=buffer)
+        if played:
+            self.state = self.state.replace(buffer=replay.append(buffer, _concat(played), self.H, self.block_rows))
+        self.state = self.state.replace(episodes=self.state.episodes + self.K)
+
+    # --- updates, dispatched asynchronously ---
+
+    def dispatch_updates(self) -> None:
         """Queue the update blocks owed on the device (JAX dispatches asynchronously: this returns
         at once, the host goes on while they run). At most two dispatches wait on the device, so a
         signal stops the run after the one running, whatever --utd and --online-envs are."""
-        nonlocal state
-        while counters["debt"] >= block:
-            for _ in range(block // unit):
-                if len(in_flight) >= 2:
-                    collect_updates(keep=1)
-                check_stop()
-                new_train, metrics = update(state.train, state.buffer)
-                in_flight.append((counters["step"], metrics, new_train.params))
-                counters["step"] += unit
-                state = state.replace(train=new_train)
-            counters["debt"] -= block
-            state = state.replace(update_debt=jnp.asarray(counters["debt"], jnp.int32))
+        while self.debt >= self.block:
+            for _ in range(self.block // self.unit):
+                if len(self.in_flight) >= 2:
+                    self.collect_updates(keep=1)
+                self.check_stop()
+                new_train, metrics = self.update(self.state.train, self.state.buffer)
+                self.in_flight.append((self.step, metrics, new_train.params))
+                self.step += self.unit
+                self.state = self.state.replace(train=new_train)
+            self.debt -= self.block
+            self.state = self.state.replace(update_debt=jnp.asarray(self.debt, jnp.int32))
 
-    def check_stop() -> None:
-        """After a signal, within a wave: its episodes are dropped (checkpoints exist only at wave
-        ends, where resume is exact) and the run stops now rather than after the wave."""
-        if stop is not None and stop.signum is not None:
-            raise TrainingInterrupted(stop.signum, (
-                f"stopped by {signal.Signals(stop.signum).name} during a wave of online episodes; the wave is "
-                f"dropped and the checkpoint at env step {saved['env_step']} (gradient step {saved['step']}) "
-                f"stands; continue with `lps train --resume {run_dir}`"))  # fmt: skip
-
-    def collect_updates(keep: int = 0) -> None:
+    def collect_updates(self, keep: int = 0) -> None:
         """Wait for the dispatched blocks (all but the last `keep`); their metrics rows and evaluations,
         block by block."""
-        while len(in_flight) > keep:
-            first, metrics, params = in_flight.pop(0)
+        from lps.training.update import check_finite
+
+        while len(self.in_flight) > keep:
+            first, metrics, params = self.in_flight.pop(0)
             metrics = {k: np.asarray(v).reshape(-1) for k, v in jax.device_get(metrics).items()}
-            check_finite(metrics, first, run_dir)
-            pending_rows.append({k: float(np.mean(v)) for k, v in metrics.items()})
-            step = first + unit
-            if step // cfg.log_every > first // cfg.log_every:
-                write_row_at(step)
-            if cfg.eval_every and step // cfg.eval_every > first // cfg.eval_every:
-                evaluate(step, params)
+            check_finite(metrics, first, self.run_dir)
+            self.pending_rows.append({k: float(np.mean(v)) for k, v in metrics.items()})
+            step = first + self.unit
+            if step // self.cfg.log_every > first // self.cfg.log_every:
+                self.write_row(step)  # at that block's step, even when later blocks are already queued
+            if self.cfg.eval_every and step // self.cfg.eval_every > first // self.cfg.eval_every:
+                self.evaluate(step, params)
 
-    def write_row_at(step: int) -> None:
-        # A block's row is logged at that block's step, even when later blocks are already queued.
-        now = counters["step"]
-        counters["step"] = step
-        try:
-            write_row()
-        finally:
-            counters["step"] = now
+    # --- metrics, evaluation, checkpoints ---
 
-    def checkpoint_now() -> None:
-        write_row()
-        schedule.wait_before(gradient_step())
-        save(run_dir, state)
-        save_train(state.train)
-        saved.update(env_step=counters["env_step"], step=gradient_step())
+    def write_row(self, step: int | None = None) -> None:
+        """The metrics row of the updates and episodes since the previous one, at gradient `step`
+        (default: the latest)."""
+        if not self.pending_rows and not self.finished:
+            return
+        rows, finished = self.pending_rows, self.finished
+        row = {k: float(np.mean([r[k] for r in rows])) for k in (rows[0] if rows else {})}
+        row["env_step"] = float(self.env_step)
+        if finished:
+            row["online/return"] = float(np.mean([sum(e.step_rewards) for e in finished]))
+            row["online/success"] = float(np.mean([e.success for e in finished]))
+        elapsed = time.perf_counter() - self.timer["start"]
+        row["env_steps_per_sec"] = self.timer["env_steps"] / elapsed if elapsed > 0 else 0.0
+        self.schedule.log_training(self.step if step is None else step, [row])
+        rows.clear()
+        finished.clear()
+        self.timer.update(start=time.perf_counter(), env_steps=0)
 
-    def act(wave: list[_Episode], obs: np.ndarray) -> np.ndarray:
-        """One chunk per environment, drawn in one batched call (all K envs at once)."""
-        policy = make_seeds_policy(agent, state.train.params, [acting_seed], seed_axis=False)
-        index = np.array([[e.index for e in wave]])
-        chunk_index = np.array([[e.chunks for e in wave]])
-        return policy(obs, index, chunk_index)[0]
+    def evaluate(self, step: int, params) -> None:
+        from lps.training.eval_schedule import seed_axis
 
-    bar = tqdm(total=cfg.online_steps, initial=counters["env_step"], disable=not progress, unit="env step",
-               dynamic_ncols=True, desc="online")  # fmt: skip
-    last_save = gradient_step()
-    try:
-        if counters["env_step"] >= cfg.online_steps:
-            save_train(state.train)  # resumed after the online checkpoint but maybe before the plain one
-        while counters["env_step"] < cfg.online_steps:
-            first_episode = int(state.episodes)
-            resets = envs.reset({k: episode_seed(acting_seed, first_episode + k) for k in range(K)})
-            wave = [_Episode(first_episode + k, resets[k], toy_rows, sparse) for k in range(K)]
-            # What the policy sees: the latest observation, or with --frame-stack the last frames
-            # (the buffer keeps one frame per row, as the offline data: its batches are stacked).
-            frames = [Frames(cfg.frame_stack, resets[k]) for k in range(K)]
-            obs = np.stack([f.stacked() for f in frames])[None]
-            committed_starts = int(state.buffer.num_starts)
-            staged_rows = [0] * K  # each episode's rows staged as they stand (only later ones change)
-            while counters["env_step"] < cfg.online_steps and not all(e.done for e in wave):
-                check_stop()
-                # Overlap: the chunks are drawn from the parameters as they are (the updates owed
-                # for the previous round not yet run), then those updates are queued on the device
-                # and run while the workers step the envs. Strict: they ran at the previous
-                # round's end. Either way the updates sample the same buffer (the rows up to the
-                # previous round), so only the acting parameters differ.
-                chunks = act(wave, obs)
-                if not cfg.online_sync:
-                    dispatch_updates()
-                running = [k for k, e in enumerate(wave) if not e.done]
-                outcomes = envs.step_chunks({k: chunks[k] for k in running})
-                collect_updates()
-                steps = 0
-                for k in running:
-                    wave[k].add(chunks[k], outcomes[k])
-                    frames[k].extend(outcomes[k].observations)
-                    obs[0, k] = frames[k].stacked()
-                    steps += outcomes[k].steps
-                    if wave[k].done:
-                        finished.append(wave[k])
-                timer["env_steps"] += steps
-                bar.update(steps)
-                counters["debt"] += cfg.utd * owed_steps(counters["env_step"], steps, start_steps_)
-                counters["env_step"] += steps
-                staged = replay.stage(state.buffer, [e.rows() for e in wave], committed_starts, H, staged_rows)
-                # An episode's last row gains its action, reward and mask next round; a finished one's are final.
-                staged_rows = [e.steps + 1 if e.done else e.steps for e in wave]
-                state = state.replace(buffer=staged, env_step=jnp.asarray(counters["env_step"], jnp.int32),
-                                      update_debt=jnp.asarray(counters["debt"], jnp.int32))  # fmt: skip
-                if cfg.online_sync:
-                    dispatch_updates()
-                    collect_updates()
-            # The updates owed for the wave's last round run on the buffer as it was staged (as
-            # they would strictly), so a wave's end, where checkpoints are taken, has nothing in
-            # flight and the next wave acts with up-to-date parameters.
-            dispatch_updates()
-            collect_updates()
-            # The wave's episodes (those stopped by the step budget end there) join the buffer for
-            # good, and the staging area is free again.
-            played = [e for e in wave if e.steps > 0]
-            state = state.replace(buffer=replay.stage(state.buffer, [], committed_starts, H))
-            if played:
-                state = state.replace(buffer=replay.append(state.buffer, _concat(played), H, block_rows))
-            state = state.replace(episodes=state.episodes + K)
-            done = counters["env_step"] >= cfg.online_steps
-            step = gradient_step()
-            stopping = stop is not None and stop.signum is not None and not done
-            if stopping or done or (cfg.save_every and step // cfg.save_every > last_save // cfg.save_every):
-                if done and last_eval != step:
-                    evaluate(step, state.train.params)
-                checkpoint_now()
-                last_save = step
-            if stopping:  # waves are the online phase's only checkpoint-safe points
-                raise stop.interrupted(step, run_dir)
-    finally:
-        envs.close()
-        bar.close()
-    return state
+        if not self.cfg.eval_episodes:
+            return
+        self.last_eval = step
+        self.schedule.submit(step, seed_axis(params, 1), [{"env_step": float(self.env_step)}])
+
+    def checkpoint_at_wave_end(self) -> None:
+        """Checkpoint at the end of the phase, every --save-every gradient steps and after a signal
+        (waves are the online phase's only checkpoint-safe points); then stop if signalled."""
+        step, cfg = self.step, self.cfg
+        stopping = self.stop is not None and self.stop.signum is not None and not self.done
+        if stopping or self.done or (cfg.save_every and step // cfg.save_every > self.last_save // cfg.save_every):
+            if self.done and self.last_eval != step:
+                self.evaluate(step, self.state.train.params)
+            self.checkpoint()
+            self.last_save = step
+        if stopping:
+            raise self.stop.interrupted(step, self.run_dir)
+
+    def checkpoint(self) -> None:
+        self.write_row()
+        self.schedule.wait_before(self.step)
+        save(self.run_dir, self.state)
+        self.save_train(self.state.train)
+        self.saved.update(env_step=self.env_step, step=self.step)
+
+    def check_stop(self) -> None:
+        """After a signal, within a wave: its episodes are dropped (checkpoints exist only at wave
+        ends, where resume is exact) and the run stops now rather than after the wave."""
+        if self.stop is not None and self.stop.signum is not None:
+            raise TrainingInterrupted(self.stop.signum, (
+                f"stopped by {signal.Signals(self.stop.signum).name} during a wave of online episodes; the wave is "
+                f"dropped and the checkpoint at env step {self.saved['env_step']} (gradient step {self.saved['step']}) "
+                f"stands; continue with `lps train --resume {self.run_dir}`"))  # fmt: skip
 
 
 QCHUNKING_START_STEPS = 5_000  # Q-chunking's `start_training` (REFERENCE.md §5)
