@@ -342,75 +342,15 @@ def generate(
     anything is collected.
     """
     train_path, val_path = dataset_paths(env, data_dir)
-    if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= 2**32 - 1:
-        raise ValueError(f"--seed must be a whole number from 0 to {2**32 - 1}, got {seed!r}")
-    workers = plan_workers(workers)
-    if max_episode_steps < 1:
-        raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
+    workers = _check_request(episodes, seed, workers, max_episode_steps)
     n_val = max(1, episodes // 10)
     check_output((train_path, val_path), (episodes + n_val) * max_episode_steps * BYTES_PER_ROW, overwrite)
-    if is_visual(env):
-        # Here, not in a worker: a missing renderer is one clear error, and the backend chosen
-        # ($MUJOCO_GL) is inherited by the workers.
-        backend = require_renderer(env)
-        frames = (episodes + n_val) * max_episode_steps
-        if frames > 2000:  # a job of more than a few minutes: say up front how long it will take
-            _print_estimate(env, backend, frames, min(workers, episodes + n_val))
-        else:
-            print(f"[lps] rendering with MUJOCO_GL={backend}", flush=True)
-    print(
-        f"generating {env} play data: {episodes} train + {n_val} val episodes, seed {seed}, "
-        f"{workers} worker(s) -> {train_path.parent}",
-        flush=True,
-    )
-
-    # Small batches keep the progress bar moving and the workers evenly loaded.
-    batch = max(1, min(8, (episodes + n_val) // (4 * workers)))
-    tasks, split_of = [], []
-    for split, n in ((0, episodes), (1, n_val)):
-        seeds = _episode_seeds(seed, split, n)
-        for j in range(0, n, batch):
-            tasks.append((len(tasks), env, seeds[j : j + batch], max_episode_steps))
-            split_of.append(split)
-
-    results, steps, t0 = {}, 0, time.perf_counter()
+    _announce(env, episodes, n_val, seed, workers, max_episode_steps, train_path.parent)
+    tasks, split_of = _plan_tasks(env, seed, episodes, n_val, workers, max_episode_steps)
     # SIGINT/SIGTERM: the workers are ended, the pool closed, and nothing is written (the files
     # come only from complete collections, through a temporary file and a rename).
     with StopOnSignal(env) as stop:
-        with tqdm(total=episodes + n_val, desc=env, unit="ep", disable=not progress) as bar:
-
-            def done(i, data):
-                nonlocal steps
-                results[i] = data
-                steps += len(data["terminals"])
-                bar.update(int(data["terminals"].sum()))
-                rate = f"{steps / (time.perf_counter() - t0):.1f}"
-                bar.set_postfix(**{"frames_per_s" if is_visual(env) else "steps_per_s": rate})
-
-            if workers == 1 or len(tasks) == 1:
-                for task in tasks:
-                    done(*_run_task(task))
-            else:
-                # 'spawn': MuJoCo (and JAX, if the caller imported it) are not fork-safe.
-                ctx = multiprocessing.get_context("spawn")
-                pool = None
-                try:
-                    with stop.holding():  # no worker left half-started
-                        pool = ctx.Pool(min(workers, len(tasks)), initializer=_worker_init)
-                    for i, data in pool.imap_unordered(_run_task, tasks):
-                        done(i, data)
-                    stop.writing = True  # all collected: a signal now waits for the files (below)
-                    pool.close()
-                except BaseException:
-                    if pool is not None:
-                        pool.terminate()  # on a signal or a failed task: end the workers at once
-                    raise
-                finally:
-                    if pool is not None:
-                        pool.join()
-            stop.writing = True
+        results = _collect(env, tasks, workers, stop, episodes + n_val, progress)
 
         def assemble(split):
             parts = [results[i] for i in range(len(tasks)) if split_of[i] == split]
@@ -423,3 +363,91 @@ def generate(
         _save_atomic(train_path, assemble(0))
     stop.stopped_after_writing((train_path, val_path))
     return train_path, val_path
+
+
+def _check_request(episodes: int, seed: int, workers: int | None, max_episode_steps: int) -> int:
+    """Refuse bad counts before anything else; the number of worker processes to use."""
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= 2**32 - 1:
+        raise ValueError(f"--seed must be a whole number from 0 to {2**32 - 1}, got {seed!r}")
+    workers = plan_workers(workers)
+    if max_episode_steps < 1:
+        raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
+    return workers
+
+
+def _announce(env: str, episodes: int, n_val: int, seed: int, workers: int, max_episode_steps: int,
+              folder: pathlib.Path) -> None:  # fmt: skip
+    """What is about to be collected, and for rendered tasks the renderer (and, if long, how long)."""
+    if is_visual(env):
+        # Here, not in a worker: a missing renderer is one clear error, and the backend chosen
+        # ($MUJOCO_GL) is inherited by the workers.
+        backend = require_renderer(env)
+        frames = (episodes + n_val) * max_episode_steps
+        if frames > 2000:  # a job of more than a few minutes: say up front how long it will take
+            _print_estimate(env, backend, frames, min(workers, episodes + n_val))
+        else:
+            print(f"[lps] rendering with MUJOCO_GL={backend}", flush=True)
+    print(
+        f"generating {env} play data: {episodes} train + {n_val} val episodes, seed {seed}, "
+        f"{workers} worker(s) -> {folder}",
+        flush=True,
+    )
+
+
+def _plan_tasks(env: str, seed: int, episodes: int, n_val: int, workers: int, max_episode_steps: int):
+    """The collection as tasks of a few episodes each, `(index, env, seeds, max steps)`, and each
+    task's split (0: train, 1: val)."""
+    # Small batches keep the progress bar moving and the workers evenly loaded.
+    batch = max(1, min(8, (episodes + n_val) // (4 * workers)))
+    tasks, split_of = [], []
+    for split, n in ((0, episodes), (1, n_val)):
+        seeds = _episode_seeds(seed, split, n)
+        for j in range(0, n, batch):
+            tasks.append((len(tasks), env, seeds[j : j + batch], max_episode_steps))
+            split_of.append(split)
+    return tasks, split_of
+
+
+def _collect(env: str, tasks: list, workers: int, stop, total_episodes: int, progress: bool) -> dict[int, dict]:
+    """Every task's episodes, `{task index: arrays}`, in this process or in `workers` processes."""
+    results, steps, t0 = {}, 0, time.perf_counter()
+    with tqdm(total=total_episodes, desc=env, unit="ep", disable=not progress) as bar:
+
+        def done(i, data):
+            nonlocal steps
+            results[i] = data
+            steps += len(data["terminals"])
+            bar.update(int(data["terminals"].sum()))
+            rate = f"{steps / (time.perf_counter() - t0):.1f}"
+            bar.set_postfix(**{"frames_per_s" if is_visual(env) else "steps_per_s": rate})
+
+        if workers == 1 or len(tasks) == 1:
+            for task in tasks:
+                done(*_run_task(task))
+        else:
+            _collect_in_workers(tasks, workers, stop, done)
+        stop.writing = True
+    return results
+
+
+def _collect_in_workers(tasks: list, workers: int, stop, done) -> None:
+    """The tasks in a pool of worker processes, `done(index, arrays)` as each finishes."""
+    # 'spawn': MuJoCo (and JAX, if the caller imported it) are not fork-safe.
+    ctx = multiprocessing.get_context("spawn")
+    pool = None
+    try:
+        with stop.holding():  # no worker left half-started
+            pool = ctx.Pool(min(workers, len(tasks)), initializer=_worker_init)
+        for i, data in pool.imap_unordered(_run_task, tasks):
+            done(i, data)
+        stop.writing = True  # all collected: a signal now waits for the files (below)
+        pool.close()
+    except BaseException:
+        if pool is not None:
+            pool.terminate()  # on a signal or a failed task: end the workers at once
+        raise
+    finally:
+        if pool is not None:
+            pool.join()

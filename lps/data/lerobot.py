@@ -340,75 +340,87 @@ def synthetic_dataset(folder: str | Path, version: str = "v2.1", episodes: int =
     """A tiny LeRobot dataset on disk; returns what was written ({state, action, images} per episode)
     so a test can compare. Each frame is one flat colour that changes with the step (codec-friendly).
     Every camera is `size` x `size` unless `sizes` gives it its own (height, width)."""
+    folder = Path(folder)
+    shapes = {IMAGE_PREFIX + c: (sizes or {}).get(c, (size, size)) for c in cameras}
+    rng = np.random.default_rng(seed)
+    written = [_synthetic_episode(rng, e, steps, shapes, state_dim, action_dim, action_scale, action_offset)
+               for e in range(episodes)]  # fmt: skip
+    features = {"observation.state": {"dtype": "float32", "shape": [state_dim]},
+                "action": {"dtype": "float32", "shape": [action_dim]}}  # fmt: skip
+    features.update({k: {"dtype": "video", "shape": [*shape, 3]} for k, shape in shapes.items()})
+    (folder / "meta").mkdir(parents=True, exist_ok=True)
+    write = _write_synthetic_v21 if version == "v2.1" else _write_synthetic_v30
+    info = {"codebase_version": "v2.1" if version == "v2.1" else "v3.0", "fps": fps, "chunks_size": 1000,
+            "total_episodes": episodes, "total_frames": episodes * steps,
+            **write(folder, written, list(shapes), steps, fps, codec), "features": features}  # fmt: skip
+    (folder / "meta" / "info.json").write_text(json.dumps(info, indent=2))
+    return {"fps": fps, "cameras": list(shapes), "episodes": written}
+
+
+def _synthetic_episode(rng, e: int, steps: int, shapes: dict[str, tuple[int, int]], state_dim: int, action_dim: int,
+                       action_scale: float, action_offset: float) -> dict[str, Any]:  # fmt: skip
+    state = rng.uniform(-2, 2, (steps, state_dim)).astype(np.float32)
+    action = (action_offset + action_scale * rng.uniform(-1, 1, (steps, action_dim))).astype(np.float32)
+    images = {}
+    for c, (key, (height, width)) in enumerate(shapes.items()):
+        colour = np.stack([np.linspace(30, 220, steps), np.full(steps, 60.0 + 40 * c + 20 * e),
+                           np.linspace(200, 40, steps)], axis=1).astype(np.uint8)  # fmt: skip
+        images[key] = np.broadcast_to(colour[:, None, None, :], (steps, height, width, 3)).copy()
+    return {"state": state, "action": action, "images": images}
+
+
+def _synthetic_table(episode: dict[str, Any], e: int, start: int, fps: int):
+    import pyarrow as pa
+
+    n = len(episode["state"])
+    return pa.table({
+        "observation.state": [list(map(float, r)) for r in episode["state"]],
+        "action": [list(map(float, r)) for r in episode["action"]],
+        "timestamp": (np.arange(n) / fps).astype(np.float32),
+        "frame_index": np.arange(n), "episode_index": np.full(n, e), "index": start + np.arange(n),
+        "task_index": np.zeros(n, np.int64),
+    })  # fmt: skip
+
+
+def _write_synthetic_v21(folder: Path, written: list, keys: list[str], steps: int, fps: int, codec: str) -> dict:
+    """v2.1: a parquet file and a video per camera for each episode, episodes.jsonl; info.json's paths."""
+    import pyarrow.parquet as pq
+
+    lines = []
+    for e, episode in enumerate(written):
+        path = folder / f"data/chunk-000/episode_{e:06d}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(_synthetic_table(episode, e, e * steps, fps), path)
+        for key in keys:
+            write_video(folder / f"videos/chunk-000/{key}/episode_{e:06d}.mp4", episode["images"][key], fps, codec)
+        lines.append(json.dumps({"episode_index": e, "tasks": ["task"], "length": steps}))
+    (folder / "meta" / "episodes.jsonl").write_text("\n".join(lines) + "\n")
+    return {"data_path": "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet",
+            "video_path": "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"}  # fmt: skip
+
+
+def _write_synthetic_v30(folder: Path, written: list, keys: list[str], steps: int, fps: int, codec: str) -> dict:
+    """v3.0: one parquet file and one video per camera for all episodes, an episodes table; info.json's paths."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    folder = Path(folder)
-    rng = np.random.default_rng(seed)
-    keys = [IMAGE_PREFIX + c for c in cameras]
-    written = []
-    for e in range(episodes):
-        state = rng.uniform(-2, 2, (steps, state_dim)).astype(np.float32)
-        action = (action_offset + action_scale * rng.uniform(-1, 1, (steps, action_dim))).astype(np.float32)
-        images = {}
-        for c, key in enumerate(keys):
-            colour = np.stack([np.linspace(30, 220, steps), np.full(steps, 60.0 + 40 * c + 20 * e),
-                               np.linspace(200, 40, steps)], axis=1).astype(np.uint8)  # fmt: skip
-            height, width = (sizes or {}).get(cameras[c], (size, size))
-            images[key] = np.broadcast_to(colour[:, None, None, :], (steps, height, width, 3)).copy()
-        written.append({"state": state, "action": action, "images": images})
-
-    def table(e: int, start: int):
-        n = steps
-        return pa.table({
-            "observation.state": [list(map(float, r)) for r in written[e]["state"]],
-            "action": [list(map(float, r)) for r in written[e]["action"]],
-            "timestamp": (np.arange(n) / fps).astype(np.float32),
-            "frame_index": np.arange(n), "episode_index": np.full(n, e), "index": start + np.arange(n),
-            "task_index": np.zeros(n, np.int64),
-        })  # fmt: skip
-
-    features = {"observation.state": {"dtype": "float32", "shape": [state_dim]},
-                "action": {"dtype": "float32", "shape": [action_dim]}}  # fmt: skip
-    features.update({k: {"dtype": "video", "shape": [*(sizes or {}).get(c, (size, size)), 3]} for c, k in zip(cameras, keys)})
-    (folder / "meta").mkdir(parents=True, exist_ok=True)
-    if version == "v2.1":
-        info = {"codebase_version": "v2.1", "fps": fps, "chunks_size": 1000, "total_episodes": episodes,
-                "total_frames": episodes * steps,
-                "data_path": "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet",
-                "video_path": "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4",
-                "features": features}  # fmt: skip
-        lines = []
-        for e in range(episodes):
-            path = folder / f"data/chunk-000/episode_{e:06d}.parquet"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(table(e, e * steps), path)
-            for key in keys:
-                write_video(folder / f"videos/chunk-000/{key}/episode_{e:06d}.mp4", written[e]["images"][key], fps, codec)
-            lines.append(json.dumps({"episode_index": e, "tasks": ["task"], "length": steps}))
-        (folder / "meta" / "episodes.jsonl").write_text("\n".join(lines) + "\n")
-    else:
-        info = {"codebase_version": "v3.0", "fps": fps, "chunks_size": 1000, "total_episodes": episodes,
-                "total_frames": episodes * steps,
-                "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
-                "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4",
-                "features": features}  # fmt: skip
-        path = folder / "data/chunk-000/file-000.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.concat_tables([table(e, e * steps) for e in range(episodes)]), path)
-        for key in keys:
-            write_video(folder / f"videos/{key}/chunk-000/file-000.mp4",
-                        np.concatenate([w["images"][key] for w in written]), fps, codec)  # fmt: skip
-        meta = {"episode_index": list(range(episodes)), "length": [steps] * episodes,
-                "data/chunk_index": [0] * episodes, "data/file_index": [0] * episodes,
-                "dataset_from_index": [e * steps for e in range(episodes)],
-                "dataset_to_index": [(e + 1) * steps for e in range(episodes)]}  # fmt: skip
-        for key in keys:
-            meta[f"videos/{key}/chunk_index"] = [0] * episodes
-            meta[f"videos/{key}/file_index"] = [0] * episodes
-            meta[f"videos/{key}/from_timestamp"] = [e * steps / fps for e in range(episodes)]
-            meta[f"videos/{key}/to_timestamp"] = [(e + 1) * steps / fps for e in range(episodes)]
-        (folder / "meta/episodes/chunk-000").mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.table(meta), folder / "meta/episodes/chunk-000/file-000.parquet")
-    (folder / "meta" / "info.json").write_text(json.dumps(info, indent=2))
-    return {"fps": fps, "cameras": keys, "episodes": written}
+    episodes = len(written)
+    path = folder / "data/chunk-000/file-000.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.concat_tables([_synthetic_table(w, e, e * steps, fps) for e, w in enumerate(written)]), path)
+    for key in keys:
+        write_video(folder / f"videos/{key}/chunk-000/file-000.mp4",
+                    np.concatenate([w["images"][key] for w in written]), fps, codec)  # fmt: skip
+    meta = {"episode_index": list(range(episodes)), "length": [steps] * episodes,
+            "data/chunk_index": [0] * episodes, "data/file_index": [0] * episodes,
+            "dataset_from_index": [e * steps for e in range(episodes)],
+            "dataset_to_index": [(e + 1) * steps for e in range(episodes)]}  # fmt: skip
+    for key in keys:
+        meta[f"videos/{key}/chunk_index"] = [0] * episodes
+        meta[f"videos/{key}/file_index"] = [0] * episodes
+        meta[f"videos/{key}/from_timestamp"] = [e * steps / fps for e in range(episodes)]
+        meta[f"videos/{key}/to_timestamp"] = [(e + 1) * steps / fps for e in range(episodes)]
+    (folder / "meta/episodes/chunk-000").mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(meta), folder / "meta/episodes/chunk-000/file-000.parquet")
+    return {"data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
+            "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"}  # fmt: skip

@@ -60,6 +60,30 @@ def validate(dataset: dict[str, np.ndarray], chunk_len: int, source: str = "data
         empty = np.zeros((len(images), 0), np.float32)
         rest = validate({**dataset, "observations": empty}, chunk_len, source, images_beside=True)
         return {**rest, "observations": images}
+    _check_numeric(dataset, source)
+    _check_shapes(dataset, source, images_beside)
+    _check_masks(np.asarray(dataset["masks"]), source)
+    _check_finite(dataset, source)
+    _check_terminals(np.asarray(dataset["terminals"]), source)
+    _check_actions(dataset["actions"], source)
+    terminals = np.asarray(dataset["terminals"]).astype(bool)
+    if len(dataset["observations"]) == 0 or not terminals[-1]:
+        raise DatasetError(f"{source}: the last row must end an episode (terminals[-1] = 1), or the dataset is empty")
+    out = {
+        "observations": dataset["observations"].astype(np.float32, copy=False),
+        "actions": np.clip(dataset["actions"], -1.0, 1.0).astype(np.float32, copy=False),
+        "terminals": terminals,
+        "rewards": dataset["rewards"].astype(np.float32, copy=False),
+        "masks": dataset["masks"].astype(np.float32, copy=False),
+    }
+    from lps.data.sampler import chunk_starts
+
+    if len(chunk_starts(terminals, chunk_len)) == 0:
+        raise DatasetError(f"{source}: no episode is longer than the chunk length {chunk_len}")
+    return out
+
+
+def _check_numeric(dataset: dict, source: str) -> None:
     for key in ("observations", "actions", "terminals", "rewards", "masks"):
         arr = np.asarray(dataset[key])
         if arr.ndim == 0 or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
@@ -68,6 +92,10 @@ def validate(dataset: dict[str, np.ndarray], chunk_len: int, source: str = "data
             )
         if np.iscomplexobj(arr):
             raise DatasetError(f"{source}: '{key}' holds complex numbers ({arr.dtype}); it must be real-valued")
+
+
+def _check_shapes(dataset: dict, source: str, images_beside: bool) -> None:
+    """(rows, dim) observations and actions, 1-D other keys, every key one row per step."""
     obs, actions = dataset["observations"], dataset["actions"]
     if obs.ndim != 2 or actions.ndim != 2:
         raise DatasetError(
@@ -84,17 +112,23 @@ def validate(dataset: dict[str, np.ndarray], chunk_len: int, source: str = "data
             raise DatasetError(f"{source}: '{key}' has {len(dataset[key])} rows but observations has {n}")
         if key != "actions" and dataset[key].ndim != 1:
             raise DatasetError(f"{source}: '{key}' must be 1-D, got shape {dataset[key].shape}")
-    masks = np.asarray(dataset["masks"])
-    if masks.dtype != bool:
-        # Masks multiply over a chunk's steps: 3 would weigh the bootstrap by 3^H, -1 flip its sign.
-        outside = ~((masks >= 0) & (masks <= 1))  # NaN is outside
-        if outside.any():
-            row = int(np.argwhere(outside)[0][0])
-            raise DatasetError(
-                f"{source}: 'masks' must lie in [0, 1] (1 = bootstrap from the next state's value, 0 = stop: "
-                f"the episode truly ended there) but row {row} holds {float(masks[row]):g} "
-                f"({int(outside.sum())} such rows); fix the data (an npz without 'masks' gets 1 on every row)"
-            )
+
+
+def _check_masks(masks: np.ndarray, source: str) -> None:
+    if masks.dtype == bool:
+        return
+    # Masks multiply over a chunk's steps: 3 would weigh the bootstrap by 3^H, -1 flip its sign.
+    outside = ~((masks >= 0) & (masks <= 1))  # NaN is outside
+    if outside.any():
+        row = int(np.argwhere(outside)[0][0])
+        raise DatasetError(
+            f"{source}: 'masks' must lie in [0, 1] (1 = bootstrap from the next state's value, 0 = stop: "
+            f"the episode truly ended there) but row {row} holds {float(masks[row]):g} "
+            f"({int(outside.sum())} such rows); fix the data (an npz without 'masks' gets 1 on every row)"
+        )
+
+
+def _check_finite(dataset: dict, source: str) -> None:
     for key in ("observations", "actions", "rewards", "masks"):
         bad = ~np.isfinite(dataset[key])
         if bad.any():
@@ -110,36 +144,27 @@ def validate(dataset: dict[str, np.ndarray], chunk_len: int, source: str = "data
                 f"{source}: '{key}' holds {int(too_large.sum())} value(s) beyond float32's range "
                 f"(|x| > {np.finfo(np.float32).max:.3g}), first at row {row}; rescale the data"
             )
-    raw_terminals = np.asarray(dataset["terminals"])
-    if raw_terminals.dtype != bool:
-        not_binary = ~np.isin(raw_terminals, (0, 1))  # NaN is neither
-        if not_binary.any():
-            row = int(np.argwhere(not_binary)[0][0])
-            raise DatasetError(
-                f"{source}: 'terminals' must be 0 or 1 (1 on the last row of each episode) but row {row} holds "
-                f"{raw_terminals[row]!r} ({int(not_binary.sum())} such rows)"
-            )
+
+
+def _check_terminals(raw_terminals: np.ndarray, source: str) -> None:
+    if raw_terminals.dtype == bool:
+        return
+    not_binary = ~np.isin(raw_terminals, (0, 1))  # NaN is neither
+    if not_binary.any():
+        row = int(np.argwhere(not_binary)[0][0])
+        raise DatasetError(
+            f"{source}: 'terminals' must be 0 or 1 (1 on the last row of each episode) but row {row} holds "
+            f"{raw_terminals[row]!r} ({int(not_binary.sum())} such rows)"
+        )
+
+
+def _check_actions(actions: np.ndarray, source: str) -> None:
     worst = float(np.max(np.abs(actions))) if actions.size else 0.0
     if worst > 1.0 + ACTION_TOLERANCE:
         raise DatasetError(
             f"{source}: actions must lie in [-1, 1] (the policy's range) but reach {worst:.4g}; "
             "rescale them to [-1, 1] before training"
         )
-    terminals = np.asarray(dataset["terminals"]).astype(bool)
-    if n == 0 or not terminals[-1]:
-        raise DatasetError(f"{source}: the last row must end an episode (terminals[-1] = 1), or the dataset is empty")
-    out = {
-        "observations": obs.astype(np.float32, copy=False),
-        "actions": np.clip(actions, -1.0, 1.0).astype(np.float32, copy=False),
-        "terminals": terminals,
-        "rewards": dataset["rewards"].astype(np.float32, copy=False),
-        "masks": dataset["masks"].astype(np.float32, copy=False),
-    }
-    from lps.data.sampler import chunk_starts
-
-    if len(chunk_starts(terminals, chunk_len)) == 0:
-        raise DatasetError(f"{source}: no episode is longer than the chunk length {chunk_len}")
-    return out
 
 
 def _validate_obs_dict(obs: dict, n: int, source: str) -> dict:

@@ -78,81 +78,103 @@ def collect(root: str | Path) -> list[Run]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such directory")
-    runs = []
-    # Folders that a run (or a sweep) started but that hold no config.json are named, not ignored.
+    _warn_unstarted(root)
+    runs = [_read_run(config_path) for config_path in sorted(root.glob("**/config.json"))]
+    return [run for run in runs if run is not None]
+
+
+def _warn_unstarted(root: Path) -> None:
+    """Folders that a run (or a sweep) started but that hold no config.json are named, not ignored."""
     started = {p.parent for marker in _RUN_MARKERS for p in root.glob(f"**/{marker}")}
     for folder in sorted(started):
         # A run's own subfolders (its online phase's checkpoint, lps.training.online) are part of that run.
         if not (folder / "config.json").exists() and not (folder.parent / "config.json").exists():
             found = ", ".join(m for m in _RUN_MARKERS if (folder / m).exists())
             _warn(f"skipping {folder}: it holds {found} but no config.json (the run stopped before it started)")
-    for config_path in sorted(root.glob("**/config.json")):
-        run_dir = config_path.parent
-        if not (run_dir / "metrics.jsonl").exists():
-            _warn(f"skipping {run_dir}: no metrics.jsonl (the run never logged a step)")
-            continue
-        try:
-            record = json.loads(config_path.read_text())
-            agent, train = record["agent"], record["train"]
-            if not isinstance(train, dict):
-                raise TypeError(f"'train' is a {type(train).__name__}, not a mapping")
-            lines = (run_dir / "metrics.jsonl").read_text(errors="replace").splitlines()
-        except (OSError, ValueError, KeyError, TypeError) as e:  # UnicodeDecodeError is a ValueError
-            what = f"missing key {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
-            _warn(f"skipping {run_dir}: unreadable {config_path.name} or metrics.jsonl ({what})")
-            continue
-        evals: dict[int, float] = {}
-        val: dict[str, dict[int, float]] = {}
-        env_steps: dict[int, float] = {}
-        eval_rows, bad = 0, []  # rows with an eval/success; those that cannot count: "step S: VALUE"
+
+
+def _read_run(config_path: Path) -> Run | None:
+    """The run of this config.json, or None (with a warning) when it cannot be scored."""
+    run_dir = config_path.parent
+    if not (run_dir / "metrics.jsonl").exists():
+        _warn(f"skipping {run_dir}: no metrics.jsonl (the run never logged a step)")
+        return None
+    try:
+        record = json.loads(config_path.read_text())
+        agent, train = record["agent"], record["train"]
+        if not isinstance(train, dict):
+            raise TypeError(f"'train' is a {type(train).__name__}, not a mapping")
+        lines = (run_dir / "metrics.jsonl").read_text(errors="replace").splitlines()
+    except (OSError, ValueError, KeyError, TypeError) as e:  # UnicodeDecodeError is a ValueError
+        what = f"missing key {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+        _warn(f"skipping {run_dir}: unreadable {config_path.name} or metrics.jsonl ({what})")
+        return None
+    rows = _EvalRows(lines)
+    if not rows.usable(run_dir / "metrics.jsonl"):
+        return None
+    steps = np.array(sorted(rows.evals))
+    # A run trained from --dataset has no env name; its dataset's file name stands in.
+    task = train.get("env") or Path(train.get("dataset") or "unknown").stem
+    alpha = (record.get("agent_config") or {}).get("alpha")
+    alpha = None if alpha is None else float(alpha)
+    success = np.array([rows.evals[s] for s in steps])
+    settings = {k: v for k, v in (record.get("agent_config") or {}).items() if k != "alpha"}
+    settings.update({k: train[k] for k in _TRAIN_SETTINGS if k in train})
+    val_series = {k: (np.array(sorted(v)), np.array([v[s] for s in sorted(v)])) for k, v in rows.val.items()}
+    return Run(agent, task, int(train.get("seed", 0)), alpha, steps, success, run_dir, settings=settings,
+               val=val_series, offline_steps=int(train.get("steps", 0)),
+               online_steps=int(train.get("online_steps") or 0),
+               env_steps=np.array([rows.env_steps[s] for s in steps]),
+               finished=(run_dir / "summary.json").exists())  # fmt: skip
+
+
+class _EvalRows:
+    """A metrics.jsonl's evaluations: success and env step by gradient step, the val/ series, and the
+    evaluation rows whose success cannot count ("step S: VALUE")."""
+
+    def __init__(self, lines: list[str]):
+        self.evals: dict[int, float] = {}
+        self.val: dict[str, dict[int, float]] = {}
+        self.env_steps: dict[int, float] = {}
+        self.eval_rows, self.bad = 0, []  # rows with an eval/success; those that cannot count
         for line in lines:
             try:  # a run still being written may end in a partial line
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if not isinstance(row, dict) or not _is_number(row.get("step")):
-                continue
-            step = int(row["step"])
-            if (value := row.get("eval/success")) is not None:
-                eval_rows += 1
-                if _is_number(value) and 0.0 <= value <= 1.0:
-                    evals[step] = float(value)  # a repeated step (resume): the later row wins
-                    env_step = row.get("env_step")
-                    env_steps[step] = float(env_step) if _is_number(env_step) else math.nan
-                else:  # a success rate is a number in [0, 1]: anything else would skew every mean
-                    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-                    bad.append(f"step {step}: {shown}")
-            for key in VAL_METRICS:
-                if _is_number(row.get(key)):
-                    val.setdefault(key, {})[step] = float(row[key])
-        metrics = run_dir / "metrics.jsonl"
+            if isinstance(row, dict) and _is_number(row.get("step")):
+                self._add(int(row["step"]), row)
+
+    def _add(self, step: int, row: dict) -> None:
+        if (value := row.get("eval/success")) is not None:
+            self.eval_rows += 1
+            if _is_number(value) and 0.0 <= value <= 1.0:
+                self.evals[step] = float(value)  # a repeated step (resume): the later row wins
+                env_step = row.get("env_step")
+                self.env_steps[step] = float(env_step) if _is_number(env_step) else math.nan
+            else:  # a success rate is a number in [0, 1]: anything else would skew every mean
+                shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+                self.bad.append(f"step {step}: {shown}")
+        for key in VAL_METRICS:
+            if _is_number(row.get(key)):
+                self.val.setdefault(key, {})[step] = float(row[key])
+
+    def usable(self, metrics: Path) -> bool:
+        """Whether any evaluation counts; warns about those that do not."""
+        bad, eval_rows = self.bad, self.eval_rows
         shown = ", ".join(bad[:3]) + (f" (and {len(bad) - 3} more)" if len(bad) > 3 else "")
-        if not evals:
+        if not self.evals:
             if bad:
                 rows = f"{eval_rows} evaluation row{'s' if eval_rows > 1 else ''}"
-                _warn(f"skipping {run_dir}: {metrics} has {rows}, none usable: {shown} "
+                _warn(f"skipping {metrics.parent}: {metrics} has {rows}, none usable: {shown} "
                       "(eval/success must be a number in [0, 1])")  # fmt: skip
             else:
-                _warn(f"skipping {run_dir}: no evaluation rows (eval/success) in metrics.jsonl")
-            continue
+                _warn(f"skipping {metrics.parent}: no evaluation rows (eval/success) in metrics.jsonl")
+            return False
         if bad:
             _warn(f"{metrics}: skipped {len(bad)} of {eval_rows} evaluation rows whose eval/success is not a number "
                   f"in [0, 1]: {shown}")  # fmt: skip
-        steps = np.array(sorted(evals))
-        # A run trained from --dataset has no env name; its dataset's file name stands in.
-        task = train.get("env") or Path(train.get("dataset") or "unknown").stem
-        alpha = (record.get("agent_config") or {}).get("alpha")
-        alpha = None if alpha is None else float(alpha)
-        success = np.array([evals[s] for s in steps])
-        settings = {k: v for k, v in (record.get("agent_config") or {}).items() if k != "alpha"}
-        settings.update({k: train[k] for k in _TRAIN_SETTINGS if k in train})
-        val_series = {k: (np.array(sorted(v)), np.array([v[s] for s in sorted(v)])) for k, v in val.items()}
-        runs.append(Run(agent, task, int(train.get("seed", 0)), alpha, steps, success, run_dir, settings=settings,
-                        val=val_series, offline_steps=int(train.get("steps", 0)),
-                        online_steps=int(train.get("online_steps") or 0),
-                        env_steps=np.array([env_steps[s] for s in steps]),
-                        finished=(run_dir / "summary.json").exists()))  # fmt: skip
-    return runs
+        return True
 
 
 def _is_number(x) -> bool:
@@ -539,11 +561,35 @@ def report(root, out=None, reps: int = 1000, seed: int = 0, final: str = "last")
     _label(runs)
     _label_ablations(runs)
     score = {id(r): float(r.success[-1] if final == "last" else r.success.max()) for r in runs}
-    # Rows: agents alphabetically, a swept agent's alphas in numeric order, then its ablations by name.
+    labels, tasks, groups = _rows(runs), sorted({r.task for r in runs}), _groups(runs)
+    cells = _cells(groups, labels, tasks, score, reps, seed)
+    notes, matrices = _seed_matrices(cells, labels, tasks)
+    notes += _unfinished_notes(groups)
+    aggregate = _aggregate(matrices, reps, seed)
+    alpha = _alpha_points(runs, cells, reps, seed)
+    untuned = _untuned_points(runs, cells, alpha, reps, seed)
+    if untuned:
+        notes.append(
+            f"alpha has no effect on {', '.join(untuned)} (Adam ignores the scale of its only loss): one untuned line"
+        )
+    files = _figures(runs, groups, labels, tasks, alpha, untuned, reps, seed, out)
+    per_env = _per_env(cells, tasks, reps, seed)
+    markdown = _markdown(cells, aggregate, alpha, untuned, notes, tasks, final, reps, per_env)
+    files += _write_tables(out, markdown, cells, aggregate, per_env)
+    return dict(cells=cells, aggregate=aggregate, alpha=alpha, untuned=untuned, notes=notes, markdown=markdown,
+                files=files, per_env=per_env)  # fmt: skip
+
+
+def _rows(runs: list[Run]) -> list[str]:
+    """The table's rows: agents alphabetically, a swept agent's alphas in numeric order, then its
+    ablations by name."""
     order = {r.label: (r.agent, -math.inf if r.label == r.agent or r.alpha is None else r.alpha, r.label)
              for r in runs}  # fmt: skip
-    labels = sorted(order, key=order.get)
-    tasks = sorted({r.task for r in runs})
+    return sorted(order, key=order.get)
+
+
+def _groups(runs: list[Run]) -> dict[tuple[str, str], list[Run]]:
+    """The runs of each (label, task), by seed; warns about repeated seeds and pooled settings that differ."""
     groups: dict[tuple[str, str], list[Run]] = {}
     for r in sorted(runs, key=lambda r: r.seed):
         group = groups.setdefault((r.label, r.task), [])
@@ -553,8 +599,11 @@ def report(root, out=None, reps: int = 1000, seed: int = 0, final: str = "last")
     for (lab, task), group in groups.items():
         if differ := sorted({k for r in group for k in r.settings if r.settings[k] != group[0].settings.get(k)}):
             _warn(f"{lab} on {task}: its runs differ in {', '.join(differ)} but are pooled; report them separately")
+    return groups
 
-    cells = _cells(groups, labels, tasks, score, reps, seed)
+
+def _seed_matrices(cells: dict, labels: list[str], tasks: list[str]) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Each label's (seeds x tasks) score matrix for rliable, and notes on what it had to leave out."""
     notes, matrices = [], {}
     for lab in labels:
         # rliable needs a full (seeds x tasks) matrix: keep the lowest-numbered seeds common to all tasks.
@@ -568,27 +617,31 @@ def report(root, out=None, reps: int = 1000, seed: int = 0, final: str = "last")
         notes.append(
             f"not all agents ran all {len(tasks)} tasks; IQMs are over different task sets: {', '.join(partial)}"
         )
+    return notes, matrices
+
+
+def _unfinished_notes(groups: dict[tuple[str, str], list[Run]]) -> list[str]:
+    notes = []
     for (lab, task), group in groups.items():
         if unfinished := [r for r in group if not r.finished]:
             at = ", ".join(f"seed {r.seed} at step {r.steps[-1]}" for r in unfinished)
             notes.append(f"{lab} on {_short(task)}: {len(unfinished)} run(s) unfinished (no summary.json; in progress "
                          f"or stopped), scored at their latest evaluation: {at} of {unfinished[0].offline_steps}")  # fmt: skip
-    aggregate = _aggregate(matrices, reps, seed)
-    alpha = _alpha_points(runs, cells, reps, seed)
-    untuned = _untuned_points(runs, cells, alpha, reps, seed)
-    if untuned:
-        notes.append(
-            f"alpha has no effect on {', '.join(untuned)} (Adam ignores the scale of its only loss): one untuned line"
-        )
+    return notes
 
+
+def _figures(runs, groups, labels, tasks, alpha, untuned, reps: int, seed: int, out: Path) -> list[Path]:
+    """The curves of every task (validation and online ones where runs have them) and the alpha figure."""
     files = [f for task in tasks for f in _curves(task, groups, labels, reps, seed, out)]
     files += [f for task in tasks if any(r.val for r in runs if r.task == task)
               for f in _validation_plot(task, groups, labels, out)]  # fmt: skip
     files += [f for task in tasks for f in _online_curves(task, groups, labels, reps, seed, out)]
     if alpha:
         files += _alpha_plot(alpha, untuned, out)
-    per_env = _per_env(cells, tasks, reps, seed)
-    markdown = _markdown(cells, aggregate, alpha, untuned, notes, tasks, final, reps, per_env)
+    return files
+
+
+def _write_tables(out: Path, markdown: str, cells: dict, aggregate: dict, per_env: dict) -> list[Path]:
     atomic_write(out / "report.md", markdown)
     keys = ("n_seeds", "mean", "ci_low", "ci_high")
     _csv(
@@ -596,9 +649,8 @@ def report(root, out=None, reps: int = 1000, seed: int = 0, final: str = "last")
         [dict(agent=lab, task=t, **{k: c[k] for k in keys}) for lab in cells for t, c in cells[lab].items()],
     )
     _csv(out / "aggregate.csv", [dict(agent=lab, **g) for lab, g in aggregate.items()])
-    files += [out / "report.md", out / "summary.csv", out / "aggregate.csv"]
+    files = [out / "report.md", out / "summary.csv", out / "aggregate.csv"]
     if per_env:
         _csv(out / "per_env.csv", [dict(agent=lab, env=e, **c) for lab, row in per_env.items() for e, c in row.items()])
         files.append(out / "per_env.csv")
-    return dict(cells=cells, aggregate=aggregate, alpha=alpha, untuned=untuned, notes=notes, markdown=markdown,
-                files=files, per_env=per_env)  # fmt: skip
+    return files
