@@ -16,7 +16,6 @@ The ratio busy/idle is the figure to compare (a shared machine makes absolute nu
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import threading
@@ -25,10 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-# As `lps serve --learn` does: a second host device for the learner (set before JAX starts).
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from lps.cli.serve import ask_for_host_devices  # noqa: E402  (after the sys.path line: runs from a checkout)
+
+ask_for_host_devices(2)  # as `lps serve --learn` on a CPU-only host: a second device for the learner (before JAX)
 
 OBS_DIM, ACTION_DIM, CHUNK = 28, 5, 5  # OGBench cube-single's dims
 
@@ -72,13 +72,13 @@ def measure(run: Path, utd: float, episodes: int, steps: int, requests: int, upd
     import shutil
 
     from lps.client import PolicyClient
-    from lps.deploy.learner import LearnerConfig, attach
+    from lps.deploy.learner import LearnerConfig, attach, spare_device
     from lps.deploy.serve import load_server
 
     shutil.rmtree(run / "learner", ignore_errors=True)
     srv = load_server(run, device="cpu", log_every_s=0.0, log=lambda s: None)
     lcfg = LearnerConfig(token="bench", utd=utd, update_block=update_block, start_episodes=1)
-    learner = attach(srv, run, lcfg, log=lambda s: None)
+    learner = attach(srv, run, lcfg, log=lambda s: None, device=spare_device(srv.policy.device))
     ws = srv.start("127.0.0.1", 0)
     threading.Thread(target=ws.serve_forever, daemon=True).start()
     url = f"ws://127.0.0.1:{ws.socket.getsockname()[1]}"

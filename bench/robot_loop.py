@@ -31,8 +31,10 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("MUJOCO_GL", "disable")
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lps.cli.serve import ask_for_host_devices  # noqa: E402  (after the sys.path line: runs from a checkout)
+
+ask_for_host_devices(2)  # as `lps serve --learn` on a CPU-only host: a second device for the learner (before JAX)
 
 TASK = "cube-single-play-singletask-task1-v0"
 TOKEN = "bench-robot-loop"
@@ -59,11 +61,13 @@ def offline(demos: Path, run: Path, steps: int, seed: int) -> Path:
 
 def serving(run: Path, learner_cfg=None):
     """(url, learner or None, stop) of a server on a free port in this process."""
-    from lps.deploy.learner import attach
+    from lps.deploy.learner import attach, spare_device
     from lps.deploy.serve import load_server
 
     srv = load_server(run, device="cpu", log_every_s=0.0, log=lambda s: None)
-    learner = attach(srv, run, learner_cfg, log=lambda s: None) if learner_cfg is not None else None
+    learner = None
+    if learner_cfg is not None:
+        learner = attach(srv, run, learner_cfg, log=lambda s: None, device=spare_device(srv.policy.device))
     ws = srv.start("127.0.0.1", 0)
     threading.Thread(target=ws.serve_forever, daemon=True).start()
 

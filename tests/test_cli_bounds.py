@@ -13,6 +13,7 @@ import re
 import pytest
 
 from lps import cli
+from lps.cli import args as cli_args
 from lps.training.config import MAX_SEED, MAX_STEPS, TrainConfig
 from lps.training.evaluate import MAX_EVAL_EPISODES
 
@@ -25,7 +26,7 @@ def one_line(text: str) -> str:
 
 
 def test_limits():
-    assert MAX_STEPS == 2**31 - 1 and MAX_SEED == 2**32 - 1 == cli.MAX_SEED and MAX_EVAL_EPISODES == 100_000
+    assert MAX_STEPS == 2**31 - 1 and MAX_SEED == 2**32 - 1 == cli_args.MAX_SEED and MAX_EVAL_EPISODES == 100_000
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lps.cli.robot import robot_sim_command
 from lps.data.validate import load_own_dataset
 from lps.deploy import robot_sim
 
@@ -40,7 +41,7 @@ def test_robot_sim_refuses_unclear_commands(tmp_path, capsys):
         (["ws://127.0.0.1:1", "--env", TASK, "--intervene-prob", "1.5"], "[0, 1]"),
     ):
         with pytest.raises(SystemExit):
-            robot_sim.main(argv)
+            robot_sim_command(argv)
         assert message in capsys.readouterr().err
     with pytest.raises(ValueError, match=".npz"):
         robot_sim.Recorder(tmp_path / "demos.h5", 5)

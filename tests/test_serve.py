@@ -451,6 +451,24 @@ def test_device_choice():
         pick_device("tpu0")
 
 
+def test_only_lps_serve_learn_on_the_cpu_asks_for_a_second_device():
+    """Importing lps leaves XLA_FLAGS alone; `lps serve --learn` acting on the CPU asks for a second
+    host device before JAX starts, and the learner's device is that one."""
+    code = ("import os, sys; from lps.cli import serve; serve.request_learner_device(sys.argv[1:]); "
+            "import jax, lps.deploy.serve, lps.deploy.robot_sim, lps.deploy.replay_check, lps.experiments.sweep; "
+            "from lps.deploy.learner import spare_device; "
+            "print(os.environ.get('XLA_FLAGS', '-'), len(jax.devices()), spare_device(jax.devices()[0]))")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
+
+    def run(*argv):
+        return subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True,
+                              timeout=120, check=True).stdout.split()  # fmt: skip
+
+    assert run("RUN", "--learn", "--device", "cpu") == ["--xla_force_host_platform_device_count=2", "2", "cpu:1"]
+    assert run("RUN", "--device", "cpu") == ["-", "1", "cpu:0"]  # serving alone: the environment as it was
+    assert run("RUN", "--learn", "--device", "gpu") == ["-", "1", "cpu:0"]  # acts on a GPU: no CPU device added
+
+
 def test_cli_refuses_bad_flags(run):
     out = helpers.run_cli("serve", run / "run", "--port", "70000", cwd=run)
     assert out.returncode == 2 and "--port must be in 0..65535" in out.stderr

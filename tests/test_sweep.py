@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from lps import cli
+from lps.cli.sweep import parse_args
 from lps.experiments import sweep
-from lps.experiments.sweep import SweepSpec, expand, load_spec, parse_args, run_sweep
+from lps.experiments.sweep import SweepSpec, expand, load_spec, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ["cube-single-play-singletask-task1-v0", "scene-play-singletask-task2-v0"]

@@ -340,10 +340,12 @@ class Learner:
     """Receives episodes (any connection thread), trains on them in its own thread, and swaps the
     weights the `server` serves after each one."""
 
-    def __init__(self, server, run_dir: str | Path, lcfg: LearnerConfig, log=print, fresh: bool = False):
+    def __init__(self, server, run_dir: str | Path, lcfg: LearnerConfig, log=print, fresh: bool = False,
+                 device: jax.Device | None = None):  # fmt: skip
         """`fresh`: start again from the offline weights (`lps serve RUN --learn --weights offline`):
         the learner's checkpoint is set aside (`learner/set-aside-<n>/`, nothing is deleted) and every
-        stored episode is trained on again."""
+        stored episode is trained on again. `device`: where it trains (default: the acting device;
+        `spare_device` finds another)."""
         from lps.training.config import load_config
         from lps.training.diagnostics import make_diagnose
         from lps.training.setup import build_agent_for, load_data
@@ -371,12 +373,7 @@ class Learner:
         self.bounds = data_bounds(data)
         self.layout = _hdf5_layout(data_cfg)
         capacity = len(data["actions"]) + lcfg.buffer_rows
-        # Train on another device than the one acting when there is one (`lps serve --learn` asks
-        # XLA for two host devices): computations on one device run in order, so an update block on
-        # the acting device would hold robot requests until it ends.
-        acting = server.policy.device
-        others = [d for d in jax.devices(acting.platform) if d != acting]
-        self.device = others[0] if others else acting
+        self.device = device if device is not None else server.policy.device
         with jax.default_device(self.device):
             self.buffer = replay.create(data, self.chunk_len, capacity, frame_stack=self.agent.spec.frame_stack,
                                         bc_weights=True)  # fmt: skip
@@ -686,9 +683,19 @@ def _hdf5_layout(data_cfg):
     return robot.layout_of(folder, data_cfg.robot)
 
 
-def attach(server, run_dir, lcfg: LearnerConfig, log=print, fresh: bool = False) -> Learner:
-    """Make `server` (an lps.deploy.serve.PolicyServer) learn from the episodes it receives
-    (`fresh`: from the offline weights again, see `Learner`)."""
-    learner = Learner(server, run_dir, lcfg, log, fresh)
+def spare_device(acting: jax.Device) -> jax.Device:
+    """Where the learner trains: another device of the acting one's kind when there is one, else the
+    acting device. Computations on one device run in order, so an update block on the acting device
+    would hold robot requests until it ends (`lps serve --learn` on a CPU-only host asks XLA for a
+    second host device, see lps.cli.serve)."""
+    others = [d for d in jax.devices(acting.platform) if d != acting]
+    return others[0] if others else acting
+
+
+def attach(server, run_dir, lcfg: LearnerConfig, log=print, fresh: bool = False,
+           device: jax.Device | None = None) -> Learner:  # fmt: skip
+    """Make `server` (an lps.deploy.serve.PolicyServer) learn from the episodes it receives, on
+    `device` (default: the acting one; `fresh`: from the offline weights again, see `Learner`)."""
+    learner = Learner(server, run_dir, lcfg, log, fresh, device)
     server.learner = learner
     return learner

@@ -12,7 +12,6 @@ and largest absolute error, plus round-trip latency. Episode readers are picked 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 from pathlib import Path
@@ -217,33 +216,3 @@ def format_result(result: dict) -> str:
         lines.append(f"  {d:3d} {mse:10.4g} {mx:13.4g}")
     return "\n".join(lines)
 
-
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="lps serve-replay",
-        description="Replay a recorded episode's observations to `lps serve` and print the action error "
-        "(MSE and max |error| per dimension) against the recorded actions.",
-    )
-    p.add_argument("url", help="the server, e.g. ws://127.0.0.1:8000")
-    p.add_argument("episode", help=f"an episode file: {', '.join(EPISODE_READERS)}")
-    p.add_argument("--episode", dest="index", type=int, default=0, help="which episode of an .npz (0-based)")
-    p.add_argument("--stride", type=int, default=None, help="steps between queries (default: the chunk length)")
-    p.add_argument("--max-queries", type=int, default=None, help="stop after this many chunks")
-    p.add_argument("--run", default=None, help="the served run directory (its data settings read .h5 episodes)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each reply")
-    p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
-    a = p.parse_args(argv)
-    if a.stride is not None and a.stride < 1:
-        p.error("--stride must be at least 1")
-    if a.max_queries is not None and a.max_queries < 1:
-        p.error("--max-queries must be at least 1")
-    try:
-        result = replay_against_server(a.url, a.episode, a.index, a.run, a.stride, a.max_queries, a.timeout)
-    except (ConnectionError, TimeoutError) as e:
-        raise RuntimeError(str(e)) from e
-    print(format_result(result))
-    if a.json:
-        from lps.files import write_json
-
-        write_json(a.json, result | {"url": a.url})
-    return 0

@@ -11,7 +11,6 @@ reads (rewritten atomically after each episode).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 from pathlib import Path
@@ -177,53 +176,26 @@ def make_env(task: str):
     return make_gym_env(tasks.parse_task(task).env_id)
 
 
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="lps robot-sim", description="A simulated robot for `lps serve --learn`.")
-    p.add_argument("url", nargs="?", default=None, help="the server, e.g. ws://127.0.0.1:8000 (not with --scripted)")
-    p.add_argument("--env", required=True, help="OGBench task playing the robot, e.g. cube-single-play-singletask-task1-v0")
-    p.add_argument("--episodes", type=int, default=10, help="episodes to play (and send)")
-    p.add_argument("--token", default=None, help="the server's --token (default: $LPS_TOKEN)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first episode's reset (and of the operator's draws)")
-    p.add_argument("--max-steps", type=int, default=None, help="end an episode (as a failure) after this many steps")
-    p.add_argument("--intervene-prob", type=float, default=0.0,
-                   help="probability that the scripted operator takes over a chunk (single-cube tasks)")
-    p.add_argument("--scripted", action="store_true", help="the scripted operator plays every step (demonstrations)")
-    p.add_argument("--no-send", action="store_true",
-                   help="keep the episodes from the server: measure the served policy's success without training it")
-    p.add_argument("--no-wait", action="store_true",
-                   help="play the next episode at once; by default the robot waits until the learner has trained on "
-                        "the last episode, as between a real robot's rollouts")  # fmt: skip
-    p.add_argument("--record", default=None, metavar="FILE.npz", help="add every episode to this dataset file")
-    p.add_argument("--chunk-len", type=int, default=None,
-                   help=f"chunk length of the recording's labels (default: the server's; {DEFAULT_CHUNK_LEN} with --scripted)")
-    a = p.parse_args(argv)
-    if a.episodes < 1:
-        p.error("--episodes must be at least 1")
-    if a.scripted == (a.url is not None):
-        p.error("give the server's URL, or --scripted to let the scripted operator play without one")
-    if not 0.0 <= a.intervene_prob <= 1.0:
-        p.error(f"--intervene-prob must lie in [0, 1], got {a.intervene_prob}")
-    if a.scripted and a.record is None:
-        p.error("--scripted plays without a server: add --record FILE.npz to keep its episodes")
-    env = make_env(a.env)
-    operator = CubeOperator(env) if a.scripted or a.intervene_prob > 0 else None
+def simulate(task: str, url: str | None = None, *, episodes: int = 10, token: str | None = None, seed: int = 0,
+             max_steps: int | None = None, intervene_prob: float = 0.0, scripted: bool = False, send: bool = True,
+             wait: bool = True, record: str | None = None, chunk_len: int | None = None) -> list[dict]:  # fmt: skip
+    """`lps robot-sim`: play `episodes` of the OGBench `task` with the policy served at `url` (or,
+    `scripted`, the operator alone), recording them to `record` when given; `play_episodes`'s results.
+    `wait`: between episodes, for the learner of a server that learns; `chunk_len`: of the
+    recording's labels (default: the server's; DEFAULT_CHUNK_LEN when scripted)."""
+    env = make_env(task)
+    operator = CubeOperator(env) if scripted or intervene_prob > 0 else None
     try:
-        if a.scripted:
-            recorder = Recorder(a.record, a.chunk_len or DEFAULT_CHUNK_LEN) if a.record else None
-            results = play_episodes(None, env, a.episodes, a.seed, a.max_steps, operator=operator, recorder=recorder,
-                                    chunk_len=a.chunk_len or DEFAULT_CHUNK_LEN)  # fmt: skip
-        else:
-            with PolicyClient(a.url, token=a.token or os.environ.get("LPS_TOKEN")) as policy:
-                chunk_len = a.chunk_len or int(policy.spec()["chunk_len"])
-                recorder = Recorder(a.record, chunk_len) if a.record else None
-                learns = isinstance(policy.spec().get("learning"), dict)
-                results = play_episodes(policy, env, a.episodes, a.seed, a.max_steps, operator=operator,
-                                        intervene_prob=a.intervene_prob, recorder=recorder, chunk_len=chunk_len,
-                                        send=not a.no_send, wait=learns and not a.no_wait)  # fmt: skip
+        if scripted:
+            recorder = Recorder(record, chunk_len or DEFAULT_CHUNK_LEN) if record else None
+            return play_episodes(None, env, episodes, seed, max_steps, operator=operator, recorder=recorder,
+                                 chunk_len=chunk_len or DEFAULT_CHUNK_LEN)  # fmt: skip
+        with PolicyClient(url, token=token) as policy:
+            chunk_len = chunk_len or int(policy.spec()["chunk_len"])
+            recorder = Recorder(record, chunk_len) if record else None
+            learns = isinstance(policy.spec().get("learning"), dict)
+            return play_episodes(policy, env, episodes, seed, max_steps, operator=operator,
+                                 intervene_prob=intervene_prob, recorder=recorder, chunk_len=chunk_len,
+                                 send=send, wait=learns and wait)  # fmt: skip
     finally:
         env.close()
-    rate = np.mean([r["success"] for r in results])
-    tail = f", final policy_version {results[-1]['policy_version']}" if not a.scripted else ""
-    where = f"; recorded in {a.record}" if a.record else ""
-    print(f"[lps robot-sim] {len(results)} episodes, success {rate:.2f}{tail}{where}")
-    return 0

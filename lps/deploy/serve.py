@@ -12,22 +12,22 @@ protocol (`lps.deploy.openpi`). Every reply carries `policy_version`.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import os
 import signal
-import sys
 import threading
 import time
 import traceback
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from lps.client import ProtocolError, pack, unpack
+
+if TYPE_CHECKING:
+    from lps.deploy.learner import LearnerConfig
 
 HEALTH_PATHS = ("/health", "/healthz")
 PROTOCOLS = ("lps", "openpi")  # lps.client's requests and replies; openpi-client's (lps.deploy.openpi)
@@ -559,121 +559,36 @@ def _check_port_free(host: str, port: int) -> None:
         raise RuntimeError(f"cannot listen on {host}:{port} ({e}); pick another --port or --host") from e
 
 
-def main(argv: list[str]) -> int:
-    if "--learn" in argv and "jax" not in sys.modules and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-        # Two host devices: the learner trains on the second, so acting never queues behind an update.
-        # Set before anything imports JAX (the learner's defaults below do).
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
-    p = argparse.ArgumentParser(
-        prog="lps serve",
-        description="Serve a run's policy over websockets + msgpack (client: lps.client.PolicyClient).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("run_dir", help="a run directory (config.json + checkpoint.msgpack)")
-    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every interface; no auth!)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port)")
-    p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto", help="where the policy runs")
-    p.add_argument("--weights", choices=["latest", "offline"], default="latest",
-                   help="latest: the learner's fine-tuned weights when the run has them (else the offline ones)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the acting noise (stochastic agents)")
-    p.add_argument("--log-every", type=float, default=10.0, help="seconds between latency summaries (0: off)")
-    p.add_argument("--max-message-mb", type=float, default=64.0, help="largest request accepted, in MiB")
-    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
-                   help="most observations per request; batches are padded to powers of two up to it, so "
-                        "clients cannot make the server compile without bound")  # fmt: skip
-    p.add_argument("--precompile", action=argparse.BooleanOptionalAction, default=True,
-                   help="compile every batch size up to --max-batch at start-up, so no request waits for (or "
-                        "shares the CPU with) a compile; --no-precompile: each size on first use")  # fmt: skip
-    p.add_argument("--protocol", choices=PROTOCOLS, default="lps",
-                   help="lps: lps.client.PolicyClient; openpi: openpi-client's WebsocketClientPolicy (metadata "
-                        "frame on connect, {'actions'} replies)")  # fmt: skip
-    from lps.deploy.openpi import parse_obs_key
-
-    p.add_argument("--obs-key", action="append", default=[], type=parse_obs_key, metavar="OPENPI_KEY=LPS_KEY",
-                   help="(--protocol openpi; repeatable) read the run's LPS_KEY (state, image, image/CAMERA) from "
-                        "the client's OPENPI_KEY; several keys for one LPS_KEY are joined on the last axis in "
-                        "order. Default: observation/state, observation/image, observation/CAMERA")  # fmt: skip
-    learn = p.add_argument_group("learning from the robot's episodes (see lps.deploy.learner)")
-    learn.add_argument("--learn", action="store_true", help="accept finished episodes and fine-tune on them online")
-    learn.add_argument("--token", default=None, help="episodes are accepted only with this token (default: $LPS_TOKEN)")
-    learn.add_argument("--dataset", default=None, help="offline data of the balanced batches (default: the run's)")
-    learn.add_argument("--skip-bad", action="store_true", help="skip bad episodes of the --dataset folder (listed)")
-    from lps.deploy.learner import LearnerConfig
-
-    recipe = LearnerConfig(token="-")  # the defaults (the fine-tuning recipe, see docs: "Fine-tuning on a robot")
-    learn.add_argument("--utd", type=float, default=recipe.utd, help="gradient updates per received step")
-    learn.add_argument("--batch-size", type=int, default=recipe.batch_size,
-                       help="batch of the online updates (half offline, half online); 0: the run's --batch-size")
-    learn.add_argument("--start-episodes", type=int, default=recipe.start_episodes,
-                       help="updates start once this many episodes have arrived (earlier ones owe no updates)")
-    learn.add_argument("--lr", type=float, default=recipe.lr, help="online learning rate; 0: the run's --lr")
-    learn.add_argument("--lr-schedule", choices=["restart", "continue"], default=recipe.lr_schedule,
-                       help="restart: a constant --lr online (Adam's moments kept); continue: the offline schedule goes on")
-    learn.add_argument("--failures", choices=["timeout", "penalty"], default=recipe.failures,
-                       help="timeout: a failed episode was cut off (-1 per step, bootstrapped); penalty: the paper's "
-                            "failure reward at step T - H, no bootstrapping (the release)")  # fmt: skip
-    learn.add_argument("--range-margin", type=float, default=recipe.range_margin,
-                       help="refuse episodes whose states/actions leave the training data's range by more than this "
-                            "many widths (a glitch); inf: no check")  # fmt: skip
-    learn.add_argument("--clone", choices=["successes", "all"], default=recipe.clone,
-                       help="rows the base policy clones: successful episodes and operator takeovers, or all (the release)")
-    learn.add_argument("--online-mix", choices=["balanced", "buffer"], default="balanced",
-                       help="balanced: half offline, half online batches (paper); buffer: uniform over both")
-    learn.add_argument("--buffer-rows", type=int, default=100_000, help="online rows the replay buffer holds")
-    learn.add_argument("--max-steps", type=int, default=2000, help="longest episode accepted")
-    learn.add_argument("--update-block", type=int, default=50, help="updates per compiled dispatch")
-    a = p.parse_args(argv)
-    token = a.token or os.environ.get("LPS_TOKEN")
-    if a.learn and not token:
-        where = "on " + a.host + (" (reachable from other machines)" if not _is_loopback(a.host) else "")
-        p.error(f"--learn accepts data that changes the policy, so it needs a token; refusing to start {where} "
-                "without one: pass --token T or set LPS_TOKEN")  # fmt: skip
-    if not 0 <= a.port < 65536:
-        p.error(f"--port must be in 0..65535, got {a.port}")
-    if a.max_message_mb <= 0:
-        p.error("--max-message-mb must be positive")
-    if a.max_batch < 1:
-        p.error(f"--max-batch must be at least 1, got {a.max_batch}")
-    if a.obs_key and a.protocol != "openpi":
-        p.error("--obs-key maps openpi's observation keys: it needs --protocol openpi")
-    if a.port:
-        _check_port_free(a.host, a.port)  # before the slow part: loading and compiling the policy
-    log = lambda s: print(s, flush=True)  # noqa: E731
-    server = load_server(a.run_dir, a.device, a.seed, a.log_every, log=log, max_batch=a.max_batch, weights=a.weights,
-                         precompile=a.precompile)  # fmt: skip
-    if a.protocol == "openpi":
+def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, device: str = "auto", *,
+          weights: str = "latest", seed: int = 0, log_every_s: float = 10.0, max_message_mb: float = 64.0,
+          max_batch: int = DEFAULT_MAX_BATCH, precompile: bool = True, protocol: str = "lps",
+          obs_keys: list[tuple[str, str]] = (), learn: LearnerConfig | None = None, log=print) -> None:  # fmt: skip
+    """`lps serve`: load the run's policy onto `device` and serve it on `host:port` until Ctrl-C or
+    SIGTERM. `learn`: also fine-tune on the episodes robots send, on another device than the one
+    acting when there is one (`lps.deploy.learner.spare_device`)."""
+    if port:
+        _check_port_free(host, port)  # before the slow part: loading and compiling the policy
+    server = load_server(run_dir, device, seed, log_every_s, log=log, max_batch=max_batch, weights=weights,
+                         precompile=precompile)  # fmt: skip
+    if protocol == "openpi":
         from lps.deploy.openpi import ObsMap
 
-        ObsMap(server.obs_spec, a.obs_key)  # a --obs-key naming none of the run's observation is refused now
+        ObsMap(server.obs_spec, obs_keys)  # a --obs-key naming none of the run's observation is refused now
     learner = None
-    if a.learn:
-        from lps.deploy.learner import attach
+    if learn is not None:
+        from lps.deploy.learner import attach, spare_device
 
-        lcfg = LearnerConfig(token=token, utd=a.utd, batch_size=a.batch_size, start_episodes=a.start_episodes,
-                             lr=a.lr, lr_schedule=a.lr_schedule, failures=a.failures, clone=a.clone,
-                             range_margin=a.range_margin, mix=a.online_mix,
-                             buffer_rows=a.buffer_rows, max_steps=a.max_steps, update_block=a.update_block,
-                             dataset=a.dataset, skip_bad=a.skip_bad)  # fmt: skip
-        learner = attach(server, a.run_dir, lcfg, log=log, fresh=a.weights == "offline")
+        device = spare_device(server.policy.device)
+        shared = " (the acting device: updates and requests take turns)" if device == server.policy.device else ""
+        log(f"[lps serve] the learner trains on {device}{shared}")
+        learner = attach(server, run_dir, learn, log=log, fresh=weights == "offline", device=device)
         needed_mb = learner.episode_message_bytes() / 2**20
-        if needed_mb > a.max_message_mb:  # every episode --max-steps admits must be deliverable
-            log(f"[lps serve] --max-message-mb raised to {needed_mb:.0f}: an episode of --max-steps {a.max_steps} "
+        if needed_mb > max_message_mb:  # every episode --max-steps admits must be deliverable
+            log(f"[lps serve] --max-message-mb raised to {needed_mb:.0f}: an episode of --max-steps {learn.max_steps} "
                 "steps can be that large")  # fmt: skip
-            a.max_message_mb = needed_mb
+            max_message_mb = needed_mb
     try:
-        serve_forever(server, a.host, a.port, a.max_message_mb, a.protocol, a.obs_key)
+        serve_forever(server, host, port, max_message_mb, protocol, obs_keys)
     finally:
         if learner is not None:
             learner.close()
-    return 0
-
-
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
