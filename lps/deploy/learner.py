@@ -393,7 +393,31 @@ class Learner:
         self._lock = threading.Lock()  # file names, ids and counters, across connection threads
         self.quarantined = len(list(self.quarantine_dir.glob("*.reason.json")))
         self.last_problem: str | None = None
-        # Rebuild the buffer: the episodes already trained on, in arrival order; queue the rest.
+        self._resume(int(offline.step))
+        self._start_training_thread()
+
+    def _resume(self, offline_step: int) -> None:
+        """Rebuild the buffer and the queue from the stored episodes, and go on from the last
+        policy version served (announced when something is resumed)."""
+        trained, files = self._rebuild_buffer()
+        stored = stored_files(self.episodes_dir) + [p for p in self.quarantine_dir.glob("*") if p.suffix in EPISODE_SUFFIXES]
+        self._ids = {p.stem.split("-", 1)[1] for p in stored}
+        self._seq = 1 + max((int(p.stem.split("-", 1)[0]) for p in stored), default=-1)
+        self._episodes_done = trained
+        self._pending = len(files) - trained  # received (queued or in training), not yet trained on
+        if int(self.state.train.step) != offline_step or files:
+            self.log(f"[lps learn] resumed: {trained} episode(s) in the buffer, {len(files) - trained} to train on, "
+                     f"step {int(self.state.train.step)}, policy_version {int(self.state.policy_version)}")  # fmt: skip
+        # Versions only go up, across restarts too: the server goes on from the last one served.
+        resumed_version = int(self.state.policy_version)
+        self.server.policy_version = max(self.server.policy_version, resumed_version)
+        self._publish()
+        if resumed_version:  # the version just served is kept too, should this process die before training
+            checkpoint.save(self.dir, self.state)
+
+    def _rebuild_buffer(self) -> tuple[int, list[Path]]:
+        """The episodes already trained on back in the buffer, in arrival order (an unreadable one is
+        quarantined), the rest queued; (episodes trained on, stored episode files)."""
         files = episode_files(self.episodes_dir)
         trained = int(self.state.episodes_trained)
         for path in files[:trained]:
@@ -407,26 +431,15 @@ class Learner:
         self._queue: queue.Queue[Path] = queue.Queue()
         for path in files[trained:]:
             self._queue.put(path)
-        stored = stored_files(self.episodes_dir) + [p for p in self.quarantine_dir.glob("*") if p.suffix in EPISODE_SUFFIXES]
-        self._ids = {p.stem.split("-", 1)[1] for p in stored}
-        self._seq = 1 + max((int(p.stem.split("-", 1)[0]) for p in stored), default=-1)
+        return trained, files
+
+    def _start_training_thread(self) -> None:
         self._stop = threading.Event()
         self._idle = threading.Event()
         self.updates_run = 0
         self._busy = False  # the training thread is on an episode (status())
         self._failed: str | None = None  # why the training thread stopped, if it did
-        self._episodes_done = trained
-        self._pending = len(files) - trained  # received (queued or in training), not yet trained on
         self._outcomes: list[bool] = []  # of the episodes trained on by this process (the log's success rate)
-        if int(self.state.train.step) != int(offline.step) or files:
-            log(f"[lps learn] resumed: {trained} episode(s) in the buffer, {len(files) - trained} to train on, "
-                f"step {int(self.state.train.step)}, policy_version {int(self.state.policy_version)}")  # fmt: skip
-        # Versions only go up, across restarts too: the server goes on from the last one served.
-        resumed_version = int(self.state.policy_version)
-        server.policy_version = max(server.policy_version, resumed_version)
-        self._publish()
-        if resumed_version:  # the version just served is kept too, should this process die before training
-            checkpoint.save(self.dir, self.state)
         self._thread = threading.Thread(target=self._train_loop, name="lps-learner", daemon=True)
         self._thread.start()
 
