@@ -19,6 +19,7 @@ import msgpack
 import numpy as np
 
 from lps.client import ProtocolError
+from lps.deploy.messages import ActRefused, plain
 
 PREFIX = "observation/"
 ARRAY_KINDS = "biuf"  # numbers an observation may hold
@@ -262,8 +263,6 @@ class Refused(Exception):
 
 def answer(server, obs_map: ObsMap, payload: Any, session=None, key: str | None = None) -> dict:
     """The reply map to one frame of an openpi connection (`Refused` with the message otherwise)."""
-    from lps.deploy.serve import ActRefused
-
     start = time.perf_counter()
     try:
         message = unpackb(payload)
@@ -300,8 +299,6 @@ def _episode(server, obs_map: ObsMap, message: dict, key: str | None) -> dict:
 
 def connection_handler(server, obs_keys: list[tuple[str, str]] = ()) -> Callable:
     """The websockets handler serving one openpi connection with `server` (a PolicyServer)."""
-    from lps.deploy.serve import _plain
-
     obs_map = ObsMap(server.obs_spec, list(obs_keys))
 
     def handle(ws) -> None:
@@ -309,7 +306,7 @@ def connection_handler(server, obs_keys: list[tuple[str, str]] = ()) -> Callable
 
         session, key, previous_ms = server.new_session(), api_key(ws.request.headers), None
         try:
-            ws.send(packb(_plain({**server.spec_reply(), "openpi_observation": obs_map.table()})))
+            ws.send(packb(plain({**server.spec_reply(), "openpi_observation": obs_map.table()})))
             for payload in ws:
                 start = time.perf_counter()
                 try:

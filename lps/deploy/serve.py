@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from lps.client import ProtocolError, pack, unpack
+from lps.deploy.messages import ActRefused, plain
 
 if TYPE_CHECKING:
     from lps.deploy.learner import LearnerConfig
@@ -225,10 +226,6 @@ class EpisodeFrames:
         return self.frames
 
 
-class ActRefused(Exception):
-    """The policy refused an observation or failed on it; the message is the client's to read."""
-
-
 class PolicyServer:
     """Answers spec and action requests for one policy (see the module docstring for the protocol).
 
@@ -262,7 +259,7 @@ class PolicyServer:
             "chunk_len": int(policy.spec.chunk_len),
             "action_dim": int(policy.spec.action_dim),
             "action_dtype": "float32",
-            "problem": _plain(dataclasses.asdict(policy.spec)),
+            "problem": plain(dataclasses.asdict(policy.spec)),
             # > 1: the server keeps each connection's last K frames per episode (see "frames" requests)
             "frame_stack": int(getattr(policy.spec, "frame_stack", 1)),
             **_robot_data(policy),
@@ -430,7 +427,7 @@ class PolicyServer:
                 body["learning"] = learning
                 if learning["state"].startswith("failed") or learning["last_problem"]:
                     body["status"] = "degraded"  # acting still works; the learner needs a look
-            return connection.respond(HTTPStatus.OK, json.dumps(_plain(body)) + "\n")
+            return connection.respond(HTTPStatus.OK, json.dumps(plain(body)) + "\n")
         return None  # go on with the websocket handshake
 
     def start(self, host: str = "127.0.0.1", port: int = 8000, max_message_mb: float = 64.0,
@@ -463,16 +460,7 @@ class PolicyServer:
 def _robot_data(policy) -> dict:
     """The settings robot episodes were read with (cameras, image size, keys), for replay clients."""
     robot = getattr(policy, "robot", None)
-    return {"robot_data": _plain(dataclasses.asdict(robot))} if dataclasses.is_dataclass(robot) else {}
-
-
-def _plain(value):
-    """JSON/msgpack-friendly copy (tuples to lists)."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+    return {"robot_data": plain(dataclasses.asdict(robot))} if dataclasses.is_dataclass(robot) else {}
 
 
 # --- loading and running --------------------------------------------------------------------
