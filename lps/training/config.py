@@ -152,6 +152,15 @@ class TrainConfig:
 
     def __post_init__(self):
         check_counts(self)
+        self._check_numbers()
+        self._check_seeds_and_paths()
+        # `~` is expanded once, here, so every later use sees the same path; the data's paths are
+        # made absolute so that the recorded config resumes from any working directory.
+        object.__setattr__(self, "run_dir", user_path(self.run_dir))
+        object.__setattr__(self, "dataset", user_path(self.dataset, absolute=True))
+        object.__setattr__(self, "data_dir", user_path(self.data_dir, absolute=True))
+
+    def _check_numbers(self) -> None:
         positive = ("steps", "batch_size", "chunk_len", "log_every", "episodes", "encoder_features", "frame_stack")
         for name in positive:
             if getattr(self, name) <= 0:
@@ -198,6 +207,8 @@ class TrainConfig:
             raise ValueError(f"--grad-clip must be a finite norm >= 0 (0: no clipping), got {self.grad_clip}")
         if not 0 < self.gamma <= 1:
             raise ValueError(f"--gamma must be in (0, 1], got {self.gamma}")
+
+    def _check_seeds_and_paths(self) -> None:
         for name, values in (("seed", (self.seed,)), ("seeds", self.seeds), ("data_seed", (self.data_seed,))):
             value = getattr(self, name)
             if any(v < 0 for v in values):
@@ -208,11 +219,6 @@ class TrainConfig:
         if self.run_dir == "" or self.dataset == "" or self.data_dir == "":
             empty = next(n for n in ("run_dir", "dataset", "data_dir") if getattr(self, n) == "")
             raise ValueError(f"--{_flag(empty)} is empty; give a path or leave the flag out")
-        # `~` is expanded once, here, so every later use sees the same path; the data's paths are
-        # made absolute so that the recorded config resumes from any working directory.
-        object.__setattr__(self, "run_dir", user_path(self.run_dir))
-        object.__setattr__(self, "dataset", user_path(self.dataset, absolute=True))
-        object.__setattr__(self, "data_dir", user_path(self.data_dir, absolute=True))
 
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
