@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lps.agents import make_agent
 from lps.agents.base import Spec
 from lps.nets.mlp import default_init
 
@@ -306,8 +307,6 @@ def feature_dim(spec: Spec, arch: str, features: int) -> int:
 def build_agent(agent_name: str, agent_cfg, spec: Spec, encoder: str = "auto", encoder_features: int = 512,
                 augment_shift: int = 3, augment_prob: float | None = None, shared_encoder: bool = False):  # fmt: skip
     """The agent for `spec`: the plain agent on state vectors, else wrapped in an `EncodedAgent`."""
-    from lps.agents import make_agent
-
     arch = resolve_encoder(encoder, spec)
     if arch == "none":
         return make_agent(agent_name, agent_cfg, spec)
