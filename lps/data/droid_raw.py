@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from lps.data.lerobot import decode_video, match_frames
 from lps.data.validate import DatasetError
 
 SUBFOLDERS = ("success", "failure")
@@ -84,8 +85,6 @@ def _step_times(f) -> np.ndarray | None:
 
 def camera_frames(mp4: Path, serial: str, steps: int, step_times: np.ndarray | None, trajectory) -> np.ndarray:
     """One frame per trajectory step of camera `serial` (RGB), matched by time (module docstring)."""
-    from lps.data.lerobot import decode_video
-
     mono, stereo = mp4 / f"{serial}.mp4", mp4 / f"{serial}{STEREO_SUFFIX}.mp4"
     video = mono if mono.is_file() else stereo
     if not video.is_file():
@@ -115,8 +114,6 @@ def camera_frames(mp4: Path, serial: str, steps: int, step_times: np.ndarray | N
 
 def _match(frames: np.ndarray, frame_times: np.ndarray, wanted: np.ndarray, where: str) -> np.ndarray:
     """The nearest frame to each wanted time, within half the video's (median) frame period."""
-    from lps.data.lerobot import match_frames
-
     if len(frame_times) < 2:
         raise DatasetError(f"{where}: {len(frame_times)} timed frame(s); cannot cover a trajectory")
     period = float(np.median(np.diff(np.sort(frame_times))))

@@ -15,15 +15,18 @@ import errno
 import multiprocessing
 import os
 import pathlib
+import shutil
 import signal
+import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from lps.data.gym_env import FLOAT32_BOUNDS_WARNING, make_gym_env
-from lps.data.render import VISUAL_PREFIX, is_visual, require_renderer, state_env
+from lps.data.render import VISUAL_PREFIX, is_visual, measure_render_rate, require_renderer, state_env
 from lps.host import SignalCatcher, StoppedBySignal, available_cores
 
 # The OGBench manipulation envs whose play data this module generates.
@@ -44,8 +47,6 @@ _MAX_ATTEMPTS = 100  # scene re-collects blocks knocked off the table; this only
 
 
 def require_ogbench():
-    import warnings
-
     # MuJoCo's viewer complains about the missing display and gymnasium about float64 bounds;
     # neither matters for state-based environments.
     warnings.filterwarnings("ignore", message=".*DISPLAY environment variable.*")
@@ -281,9 +282,6 @@ BYTES_PER_ROW = 320  # compressed play data takes 260-300 bytes per step (measur
 
 def check_output(paths: Sequence[pathlib.Path], estimated_bytes: int, overwrite: bool) -> None:
     """Refuse, before hours of collection, an output folder the files could not be written to."""
-    import shutil
-    import tempfile
-
     folder = paths[0].parent
     for parent in (folder, *folder.parents):
         if parent.exists() and not parent.is_dir():
@@ -312,8 +310,6 @@ def check_output(paths: Sequence[pathlib.Path], estimated_bytes: int, overwrite:
 
 
 def _print_estimate(env: str, backend: str, frames: int, workers: int) -> None:
-    from lps.data.render import measure_render_rate
-
     require_ogbench()
     rate, _ = measure_render_rate(f"{env}-v0")
     # Software rendering is CPU-bound: workers beyond the core count add nothing.

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from lps.data.validate import DatasetError
+from lps.files import atomic_writer
 
 IMAGE_PREFIX = "observation.images."
 
@@ -317,8 +318,6 @@ def match_frames(frames: np.ndarray, times: np.ndarray, wanted: np.ndarray, fps:
 def write_video(path: Path, frames: np.ndarray, fps: float, codec: str = "libx264") -> None:
     """(N, H, W, 3) uint8 RGB -> an MP4 at `fps` (frame i presented at i / fps)."""
     import av
-
-    from lps.files import atomic_writer
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_writer(path) as f, av.open(f, "w", format="mp4") as out:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from lps.data.validate import DatasetError
+from lps.files import atomic_writer
 
 MODES = ("auto", "none", "minmax", "meanstd", "quantile")
 RANGE_TOLERANCE = 1e-5  # as lps.data.validate: actions within [-1, 1] up to float noise
@@ -109,8 +110,6 @@ def apply_dataset(data: dict[str, Any], stats: dict[str, Any] | None) -> dict[st
 
 def save(run_dir: str | Path, stats: dict[str, Any] | None) -> None:
     """Write (or, for 'none', remove) the run's stats; temp file then rename."""
-    from lps.files import atomic_writer
-
     path = Path(run_dir) / STATS_JSON
     if stats is None:
         path.unlink(missing_ok=True)

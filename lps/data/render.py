@@ -13,6 +13,9 @@ import ctypes.util
 import functools
 import os
 import sys
+import time
+
+from lps.data.gym_env import make_gym_env
 
 VISUAL_PREFIX = "visual-"
 INSTALL_HINT = (
@@ -107,10 +110,6 @@ def check_image_size(data_shape, env_shape, env: str) -> None:
 def measure_render_rate(env_id: str, frames: int = 4) -> tuple[float, float]:
     """(frames/s of wall time, CPU seconds per frame) of rendering `env_id`'s observation in this
     process. The CPU time does not depend on how busy the machine is; the wall rate does."""
-    import time
-
-    from lps.data.gym_env import make_gym_env
-
     env = make_gym_env(env_id)
     try:
         env.reset(seed=0)

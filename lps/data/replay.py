@@ -20,6 +20,7 @@ from flax import struct
 
 from lps.data.frames import episode_first_rows
 from lps.data.sampler import chunk_starts, gather_chunks
+from lps.host import available_memory_bytes
 
 Mix = Literal["buffer", "balanced"]
 MIXES: tuple[str, ...] = ("buffer", "balanced")
@@ -71,8 +72,6 @@ def check_fits(capacity: int, bytes_per_row: int, available: int | None, where: 
 def device_memory_bytes(device=None) -> tuple[int | None, str]:
     """Memory free for the buffer on `device` (an accelerator's limit minus what is in use, or the
     host's available memory for a CPU) and the device's name for messages."""
-    from lps.host import available_memory_bytes
-
     device = device or jax.devices()[0]
     stats = None
     try:

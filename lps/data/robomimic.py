@@ -8,11 +8,13 @@ rewards (`lerobot.success_from_rewards`); `--no-include-failure` drops failed de
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lps.data.lerobot import success_from_rewards
 from lps.data.validate import DatasetError
 
 
@@ -33,8 +35,6 @@ def files(folder: Path) -> list[Path]:
 def env_args(folder: Path) -> dict[str, Any]:
     """{file name: its `data` group's env_args (the JSON robomimic records to rebuild the
     simulator), parsed where it parses}: what a run on these files records beside its config."""
-    import json
-
     import h5py
 
     out = {}
@@ -55,8 +55,6 @@ def read_dataset(folder: Path, state_keys: tuple[str, ...], cameras: tuple[str, 
     every robomimic file in `folder`; with `include_failure=False` failed demos are left out (not
     read) and counted in "dropped" (every demo may be dropped: the caller says what to do then)."""
     import h5py
-
-    from lps.data.lerobot import success_from_rewards
 
     # First the outcomes, from the rewards of every demo of the files (a --robomimic-filter subset
     # does not change what rewards mean), then the arrays of the selected demos that are kept.

@@ -18,9 +18,14 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import numpy as np
+from tqdm import tqdm
 
+from lps.data import droid_raw, lerobot, normalize, robomimic, robot_cache
+from lps.data.lerobot import IMAGE_PREFIX
+from lps.data.normalize import check_mode
 from lps.data.robot_cache import CACHE_DIR
-from lps.data.validate import DatasetError
+from lps.data.validate import DatasetError, validate
+from lps.files import atomic_writer, write_json
 
 SUBFOLDERS = ("success", "failure")
 
@@ -89,7 +94,6 @@ class RobotDataConfig:
                 f"--cameras names {len(self.cameras)} camera(s) {list(self.cameras)} but --num-cameras is "
                 f"{self.num_cameras}; make them agree"
             )
-        from lps.data.normalize import check_mode
 
         check_mode(self.normalize)
         if not self.action_keys or not self.state_keys:
@@ -197,7 +201,6 @@ def droid_obs_to_lps(raw: dict, cfg: RobotDataConfig = RobotDataConfig(), camera
         state = np.asarray(raw["state"], np.float32).reshape(-1)
         bgr, recorded = False, False  # our own dict: RGB at the trained size
     elif cfg.state_column in raw:  # a LeRobot-style frame
-        from lps.data.lerobot import IMAGE_PREFIX
 
         group = {k.removeprefix(IMAGE_PREFIX): v for k, v in raw.items() if k.startswith(IMAGE_PREFIX)}
         state = np.asarray(raw[cfg.state_column], np.float32).reshape(-1)
@@ -322,8 +325,6 @@ def _every_file(folder: Path, cfg: RobotDataConfig) -> list[Path]:
 
 
 def _read_h5_folder(folder: Path, cfg: RobotDataConfig, progress: bool) -> dict[str, Any]:
-    from tqdm import tqdm
-
     every = episode_paths(folder, dataclasses.replace(cfg, include_failure=True))
     paths = [(path, success) for path, success in every if success or cfg.include_failure]
     episodes = []
@@ -336,29 +337,21 @@ def _read_h5_folder(folder: Path, cfg: RobotDataConfig, progress: bool) -> dict[
 
 
 def _read_lerobot(folder: Path, cfg: RobotDataConfig, progress: bool) -> dict[str, Any]:
-    from lps.data import lerobot
-
     print(lerobot.estimate(folder, cfg.cameras))
     return lerobot.read_dataset(folder, cfg.state_column, cfg.action_column, cfg.cameras, cfg.failure_episodes,
                                 cfg.success_column, cfg.include_failure)  # fmt: skip
 
 
 def _read_robomimic(folder: Path, cfg: RobotDataConfig, progress: bool) -> dict[str, Any]:
-    from lps.data import robomimic
-
     state_keys = () if cfg.state_keys == RobotDataConfig.state_keys else cfg.state_keys
     return robomimic.read_dataset(folder, state_keys, cfg.cameras, cfg.robomimic_filter, cfg.include_failure)
 
 
 def _read_droid_raw(folder: Path, cfg: RobotDataConfig, progress: bool) -> dict[str, Any]:
-    from lps.data import droid_raw
-
     return droid_raw.read_dataset(folder, cfg.action_keys, cfg.state_keys, cfg.cameras, cfg.include_failure)
 
 
 def _formats() -> tuple[Format, ...]:
-    from lps.data import droid_raw, lerobot, robomimic
-
     def h5_inputs(folder: Path, cfg: RobotDataConfig) -> list[Path]:
         return [p for p, _ in episode_paths(folder, dataclasses.replace(cfg, include_failure=True))]
 
@@ -445,8 +438,6 @@ def decode_folder(folder: str | os.PathLike, cfg: RobotDataConfig = RobotDataCon
     cache (`lps.data.robot_cache`) when the files' contents and the decoding options are those it
     was written for. Bad episodes stop the load (naming file and key), or with --skip-bad are
     skipped and listed."""
-    from lps.data import robot_cache
-
     folder = Path(folder)
     cfg = dataclasses.replace(cfg, include_failure=True)  # every episode: `label` leaves failures out
     fmt = detect_format(folder)
@@ -545,10 +536,6 @@ def load_for_training(folder: str | os.PathLike, cfg: RobotDataConfig, chunk_len
     it, which are stored in each run dir (or removed there for 'none'), then validated: the data a
     robot run trains on. Given `stats` (a trained run's), those are applied and nothing is stored.
     Each run dir also gets CAMERAS_JSON: how each camera was recorded (what the server checks)."""
-    from lps.data import normalize
-    from lps.data.validate import validate
-    from lps.files import write_json
-
     decoded = decode_folder(folder, cfg, progress)
     data = normalize.prepare(label(decoded, cfg, chunk_len), cfg.normalize, run_dirs, stats)
     cameras = {cam: {**decoded["recorded"].get(cam, {}), "shape": list(frames.shape[1:])}
@@ -578,9 +565,6 @@ def read_cameras(run_dir: str | Path) -> dict[str, dict] | None:
 def _record_source(folder: Path, run_dirs: list[Path]) -> None:
     """robomimic files carry `env_args` (how to rebuild their simulator, e.g. to evaluate the
     policy there): the run keeps them in DATASET_JSON."""
-    from lps.data import robomimic
-    from lps.files import write_json
-
     if (folder / "success").is_dir() or not folder.is_dir() or not robomimic.files(folder):
         return
     record = {"format": "robomimic", "folder": str(folder), "env_args": robomimic.env_args(folder)}
@@ -642,8 +626,6 @@ def write_episode(path: str | os.PathLike, actions: np.ndarray, state: np.ndarra
     Written to a temporary file and renamed, so a reader never sees half an episode."""
     import h5py
 
-    from lps.files import atomic_writer
-
     with atomic_writer(path) as file, h5py.File(file, "w") as f:
         for keys, arr in ((cfg.action_keys, actions), (cfg.state_keys, state)):
             f[keys[0]] = arr[:, :-1]
@@ -685,8 +667,6 @@ def write_rows_episode(path: str | os.PathLike, layout: EpisodeLayout, state: np
     columns split by the layout's keys, each camera's frames under its name (BGR when the folder's
     are). `extra` arrays go under `lps/`, `attrs` on the file. Temporary file, then rename."""
     import h5py
-
-    from lps.files import atomic_writer
 
     widths = [w for _, w, _ in layout.action], [w for _, w, _ in layout.state]
     if sum(widths[0]) != actions.shape[1] or sum(widths[1]) != state.shape[1] or sorted(image) != sorted(layout.cameras):

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -106,9 +108,6 @@ def write(path: Path, decoded: dict[str, Any]) -> None:
 
 def read(path: Path) -> dict[str, Any]:
     """The decoded dataset of an entry; ValueError/KeyError/OSError for one that cannot be trusted."""
-    import zipfile
-    import zlib
-
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
