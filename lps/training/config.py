@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import operator
 import typing
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -281,8 +282,6 @@ def check_counts(cfg: TrainConfig) -> None:
     """Every count of the config is a whole number (not 1e6, not True) and no step count is beyond
     what the int32 step counters hold; a run's total gradient steps (offline, then --utd per online
     env step) neither. Checked first, so the other rules compare integers."""
-    import operator
-
     for name in COUNT_FIELDS:
         value = getattr(cfg, name)
         if value is None:

@@ -13,12 +13,16 @@ the pool is then closed and rebuilt.
 from __future__ import annotations
 
 import multiprocessing as mp
+import signal
 import time
 import traceback
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
+from lps.data import toy
+from lps.data.gym_env import make_gym_env
 from lps.host import available_cores, available_memory_bytes
 
 # Resident memory of one OGBench manipulation environment (its own MuJoCo model and renderer
@@ -61,10 +65,6 @@ def make_env(env_id: str, max_episode_steps: int | None = None):
     """One gymnasium environment of an OGBench task (OGBench registers them on import), or a toy
     bandit (`toy-*`, see `lps.data.toy.ToyEnv`). `max_episode_steps` overrides the task's time limit
     (None keeps it; shorter ones are for tests)."""
-    import warnings
-
-    from lps.data import toy
-
     if toy.is_toy(env_id):
         return toy.ToyEnv(env_id)
 
@@ -76,7 +76,6 @@ def make_env(env_id: str, max_episode_steps: int | None = None):
     except ImportError as e:
         raise ImportError(f'evaluating {env_id} needs OGBench: pip install "lps[ogbench]" ({e})') from e
     limit = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
-    from lps.data.gym_env import make_gym_env
 
     return make_gym_env(env_id, **limit)
 
@@ -148,8 +147,6 @@ class LocalEnvs:
 
 def _worker_main(conn, env_id: str, num_envs: int, max_episode_steps: int | None = None) -> None:
     """A worker's loop: hold `num_envs` environments and answer reset/step/close messages."""
-    import signal
-
     # Ctrl-C goes to the whole process group; the parent decides when the workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     current = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable
 
+import jax
 import numpy as np
 
 from lps.training.evaluate import EvaluationCancelled, EvaluationFailed, make_seeds_policy
@@ -71,7 +72,6 @@ class EvaluationSchedule:
         if not self.overlap:
             self._complete(step, extra_rows, *self._evaluate(params, None))
             return
-        import jax
 
         snapshot = jax.device_get(params)  # the host copy; training may now overwrite the device's
         self.pending = _Pending(step, extra_rows)
@@ -180,8 +180,6 @@ class _Pending:
 
 def _host_cpu():
     """The host CPU device, or None (JAX_PLATFORMS excluded it: act on the default device)."""
-    import jax
-
     try:
         return jax.devices("cpu")[0]
     except RuntimeError:
@@ -192,6 +190,5 @@ def seed_axis(params, num_seeds: int):
     """Parameters with a leading seed axis (a single seed's training state has none)."""
     if num_seeds > 1:
         return params
-    import jax
 
     return jax.tree_util.tree_map(lambda x: np.asarray(x)[None], params)

@@ -16,6 +16,8 @@ import time
 from collections import deque
 from typing import Callable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from lps.training.envs import DEFAULT_CHUNK_TIMEOUT, EnvWorkerError, EnvWorkerPool, LocalEnvs, plan_pool
@@ -174,8 +176,6 @@ def seeds_act(agent):
     Each row acts as a batch of one with its own key, fold_in(fold_in(PRNGKey(seed), episode),
     chunk), so a row's chunk does not depend on the rest of the batch."""
     if agent not in _ACT_CACHE:
-        import jax
-
         def one_row(params, obs, key):
             return agent.act(params, obs[None], key)[0]
 
@@ -193,8 +193,6 @@ def one_seed_act(agent):
     the compiled program (per-leaf `x[None]` on the host is one dispatch per leaf, every call)."""
     key = (agent, "one seed")
     if key not in _ACT_CACHE:
-        import jax
-
         act = seeds_act(agent)
         _ACT_CACHE[key] = jax.jit(lambda params, *args: act(jax.tree_util.tree_map(lambda x: x[None], params), *args))
     return _ACT_CACHE[key]
@@ -204,9 +202,6 @@ def make_seeds_policy(agent, params, seeds: list[int], device=None, seed_axis: b
     """A SeedsPolicy for parameters with a leading seed axis (one entry per seed in `seeds`), or
     with `seed_axis=False` one seed's parameters as they are (`seeds` then holds that one seed),
     acting on `device` (default: JAX's default device)."""
-    import jax
-    import jax.numpy as jnp
-
     if not seed_axis and len(seeds) != 1:
         raise ValueError(f"parameters without a seed axis act for one seed, not {len(seeds)}")
     act = seeds_act(agent) if seed_axis else one_seed_act(agent)

@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 from lps.agents import check_agent, resolve_config
 from lps.agents.encoded import scan_updates
@@ -28,6 +29,7 @@ from lps.files import write_json
 from lps.training import checkpoint, distributed, online, rundir, setup
 from lps.training.config import TrainConfig, check_agent_config, defaults_task, save_config, task_name, to_dict
 from lps.training.eval_schedule import EvaluationSchedule, seed_axis
+from lps.training.loggers import WandbSink
 from lps.training.rundir import SUMMARY_JSON, seed_configs
 from lps.training.runlog import RunLog
 from lps.training.update import (
@@ -64,8 +66,6 @@ def train(agent_name: str, cfg: TrainConfig, agent_cfg, resume: bool = False) ->
 
 
 def _train(agent_name, cfg, agent_cfg, runs, resume, changes, stop):
-    from tqdm import tqdm
-
     training = _Training(agent_name, cfg, agent_cfg, runs, resume, changes)  # devices, data, agent, state, records
     start_step = step = training.step
     bar = tqdm(total=cfg.steps, initial=step, disable=not (cfg.progress and distributed.is_writer()), unit="step",
@@ -290,8 +290,6 @@ class _Evaluation:
 
 
 def _wandb_sink(run: SeedRun, agent_name: str, agent_cfg, resume: bool):
-    from lps.training.loggers import WandbSink
-
     c = run.cfg
     return WandbSink(run.dir, {"agent": agent_name, "train": to_dict(c), "agent_config": to_dict(agent_cfg)},
                      project=c.wandb_project, group=c.wandb_group, mode=c.wandb_mode, resume=resume,

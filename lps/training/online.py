@@ -21,12 +21,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+from tqdm import tqdm
 
-from lps.data import replay
+from lps.data import replay, tasks, toy
 from lps.training import checkpoint, distributed
+from lps.training.envs import EnvWorkerPool, LocalEnvs, plan_pool
+from lps.training.eval_schedule import seed_axis
 from lps.training.evaluate import make_seeds_policy
 from lps.training.rollout import EpisodePool, episode_seed
 from lps.training.rundir import ONLINE_DIR, TrainingInterrupted
+from lps.training.update import check_finite
 
 
 class OnlineState(struct.PyTreeNode):
@@ -58,8 +62,6 @@ def check_config(cfg, num_seeds: int) -> None:
 
 def env_id(cfg) -> str:
     """The environment the online phase plays: the toy itself, or the task's gymnasium id."""
-    from lps.data import tasks, toy
-
     if toy.is_toy(cfg.env):
         toy.task_of(cfg.env)  # an unknown toy name fails here, with the valid ones
         return cfg.env
@@ -67,8 +69,6 @@ def env_id(cfg) -> str:
 
 
 def max_episode_steps(env: str) -> int:
-    from lps.data import toy
-
     if toy.is_toy(env):
         return toy.ToyEnv.max_episode_steps
     try:
@@ -199,8 +199,6 @@ def save(run_dir: str | Path, state: OnlineState) -> None:
 
 
 def make_envs(cfg, env: str):
-    from lps.training.envs import EnvWorkerPool, LocalEnvs, plan_pool
-
     if cfg.online_workers == 0:
         return LocalEnvs(env, cfg.online_envs)
     slots, workers = plan_pool(cfg.online_envs, cfg.online_workers, print)
@@ -233,7 +231,6 @@ class OnlinePhase:
 
     def __init__(self, cfg, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule,
                  save_train: Callable[[Any], None], stop=None):  # fmt: skip
-        from lps.data import toy
         from lps.training.update import make_multi_update, make_update
 
         self.cfg, self.agent, self.state, self.run_dir = cfg, agent, state, run_dir
@@ -270,8 +267,6 @@ class OnlinePhase:
 
     def run(self, progress: bool = True) -> OnlineState:
         """Wave after wave until the step budget is spent; the final state (saved)."""
-        from tqdm import tqdm
-
         self.bar = tqdm(total=self.cfg.online_steps, initial=self.env_step, disable=not progress, unit="env step",
                         dynamic_ncols=True, desc="online")  # fmt: skip
         try:
@@ -375,8 +370,6 @@ class OnlinePhase:
     def collect_updates(self, keep: int = 0) -> None:
         """Wait for the dispatched blocks (all but the last `keep`); their metrics rows and evaluations,
         block by block."""
-        from lps.training.update import check_finite
-
         while len(self.in_flight) > keep:
             first, metrics, params = self.in_flight.pop(0)
             metrics = {k: np.asarray(v).reshape(-1) for k, v in jax.device_get(metrics).items()}
@@ -409,8 +402,6 @@ class OnlinePhase:
         self.timer.update(start=time.perf_counter(), env_steps=0)
 
     def evaluate(self, step: int, params) -> None:
-        from lps.training.eval_schedule import seed_axis
-
         if not self.cfg.eval_episodes:
             return
         self.last_eval = step
@@ -452,8 +443,6 @@ QCHUNKING_START_STEPS = 5_000  # Q-chunking's `start_training` (REFERENCE.md §5
 def start_steps(cfg) -> int:
     """Online env steps before the first update: --online-start-steps, else Q-chunking's 5,000 on
     OGBench tasks and 0 on the toy bandits (one-step episodes, a few hundred online steps)."""
-    from lps.data import toy
-
     if cfg.online_start_steps is not None:
         return cfg.online_start_steps
     return 0 if toy.is_toy(cfg.env) else QCHUNKING_START_STEPS
@@ -465,8 +454,6 @@ def owed_steps(env_step: int, steps: int, start: int) -> int:
 
 
 def _sparse(cfg) -> bool:
-    from lps.data import tasks
-
     return tasks.parse_task(cfg.env, cfg.reward).sparse
 
 

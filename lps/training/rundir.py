@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import shutil
@@ -69,8 +70,6 @@ def _check_is_folder(run_dir: Path) -> None:
 def lock(run_dir: str | os.PathLike):
     """Take the run directory's lock (creating the folder); returns the open lock file, which holds
     the lock until it is closed or the process ends. Raises RunDirLocked naming the holder."""
-    import fcntl
-
     run_dir = Path(run_dir)
     _check_is_folder(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -286,7 +285,6 @@ def finished_summary(run_dir: Path, cfg) -> dict | None:
         return None
     if summary.get("steps") != cfg.steps or summary.get("online_env_steps", 0) != cfg.online_steps:
         return None
-    from lps.training import checkpoint
 
     if not checkpoint.verify(Path(run_dir) / checkpoint.CHECKPOINT):  # damaged: resume from the fallback
         return None

@@ -15,6 +15,7 @@ from lps.agents import Spec, resolve_config
 from lps.agents.encoded import build_agent, spec_fields
 from lps.data import tasks, toy
 from lps.data.render import check_image_size, is_visual, require_renderer
+from lps.data.robot import load_for_training
 from lps.data.validate import load_own_dataset, validate
 from lps.host import available_cores
 from lps.training.config import TrainConfig, defaults_task, is_robot_dataset
@@ -26,8 +27,6 @@ def load_data(cfg: TrainConfig, run_dirs: list[Path] = (), stats: dict | None = 
     normalised (`--normalize`) with statistics fitted on it, which are stored in each of
     `run_dirs` for `lps.load_policy` to apply; or with a trained run's `stats` (its learner)."""
     if cfg.dataset is not None and Path(cfg.dataset).is_dir():
-        from lps.data.robot import load_for_training
-
         return load_for_training(cfg.dataset, cfg.robot, cfg.chunk_len, cfg.progress, list(run_dirs), stats)
     if cfg.dataset is not None:
         return load_own_dataset(cfg.dataset, cfg.chunk_len)

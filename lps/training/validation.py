@@ -18,7 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from lps.agents.encoded import describe_observations, spec_fields
+from lps.data import tasks, toy
+from lps.data.generate import dataset_paths
 from lps.data.sampler import chunk_starts, gather_chunks, to_device
+from lps.data.validate import load_own_dataset
 from lps.nets.observations import net_obs
 
 MAX_CHUNKS = 4096
@@ -28,12 +31,7 @@ VALIDATION_SEED = 0  # the same chunks and noise for every run, seed and agent
 
 def load_validation_data(cfg) -> tuple[dict | None, str]:
     """The validation split of the config's task as a validated row-layout dataset, or None and why."""
-    from lps.data import tasks, toy
-    from lps.data.generate import dataset_paths
-
     if cfg.val_dataset is not None:
-        from lps.data.validate import load_own_dataset
-
         return load_own_dataset(cfg.val_dataset, cfg.chunk_len), cfg.val_dataset
     if cfg.dataset is not None:
         return None, f"--dataset {cfg.dataset} comes with no --val-dataset"
