@@ -21,6 +21,7 @@ import queue
 import re
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,10 +32,14 @@ from flax import struct
 
 from lps.client import ProtocolError
 from lps.data import normalize, replay
-from lps.data.robot import semi_sparse_labels
+from lps.data.robot import layout_of, read_episode, semi_sparse_labels, write_rows_episode
 from lps.data.sampler import chunk_starts
 from lps.files import atomic_write, atomic_writer
 from lps.training import checkpoint
+from lps.training.config import load_config
+from lps.training.diagnostics import make_diagnose
+from lps.training.setup import build_agent_for, load_data
+from lps.training.update import create_state, make_multi_update, make_optimizer, make_update
 
 LEARNER_DIR = "learner"
 METRICS = "metrics.jsonl"  # one diagnostics row per trained episode (lps.training.diagnostics)
@@ -271,8 +276,6 @@ def write_episode_file(path: Path, episode: dict, layout=None, robot_cfg=None) -
     HDF5 folder's own layout (`layout`, a `lps.data.robot.EpisodeLayout`) for a .h5 path, else
     an npz."""
     if path.suffix == ".h5":
-        from lps.data.robot import write_rows_episode
-
         obs = episode["observations"]
         write_rows_episode(path, layout, obs["state"], episode["actions"], obs["image"], robot_cfg,
                            {"interventions": episode["interventions"]}, {"id": episode["id"], "outcome": episode["outcome"]})  # fmt: skip
@@ -295,8 +298,6 @@ def read_episode_rows(path: Path, chunk_len: int, robot_cfg, stats: dict | None 
     success = path.parent.name == "success"
     if path.suffix == ".h5":
         import h5py
-
-        from lps.data.robot import read_episode
 
         rows = read_episode(path, robot_cfg, chunk_len)
         with h5py.File(path, "r") as f:
@@ -346,11 +347,6 @@ class Learner:
         the learner's checkpoint is set aside (`learner/set-aside-<n>/`, nothing is deleted) and every
         stored episode is trained on again. `device`: where it trains (default: the acting device;
         `spare_device` finds another)."""
-        from lps.training.config import load_config
-        from lps.training.diagnostics import make_diagnose
-        from lps.training.setup import build_agent_for, load_data
-        from lps.training.update import create_state, make_multi_update, make_optimizer, make_update
-
         self.server, self.cfg, self.log = server, lcfg, log
         self.run_dir = Path(run_dir)
         self.dir = self.run_dir / LEARNER_DIR
@@ -633,7 +629,6 @@ class Learner:
                     self.train_on(path)
                     self._episodes_done = int(self.state.episodes_trained)
                 except Exception as e:  # noqa: BLE001 - one bad episode must not stop the learner
-                    import traceback
 
                     self.log(traceback.format_exc())
                     self._quarantine(path, f"training on it failed: {type(e).__name__}: {e}")
@@ -688,12 +683,10 @@ def _hdf5_layout(data_cfg):
     """The layout of the offline data's episodes when it is an HDF5 robot folder (the learner
     writes its episodes the same way, so its folder is a dataset like the offline one), else None
     (npz episode files: other formats' layouts are tables and videos)."""
-    from lps.data import robot
-
     folder = Path(data_cfg.dataset) if data_cfg.dataset else None
     if folder is None or not (folder / "success").is_dir() or not any((folder / "success").glob("*.h5")):
         return None
-    return robot.layout_of(folder, data_cfg.robot)
+    return layout_of(folder, data_cfg.robot)
 
 
 def spare_device(acting: jax.Device) -> jax.Device:

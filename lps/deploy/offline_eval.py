@@ -10,11 +10,18 @@ chunk is compared with the H recorded actions from that row. Same policy seed ->
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import jax
 import numpy as np
 
 from lps.data.frames import episode_first_rows
+from lps.data.normalize import apply_dataset
+from lps.data.robot import load_folder
+from lps.data.validate import load_own_dataset, validate
+from lps.deploy.policy import load_policy
+from lps.files import write_json
+from lps.training.config import load_config
 
 
 def chunk_rows(terminals: np.ndarray, chunk_len: int) -> np.ndarray:
@@ -65,19 +72,9 @@ def evaluate_on_dataset(run_dir, dataset_path, seed: int | None = None, skip_bad
     """A run's policy against held-out recorded episodes (a robot folder, read with the run's
     loader options, bad episodes skipped with `skip_bad`, or a row-layout npz); the numbers are
     also written to the run's `offline-eval.json`."""
-    from pathlib import Path
-
-    from lps.data.validate import load_own_dataset, validate
-    from lps.deploy.policy import load_policy
-    from lps.files import write_json
-    from lps.training.config import load_config
-
     _, cfg, _, spec = load_config(run_dir)
     policy = load_policy(run_dir, seed=cfg.seed if seed is None else seed)
     if Path(dataset_path).is_dir():
-        from lps.data.normalize import apply_dataset
-        from lps.data.robot import load_folder
-
         # A normalised run is scored in its normalised units ([-1, 1] actions, like every other run):
         # the held-out rows get the run's stats and the policy skips its own mapping.
         robot = dataclasses.replace(cfg.robot, skip_bad=cfg.robot.skip_bad or skip_bad)

@@ -12,15 +12,24 @@ refused and a non-finite action raises `NonFiniteActionError`.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lps.data import normalize
 from lps.data.frames import Frames
+from lps.data.normalize import apply, invert
+from lps.data.robot import RobotDataConfig, droid_obs_to_lps, read_cameras
+from lps.deploy import learner
+from lps.files import user_path
 from lps.training import checkpoint
-from lps.training.update import jitted_act
+from lps.training.config import MAX_SEED, is_robot_dataset, load_config
+from lps.training.evaluate import check_episodes
+from lps.training.setup import build_agent_for, check_fits_env, make_evaluator, make_policy_fn
+from lps.training.update import create_state, jitted_act, make_optimizer
 
 DEFAULT_EVAL_EPISODES = 50  # the paper's protocol, for runs that never evaluated while training
 
@@ -89,8 +98,6 @@ class Policy:
         chunk = self._act(self.params, obs, key)
         chunk = np.asarray(chunk).reshape(-1, self.spec.chunk_len, self.spec.action_dim)[:size]
         if self.normalization is not None:
-            from lps.data.normalize import invert
-
             chunk = invert(chunk, self.normalization["action"])
         if not np.isfinite(chunk).all():
             # Never a command for a robot: the observations were finite, so the weights are not.
@@ -159,16 +166,12 @@ class Policy:
                 f"observation 'state' holds NaN or inf values at {np.argwhere(~np.isfinite(state))[0].tolist()}"
             )
         if self.normalization is not None and "state" in self.normalization:
-            from lps.data.normalize import apply
-
             state = apply(state, self.normalization["state"])
         return {"state": jnp.asarray(state), "image": jax.tree_util.tree_map(jnp.asarray, image)}, single
 
     def _robot_obs(self, raw: dict) -> dict:
         """One observation in any form the robot stack sends (`droid_obs_to_lps`) as the run's
         `{"state", "image"}`; a run made before cameras had names gets its cameras stacked."""
-        from lps.data.robot import RobotDataConfig, droid_obs_to_lps
-
         robot = self.robot or RobotDataConfig()
         if not self.spec.cameras:
             if "state" in raw and "image" in raw and not isinstance(raw["image"], dict):
@@ -250,11 +253,6 @@ def load_policy(run_dir: str | Path, seed: int = 0, device: str = "auto", weight
     """The run's policy. `weights`: "latest" (default) is the fine-tuned state of the run's
     learner (`lps serve --learn`) when it has one, else the offline result; "offline" is always
     the offline result (`RUN/checkpoint.msgpack`)."""
-    from lps.files import user_path
-    from lps.training.config import load_config
-    from lps.training.setup import build_agent_for
-    from lps.training.update import create_state, make_optimizer
-
     run_dir = user_path(run_dir)
     agent_name, cfg, agent_cfg, spec = load_config(run_dir)
     if spec is None:
@@ -265,8 +263,6 @@ def load_policy(run_dir: str | Path, seed: int = 0, device: str = "auto", weight
     state = checkpoint.restore(run_dir, create_state(agent, make_optimizer(cfg), cfg.seed))
     if weights == "latest":
         state = _fine_tuned(Path(run_dir), state)
-    from lps.data import normalize
-    from lps.data.robot import read_cameras
 
     return Policy(agent, state.params, seed, device, robot=robot_settings(cfg, spec),
                   normalization=normalize.load(run_dir), cameras=read_cameras(run_dir))  # fmt: skip
@@ -274,8 +270,6 @@ def load_policy(run_dir: str | Path, seed: int = 0, device: str = "auto", weight
 
 def _fine_tuned(run_dir: Path, offline_state):
     """The training state of the run's learner when it has a checkpoint, else `offline_state`."""
-    from lps.deploy import learner
-
     folder = run_dir / learner.LEARNER_DIR
     if not any((folder / name).exists() for name in (checkpoint.CHECKPOINT, checkpoint.PREVIOUS)):
         return offline_state
@@ -301,13 +295,6 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None, seed: int | N
     """Evaluate a run's latest checkpoint with the paper's protocol (same seed -> same result,
     whatever the number of env `workers`: default one per core, 0 for none). A worker that takes
     over `chunk_timeout` seconds (default: the run's --eval-chunk-timeout) per chunk fails it."""
-    import dataclasses
-
-    from lps.files import user_path
-    from lps.training.config import MAX_SEED, load_config
-    from lps.training.evaluate import check_episodes
-    from lps.training.setup import check_fits_env, make_evaluator, make_policy_fn
-
     # The arguments first, before the run is loaded or any environment made.
     if episodes is not None:
         check_episodes(episodes)
@@ -326,7 +313,6 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None, seed: int | N
               "(choose with --episodes)")  # fmt: skip
     episodes = cfg.eval_episodes if episodes is None else episodes
     seed = cfg.seed if seed is None else seed
-    from lps.training.config import is_robot_dataset
 
     if is_robot_dataset(cfg):
         raise ValueError(

@@ -19,6 +19,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from lps.client import PolicyClient
+from lps.data.validate import DatasetError, read_npz
+
 
 @dataclasses.dataclass
 class Episode:
@@ -66,8 +69,6 @@ def _take(obs: Any, t: int | slice) -> Any:
 def read_npz_episode(path: str, index: int = 0, run_dir: str | None = None, robot_data: dict | None = None) -> Episode:
     """Episode `index` of a row-layout npz (docs/data.md). Dict observations may be
     stored as keys `observations/<name>`."""
-    from lps.data.validate import DatasetError, read_npz
-
     arrays = read_npz(path, ("actions", "terminals"))
     if "observations" in arrays:
         observations: Any = arrays["observations"]
@@ -187,8 +188,6 @@ def replay_against_server(
     """`replay` through `lps.client.PolicyClient`, with the round-trip latency and the episode's
     name added. `episode` is an Episode or a file (read after asking the server for its spec, whose
     robot data settings read .h5 episodes when no `run_dir` is given)."""
-    from lps.client import PolicyClient
-
     round_trips: list[float] = []
     with PolicyClient(url, timeout=timeout) as client:
         spec = client.spec()

@@ -18,6 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from lps.client import Episode, PolicyClient
+from lps.data import tasks
+from lps.data.gym_env import make_gym_env
+from lps.data.robot import semi_sparse_labels
+from lps.files import atomic_writer
 
 DEFAULT_CHUNK_LEN = 5  # the labels' chunk length of a --scripted recording (the paper's H)
 
@@ -85,9 +89,6 @@ class Recorder:
 
     def add(self, message: dict, success: bool) -> None:
         """One finished episode (an `Episode.message`), then the whole file rewritten atomically."""
-        from lps.data.robot import semi_sparse_labels
-        from lps.files import atomic_writer
-
         steps = len(message["actions"])
         if steps <= self.chunk_len:
             return  # too short to label (and to train on): as the learner refuses it
@@ -170,8 +171,6 @@ def make_env(task: str):
         import ogbench  # noqa: F401  (registers the environments)
     except ImportError as e:
         raise ImportError(f'lps robot-sim needs OGBench: pip install "lps[ogbench]" ({e})') from e
-    from lps.data import tasks
-    from lps.data.gym_env import make_gym_env
 
     return make_gym_env(tasks.parse_task(task).env_id)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import signal
+import socket
 import threading
 import time
 import traceback
@@ -25,7 +26,9 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from lps.client import ProtocolError, pack, unpack
+from lps.deploy import openpi
 from lps.deploy.messages import ActRefused, plain
+from lps.deploy.openpi import ObsMap
 
 if TYPE_CHECKING:
     from lps.deploy.learner import LearnerConfig
@@ -439,8 +442,6 @@ class PolicyServer:
         from websockets.sync.server import serve
 
         if protocol == "openpi":
-            from lps.deploy import openpi
-
             handler = openpi.connection_handler(self, obs_keys)
         elif protocol == "lps":
             if obs_keys:
@@ -539,8 +540,6 @@ def serve_forever(server: PolicyServer, host: str, port: int, max_message_mb: fl
 
 
 def _check_port_free(host: str, port: int) -> None:
-    import socket
-
     try:
         socket.create_server((host, port)).close()
     except OSError as e:
@@ -559,8 +558,6 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, device
     server = load_server(run_dir, device, seed, log_every_s, log=log, max_batch=max_batch, weights=weights,
                          precompile=precompile)  # fmt: skip
     if protocol == "openpi":
-        from lps.deploy.openpi import ObsMap
-
         ObsMap(server.obs_spec, obs_keys)  # a --obs-key naming none of the run's observation is refused now
     learner = None
     if learn is not None:
