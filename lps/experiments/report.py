@@ -10,6 +10,7 @@ tasks x seeds with a stratified-bootstrap CI (rliable); learning curves, success
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -222,8 +223,6 @@ def _label_ablations(runs: list[Run]) -> None:
 
 
 def _agent_defaults(agent: str) -> dict:
-    import dataclasses
-
     try:
         from lps.agents import config_class
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from lps.data.tasks import ENVS
+from lps.data.tasks import ENVS, parse_task
+from lps.data.toy import is_toy
 
 TASKS = tuple(f"{env}-play-singletask-task{i}-v0" for env in ENVS for i in range(1, 6))
 # Table I's agents; `lpsd` (the appendix variant) is left out, add it with --agents.
@@ -56,7 +57,4 @@ def get_suite(name: str) -> Suite:
 
 def envs_of(tasks) -> list[str]:
     """The OGBench environments (play datasets) that `tasks` train on, in order."""
-    from lps.data.tasks import parse_task
-    from lps.data.toy import is_toy
-
     return list(dict.fromkeys(parse_task(t).env for t in tasks if not is_toy(t)))

@@ -24,9 +24,17 @@ import subprocess
 import sys
 import time
 import tomllib
+import types
+import typing
 import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
+
+from lps.agents import REGISTRY, check_agent, config_class
+from lps.data.generate import dataset_paths, generate
+from lps.data.tasks import default_data_dir
+from lps.experiments.suites import envs_of
+from lps.training.config import PRESETS, TrainConfig
 
 SUMMARY_JSON, LOG = "summary.json", "sweep.log"
 RESERVED = {
@@ -161,8 +169,6 @@ def checked(data: dict, origin: dict[str, str] | None = None) -> dict:
         if key in out and not out[key]:
             raise ValueError(f"{where(key)}: {key} is empty; a sweep needs at least one agent, one task and one seed")
     if "agents" in out:
-        from lps.agents import check_agent
-
         for agent in out["agents"]:
             try:
                 check_agent(agent)
@@ -225,11 +231,6 @@ def _grid_value(v, at: str, what: str) -> str:
 @functools.cache
 def _field_types(agents: tuple[str, ...]) -> dict[str, list]:
     """Config field -> its types in TrainConfig and in the given agents' configs (which may differ)."""
-    import typing
-
-    from lps.agents import config_class
-    from lps.training.config import TrainConfig
-
     out: dict[str, list] = {}
     for cls in dict.fromkeys([TrainConfig, *(config_class(a) for a in agents)]):
         hints = typing.get_type_hints(cls)
@@ -254,9 +255,6 @@ def _check_field(name: str, values: list[str], agents: list[str], at: str, what:
 def _accepts(tp, value: str) -> bool | None:
     """Whether `lps train` takes `value` (text, tokens split on spaces) for a field of type `tp`;
     None for types too rich to check here (nested configs)."""
-    import types
-    import typing
-
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         if value == "None" and type(None) in args:
@@ -291,9 +289,6 @@ def _accepts(tp, value: str) -> bool | None:
 
 
 def _describe(tp) -> str:
-    import types
-    import typing
-
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         return " or ".join("None" if a is type(None) else _describe(a) for a in args)
@@ -309,9 +304,6 @@ def _describe(tp) -> str:
 @functools.cache
 def _field_defaults() -> dict:
     """Every config field (training and every agent's) -> a default value, for type checks."""
-    from lps.agents import REGISTRY
-    from lps.training.config import TrainConfig
-
     out = {}
     for cls in [TrainConfig, *(cfg for _, cfg in REGISTRY.values())]:
         for f in dataclasses.fields(cls):
@@ -320,9 +312,6 @@ def _field_defaults() -> dict:
 
 
 def _fields(agent: str) -> set[str]:
-    from lps.agents import config_class
-    from lps.training.config import TrainConfig
-
     return {f.name for cls in (TrainConfig, config_class(agent)) for f in dataclasses.fields(cls)}
 
 
@@ -352,8 +341,6 @@ def _train_args_for(agent: str, train_args: list[str], grid: dict, dropped: set)
 def expand(spec: SweepSpec, group_seeds: bool = True, report=print) -> list[RunSpec]:
     """The sweep's runs, one per seed-group (or per seed). Grid fields an agent lacks are dropped
     for that agent, which collapses its grid points (reported once)."""
-    from lps.agents import check_agent
-
     known = set(_field_defaults())
     for name in [*spec.grid, *(k for v in spec.variants for k in v)]:
         if name in RESERVED:
@@ -538,13 +525,8 @@ def prepare_data(tasks: list[str], train_args: list[str], dry_run: bool = False,
     """Generate the play data of every OGBench environment the tasks need and lack, once per
     environment with every core, before any training process starts (concurrent processes would
     otherwise each generate it)."""
-    from lps.experiments.suites import envs_of
-    from lps.training.config import PRESETS
-
     if _train_flag(train_args, "dataset") is not None:
         return
-    from lps.data.generate import dataset_paths
-    from lps.data.tasks import default_data_dir
 
     data_dir = Path(_train_flag(train_args, "data-dir") or default_data_dir()).expanduser()
     preset = PRESETS.get(_train_flag(train_args, "preset") or "paper", {}).get("train", {})
@@ -555,7 +537,6 @@ def prepare_data(tasks: list[str], train_args: list[str], dry_run: bool = False,
         if dry_run:
             report(f"[sweep] would generate {env} play data first: {episodes} episodes, seed {seed} -> {data_dir}")
             continue
-        from lps.data.generate import generate
 
         report(f"[sweep] generating {env} play data ({episodes} episodes) before training")
         generate(env, data_dir, episodes=episodes, seed=seed, workers=os.cpu_count() or 1, progress=False)

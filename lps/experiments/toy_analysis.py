@@ -19,16 +19,15 @@ import numpy as np
 
 from lps.agents import config_class
 from lps.data import toy
+from lps.deploy.policy import load_policy
 from lps.nets.critic import q_values
 from lps.nets.latent import sample_latent
 from lps.training.config import preset
+from lps.training.loop import train
 
 
 def _train_toy(agent: str, env: str, out: Path, steps: int, seed: int, **agent_kw):
     """Train `agent` on a toy task with the toy preset; return the loaded policy."""
-    from lps.deploy.policy import load_policy
-    from lps.training.loop import train
-
     cfg, agent_cfg = preset("toy", config_class(agent))
     run_dir = out / "runs" / (agent + "".join(f"-{k}{v}" for k, v in agent_kw.items()))
     cfg = dataclasses.replace(
