@@ -6,6 +6,7 @@ data, experiments, sweep, serve, robot), which parses them and calls plain funct
 
 from __future__ import annotations
 
+import errno
 import sys
 
 from lps.cli import data, experiments, robot, serve, sweep, train
@@ -73,8 +74,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _os_error(e: OSError) -> str:
     """One line for an operating-system error: what failed, on which path, and what to do."""
-    import errno
-
     if e.errno is None or e.strerror is None:  # raised by lps with its own message
         return str(e.args[0] if len(e.args) == 1 else e)
     paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import os
 import shlex
 from pathlib import Path
 from typing import Annotated
 
 from lps.cli.args import seed_arg
+from lps.files import atomic_write
 
 
 def data_command(argv: list[str]) -> int:
@@ -59,13 +61,10 @@ def _parser(envs) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
 
 def _prepare(task_name: str, out_arg: str, reward: str, data_dir: str, episodes: int) -> None:
     """`lps data prepare`: the task's relabelled rows as an npz, and its validation split beside it."""
-    import io
-
     import numpy as np
 
     from lps.data import tasks
     from lps.data.generate import dataset_paths
-    from lps.files import atomic_write
 
     out = Path(os.path.expanduser(out_arg))
     if out.is_dir():

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import ipaddress
 import os
 import sys
 
 from lps.cli.args import flag_values
+from lps.files import write_json
 
 DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 
@@ -147,8 +149,6 @@ def _check_serve_args(p: argparse.ArgumentParser, a: argparse.Namespace, token: 
 
 
 def _is_loopback(host: str) -> bool:
-    import ipaddress
-
     if host == "localhost":
         return True
     try:
@@ -184,7 +184,5 @@ def serve_replay_command(argv: list[str]) -> int:
         raise RuntimeError(str(e)) from e
     print(format_result(result))
     if a.json:
-        from lps.files import write_json
-
         write_json(a.json, result | {"url": a.url})
     return 0

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated
 
 from lps.cli.args import drop_flag, flag_values, seed_arg, split_commas
+from lps.files import user_path
 
 
 def train_command(argv: list[str]) -> int:
@@ -104,8 +105,6 @@ def _args_class(agent_name: str, known: argparse.Namespace, train_cfg, agent_cfg
 
 def resume_target(resume: str, run_dir: str | None) -> str:
     """The run directory `--resume` names; `--run-dir` beside it must name the same one."""
-    from lps.files import user_path
-
     if not resume.strip():
         raise ValueError("--resume needs a run directory, got an empty string")
     resume = user_path(resume)
