@@ -487,6 +487,8 @@ def test_robot_policy_served_from_raw_droid_dicts(tmp_path):
     gives, and an .h5 episode replays with the settings the server reports."""
     robot = pytest.importorskip("lps.data.robot", reason="needs lps.data.robot, the robot-data loader (issue 9 A)")
     h5py = pytest.importorskip("h5py")
+    import jax
+
     size, steps = 16, 12
     folder = robot.synthetic_folder(tmp_path / "demos", success=2, failure=0, steps=steps, size=size)
     run = tmp_path / "run"
@@ -511,7 +513,8 @@ def test_robot_policy_served_from_raw_droid_dicts(tmp_path):
         policy = lps.load_policy(run)
         with C.PolicyClient(url) as client:
             spec = client.spec()
-            assert spec["observation"]["image"] == {"shape": [size, size, 6], "dtype": "uint8"}
+            assert spec["observation"]["image"] == {cam: {"shape": [size, size, 3], "dtype": "uint8"}
+                                                    for cam in ("ext1_left", "wrist_left")}  # fmt: skip
             assert spec["observation"]["state"] == {"shape": [7], "dtype": "float32"}
             assert spec["robot_data"]["image_size"] == size
             np.testing.assert_allclose(client.act(raw), policy(raw), rtol=1e-5, atol=1e-5)
@@ -520,7 +523,7 @@ def test_robot_policy_served_from_raw_droid_dicts(tmp_path):
         result = replay_check.replay_against_server(url, episode_file)
         rows = robot.read_episode(episode_file, robot.RobotDataConfig(image_size=size), chunk_len=1)
         diffs = [
-            policy({k: v[t] for k, v in rows["observations"].items()})[: min(CHUNK, steps - 1 - t)]
+            policy(jax.tree_util.tree_map(lambda v: v[t], rows["observations"]))[: min(CHUNK, steps - 1 - t)]
             - rows["actions"][t : t + min(CHUNK, steps - 1 - t)]
             for t in range(0, steps - 1, CHUNK)
         ]
