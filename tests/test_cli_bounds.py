@@ -139,3 +139,56 @@ def test_cli_generate_refuses_zero_workers(tmp_path, capsys):
     err = capsys.readouterr().err
     assert info.value.code == 2 and "lps data generate: error: --workers must be at least 1" in err
     assert not list(tmp_path.iterdir())
+
+
+# --- issue 32 items 12 and 14: the last tracebacks and messages that named the wrong thing ------
+
+
+def test_a_closed_pipe_ends_lps_quietly():
+    import subprocess
+    import sys
+
+    out = subprocess.run(["bash", "-c", f"{sys.executable} -m lps.cli agents | head -1; exit ${{PIPESTATUS[0]}}"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0 and out.stdout.count("\n") == 1 and "Broken pipe" not in out.stderr, out
+
+
+def test_report_on_a_file_says_it_is_a_file(tmp_path, capsys):
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    assert cli.main(["report", str(tmp_path / "metrics.jsonl")]) == 1
+    assert "is a file; lps report reads a folder of run directories" in capsys.readouterr().err
+
+
+def test_serve_refuses_a_negative_log_interval(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["serve", str(tmp_path), "--log-every", "-1"])
+    assert e.value.code == 2 and "--log-every must be >= 0 seconds" in capsys.readouterr().err
+
+
+def test_robot_sim_record_on_a_file_that_is_not_npz(tmp_path):
+    from lps.deploy.robot_sim import Recorder
+
+    (tmp_path / "notes.npz").write_text("not numpy")
+    with pytest.raises(ValueError, match=r"notes.npz exists but is not an .npz file \(ValueError\); choose another"):
+        Recorder(tmp_path / "notes.npz", 5)
+
+
+def test_a_huge_finite_observation_is_refused_as_such_not_as_damaged_weights(tmp_path):
+    """3e38 is a finite float32: the actions overflow, the weights are fine; the message says so."""
+    import numpy as np
+
+    import lps
+    from lps.agents import LPSConfig
+    from lps.training.loop import train
+    from tests import helpers
+
+    cfg = helpers.toy_config(tmp_path / "run", steps=2, log_every=2, save_every=2)
+    train("lps", cfg, LPSConfig(base_hidden=(8,), critic_hidden=(8,), actor_hidden=(8,)))
+    policy = lps.load_policy(tmp_path / "run")
+    good = policy(np.zeros(policy.spec.obs_dim, np.float32))
+    act = policy._act  # where such an input overflows depends on the weights: make this call overflow
+    policy._act = lambda params, obs, key: act(params, obs, key) * np.inf
+    with pytest.raises(ValueError, match="overflow for this observation .* largest \\|value\\| is 3e\\+38"):
+        policy(np.full(policy.spec.obs_dim, 3e38, np.float32))
+    policy._act = act
+    np.testing.assert_array_equal(policy(np.zeros(policy.spec.obs_dim, np.float32)).shape, good.shape)

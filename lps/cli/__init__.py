@@ -7,6 +7,7 @@ data, experiments, sweep, serve, robot), which parses them and calls plain funct
 from __future__ import annotations
 
 import errno
+import os
 import sys
 
 from lps.cli import data, experiments, robot, serve, sweep, train
@@ -63,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"lps {argv[0]}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `lps agents | head -1`: the reader has what it wanted; not an error
+        _silence_stdout()
+        return 0
     except OSError as e:
         print(f"lps {argv[0]}: error: {_os_error(e)}", file=sys.stderr)
         return 1
@@ -70,6 +74,13 @@ def main(argv: list[str] | None = None) -> int:
         stopped = getattr(e, "exit_code", None)  # a clean stop on a signal (lps.data.generate.GenerationStopped)
         print(f"lps {argv[0]}: {'' if stopped else 'error: '}{e}", file=sys.stderr)
         return stopped or 1
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush into the closed pipe is silent."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _os_error(e: OSError) -> str:

@@ -144,6 +144,8 @@ def _check_serve_args(p: argparse.ArgumentParser, a: argparse.Namespace, token: 
         p.error("--max-message-mb must be positive")
     if a.max_batch < 1:
         p.error(f"--max-batch must be at least 1, got {a.max_batch}")
+    if not a.log_every >= 0:  # NaN too
+        p.error(f"--log-every must be >= 0 seconds (0: off), got {a.log_every}")
     if a.obs_key and a.protocol != "openpi":
         p.error("--obs-key maps openpi's observation keys: it needs --protocol openpi")
 

@@ -11,7 +11,6 @@ run the same recipe in OGBench's pixel twin and store the rendered 64x64 RGB fra
 from __future__ import annotations
 
 import contextlib
-import errno
 import multiprocessing
 import os
 import pathlib
@@ -301,11 +300,10 @@ def check_output(paths: Sequence[pathlib.Path], estimated_bytes: int, overwrite:
     except OSError as e:
         raise PermissionError(f"cannot write to {folder} ({e.strerror}); choose another --data-dir") from None
     free = shutil.disk_usage(folder).free
-    if free < estimated_bytes:
-        raise OSError(
-            errno.ENOSPC,
+    if free < estimated_bytes:  # a request that cannot fit (nothing written yet), not a disk that filled up
+        raise ValueError(
             f"{folder} has {free / 1e6:.0f} MB free but the data needs about {estimated_bytes / 1e6:.0f} MB; "
-            "free some space, choose another --data-dir, or pass fewer --episodes",
+            "free some space, choose another --data-dir, or pass fewer --episodes"
         )
 
 

@@ -100,7 +100,13 @@ class Policy:
         if self.normalization is not None:
             chunk = invert(chunk, self.normalization["action"])
         if not np.isfinite(chunk).all():
-            # Never a command for a robot: the observations were finite, so the weights are not.
+            # Never a command for a robot. Finite weights: a finite but absurd observation overflowed them.
+            if all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(self.params)):
+                largest = max(float(np.max(np.abs(np.asarray(x, np.float64)))) for x in jax.tree_util.tree_leaves(obs))
+                raise ValueError(
+                    f"the policy's actions overflow for this observation (its largest |value| is {largest:.3g}, far "
+                    "outside anything it was trained on): check the sensor and its units; no action is returned"
+                )
             raise NonFiniteActionError(
                 f"the policy produced NaN/inf actions for finite observations (first at "
                 f"{np.argwhere(~np.isfinite(chunk))[0].tolist()}): its parameters are damaged; no action is returned"

@@ -74,7 +74,12 @@ class Recorder:
             raise ValueError(f"--record must name an .npz file (what `lps train --dataset` reads), got {self.path}")
         self.columns: dict[str, list[np.ndarray]] = {k: [] for k in self.KEYS}
         if self.path.exists():
-            with np.load(self.path, allow_pickle=False) as f:
+            try:
+                recording = np.load(self.path, allow_pickle=False)
+            except (ValueError, OSError, EOFError) as e:  # not an npz at all (numpy's own text says "pickled")
+                raise ValueError(f"{self.path} exists but is not an .npz file ({type(e).__name__}); choose another "
+                                 "--record file, or move this one away") from None  # fmt: skip
+            with recording as f:
                 missing = [k for k in self.KEYS if k not in f.files]
                 if missing:
                     raise ValueError(f"{self.path} exists but is not a robot-sim recording (no {missing}); "

@@ -77,6 +77,8 @@ _RUN_MARKERS = ("metrics.jsonl", "checkpoint.msgpack", "sweep.log", ".lock")
 def collect(root: str | Path) -> list[Run]:
     """Every run below `root` (a `config.json` with a `metrics.jsonl` beside it) that has evaluations."""
     root = Path(root)
+    if root.is_file():
+        raise NotADirectoryError(f"{root} is a file; lps report reads a folder of run directories (e.g. runs/)")
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such directory")
     _warn_unstarted(root)
