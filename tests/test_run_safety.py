@@ -649,3 +649,17 @@ def test_report_says_which_folders_it_skipped(tmp_path, capsys):
     (tmp_path / "no-metrics" / "online" / "checkpoint.msgpack").write_bytes(b"x")
     collect(tmp_path)
     assert "online" not in capsys.readouterr().err
+
+
+def test_a_finished_online_run_is_not_told_to_pass_a_larger_online_steps(tmp_path, capsys):
+    """Issue 32 item 13: a finished run with an online phase was told to pass a larger
+    --online-steps, which resuming then refused; both messages now say what can be done."""
+    run = tmp_path / "run"
+    assert cli.main(["train", "--preset", "toy", "--steps", "20", "--online-steps", "20", "--run-dir", str(run),
+                     "--no-progress", "--eval-episodes", "8"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(run), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "already finished" in out and "cannot be extended" in out and "larger --online-steps" not in out
+    assert cli.main(["train", "--resume", str(run), "--online-steps", "40", "--no-progress"]) == 1
+    assert "the run has finished, so train further in a new --run-dir" in capsys.readouterr().err

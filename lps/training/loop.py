@@ -58,9 +58,11 @@ def train(agent_name: str, cfg: TrainConfig, agent_cfg, resume: bool = False) ->
         resume, changes = rundir.prepare(runs, agent_name, resolve_config(agent_name, agent_cfg, defaults_task(cfg)), resume)
         finished = [rundir.finished_summary(run.dir, run.cfg) for run in runs] if resume else [None]
         if all(finished):  # nothing to train: its files stay as they are
+            further = ("an online phase cannot be extended (its replay buffer is sized by --online-steps): train "
+                       "further in a new --run-dir" if cfg.online_steps else "pass a larger --steps to train further")
             print(f"[lps] {', '.join(str(r.dir) for r in runs)} already finished ({cfg.steps} steps"
                   + (f", {cfg.online_steps} online env steps" if cfg.online_steps else "")
-                  + "): nothing to do; pass a larger --steps (or --online-steps) to train further")  # fmt: skip
+                  + f"): nothing to do; {further}")  # fmt: skip
             return finished if cfg.seeds else finished[0]
         return _train(agent_name, cfg, agent_cfg, runs, resume, changes, stop)
 

@@ -180,11 +180,13 @@ def check_resume(run_dir: Path, agent_name: str, cfg, agent_cfg) -> list[dict]:
         for name in ("online_envs", "online_steps"):
             if getattr(old_cfg, name) != getattr(cfg, name):
                 flag = f"--{name.replace('_', '-')}"
+                finished = finished_summary(run_dir, old_cfg) is not None
                 raise ValueError(
                     f"{run_dir}'s online phase began with {flag} {getattr(old_cfg, name)}, not {getattr(cfg, name)}: "
-                    f"its online checkpoint (replay buffer, waves of environments) is sized by it; resume with "
-                    f"{flag} {getattr(old_cfg, name)}"
-                )
+                    f"its online checkpoint (replay buffer, waves of environments) is sized by it; "
+                    + ("the run has finished, so train further in a new --run-dir" if finished
+                       else f"resume with {flag} {getattr(old_cfg, name)}")
+                )  # fmt: skip
     if fixed:
         changes = "; ".join(f"{flag} {old!r} -> {new!r}" for flag, old, new in fixed)
         raise ValueError(
