@@ -144,27 +144,9 @@ def checked(data: dict, origin: dict[str, str] | None = None) -> dict:
     if "out" in data and not (isinstance(data["out"], str) and data["out"].strip()):
         raise ValueError(f"{where('out')}: out is {data['out']!r}; expected a folder path (a string)")
     if "grid" in data:
-        grid = {} if data["grid"] is None else data["grid"]
-        if not isinstance(grid, dict):
-            raise ValueError(f"{where('grid')}: grid is {grid!r}; expected a mapping of config field -> list of "
-                             "values, e.g. grid: {alpha: [1, 3, 10]}")  # fmt: skip
-        out["grid"] = {}
-        for name, values in grid.items():
-            field = str(name).replace("-", "_")
-            at = where(f"grid.{field}")
-            if values is None or (isinstance(values, (list, tuple)) and not values):
-                raise ValueError(f"{at}: grid field {field!r} has no values; expected a list such as [1, 3, 10]")
-            values = values if isinstance(values, (list, tuple)) else [values]  # a scalar: one value
-            out["grid"][field] = [_grid_value(v, at, f"grid field {field!r}") for v in values]
+        out["grid"] = _grid(data["grid"], where)
     if "variants" in data:
-        variants = data["variants"] or [{}]
-        if not isinstance(variants, (list, tuple)) or not all(isinstance(d, dict) for d in variants):
-            raise ValueError(f"{where('variants')}: variants is {variants!r}; expected a list of mappings "
-                             "field -> value, e.g. [{geometry: normal}]")  # fmt: skip
-        out["variants"] = [
-            {str(k).replace("-", "_"): _grid_value(v, where("variants"), f"variant field {k!r}") for k, v in d.items()}
-            for d in variants
-        ]
+        out["variants"] = _variants(data["variants"], where("variants"))
     for key in ("agents", "tasks", "seeds"):
         if key in out and not out[key]:
             raise ValueError(f"{where(key)}: {key} is empty; a sweep needs at least one agent, one task and one seed")
@@ -180,6 +162,32 @@ def checked(data: dict, origin: dict[str, str] | None = None) -> dict:
             for name, value in variant.items():
                 _check_field(name, [value], out["agents"], where("variants"), "variant field")
     return out
+
+
+def _grid(grid, where) -> dict[str, list]:
+    """A sweep's grid: config field -> a list of values (a scalar is one value), each checked."""
+    grid = {} if grid is None else grid
+    if not isinstance(grid, dict):
+        raise ValueError(f"{where('grid')}: grid is {grid!r}; expected a mapping of config field -> list of "
+                         "values, e.g. grid: {alpha: [1, 3, 10]}")  # fmt: skip
+    out = {}
+    for name, values in grid.items():
+        field = str(name).replace("-", "_")
+        at = where(f"grid.{field}")
+        if values is None or (isinstance(values, (list, tuple)) and not values):
+            raise ValueError(f"{at}: grid field {field!r} has no values; expected a list such as [1, 3, 10]")
+        values = values if isinstance(values, (list, tuple)) else [values]  # a scalar: one value
+        out[field] = [_grid_value(v, at, f"grid field {field!r}") for v in values]
+    return out
+
+
+def _variants(variants, at: str) -> list[dict]:
+    """A sweep's variants: a list of mappings field -> value (none: one empty variant)."""
+    variants = variants or [{}]
+    if not isinstance(variants, (list, tuple)) or not all(isinstance(d, dict) for d in variants):
+        raise ValueError(f"{at}: variants is {variants!r}; expected a list of mappings "
+                         "field -> value, e.g. [{geometry: normal}]")  # fmt: skip
+    return [{str(k).replace("-", "_"): _grid_value(v, at, f"variant field {k!r}") for k, v in d.items()} for d in variants]
 
 
 def _names(value, at: str, key: str) -> list[str]:
