@@ -284,8 +284,10 @@ def test_resuming_a_finished_run_changes_nothing(tmp_path, capsys):
     assert "already finished (2000 steps, 40 online env steps): nothing to do" in capsys.readouterr().out
     after = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file() and p.name != ".lock"}
     assert after == {k: v for k, v in before.items() if k != ".lock"}
-    # A changed --online-envs is named first, before any checkpoint is read.
-    with pytest.raises(ValueError, match=r"^\S+ online phase began with --online-envs 4, not 8: .* resume with --online-envs 4"):
+    # A changed --online-envs is named first, before any checkpoint is read; the run has finished, so
+    # "resume with --online-envs 4" would do nothing: a new run is the way on.
+    with pytest.raises(ValueError, match=r"^\S+ online phase began with --online-envs 4, not 8: .* the run has finished, "
+                                         r"so train further in a new --run-dir"):  # fmt: skip
         train("lps", dataclasses.replace(cfg, online_envs=8), SMALL, resume=True)
 
 
