@@ -257,6 +257,8 @@ def test_droid_obs_to_lps_matches_training_rows(folder):
     swapped = {**raw, "image": {"zz_left": raw["image"]["ext1_left"], "wrist_left": raw["image"]["wrist_left"]}}
     with pytest.raises(ValueError, match=r"missing \['ext1_left'\].*unknown \['zz_left'\]"):
         droid_obs_to_lps(swapped, CFG, cameras)
+    with_right = {**raw, "image": {**raw["image"], "ext1_right": raw["image"]["ext1_left"]}}  # DROID sends both views
+    np.testing.assert_array_equal(droid_obs_to_lps(with_right, CFG, cameras)["image"]["ext1_left"], obs["image"]["ext1_left"])
     rgb = {**raw, "image": {c: v[..., :3] for c, v in raw["image"].items()}}  # 3 channels for a BGRA-trained run
     with pytest.raises(ValueError, match="sends 3-channel frames; this run was trained on 4-channel BGRA"):
         droid_obs_to_lps(rgb, CFG, cameras)

@@ -201,7 +201,6 @@ def droid_obs_to_lps(raw: dict, cfg: RobotDataConfig = RobotDataConfig(), camera
         state = np.asarray(raw["state"], np.float32).reshape(-1)
         bgr, recorded = False, False  # our own dict: RGB at the trained size
     elif cfg.state_column in raw:  # a LeRobot-style frame
-
         group = {k.removeprefix(IMAGE_PREFIX): v for k, v in raw.items() if k.startswith(IMAGE_PREFIX)}
         state = np.asarray(raw[cfg.state_column], np.float32).reshape(-1)
         bgr, recorded = False, True
@@ -210,6 +209,8 @@ def droid_obs_to_lps(raw: dict, cfg: RobotDataConfig = RobotDataConfig(), camera
         group = _lookup(raw, cfg.image_group)
         if not isinstance(group, dict):
             raise ValueError(f"observation '{cfg.image_group}' must be a dict of camera images, got {type(group).__name__}")
+        if not cfg.cameras:  # DROID's stack sends every view ("<serial>_right" too); training read the suffixed ones
+            group = {k: v for k, v in group.items() if str(k).endswith(cfg.camera_suffix)}
         bgr, recorded = cfg.bgr, True
     names = sorted(cameras) if cameras else list(cfg.cameras) or sorted(k for k in group if k.endswith(cfg.camera_suffix))
     missing, unknown = [c for c in names if c not in group], sorted(set(map(str, group)) - set(names))
