@@ -41,7 +41,7 @@ OBS_DIM, ACTION_DIM, CHUNK = 4, 2, 3
 EPISODES, STEPS = 6, 20
 SMALL = LPSConfig(base_hidden=(16, 16), critic_hidden=(16, 16), actor_hidden=(8,))
 TOKEN = "secret-test-token"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write_dataset(path) -> None:

@@ -17,7 +17,7 @@ from lps.experiments.report import collect, report
 
 pytest.importorskip("rliable", reason="needs lps[report]")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 T1, T2 = "cube-single-play-singletask-task1-v0", "scene-play-singletask-task2-v0"
 
 

@@ -17,7 +17,7 @@ from lps.cli.sweep import parse_args
 from lps.experiments import sweep
 from lps.experiments.sweep import SweepSpec, expand, load_spec, run_sweep
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TASKS = ["cube-single-play-singletask-task1-v0", "scene-play-singletask-task2-v0"]
 TINY = "--preset toy --base-hidden 16 16 --critic-hidden 16 16 --actor-hidden 16 --steps 100 --log-every 50 "
 TINY += "--eval-every 100 --save-every 100 --eval-episodes 50"

@@ -24,7 +24,7 @@ STEPS, LOG_EVERY, BATCH = 20, 10, 16
 
 
 def _env(devices: int) -> dict:
-    paths = [str(helpers.ROOT), str(Path(__file__).parent), os.environ.get("PYTHONPATH")]
+    paths = [str(helpers.ROOT), str(helpers.ROOT / "tests"), str(Path(__file__).parent), os.environ.get("PYTHONPATH")]
     return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
                 PYTHONPATH=os.pathsep.join(filter(None, paths)))  # fmt: skip
 

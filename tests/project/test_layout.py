@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent / "lps"
+ROOT = Path(__file__).resolve().parents[2] / "lps"
 
 # floor of each top-level part of the package; a module may import only from floors below its own,
 # or from its own package (agents and data share a floor but neither may import the other)
