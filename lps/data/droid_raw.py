@@ -28,11 +28,10 @@ ROBOT_TIME_KEYS = ("observation/timestamp/robot_state/robot_timestamp_seconds",
 STEREO_SUFFIX = "-stereo"
 
 
-def trajectories(folder: Path, include_failure: bool = True) -> list[tuple[Path, bool]]:
+def trajectories(folder: Path) -> list[tuple[Path, bool]]:
+    """(trajectory.h5, is_success) of every trajectory, success first."""
     found = []
     for sub in SUBFOLDERS:
-        if sub == "failure" and not include_failure:
-            continue
         found += [(p, sub == "success") for p in sorted((folder / sub).glob("*/*/trajectory.h5"))]
     return found
 
@@ -42,18 +41,17 @@ def camera_serials(mp4: Path) -> list[str]:
     return sorted({p.stem.removesuffix(STEREO_SUFFIX) for p in mp4.glob("*.mp4")})
 
 
-def read_dataset(folder: Path, action_keys: tuple[str, ...], state_keys: tuple[str, ...], cameras: tuple[str, ...],
-                 include_failure: bool = True) -> dict[str, Any]:  # fmt: skip
-    """{"version", "episodes": [{state, action, images {serial: RGB frames}, success, where}],
-    "dropped", "found"} of every trajectory under `folder`."""
+def read_dataset(folder: Path, action_keys: tuple[str, ...], state_keys: tuple[str, ...],
+                 cameras: tuple[str, ...]) -> dict[str, Any]:  # fmt: skip
+    """{"version", "episodes": [{state, action, images {serial: RGB frames}, success, where}]} of
+    every trajectory under `folder`."""
     import h5py
 
-    every = trajectories(folder)
-    kept = trajectories(folder, include_failure)
-    if not every:
+    found = trajectories(folder)
+    if not found:
         raise DatasetError(f"{folder}: no raw DROID trajectories (success/<date>/<time>/trajectory.h5)")
     episodes = []
-    for path, success in kept:
+    for path, success in found:
         with h5py.File(path, "r") as f:
             columns = {}
             for key in action_keys + state_keys:
@@ -71,7 +69,7 @@ def read_dataset(folder: Path, action_keys: tuple[str, ...], state_keys: tuple[s
         episodes.append({"state": np.concatenate([columns[k] for k in state_keys], 1),
                          "action": np.concatenate([columns[k] for k in action_keys], 1),
                          "images": images, "success": success, "where": str(path.parent)})  # fmt: skip
-    return {"version": "raw DROID", "episodes": episodes, "dropped": len(every) - len(kept), "found": len(every)}
+    return {"version": "raw DROID", "episodes": episodes}
 
 
 def _step_times(f) -> np.ndarray | None:

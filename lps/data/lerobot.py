@@ -5,8 +5,8 @@ Rows are matched to video frames by timestamp (within a quarter frame, plus the 
 in a v3.0 file, each file decoded once); cameras stored as images in the table are decoded from
 their bytes. Outcomes are decided from the tables before any video is decoded: `--success-column`,
 else `next.success`, else `next.reward` (`success_from_rewards`), with `--failure-episodes`
-forcing failures; `--no-include-failure` drops failures first. Each episode comes back as raw
-arrays (state, action, RGB frames per camera, success); `lps.data.robot` labels them.
+forcing failures. Each episode comes back as raw arrays (state, action, RGB frames per camera,
+success); `lps.data.robot` labels them (and leaves failures out with `--no-include-failure`).
 """
 
 from __future__ import annotations
@@ -76,12 +76,9 @@ def estimate(folder: Path, cameras: tuple[str, ...] = ()) -> str:
 
 
 def read_dataset(folder: Path, state_column: str, action_column: str, cameras: tuple[str, ...],
-                 failure_episodes: tuple[int, ...] = (), success_column: str = "",
-                 include_failure: bool = True) -> dict[str, Any]:  # fmt: skip
+                 failure_episodes: tuple[int, ...] = (), success_column: str = "") -> dict[str, Any]:  # fmt: skip
     """{"version", "fps", "episodes": [{state (T, ds), action (T, da), images {camera name: (T, H, W,
-    3) uint8 RGB}, success, where}], "dropped", "found"} of a local LeRobot dataset: outcomes
-    as the module docstring says; with `include_failure=False` failures are left out (not decoded)
-    and counted in "dropped" (every episode may be dropped: the caller says what to do then)."""
+    3) uint8 RGB}, success, where}]} of a local LeRobot dataset, outcomes as the module docstring says."""
     info = read_info(folder)
     fps = float(info["fps"])
     cams = camera_columns(info, cameras)
@@ -95,11 +92,8 @@ def read_dataset(folder: Path, state_column: str, action_column: str, cameras: t
                 "(choose them with --state-column / --action-column)"
             )
     outcomes = episode_outcomes(folder, tables, success_column, failure_episodes)
-    episodes, kept, dropped = [], [], 0
+    episodes, kept = [], []
     for (meta, table), success in zip(tables, outcomes):
-        if not success and not include_failure:
-            dropped += 1
-            continue
         index = int(meta["episode_index"])
         where = f"{folder} episode {index}"
         timestamps = np.asarray(table.column("timestamp").to_numpy(), np.float64) if "timestamp" in table.column_names \
@@ -124,7 +118,7 @@ def read_dataset(folder: Path, state_column: str, action_column: str, cameras: t
             offset = float(meta.get(f"videos/{cam}/from_timestamp", 0.0))
             episode["images"][name] = match_frames(current[1], current[2], timestamps + offset, fps,
                                                    f"{where}, camera '{cam}' ({path})")  # fmt: skip
-    return {"version": f"LeRobot {version}", "fps": fps, "episodes": episodes, "dropped": dropped, "found": len(tables)}
+    return {"version": f"LeRobot {version}", "fps": fps, "episodes": episodes}
 
 
 def camera_name(column: str) -> str:

@@ -49,11 +49,9 @@ def env_args(folder: Path) -> dict[str, Any]:
     return out
 
 
-def read_dataset(folder: Path, state_keys: tuple[str, ...], cameras: tuple[str, ...], mask: str = "",
-                 include_failure: bool = True) -> dict[str, Any]:  # fmt: skip
-    """{"cameras", "env_args", "episodes": [{index, state, action, images, success}], "dropped"} of
-    every robomimic file in `folder`; with `include_failure=False` failed demos are left out (not
-    read) and counted in "dropped" (every demo may be dropped: the caller says what to do then)."""
+def read_dataset(folder: Path, state_keys: tuple[str, ...], cameras: tuple[str, ...], mask: str = "") -> dict[str, Any]:
+    """{"cameras", "env_args", "episodes": [{index, state, action, images, success}]} of every
+    robomimic file in `folder` (the demos of `mask/<mask>` when given)."""
     import h5py
 
     # First the outcomes, from the rewards of every demo of the files (a --robomimic-filter subset
@@ -78,12 +76,9 @@ def read_dataset(folder: Path, state_keys: tuple[str, ...], cameras: tuple[str, 
     if not demos:
         raise DatasetError(f"{folder}: no robomimic demos found")
     outcome = dict(zip(every, success_from_rewards(peaks)))
-    episodes, cams, dropped = [], None, 0
+    episodes, cams = [], None
     for index, (path, name) in enumerate(demos):
         success = outcome.get((path, name), True)
-        if not success and not include_failure:
-            dropped += 1
-            continue
         with h5py.File(path, "r") as f:
             demo = f["data"][name]
             where = f"{path} {name}"
@@ -102,5 +97,4 @@ def read_dataset(folder: Path, state_keys: tuple[str, ...], cameras: tuple[str, 
                              "images": {c: np.asarray(obs[c]) for c in use_cams}, "success": success})  # fmt: skip
     if episodes and not cams:
         raise DatasetError(f"{folder}: robomimic demos without image observations; lps robot data needs at least one camera")
-    return {"version": "robomimic", "cameras": cams or [], "env_args": env_args, "episodes": episodes,
-            "dropped": dropped}  # fmt: skip
+    return {"version": "robomimic", "cameras": cams or [], "env_args": env_args, "episodes": episodes}

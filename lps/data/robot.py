@@ -103,15 +103,13 @@ class RobotDataConfig:
 # --- one episode ------------------------------------------------------------------------------
 
 
-def episode_paths(folder: str | os.PathLike, cfg: RobotDataConfig) -> list[tuple[Path, bool]]:
+def episode_paths(folder: str | os.PathLike) -> list[tuple[Path, bool]]:
     """(path, is_success) of every episode file, in a fixed order (success first, then failure)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(f"robot dataset folder not found: {folder}")
     found = []
     for sub in SUBFOLDERS:
-        if sub == "failure" and not cfg.include_failure:
-            continue
         found += [(p, sub == "success") for p in sorted((folder / sub).glob("*.h5")) + sorted((folder / sub).glob("*.hdf5"))]
     if not found:
         raise DatasetError(
@@ -313,7 +311,7 @@ def _to_rgb(frames: np.ndarray, cfg: RobotDataConfig, resize: bool = True) -> np
 class Format:
     """A robot data layout: `detect(folder)` says whether a folder holds it; `read(folder, cfg,
     progress)` gives {"version", "episodes": [{state, action, images {camera: frames}, success,
-    bgr?, where?}], "dropped", "found"}; `inputs(folder, cfg)` lists the files the episodes come from."""
+    bgr?, where?}]} of every episode; `inputs(folder, cfg)` lists the files the episodes come from."""
 
     name: str
     detect: Callable[[Path], bool]
@@ -326,35 +324,34 @@ def _every_file(folder: Path, cfg: RobotDataConfig) -> list[Path]:
 
 
 def _read_h5_folder(folder: Path, cfg: RobotDataConfig, progress: bool) -> dict[str, Any]:
-    every = episode_paths(folder, dataclasses.replace(cfg, include_failure=True))
-    paths = [(path, success) for path, success in every if success or cfg.include_failure]
+    paths = episode_paths(folder)
     episodes = []
     for path, success in tqdm(paths, desc="reading episodes", unit="ep", disable=not progress, dynamic_ncols=True):
         try:
             episodes.append({**read_h5_episode(path, cfg, success), "where": str(path)})
         except DatasetError as e:
             episodes.append({"error": e, "where": str(path)})
-    return {"version": "HDF5 episodes", "episodes": episodes, "dropped": len(every) - len(paths), "found": len(every)}
+    return {"version": "HDF5 episodes", "episodes": episodes}
 
 
 def _read_lerobot(folder: Path, cfg: RobotDataConfig, progress: bool) -> dict[str, Any]:
     print(lerobot.estimate(folder, cfg.cameras))
     return lerobot.read_dataset(folder, cfg.state_column, cfg.action_column, cfg.cameras, cfg.failure_episodes,
-                                cfg.success_column, cfg.include_failure)  # fmt: skip
+                                cfg.success_column)  # fmt: skip
 
 
 def _read_robomimic(folder: Path, cfg: RobotDataConfig, progress: bool) -> dict[str, Any]:
     state_keys = () if cfg.state_keys == RobotDataConfig.state_keys else cfg.state_keys
-    return robomimic.read_dataset(folder, state_keys, cfg.cameras, cfg.robomimic_filter, cfg.include_failure)
+    return robomimic.read_dataset(folder, state_keys, cfg.cameras, cfg.robomimic_filter)
 
 
 def _read_droid_raw(folder: Path, cfg: RobotDataConfig, progress: bool) -> dict[str, Any]:
-    return droid_raw.read_dataset(folder, cfg.action_keys, cfg.state_keys, cfg.cameras, cfg.include_failure)
+    return droid_raw.read_dataset(folder, cfg.action_keys, cfg.state_keys, cfg.cameras)
 
 
 def _formats() -> tuple[Format, ...]:
     def h5_inputs(folder: Path, cfg: RobotDataConfig) -> list[Path]:
-        return [p for p, _ in episode_paths(folder, dataclasses.replace(cfg, include_failure=True))]
+        return [p for p, _ in episode_paths(folder)]
 
     return (
         Format("LeRobot", lerobot.is_lerobot, _read_lerobot, _every_file),
@@ -440,8 +437,7 @@ def decode_folder(folder: str | os.PathLike, cfg: RobotDataConfig = RobotDataCon
     was written for. Bad episodes stop the load (naming file and key), or with --skip-bad are
     skipped and listed."""
     folder = Path(folder)
-    cfg = dataclasses.replace(cfg, include_failure=True)  # every episode: `label` leaves failures out
-    fmt = detect_format(folder)
+    fmt = detect_format(folder)  # every episode is read: `label` leaves failures out (--no-include-failure)
     inputs = fmt.inputs(folder, cfg)
     entry = robot_cache.entry_path(folder, inputs, decode_options(cfg)) if cfg.cache else None
     if entry is not None and entry.exists():
@@ -649,7 +645,7 @@ def layout_of(folder: str | os.PathLike, cfg: RobotDataConfig) -> EpisodeLayout:
     """The layout of the first episode of an HDF5 robot folder (DatasetError if it has none)."""
     import h5py
 
-    path = episode_paths(folder, dataclasses.replace(cfg, include_failure=True))[0][0]
+    path = episode_paths(folder)[0][0]
     with h5py.File(path, "r") as f:
         def columns(keys):
             shapes = [f[k].shape for k in keys if k in f]

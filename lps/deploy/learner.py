@@ -34,6 +34,7 @@ from lps.client import ProtocolError
 from lps.data import normalize, replay
 from lps.data.robot import layout_of, read_episode, semi_sparse_labels, write_rows_episode
 from lps.data.sampler import chunk_starts
+from lps.deploy.messages import flatten, nest
 from lps.files import atomic_write, atomic_writer
 from lps.training import checkpoint
 from lps.training.config import load_config
@@ -135,37 +136,6 @@ def _leaves(spec: dict, prefix: str = "") -> dict[str, dict]:
     return out
 
 
-def _pick(raw: Any, path: str) -> Any:
-    """The entry of a nested dict at a dotted path (None where it is missing)."""
-    for part in path.split("."):
-        raw = raw.get(part) if isinstance(raw, dict) else None
-    return raw
-
-
-def _flat(raw: dict) -> dict[str, Any]:
-    """{"a": {"b": x}} -> {"a.b": x}."""
-    return {path: _pick(raw, path) for path in _paths(raw)}
-
-
-def _nest(flat: dict[str, Any]) -> dict:
-    """{"a.b": x} -> {"a": {"b": x}}."""
-    out: dict = {}
-    for path, value in flat.items():
-        *parents, leaf = path.split(".")
-        node = out
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return out
-
-
-def _paths(raw: Any, prefix: str = "") -> list[str]:
-    """The dotted paths of a nested dict's leaves."""
-    if not isinstance(raw, dict):
-        return [prefix]
-    return [p for key, sub in raw.items() for p in _paths(sub, f"{prefix}.{key}" if prefix else str(key))]
-
-
 def validate_episode(request: dict, obs_spec: dict, action_dim: int, chunk_len: int, max_steps: int,
                      robot_units: bool = False) -> dict:  # fmt: skip
     """The episode of an `{"type": "episode", ...}` request as host arrays, or a ValueError naming
@@ -210,10 +180,11 @@ def validate_episode(request: dict, obs_spec: dict, action_dim: int, chunk_len: 
         observations = _check_obs_column(raw, specs[""], steps, "observations")
         return {"id": episode_id, "outcome": outcome, "observations": observations,
                 "actions": actions.astype(np.float32), "interventions": flags.astype(bool)}  # fmt: skip
-    if not isinstance(raw, dict) or sorted(_paths(raw)) != sorted(specs):
-        got = sorted(_paths(raw)) if isinstance(raw, dict) else type(raw).__name__
+    flat = flatten(raw, ".") if isinstance(raw, dict) else None
+    if flat is None or sorted(flat) != sorted(specs):
+        got = sorted(flat) if flat is not None else type(raw).__name__
         raise ValueError(f"'observations' must be a dict with entries {sorted(specs)}, got {got}")
-    observations = _nest({k: _check_obs_column(_pick(raw, k), sub, steps, f"observations.{k}") for k, sub in specs.items()})
+    observations = nest({k: _check_obs_column(flat[k], sub, steps, f"observations.{k}") for k, sub in specs.items()}, ".")
     return {"id": episode_id, "outcome": outcome, "observations": observations,
             "actions": actions.astype(np.float32), "interventions": flags.astype(bool)}  # fmt: skip
 
@@ -281,8 +252,7 @@ def write_episode_file(path: Path, episode: dict, layout=None, robot_cfg=None) -
                            {"interventions": episode["interventions"]}, {"id": episode["id"], "outcome": episode["outcome"]})  # fmt: skip
         return
     obs = episode["observations"]
-    arrays = {f"observations/{k.replace('.', '/')}": v for k, v in _flat(obs).items()} if isinstance(obs, dict) \
-        else {"observations": obs}  # fmt: skip
+    arrays = {f"observations/{k}": v for k, v in flatten(obs).items()} if isinstance(obs, dict) else {"observations": obs}
     arrays.update(actions=episode["actions"], interventions=episode["interventions"],
                   outcome=np.array(episode["outcome"]), id=np.array(episode["id"]))  # fmt: skip
     with atomic_writer(path) as f:
@@ -308,7 +278,7 @@ def read_episode_rows(path: Path, chunk_len: int, robot_cfg, stats: dict | None 
         if "observations" in arrays:
             obs = arrays["observations"].astype(np.float32)
         else:
-            obs = _nest({k.split("/", 1)[1].replace("/", "."): v for k, v in arrays.items() if k.startswith("observations/")})
+            obs = nest({k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("observations/")})
         rows = {"observations": obs, "actions": arrays["actions"].astype(np.float32)}
         interventions = arrays.get("interventions")
     steps = len(rows["actions"])

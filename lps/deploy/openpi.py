@@ -19,7 +19,7 @@ import msgpack
 import numpy as np
 
 from lps.client import ProtocolError
-from lps.deploy.messages import ActRefused, plain
+from lps.deploy.messages import ActRefused, flatten, plain
 
 PREFIX = "observation/"
 ARRAY_KINDS = "biuf"  # numbers an observation may hold
@@ -134,18 +134,6 @@ def _describe(spec: dict) -> str:
 
 def _is_text(value: Any) -> bool:
     return isinstance(value, (str, bytes)) or (isinstance(value, (np.ndarray, np.generic)) and value.dtype.kind in TEXT_KINDS)
-
-
-def flatten(obs: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested maps as one map of `a/b` keys (openpi clients send either)."""
-    flat: dict[str, Any] = {}
-    for key, value in obs.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, name + "/"))
-        else:
-            flat[name] = value
-    return flat
 
 
 class ObsMap:

@@ -200,6 +200,22 @@ def rows_of(run_dir) -> list[dict]:
     return rows
 
 
+def train_killed_at_append(monkeypatch, cfg, n: int) -> None:
+    """Train `cfg` until its n-th wave is appended to the replay buffer, killed there (Ctrl-C)."""
+    real_append, calls = replay.append, []
+
+    def append_then_die(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt("killed")
+        return real_append(*args, **kwargs)
+
+    monkeypatch.setattr(replay, "append", append_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train("lps", cfg, SMALL)
+    monkeypatch.setattr(replay, "append", real_append)
+
+
 def test_online_resume_equals_uninterrupted(tmp_path, monkeypatch):
     straight_cfg = toy_online_config(tmp_path / "straight")
     train("lps", straight_cfg, SMALL)
@@ -207,18 +223,7 @@ def test_online_resume_equals_uninterrupted(tmp_path, monkeypatch):
     # Killed in the online phase at the 8th wave's end, after its checkpoint at gradient step 212
     # (env step 112).
     killed_cfg = toy_online_config(tmp_path / "killed")
-    real_append, calls = replay.append, []
-
-    def append_then_die(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 8:
-            raise KeyboardInterrupt("killed")
-        return real_append(*args, **kwargs)
-
-    monkeypatch.setattr(replay, "append", append_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train("lps", killed_cfg, SMALL)
-    monkeypatch.setattr(replay, "append", real_append)
+    train_killed_at_append(monkeypatch, killed_cfg, 8)
     killed_rows = rows_of(killed_cfg.run_dir)
     assert 0 < max(r.get("env_step", 0) for r in killed_rows) < 192
     train("lps", killed_cfg, SMALL, resume=True)
@@ -226,7 +231,7 @@ def test_online_resume_equals_uninterrupted(tmp_path, monkeypatch):
     # Ctrl-C during the 5th wave: the wave is played to its end, checkpointed, and the run stops
     # (not at a save_every boundary, so the checkpoint is the signal's own).
     signalled_cfg = toy_online_config(tmp_path / "signalled")
-    calls.clear()
+    real_append, calls = replay.append, []
 
     def append_with_ctrl_c(*args, **kwargs):
         calls.append(1)
@@ -456,18 +461,7 @@ def test_overlap_resumes_exactly_with_multi_round_episodes(tmp_path, monkeypatch
     train("lps", straight_cfg, SMALL)
 
     killed_cfg = toy_online_config(tmp_path / "killed", **kw)
-    real_append, calls = replay.append, []
-
-    def append_then_die(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt("killed")
-        return real_append(*args, **kwargs)
-
-    monkeypatch.setattr(replay, "append", append_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train("lps", killed_cfg, SMALL)
-    monkeypatch.setattr(replay, "append", real_append)
+    train_killed_at_append(monkeypatch, killed_cfg, 5)
     assert 0 < max(r.get("env_step", 0) for r in rows_of(killed_cfg.run_dir)) < 96
     train("lps", killed_cfg, SMALL, resume=True)
     for name in (f"{online.ONLINE_DIR}/checkpoint.msgpack", "checkpoint.msgpack"):
