@@ -24,9 +24,10 @@ from lps.data.validate import DatasetError, read_npz
 
 
 @dataclasses.dataclass
-class Episode:
-    """Observations (an array or a nested dict of arrays, rows on the leading axis) and the
-    recorded action taken at each of those rows."""
+class RecordedEpisode:
+    """A recorded episode to replay (not `lps.client.Episode`, a live one): observations (an array
+    or a nested dict of arrays, rows on the leading axis) and the recorded action taken at each of
+    those rows."""
 
     observations: Any
     actions: np.ndarray
@@ -66,7 +67,8 @@ def _take(obs: Any, t: int | slice) -> Any:
 # --- episode readers ----------------------------------------------------------------------------
 
 
-def read_npz_episode(path: str, index: int = 0, run_dir: str | None = None, robot_data: dict | None = None) -> Episode:
+def read_npz_episode(path: str, index: int = 0, run_dir: str | None = None,
+                     robot_data: dict | None = None) -> RecordedEpisode:  # fmt: skip
     """Episode `index` of a row-layout npz (docs/data.md). Dict observations may be
     stored as keys `observations/<name>`."""
     arrays = read_npz(path, ("actions", "terminals"))
@@ -81,7 +83,8 @@ def read_npz_episode(path: str, index: int = 0, run_dir: str | None = None, robo
     return episode_from_rows(observations, arrays["actions"], arrays["terminals"], index, path)
 
 
-def read_h5_episode(path: str, index: int = 0, run_dir: str | None = None, robot_data: dict | None = None) -> Episode:
+def read_h5_episode(path: str, index: int = 0, run_dir: str | None = None,
+                    robot_data: dict | None = None) -> RecordedEpisode:  # fmt: skip
     """A DROID-style `.h5` episode through the robot-data loader `lps.data.robot.read_episode`,
     read with the data settings (cameras, image size, key names) of the run `run_dir`, else those
     the server reports (`robot_data` in its spec), else the loader's defaults."""
@@ -109,7 +112,8 @@ def read_h5_episode(path: str, index: int = 0, run_dir: str | None = None, robot
     return episode_from_rows(rows["observations"], rows["actions"], rows["terminals"], 0, path)
 
 
-def episode_from_rows(observations: Any, actions: np.ndarray, terminals: np.ndarray, index: int, path: str) -> Episode:
+def episode_from_rows(observations: Any, actions: np.ndarray, terminals: np.ndarray, index: int,
+                      path: str) -> RecordedEpisode:  # fmt: skip
     """Episode `index` of row-layout arrays. Its last row is the final observation, whose action
     is unused (as in training), so it is not replayed."""
     ends = np.flatnonzero(np.asarray(terminals).astype(bool))
@@ -119,18 +123,18 @@ def episode_from_rows(observations: Any, actions: np.ndarray, terminals: np.ndar
     if end == start:
         raise ValueError(f"{path}: episode {index} is a single row; nothing to replay")
     rows = slice(start, end)
-    return Episode(_take(observations, rows), np.asarray(actions)[rows], f"{path} episode {index}")
+    return RecordedEpisode(_take(observations, rows), np.asarray(actions)[rows], f"{path} episode {index}")
 
 
-EPISODE_READERS: dict[str, Callable[..., Episode]] = {
+EPISODE_READERS: dict[str, Callable[..., RecordedEpisode]] = {
     ".npz": read_npz_episode,
     ".h5": read_h5_episode,
     ".hdf5": read_h5_episode,
 }
 
 
-def read_episode(path: str | os.PathLike, index: int = 0, run_dir: str | None = None,
-                 robot_data: dict | None = None) -> Episode:  # fmt: skip
+def read_recorded_episode(path: str | os.PathLike, index: int = 0, run_dir: str | None = None,
+                          robot_data: dict | None = None) -> RecordedEpisode:  # fmt: skip
     """Episode `index` of an episode file, by suffix (`EPISODE_READERS`)."""
     path = os.fspath(path)
     suffix = Path(path).suffix.lower()
@@ -144,7 +148,7 @@ def read_episode(path: str | os.PathLike, index: int = 0, run_dir: str | None = 
 # --- the check -----------------------------------------------------------------------------------
 
 
-def replay(act: Callable[[Any], np.ndarray], episode: Episode, chunk_len: int, stride: int | None = None,
+def replay(act: Callable[[Any], np.ndarray], episode: RecordedEpisode, chunk_len: int, stride: int | None = None,
            max_queries: int | None = None) -> dict:  # fmt: skip
     """Query `act` along the episode and compare its chunks with the recorded actions.
 
@@ -178,7 +182,7 @@ def replay(act: Callable[[Any], np.ndarray], episode: Episode, chunk_len: int, s
 
 def replay_against_server(
     url: str,
-    episode: Episode | str | os.PathLike,
+    episode: RecordedEpisode | str | os.PathLike,
     index: int = 0,
     run_dir: str | None = None,
     stride: int | None = None,
@@ -186,13 +190,13 @@ def replay_against_server(
     timeout: float = 60.0,
 ) -> dict:
     """`replay` through `lps.client.PolicyClient`, with the round-trip latency and the episode's
-    name added. `episode` is an Episode or a file (read after asking the server for its spec, whose
-    robot data settings read .h5 episodes when no `run_dir` is given)."""
+    name added. `episode` is a RecordedEpisode or a file (read after asking the server for its
+    spec, whose robot data settings read .h5 episodes when no `run_dir` is given)."""
     round_trips: list[float] = []
     with PolicyClient(url, timeout=timeout) as client:
         spec = client.spec()
-        if not isinstance(episode, Episode):
-            episode = read_episode(episode, index, run_dir, spec.get("robot_data"))
+        if not isinstance(episode, RecordedEpisode):
+            episode = read_recorded_episode(episode, index, run_dir, spec.get("robot_data"))
 
         def act(obs):
             chunk = client.act(obs)

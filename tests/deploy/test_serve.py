@@ -272,7 +272,7 @@ def test_latency_summary_lines(server):
 
 def test_replay_numbers_equal_direct_computation(run, server, policy):
     data = np.load(run / "demos.npz")
-    episode = replay_check.read_episode(run / "demos.npz", index=2)
+    episode = replay_check.read_recorded_episode(run / "demos.npz", index=2)
     rows = slice(2 * STEPS, 3 * STEPS - 1)  # the final row's action is unused: not replayed
     np.testing.assert_array_equal(episode.actions, data["actions"][rows])
     for stride in (None, 1):
@@ -297,17 +297,17 @@ def test_replay_reader_errors(run, tmp_path, monkeypatch):
     import lps.data
 
     with pytest.raises(ValueError, match=r"holds 6 episode\(s\); --episode must be in 0..5"):
-        replay_check.read_episode(run / "demos.npz", index=6)
+        replay_check.read_recorded_episode(run / "demos.npz", index=6)
     with pytest.raises(ValueError, match="episode files end in"):
-        replay_check.read_episode(tmp_path / "demo.csv")
+        replay_check.read_recorded_episode(tmp_path / "demo.csv")
     with pytest.raises(FileNotFoundError, match="not found"):
-        replay_check.read_episode(tmp_path / "missing.npz")
+        replay_check.read_recorded_episode(tmp_path / "missing.npz")
     (tmp_path / "ep.h5").write_bytes(b"")
     with monkeypatch.context() as m:
         m.setitem(sys.modules, "lps.data.robot", None)  # as on a checkout without the robot loader
         m.delattr(lps.data, "robot", raising=False)
         with pytest.raises(ImportError, match="needs the robot-data loader lps.data.robot"):
-            replay_check.read_episode(tmp_path / "ep.h5")
+            replay_check.read_recorded_episode(tmp_path / "ep.h5")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -380,14 +380,14 @@ def test_h5_episodes_go_through_the_robot_loader(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "lps.data.robot", fake)
     monkeypatch.setattr(lps.data, "robot", fake, raising=False)
     (tmp_path / "ep.h5").write_bytes(b"")
-    episode = replay_check.read_episode(tmp_path / "ep.h5", robot_data={"image_size": 8})
+    episode = replay_check.read_recorded_episode(tmp_path / "ep.h5", robot_data={"image_size": 8})
     assert calls == [(str(tmp_path / "ep.h5"), ("settings", {"image_size": 8}), 1)]
     assert len(episode.actions) == rows - 1 and episode.observation(2)["state"][0] == 14
     result = replay_check.replay(lambda obs: np.ones((3, 2), np.float32), episode, chunk_len=3)
     assert result["queries"] == 2 and result["steps"] == rows - 1
     np.testing.assert_allclose(result["mse_per_dim"], [0.25, 0.25])
     with pytest.raises(ValueError, match="--episode does not apply"):
-        replay_check.read_episode(tmp_path / "ep.h5", index=1)
+        replay_check.read_recorded_episode(tmp_path / "ep.h5", index=1)
 
 
 def test_policy_exception_becomes_an_error_reply():
