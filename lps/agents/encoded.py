@@ -1,149 +1,31 @@
-"""Image observations: IMPALA encoders, random-shift augmentation, and `EncodedAgent`, the one
-wrapper that lets every agent train on them; see docs/data.md ("Image encoders").
+"""`EncodedAgent`, the one wrapper that lets every agent train on image observations, and
+`build_agent`, the factory that wraps an agent when its spec holds images; see docs/data.md
+("Image encoders"). The networks (IMPALA, `ObservationEncoder`) are in `lps.nets.encoders`, the
+random shift in `lps.nets.augment`.
 
-`ObservationEncoder` turns an array, an image batch or a robot `{"state", "image": {camera: ...}}`
-dict into features (one IMPALA per camera, state appended). `EncodedAgent` builds the inner agent
-for the feature width and hands it one feature array per network (read with
-`lps.agents.base.net_obs`). As in the paper's release, every network owns its encoder
-(`params["<network>_encoder"]`, the target critic's a Polyak copy listed in `target_keys`), and
-random shift runs inside the jitted update with probability `augment_prob`; acting never
-augments. `shared_encoder=True` (`--shared-encoder`, ours) uses one encoder for every network.
+`EncodedAgent` builds the inner agent for the feature width and hands it one feature array per
+network (read with `lps.agents.base.net_obs`). As in the paper's release, every network owns its
+encoder (`params["<network>_encoder"]`, the target critic's a Polyak copy listed in
+`target_keys`), and random shift runs inside the jitted update with probability `augment_prob`;
+acting never augments. `shared_encoder=True` (`--shared-encoder`, ours) uses one encoder for
+every network.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Literal, Sequence
+from typing import Any, ClassVar, Literal
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from lps.agents import make_agent
 from lps.agents.base import Spec
-from lps.nets.mlp import default_init
+from lps.nets.augment import augment_pair
+from lps.nets.encoders import ObservationEncoder, cameras
 
-EncoderName = Literal["auto", "none", "impala", "impala-small"]
-
-# name -> (channels per stack, residual blocks per stack); IMPALA (Espeholt et al. 2018) as used
-# by FQL/Q-chunking for pixels (`impala-small`) and by LPS on the real robot (`impala`).
-ARCHS: dict[str, tuple[tuple[int, ...], int]] = {
-    "impala": ((16, 32, 32), 2),
-    "impala-small": ((16, 32, 32), 1),
-}
-
-
-class ResidualBlock(nn.Module):
-    channels: int
-
-    @nn.compact
-    def __call__(self, x):
-        y = nn.Conv(self.channels, (3, 3), kernel_init=default_init())(nn.relu(x))
-        y = nn.Conv(self.channels, (3, 3), kernel_init=default_init())(nn.relu(y))
-        return x + y
-
-
-class ImpalaEncoder(nn.Module):
-    """Per stack: 3x3 conv, 3x3 max-pool with stride 2, residual blocks; then ReLU, flatten and a
-    dense feature layer with GELU (no LayerNorm, as FQL/Q-chunking/LPS build it). Takes uint8
-    images (B, H, W, C) and scales them to [0, 1] itself."""
-
-    stacks: Sequence[int]
-    blocks: int
-    features: int
-
-    @nn.compact
-    def __call__(self, images):
-        x = images.astype(jnp.float32) / 255.0
-        for channels in self.stacks:
-            x = nn.Conv(channels, (3, 3), kernel_init=default_init())(x)
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
-            for _ in range(self.blocks):
-                x = ResidualBlock(channels)(x)
-        x = nn.relu(x).reshape(x.shape[0], -1)
-        return nn.gelu(nn.Dense(self.features, kernel_init=default_init())(x))
-
-
-class ObservationEncoder(nn.Module):
-    """Observation (array or {state, image}) -> features (B, F). Robot images ({state, image}) hold
-    one camera per 3 channels: each camera gets its own IMPALA, their features are concatenated.
-    With `frame_stack` K the channels hold K frames of every camera (oldest first, see
-    `lps.data.frames`); a camera's IMPALA sees its K frames."""
-
-    arch: str
-    features: int
-    frame_stack: int = 1
-
-    @nn.compact
-    def __call__(self, obs):
-        stacks, blocks = ARCHS[self.arch]
-        if isinstance(obs, dict) and isinstance(obs["image"], dict):  # cameras by name, each its own size
-            per_camera = [ImpalaEncoder(stacks, blocks, self.features, name=f"camera_{name}")(frames)
-                          for name, frames in sorted(obs["image"].items())]  # fmt: skip
-            return jnp.concatenate([*per_camera, obs["state"].astype(jnp.float32)], axis=-1)
-        if isinstance(obs, dict):  # runs trained before cameras had names: stacked on channels
-            images = obs["image"]
-            frame_channels = images.shape[-1] // self.frame_stack
-            cams = cameras(frame_channels)
-            per_camera = [ImpalaEncoder(stacks, blocks, self.features, name=f"camera{i}")(
-                              camera_frames(images, i, frame_channels, self.frame_stack))
-                          for i in range(cams)] if cams > 1 else [ImpalaEncoder(stacks, blocks, self.features)(images)]  # fmt: skip
-            return jnp.concatenate([*per_camera, obs["state"].astype(jnp.float32)], axis=-1)
-        if obs.ndim == 4:
-            return ImpalaEncoder(stacks, blocks, self.features)(obs)
-        return obs.astype(jnp.float32)
-
-
-def cameras(channels: int) -> int:
-    """Cameras in a robot image stacked on the channel axis (three channels each; else one)."""
-    return channels // 3 if channels % 3 == 0 and channels > 3 else 1
-
-
-def camera_frames(images: jax.Array, camera: int, frame_channels: int, frame_stack: int) -> jax.Array:
-    """Camera `camera`'s three channels of each of the K stacked frames: (B, H, W, 3K)."""
-    return jnp.concatenate([images[..., f * frame_channels + 3 * camera : f * frame_channels + 3 * camera + 3]
-                            for f in range(frame_stack)], axis=-1)  # fmt: skip
-
-
-def shift_offsets(key: jax.Array, batch: int, shift: int) -> jax.Array:
-    """One (row, column) crop offset per sample, in [0, 2 * shift]."""
-    return jax.random.randint(key, (batch, 2), 0, 2 * shift + 1)
-
-
-def random_shift(images: jax.Array, offsets: jax.Array, shift: int) -> jax.Array:
-    """Pad each image by `shift` pixels (edge values) and crop back at its offset (DrQ)."""
-    if shift == 0:
-        return images
-    b, h, w, c = images.shape
-    padded = jnp.pad(images, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="edge")
-
-    def crop(img, off):
-        return jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, c))
-
-    return jax.vmap(crop)(padded, offsets)
-
-
-def augment(offsets: jax.Array, obs, shift: int):
-    """Random shift of the image part of an observation (state vectors pass through); every camera
-    of a robot observation by the same offsets."""
-    if isinstance(obs, dict):
-        return {**obs, "image": jax.tree_util.tree_map(lambda x: random_shift(x, offsets, shift), obs["image"])}
-    return random_shift(obs, offsets, shift) if obs.ndim == 4 else obs
-
-
-def augment_pair(key: jax.Array, obs, next_obs, shift: int, prob: float):
-    """Shift a batch's observations and next observations by the same per-sample offsets, the
-    whole batch with probability `prob` (else both unchanged)."""
-    if shift == 0 or prob <= 0:
-        return obs, next_obs
-    k_offsets, k_apply = jax.random.split(key)
-    offsets = shift_offsets(k_offsets, jax.tree_util.tree_leaves(obs)[0].shape[0], shift)
-    shifted = augment(offsets, obs, shift), augment(offsets, next_obs, shift)
-    if prob >= 1:
-        return shifted
-    apply = jax.random.bernoulli(k_apply, prob)
-    return jax.tree_util.tree_map(lambda a, b: jnp.where(apply, a, b), shifted, (obs, next_obs))
+EncoderName = Literal["auto", "none", "impala", "impala-small"]  # impala*: `lps.nets.encoders.ARCHS`
 
 
 # --- observation specs ------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""Image encoders, random-shift augmentation, every agent on image observations, the DiT base
-policy and the cosine learning-rate schedule."""
+"""Every agent on image observations (`EncodedAgent`, `build_agent`), the DiT base policy and the
+cosine learning-rate schedule. The encoders and the random shift: tests/nets/test_encoders.py."""
 
 from __future__ import annotations
 
@@ -16,75 +16,10 @@ from lps.agents import REGISTRY, Spec, make_agent
 from lps.agents import encoded as E
 from lps.agents.lps import LPSConfig
 from lps.data.sampler import to_device
+from lps.nets import encoders
 from lps.nets.generative import GenerativePolicy
 from lps.training.config import TrainConfig, preset
 from lps.training.update import create_state, make_multi_update, make_optimizer, make_update
-
-
-def test_random_shift_is_a_shifted_window_of_the_edge_padded_image():
-    images = jnp.asarray(np.random.default_rng(0).integers(0, 255, (6, 12, 12, 3)), jnp.uint8)
-    offsets = E.shift_offsets(jax.random.PRNGKey(0), 6, 2)
-    assert E.random_shift(images, offsets, 0) is images
-    shifted = E.random_shift(images, offsets, 2)
-    assert shifted.shape == images.shape and shifted.dtype == jnp.uint8
-    padded = np.pad(np.asarray(images), ((0, 0), (2, 2), (2, 2), (0, 0)), mode="edge")
-    for img, pad, (i, j) in zip(np.asarray(shifted), padded, np.asarray(offsets)):  # the window at its offset
-        np.testing.assert_array_equal(img, pad[i : i + 12, j : j + 12])
-    assert not np.array_equal(shifted, images)
-
-
-def test_observation_and_next_observation_share_the_shift_and_the_whole_batch_is_shifted_or_not():
-    rng = np.random.default_rng(0)
-    images = jnp.asarray(rng.integers(0, 255, (5, 12, 12, 6)), jnp.uint8)
-    obs = {"state": jnp.ones((5, 2)), "image": images}
-    outcomes = set()
-    for seed in range(12):
-        shifted, next_shifted = E.augment_pair(jax.random.PRNGKey(seed), obs, obs, 3, 0.5)
-        # same input, same per-sample offset: identical outputs (a different draw would differ)
-        np.testing.assert_array_equal(shifted["image"], next_shifted["image"])
-        np.testing.assert_array_equal(shifted["state"], obs["state"])
-        always = E.augment_pair(jax.random.PRNGKey(seed), obs, obs, 3, 1.0)[0]["image"]  # the same offsets
-        assert not np.array_equal(always, images)
-        # the batch as a whole is shifted or left alone, not sample by sample
-        unchanged = np.array_equal(shifted["image"], images)
-        assert unchanged or np.array_equal(shifted["image"], always)
-        outcomes.add(unchanged)
-    assert outcomes == {True, False}, "p_aug 0.5 should both shift and not shift over 12 draws"
-    always, _ = E.augment_pair(jax.random.PRNGKey(0), images, images, 3, 1.0)
-    assert not np.array_equal(always, images)
-    assert E.augment_pair(jax.random.PRNGKey(0), images, images, 3, 0.0)[0] is images
-
-
-def test_impala_head_is_dense_gelu_without_layer_norm_and_each_camera_has_its_own():
-    enc = E.ObservationEncoder("impala-small", 8)
-    obs = {"state": jnp.ones((2, 3)), "image": jnp.zeros((2, 16, 16, 9), jnp.uint8)}
-    params = jax.eval_shape(enc.init, jax.random.PRNGKey(0), obs)["params"]
-    assert sorted(params) == ["camera0", "camera1", "camera2"]
-    assert not any("LayerNorm" in str(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0])
-    assert jax.eval_shape(enc.apply, {"params": params}, obs).shape == (2, 3 * 8 + 3)
-    assert E.feature_dim(Spec(3, 2, 3, 0.99, (16, 16, 9)), "impala-small", 8) == 3 * 8 + 3
-    # a camera's features depend on its own channels only
-    real = enc.init(jax.random.PRNGKey(0), obs)
-    image = np.zeros((2, 16, 16, 9), np.uint8)
-    image[..., 6:] = 200
-    a = enc.apply(real, obs)
-    b = enc.apply(real, {**obs, "image": jnp.asarray(image)})
-    np.testing.assert_allclose(a[:, :16], b[:, :16])
-    assert not np.allclose(a[:, 16:24], b[:, 16:24])
-
-
-@pytest.mark.parametrize(
-    "obs, dim",
-    [
-        ({"state": jnp.ones((2, 7)), "image": jnp.zeros((2, 16, 16, 6), jnp.uint8)}, 2 * 24 + 7),  # two cameras
-        (jnp.zeros((2, 16, 16, 3), jnp.uint8), 24),
-        (jnp.ones((2, 5)), 5),
-    ],
-)
-def test_observation_encoder_shapes(obs, dim):
-    enc = E.ObservationEncoder("impala-small", 24)
-    out = jax.eval_shape(lambda o: enc.apply(enc.init(jax.random.PRNGKey(0), o), o), obs)
-    assert out.shape == (2, dim) and out.dtype == jnp.float32
 
 
 def test_spec_and_encoder_resolution():
@@ -97,6 +32,8 @@ def test_spec_and_encoder_resolution():
         E.resolve_encoder("impala", Spec(28, 5))
     with pytest.raises(ValueError, match="need an image encoder"):
         E.resolve_encoder("none", spec)
+    # robot cameras stacked on channels: one IMPALA's features per camera, the state appended
+    assert E.feature_dim(Spec(3, 2, 3, 0.99, (16, 16, 9)), "impala-small", 8) == 3 * 8 + 3
 
 
 def _image_dataset(n_episodes=4, steps=12, size=16, channels=6):
@@ -125,7 +62,7 @@ def _tiny_config(name):
 
 
 def _encoded(name, monkeypatch, cameras=2, size=16, **kwargs):
-    monkeypatch.setitem(E.ARCHS, "test", ((4,), 1))  # a one-stack encoder keeps compilation short
+    monkeypatch.setitem(encoders.ARCHS, "test", ((4,), 1))  # a one-stack encoder keeps compilation short
     spec = Spec(3, 2, 3, 0.99, (size, size, 3 * cameras))
     inner = make_agent(name, _tiny_config(name), Spec(cameras * 8 + 3, 2, 3, 0.99))
     return E.EncodedAgent(inner, spec, "test", 8, 2, **kwargs), spec

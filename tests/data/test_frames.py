@@ -11,11 +11,12 @@ import pytest
 from test_agents import small_config
 
 from lps.agents import Spec
-from lps.agents.encoded import build_agent, camera_frames
+from lps.agents.encoded import build_agent
 from lps.data import replay
 from lps.data.frames import Frames, episode_first_rows
 from lps.data.sampler import gather_chunks, to_device
 from lps.deploy.policy import Policy
+from lps.nets.encoders import camera_frames
 from lps.training.config import TrainConfig
 
 H, K = 2, 3
