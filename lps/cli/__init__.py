@@ -2,15 +2,19 @@
 serve, robot-sim and serve-replay; each command's page is listed in README.md (docs/training.md
 for `lps train` and `lps eval`). `main` hands a command's arguments to its module here (train,
 data, experiments, sweep, serve, robot), which parses them and calls plain functions of the library.
+
+`main` imports only the chosen command's module (COMMANDS names it), so `lps --help` and a light
+command stay fast and `lps serve` sets XLA_FLAGS (lps.cli.devices) before anything imports JAX.
 """
 
 from __future__ import annotations
 
 import errno
+import importlib
 import os
 import sys
 
-from lps.cli import data, experiments, robot, serve, sweep, train
+from lps.cli.devices import request_learner_device
 
 USAGE = """\
     lps train [--agent lps] [--preset paper|quick|toy] [--seeds 0,1,2] [--resume RUN_DIR] [--any-config-field VALUE ...]
@@ -30,17 +34,17 @@ USAGE = """\
     lps serve-replay URL EPISODE [--episode K] [--stride N] [--run RUN_DIR]   (replay a recorded episode, action error)
 """.rstrip()
 
-COMMANDS = {
-    "train": train.train_command,
-    "eval": train.eval_command,
-    "data": data.data_command,
-    "agents": train.agents_command,
-    "toy": experiments.toy_command,
-    "report": experiments.report_command,
-    "sweep": sweep.sweep_command,
-    "serve": serve.serve_command,
-    "serve-replay": serve.serve_replay_command,
-    "robot-sim": robot.robot_sim_command,
+COMMANDS = {  # command -> (its module, the function that takes its arguments)
+    "train": ("lps.cli.train", "train_command"),
+    "eval": ("lps.cli.train", "eval_command"),
+    "data": ("lps.cli.data", "data_command"),
+    "agents": ("lps.cli.train", "agents_command"),
+    "toy": ("lps.cli.experiments", "toy_command"),
+    "report": ("lps.cli.experiments", "report_command"),
+    "sweep": ("lps.cli.sweep", "sweep_command"),
+    "serve": ("lps.cli.serve", "serve_command"),
+    "serve-replay": ("lps.cli.serve", "serve_replay_command"),
+    "robot-sim": ("lps.cli.robot", "robot_sim_command"),
 }
 
 
@@ -53,11 +57,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
     if argv[0] == "serve":
-        serve.request_learner_device(argv[1:])  # sets XLA_FLAGS: before anything imports JAX (just below)
-    from lps.training.rundir import TrainingInterrupted
+        request_learner_device(argv[1:])  # sets XLA_FLAGS: before anything imports JAX (just below)
+    from lps.training.rundir import TrainingInterrupted  # imports JAX: not for `lps --help`
 
+    module, function = COMMANDS[argv[0]]
     try:
-        return COMMANDS[argv[0]](argv[1:])
+        return getattr(importlib.import_module(module), function)(argv[1:])
     except TrainingInterrupted as e:
         print(f"lps {argv[0]}: {e}", file=sys.stderr)
         return e.exit_code

@@ -10,13 +10,17 @@ import shlex
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
+import tyro
+
 from lps.cli.args import seed_arg
+from lps.data import normalize, robot_cache, tasks
+from lps.data.generate import dataset_paths, generate
+from lps.data.robot import RobotDataConfig, load_folder, summary
 from lps.files import atomic_write
 
 
 def data_command(argv: list[str]) -> int:
-    from lps.data import tasks
-
     if argv[:1] == ["robot"]:
         return data_robot_command(argv[1:])
     p, generate_parser = _parser(tasks.DATA_ENVS)
@@ -25,8 +29,6 @@ def data_command(argv: list[str]) -> int:
         generate_parser.error(f"--workers must be at least 1 (worker processes), got {a.workers}")
     data_dir = os.path.expanduser(a.data_dir) if a.data_dir else tasks.default_data_dir()
     if a.cmd == "generate":
-        from lps.data.generate import generate
-
         train_path, val_path = generate(
             a.env, data_dir, a.episodes, a.seed, a.workers, max_episode_steps=a.max_episode_steps,
             overwrite=a.overwrite,
@@ -61,11 +63,6 @@ def _parser(envs) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
 
 def _prepare(task_name: str, out_arg: str, reward: str, data_dir: str, episodes: int) -> None:
     """`lps data prepare`: the task's relabelled rows as an npz, and its validation split beside it."""
-    import numpy as np
-
-    from lps.data import tasks
-    from lps.data.generate import dataset_paths
-
     out = Path(os.path.expanduser(out_arg))
     if out.is_dir():
         raise IsADirectoryError(f"--out {out_arg} is a folder; give a file name, e.g. {out / (task_name + '.npz')}")
@@ -85,11 +82,6 @@ def _prepare(task_name: str, out_arg: str, reward: str, data_dir: str, episodes:
 
 
 def data_robot_command(argv: list[str]) -> int:
-    import tyro
-
-    from lps.data import normalize, robot_cache
-    from lps.data.robot import RobotDataConfig, load_folder, summary
-
     Args = dataclasses.make_dataclass(
         "Args",
         [

@@ -6,11 +6,12 @@ import argparse
 import os
 
 from lps.cli.args import seed_arg
+from lps.data import toy
+from lps.experiments import toy_analysis as analysis
+from lps.experiments.report import report
 
 
 def toy_command(argv: list[str]) -> int:
-    from lps.data import toy
-
     p = argparse.ArgumentParser(prog="lps toy", description="Toy bandits and the paper's analysis figures.")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="the toy tasks")
@@ -27,8 +28,6 @@ def toy_command(argv: list[str]) -> int:
         for name, task in toy.TASKS.items():
             print(f"toy-{name:16s} {task.dim:3d}-D actions, best action starts {task.best[:2].round(3).tolist()}")
         return 0
-    from lps.experiments import toy_analysis as analysis
-
     out = a.out or f"runs/toy/{a.cmd}"
     if a.cmd == "figure2":
         numbers = analysis.figure2(a.task, tuple(a.alphas), a.steps, a.seed, out)
@@ -55,8 +54,6 @@ def report_command(argv: list[str]) -> int:
     a = p.parse_args(argv)
     if a.reps < 1:
         p.error("--reps must be at least 1")
-    from lps.experiments.report import report
-
     out = a.out and os.path.expanduser(a.out)
     result = report(os.path.expanduser(a.runs_dir), out=out, reps=a.reps, seed=a.seed, final=a.final)
     print(result["markdown"])

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 
+import numpy as np
+
+from lps.deploy.robot_sim import DEFAULT_CHUNK_LEN, simulate
+
 
 def robot_sim_command(argv: list[str]) -> int:
-    import numpy as np
-
-    from lps.deploy.robot_sim import DEFAULT_CHUNK_LEN, simulate
-
     p = argparse.ArgumentParser(prog="lps robot-sim", description="A simulated robot for `lps serve --learn`.")
     p.add_argument("url", nargs="?", default=None, help="the server, e.g. ws://127.0.0.1:8000 (not with --scripted)")
     p.add_argument("--env", required=True, help="OGBench task playing the robot, e.g. cube-single-play-singletask-task1-v0")

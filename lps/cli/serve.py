@@ -1,53 +1,25 @@
 """`lps serve` (a run's policy for robots, optionally learning from their episodes) and
-`lps serve-replay` (a recorded episode replayed to a running server)."""
+`lps serve-replay` (a recorded episode replayed to a running server).
+
+Importing this module imports no JAX (lps.deploy.serve and lps.deploy.replay_check keep it out): the
+learner, which imports JAX, is imported once `lps.cli.main` has set XLA_FLAGS for it (lps.cli.devices).
+"""
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import ipaddress
 import os
-import sys
 
-from lps.cli.args import flag_values
+from lps.cli.devices import ask_for_host_devices, request_learner_device  # noqa: F401  (bench/, tests use these)
+from lps.deploy.openpi import parse_obs_key
+from lps.deploy.replay_check import EPISODE_READERS, format_result, replay_against_server
+from lps.deploy.serve import DEFAULT_MAX_BATCH, PROTOCOLS, serve
 from lps.files import write_json
-
-DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
-
-
-def request_learner_device(argv: list[str]) -> None:
-    """`lps serve --learn` on a CPU-only host: ask XLA for two host devices, so the learner trains on
-    the second (lps.deploy.learner.spare_device) and acting never queues behind an update.
-
-    XLA reads XLA_FLAGS once, when JAX starts its CPU backend, so this runs in `lps.cli.main` before
-    anything imports JAX; it is the only place lps changes XLA_FLAGS (a flag the user set is kept).
-    A host with a GPU acts there and needs no second CPU device."""
-    if "--learn" not in argv or "jax" in sys.modules or DEVICE_COUNT_FLAG in os.environ.get("XLA_FLAGS", ""):
-        return
-    if _acts_on_cpu(argv):
-        ask_for_host_devices(2)
-
-
-def ask_for_host_devices(count: int) -> None:
-    """Make XLA's CPU backend show `count` devices (before JAX starts; benches call this too)."""
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {DEVICE_COUNT_FLAG}={count}".strip()
-
-
-def _acts_on_cpu(argv: list[str]) -> bool:
-    """Whether `lps serve ARGV`'s policy will run on the CPU, judged without starting JAX: --device cpu,
-    $JAX_PLATFORMS naming the CPU first, or no GPU/TPU plugin for JAX installed."""
-    device = (flag_values(argv, "--device") or ["auto"])[-1]
-    if device != "auto":
-        return device == "cpu"
-    platforms = os.environ.get("JAX_PLATFORMS", "").strip()
-    if platforms:
-        return platforms.split(",")[0].strip() == "cpu"
-    return importlib.util.find_spec("jax_plugins") is None and importlib.util.find_spec("libtpu") is None
 
 
 def serve_command(argv: list[str]) -> int:
-    from lps.deploy.learner import LearnerConfig
-    from lps.deploy.serve import serve
+    from lps.deploy.learner import LearnerConfig  # imports JAX (see the module's docstring)
 
     p = _serve_parser()
     a = p.parse_args(argv)
@@ -67,9 +39,6 @@ def serve_command(argv: list[str]) -> int:
 
 
 def _serve_parser() -> argparse.ArgumentParser:
-    from lps.deploy.openpi import parse_obs_key
-    from lps.deploy.serve import DEFAULT_MAX_BATCH, PROTOCOLS
-
     p = argparse.ArgumentParser(
         prog="lps serve",
         description="Serve a run's policy over websockets + msgpack (client: lps.client.PolicyClient).",
@@ -102,7 +71,7 @@ def _serve_parser() -> argparse.ArgumentParser:
 
 
 def _add_learn_flags(p: argparse.ArgumentParser) -> None:
-    from lps.deploy.learner import LearnerConfig
+    from lps.deploy.learner import LearnerConfig  # imports JAX (see the module's docstring)
 
     learn = p.add_argument_group("learning from the robot's episodes (see lps.deploy.learner)")
     learn.add_argument("--learn", action="store_true", help="accept finished episodes and fine-tune on them online")
@@ -160,8 +129,6 @@ def _is_loopback(host: str) -> bool:
 
 
 def serve_replay_command(argv: list[str]) -> int:
-    from lps.deploy.replay_check import EPISODE_READERS, format_result, replay_against_server
-
     p = argparse.ArgumentParser(
         prog="lps serve-replay",
         description="Replay a recorded episode's observations to `lps serve` and print the action error "

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from lps.experiments.suites import get_suite
+from lps.experiments.sweep import SweepSpec, checked, read_spec_file, run_sweep
+
 DESCRIPTION = "Sweeps: agents x tasks x seeds x config grids, run as `lps train` subprocesses."
 
 
 def sweep_command(argv: list[str]) -> int:
-    from lps.experiments.sweep import run_sweep
-
     spec, a = parse_args(argv)
     results = run_sweep(
         spec, a.workers, a.ray, a.gpus_per_task, a.cpus_per_task, not a.no_group_seeds, a.dry_run, gpus=a.gpus
@@ -19,8 +20,6 @@ def sweep_command(argv: list[str]) -> int:
 
 def parse_args(argv: list[str]):
     """`lps sweep` arguments -> (SweepSpec, argparse namespace); everything after `--` is train args."""
-    from lps.experiments.sweep import SweepSpec, checked
-
     split = argv.index("--") if "--" in argv else len(argv)
     argv, train_args = argv[:split], argv[split + 1 :]
     p = _parser()
@@ -62,13 +61,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _spec_data(p: argparse.ArgumentParser, a: argparse.Namespace) -> tuple[dict, dict[str, str]]:
     """The sweep's keys from FILE or --suite, then the flags', and the file or flag each came from (for errors)."""
-    from lps.experiments.sweep import read_spec_file
-
     data = read_spec_file(a.file) if a.file else {}
     origin = {key: str(a.file) for key in data}
     if a.suite:
-        from lps.experiments.suites import get_suite
-
         try:
             suite = get_suite(a.suite)
         except ValueError as e:
@@ -86,8 +81,6 @@ def _spec_data(p: argparse.ArgumentParser, a: argparse.Namespace) -> tuple[dict,
 
 def _grid(p: argparse.ArgumentParser, items: list[str], data: dict, origin: dict[str, str]) -> dict[str, list[str]]:
     """The file's grid, checked in shape with its name, then the --grid flags' fields added (or replaced)."""
-    from lps.experiments.sweep import checked
-
     grid = checked({"grid": data.get("grid")}, origin)["grid"]
     origin.update({f"grid.{name}": origin.get("grid", "sweep") for name in grid})
     for item in items:

@@ -12,24 +12,25 @@ import os
 from pathlib import Path
 from typing import Annotated
 
+import tyro
+
+from lps import agents
 from lps.cli.args import drop_flag, flag_values, seed_arg, split_commas
+from lps.deploy.offline_eval import evaluate_on_dataset
+from lps.deploy.policy import evaluate_run
 from lps.files import user_path
+from lps.training import config
+from lps.training.evaluate import MAX_EVAL_EPISODES
+from lps.training.loop import train
 
 
 def train_command(argv: list[str]) -> int:
-    import tyro
-
-    from lps.training.loop import train
-
     argv = split_commas(argv, "--seeds")
     known = _known_flags(argv)
     if known.resume is not None:
         agent_name, train_cfg, agent_cfg = _resumed(known)
         argv = drop_flag(argv, "--run-dir")
     else:
-        from lps import agents
-        from lps.training import config
-
         agent_name = known.agent or "lps"
         train_cfg, agent_cfg = config.preset(known.preset or "paper", agents.config_class(agent_name))
     args = tyro.cli(_args_class(agent_name, known, train_cfg, agent_cfg), args=argv, prog="lps train")
@@ -56,8 +57,6 @@ def _known_flags(argv: list[str]) -> argparse.Namespace:
 
 def _resumed(known: argparse.Namespace) -> tuple:
     """(agent name, train config, agent config) of the run `--resume` names, its seeds those found there."""
-    from lps.training import config
-
     resume = resume_target(known.resume, known.run_dir)
     # A run directory, or the parent of the seed<k> directories of seeds trained together.
     seed_dirs = (
@@ -81,10 +80,6 @@ def _resumed(known: argparse.Namespace) -> tuple:
 
 def _args_class(agent_name: str, known: argparse.Namespace, train_cfg, agent_cfg) -> type:
     """The dataclass tyro reads `lps train`'s flags into: every field of both configs, these as defaults."""
-    import tyro
-
-    from lps.training import config
-
     Args = dataclasses.make_dataclass(
         "Args",
         [
@@ -117,8 +112,6 @@ def resume_target(resume: str, run_dir: str | None) -> str:
 
 
 def eval_command(argv: list[str]) -> int:
-    from lps.training.evaluate import MAX_EVAL_EPISODES
-
     p = argparse.ArgumentParser(prog="lps eval", description="Evaluate a run's saved policy.")
     p.add_argument("run_dir")
     p.add_argument("--episodes", type=int, default=None,
@@ -134,12 +127,8 @@ def eval_command(argv: list[str]) -> int:
     a = p.parse_args(argv)
     _check_eval_args(p, a, MAX_EVAL_EPISODES)
     if a.dataset is not None:
-        from lps.deploy.offline_eval import evaluate_on_dataset
-
         result = evaluate_on_dataset(a.run_dir, a.dataset, seed=a.seed, skip_bad=a.skip_bad)
     else:
-        from lps.deploy.policy import evaluate_run
-
         result = evaluate_run(a.run_dir, episodes=a.episodes, seed=a.seed, workers=a.workers,
                               chunk_timeout=a.chunk_timeout)  # fmt: skip
     print(" ".join(f"{k}={v:.4g}" for k, v in result.items()))
@@ -161,10 +150,8 @@ def _check_eval_args(p: argparse.ArgumentParser, a: argparse.Namespace, max_epis
 
 
 def agents_command(argv: list[str]) -> int:
-    from lps.agents import REGISTRY, published_defaults
-
-    for name, (cls, cfg_cls) in sorted(REGISTRY.items()):
-        cfg = published_defaults(name, cfg_cls())
+    for name, (cls, cfg_cls) in sorted(agents.REGISTRY.items()):
+        cfg = agents.published_defaults(name, cfg_cls())
         keys = ", ".join(f"{k}={getattr(cfg, k) if getattr(cfg, k) is not None else 'per-env'}" for k in cls.key_fields)
         print(f"{name:10s} {cls.summary}\n{'':10s} {keys}")
         for note in getattr(cls, "notes", ()):

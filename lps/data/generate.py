@@ -51,8 +51,7 @@ def require_ogbench():
     warnings.filterwarnings("ignore", message=".*DISPLAY environment variable.*")
     warnings.filterwarnings("ignore", message=FLOAT32_BOUNDS_WARNING)
     try:
-        import ogbench  # noqa: F401
-        import ogbench.manipspace  # noqa: F401  (registers the environments)
+        import ogbench.manipspace  # noqa: F401  (imports ogbench and registers the environments)
     except ImportError as e:
         raise ImportError(
             'OGBench is not installed: `pip install "lps[ogbench]"`, or train from a prepared npz '
@@ -84,12 +83,8 @@ def _env_and_agents(env: str, max_episode_steps: int):
     key = (env, max_episode_steps)
     if key not in _cache:
         try:
-            import gymnasium  # noqa: F401
             import ogbench.manipspace  # noqa: F401  (registers the *-v0 envs with gymnasium)
-            from ogbench.manipspace.oracles.plan.button_plan import ButtonPlanOracle
-            from ogbench.manipspace.oracles.plan.cube_plan import CubePlanOracle
-            from ogbench.manipspace.oracles.plan.drawer_plan import DrawerPlanOracle
-            from ogbench.manipspace.oracles.plan.window_plan import WindowPlanOracle
+            from ogbench.manipspace.oracles.plan import button_plan, cube_plan, drawer_plan, window_plan
         except ImportError as e:
             raise ImportError(
                 'generating OGBench data needs ogbench, mujoco and gymnasium: pip install "lps[ogbench]"'
@@ -103,16 +98,16 @@ def _env_and_agents(env: str, max_episode_steps: int):
         kw = dict(env=gym_env, noise=0.1, noise_smoothing=0.5)
         base = state_env(env)
         if base.startswith("cube"):
-            agents = {"cube": CubePlanOracle(**kw)}
+            agents = {"cube": cube_plan.CubePlanOracle(**kw)}
         elif base == "scene":
             agents = {
-                "cube": CubePlanOracle(**kw),
-                "button": ButtonPlanOracle(**kw),
-                "drawer": DrawerPlanOracle(**kw),
-                "window": WindowPlanOracle(**kw),
+                "cube": cube_plan.CubePlanOracle(**kw),
+                "button": button_plan.ButtonPlanOracle(**kw),
+                "drawer": drawer_plan.DrawerPlanOracle(**kw),
+                "window": window_plan.WindowPlanOracle(**kw),
             }
         else:  # puzzle: the arm only presses buttons, so it never needs to open the gripper
-            agents = {"button": ButtonPlanOracle(gripper_always_closed=True, **kw)}
+            agents = {"button": button_plan.ButtonPlanOracle(gripper_always_closed=True, **kw)}
         _cache[key] = (gym_env, agents)
     return _cache[key]
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from lps.files import atomic_write
+from lps.training.runlog import pyplot
 
 
 @dataclass
@@ -253,15 +254,14 @@ def _rng(seed: int, *key: str) -> np.random.Generator:
 def _aggregate(matrices: dict[str, np.ndarray], reps: int, seed: int) -> dict[str, dict]:
     """IQM and mean over (seeds x tasks) per agent, with rliable's stratified-bootstrap CIs."""
     try:
-        from rliable import library as rly
-        from rliable import metrics
+        from rliable import library, metrics
     except ImportError as e:
         raise ImportError(f'lps report needs rliable: pip install "lps[report]" ({e})') from e
     # rliable draws from numpy's global RNG: seed it for reproducibility, then restore the caller's.
     saved = np.random.get_state()
     np.random.seed(seed)
     try:
-        point, interval = rly.get_interval_estimates(
+        point, interval = library.get_interval_estimates(
             matrices,
             lambda x: np.array([metrics.aggregate_iqm(x), metrics.aggregate_mean(x)]),
             reps=reps,
@@ -294,18 +294,9 @@ def _csv(path: Path, rows: list[dict]) -> None:
     atomic_write(path, buf.getvalue())
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: works without a display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _curves(task: str, groups: dict, labels: list[str], reps: int, seed: int, out: Path) -> list[Path]:
     """Success against gradient steps on one task, one line per agent, bootstrap band over seeds."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
     for lab in labels:
         group = groups.get((lab, task))
@@ -341,7 +332,7 @@ def _online_curves(task: str, groups: dict, labels: list[str], reps: int, seed: 
     online = {lab: g for lab, g in online.items() if g}
     if not online:
         return []
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
     transitions = set()
     for lab, group in online.items():
@@ -357,7 +348,7 @@ def _online_curves(task: str, groups: dict, labels: list[str], reps: int, seed: 
 
 
 def _alpha_plot(alpha: dict[str, dict[float, dict]], untuned: dict[str, dict], out: Path) -> list[Path]:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
     for agent, points in alpha.items():
         xs, ps = list(points), list(points.values())
@@ -383,10 +374,10 @@ def _finish(fig, ax, path: Path) -> list[Path]:
     for fmt in ("png", "svg"):
         buf = io.BytesIO()
         # A fixed salt for the SVG's element ids and no date in it, so the same runs give the same file.
-        with _pyplot().rc_context({"svg.hashsalt": "lps-report"}):
+        with pyplot().rc_context({"svg.hashsalt": "lps-report"}):
             fig.savefig(buf, format=fmt, dpi=120, metadata={"Date": None} if fmt == "svg" else None)
         atomic_write(path.with_suffix(f".{fmt}"), buf.getvalue())
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return [path.with_suffix(".png"), path.with_suffix(".svg")]
 
 
@@ -511,7 +502,7 @@ def _untuned_points(runs: list[Run], cells: dict, alpha: dict, reps: int, seed: 
 
 def _validation_plot(task: str, groups: dict, labels: list[str], out: Path) -> list[Path]:
     """Success beside the validation-split metrics on one task: one line per agent, mean over seeds."""
-    plt = _pyplot()
+    plt = pyplot()
     keys = [k for k in VAL_METRICS if any(k in r.val for lab in labels for r in groups.get((lab, task), ()))]
     fig, axes = plt.subplots(1, 1 + len(keys), figsize=(3.6 * (1 + len(keys)), 3.4), squeeze=False)
     axes = axes[0]

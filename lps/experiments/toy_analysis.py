@@ -24,6 +24,7 @@ from lps.nets.critic import q_values
 from lps.nets.latent import sample_latent
 from lps.training.config import preset
 from lps.training.loop import train
+from lps.training.runlog import pyplot
 
 
 def _train_toy(agent: str, env: str, out: Path, steps: int, seed: int, **agent_kw):
@@ -51,11 +52,7 @@ def figure2(task: str = "four-gaussians", alphas=(0.03, 3.0, 300.0), steps: int 
     panels["lps (untuned)"] = _train_toy("lps", env, out, steps, seed)(obs).reshape(samples, -1)
     numbers = {name: toy.score(toy_task, actions, reference) for name, actions in panels.items()}
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels) + 1, figsize=(3.2 * (len(panels) + 1), 3.4))
     data = toy.make_dataset(env, seed=0)["actions"][0::2]
     axes[0].hist2d(data[:, 0], data[:, 1], bins=60, range=[[-1, 1], [-1, 1]], cmap="Blues")
@@ -114,11 +111,7 @@ def figure3(task: str = "four-gaussians", steps: int = 3000, seed: int = 0, out:
         "value_correlation": float(np.corrcoef(q, qw)[0, 1]),
     }
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     out.mkdir(parents=True, exist_ok=True)
     if dim == 2:  # maps over a grid of latents; the sphere is the circle of radius sqrt(2)
         lim = 2.0

@@ -18,6 +18,17 @@ from lps.files import atomic_write, naming
 METRICS_JSONL, METRICS_CSV, CURVE_PNG = "metrics.jsonl", "metrics.csv", "curves.png"
 
 
+def pyplot():
+    """matplotlib.pyplot drawing to files only (Agg: no display needed). Imported on first use: it takes
+    most of a second, which a run that plots nothing, or `lps --help`, should not pay."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def read_rows(path: Path) -> list[dict]:
     """The rows of a metrics.jsonl. A torn last line (a crash or a full disk mid-append) is dropped
     with a message; damage anywhere else is a ValueError naming the file and line."""
@@ -96,11 +107,7 @@ class RunLog:
         """Success rate and the training losses against gradient steps."""
         if not self.writes:
             return
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         loss_keys = sorted(k for k in {k for r in self.rows for k in r} if k.startswith("loss/"))
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         steps, success = self.series("eval/success")
