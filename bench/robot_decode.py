@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lps.data import lerobot
+from lps.data import lerobot, synthetic
 from lps.data.robot import RobotDataConfig, load_folder
 
 
@@ -33,7 +33,7 @@ def main() -> None:
     for episodes in a.episodes:
         root = Path(tempfile.mkdtemp(prefix="lps-bench-"))
         try:
-            lerobot.synthetic_dataset(root / "ds", a.version, episodes, a.steps, a.size, cams)
+            synthetic.lerobot_dataset(root / "ds", a.version, episodes, a.steps, a.size, cams)
             frames, t0 = 0, time.perf_counter()
             for video in sorted((root / "ds" / "videos").rglob("*.mp4")):
                 frames += len(lerobot.decode_video(video, None)[0])

@@ -613,7 +613,7 @@ def append_episodes(dataset: dict[str, Any] | None, episodes: list[dict[str, Any
     return out
 
 
-# --- writing episodes (recording, tests, benchmarks) -------------------------------------------
+# --- writing episodes (recording, the learner) -------------------------------------------------
 
 
 def write_episode(path: str | os.PathLike, actions: np.ndarray, state: np.ndarray, images: dict[str, np.ndarray],
@@ -682,27 +682,3 @@ def write_rows_episode(path: str | os.PathLike, layout: EpisodeLayout, state: np
         for key, arr in (extra or {}).items():
             f[f"lps/{key}"] = arr
         f.attrs.update(attrs or {})
-
-
-def synthetic_folder(folder: str | os.PathLike, success: int = 5, failure: int = 2, steps: int = 40,
-                     size: int = 32, cameras: tuple[str, ...] = ("ext1_left", "wrist_left"), seed: int = 0) -> Path:  # fmt: skip
-    """A tiny dataset in the DROID layout whose actions depend on the images and the state (so a
-    policy can learn them): for tests and benchmarks."""
-    rng = np.random.default_rng(seed)
-    folder = Path(folder)
-    for i in range(success + failure):
-        sub = "success" if i < success else "failure"
-        t = np.linspace(0, 1, steps, dtype=np.float32)[:, None]
-        goal = rng.uniform(-0.5, 0.5, (1, 6)).astype(np.float32)
-        cart = goal * t + 0.02 * rng.standard_normal((steps, 6)).astype(np.float32)
-        state = np.concatenate([cart, (t > 0.5).astype(np.float32)], axis=1)
-        actions = np.clip(np.concatenate([np.repeat(goal, steps, 0), 2 * (t > 0.5) - 1], axis=1), -1, 1)
-        images = {}
-        for c, cam in enumerate(cameras):
-            frames = rng.integers(0, 40, (steps, size, size, 4), dtype=np.uint8)
-            # A bright square whose position encodes the goal, so the images carry the task.
-            row = int((goal[0, c % 6] + 0.5) * (size - 8))
-            frames[:, row : row + 8, size // 4 : size // 4 + 8, :3] = 255
-            images[cam] = frames
-        write_episode(folder / sub / f"episode_{i:03d}.h5", actions.astype(np.float32), state, images)
-    return folder

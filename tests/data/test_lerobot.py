@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("pyarrow")
 pytest.importorskip("av")
 
-from lps.data import lerobot  # noqa: E402
+from lps.data import lerobot, synthetic  # noqa: E402
 from lps.data.robot import RobotDataConfig, load_folder  # noqa: E402
 from lps.data.validate import DatasetError  # noqa: E402
 
@@ -20,7 +20,7 @@ RAW = RobotDataConfig(image_size=0, cache=False)
 
 @pytest.mark.parametrize("version", ["v2.1", "v3.0"])
 def test_rows_equal_what_was_written(tmp_path, version):
-    written = lerobot.synthetic_dataset(tmp_path / "ds", version, episodes=3, steps=10)
+    written = synthetic.lerobot_dataset(tmp_path / "ds", version, episodes=3, steps=10)
     data = load_folder(tmp_path / "ds", RAW, chunk_len=5, progress=False)
     obs = data["observations"]
     assert sorted(obs["image"]) == ["front", "wrist"]  # camera names: the features without observation.images.
@@ -36,13 +36,13 @@ def test_rows_equal_what_was_written(tmp_path, version):
 
 
 def test_estimate_counts_frames_and_bytes(tmp_path):
-    lerobot.synthetic_dataset(tmp_path / "ds", "v3.0", episodes=4, steps=8, size=32)
+    synthetic.lerobot_dataset(tmp_path / "ds", "v3.0", episodes=4, steps=8, size=32)
     line = lerobot.estimate(tmp_path / "ds")
     assert "64 frames (32 rows x 2 camera(s))" in line and "~0 MiB" in line  # 32 * 32*32*3*2 bytes = 0.19 MiB
 
 
 def test_cameras_flag_picks_and_orders_cameras_and_cache_matches(tmp_path):
-    written = lerobot.synthetic_dataset(tmp_path / "ds", "v3.0", episodes=2, steps=8)
+    written = synthetic.lerobot_dataset(tmp_path / "ds", "v3.0", episodes=2, steps=8)
     cfg = RobotDataConfig(image_size=16, cameras=("wrist",), num_cameras=1)
     first = load_folder(tmp_path / "ds", cfg, chunk_len=3, progress=False)
     assert list(first["observations"]["image"]) == ["wrist"]
@@ -55,24 +55,24 @@ def test_cameras_flag_picks_and_orders_cameras_and_cache_matches(tmp_path):
 
 
 def test_failure_episodes_flag(tmp_path):
-    lerobot.synthetic_dataset(tmp_path / "ds", "v2.1", episodes=3, steps=8)
+    synthetic.lerobot_dataset(tmp_path / "ds", "v2.1", episodes=3, steps=8)
     data = load_folder(tmp_path / "ds", RobotDataConfig(image_size=0, cache=False, failure_episodes=(1,)), 3, False)
     assert data["rewards"][8 + 5] == -100.0 and data["rewards"][5] == 0.0 and data["rewards"][16 + 5] == 0.0
 
 
 def test_bad_input_is_named(tmp_path):
     ds = tmp_path / "ds"
-    lerobot.synthetic_dataset(ds, "v2.1", episodes=2, steps=8)
+    synthetic.lerobot_dataset(ds, "v2.1", episodes=2, steps=8)
     with pytest.raises(DatasetError, match="column 'observation.joints' does not exist.*observation.state"):
         load_folder(ds, RobotDataConfig(image_size=0, cache=False, state_column="observation.joints"), 3, False)
     with pytest.raises(DatasetError, match="camera 'top' is not a video/image feature"):
         load_folder(ds, RobotDataConfig(image_size=0, cache=False, cameras=("top",), num_cameras=1), 3, False)
     video = ds / "videos/chunk-000/observation.images.wrist/episode_000001.mp4"
     short = lerobot.decode_video(video, 10)[0][:5]
-    lerobot.write_video(video, short, 10)
+    synthetic.write_video(video, short, 10)
     with pytest.raises(DatasetError, match="episode 1, camera 'observation.images.wrist'.*cannot cover"):
         load_folder(ds, RAW, 3, False)
-    lerobot.write_video(video, short, 20)
+    synthetic.write_video(video, short, 20)
     with pytest.raises(DatasetError, match="20 fps but meta/info.json says 10"):
         load_folder(ds, RAW, 3, False)
     video.unlink()
@@ -85,7 +85,7 @@ def test_nan_state_is_an_error_and_physical_actions_need_normalising(tmp_path):
     import pyarrow.parquet as pq
 
     ds = tmp_path / "ds"
-    lerobot.synthetic_dataset(ds, "v2.1", episodes=1, steps=8)
+    synthetic.lerobot_dataset(ds, "v2.1", episodes=1, steps=8)
     path = ds / "data/chunk-000/episode_000000.parquet"
     table = pq.read_table(path)
     state = np.asarray(table.column("observation.state").to_pylist())
@@ -121,7 +121,7 @@ def test_images_stored_in_the_table(tmp_path):
     from PIL import Image
 
     ds = tmp_path / "ds"
-    written = lerobot.synthetic_dataset(ds, "v2.1", episodes=1, steps=8, cameras=("front",))
+    written = synthetic.lerobot_dataset(ds, "v2.1", episodes=1, steps=8, cameras=("front",))
     shutil.rmtree(ds / "videos")
     frames = written["episodes"][0]["images"]["observation.images.front"]
     cells = []
@@ -178,7 +178,7 @@ def test_normalised_run_acts_and_serves_in_robot_units(tmp_path, capsys):
     from tests import helpers
 
     ds = tmp_path / "ds"
-    lerobot.synthetic_dataset(ds, "v3.0", episodes=3, steps=12, size=16, action_offset=20.0, action_scale=10.0,
+    synthetic.lerobot_dataset(ds, "v3.0", episodes=3, steps=12, size=16, action_offset=20.0, action_scale=10.0,
                               sizes={"wrist": (12, 20)})  # fmt: skip
     from lps.data.normalize import fit_dataset
 
@@ -246,7 +246,7 @@ def test_normalised_run_acts_and_serves_in_robot_units(tmp_path, capsys):
 def test_summary_names_outcomes_cameras_ranges_and_constant_dims(tmp_path):
     from lps.data.robot import summary
 
-    lerobot.synthetic_dataset(tmp_path / "ds", "v2.1", episodes=3, steps=8, action_offset=5.0)
+    synthetic.lerobot_dataset(tmp_path / "ds", "v2.1", episodes=3, steps=8, action_offset=5.0)
     cfg = RobotDataConfig(image_size=0, cache=False, normalize="minmax", failure_episodes=(2,))
     data = load_folder(tmp_path / "ds", cfg, 3, False)
     data["observations"]["state"][:, 1] = 0.5
@@ -310,10 +310,10 @@ def _droid_episode(root, sub, steps, fps, mono=True, stereo=True, robot_times=Tr
     n = frames or int(np.ceil(steps * fps / 15.0))
     left = np.broadcast_to((10 + 4 * np.arange(n))[:, None, None, None], (n, 16, 16, 3)).astype(np.uint8)  # frame i: 10 + 4i
     if mono:
-        lerobot.write_video(ep / "recordings" / "MP4" / "12345.mp4", left, fps)
+        synthetic.write_video(ep / "recordings" / "MP4" / "12345.mp4", left, fps)
     if stereo:
         right = np.full_like(left, 250)
-        lerobot.write_video(ep / "recordings" / "MP4" / "12345-stereo.mp4", np.concatenate([left, right], axis=2), fps)
+        synthetic.write_video(ep / "recordings" / "MP4" / "12345-stereo.mp4", np.concatenate([left, right], axis=2), fps)
     return ep, action, state
 
 
@@ -354,7 +354,7 @@ def test_raw_droid_video_that_cannot_cover_or_be_matched_is_named(tmp_path):
 
 def test_av1_video_lerobots_default_codec(tmp_path):
     """LeRobot v3.0 encodes AV1 by default: PyAV's wheels encode it (SVT-AV1) and decode it (dav1d)."""
-    written = lerobot.synthetic_dataset(tmp_path / "ds", "v3.0", episodes=2, steps=4, size=64, cameras=("front",),
+    written = synthetic.lerobot_dataset(tmp_path / "ds", "v3.0", episodes=2, steps=4, size=64, cameras=("front",),
                                         codec="libsvtav1")  # fmt: skip
     data = load_folder(tmp_path / "ds", RAW, 2, False)
     image = np.concatenate([e["images"]["observation.images.front"] for e in written["episodes"]])
@@ -384,7 +384,7 @@ def _outcomes(data, chunk_len):
 
 
 def _tiny(ds, version="v2.1", episodes=3):
-    return lerobot.synthetic_dataset(ds, version, episodes=episodes, steps=8, size=16, cameras=("front",))
+    return synthetic.lerobot_dataset(ds, version, episodes=episodes, steps=8, size=16, cameras=("front",))
 
 
 def _cfg(**kw):

@@ -18,9 +18,9 @@ from lps.data.robot import (
     droid_obs_to_lps,
     load_folder,
     read_episode,
-    synthetic_folder,
     write_episode,
 )
+from lps.data.synthetic import hdf5_folder
 from lps.data.validate import DatasetError
 from tests.helpers import run_cli
 
@@ -31,7 +31,7 @@ H = 5
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """5 success + 2 failure episodes, 40 steps, two 32x32 cameras."""
-    return synthetic_folder(tmp_path_factory.mktemp("robot") / "demos", success=5, failure=2, steps=40, size=32)
+    return hdf5_folder(tmp_path_factory.mktemp("robot") / "demos", success=5, failure=2, steps=40, size=32)
 
 
 def _raw_obs(path, t):
@@ -126,7 +126,7 @@ def test_missing_folder_and_empty_folder(tmp_path):
 
 
 def test_include_failure_false_drops_failure_folder_and_says_so(tmp_path):
-    folder = synthetic_folder(tmp_path / "d", success=1, failure=2, steps=12, size=8)
+    folder = hdf5_folder(tmp_path / "d", success=1, failure=2, steps=12, size=8)
     cfg = RobotDataConfig(image_size=0, cache=False, include_failure=False)
     data = load_folder(folder, cfg, chunk_len=H, progress=False)
     assert data["terminals"].sum() == 1 and data["rewards"][12 - H] == 0.0
@@ -157,7 +157,7 @@ def test_cache_key_covers_decoding_options_not_labels(tmp_path):
     from lps.data import robot_cache
     from lps.data.robot import decode_options
 
-    folder = synthetic_folder(tmp_path / "d", success=1, failure=0, steps=8, size=8)
+    folder = hdf5_folder(tmp_path / "d", success=1, failure=0, steps=8, size=8)
     inputs = sorted(folder.rglob("*.h5"))
     decoding = (CFG, dataclasses.replace(CFG, image_size=8), dataclasses.replace(CFG, success_column="x"))
     assert len({robot_cache.entry_path(folder, inputs, decode_options(c)) for c in decoding}) == 3
@@ -167,7 +167,7 @@ def test_cache_key_covers_decoding_options_not_labels(tmp_path):
 
 
 def test_cache_hit_invalidation_and_corruption(tmp_path, capsys):
-    folder = synthetic_folder(tmp_path / "d", success=2, failure=1, steps=12, size=16)
+    folder = hdf5_folder(tmp_path / "d", success=2, failure=1, steps=12, size=16)
     cfg = RobotDataConfig(image_size=16)
     first = load_folder(folder, cfg, chunk_len=H, progress=False)
     caches = list((folder / ".lps-cache").glob("robot-*.npz"))
@@ -191,7 +191,7 @@ def test_cache_hit_invalidation_and_corruption(tmp_path, capsys):
     load_folder(folder, dataclasses.replace(cfg, image_size=8), chunk_len=H, progress=False)
     assert len(list((folder / ".lps-cache").glob("robot-*.npz"))) == 2
     # A new episode invalidates the cache.
-    synthetic_folder(tmp_path / "extra", success=1, failure=0, steps=12, size=16, seed=3)
+    hdf5_folder(tmp_path / "extra", success=1, failure=0, steps=12, size=16, seed=3)
     shutil.copy(tmp_path / "extra" / "success" / "episode_000.h5", folder / "success" / "episode_new.h5")
     third = load_folder(folder, cfg, chunk_len=H, progress=False)
     assert "from cache" not in capsys.readouterr().out and third["terminals"].sum() == 4
@@ -206,7 +206,7 @@ def test_cache_hit_invalidation_and_corruption(tmp_path, capsys):
 def test_cache_sees_an_edit_that_keeps_size_and_mtime(tmp_path, capsys):
     """Issue 32 item 1: one value edited in place, size and mtime restored: the cache is keyed on
     content, so the edited value is what loads."""
-    folder = synthetic_folder(tmp_path / "d", success=2, failure=0, steps=12, size=8)
+    folder = hdf5_folder(tmp_path / "d", success=2, failure=0, steps=12, size=8)
     cfg = RobotDataConfig(image_size=0)
     load_folder(folder, cfg, chunk_len=H, progress=False)
     path = folder / "success" / "episode_001.h5"
@@ -224,7 +224,7 @@ def test_cache_with_rows_missing_is_rebuilt(tmp_path, capsys):
     """Issue 32 item 2: an entry rewritten with rows missing (consistently) is not used."""
     from lps.data import robot_cache
 
-    folder = synthetic_folder(tmp_path / "d", success=2, failure=0, steps=12, size=8)
+    folder = hdf5_folder(tmp_path / "d", success=2, failure=0, steps=12, size=8)
     cfg = RobotDataConfig(image_size=0)
     load_folder(folder, cfg, chunk_len=H, progress=False)
     (entry,) = (folder / ".lps-cache").glob("robot-*.npz")
@@ -283,7 +283,7 @@ def test_train_eval_and_load_policy_end_to_end(folder, tmp_path):
     `load_policy` on a raw DROID observation dict."""
     import lps
 
-    held_out = synthetic_folder(tmp_path / "held-out", success=2, failure=0, steps=40, size=32, seed=1)
+    held_out = hdf5_folder(tmp_path / "held-out", success=2, failure=0, steps=40, size=32, seed=1)
     run = tmp_path / "run"
     # The robot preset (IMPALA encoder, DiT base, cosine schedule) with tiny networks.
     small = ["--dit-width", "16", "--dit-depth", "1", "--dit-heads", "2", "--actor-hidden", "32", "--critic-hidden", "32", "32",

@@ -307,10 +307,11 @@ def test_robot_folder_episodes_are_written_in_the_folders_own_layout(tmp_path):
     import dataclasses
 
     from lps.data import normalize
-    from lps.data.robot import load_folder, synthetic_folder
+    from lps.data.robot import load_folder
+    from lps.data.synthetic import hdf5_folder
     from lps.training.config import TrainConfig
 
-    folder = synthetic_folder(tmp_path / "demos", success=2, failure=0, steps=10, size=8)
+    folder = hdf5_folder(tmp_path / "demos", success=2, failure=0, steps=10, size=8)
     cfg = RobotDataConfig(cache=False)
     data_cfg = TrainConfig(dataset=str(folder), robot=cfg)
     layout = L._hdf5_layout(data_cfg)

@@ -489,8 +489,10 @@ def test_robot_policy_served_from_raw_droid_dicts(tmp_path):
     h5py = pytest.importorskip("h5py")
     import jax
 
+    from lps.data import synthetic
+
     size, steps = 16, 12
-    folder = robot.synthetic_folder(tmp_path / "demos", success=2, failure=0, steps=steps, size=size)
+    folder = synthetic.hdf5_folder(tmp_path / "demos", success=2, failure=0, steps=steps, size=size)
     run = tmp_path / "run"
     helpers.run_cli(
         "train", "--dataset", folder, "--image-size", size, "--chunk-len", CHUNK, "--steps", 2, "--log-every", 1,

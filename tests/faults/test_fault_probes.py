@@ -468,9 +468,9 @@ def test_every_command_reading_robot_folders_takes_skip_bad(monkeypatch, capsys)
 
 def test_truncated_robot_cache_is_rebuilt(tmp_path, capsys):
     pytest.importorskip("h5py")
-    from lps.data import robot
+    from lps.data import robot, synthetic
 
-    folder = robot.synthetic_folder(tmp_path / "demos", success=2, failure=0, steps=8, size=8)
+    folder = synthetic.hdf5_folder(tmp_path / "demos", success=2, failure=0, steps=8, size=8)
     cfg = robot.RobotDataConfig(image_size=8)
     first = robot.load_folder(folder, cfg, chunk_len=2, progress=False)
     (cache,) = (folder / robot.CACHE_DIR).glob("robot-*.npz")
