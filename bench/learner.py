@@ -34,10 +34,9 @@ OBS_DIM, ACTION_DIM, CHUNK = 28, 5, 5  # OGBench cube-single's dims
 
 
 def offline_run(root: Path) -> Path:
-    import dataclasses
 
     from lps.agents import LPSConfig
-    from lps.training.config import preset
+    from lps.training.config import preset, with_flags
     from lps.training.loop import train
 
     rng = np.random.default_rng(0)
@@ -48,7 +47,7 @@ def offline_run(root: Path) -> Path:
     terminals[steps - 1 :: steps] = 1
     np.savez(root / "demos.npz", observations=obs, actions=actions, rewards=-np.ones(rows, np.float32), terminals=terminals)
     cfg, agent_cfg = preset("quick", LPSConfig)
-    cfg = dataclasses.replace(cfg, dataset=str(root / "demos.npz"), chunk_len=CHUNK, steps=10, save_every=10, log_every=10,
+    cfg = with_flags(cfg, dataset=str(root / "demos.npz"), chunk_len=CHUNK, steps=10, save_every=10, log_every=10,
                               eval_every=0, eval_episodes=0, run_dir=str(root / "run"), progress=False)  # fmt: skip
     train("lps", cfg, agent_cfg)
     return root / "run"

@@ -88,14 +88,14 @@ def train_rows(data_dir: str | None, width: int | None = 256, size: str = "quick
     every network 2 x `width` (None: the preset's own sizes); with `seeds=`, the first seed's rows
     (each holds the program's rate)."""
     from lps.agents import LPSConfig
-    from lps.training.config import agent_overrides, preset
+    from lps.training.config import agent_overrides, preset, with_flags
     from lps.training.loop import train
 
     cfg, agent_cfg = preset(size, LPSConfig)
     if width is not None:
         agent_cfg = dataclasses.replace(agent_cfg, **agent_overrides({"hidden": (width, width)}, LPSConfig))
     with tempfile.TemporaryDirectory() as run_dir:
-        cfg = dataclasses.replace(cfg, **{"env": TASK, "data_dir": data_dir, "log_every": 100, "save_every": 0,
+        cfg = with_flags(cfg, **{"env": TASK, "data_dir": data_dir, "log_every": 100, "save_every": 0,
                                           "eval_every": 0, "eval_episodes": 0, "run_dir": run_dir,
                                           "progress": False, **overrides})  # fmt: skip
         train("lps", cfg, agent_cfg)

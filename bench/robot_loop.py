@@ -46,14 +46,14 @@ SHOWN = ("success/last10", "offline/q_data", "online/q_data", "offline/td", "onl
 def offline(demos: Path, run: Path, steps: int, seed: int) -> Path:
     """An offline LPS run of `steps` (rounded up to a multiple of LOG_EVERY), reused if finished."""
     from lps.agents import LPSConfig
-    from lps.training.config import preset
+    from lps.training.config import preset, with_flags
     from lps.training.loop import train
 
     if (run / "summary.json").exists():
         return run
     steps = -(-steps // LOG_EVERY) * LOG_EVERY
     cfg, agent_cfg = preset("quick", LPSConfig)
-    cfg = dataclasses.replace(cfg, env=TASK, dataset=str(demos), steps=steps, save_every=steps, log_every=LOG_EVERY,
+    cfg = with_flags(cfg, env=TASK, dataset=str(demos), steps=steps, save_every=steps, log_every=LOG_EVERY,
                               eval_every=0, eval_episodes=0, run_dir=str(run), seed=seed, progress=False)  # fmt: skip
     train("lps", cfg, agent_cfg)
     return run

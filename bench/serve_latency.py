@@ -37,10 +37,10 @@ def write_untrained_run(run_dir: Path) -> None:
     """A run directory (config + checkpoint) of a freshly initialised paper-size LPS policy."""
     from lps.agents import LPSConfig, Spec, make_agent
     from lps.training import checkpoint
-    from lps.training.config import TrainConfig, save_config
+    from lps.training.config import TrainConfig, save_config, with_flags
     from lps.training.update import create_state, make_optimizer
 
-    cfg, agent_cfg = TrainConfig(chunk_len=CHUNK, eval_episodes=0, run_dir=str(run_dir)), LPSConfig()
+    cfg, agent_cfg = with_flags(TrainConfig(), chunk_len=CHUNK, eval_episodes=0, run_dir=str(run_dir)), LPSConfig()
     spec = Spec(OBS_DIM, ACTION_DIM, CHUNK, cfg.gamma)
     agent = make_agent("lps", agent_cfg, spec)
     save_config(run_dir, "lps", cfg, agent_cfg, spec)

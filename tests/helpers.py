@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import subprocess
@@ -11,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lps.agents import LPSConfig
-from lps.training.config import TrainConfig, preset
+from lps.agents import LPSConfig, config_class, resolve_config
+from lps.training.config import TrainConfig, agent_overrides, preset, with_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,12 +33,19 @@ def run_cli(*args, cwd, extra_path: Path | None = None, timeout=180, check=False
     return out
 
 
+def small_config(name, hidden=(32, 32), **kw):
+    """Agent `name`'s config with every network `hidden` wide, resolved for cube-single task 1."""
+    cls = config_class(name)
+    cfg = cls(**agent_overrides({"hidden": hidden}, cls), **kw)
+    return resolve_config(name, cfg, "cube-single-play-singletask-task1-v0")
+
+
 def toy_config(run_dir, **overrides) -> TrainConfig:
     """The toy preset, shortened: no evaluation, small batches, a checkpoint every 100 steps."""
     cfg, _ = preset("toy", LPSConfig)
     small = dict(steps=200, log_every=100, eval_every=0, save_every=100, eval_episodes=0, batch_size=64,
                  run_dir=str(run_dir), progress=False)  # fmt: skip
-    return dataclasses.replace(cfg, **(small | overrides))
+    return with_flags(cfg, **(small | overrides))
 
 
 def copy_run(src: Path, dst: Path) -> Path:

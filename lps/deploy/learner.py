@@ -39,6 +39,7 @@ from lps.files import atomic_write, atomic_writer
 from lps.training import checkpoint
 from lps.training.config import load_config
 from lps.training.diagnostics import make_diagnose
+from lps.training.plan import resolve
 from lps.training.setup import build_agent_for, load_data
 from lps.training.update import create_state, make_multi_update, make_optimizer, make_update
 
@@ -335,7 +336,7 @@ class Learner:
         # A normalised run: episodes arrive in the robot's units and train normalised with the
         # run's own statistics, as the offline data (normalised here with those too) did.
         self.stats = normalize.load(run_dir)
-        data = load_data(data_cfg, stats=self.stats)
+        data = load_data(resolve(data_cfg), data_cfg, stats=self.stats)
         self.bounds = data_bounds(data)
         self.layout = _hdf5_layout(data_cfg)
         capacity = len(data["actions"]) + lcfg.buffer_rows

@@ -26,8 +26,9 @@ from lps.data.robot import RobotDataConfig, droid_obs_to_lps, read_cameras
 from lps.deploy import learner
 from lps.files import user_path
 from lps.training import checkpoint
-from lps.training.config import MAX_SEED, is_robot_dataset, load_config
+from lps.training.config import MAX_SEED, load_config
 from lps.training.evaluate import check_episodes
+from lps.training.plan import resolve
 from lps.training.setup import build_agent_for, check_fits_env, make_evaluator, make_policy_fn
 from lps.training.update import create_state, jitted_act, make_optimizer
 
@@ -313,20 +314,22 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None, seed: int | N
     run_dir = user_path(run_dir)
     _, cfg, _, _ = load_config(run_dir)
     policy = load_policy(run_dir)
-    if episodes is None and cfg.eval_episodes == 0:
+    if episodes is None and cfg.eval.episodes == 0:
         episodes = DEFAULT_EVAL_EPISODES
         print(f"[lps] {run_dir} was trained with --eval-episodes 0: evaluating {episodes} episodes "
               "(choose with --episodes)")  # fmt: skip
-    episodes = cfg.eval_episodes if episodes is None else episodes
+    episodes = cfg.eval.episodes if episodes is None else episodes
     seed = cfg.seed if seed is None else seed
 
-    if is_robot_dataset(cfg):
+    timeout = {} if chunk_timeout is None else {"chunk_timeout": chunk_timeout}
+    eval_cfg = dataclasses.replace(cfg.eval, episodes=max(episodes, 1), workers=workers, **timeout)
+    plan = resolve(dataclasses.replace(cfg, eval=eval_cfg))
+    if plan.is_robot:
         raise ValueError(
             f"{run_dir} was trained on robot episodes ({cfg.dataset}); there is no environment to roll out in: "
             "evaluate offline with `lps eval RUN --dataset HELD_OUT_DIR`"
         )
-    timeout = {} if chunk_timeout is None else {"eval_chunk_timeout": chunk_timeout}
-    evaluator = make_evaluator(dataclasses.replace(cfg, eval_episodes=max(episodes, 1), eval_workers=workers, **timeout))
+    evaluator = make_evaluator(plan, eval_cfg, cfg.frame_stack)
     if evaluator is None:
         raise RuntimeError("no environment to evaluate in (is OGBench installed?)")
     check_fits_env(evaluator, policy.spec, cfg.env,

@@ -37,7 +37,7 @@ class Run:
     run_dir: Path
     label: str = ""  # the agent's row in the tables: `agent`, or `agent (alpha=A)` in a sweep
     settings: dict = field(default_factory=dict)  # other config that should match across pooled seeds
-    val: dict = field(default_factory=dict)  # `val/...` metric -> (steps, values), from lps.training.validation
+    val: dict = field(default_factory=dict)  # `val/...` metric -> (steps, values), from lps.training.val_split
     # Offline-to-online runs: the offline gradient steps, the online env steps asked for, and the
     # env step of each evaluation (NaN for those of the offline phase).
     offline_steps: int = 0
@@ -105,7 +105,7 @@ def _read_run(config_path: Path) -> Run | None:
         return None
     try:
         record = json.loads(config_path.read_text())
-        agent, train = record["agent"], record["train"]
+        agent, train = record["agent"], _flat_train(record["train"])
         if not isinstance(train, dict):
             raise TypeError(f"'train' is a {type(train).__name__}, not a mapping")
         lines = (run_dir / "metrics.jsonl").read_text(errors="replace").splitlines()
@@ -130,6 +130,21 @@ def _read_run(config_path: Path) -> Run | None:
                online_steps=int(train.get("online_steps") or 0),
                env_steps=np.array([rows.env_steps[s] for s in steps]),
                finished=(run_dir / "summary.json").exists())  # fmt: skip
+
+
+def _flat_train(train: dict) -> dict:
+    """A recorded train config by flag name: runs since the `eval` and `online` groups hold those
+    fields nested, under their own names (lps.training.config); flags are what a report shows."""
+    train = dict(train)
+    for group in ("eval", "online"):
+        sub = train.pop(group, None)
+        if isinstance(sub, dict):
+            train.update({_GROUP_FLAGS.get((group, k), f"{group}_{k}"): v for k, v in sub.items()})
+    return train
+
+
+# fields of a group whose flag is not `<group>_<field>` (lps.training.config.OnlineConfig, EvalConfig)
+_GROUP_FLAGS = {("online", "utd"): "utd", ("eval", "overlap"): "eval_async"}
 
 
 class _EvalRows:

@@ -34,7 +34,7 @@ from lps.agents import REGISTRY, check_agent, config_class
 from lps.data.generate import dataset_paths, generate
 from lps.data.tasks import default_data_dir
 from lps.experiments.suites import envs_of
-from lps.training.config import PRESETS, TrainConfig
+from lps.training.config import PRESETS, TrainConfig, flag_types, flat
 
 SUMMARY_JSON, LOG = "summary.json", "sweep.log"
 RESERVED = {
@@ -239,8 +239,8 @@ def _grid_value(v, at: str, what: str) -> str:
 @functools.cache
 def _field_types(agents: tuple[str, ...]) -> dict[str, list]:
     """Config field -> its types in TrainConfig and in the given agents' configs (which may differ)."""
-    out: dict[str, list] = {}
-    for cls in dict.fromkeys([TrainConfig, *(config_class(a) for a in agents)]):
+    out: dict[str, list] = {name: [tp] for name, tp in flag_types().items()}  # TrainConfig's, by flag name
+    for cls in dict.fromkeys(config_class(a) for a in agents):
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             if hints[f.name] not in out.setdefault(f.name, []):
@@ -312,15 +312,15 @@ def _describe(tp) -> str:
 @functools.cache
 def _field_defaults() -> dict:
     """Every config field (training and every agent's) -> a default value, for type checks."""
-    out = {}
-    for cls in [TrainConfig, *(cfg for _, cfg in REGISTRY.values())]:
+    out = dict(flat(TrainConfig()))
+    for cls in (cfg for _, cfg in REGISTRY.values()):
         for f in dataclasses.fields(cls):
             out.setdefault(f.name, f.default)
     return out
 
 
 def _fields(agent: str) -> set[str]:
-    return {f.name for cls in (TrainConfig, config_class(agent)) for f in dataclasses.fields(cls)}
+    return set(flag_types()) | {f.name for f in dataclasses.fields(config_class(agent))}
 
 
 def _run_name(agent: str, overrides: dict[str, str]) -> str:

@@ -22,7 +22,7 @@ from lps.data import toy
 from lps.deploy.policy import load_policy
 from lps.nets.critic import q_values
 from lps.nets.latent import sample_latent
-from lps.training.config import preset
+from lps.training.config import preset, with_flags
 from lps.training.loop import train
 from lps.training.runlog import pyplot
 
@@ -31,7 +31,7 @@ def _train_toy(agent: str, env: str, out: Path, steps: int, seed: int, **agent_k
     """Train `agent` on a toy task with the toy preset; return the loaded policy."""
     cfg, agent_cfg = preset("toy", config_class(agent))
     run_dir = out / "runs" / (agent + "".join(f"-{k}{v}" for k, v in agent_kw.items()))
-    cfg = dataclasses.replace(
+    cfg = with_flags(
         cfg, env=env, steps=steps, seed=seed, run_dir=str(run_dir), overwrite=True, progress=False,
         eval_every=steps, save_every=steps, log_every=min(cfg.log_every, steps),
     )  # fmt: skip

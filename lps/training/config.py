@@ -32,6 +32,66 @@ MAX_SEED = 2**32 - 1  # JAX keys and the evaluation's seed array hold unsigned 3
 CONFIG_JSON = "config.json"  # <run>/config.json: agent, train and agent configs, observation spec
 
 
+def flag(name: str):
+    """A nested config's field that keeps its flat flag (`OnlineConfig.steps` is --online-steps)."""
+    return tyro.conf.arg(name=name)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation during training (checked with the rest of TrainConfig)."""
+
+    every: Annotated[int, flag("eval_every")] = 100_000
+    """Evaluate every N steps (and at the end); 0 evaluates only at the end."""
+    episodes: Annotated[int, flag("eval_episodes")] = 50
+    """Episodes per evaluation; 0 disables evaluation."""
+    workers: Annotated[int | None, flag("eval_workers")] = None
+    """Environment worker processes for evaluation (default: one per core, capped by memory at
+    ~150 MB per environment); 0 steps the environments in the training process."""
+    chunk_timeout: Annotated[float, flag("eval_chunk_timeout")] = 60.0
+    """Seconds an env worker process may take to reset or to execute one action chunk before it is
+    treated as dead (stopped or hung): it is killed and the evaluation is marked failed, naming its
+    episodes, and training goes on. Chunks take milliseconds; no deadline with --eval-workers 0."""
+    overlap: Annotated[Literal["auto", "true", "false"], flag("eval_async")] = "auto"
+    """Evaluate a snapshot of the parameters on the host CPU while training goes on; auto: only
+    with >= 4 cores (on fewer, evaluating in between is faster)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineConfig:
+    """The online phase of offline-to-online fine-tuning (checked with the rest of TrainConfig)."""
+
+    steps: Annotated[int, flag("online_steps")] = 0
+    """Online fine-tuning: environment steps in the live environment after the offline --steps
+    (0: offline only). See docs/offline-to-online.md."""
+    envs: Annotated[int, flag("online_envs")] = 4
+    """Environments played side by side online (episodes start together in waves)."""
+    workers: Annotated[int | None, flag("online_workers")] = None
+    """Worker processes for the online environments (default: one per core, at most one per
+    environment); 0 steps them in the training process."""
+    utd: Annotated[int, flag("utd")] = 1
+    """Online: gradient updates per environment step (update-to-data ratio)."""
+    sync: Annotated[bool, flag("online_sync")] = False
+    """Online: strict alternation (act, step the envs, then run the updates owed), step for step as
+    the protocol reads. Off (default): overlap, the updates owed for one round of chunks run on the
+    device while the envs step the next round, which is acted with the parameters from before
+    those updates (one round of staleness, K*H env steps)."""
+    mix: Annotated[Literal["buffer", "balanced"], flag("online_mix")] = "buffer"
+    """Online batches: buffer = uniform over offline and online chunks (Q-chunking's single
+    buffer); balanced = half offline, half online (the paper's robot recipe)."""
+    start_steps: Annotated[int | None, flag("online_start_steps")] = None
+    """Online: environment steps played before the first online update (Q-chunking's
+    `start_training`). Default: 5,000 on OGBench tasks, as Q-chunking runs offline-to-online; 0 on
+    the toy bandits."""
+    lr_schedule: Annotated[Literal["restart", "continue"], flag("online_lr_schedule")] = "restart"
+    """Online, under --lr-schedule cosine: restart = the online updates run at a constant --lr (the
+    schedule's peak; Adam's moments go on); continue = the offline schedule's end value, lr / 10,
+    as the schedule holds it past --steps. A constant schedule is the same either way."""
+
+    # Runs recorded before these fields existed resume as they trained (see upgrade_record).
+    LEGACY_DEFAULTS: ClassVar[dict] = {"start_steps": 0, "lr_schedule": "continue"}
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     env: str = "cube-single-play-singletask-task1-v0"
@@ -62,10 +122,6 @@ class TrainConfig:
     """Episodes to generate when the play data is missing (the official size is 1000)."""
     data_seed: int = 0
     """Seed of the data generator when the play data is missing."""
-    eval_every: int = 100_000
-    """Evaluate every N steps (and at the end); 0 evaluates only at the end."""
-    eval_episodes: int = 50
-    """Episodes per evaluation; 0 disables evaluation."""
     log_every: int = 1000
     """Updates per device dispatch (one lax.scan) and per metrics row."""
     save_every: int = 100_000
@@ -75,16 +131,6 @@ class TrainConfig:
     overwrite: bool = False
     """Allow writing into a run directory that already holds a run."""
     tensorboard: bool = False
-    eval_workers: int | None = None
-    """Environment worker processes for evaluation (default: one per core, capped by memory at
-    ~150 MB per environment); 0 steps the environments in the training process."""
-    eval_chunk_timeout: float = 60.0
-    """Seconds an env worker process may take to reset or to execute one action chunk before it is
-    treated as dead (stopped or hung): it is killed and the evaluation is marked failed, naming its
-    episodes, and training goes on. Chunks take milliseconds; no deadline with --eval-workers 0."""
-    eval_async: Literal["auto", "true", "false"] = "auto"
-    """Evaluate a snapshot of the parameters on the host CPU while training goes on; auto: only
-    with >= 4 cores (on fewer, evaluating in between is faster)."""
     wandb: bool = False
     """Also log the metrics rows and the config to Weights & Biases (pip install "lps[wandb]")."""
     wandb_project: str = "lps"
@@ -117,36 +163,12 @@ class TrainConfig:
     `lps.load_policy`/`lps serve` (which keep each episode's last K frames)."""
     robot: Annotated[RobotDataConfig, tyro.conf.OmitArgPrefixes] = RobotDataConfig()
     """How a --dataset folder of robot episodes is read."""
-    online_steps: int = 0
-    """Online fine-tuning: environment steps in the live environment after the offline --steps
-    (0: offline only). See docs/offline-to-online.md."""
-    online_envs: int = 4
-    """Environments played side by side online (episodes start together in waves)."""
-    online_workers: int | None = None
-    """Worker processes for the online environments (default: one per core, at most one per
-    environment); 0 steps them in the training process."""
-    utd: int = 1
-    """Online: gradient updates per environment step (update-to-data ratio)."""
-    online_sync: bool = False
-    """Online: strict alternation (act, step the envs, then run the updates owed), step for step as
-    the protocol reads. Off (default): overlap, the updates owed for one round of chunks run on the
-    device while the envs step the next round, which is acted with the parameters from before
-    those updates (one round of staleness, K*H env steps)."""
-    online_mix: Literal["buffer", "balanced"] = "buffer"
-    """Online batches: buffer = uniform over offline and online chunks (Q-chunking's single
-    buffer); balanced = half offline, half online (the paper's robot recipe)."""
-    online_start_steps: int | None = None
-    """Online: environment steps played before the first online update (Q-chunking's
-    `start_training`). Default: 5,000 on OGBench tasks, as Q-chunking runs offline-to-online; 0 on
-    the toy bandits."""
-
-    online_lr_schedule: Literal["restart", "continue"] = "restart"
-    """Online, under --lr-schedule cosine: restart = the online updates run at a constant --lr (the
-    schedule's peak; Adam's moments go on); continue = the offline schedule's end value, lr / 10,
-    as the schedule holds it past --steps. A constant schedule is the same either way."""
-
-    # Runs recorded before these fields existed resume as they trained (see from_dict).
-    LEGACY_DEFAULTS: ClassVar[dict] = {"online_start_steps": 0, "online_lr_schedule": "continue"}
+    eval: Annotated[EvalConfig, tyro.conf.OmitArgPrefixes] = EvalConfig()
+    """When and how the policy is evaluated: --eval-every, --eval-episodes, --eval-workers,
+    --eval-chunk-timeout, --eval-async."""
+    online: Annotated[OnlineConfig, tyro.conf.OmitArgPrefixes] = OnlineConfig()
+    """Online fine-tuning after the offline steps: --online-steps and the --online-* flags, --utd
+    (docs/offline-to-online.md)."""
     distributed: Annotated[DistributedConfig, tyro.conf.OmitArgPrefixes] = DistributedConfig()
     """Several devices and hosts: --devices, --device-axis, --shard-params, --data-placement and the
     multi-host flags (docs/scaling.md)."""
@@ -162,42 +184,37 @@ class TrainConfig:
         object.__setattr__(self, "data_dir", user_path(self.data_dir, absolute=True))
 
     def _check_numbers(self) -> None:
-        positive = ("steps", "batch_size", "chunk_len", "log_every", "episodes", "encoder_features", "frame_stack")
+        v = flat(self)  # by flag name: the checks read as the flags do
+        positive = ("steps", "batch_size", "chunk_len", "log_every", "episodes", "encoder_features", "frame_stack",
+                    "online_envs", "utd")  # fmt: skip
         for name in positive:
-            if getattr(self, name) <= 0:
-                raise ValueError(f"--{_flag(name)} must be positive, got {getattr(self, name)}")
-        for name in ("eval_every", "save_every", "eval_episodes", "augment_shift"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
+            if v[name] <= 0:
+                raise ValueError(f"--{_flag(name)} must be positive, got {v[name]}")
+        for name in ("eval_every", "save_every", "eval_episodes", "augment_shift", "online_steps"):
+            if v[name] < 0:
+                raise ValueError(f"--{_flag(name)} must be >= 0, got {v[name]}")
         for name in ("eval_every", "save_every"):
-            if getattr(self, name) % self.log_every:
+            if v[name] % self.log_every:
                 raise ValueError(
-                    f"--{_flag(name)} ({getattr(self, name)}) must be a multiple of --log-every ({self.log_every}): "
+                    f"--{_flag(name)} ({v[name]}) must be a multiple of --log-every ({self.log_every}): "
                     "evaluation and checkpoints happen between device dispatches"
                 )
-        if self.online_start_steps is not None and self.online_start_steps < 0:
-            raise ValueError(f"--online-start-steps must be >= 0, got {self.online_start_steps}")
-        for name in ("online_steps",):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
-        for name in ("online_envs", "utd"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"--{_flag(name)} must be positive, got {getattr(self, name)}")
+        if self.online.start_steps is not None and self.online.start_steps < 0:
+            raise ValueError(f"--online-start-steps must be >= 0, got {self.online.start_steps}")
         if self.frame_stack > MAX_FRAME_STACK:
             raise ValueError(f"--frame-stack {self.frame_stack} is above {MAX_FRAME_STACK}: every image would reach "
                              "the networks with that many frames (FQL's visual setting stacks 3)")  # fmt: skip
-        if self.utd > MAX_UTD:
-            raise ValueError(f"--utd {self.utd} is above {MAX_UTD}: every environment step would wait for that many "
-                             "gradient steps (published recipes use 1 to 20)")  # fmt: skip
-        if self.online_envs > MAX_ONLINE_ENVS:
-            raise ValueError(f"--online-envs {self.online_envs} is above {MAX_ONLINE_ENVS}: each environment holds "
+        if self.online.utd > MAX_UTD:
+            raise ValueError(f"--utd {self.online.utd} is above {MAX_UTD}: every environment step would wait for that "
+                             "many gradient steps (published recipes use 1 to 20)")  # fmt: skip
+        if self.online.envs > MAX_ONLINE_ENVS:
+            raise ValueError(f"--online-envs {self.online.envs} is above {MAX_ONLINE_ENVS}: each environment holds "
                              "~150 MB and a worker slot, and its episodes start in one wave")  # fmt: skip
-        if self.online_workers is not None and self.online_workers < 0:
-            raise ValueError(f"--online-workers must be >= 0 (0: in the training process), got {self.online_workers}")
-        if self.eval_workers is not None and self.eval_workers < 0:
-            raise ValueError(f"--eval-workers must be >= 0 (0: in the training process), got {self.eval_workers}")
-        if not 0 < self.eval_chunk_timeout < float("inf"):
-            raise ValueError(f"--eval-chunk-timeout must be a positive number of seconds, got {self.eval_chunk_timeout}")
+        for name in ("online_workers", "eval_workers"):
+            if v[name] is not None and v[name] < 0:
+                raise ValueError(f"--{_flag(name)} must be >= 0 (0: in the training process), got {v[name]}")
+        if not 0 < self.eval.chunk_timeout < float("inf"):
+            raise ValueError(f"--eval-chunk-timeout must be a positive number of seconds, got {self.eval.chunk_timeout}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"--seeds must be distinct, got {self.seeds}")
         if self.augment_prob is not None and not 0 <= self.augment_prob <= 1:
@@ -272,6 +289,67 @@ def _flag(name: str) -> str:
     return name.replace("_", "-")
 
 
+# --- the config by flag name ----------------------------------------------------------------
+# `eval` and `online` are nested configs whose fields keep their flat flags (--eval-every is
+# `cfg.eval.every`); these read and set a TrainConfig by flag name, as presets, sweeps, resume
+# checks and old config.json files name its fields.
+
+GROUPS = ("eval", "online")
+
+
+def group_flags(cls: type) -> dict[str, str]:
+    """A nested config's field -> its flag name (underscored), from its `flag(...)` annotations."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return {f.name: next(m.name for m in getattr(hints[f.name], "__metadata__", ()) if getattr(m, "name", None))
+            for f in dataclasses.fields(cls)}  # fmt: skip
+
+
+def flat(cfg: TrainConfig) -> dict[str, Any]:
+    """Every field of `cfg` by flag name; the `eval` and `online` groups opened."""
+    out = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in GROUPS}
+    for group in GROUPS:
+        sub = getattr(cfg, group)
+        out.update({name: getattr(sub, field) for field, name in group_flags(type(sub)).items()})
+    return out
+
+
+def with_flags(cfg: TrainConfig, **values) -> TrainConfig:
+    """`cfg` with fields replaced by flag name (`with_flags(cfg, online_steps=100, steps=10)`)."""
+    groups = {g: {} for g in GROUPS}
+    for group in GROUPS:
+        for field, name in group_flags(type(getattr(cfg, group))).items():
+            if name in values:
+                groups[group][field] = values.pop(name)
+    nested = {g: dataclasses.replace(getattr(cfg, g), **kw) for g, kw in groups.items() if kw}
+    return dataclasses.replace(cfg, **values, **nested)
+
+
+def flag_types() -> dict[str, Any]:
+    """Flag name -> type of every TrainConfig field (the groups opened), as `lps sweep` checks grids."""
+    hints = typing.get_type_hints(TrainConfig)
+    out = {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig) if f.name not in GROUPS}
+    for group in GROUPS:
+        cls = hints[group]
+        sub = typing.get_type_hints(cls)
+        out.update({name: sub[field] for field, name in group_flags(cls).items()})
+    return out
+
+
+def upgrade_record(train: dict) -> dict:
+    """A recorded `train` config in today's shape: runs recorded before the groups existed hold
+    their fields flat (`"online_steps": 0`), and lack the fields added since (LEGACY_DEFAULTS)."""
+    train = dict(train)
+    for group, cls in (("eval", EvalConfig), ("online", OnlineConfig)):
+        if group in train:
+            continue
+        sub = {}  # fields it lacks take LEGACY_DEFAULTS (from_dict)
+        for field, name in group_flags(cls).items():
+            if name in train:
+                sub[field] = train.pop(name)
+        train[group] = sub
+    return train
+
+
 # Counts of steps (and of what steps are counted in): whole numbers up to MAX_STEPS.
 COUNT_FIELDS = ("steps", "online_steps", "online_start_steps", "eval_every", "save_every", "log_every", "episodes",
                 "eval_episodes", "batch_size", "chunk_len", "encoder_features", "augment_shift", "frame_stack",
@@ -282,8 +360,9 @@ def check_counts(cfg: TrainConfig) -> None:
     """Every count of the config is a whole number (not 1e6, not True) and no step count is beyond
     what the int32 step counters hold; a run's total gradient steps (offline, then --utd per online
     env step) neither. Checked first, so the other rules compare integers."""
+    v = flat(cfg)
     for name in COUNT_FIELDS:
-        value = getattr(cfg, name)
+        value = v[name]
         if value is None:
             continue
         try:
@@ -297,16 +376,17 @@ def check_counts(cfg: TrainConfig) -> None:
             raise ValueError(f"--seeds must be whole numbers, got {cfg.seeds!r}")
     for name in ("steps", "online_steps", "online_start_steps", "eval_every", "save_every", "log_every", "episodes",
                  "batch_size"):  # fmt: skip
-        value = getattr(cfg, name)
+        value = v[name]
         if value is not None and value > MAX_STEPS:
             raise ValueError(f"--{_flag(name)} {value} is above {MAX_STEPS} (2**31 - 1): step counters are 32-bit "
                              "integers")  # fmt: skip
-    if cfg.eval_episodes > MAX_EVAL_EPISODES:
-        raise ValueError(f"--eval-episodes {cfg.eval_episodes} is above {MAX_EVAL_EPISODES}: every episode's result is "
+    if cfg.eval.episodes > MAX_EVAL_EPISODES:
+        raise ValueError(f"--eval-episodes {cfg.eval.episodes} is above {MAX_EVAL_EPISODES}: every episode's result is "
                          "kept in memory; the paper evaluates 50")  # fmt: skip
-    if cfg.steps > 0 and cfg.online_steps > 0 and cfg.utd > 0 and cfg.steps + cfg.online_steps * cfg.utd > MAX_STEPS:
+    steps, online = cfg.steps, cfg.online
+    if steps > 0 and online.steps > 0 and online.utd > 0 and steps + online.steps * online.utd > MAX_STEPS:
         raise ValueError(
-            f"--steps {cfg.steps} + --online-steps {cfg.online_steps} x --utd {cfg.utd} gradient steps is above "
+            f"--steps {steps} + --online-steps {online.steps} x --utd {online.utd} gradient steps is above "
             f"{MAX_STEPS} (2**31 - 1): the train state's step counter is a 32-bit integer"
         )
 
@@ -315,7 +395,7 @@ def preset(name: str, agent_config_cls: type) -> tuple[TrainConfig, Any]:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
     p = PRESETS[name]
-    return TrainConfig(**p["train"]), agent_config_cls(**agent_overrides(p["agent"], agent_config_cls))
+    return with_flags(TrainConfig(), **p["train"]), agent_config_cls(**agent_overrides(p["agent"], agent_config_cls))
 
 
 def agent_overrides(overrides: dict, agent_config_cls: type) -> dict:
@@ -338,6 +418,8 @@ def from_dict(cls: type, data: dict):
     field missing from an older run's JSON takes the class's `LEGACY_DEFAULTS` value when it has
     one (what such runs did before the field existed), else the field's default."""
     data = {**getattr(cls, "LEGACY_DEFAULTS", {}), **data}
+    if cls is TrainConfig:
+        data = upgrade_record(data)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
@@ -380,22 +462,6 @@ def check_agent_config(cfg) -> None:
 # --- a run's config.json and what it tells ----------------------------------------------------
 
 
-def is_robot_dataset(cfg: TrainConfig) -> bool:
-    """A folder of robot episodes: no environment to evaluate in (see `lps eval RUN --dataset DIR`)."""
-    return cfg.dataset is not None and Path(cfg.dataset).is_dir()
-
-
-def defaults_task(cfg: TrainConfig) -> str:
-    """The task whose per-task agent defaults apply (QC-FQL's alpha): the --env, or none for a robot
-    folder (its data is no OGBench task, whatever --env says: the agents' fallback values)."""
-    return "" if is_robot_dataset(cfg) else cfg.env
-
-
-def task_name(cfg: TrainConfig) -> str:
-    """What a run is trained on: the OGBench/toy task, or the robot dataset folder's name."""
-    return Path(cfg.dataset).resolve().name if is_robot_dataset(cfg) else cfg.env
-
-
 def save_config(run_dir: Path, agent_name: str, cfg: TrainConfig, agent_cfg, spec: Spec | None = None) -> None:
     record = {"agent": agent_name, "train": to_dict(cfg), "agent_config": to_dict(agent_cfg)}
     if spec is not None:
@@ -413,7 +479,8 @@ def load_config(run_dir: str | Path) -> tuple[str, TrainConfig, Any, Spec | None
         spec = Spec(**record["spec"]) if "spec" in record else None
         # Where a run trained (devices, hosts) says nothing about where it resumes or is loaded: a
         # recorded coordinator or device count would tie it to that machine. Resumes take the flags given.
-        train = dataclasses.replace(from_dict(TrainConfig, record["train"]), distributed=DistributedConfig())
+        train = from_dict(TrainConfig, record["train"])
+        train = dataclasses.replace(train, distributed=DistributedConfig())
         return (
             agent_name,
             train,

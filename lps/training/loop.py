@@ -27,9 +27,10 @@ from lps.agents.encoded import scan_updates
 from lps.data.sampler import chunk_arrays, to_device
 from lps.files import write_json
 from lps.training import checkpoint, distributed, online, rundir, setup
-from lps.training.config import TrainConfig, check_agent_config, defaults_task, save_config, task_name, to_dict
+from lps.training.config import TrainConfig, check_agent_config, save_config, to_dict
 from lps.training.eval_schedule import EvaluationSchedule, seed_axis
 from lps.training.loggers import WandbSink
+from lps.training.plan import RunPlan, resolve
 from lps.training.rundir import SUMMARY_JSON, seed_configs
 from lps.training.runlog import RunLog
 from lps.training.update import (
@@ -40,7 +41,7 @@ from lps.training.update import (
     make_seeds_update,
     stack_seeds,  # fmt: skip
 )
-from lps.training.validation import Validator
+from lps.training.val_split import ValSplit
 
 
 def train(agent_name: str, cfg: TrainConfig, agent_cfg, resume: bool = False) -> dict | list[dict]:
@@ -49,26 +50,28 @@ def train(agent_name: str, cfg: TrainConfig, agent_cfg, resume: bool = False) ->
     whole run; SIGINT/SIGTERM stop it with a checkpoint."""
     check_agent(agent_name)
     check_agent_config(agent_cfg)
-    runs = [SeedRun(c, agent_name) for c in seed_configs(cfg, agent_name)]
-    online.check_config(cfg, len(runs))
+    plan = resolve(cfg)  # the task, environment and data source, resolved once for every part below
+    runs = [SeedRun(c, agent_name, plan) for c in seed_configs(cfg, agent_name, plan.name)]
+    multi_host = cfg.distributed.coordinator_address is not None or distributed.launcher() is not None
+    online.check_config(cfg.online, plan, len(runs), multi_host)
     distributed.initialize(cfg.distributed)  # joins the other hosts of a multi-host run, if any
     # Only one process writes (and so locks) the run directories; the others read them to resume.
     claim = rundir.claim([run.dir for run in runs]) if distributed.is_writer() else contextlib.nullcontext()
     with claim, rundir.StopOnSignal() as stop:
-        resume, changes = rundir.prepare(runs, agent_name, resolve_config(agent_name, agent_cfg, defaults_task(cfg)), resume)
+        resume, changes = rundir.prepare(runs, agent_name, resolve_config(agent_name, agent_cfg, plan.defaults_task), resume)
         finished = [rundir.finished_summary(run.dir, run.cfg) for run in runs] if resume else [None]
         if all(finished):  # nothing to train: its files stay as they are
             further = ("an online phase cannot be extended (its replay buffer is sized by --online-steps): train "
-                       "further in a new --run-dir" if cfg.online_steps else "pass a larger --steps to train further")
+                       "further in a new --run-dir" if cfg.online.steps else "pass a larger --steps to train further")
             print(f"[lps] {', '.join(str(r.dir) for r in runs)} already finished ({cfg.steps} steps"
-                  + (f", {cfg.online_steps} online env steps" if cfg.online_steps else "")
+                  + (f", {cfg.online.steps} online env steps" if cfg.online.steps else "")
                   + f"): nothing to do; {further}")  # fmt: skip
             return finished if cfg.seeds else finished[0]
-        return _train(agent_name, cfg, agent_cfg, runs, resume, changes, stop)
+        return _train(agent_name, cfg, plan, agent_cfg, runs, resume, changes, stop)
 
 
-def _train(agent_name, cfg, agent_cfg, runs, resume, changes, stop):
-    training = _Training(agent_name, cfg, agent_cfg, runs, resume, changes)  # devices, data, agent, state, records
+def _train(agent_name, cfg, plan, agent_cfg, runs, resume, changes, stop):
+    training = _Training(agent_name, cfg, plan, agent_cfg, runs, resume, changes)  # devices, data, agent, state, records
     start_step = step = training.step
     bar = tqdm(total=cfg.steps, initial=step, disable=not (cfg.progress and distributed.is_writer()), unit="step",
                dynamic_ncols=True)  # fmt: skip
@@ -79,15 +82,15 @@ def _train(agent_name, cfg, agent_cfg, runs, resume, changes, stop):
     try:
         training.train_offline(bar, stop)
         bar.close()
-        if cfg.online_steps:
+        if cfg.online.steps:
             training.train_online(stop)  # continues from the offline state, checkpointing through training.save()
         training.evaluation.schedule.finish()
     finally:
         bar.close()
         training.close()
     elapsed = time.perf_counter() - start
-    gradient_steps = int(training.state.step) if cfg.online_steps else training.step  # online: its updates too
-    summaries = [_write_summary(agent_name, run, cfg, gradient_steps - start_step, elapsed, gradient_steps)
+    gradient_steps = int(training.state.step) if cfg.online.steps else training.step  # online: its updates too
+    summaries = [_write_summary(agent_name, run, gradient_steps - start_step, elapsed, gradient_steps)
                  for run in runs]  # fmt: skip
     return summaries if cfg.seeds else summaries[0]
 
@@ -96,20 +99,21 @@ class _Training:
     """A run being trained: its data on the device(s), agent, optimiser, state (the seeds stacked on
     a leading axis), the scanned update and the evaluation."""
 
-    def __init__(self, agent_name: str, cfg: TrainConfig, agent_cfg, runs: list[SeedRun], resume: bool, changes):
-        self.agent_name, self.cfg, self.runs = agent_name, cfg, runs
+    def __init__(self, agent_name: str, cfg: TrainConfig, plan: RunPlan, agent_cfg, runs: list[SeedRun], resume: bool,
+                 changes):  # fmt: skip
+        self.agent_name, self.cfg, self.plan, self.runs = agent_name, cfg, plan, runs
         self.layout = distributed.make_layout(cfg.distributed, len(runs), cfg.batch_size)  # None: one device
-        self.data = setup.load_data(cfg, [run.dir for run in runs] if distributed.is_writer() else [])  # stats: one writer
-        if cfg.online_steps:
-            online.check_memory(self.data, cfg)  # refused before the offline steps, not after them
-        self.agent = setup.build(agent_name, cfg, agent_cfg, self.data)
+        self.data = setup.load_data(plan, cfg, [run.dir for run in runs] if distributed.is_writer() else [])  # stats: one writer
+        if cfg.online.steps:
+            online.check_memory(self.data, cfg, plan)  # refused before the offline steps, not after them
+        self.agent = setup.build(agent_name, cfg, agent_cfg, self.data, plan.defaults_task)
         self.device_data = self._place_data()
-        online_lr = cfg.lr if cfg.online_steps and cfg.online_lr_schedule == "restart" else None
+        online_lr = cfg.lr if cfg.online.steps and cfg.online.lr_schedule == "restart" else None
         self.optimizer = make_optimizer(cfg, online_lr)  # online_lr: the rate past --steps (the online phase)
         states = [create_state(self.agent, self.optimizer, run.cfg.seed) for run in runs]
         self.online_resume = None
         if resume:
-            states, self.online_resume = _restore(cfg, runs, states, self.data, changes)
+            states, self.online_resume = _restore(cfg, plan, runs, states, self.data, changes)
         _open_records(runs, agent_name, self.agent, cfg, resume, int(states[0].step))
         self.state = stack_seeds(states) if self.layout is None else self.layout.place_state(stack_seeds(states))
         self.step = int(states[0].step)
@@ -117,7 +121,7 @@ class _Training:
         self.update = make_seeds_update(self.agent, self.optimizer, cfg.batch_size, len(runs),
                                         self.layout and self.layout.batch_sharding)  # fmt: skip
         self.shardings = None if self.layout is None else self.layout.update_shardings(self.state, self.device_data)
-        self.evaluation = _Evaluation(cfg, self.agent, runs, self.layout)
+        self.evaluation = _Evaluation(cfg, plan, self.agent, runs, self.layout)
         self.compiled: dict[int, Any] = {}  # one compiled program per dispatch length
 
     def _place_data(self):
@@ -182,8 +186,8 @@ class _Training:
         offline_state = self.state
         if self.layout is not None:
             offline_state = jax.tree_util.tree_map(jnp.asarray, distributed.gather(self.state))
-        start_online = self.online_resume or online.initial_state(offline_state, self.data, self.cfg)
-        self.state = online.run(self.cfg, self.agent, self.optimizer, start_online, run_dir=self.runs[0].dir,
+        start_online = self.online_resume or online.initial_state(offline_state, self.data, self.cfg, self.plan)
+        self.state = online.run(self.cfg, self.plan, self.agent, self.optimizer, start_online, run_dir=self.runs[0].dir,
                                 schedule=self.evaluation.schedule, save_train=save_online, progress=self.cfg.progress,
                                 stop=stop).train  # fmt: skip
 
@@ -211,21 +215,22 @@ class _Training:
 class SeedRun:
     """The per-seed side of a run: its config, directory and records."""
 
-    def __init__(self, cfg: TrainConfig, agent_name: str):
+    def __init__(self, cfg: TrainConfig, agent_name: str, plan: RunPlan):
         self.cfg, self.dir, self.log = cfg, Path(cfg.run_dir), None
-        self.title = f"{agent_name} on {task_name(cfg)} (seed {cfg.seed})"
+        self.task = plan.name
+        self.title = f"{agent_name} on {plan.name} (seed {cfg.seed})"
 
 
 def _per_seed(tree, i: int, num_seeds: int):
     return jax.tree_util.tree_map(lambda x: x[i], tree) if num_seeds > 1 else tree
 
 
-def _restore(cfg: TrainConfig, runs: list[SeedRun], states: list, data, changes):
+def _restore(cfg: TrainConfig, plan: RunPlan, runs: list[SeedRun], states: list, data, changes):
     """The checkpointed states of a resumed run (and its online phase's state, if it had begun)."""
     states = [checkpoint.restore(run.dir, state) for run, state in zip(runs, states)]
     if len({int(s.step) for s in states}) > 1:
         raise ValueError("seeds trained together must resume from the same step; resume them one by one")
-    online_resume = online.restore(runs[0].dir, states[0], data, cfg) if cfg.online_steps else None
+    online_resume = online.restore(runs[0].dir, states[0], data, cfg, plan) if cfg.online.steps else None
     if online_resume is not None:
         states = [online_resume.train]
         print(f"[lps] resuming the online phase at env step {int(online_resume.env_step)}")
@@ -254,19 +259,23 @@ class _Evaluation:
     """The evaluation step: each seed's episodes (through the schedule, which may overlap them with
     training) plus its validation metrics, logged as one row per seed at the step."""
 
-    def __init__(self, cfg: TrainConfig, agent, runs: list[SeedRun], layout: distributed.Layout | None = None):
+    def __init__(self, cfg: TrainConfig, plan: RunPlan, agent, runs: list[SeedRun],
+                 layout: distributed.Layout | None = None):  # fmt: skip
         self.runs, self.layout = runs, layout
         self.last: list[dict] = []
+
+        def make_evaluator():
+            return setup.make_evaluator(plan, cfg.eval, cfg.frame_stack, len(runs))
+
         # Episodes are played by the process that writes them (the others' results would be dropped).
-        evaluator = setup.make_evaluator(cfg, len(runs)) if distributed.is_writer() else None
+        evaluator = make_evaluator() if distributed.is_writer() else None
         if evaluator is not None:  # refused now, not after the training
             setup.check_fits_env(evaluator, agent.spec, cfg.env,
                                  "pass the --env the data was recorded in, or --eval-episodes 0 to train without evaluation")  # fmt: skip
-        self.validator = Validator(cfg, agent)
-        rebuild = (lambda: setup.make_evaluator(cfg, len(runs))) if evaluator is not None else None
+        self.val_split = ValSplit(plan, cfg.val_dataset, agent)
         self.schedule = EvaluationSchedule(
-            evaluator, rebuild, agent, [run.cfg.seed for run in runs], cfg.eval_episodes, [run.log for run in runs],
-            setup.overlap_evaluation(cfg), self._after,
+            evaluator, make_evaluator if evaluator is not None else None, agent, [run.cfg.seed for run in runs],
+            cfg.eval.episodes, [run.log for run in runs], setup.overlap_evaluation(cfg.eval), self._after,
         )  # fmt: skip
 
     def __call__(self, step: int, state) -> None:
@@ -275,8 +284,8 @@ class _Evaluation:
         if self.layout is not None:  # on several devices: one host copy for the whole evaluation
             params, target = distributed.gather((params, target))
         extra_rows: list[dict] = [
-            # the validation split's val/ metrics (lps.training.validation)
-            self.validator(_per_seed(params, i, n), _per_seed(target, i, n)) if self.validator.active else {}
+            # the validation split's val/ metrics (lps.training.val_split)
+            self.val_split(_per_seed(params, i, n), _per_seed(target, i, n)) if self.val_split.active else {}
             for i in range(n)
         ]
         self.schedule.submit(step, seed_axis(params, n), extra_rows)
@@ -303,7 +312,7 @@ def _nbytes(data: dict) -> int:
 
 
 def _eval_due(cfg: TrainConfig, step: int) -> bool:
-    return bool(cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps
+    return bool(cfg.eval.every and step % cfg.eval.every == 0) or step == cfg.steps
 
 
 def _has_eval(log: RunLog, step: int) -> bool:
@@ -313,12 +322,11 @@ def _has_eval(log: RunLog, step: int) -> bool:
 # --- the summary ----------------------------------------------------------------------------
 
 
-def _write_summary(agent_name: str, run: SeedRun, cfg: TrainConfig, steps_run: int, elapsed: float,
-                   gradient_steps: int) -> dict:  # fmt: skip
+def _write_summary(agent_name: str, run: SeedRun, steps_run: int, elapsed: float, gradient_steps: int) -> dict:
     steps, success = run.log.series("eval/success")
     summary = {
         "agent": agent_name,
-        "env": task_name(run.cfg),
+        "env": run.task,
         "seed": run.cfg.seed,
         "steps": run.cfg.steps,
         "run_dir": str(run.dir),
@@ -327,10 +335,10 @@ def _write_summary(agent_name: str, run: SeedRun, cfg: TrainConfig, steps_run: i
         "steps_per_sec": (steps_run / elapsed if elapsed > 0 else math.nan) if steps_run > 0 else None,
         "final_success": success[-1] if success else None,
         "best_success": max(success) if success else None,
-        "eval_episodes": run.cfg.eval_episodes,
+        "eval_episodes": run.cfg.eval.episodes,
     }
-    if cfg.online_steps:
-        summary.update(online_env_steps=cfg.online_steps, gradient_steps=gradient_steps)
+    if run.cfg.online.steps:
+        summary.update(online_env_steps=run.cfg.online.steps, gradient_steps=gradient_steps)
     if distributed.is_writer():
         write_json(run.dir / SUMMARY_JSON, summary)
         print(_summary_line(summary))

@@ -23,11 +23,13 @@ import numpy as np
 from flax import struct
 from tqdm import tqdm
 
-from lps.data import replay, tasks, toy
-from lps.training import checkpoint, distributed
+from lps.data import replay, toy
+from lps.training import checkpoint
+from lps.training.config import OnlineConfig
 from lps.training.envs import EnvWorkerPool, LocalEnvs, plan_pool
 from lps.training.eval_schedule import seed_axis
 from lps.training.evaluate import make_seeds_policy
+from lps.training.plan import RunPlan
 from lps.training.rollout import EpisodePool, episode_seed
 from lps.training.rundir import ONLINE_DIR, TrainingInterrupted
 from lps.training.update import check_finite
@@ -44,32 +46,25 @@ class OnlineState(struct.PyTreeNode):
 # --- what can be simulated ------------------------------------------------------------------
 
 
-def check_config(cfg, num_seeds: int) -> None:
+def check_config(online_cfg: OnlineConfig, plan: RunPlan, num_seeds: int, multi_host: bool) -> None:
     """Refuse, before any data is loaded, an online phase that cannot run."""
-    if not cfg.online_steps:
+    if not online_cfg.steps:
         return
-    if cfg.dataset is not None:
+    if plan.dataset is not None:
         raise ValueError(
-            f"--online-steps needs a live environment, but --dataset {cfg.dataset} has none to simulate; "
+            f"--online-steps needs a live environment, but --dataset {plan.dataset} has none to simulate; "
             "train online on an OGBench task (--env) or a toy (--env toy-bandit), or drop --online-steps"
         )
     if num_seeds > 1:
         raise ValueError("--online-steps trains one seed per run; start one run per seed (--seed K)")
-    if cfg.distributed.coordinator_address is not None or distributed.launcher() is not None:
+    if multi_host:
         raise ValueError("--online-steps runs on one host (the offline steps may use several devices of it)")
-    env_id(cfg)
 
 
-def env_id(cfg) -> str:
-    """The environment the online phase plays: the toy itself, or the task's gymnasium id."""
-    if toy.is_toy(cfg.env):
-        toy.task_of(cfg.env)  # an unknown toy name fails here, with the valid ones
-        return cfg.env
-    return tasks.parse_task(cfg.env, cfg.reward).env_id
-
-
-def max_episode_steps(env: str) -> int:
-    if toy.is_toy(env):
+def max_episode_steps(plan: RunPlan) -> int:
+    """The plan's environment's time limit, which sizes the replay buffer's episode blocks."""
+    env = plan.env_id
+    if plan.toy_env:
         return toy.ToyEnv.max_episode_steps
     try:
         import gymnasium
@@ -82,19 +77,19 @@ def max_episode_steps(env: str) -> int:
     return int(steps)
 
 
-def capacity_for(num_offline_rows: int, cfg, max_len: int) -> tuple[int, int]:
+def capacity_for(num_offline_rows: int, online_cfg: OnlineConfig, chunk_len: int, max_len: int) -> tuple[int, int]:
     """(rows, staging rows) of the buffer: the offline rows and, online, every env step plus one
     final row per episode (the last round may pass `--online-steps` by up to K*H - 1 steps, and
     a success can end an episode after one step, so twice the online steps is the bound; the toy
     reaches it), plus a staging segment of `max_len + 1` rows per environment."""
-    staging = cfg.online_envs * (max_len + 1)
-    return num_offline_rows + 2 * (cfg.online_steps + cfg.online_envs * cfg.chunk_len) + staging, staging
+    staging = online_cfg.envs * (max_len + 1)
+    return num_offline_rows + 2 * (online_cfg.steps + online_cfg.envs * chunk_len) + staging, staging
 
 
 # --- labelling an episode's rows --------------------------------------------------------------
 
 
-class _Episode:
+class _EpisodeRows:
     """One episode's rows while it is played, labelled as the offline data is. Its arrays grow by
     doubling, so a round adds its chunk's steps without copying the episode so far (`rows()` is
     taken every round, to stage it)."""
@@ -146,7 +141,7 @@ class _Episode:
                 "masks": masks, "terminals": terminals}  # fmt: skip
 
 
-def _concat(episodes: list[_Episode]) -> dict[str, np.ndarray]:
+def _concat(episodes: list[_EpisodeRows]) -> dict[str, np.ndarray]:
     parts = [e.rows() for e in episodes]
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
@@ -159,20 +154,20 @@ def online_seed(seed: int) -> int:
 # --- state, checkpoint ------------------------------------------------------------------------
 
 
-def initial_state(train_state, data: dict[str, np.ndarray], cfg) -> OnlineState:
+def initial_state(train_state, data: dict[str, np.ndarray], cfg, plan: RunPlan) -> OnlineState:
     """The online phase's state at its start: the buffer holds the offline data."""
-    check_memory(data, cfg)
-    capacity, staging = capacity_for(len(data["actions"]), cfg, max_episode_steps(env_id(cfg)))
+    check_memory(data, cfg, plan)
+    capacity, staging = capacity_for(len(data["actions"]), cfg.online, cfg.chunk_len, max_episode_steps(plan))
     zero = jnp.zeros((), jnp.int32)
     return OnlineState(train_state, replay.create(data, cfg.chunk_len, capacity, staging, cfg.frame_stack), zero, zero, zero)
 
 
-def restore(run_dir: str | Path, train_state, data: dict[str, np.ndarray], cfg) -> OnlineState | None:
+def restore(run_dir: str | Path, train_state, data: dict[str, np.ndarray], cfg, plan: RunPlan) -> OnlineState | None:
     """The online checkpoint of `run_dir`, or None when the run has not saved one yet."""
     directory = Path(run_dir) / ONLINE_DIR
     if not (directory / checkpoint.CHECKPOINT).exists():
         return None
-    template = initial_state(train_state, data, cfg)
+    template = initial_state(train_state, data, cfg, plan)
     try:
         # As device arrays: numpy 0-d leaves would turn into numpy scalars under arithmetic and
         # be written back in a different format.
@@ -198,18 +193,18 @@ def save(run_dir: str | Path, state: OnlineState) -> None:
 # --- the phase ------------------------------------------------------------------------------
 
 
-def make_envs(cfg, env: str):
-    if cfg.online_workers == 0:
-        return LocalEnvs(env, cfg.online_envs)
-    slots, workers = plan_pool(cfg.online_envs, cfg.online_workers, print)
-    if slots < cfg.online_envs:
-        raise MemoryError(f"--online-envs {cfg.online_envs} environments do not fit in memory; use at most {slots}")
+def make_envs(online_cfg: OnlineConfig, env: str):
+    if online_cfg.workers == 0:
+        return LocalEnvs(env, online_cfg.envs)
+    slots, workers = plan_pool(online_cfg.envs, online_cfg.workers, print)
+    if slots < online_cfg.envs:
+        raise MemoryError(f"--online-envs {online_cfg.envs} environments do not fit in memory; use at most {slots}")
     return EnvWorkerPool(env, slots, workers)
 
 
-def run(cfg, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule, save_train: Callable[[Any], None],
-        progress: bool = True, stop=None) -> OnlineState:  # fmt: skip
-    """Play and train until `cfg.online_steps` environment steps; returns the final state (saved).
+def run(cfg, plan: RunPlan, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule,
+        save_train: Callable[[Any], None], progress: bool = True, stop=None) -> OnlineState:  # fmt: skip
+    """Play and train until `cfg.online.steps` environment steps; returns the final state (saved).
 
     `schedule` is the run's `lps.training.eval_schedule.EvaluationSchedule` (evaluations every
     --eval-every gradient steps go on, and at the end); `save_train(train_state)` writes the plain
@@ -217,7 +212,7 @@ def run(cfg, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule, s
     the wave in progress is dropped (a checkpoint exists only at a wave's end, where resume is exact)
     and `TrainingInterrupted` is raised after the dispatch running; a signal between waves
     checkpoints first."""
-    return OnlinePhase(cfg, agent, optimizer, state, run_dir=run_dir, schedule=schedule, save_train=save_train,
+    return OnlinePhase(cfg, plan, agent, optimizer, state, run_dir=run_dir, schedule=schedule, save_train=save_train,
                        stop=stop).run(progress)  # fmt: skip
 
 
@@ -229,33 +224,32 @@ class OnlinePhase:
     Host copies of the counters (`step`, `env_step`, `debt`) are kept, so that nothing waits on
     the device for them while an update block runs (int(state.train.step) would)."""
 
-    def __init__(self, cfg, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule,
+    def __init__(self, cfg, plan: RunPlan, agent, optimizer, state: OnlineState, *, run_dir: Path, schedule,
                  save_train: Callable[[Any], None], stop=None):  # fmt: skip
         from lps.training.update import make_multi_update, make_update
 
         self.cfg, self.agent, self.state, self.run_dir = cfg, agent, state, run_dir
         self.schedule, self.save_train, self.stop = schedule, save_train, stop
-        env = env_id(cfg)
-        self.toy_rows = toy.is_toy(cfg.env)
-        self.sparse = False if self.toy_rows else _sparse(cfg)
-        self.K, self.H = cfg.online_envs, agent.spec.chunk_len
-        self.block_rows = self.K * (max_episode_steps(env) + 1)
-        self.block = cfg.utd * self.K * self.H  # updates owed per round of K chunks
+        env = plan.env_id
+        self.toy_rows, self.sparse = plan.toy_env, plan.sparse
+        self.K, self.H = cfg.online.envs, agent.spec.chunk_len
+        self.block_rows = self.K * (max_episode_steps(plan) + 1)
+        self.block = cfg.online.utd * self.K * self.H  # updates owed per round of K chunks
         # A dispatch holds at most --log-every updates, as offline: a signal is noticed between dispatches.
         self.unit = dispatch_unit(self.block, cfg.log_every)
-        self.start_steps = start_steps(cfg)
-        sampler = replay.make_sampler(cfg.online_mix)
+        self.start_steps = start_steps(cfg.online, plan)
+        sampler = replay.make_sampler(cfg.online.mix)
         self.update = make_multi_update(make_update(agent, optimizer, cfg.batch_size, sampler), self.unit)
         self.acting_seed = online_seed(cfg.seed)
         self.step, self.env_step, self.debt = int(state.train.step), int(state.env_step), int(state.update_debt)
         self.pending_rows: list[dict] = []  # update metrics since the last metrics row
-        self.finished: list[_Episode] = []  # episodes finished since the last metrics row
+        self.finished: list[_EpisodeRows] = []  # episodes finished since the last metrics row
         self.in_flight: list[tuple[int, Any, Any]] = []  # dispatched update blocks: (first step, metrics, params after)
         self.timer = {"start": time.perf_counter(), "env_steps": 0}
         self.last_eval = -1  # the gradient step of the last evaluation submitted
         self.saved = {"env_step": self.env_step, "step": self.step}  # where a resume would start
         self.last_save = self.step
-        self.envs = make_envs(cfg, env)
+        self.envs = make_envs(cfg.online, env)
         if self.envs.obs_dim != agent.spec.obs_dim:
             self.envs.close()
             raise ValueError(f"{env} observations have {self.envs.obs_dim} dims but the data's have {agent.spec.obs_dim}")
@@ -263,11 +257,11 @@ class OnlinePhase:
 
     @property
     def done(self) -> bool:
-        return self.env_step >= self.cfg.online_steps
+        return self.env_step >= self.cfg.online.steps
 
     def run(self, progress: bool = True) -> OnlineState:
         """Wave after wave until the step budget is spent; the final state (saved)."""
-        self.bar = tqdm(total=self.cfg.online_steps, initial=self.env_step, disable=not progress, unit="env step",
+        self.bar = tqdm(total=self.cfg.online.steps, initial=self.env_step, disable=not progress, unit="env step",
                         dynamic_ncols=True, desc="online")  # fmt: skip
         try:
             if self.done:
@@ -283,19 +277,19 @@ class OnlinePhase:
 
     # --- a wave: collect chunks, stage their rows, update ---
 
-    def play_wave(self) -> tuple[list[_Episode], int]:
+    def play_wave(self) -> tuple[list[_EpisodeRows], int]:
         """The next K episodes of the run, reset together and played round by round until they
         end or the step budget is spent; the episodes and the buffer's chunk starts before them."""
         first = int(self.state.episodes)
         resets = self.pool.start({(0, k): (first + k, episode_seed(self.acting_seed, first + k)) for k in range(self.K)})
-        wave = [_Episode(first + k, resets[0, k], self.toy_rows, self.sparse) for k in range(self.K)]
+        wave = [_EpisodeRows(first + k, resets[0, k], self.toy_rows, self.sparse) for k in range(self.K)]
         committed_starts = int(self.state.buffer.num_starts)
         staged_rows = [0] * self.K  # each episode's rows staged as they stand (only later ones change)
         while not self.done and not all(e.done for e in wave):
             self.check_stop()
             self.collect_chunks(wave)
             staged_rows = self.stage(wave, committed_starts, staged_rows)
-            if self.cfg.online_sync:
+            if self.cfg.online.sync:
                 self.dispatch_updates()
                 self.collect_updates()
         # The updates owed for the wave's last round run on the buffer as it was staged (as they
@@ -305,7 +299,7 @@ class OnlinePhase:
         self.collect_updates()
         return wave, committed_starts
 
-    def collect_chunks(self, wave: list[_Episode]) -> None:
+    def collect_chunks(self, wave: list[_EpisodeRows]) -> None:
         """One round: a chunk per environment drawn in one batched call, executed open loop.
 
         Overlap: the chunks are drawn from the parameters as they are (the updates owed for the
@@ -315,7 +309,7 @@ class OnlinePhase:
         parameters differ."""
         policy = make_seeds_policy(self.agent, self.state.train.params, [self.acting_seed], seed_axis=False)
         chunks = self.pool.act(policy)
-        if not self.cfg.online_sync:
+        if not self.cfg.online.sync:
             self.dispatch_updates()
         outcomes = self.pool.step(chunks)
         self.collect_updates()
@@ -327,10 +321,10 @@ class OnlinePhase:
                 self.finished.append(wave[k])
         self.timer["env_steps"] += steps
         self.bar.update(steps)
-        self.debt += self.cfg.utd * owed_steps(self.env_step, steps, self.start_steps)
+        self.debt += self.cfg.online.utd * owed_steps(self.env_step, steps, self.start_steps)
         self.env_step += steps
 
-    def stage(self, wave: list[_Episode], committed_starts: int, staged_rows: list[int]) -> list[int]:
+    def stage(self, wave: list[_EpisodeRows], committed_starts: int, staged_rows: list[int]) -> list[int]:
         """The wave's rows so far into the buffer's staging area (sampled from now on); the rows
         of each episode that are final (an episode's last row gains its action, reward and mask
         next round; a finished one's are final)."""
@@ -339,7 +333,7 @@ class OnlinePhase:
                                         update_debt=jnp.asarray(self.debt, jnp.int32))  # fmt: skip
         return [e.steps + 1 if e.done else e.steps for e in wave]
 
-    def store(self, wave: list[_Episode], committed_starts: int) -> None:
+    def store(self, wave: list[_EpisodeRows], committed_starts: int) -> None:
         """The wave's episodes (those stopped by the step budget end there) join the buffer for
         good, and the staging area is free again."""
         played = [e for e in wave if e.steps > 0]
@@ -378,7 +372,7 @@ class OnlinePhase:
             step = first + self.unit
             if step // self.cfg.log_every > first // self.cfg.log_every:
                 self.write_row(step)  # at that block's step, even when later blocks are already queued
-            if self.cfg.eval_every and step // self.cfg.eval_every > first // self.cfg.eval_every:
+            if self.cfg.eval.every and step // self.cfg.eval.every > first // self.cfg.eval.every:
                 self.evaluate(step, params)
 
     # --- metrics, evaluation, checkpoints ---
@@ -402,7 +396,7 @@ class OnlinePhase:
         self.timer.update(start=time.perf_counter(), env_steps=0)
 
     def evaluate(self, step: int, params) -> None:
-        if not self.cfg.eval_episodes:
+        if not self.cfg.eval.episodes:
             return
         self.last_eval = step
         self.schedule.submit(step, seed_axis(params, 1), [{"env_step": float(self.env_step)}])
@@ -440,12 +434,12 @@ class OnlinePhase:
 QCHUNKING_START_STEPS = 5_000  # Q-chunking's `start_training` (REFERENCE.md §5)
 
 
-def start_steps(cfg) -> int:
+def start_steps(online_cfg: OnlineConfig, plan: RunPlan) -> int:
     """Online env steps before the first update: --online-start-steps, else Q-chunking's 5,000 on
     OGBench tasks and 0 on the toy bandits (one-step episodes, a few hundred online steps)."""
-    if cfg.online_start_steps is not None:
-        return cfg.online_start_steps
-    return 0 if toy.is_toy(cfg.env) else QCHUNKING_START_STEPS
+    if online_cfg.start_steps is not None:
+        return online_cfg.start_steps
+    return 0 if plan.toy_env else QCHUNKING_START_STEPS
 
 
 def owed_steps(env_step: int, steps: int, start: int) -> int:
@@ -453,13 +447,9 @@ def owed_steps(env_step: int, steps: int, start: int) -> int:
     return max(0, env_step + steps - start) - max(0, env_step - start)
 
 
-def _sparse(cfg) -> bool:
-    return tasks.parse_task(cfg.env, cfg.reward).sparse
-
-
-def check_memory(data: dict[str, np.ndarray], cfg) -> int:
+def check_memory(data: dict[str, np.ndarray], cfg, plan: RunPlan) -> int:
     """Refuse up front a replay buffer that would not fit (MemoryError naming the size); its bytes."""
-    capacity, _ = capacity_for(len(data["actions"]), cfg, max_episode_steps(env_id(cfg)))
+    capacity, _ = capacity_for(len(data["actions"]), cfg.online, cfg.chunk_len, max_episode_steps(plan))
     available, where = replay.device_memory_bytes()
     return replay.check_fits(capacity, replay.row_bytes(data["observations"][0], data["actions"].shape[1]),
                              available, where)  # fmt: skip

@@ -24,7 +24,7 @@ from typing import Iterator
 
 from lps.host import SignalCatcher, StoppedBySignal
 from lps.training import checkpoint
-from lps.training.config import CONFIG_JSON, TrainConfig, load_config, task_name
+from lps.training.config import CONFIG_JSON, TrainConfig, flat, load_config
 from lps.training.runlog import METRICS_JSONL, read_rows
 
 LOCK_FILE = ".lock"
@@ -164,10 +164,11 @@ def check_resume(run_dir: Path, agent_name: str, cfg, agent_cfg) -> list[dict]:
     old_agent, old_cfg, old_agent_cfg, _ = load_config(run_dir)
     if agent_name != old_agent:
         raise ValueError(f"{run_dir} is a run of agent {old_agent!r}, not {agent_name!r}; resume cannot change it")
+    old_flags, new_flags = flat(old_cfg), flat(cfg)
     fixed = [
-        (f"--{f.name.replace('_', '-')}", getattr(old_cfg, f.name), getattr(cfg, f.name))
-        for f in dataclasses.fields(cfg)
-        if f.name not in MAY_CHANGE | RECORDED_CHANGES and getattr(old_cfg, f.name) != getattr(cfg, f.name)
+        (f"--{name.replace('_', '-')}", old_flags[name], value)
+        for name, value in new_flags.items()
+        if name not in MAY_CHANGE | RECORDED_CHANGES and old_flags[name] != value
     ]
     fixed += [
         (f"--{f.name.replace('_', '-')}", getattr(old_agent_cfg, f.name), getattr(agent_cfg, f.name))
@@ -178,14 +179,14 @@ def check_resume(run_dir: Path, agent_name: str, cfg, agent_cfg) -> list[dict]:
         # The online checkpoint's buffer and wave layout are sized by these: named before any
         # restore could fail on mismatching array shapes.
         for name in ("online_envs", "online_steps"):
-            if getattr(old_cfg, name) != getattr(cfg, name):
+            if old_flags[name] != new_flags[name]:
                 flag = f"--{name.replace('_', '-')}"
                 finished = finished_summary(run_dir, old_cfg) is not None
                 raise ValueError(
-                    f"{run_dir}'s online phase began with {flag} {getattr(old_cfg, name)}, not {getattr(cfg, name)}: "
+                    f"{run_dir}'s online phase began with {flag} {old_flags[name]}, not {new_flags[name]}: "
                     f"its online checkpoint (replay buffer, waves of environments) is sized by it; "
                     + ("the run has finished, so train further in a new --run-dir" if finished
-                       else f"resume with {flag} {getattr(old_cfg, name)}")
+                       else f"resume with {flag} {old_flags[name]}")
                 )  # fmt: skip
     if fixed:
         changes = "; ".join(f"{flag} {old!r} -> {new!r}" for flag, old, new in fixed)
@@ -194,9 +195,9 @@ def check_resume(run_dir: Path, agent_name: str, cfg, agent_cfg) -> list[dict]:
             "a new run in another --run-dir"
         )
     changes = [
-        {"field": name, "old": getattr(old_cfg, name), "new": getattr(cfg, name)}
+        {"field": name, "old": old_flags[name], "new": new_flags[name]}
         for name in sorted(RECORDED_CHANGES)
-        if getattr(old_cfg, name) != getattr(cfg, name)
+        if old_flags[name] != new_flags[name]
     ]
     return changes
 
@@ -285,12 +286,12 @@ def finished_summary(run_dir: Path, cfg) -> dict | None:
         print(f"[lps] warning: {path} is unreadable ({e}); it is ignored and written again when this resume "
               "finishes (with a steps/s only if this resume trains steps)")  # fmt: skip
         return None
-    if summary.get("steps") != cfg.steps or summary.get("online_env_steps", 0) != cfg.online_steps:
+    if summary.get("steps") != cfg.steps or summary.get("online_env_steps", 0) != cfg.online.steps:
         return None
 
     if not checkpoint.verify(Path(run_dir) / checkpoint.CHECKPOINT):  # damaged: resume from the fallback
         return None
-    if cfg.eval_episodes:  # the final evaluation too: a resume re-runs it when its row is missing
+    if cfg.eval.episodes:  # the final evaluation too: a resume re-runs it when its row is missing
         last = summary.get("gradient_steps", cfg.steps)
         try:
             rows = read_rows(Path(run_dir) / METRICS_JSONL)
@@ -361,20 +362,21 @@ class StopOnSignal(SignalCatcher):
 # --- names and contents ---------------------------------------------------------------------
 
 
-def default_run_dir(cfg: TrainConfig, agent_name: str) -> Path:
-    return Path("runs") / task_name(cfg) / agent_name / f"seed{cfg.seed}"
+def default_run_dir(task: str, agent_name: str, seed: int) -> Path:
+    return Path("runs") / task / agent_name / f"seed{seed}"
 
 
-def seed_configs(cfg: TrainConfig, agent_name: str) -> list[TrainConfig]:
+def seed_configs(cfg: TrainConfig, agent_name: str, task: str) -> list[TrainConfig]:
     """One single-seed config per seed; each seed's run directory is that of a single-seed run
-    (`--run-dir` with several seeds is the parent of their `seed<k>` folders)."""
+    (`--run-dir` with several seeds is the parent of their `seed<k>` folders; default
+    runs/<task>/<agent>/seed<k>, `task` being `RunPlan.name`)."""
     if not cfg.seeds:
-        run_dir = cfg.run_dir or str(default_run_dir(cfg, agent_name))
+        run_dir = cfg.run_dir or str(default_run_dir(task, agent_name, cfg.seed))
         return [dataclasses.replace(cfg, run_dir=run_dir)]
     out = []
     for seed in cfg.seeds:
         single = dataclasses.replace(cfg, seed=seed, seeds=())
-        run_dir = Path(cfg.run_dir) / f"seed{seed}" if cfg.run_dir else default_run_dir(single, agent_name)
+        run_dir = Path(cfg.run_dir) / f"seed{seed}" if cfg.run_dir else default_run_dir(task, agent_name, seed)
         out.append(dataclasses.replace(single, run_dir=str(run_dir)))
     return out
 

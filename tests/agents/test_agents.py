@@ -15,17 +15,12 @@ from lps.data import toy
 from lps.data.sampler import to_device
 from lps.data.validate import validate
 from lps.nets import flows
-from lps.training.config import TrainConfig, agent_overrides
+from lps.training.config import TrainConfig
 from lps.training.setup import make_policy_fn
 from lps.training.update import create_state, make_multi_update, make_optimizer, make_update
+from tests.helpers import small_config
 
 SPEC = Spec(obs_dim=6, action_dim=2, chunk_len=3)
-
-
-def small_config(name, hidden=(32, 32), **kw):
-    cls = config_class(name)
-    cfg = cls(**agent_overrides({"hidden": hidden}, cls), **kw)
-    return resolve_config(name, cfg, "cube-single-play-singletask-task1-v0")
 
 
 def random_batch(spec=SPEC, b=16, seed=0):
@@ -182,15 +177,16 @@ def test_robot_data_takes_the_fallback_alpha_whatever_the_env(tmp_path):
     """A robot folder is no OGBench task: QC-FQL / QC-MFQL resolve alpha to the fallback (10), not to
     the default --env's (cube-single, 30)."""
     from lps.agents.qc_fql import ALPHA_FALLBACK
-    from lps.training.config import TrainConfig, defaults_task
+    from lps.training.config import TrainConfig
+    from lps.training.plan import resolve
 
     folder = tmp_path / "robot"
     (folder / "success").mkdir(parents=True)
     robot = TrainConfig(dataset=str(folder))
-    assert robot.env.startswith("cube-single") and defaults_task(robot) == ""
+    assert robot.env.startswith("cube-single") and resolve(robot).defaults_task == ""
     for name in ("qc-fql", "qc-mfql"):
-        assert resolve_config(name, config_class(name)(), defaults_task(robot)).alpha == ALPHA_FALLBACK == 10
-    assert resolve_config("qc-fql", QCFQLConfig(), defaults_task(TrainConfig())).alpha == 30
+        assert resolve_config(name, config_class(name)(), resolve(robot).defaults_task).alpha == ALPHA_FALLBACK == 10
+    assert resolve_config("qc-fql", QCFQLConfig(), resolve(TrainConfig()).defaults_task).alpha == 30
 
 
 def test_velocity_parameterisation_and_geometries_train():

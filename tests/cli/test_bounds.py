@@ -14,7 +14,7 @@ import pytest
 
 from lps import cli
 from lps.cli import args as cli_args
-from lps.training.config import MAX_SEED, MAX_STEPS, TrainConfig
+from lps.training.config import MAX_SEED, MAX_STEPS, TrainConfig, with_flags
 from lps.training.evaluate import MAX_EVAL_EPISODES
 
 BIG = 2**31  # one above MAX_STEPS
@@ -55,11 +55,11 @@ def test_limits():
 )
 def test_train_config_bounds(fields, message):
     with pytest.raises(ValueError, match=message):
-        TrainConfig(**fields)
+        with_flags(TrainConfig(), **fields)
 
 
 def test_train_config_limits_themselves_are_accepted():
-    TrainConfig(steps=MAX_STEPS, log_every=1, eval_every=0, save_every=0, seed=MAX_SEED,
+    with_flags(TrainConfig(), steps=MAX_STEPS, log_every=1, eval_every=0, save_every=0, seed=MAX_SEED,
                 eval_episodes=MAX_EVAL_EPISODES)  # fmt: skip
 
 

@@ -226,10 +226,12 @@ def test_missing_play_data_is_generated_first(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(gen, "generate", short_generate)
     data_dir = tmp_path / "fresh"
     from lps.training.config import TrainConfig
+    from lps.training.plan import resolve
     from lps.training.setup import load_data
 
     # The trainer's path: missing data is generated with the config's episodes and data seed.
-    data = load_data(TrainConfig(env=TASK, data_dir=str(data_dir), episodes=1, data_seed=3))
+    cfg = TrainConfig(env=TASK, data_dir=str(data_dir), episodes=1, data_seed=3)
+    data = load_data(resolve(cfg), cfg)
     assert f"[lps] no cube-single play data in {data_dir}: generating 1 episodes first" in capsys.readouterr().out
     assert calls == [("cube-single", 1, 3)]
     assert all(p.is_file() for p in gen.dataset_paths("cube-single", data_dir))

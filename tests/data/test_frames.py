@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_agents import small_config
 
 from lps.agents import Spec
 from lps.agents.encoded import build_agent
@@ -18,6 +17,7 @@ from lps.data.sampler import gather_chunks, to_device
 from lps.deploy.policy import Policy
 from lps.nets.encoders import camera_frames
 from lps.training.config import TrainConfig
+from tests.helpers import small_config
 
 H, K = 2, 3
 
@@ -211,7 +211,7 @@ def test_validation_metrics_on_stacked_pixels(stacked_policy):
     encoder's features of the validation chunks; a pixel dataset is recognised as the training
     data's kind (its shape[1] is the image height, not a state size)."""
     from lps.agents.encoded import spec_fields
-    from lps.training.validation import fixed_chunks, validation_metrics
+    from lps.training.val_split import fixed_chunks, validation_metrics
 
     agent, params = stacked_policy.agent, stacked_policy.params
     rng = np.random.default_rng(0)

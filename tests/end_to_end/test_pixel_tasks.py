@@ -13,13 +13,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_agents import small_config
 
 from lps.agents import REGISTRY, LPSConfig, Spec
 from lps.data import render, tasks
 from lps.data.sampler import to_device
 from lps.data.validate import DatasetError, validate
-from lps.training.config import TrainConfig, agent_overrides
+from lps.training.config import TrainConfig, agent_overrides, with_flags
+from tests.helpers import small_config
 
 TASK = "visual-cube-single-play-singletask-task1-v0"
 ENV_ID = "visual-cube-single-singletask-task1-v0"
@@ -86,9 +86,9 @@ def test_lps_trains_on_pixels_and_evaluates(data_dir, tmp_path, monkeypatch):
     from lps.training.evaluate import Evaluator
 
     # The env's own limit is 200 rendered steps per episode; 8 keep the test short.
-    monkeypatch.setattr(S, "make_evaluator", lambda cfg, num_seeds=1: Evaluator(ENV_ID, 2, max_episode_steps=8,
-                                                                                frame_stack=cfg.frame_stack))
-    cfg = TrainConfig(env=TASK, data_dir=str(data_dir), steps=2, log_every=2, eval_every=0, save_every=2,
+    monkeypatch.setattr(S, "make_evaluator", lambda plan, eval_cfg, frame_stack=1, num_seeds=1: Evaluator(
+        ENV_ID, 2, max_episode_steps=8, frame_stack=frame_stack))
+    cfg = with_flags(TrainConfig(), env=TASK, data_dir=str(data_dir), steps=2, log_every=2, eval_every=0, save_every=2,
                       eval_episodes=2, batch_size=4, chunk_len=3, encoder_features=16, run_dir=str(tmp_path / "run"),
                       progress=False, frame_stack=2)  # fmt: skip
     agent_cfg = LPSConfig(**agent_overrides({"hidden": (16, 16)}, LPSConfig))
@@ -214,10 +214,11 @@ def test_missing_renderer_names_what_to_install(tmp_path, monkeypatch):
             generate("visual-cube-single", tmp_path, episodes=1, workers=1, progress=False)
         assert not list(tmp_path.iterdir()), "nothing is written without a renderer"
         from lps.training import setup as S
+        from lps.training.plan import resolve
 
-        cfg = TrainConfig(env=TASK, eval_episodes=2)
+        cfg = with_flags(TrainConfig(), env=TASK, eval_episodes=2)
         with pytest.raises(render.RendererUnavailable, match="MUJOCO_GL"):
-            S.make_evaluator(cfg)
+            S.make_evaluator(resolve(cfg), cfg.eval)
     finally:
         render._render_one_frame.cache_clear()
 

@@ -36,7 +36,7 @@ def make_run(path: Path, agent: str, task: str, seed: int, success: list[float],
     rows = [{"step": s, "loss/critic": 1.0} for s in range(500, steps + 1, 500)]
     rows += [{"step": every * (i + 1), "eval/success": x, "eval/return": x, "eval/length": 100.0}
              for i, x in enumerate(success)]  # fmt: skip
-    if val:  # what lps.training.validation logs beside each evaluation
+    if val:  # what lps.training.val_split logs beside each evaluation
         rows += [{"step": every * (i + 1), "val/bc_loss": 1.0 / (i + 1), "val/td_error": 0.1 * (i + 1),
                   "val/q_gap": 0.5 * i, "val/clip_fraction": 0.1} for i in range(len(success))]  # fmt: skip
     rows.sort(key=lambda r: r["step"])
@@ -294,3 +294,17 @@ def test_ablation_variants_are_separate_rows(tmp_path):
     assert sorted(result["cells"]) == ["lps", "lps (geometry=normal)", "lps (geometry=truncated)"]
     assert result["cells"]["lps"][T1]["mean"] == pytest.approx(0.9)
     assert result["cells"]["lps (geometry=normal)"][T1]["mean"] == pytest.approx(0.3)
+
+
+def test_train_settings_are_read_by_flag_name_from_grouped_and_flat_configs():
+    """config.json holds the eval/online flags in groups (`online.steps`); runs recorded before hold
+    them flat. The report reads both by flag name, the names lps.training.config gives them."""
+    from lps.training.config import GROUPS, TrainConfig, flat, group_flags, to_dict, with_flags
+
+    cfg = with_flags(TrainConfig(), online_steps=7, utd=3, online_mix="balanced", eval_async="true")
+    from lps.experiments import report as report_module
+
+    grouped = report_module._flat_train(to_dict(cfg))
+    names = [n for g in GROUPS for n in group_flags(type(getattr(cfg, g))).values()]
+    assert {n: grouped[n] for n in names} == {n: flat(cfg)[n] for n in names}
+    assert report_module._flat_train({"online_steps": 5, "utd": 2}) == {"online_steps": 5, "utd": 2}

@@ -28,7 +28,7 @@ from lps.training import checkpoint
 from lps.training import loop as T
 from lps.training import rundir as R
 from lps.training import update as U
-from lps.training.config import TrainConfig, check_positive_widths, preset
+from lps.training.config import TrainConfig, check_positive_widths, preset, with_flags
 from lps.training.loop import train
 from lps.training.update import TrainingDiverged
 
@@ -266,9 +266,9 @@ def test_sparse_task_with_dense_reward(tmp_path):
 )
 def test_impossible_config_values(fields, message):
     with pytest.raises(ValueError, match=message):
-        TrainConfig(**fields)
+        with_flags(TrainConfig(), **fields)
     with pytest.raises(ValueError, match=message):
-        dataclasses.replace(TrainConfig(), **fields)
+        with_flags(TrainConfig(), **fields)
 
 
 def test_network_widths_must_be_positive():

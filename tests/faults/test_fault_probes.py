@@ -16,7 +16,7 @@ from lps.agents.encoded import build_agent
 from lps.data.validate import DatasetError, validate
 from lps.deploy.policy import NonFiniteActionError, Policy
 from lps.deploy.serve import PolicyServer
-from lps.training.config import TrainConfig
+from lps.training.config import TrainConfig, with_flags
 
 SMALL = LPSConfig(base_hidden=(16,), critic_hidden=(16,), actor_hidden=(8,))
 ROBOT_SPEC = Spec(obs_dim=3, action_dim=2, chunk_len=2, image_shape=(8, 8, 3))
@@ -203,9 +203,9 @@ def test_online_utd_and_envs_are_bounded():
     from lps.training.config import TrainConfig
 
     with pytest.raises(ValueError, match=r"--utd 100000000 is above 1000"):
-        TrainConfig(utd=10**8)
+        with_flags(TrainConfig(), utd=10**8)
     with pytest.raises(ValueError, match=r"--online-envs 100000 is above 256: each environment"):
-        TrainConfig(online_envs=100_000)
+        with_flags(TrainConfig(), online_envs=100_000)
 
 
 def test_online_dispatches_are_at_most_log_every_updates():
@@ -256,7 +256,7 @@ def fake_run(run_dir, summary: dict | None = None, online_checkpoint: bool = Fal
     from lps.agents import resolve_config
     from lps.training.config import save_config
 
-    cfg = TrainConfig(env="toy-bandit", run_dir=str(run_dir), chunk_len=1, progress=False, **cfg_fields)
+    cfg = with_flags(TrainConfig(), env="toy-bandit", run_dir=str(run_dir), chunk_len=1, progress=False, **cfg_fields)
     run_dir.mkdir(parents=True)
     save_config(run_dir, "lps", cfg, resolve_config("lps", SMALL, cfg.env), Spec(obs_dim=1, action_dim=2, chunk_len=1))
     from lps.training import checkpoint
@@ -273,7 +273,6 @@ def fake_run(run_dir, summary: dict | None = None, online_checkpoint: bool = Fal
 
 
 def test_resuming_a_finished_run_changes_nothing(tmp_path, capsys):
-    import dataclasses
 
     from lps.training.loop import train
 
@@ -288,7 +287,7 @@ def test_resuming_a_finished_run_changes_nothing(tmp_path, capsys):
     # "resume with --online-envs 4" would do nothing: a new run is the way on.
     with pytest.raises(ValueError, match=r"^\S+ online phase began with --online-envs 4, not 8: .* the run has finished, "
                                          r"so train further in a new --run-dir"):  # fmt: skip
-        train("lps", dataclasses.replace(cfg, online_envs=8), SMALL, resume=True)
+        train("lps", with_flags(cfg, online_envs=8), SMALL, resume=True)
 
 
 def test_final_line_of_an_online_run_counts_its_online_updates():

@@ -327,7 +327,7 @@ def test_generate_refuses_a_data_dir_that_is_a_file(tmp_path, no_collection):
 
 
 def test_eval_of_a_run_trained_without_evaluation_uses_50_episodes(finished, tmp_path, monkeypatch, capsys):
-    assert config_of(finished)["train"]["eval_episodes"] == 0
+    assert config_of(finished)["train"]["eval"]["episodes"] == 0
     monkeypatch.chdir(tmp_path)
     assert cli.main(["eval", str(finished)]) == 0
     out = capsys.readouterr().out
@@ -392,7 +392,7 @@ def test_signal_stops_between_dispatches_with_a_checkpoint(tmp_path, monkeypatch
 
 
 def test_signal_before_training_begins_stops_at_once(tmp_path, monkeypatch):
-    def load_data_interrupted(cfg, run_dirs=()):  # Ctrl-C while data is loaded (or generated, which can take hours)
+    def load_data_interrupted(plan, cfg, run_dirs=()):  # Ctrl-C while data is loaded (or generated, which can take hours)
         os.kill(os.getpid(), signal.SIGINT)
         raise AssertionError("loading went on after Ctrl-C")
 

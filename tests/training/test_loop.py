@@ -10,7 +10,7 @@ import numpy as np
 import lps
 from lps.agents import LPSConfig
 from lps.training import checkpoint
-from lps.training.config import preset
+from lps.training.config import preset, with_flags
 from lps.training.loop import train
 from lps.training.update import create_state, make_optimizer
 
@@ -66,7 +66,7 @@ def test_lps_on_toy_bandit_finds_best_cluster_within_support(tmp_path):
     """Untuned LPS (paper hyperparameters, small nets) steers to the best of four data modes. The
     three seeds train together (vmapped: the same numbers as three runs, see the test below)."""
     cfg, agent_cfg = preset("toy", LPSConfig)
-    cfg = dataclasses.replace(cfg, run_dir=str(tmp_path / "toy"), progress=False, seeds=(0, 1, 2), steps=3000,
+    cfg = with_flags(cfg, run_dir=str(tmp_path / "toy"), progress=False, seeds=(0, 1, 2), steps=3000,
                               eval_every=3000, save_every=3000, log_every=500)  # fmt: skip
     summaries = train("lps", cfg, agent_cfg)
     finals = []

@@ -3,7 +3,6 @@ rows like the offline data, the online phase on the toy bandit, exact resume, an
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -17,9 +16,10 @@ from lps.agents import LPSConfig
 from lps.data import replay, toy
 from lps.data.sampler import chunk_starts
 from lps.training import online, rundir
-from lps.training.config import TrainConfig, preset
+from lps.training.config import TrainConfig, preset, with_flags
 from lps.training.envs import ChunkOutcome
 from lps.training.loop import train
+from lps.training.plan import resolve
 
 H = 3
 
@@ -168,7 +168,7 @@ def test_online_rows_are_labelled_like_the_offline_data():
                             np.zeros((n, obs_dim), np.float32), np.asarray(successes, float))  # fmt: skip
 
     for sparse in (False, True):
-        ep = online._Episode(0, np.zeros(3, np.float32), toy_rows=False, sparse=sparse)
+        ep = online._EpisodeRows(0, np.zeros(3, np.float32), toy_rows=False, sparse=sparse)
         ep.add(np.ones((H, 2)), outcome([-2.0, -1.0, -1.0], [0, 0, 0], False))
         ep.add(np.ones((H, 2)), outcome([0.0], [1], True))
         rows = ep.rows()
@@ -177,7 +177,7 @@ def test_online_rows_are_labelled_like_the_offline_data():
         np.testing.assert_array_equal(rows["masks"], [1, 1, 1, 0, 0])
         np.testing.assert_array_equal(rows["terminals"], [0, 0, 0, 0, 1])
         assert rows["actions"].shape == (5, 2) and not rows["actions"][-1].any()
-    toy = online._Episode(0, np.zeros(1, np.float32), toy_rows=True, sparse=False)
+    toy = online._EpisodeRows(0, np.zeros(1, np.float32), toy_rows=True, sparse=False)
     toy.add(np.full((1, 2), 0.7), outcome([1.0], [1], True, obs_dim=1))
     rows = toy.rows()
     np.testing.assert_array_equal(rows["rewards"], [1.0, 0.0])  # the action's reward, as lps.data.toy's data
@@ -271,7 +271,7 @@ def test_online_fine_tuning_raises_the_toy_bandit_return(tmp_path, monkeypatch):
     from lps.agents import config_class
     from lps.data import toy
 
-    def overstated(cfg, run_dirs=()):
+    def overstated(plan, cfg, run_dirs=()):
         data = toy.make_dataset(cfg.env, seed=cfg.data_seed)
         near = np.linalg.norm(data["actions"] - np.array([-0.7, 0.7]), axis=-1) < 0.25
         data["rewards"] = np.where(near, 1.5, data["rewards"]).astype(np.float32)
@@ -281,7 +281,7 @@ def test_online_fine_tuning_raises_the_toy_bandit_return(tmp_path, monkeypatch):
     finals = {}
     for name, steps, online_steps in (("online", 600, 1200), ("control", 1800, 0)):
         cfg, agent_cfg = preset("toy", config_class("qc-fql"))
-        cfg = dataclasses.replace(cfg, run_dir=str(tmp_path / name), progress=False, steps=steps, eval_every=600,
+        cfg = with_flags(cfg, run_dir=str(tmp_path / name), progress=False, steps=steps, eval_every=600,
                                   save_every=600, log_every=100, eval_episodes=400, online_steps=online_steps,
                                   online_envs=24, online_workers=0, online_mix="balanced")  # fmt: skip
         train("qc-fql", cfg, agent_cfg)
@@ -303,7 +303,7 @@ def test_online_bad_input(tmp_path):
     assert not (tmp_path / "c" / "checkpoint.msgpack").exists()  # refused before the offline steps
     for flag, value in (("utd", 0), ("online_envs", 0), ("online_steps", -1)):
         with pytest.raises(ValueError, match=f"--{flag.replace('_', '-')}"):
-            TrainConfig(**{flag: value})
+            with_flags(TrainConfig(), **{flag: value})
     with pytest.raises(MemoryError, match="2.00 GiB"):
         replay.check_fits(2**27, 16, 2**30, "this machine")
 
@@ -378,7 +378,7 @@ def test_online_labels_match_ogbench_relabelling():
             obs = envs.reset({0: 7})[0]
             env = envs.envs[0].unwrapped
             qpos = [env._data.qpos.copy()]
-            episode = online._Episode(0, obs, toy_rows=False, sparse=task.sparse)
+            episode = online._EpisodeRows(0, obs, toy_rows=False, sparse=task.sparse)
             for i in range(10):  # one-step chunks, to record every state's qpos
                 chunk = np.zeros((1, 5), np.float32)
                 outcome = envs.step_chunks({0: chunk})[0]
@@ -484,15 +484,18 @@ def test_online_start_steps_owe_no_updates_before_the_warm_up(tmp_path):
     assert rows_of(tmp_path / "run")[-1]["step"] == 100 + (192 - 96)  # offline + utd x steps past the warm-up
 
     assert [online.owed_steps(e, 10, 25) for e in (0, 10, 20, 30)] == [0, 0, 5, 10]
-    assert online.start_steps(toy_online_config("unused")) == 0  # toy bandits: no warm-up
+    toy_cfg = toy_online_config("unused")
+    assert online.start_steps(toy_cfg.online, resolve(toy_cfg)) == 0  # toy bandits: no warm-up
     ogbench = TrainConfig(env="cube-single-play-singletask-task1-v0")
-    assert online.start_steps(ogbench) == online.QCHUNKING_START_STEPS == 5000
-    assert online.start_steps(dataclasses.replace(ogbench, online_start_steps=7)) == 7
+    assert online.start_steps(ogbench.online, resolve(ogbench)) == online.QCHUNKING_START_STEPS == 5000
+    assert online.start_steps(with_flags(ogbench, online_start_steps=7).online, resolve(ogbench)) == 7
     with pytest.raises(ValueError, match="--online-start-steps"):
-        TrainConfig(online_start_steps=-1)
+        with_flags(TrainConfig(), online_start_steps=-1)
     # A run recorded before the warm-up existed resumes without one.
-    from lps.training.config import from_dict, to_dict
+    from lps.training.config import flat, from_dict, to_dict
 
-    recorded = to_dict(ogbench)
-    del recorded["online_start_steps"]
-    assert online.start_steps(from_dict(TrainConfig, recorded)) == 0
+    recorded = flat(ogbench) | {"robot": to_dict(ogbench.robot), "distributed": to_dict(ogbench.distributed)}
+    del recorded["online_start_steps"], recorded["online_lr_schedule"]  # flat, as before the eval/online groups
+    old = from_dict(TrainConfig, recorded)
+    assert online.start_steps(old.online, resolve(old)) == 0
+    assert old.online.lr_schedule == "continue" and from_dict(TrainConfig, to_dict(ogbench)) == ogbench

@@ -11,38 +11,37 @@ from __future__ import annotations
 
 import dataclasses
 from functools import partial
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from lps.agents.encoded import describe_observations, spec_fields
-from lps.data import tasks, toy
+from lps.data import tasks
 from lps.data.generate import dataset_paths
 from lps.data.sampler import chunk_starts, gather_chunks, to_device
 from lps.data.validate import load_own_dataset
 from lps.nets.observations import net_obs
+from lps.training.plan import RunPlan
 
 MAX_CHUNKS = 4096
 CLIP_LIMIT = 1.0 - 1e-6
 VALIDATION_SEED = 0  # the same chunks and noise for every run, seed and agent
 
 
-def load_validation_data(cfg) -> tuple[dict | None, str]:
-    """The validation split of the config's task as a validated row-layout dataset, or None and why."""
-    if cfg.val_dataset is not None:
-        return load_own_dataset(cfg.val_dataset, cfg.chunk_len), cfg.val_dataset
-    if cfg.dataset is not None:
-        return None, f"--dataset {cfg.dataset} comes with no --val-dataset"
-    if toy.is_toy(cfg.env):
-        return None, f"toy task {cfg.env} has no validation split"
-    task = tasks.parse_task(cfg.env, cfg.reward)
-    data_dir = Path(cfg.data_dir).expanduser() if cfg.data_dir else tasks.default_data_dir()
-    _, val_path = dataset_paths(task.env, data_dir)
+def load_validation_data(plan: RunPlan, val_dataset: str | None, chunk_len: int) -> tuple[dict | None, str]:
+    """The validation split of the plan's task (or `--val-dataset`) as a validated row-layout
+    dataset, or None and why."""
+    if val_dataset is not None:
+        return load_own_dataset(val_dataset, chunk_len), val_dataset
+    if plan.dataset is not None:
+        return None, f"--dataset {plan.dataset} comes with no --val-dataset"
+    if plan.task is None:
+        return None, f"toy task {plan.name} has no validation split"
+    _, val_path = dataset_paths(plan.task.env, plan.data_dir)
     if not val_path.exists():
-        return None, f"no {val_path.name} in {data_dir}"
-    return tasks.load_task_file(task, val_path, cfg.chunk_len), str(val_path)
+        return None, f"no {val_path.name} in {plan.data_dir}"
+    return tasks.load_task_file(plan.task, val_path, chunk_len), str(val_path)
 
 
 def fixed_chunks(dataset: dict[str, np.ndarray], chunk_len: int, gamma: float, max_chunks: int = MAX_CHUNKS,
@@ -79,11 +78,11 @@ def validation_metrics(agent, params, target_params, val_data: dict, key: jax.Ar
     return out
 
 
-class Validator:
+class ValSplit:
     """`validator(params, target_params) -> {val/...: float}` for one seed; inactive without data."""
 
-    def __init__(self, cfg, agent):
-        dataset, source = load_validation_data(cfg)
+    def __init__(self, plan: RunPlan, val_dataset: str | None, agent):
+        dataset, source = load_validation_data(plan, val_dataset, agent.spec.chunk_len)
         self.agent, self.data = agent, None
         if dataset is None:
             print(f"[lps] no validation data ({source}): val/ metrics off")
@@ -94,7 +93,7 @@ class Validator:
         if found != agent.spec or actions != agent.spec.action_dim:
             problem = (f"validation data {source} has observations {describe_observations(found)} and {actions}-D "
                        f"actions; the training data {describe_observations(agent.spec)} and {agent.spec.action_dim}-D")  # fmt: skip
-            if cfg.val_dataset is not None:  # asked for by name: a mistake to stop on, not to note
+            if val_dataset is not None:  # asked for by name: a mistake to stop on, not to note
                 raise ValueError(f"{problem}: give a --val-dataset of the same task (or none)")
             print(f"[lps] {problem}: val/ metrics off")
             return

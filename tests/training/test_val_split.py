@@ -11,10 +11,11 @@ import pytest
 
 from lps.agents import Spec, config_class, make_agent, resolve_config
 from lps.data import toy
-from lps.data.validate import DatasetError, load_own_dataset, validate
-from lps.training import validation
+from lps.data.validate import validate
+from lps.training import val_split
 from lps.training.config import TrainConfig, agent_overrides
 from lps.training.loop import train
+from lps.training.plan import resolve
 from tests.helpers import toy_config
 
 SPEC = Spec(obs_dim=6, action_dim=2, chunk_len=3)
@@ -43,8 +44,8 @@ def row_dataset(episodes=3, length=40, seed=0):
 
 def test_fixed_chunks_are_seeded_capped_and_inside_episodes():
     data = row_dataset()
-    a = validation.fixed_chunks(data, SPEC.chunk_len, 0.99, max_chunks=50)
-    b = validation.fixed_chunks(data, SPEC.chunk_len, 0.99, max_chunks=50)
+    a = val_split.fixed_chunks(data, SPEC.chunk_len, 0.99, max_chunks=50)
+    b = val_split.fixed_chunks(data, SPEC.chunk_len, 0.99, max_chunks=50)
     assert a["observations"].shape == (50, SPEC.obs_dim) and a["actions"].shape == (50, SPEC.chunk_dim)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
@@ -52,7 +53,7 @@ def test_fixed_chunks_are_seeded_capped_and_inside_episodes():
     rows = [int(np.flatnonzero((data["observations"] == o).all(1))[0]) for o in np.asarray(a["observations"])]
     next_rows = [int(np.flatnonzero((data["observations"] == o).all(1))[0]) for o in np.asarray(a["next_observations"])]
     assert all(n - r == SPEC.chunk_len and r // 40 == n // 40 for r, n in zip(rows, next_rows))
-    whole = validation.fixed_chunks(data, SPEC.chunk_len, 0.99)  # fewer chunks than the cap: all of them
+    whole = val_split.fixed_chunks(data, SPEC.chunk_len, 0.99)  # fewer chunks than the cap: all of them
     assert len(whole["observations"]) == 3 * (40 - SPEC.chunk_len)
 
 
@@ -61,8 +62,8 @@ def test_validation_metrics_present_and_finite(name):
     agent = small_agent(name)
     params = agent.init(jax.random.PRNGKey(0))
     target = {k: params[k] for k in agent.target_keys}
-    val = validation.fixed_chunks(row_dataset(), SPEC.chunk_len, 0.99)
-    metrics = validation.validation_metrics(agent, params, target, val, jax.random.PRNGKey(0))
+    val = val_split.fixed_chunks(row_dataset(), SPEC.chunk_len, 0.99)
+    metrics = val_split.validation_metrics(agent, params, target, val, jax.random.PRNGKey(0))
     expected = {"val/bc_loss", "val/clip_fraction"} | ({"val/td_error", "val/q_gap"} if "critic" in params else set())
     assert set(metrics) == expected
     assert all(np.isfinite(float(v)) for v in metrics.values()), metrics
@@ -73,7 +74,7 @@ def test_validation_metrics_present_and_finite(name):
 def test_clip_fraction_counts_saturated_action_dimensions():
     agent = small_agent("qc-fql")
     params = agent.init(jax.random.PRNGKey(0))
-    val = validation.fixed_chunks(row_dataset(), SPEC.chunk_len, 0.99)
+    val = val_split.fixed_chunks(row_dataset(), SPEC.chunk_len, 0.99)
 
     def shifted(shift):
         leaves, treedef = jax.tree_util.tree_flatten_with_path(params["actor"])
@@ -82,7 +83,7 @@ def test_clip_fraction_counts_saturated_action_dimensions():
 
     def clip_fraction(shift):
         target = {"critic": params["critic"]}
-        m = validation.validation_metrics(agent, shifted(shift), target, val, jax.random.PRNGKey(0))
+        m = val_split.validation_metrics(agent, shifted(shift), target, val, jax.random.PRNGKey(0))
         return float(m["val/clip_fraction"])
 
     # Every output dimension pushed far outside the box; then half of them; then none.
@@ -93,7 +94,7 @@ def test_clip_fraction_counts_saturated_action_dimensions():
 
 def test_training_logs_val_rows_at_every_evaluation(tmp_path, monkeypatch):
     val = validate(toy.make_dataset(seed=1), 1, source="toy-val")
-    monkeypatch.setattr(validation, "load_validation_data", lambda cfg: (val, "toy-val"))
+    monkeypatch.setattr(val_split, "load_validation_data", lambda plan, val_dataset, chunk_len: (val, "toy-val"))
     cfg = toy_config(tmp_path / "run", steps=200, eval_every=100, eval_episodes=16)
     cfg_lps = config_class("lps")(**agent_overrides({"hidden": (32, 32)}, config_class("lps")))
     train("lps", cfg, cfg_lps)
@@ -124,34 +125,16 @@ def test_ogbench_validation_file_is_loaded_and_relabelled(tmp_path):
         "cube-single", tmp_path, episodes=2, seed=0, workers=1, progress=False, max_episode_steps=40
     )
     cfg = TrainConfig(env=TASK, data_dir=str(tmp_path))
-    data, source = validation.load_validation_data(cfg)
+    data, source = val_split.load_validation_data(resolve(cfg), None, cfg.chunk_len)
     assert source == str(val_path)
     with np.load(val_path) as raw:
         np.testing.assert_array_equal(data["observations"], raw["observations"])
     assert set(np.unique(data["rewards"])) <= {-1.0, 0.0} and len(data["rewards"]) == 40
     val_path.unlink()
-    data, source = validation.load_validation_data(cfg)
+    data, source = val_split.load_validation_data(resolve(cfg), None, cfg.chunk_len)
     assert data is None and "cube-single-play-v0-val.npz" in source
-    assert validation.load_validation_data(dataclasses.replace(cfg, dataset=str(train_path)))[0] is None
-
-
-# --- lps.data.validate: masks and terminals hold what the critic's target needs ---------------
-
-
-@pytest.mark.parametrize("masks, shown", [(3.0, "3"), (-1.0, "-1"), (np.nan, "nan"), (np.int64(-1), "-1")])
-def test_masks_outside_zero_one_are_refused_naming_file_row_and_meaning(tmp_path, masks, shown):
-    data = row_dataset(episodes=1, length=10)
-    data["masks"] = np.ones(10, np.asarray(masks).dtype)
-    data["masks"][7] = masks  # they multiply over a chunk: 3 would weigh its bootstrap by 3^H
-    np.savez(tmp_path / "mine.npz", **data)
-    with pytest.raises(DatasetError, match=rf"mine.npz: 'masks' must lie in \[0, 1\] \(1 = bootstrap.*0 = stop.*"
-                                           rf"row 7 holds {shown} \(1 such rows\)"):  # fmt: skip
-        load_own_dataset(tmp_path / "mine.npz", SPEC.chunk_len)
-    data["masks"][7] = 0  # 0/1 (or a weight between) is fine
-    assert validate(data, SPEC.chunk_len)["masks"][7] == 0.0
-    data["terminals"] = np.where(np.arange(10) == 2, -1, data["terminals"])
-    with pytest.raises(DatasetError, match=r"'terminals' must be 0 or 1 .* row 2 holds"):
-        validate(data, SPEC.chunk_len)
+    npz_plan = resolve(dataclasses.replace(cfg, dataset=str(train_path)))
+    assert val_split.load_validation_data(npz_plan, None, cfg.chunk_len)[0] is None
 
 
 def test_a_named_val_dataset_of_another_width_stops_the_run(tmp_path):
