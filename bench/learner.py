@@ -26,7 +26,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from lps.cli.serve import ask_for_host_devices  # noqa: E402  (after the sys.path line: runs from a checkout)
+from lps.cli.devices import ask_for_host_devices  # noqa: E402  (after the sys.path line: runs from a checkout)
 
 ask_for_host_devices(2)  # as `lps serve --learn` on a CPU-only host: a second device for the learner (before JAX)
 

@@ -1,14 +1,12 @@
 """`EncodedAgent`, the one wrapper that lets every agent train on image observations, and
 `build_agent`, the factory that wraps an agent when its spec holds images; see docs/data.md
-("Image encoders"). The networks (IMPALA, `ObservationEncoder`) are in `lps.nets.encoders`, the
-random shift in `lps.nets.augment`.
+("Image encoders"). The networks are in `lps.nets.encoders`, the random shift in `lps.nets.augment`.
 
 `EncodedAgent` builds the inner agent for the feature width and hands it one feature array per
-network (read with `lps.agents.base.net_obs`). As in the paper's release, every network owns its
-encoder (`params["<network>_encoder"]`, the target critic's a Polyak copy listed in
+network (read with `lps.nets.observations.net_obs`). As in the paper's release, every network owns
+its encoder (`params["<network>_encoder"]`, the target critic's a Polyak copy listed in
 `target_keys`), and random shift runs inside the jitted update with probability `augment_prob`;
-acting never augments. `shared_encoder=True` (`--shared-encoder`, ours) uses one encoder for
-every network.
+acting never augments. `shared_encoder=True` (`--shared-encoder`, ours) uses one encoder for all.
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ import argparse
 import ipaddress
 import os
 
-from lps.cli.devices import ask_for_host_devices, request_learner_device  # noqa: F401  (bench/, tests use these)
 from lps.deploy.openpi import parse_obs_key
 from lps.deploy.replay_check import EPISODE_READERS, format_result, replay_against_server
 from lps.deploy.serve import DEFAULT_MAX_BATCH, PROTOCOLS, serve

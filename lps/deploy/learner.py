@@ -664,7 +664,7 @@ def spare_device(acting: jax.Device) -> jax.Device:
     """Where the learner trains: another device of the acting one's kind when there is one, else the
     acting device. Computations on one device run in order, so an update block on the acting device
     would hold robot requests until it ends (`lps serve --learn` on a CPU-only host asks XLA for a
-    second host device, see lps.cli.serve)."""
+    second host device, see lps.cli.devices)."""
     others = [d for d in jax.devices(acting.platform) if d != acting]
     return others[0] if others else acting
 

@@ -454,7 +454,7 @@ def test_device_choice():
 def test_only_lps_serve_learn_on_the_cpu_asks_for_a_second_device():
     """Importing lps leaves XLA_FLAGS alone; `lps serve --learn` acting on the CPU asks for a second
     host device before JAX starts, and the learner's device is that one."""
-    code = ("import os, sys; from lps.cli import serve; serve.request_learner_device(sys.argv[1:]); "
+    code = ("import os, sys; from lps.cli import devices; devices.request_learner_device(sys.argv[1:]); "
             "import jax, lps.deploy.serve, lps.deploy.robot_sim, lps.deploy.replay_check, lps.experiments.sweep; "
             "from lps.deploy.learner import spare_device; "
             "print(os.environ.get('XLA_FLAGS', '-'), len(jax.devices()), spare_device(jax.devices()[0]))")

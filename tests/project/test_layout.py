@@ -115,3 +115,49 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     fake = tmp_path / "m.py"
     fake.write_text("def f():\n    from lps.deploy.policy import load_policy\n")
     assert imports_of(fake, set(GRAPH)) == {"lps.deploy.policy"}
+
+
+# --- sizes a reader can hold (issue 33's targets, kept) ----------------------------------------
+
+MAX_FUNCTION_LINES = 60  # def to last line, decorators excluded
+MAX_DOCSTRING_LINES = 10  # a module says what it is and points to its docs page
+MAX_IMPORTS_IN_FUNCTIONS = 80  # optional or heavy dependencies only (JAX kept out of JAX-free modules)
+
+
+def trees() -> dict[str, ast.Module]:
+    return {str(p.relative_to(ROOT.parent)): ast.parse(p.read_text()) for p in modules().values()}
+
+
+def imports_inside_functions(tree: ast.AST) -> int:
+    def count(node, inside: bool) -> int:
+        n = 0
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.Import, ast.ImportFrom)) and inside:
+                n += 1
+            n += count(child, inside or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)))
+        return n
+
+    return count(tree, False)
+
+
+def test_functions_and_module_docstrings_stay_short():
+    long_functions = [f"{path}:{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+                      for path, tree in trees().items() for node in ast.walk(tree)
+                      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                      and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]  # fmt: skip
+    assert not long_functions, f"functions over {MAX_FUNCTION_LINES} lines: {long_functions}"
+    long_docs = [path for path, tree in trees().items()
+                 if len((ast.get_docstring(tree, clean=False) or "").splitlines()) > MAX_DOCSTRING_LINES]  # fmt: skip
+    assert not long_docs, f"module docstrings over {MAX_DOCSTRING_LINES} lines (move the essay to docs/): {long_docs}"
+
+
+def test_imports_inside_functions_are_few():
+    counts = {path: imports_inside_functions(tree) for path, tree in trees().items()}
+    total = sum(counts.values())
+    worst = sorted(counts.items(), key=lambda kv: -kv[1])[:5]
+    assert total <= MAX_IMPORTS_IN_FUNCTIONS, (
+        f"{total} imports inside functions (at most {MAX_IMPORTS_IN_FUNCTIONS}: only optional or heavy "
+        f"dependencies belong there; import light modules at the top). Most: {worst}"
+    )
+    fake = ast.parse("import os\ndef f():\n    import json\n    def g():\n        from x import y\n")
+    assert imports_inside_functions(fake) == 2  # the counter itself
