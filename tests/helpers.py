@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,12 @@ def run_cli(*args, cwd, extra_path: Path | None = None, timeout=180, check=False
             f"lps {' '.join(map(str, args))} exited {out.returncode}:\n{out.stdout}\n{out.stderr}"
         )
     return out
+
+
+def default_ctrl_c() -> None:
+    """`preexec_fn` of a child that is stopped with SIGINT: Ctrl-C acts (a shell's background job,
+    `cmd &`, starts with SIGINT ignored, and a child would inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def small_config(name, hidden=(32, 32), **kw):

@@ -410,6 +410,7 @@ def test_cli_serve_and_replay_end_to_end(run, capsys):
     proc = subprocess.Popen(
         [sys.executable, "-m", "lps.cli", "serve", str(run / "run"), "--port", "0", "--device", "cpu"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=helpers.default_ctrl_c,  # a suite started in the background (`cmd &`) inherits Ctrl-C ignored
     )  # fmt: skip
     try:
         url, lines, deadline = None, [], time.monotonic() + 120

@@ -450,11 +450,11 @@ def test_a_full_disk_names_the_file_being_written(tmp_path, monkeypatch, capsys)
 
 def test_every_command_reading_robot_folders_takes_skip_bad(monkeypatch, capsys):
     from lps import cli
+    from lps.cli import train as cli_train
     from lps.cli.serve import serve_command
-    from lps.deploy import offline_eval
 
-    calls = []
-    monkeypatch.setattr(offline_eval, "evaluate_on_dataset", lambda *a, **kw: calls.append(kw) or {"offline/mse": 0.0})
+    calls = []  # what `lps eval` hands to lps.deploy.offline_eval
+    monkeypatch.setattr(cli_train, "evaluate_on_dataset", lambda *a, **kw: calls.append(kw) or {"offline/mse": 0.0})
     assert cli.main(["eval", "run", "--dataset", "held-out", "--skip-bad"]) == 0
     assert calls == [{"seed": None, "skip_bad": True}]
     with pytest.raises(SystemExit):

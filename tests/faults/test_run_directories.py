@@ -397,8 +397,13 @@ def test_signal_before_training_begins_stops_at_once(tmp_path, monkeypatch):
         raise AssertionError("loading went on after Ctrl-C")
 
     monkeypatch.setattr(S, "load_data", load_data_interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train("lps", toy_config(tmp_path / "run"), TINY)
+    # Ctrl-C as in a terminal (a suite started in the background, `cmd &`, inherits it ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train("lps", toy_config(tmp_path / "run"), TINY)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_sigterm_ends_the_cli_with_one_line_and_exit_143(tmp_path):
