@@ -1,7 +1,7 @@
 """The learner's second CPU device for `lps serve --learn`: XLA_FLAGS set before anything imports JAX.
 
 `lps.cli.main` calls `request_learner_device` before it imports the command's module, so this module
-imports nothing that imports JAX (nor does `lps.cli.serve`, which re-exports it for the benches).
+imports nothing that imports JAX; the benches that run a learner call `ask_for_host_devices` too.
 """
 
 from __future__ import annotations

@@ -105,9 +105,10 @@ def _read_run(config_path: Path) -> Run | None:
         return None
     try:
         record = json.loads(config_path.read_text())
-        agent, train = record["agent"], _flat_train(record["train"])
+        agent, train = record["agent"], record["train"]
         if not isinstance(train, dict):
             raise TypeError(f"'train' is a {type(train).__name__}, not a mapping")
+        train = _flat_train(train)
         lines = (run_dir / "metrics.jsonl").read_text(errors="replace").splitlines()
     except (OSError, ValueError, KeyError, TypeError) as e:  # UnicodeDecodeError is a ValueError
         what = f"missing key {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"

@@ -8,6 +8,7 @@ training config and, where the agent has them, its network sizes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import operator
 import typing
@@ -297,6 +298,7 @@ def _flag(name: str) -> str:
 GROUPS = ("eval", "online")
 
 
+@functools.cache  # read on every TrainConfig built (its checks name fields by flag)
 def group_flags(cls: type) -> dict[str, str]:
     """A nested config's field -> its flag name (underscored), from its `flag(...)` annotations."""
     hints = typing.get_type_hints(cls, include_extras=True)
