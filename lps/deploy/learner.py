@@ -34,7 +34,7 @@ from lps.client import ProtocolError
 from lps.data import normalize, replay
 from lps.data.robot import layout_of, read_episode, semi_sparse_labels, write_rows_episode
 from lps.data.sampler import chunk_starts
-from lps.deploy.messages import flatten, nest
+from lps.deploy.messages import flatten, key_paths, nest, nest_paths
 from lps.files import atomic_write, atomic_writer
 from lps.training import checkpoint
 from lps.training.config import load_config
@@ -126,14 +126,14 @@ class LearnerState(struct.PyTreeNode):
 # --- episodes: validation and files ---------------------------------------------------------
 
 
-def _leaves(spec: dict, prefix: str = "") -> dict[str, dict]:
-    """{"": spec} for an array spec, else {"state": ..., "image.front": ...}: each array spec of a
-    (nested) dict spec by its dotted path."""
+def _leaves(spec: dict, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], dict]:
+    """{(): spec} for an array spec, else {("state",): ..., ("image", "front"): ...}: each array
+    spec of a (nested) dict spec by its key path (tuples: a camera may have a "." in its name)."""
     if "shape" in spec and not isinstance(spec["shape"], dict):
-        return {prefix: spec}
+        return {path: spec}
     out = {}
     for key, sub in spec.items():
-        out.update(_leaves(sub, f"{prefix}.{key}" if prefix else str(key)))
+        out.update(_leaves(sub, (*path, str(key))))
     return out
 
 
@@ -177,15 +177,16 @@ def validate_episode(request: dict, obs_spec: dict, action_dim: int, chunk_len: 
         raise ValueError(f"'interventions' must be {steps} booleans (one per step), got shape {list(flags.shape)}")
     raw = request.get("observations")
     specs = _leaves(obs_spec)
-    if list(specs) == [""]:
-        observations = _check_obs_column(raw, specs[""], steps, "observations")
+    if list(specs) == [()]:
+        observations = _check_obs_column(raw, specs[()], steps, "observations")
         return {"id": episode_id, "outcome": outcome, "observations": observations,
                 "actions": actions.astype(np.float32), "interventions": flags.astype(bool)}  # fmt: skip
-    flat = flatten(raw, ".") if isinstance(raw, dict) else None
-    if flat is None or sorted(flat) != sorted(specs):
-        got = sorted(flat) if flat is not None else type(raw).__name__
-        raise ValueError(f"'observations' must be a dict with entries {sorted(specs)}, got {got}")
-    observations = nest({k: _check_obs_column(flat[k], sub, steps, f"observations.{k}") for k, sub in specs.items()}, ".")
+    arrays = key_paths(raw) if isinstance(raw, dict) else None
+    if arrays is None or sorted(arrays) != sorted(specs):
+        got = sorted(map(".".join, arrays)) if arrays is not None else type(raw).__name__
+        raise ValueError(f"'observations' must be a dict with entries {sorted(map('.'.join, specs))}, got {got}")
+    observations = nest_paths({path: _check_obs_column(arrays[path], sub, steps, "observations." + ".".join(path))
+                               for path, sub in specs.items()})  # fmt: skip
     return {"id": episode_id, "outcome": outcome, "observations": observations,
             "actions": actions.astype(np.float32), "interventions": flags.astype(bool)}  # fmt: skip
 

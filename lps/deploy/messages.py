@@ -20,25 +20,34 @@ def plain(value):
     return value
 
 
-def flatten(tree: dict, sep: str = "/", prefix: str = "") -> dict[str, Any]:
-    """Nested maps as one map of `a<sep>b` keys (an empty map is a value, not a level)."""
-    flat: dict[str, Any] = {}
+def key_paths(tree: dict, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    """Each value of nested maps by its key path (an empty map is a value, not a level). Paths are
+    tuples, so a key may hold any character (a camera named "cam.high")."""
+    out: dict[tuple[str, ...], Any] = {}
     for key, value in tree.items():
-        name = f"{prefix}{key}"
         if isinstance(value, dict) and value:
-            flat.update(flatten(value, sep, name + sep))
+            out.update(key_paths(value, (*path, str(key))))
         else:
-            flat[name] = value
-    return flat
+            out[(*path, str(key))] = value
+    return out
 
 
-def nest(flat: dict[str, Any], sep: str = "/") -> dict:
-    """`flatten` undone: {"a/b": x} -> {"a": {"b": x}}."""
+def nest_paths(values: dict[tuple[str, ...], Any]) -> dict:
+    """`key_paths` undone: {("a", "b"): x} -> {"a": {"b": x}}."""
     out: dict = {}
-    for path, value in flat.items():
-        *parents, leaf = path.split(sep)
+    for (*parents, leaf), value in values.items():
         node = out
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
     return out
+
+
+def flatten(tree: dict, sep: str = "/") -> dict[str, Any]:
+    """Nested maps as one map of `a<sep>b` keys (an empty map is a value, not a level)."""
+    return {sep.join(path): value for path, value in key_paths(tree).items()}
+
+
+def nest(flat: dict[str, Any], sep: str = "/") -> dict:
+    """`flatten` undone: {"a/b": x} -> {"a": {"b": x}}."""
+    return nest_paths({tuple(key.split(sep)): value for key, value in flat.items()})

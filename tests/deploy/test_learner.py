@@ -346,6 +346,28 @@ def test_robot_folder_episodes_are_written_in_the_folders_own_layout(tmp_path):
     np.testing.assert_array_equal(rows["rewards"], semi_sparse_labels(9, True, CHUNK)["rewards"])
 
 
+def test_camera_names_with_dots_keep_their_own_entry(tmp_path):
+    """A camera called "cam.high" is one entry of the image dict, not a nested "cam" -> "high":
+    validated, written as an npz episode and read back under its own name."""
+    rng = np.random.default_rng(0)
+    cams = ("cam.high", "wrist")
+    spec = {"state": {"shape": [3]}, "image": {c: {"shape": [4, 4, 3], "dtype": "uint8"} for c in cams}}
+    sent = {"id": "ep1", "outcome": "success", "actions": rng.uniform(-1, 1, (6, ACTION_DIM)).astype(np.float32),
+            "observations": {"state": rng.normal(size=(6, 3)).astype(np.float32),
+                             "image": {c: rng.integers(0, 255, (6, 4, 4, 3), dtype=np.uint8) for c in cams}}}  # fmt: skip
+    episode = L.validate_episode(sent, spec, ACTION_DIM, CHUNK, 100)
+    assert sorted(episode["observations"]["image"]) == sorted(cams)
+    with pytest.raises(ValueError, match=r"entries \['image.cam.high', 'image.wrist', 'state'\]"):
+        wrong = {**sent["observations"], "image": {"cam": {"high": sent["observations"]["image"]["cam.high"]},
+                                                   "wrist": sent["observations"]["image"]["wrist"]}}  # fmt: skip
+        L.validate_episode({**sent, "observations": wrong}, spec, ACTION_DIM, CHUNK, 100)
+    path = tmp_path / "success" / "00000000-ep1.npz"
+    L.write_episode_file(path, {**episode, "interventions": np.zeros(6, bool)})
+    rows = L.read_episode_rows(path, CHUNK, RobotDataConfig())
+    for c in cams:
+        np.testing.assert_array_equal(rows["observations"]["image"][c], sent["observations"]["image"][c])
+
+
 def _send_rows(policy, obs, actions, success=True, interventions=None) -> dict:
     with C.Episode(policy) as ep:
         for t in range(len(actions)):
