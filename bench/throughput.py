@@ -35,6 +35,7 @@ import numpy as np
 
 from lps.agents import REGISTRY, Spec, config_class, make_agent, resolve_config
 from lps.data.sampler import chunk_arrays, to_device
+from lps.data.synthetic import row_dataset
 from lps.training import distributed
 from lps.training.config import TrainConfig, agent_overrides
 from lps.training.update import create_state, make_multi_update, make_optimizer, make_seeds_update, stack_seeds
@@ -47,17 +48,7 @@ OBS_DIM, ACTION_DIM, CHUNK = 28, 5, 5
 
 
 def synthetic_dataset(episodes: int = 100, length: int = 1001, seed: int = 0) -> dict:
-    rng = np.random.default_rng(seed)
-    n = episodes * length
-    terminals = np.zeros(n, bool)
-    terminals[length - 1 :: length] = True
-    return {
-        "observations": rng.standard_normal((n, OBS_DIM)).astype(np.float32),
-        "actions": rng.uniform(-1, 1, (n, ACTION_DIM)).astype(np.float32),
-        "rewards": -rng.integers(0, 2, n).astype(np.float32),
-        "masks": np.ones(n, np.float32),
-        "terminals": terminals,
-    }
+    return row_dataset(episodes, length, OBS_DIM, ACTION_DIM, seed)
 
 
 def agent_for(name: str, size: str):

@@ -1,9 +1,10 @@
-"""Synthetic robot datasets in the layouts lps reads, for trying the robot loop without a robot and
-for tests and benchmarks; see docs/robot-data.md ("Synthetic datasets").
+"""Synthetic datasets in the layouts lps reads, for trying the robot loop without a robot and for
+tests and benchmarks; see docs/robot-data.md ("Synthetic datasets").
 
     from lps.data import synthetic
     synthetic.hdf5_folder("demos")                  # DROID-style HDF5: success/*.h5, failure/*.h5
     synthetic.lerobot_dataset("ds", "v3.0")         # LeRobot v2.1 / v3.0: parquet + H.264 MP4s
+    synthetic.row_dataset(100, 1001, 28, 5)         # random state rows in the row layout (an npz's)
 
 Then `lps data robot DIR` and `lps train --preset robot --dataset DIR` read them as any other.
 """
@@ -20,6 +21,23 @@ import numpy as np
 from lps.data.lerobot import IMAGE_PREFIX
 from lps.data.robot import write_episode
 from lps.files import atomic_writer
+
+
+def row_dataset(episodes: int, length: int, obs_dim: int, action_dim: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random rows in the row layout: `episodes` episodes of `length` steps, standard-normal state
+    observations, actions uniform in [-1, 1], sparse rewards (0 or -1) and masks 1; for measuring
+    speed and for tests, nothing a policy could learn."""
+    rng = np.random.default_rng(seed)
+    n = episodes * length
+    terminals = np.zeros(n, bool)
+    terminals[length - 1 :: length] = True
+    return {
+        "observations": rng.standard_normal((n, obs_dim)).astype(np.float32),
+        "actions": rng.uniform(-1, 1, (n, action_dim)).astype(np.float32),
+        "rewards": -rng.integers(0, 2, n).astype(np.float32),
+        "masks": np.ones(n, np.float32),
+        "terminals": terminals,
+    }
 
 
 def hdf5_folder(folder: str | os.PathLike, success: int = 5, failure: int = 2, steps: int = 40,

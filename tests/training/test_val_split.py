@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lps.agents import Spec, config_class, make_agent, resolve_config
-from lps.data import toy
+from lps.data import synthetic, toy
 from lps.data.validate import validate
 from lps.training import val_split
 from lps.training.config import TrainConfig, agent_overrides
@@ -29,17 +29,7 @@ def small_agent(name, **kw):
 
 
 def row_dataset(episodes=3, length=40, seed=0):
-    rng = np.random.default_rng(seed)
-    n = episodes * length
-    terminals = np.zeros(n, bool)
-    terminals[length - 1 :: length] = True
-    return {
-        "observations": rng.normal(size=(n, SPEC.obs_dim)).astype(np.float32),
-        "actions": rng.uniform(-1, 1, size=(n, SPEC.action_dim)).astype(np.float32),
-        "rewards": -rng.integers(0, 2, n).astype(np.float32),
-        "masks": np.ones(n, np.float32),
-        "terminals": terminals,
-    }
+    return synthetic.row_dataset(episodes, length, SPEC.obs_dim, SPEC.action_dim, seed)
 
 
 def test_fixed_chunks_are_seeded_capped_and_inside_episodes():
